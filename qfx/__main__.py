@@ -1,0 +1,5 @@
+import sys
+
+from qfx.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""Integer kernels of the exact path: every rounding and overflow in qfx happens in ``requantize``.
+
+All functions take and return ``int64`` NumPy code arrays plus their ``FxFormat``; no float arithmetic is used
+(doubles entering through ``codes_from_double`` are decomposed into integer mantissa and exponent bits).
+Computations whose exact result might not fit in int64 raise ``OverflowRiskError`` instead of wrapping.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from qfx.errors import FormatError, OverflowRiskError
+from qfx.fixed.format import FxFormat
+
+__all__ = [
+    "requantize",
+    "codes_from_double",
+    "cast",
+    "mul",
+    "add",
+    "sub",
+    "relu",
+    "matmul",
+    "dot_acc_format",
+    "lossless_acc_format",
+    "check_fits_int64",
+]
+
+_I64 = np.int64
+_U64 = np.uint64
+
+
+def _as_codes(x: np.ndarray | int | Sequence[int]) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == np.uint64:
+        raise OverflowRiskError("uint64 codes are not supported; codes must be int64")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise FormatError(f"codes must be an integer array, got dtype {a.dtype}")
+    return a.astype(_I64, copy=False)
+
+
+def _round_increment(m: np.ndarray, k: np.ndarray, q: np.ndarray, rounding: str) -> np.ndarray:
+    """0/1 increment to add to ``q = floor(m / 2**k)`` (k >= 1) for ``rounding``.
+
+    The remainder is compared with half an LSB using integers only; for k >= 64 the remainder's relation to the
+    half is fixed by the sign of m (|m| < 2**63 <= half).
+    """
+    small = k <= 63
+    ks = np.where(small, k, 1).astype(_I64)
+    mask = (np.left_shift(_I64(1), ks - 1) - 1) * 2 + 1  # 2**k - 1 without overflowing at k = 63
+    rem = np.bitwise_and(m, mask)
+    half = np.left_shift(_I64(1), ks - 1)
+    nonzero = np.where(small, rem != 0, m != 0)
+    gt_half = np.where(small, rem > half, m < 0)
+    eq_half = np.where(small, rem == half, False)
+    neg = m < 0
+    if rounding == "TRN":
+        inc = np.zeros(m.shape, dtype=bool)
+    elif rounding == "TRN_ZERO":
+        inc = nonzero & neg
+    elif rounding == "RND":
+        inc = gt_half | eq_half
+    elif rounding == "RND_ZERO":
+        inc = gt_half | (eq_half & neg)
+    elif rounding == "RND_MIN_INF":
+        inc = gt_half
+    elif rounding == "RND_INF":
+        inc = gt_half | (eq_half & ~neg)
+    elif rounding == "RND_CONV":
+        inc = gt_half | (eq_half & (np.bitwise_and(q, 1) == 1))
+    else:  # pragma: no cover - FxFormat validates modes
+        raise FormatError(f"unknown rounding mode {rounding}")
+    return inc.astype(_I64)
+
+
+def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
+    """Codes of ``fmt`` for the exact values ``m * 2**-k`` LSBs of ``fmt`` (``m`` int64, ``k`` any integer).
+
+    ``k > 0`` drops ``k`` bits with ``fmt.rounding``; ``k < 0`` shifts left (exactly, however far).
+    Then ``fmt.overflow`` maps values outside the code range. This is the single place where qfx rounds.
+    """
+    m = _as_codes(m)
+    k = np.broadcast_to(np.asarray(k, dtype=_I64), m.shape) if np.ndim(k) else np.full(m.shape, int(k), dtype=_I64)
+    m, k = np.broadcast_arrays(m, k)
+    right = k > 0
+    # -- right shift with rounding (result always fits: |q| <= 2**62)
+    kr = np.where(right, k, 1)
+    q = np.right_shift(m, np.minimum(kr, 63))
+    q = q + _round_increment(m, kr, q, fmt.rounding)
+    # -- left shift: exact when it fits in int64, otherwise only its low 64 bits are known (enough for WRAP)
+    s = np.where(right, 0, -k)
+    s63 = np.minimum(s, 63)
+    lim = np.left_shift(_I64(1), 63 - s63)  # 2**(63-s); at s = 0 this wraps to -2**63, handled below
+    fits = np.where(s == 0, True, (m >= -lim) & (m <= lim - 1))
+    fits &= (s < 64) | (m == 0)
+    shifted = np.left_shift(np.where(fits, m, 0), s63)
+    t = np.where(right, q, shifted)
+    fits = right | fits
+    low = np.where(right, q.view(_U64), np.where(s < 64, np.left_shift(m.view(_U64), np.minimum(s, 63).astype(_U64)), _U64(0)))
+    neg = np.where(right, q < 0, m < 0)
+    return _overflow(t, fits, low, neg, fmt)
+
+
+def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray, fmt: FxFormat) -> np.ndarray:
+    lo, hi = fmt.min_code, fmt.max_code
+    in_range = fits & (t >= lo) & (t <= hi)
+    if fmt.overflow == "WRAP":
+        sh = _U64(64 - fmt.width)
+        top = np.left_shift(low, sh)  # keep the low W bits at the top, then shift back with sign/zero fill
+        wrapped = np.right_shift(top.view(_I64), sh.astype(_I64)) if fmt.signed else np.right_shift(top, sh).view(_I64)
+        return np.where(in_range, t, wrapped).astype(_I64)
+    if fmt.overflow == "SAT_ZERO":
+        return np.where(in_range, t, 0).astype(_I64)
+    neg_limit = lo + 1 if (fmt.overflow == "SAT_SYM" and fmt.signed) else lo
+    return np.where(in_range, t, np.where(neg, neg_limit, hi)).astype(_I64)
+
+
+def codes_from_double(x: np.ndarray, fmt: FxFormat) -> np.ndarray:
+    """Codes ``ap_fixed`` assigns from doubles: raw IEEE bits to integer mantissa/exponent, then ``requantize``."""
+    bits = np.ascontiguousarray(np.asarray(x, dtype=np.float64)).view(_U64)
+    sign = (bits >> _U64(63)).astype(bool)
+    expf = ((bits >> _U64(52)) & _U64(0x7FF)).astype(_I64)
+    frac = (bits & _U64((1 << 52) - 1)).astype(_I64)
+    mant = np.where(expf > 0, frac | (_I64(1) << _I64(52)), frac)
+    e = np.where(expf > 0, expf - 1075, -1074)
+    m = np.where(sign, -mant, mant)
+    # value = m * 2**e = m * 2**(e + F) LSBs  ->  k = -(e + F)
+    return requantize(m, -(e + fmt.frac_bits), fmt)
+
+
+def cast(codes: np.ndarray, src: FxFormat, dst: FxFormat) -> np.ndarray:
+    """``dst y = (src)x;`` on codes."""
+    return requantize(_as_codes(codes), src.frac_bits - dst.frac_bits, dst)
+
+
+def check_fits_int64(bound: int, what: str) -> None:
+    """Raise ``OverflowRiskError`` when an exact |result| bound does not fit in int64."""
+    if bound > (1 << 63) - 1:
+        raise OverflowRiskError(f"{what} may reach {bound.bit_length()} bits, beyond the int64 exact path")
+
+
+def mul(a: np.ndarray, fa: FxFormat, b: np.ndarray, fb: FxFormat) -> tuple[np.ndarray, FxFormat]:
+    """Exact product in ``fa.mul_format(fb)``."""
+    f = fa.mul_format(fb)
+    return _as_codes(a) * _as_codes(b), f
+
+
+def _align(a: np.ndarray, fa: FxFormat, f: FxFormat) -> np.ndarray:
+    return np.left_shift(_as_codes(a), _I64(f.frac_bits - fa.frac_bits))
+
+
+def add(a: np.ndarray, fa: FxFormat, b: np.ndarray, fb: FxFormat) -> tuple[np.ndarray, FxFormat]:
+    """Exact sum in ``fa.add_format(fb)``."""
+    f = fa.add_format(fb)
+    return _align(a, fa, f) + _align(b, fb, f), f
+
+
+def sub(a: np.ndarray, fa: FxFormat, b: np.ndarray, fb: FxFormat) -> tuple[np.ndarray, FxFormat]:
+    """Exact difference in ``fa.sub_format(fb)``."""
+    f = fa.sub_format(fb)
+    return _align(a, fa, f) - _align(b, fb, f), f
+
+
+def relu(a: np.ndarray) -> np.ndarray:
+    return np.maximum(_as_codes(a), 0)
+
+
+def dot_acc_format(fx: FxFormat, fw: FxFormat, n: int, fb: FxFormat | None = None) -> FxFormat:
+    """Worst-case lossless accumulator for ``n`` products ``fx*fw`` plus an optional bias of format ``fb``."""
+    acc = fx.accum_format(fw, n)
+    if fb is None:
+        return acc
+    f = max(acc.frac_bits, fb.frac_bits)
+    lo = (acc.min_code << (f - acc.frac_bits)) + (fb.min_code << (f - fb.frac_bits))
+    hi = (acc.max_code << (f - acc.frac_bits)) + (fb.max_code << (f - fb.frac_bits))
+    return FxFormat.for_code_range(min(lo, 0), hi, f)
+
+
+def lossless_acc_format(w: np.ndarray, fw: FxFormat, fx: FxFormat, bias: np.ndarray | None = None,
+                        fb: FxFormat | None = None) -> FxFormat:
+    """Narrowest accumulator that cannot overflow, by interval analysis over the actual weight codes.
+
+    ``w`` has shape (out, n): row ``o`` is the weight vector of output ``o``. Inputs range over all codes of ``fx``.
+    """
+    w = _as_codes(w).reshape(w.shape[0], -1)
+    f = fx.frac_bits + fw.frac_bits
+    if fb is not None:
+        f = max(f, fb.frac_bits)
+    sh = f - fx.frac_bits - fw.frac_bits
+    xs = (fx.min_code, fx.max_code)
+    # Python ints: exact whatever the widths (this runs once per layer at export/sizing time)
+    wo = w.astype(object)
+    lo = np.minimum(wo * xs[0], wo * xs[1]).sum(axis=1) * (1 << sh)
+    hi = np.maximum(wo * xs[0], wo * xs[1]).sum(axis=1) * (1 << sh)
+    if bias is not None and fb is not None:
+        bv = np.asarray(bias).reshape(-1).astype(object) * (1 << (f - fb.frac_bits))
+        lo, hi = lo + bv, hi + bv
+    lo_all = min(0, int(lo.min())) if lo.size else 0
+    hi_all = max(0, int(hi.max())) if hi.size else 0
+    return FxFormat.for_code_range(lo_all, hi_all, f, signed=True if lo_all < 0 or fx.signed or fw.signed else None)
+
+
+def matmul(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxFormat,
+           bias: np.ndarray | None = None, fb: FxFormat | None = None) -> np.ndarray:
+    """``y[..., o] = acc(bias[o]); for k: y += x[..., k] * w[o, k]`` with ap_fixed semantics, in ``acc`` codes.
+
+    This is exactly the C++ loop ``acc_t a = b[o]; for (k...) a += x[k] * w[o][k];``: each ``+=`` forms the
+    full-precision sum and casts it to ``acc``. When ``acc`` cannot overflow and keeps every fractional bit
+    (the accumulators qfx derives), that equals one cast of the exact sum, which is computed directly.
+    """
+    x = _as_codes(x)
+    w = _as_codes(w)
+    n = w.shape[1]
+    if x.shape[-1] != n:
+        raise FormatError(f"matmul shapes disagree: x has {x.shape[-1]} columns, w has {n}")
+    p = fx.mul_format(fw)
+    exact_f = p.frac_bits if fb is None else max(p.frac_bits, fb.frac_bits)
+    amax_x = int(np.abs(x).max(initial=0))
+    row_abs = np.abs(w).sum(axis=1) if w.size else np.zeros(w.shape[0], dtype=_I64)
+    bmax = 0 if bias is None else int(np.abs(_as_codes(bias)).max(initial=0))
+    bound = (amax_x * int(row_abs.max(initial=0))) << (exact_f - p.frac_bits)
+    bound += bmax << (exact_f - (fb.frac_bits if fb else exact_f))
+    check_fits_int64(bound, f"matmul with {n} terms")
+    lossless = acc.frac_bits >= exact_f and _fits_range(acc, exact_f, fx, fw, w, bias, fb)
+    if lossless:
+        s = np.matmul(x, w.T) << _I64(exact_f - p.frac_bits)
+        if bias is not None and fb is not None:
+            s = s + (np.broadcast_to(_as_codes(bias), s.shape) << _I64(exact_f - fb.frac_bits))
+        return cast(s, FxFormat(64, 64 - exact_f), acc)
+    # sequential ap_fixed accumulation, vectorised over everything but k
+    out_shape = x.shape[:-1] + (w.shape[0],)
+    a = np.zeros(out_shape, dtype=_I64)
+    if bias is not None and fb is not None:
+        a = cast(np.broadcast_to(_as_codes(bias), out_shape), fb, acc)
+    for k in range(n):
+        prod = x[..., k : k + 1] * w[:, k]
+        s, fs = add(a, acc, prod, p)
+        a = cast(s, fs, acc)
+    return a
+
+
+def _fits_range(acc: FxFormat, f: int, fx: FxFormat, fw: FxFormat, w: np.ndarray, bias: np.ndarray | None,
+                fb: FxFormat | None) -> bool:
+    if acc.contains(dot_acc_format(fx, fw, max(w.shape[1], 1), fb if bias is not None else None)):
+        return True
+    return w.size == 0 or acc.contains(lossless_acc_format(w, fw, fx, bias, fb))

@@ -1,0 +1,310 @@
+"""The qfx IR: a flat, immutable, serializable list of fixed-point ops in topological order.
+
+Every tensor has an explicit ``FxFormat``; constants are int64 codes with their format; accumulators are explicit
+and lossless. Semantics of each op are those of ``qfx.fixed.ops`` (exact intermediate, one cast to the output
+format). Per-sample shapes exclude the batch dimension; images are CHW, flattening is C-order (torch's).
+
+Op reference (inputs -> output; ``consts``; ``attrs``):
+
+=============  ================================================================================================
+``dense``      x(n,) -> y(m,); weight(m, n), bias(m,)?; acc_fmt; attrs: khot (0 = plain)
+``conv2d``     x(C,H,W) -> y(O,Ho,Wo); weight(O,C,kh,kw), bias(O,)?; acc_fmt; attrs: stride, padding, khot
+``scale_shift`` x(C,...) -> y; scale(C,), shift(C,) (BatchNorm in fixed point); acc_fmt = x*scale+shift format
+``add``        a, b -> y (same shape); exact a+b cast to y
+``relu``       x -> y
+``clip``       x -> y; attrs: lo, hi (codes of the input format)
+``maxpool2d``  x(C,H,W) -> y; attrs: kernel, stride, padding
+``avgpool2d``  x(C,H,W) -> y; recip() scalar code of 1/(kh*kw); acc_fmt; attrs: kernel, stride, padding
+``flatten``    x(C,H,W) -> y(C*H*W,)
+``reshape``    x -> y; attrs: shape
+``quant``      x -> y; a plain cast (requantization)
+=============  ================================================================================================
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from qfx.errors import BadInputError, FormatError
+from qfx.fixed.format import FxFormat
+
+__all__ = ["Op", "TensorSpec", "Constant", "Node", "Graph", "IR_VERSION"]
+
+IR_VERSION = 1
+_NAME_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")
+
+
+class Op(str, Enum):
+    DENSE = "dense"
+    CONV2D = "conv2d"
+    SCALE_SHIFT = "scale_shift"
+    ADD = "add"
+    RELU = "relu"
+    CLIP = "clip"
+    MAXPOOL2D = "maxpool2d"
+    AVGPOOL2D = "avgpool2d"
+    FLATTEN = "flatten"
+    RESHAPE = "reshape"
+    QUANT = "quant"
+
+
+#: number of tensor inputs, required constants, optional constants, whether acc_fmt is required
+OP_SPEC: dict[Op, tuple[int, frozenset[str], frozenset[str], bool]] = {
+    Op.DENSE: (1, frozenset({"weight"}), frozenset({"bias"}), True),
+    Op.CONV2D: (1, frozenset({"weight"}), frozenset({"bias"}), True),
+    Op.SCALE_SHIFT: (1, frozenset({"scale", "shift"}), frozenset(), True),
+    Op.ADD: (2, frozenset(), frozenset(), False),
+    Op.RELU: (1, frozenset(), frozenset(), False),
+    Op.CLIP: (1, frozenset(), frozenset(), False),
+    Op.MAXPOOL2D: (1, frozenset(), frozenset(), False),
+    Op.AVGPOOL2D: (1, frozenset({"recip"}), frozenset(), True),
+    Op.FLATTEN: (1, frozenset(), frozenset(), False),
+    Op.RESHAPE: (1, frozenset(), frozenset(), False),
+    Op.QUANT: (1, frozenset(), frozenset(), False),
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A named activation tensor: per-sample shape and its fixed-point format."""
+
+    name: str
+    shape: tuple[int, ...]
+    fmt: FxFormat
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if any(s < 1 for s in self.shape):
+            raise BadInputError(f"tensor {self.name!r} has a non-positive dimension in shape {self.shape}")
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class Constant:
+    """Integer codes of a constant (weights, bias, BN scale/shift) in one format; read-only."""
+
+    codes: np.ndarray
+    fmt: FxFormat
+
+    def __post_init__(self) -> None:
+        c = np.array(self.codes, dtype=np.int64, copy=True)
+        if c.size and (c.min() < self.fmt.min_code or c.max() > self.fmt.max_code):
+            raise FormatError(f"constant codes out of range for {self.fmt.ap_type()}")
+        c.setflags(write=False)
+        object.__setattr__(self, "codes", c)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Constant) and self.fmt == other.fmt and np.array_equal(self.codes, other.codes) \
+            and self.codes.shape == other.codes.shape
+
+    def values(self) -> np.ndarray:
+        return self.fmt.from_int(self.codes)
+
+
+def _freeze(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op. ``inputs``/``output`` name tensors of the graph; ``source`` is the torch module path it came from."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    output: str
+    consts: Mapping[str, Constant] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    acc_fmt: FxFormat | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "op", Op(self.op))
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "consts", _freeze(self.consts))
+        object.__setattr__(self, "attrs", _freeze({k: _norm_attr(v) for k, v in (self.attrs or {}).items()}))
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return self.attrs.get(key, default)
+
+    def replace(self, **kw: Any) -> "Node":
+        return replace(self, **kw)
+
+
+def _norm_attr(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_norm_attr(x) for x in v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (bool, int, str, float)) or v is None:
+        return v
+    raise BadInputError(f"unsupported attribute value {v!r}")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A whole model: inputs, outputs, every tensor's spec and the nodes in topological order."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tensors: Mapping[str, TensorSpec]
+    nodes: tuple[Node, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "tensors", _freeze(self.tensors))
+        object.__setattr__(self, "meta", _freeze(self.meta))
+
+    # ------------------------------------------------------------ queries
+    def tensor(self, name: str) -> TensorSpec:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise BadInputError(f"graph {self.name!r} has no tensor {name!r}") from None
+
+    def producer(self, tensor: str) -> Node | None:
+        return next((n for n in self.nodes if n.output == tensor), None)
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise BadInputError(f"graph {self.name!r} has no node {name!r}")
+
+    def replace(self, **kw: Any) -> "Graph":
+        return replace(self, **kw)
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> "Graph":
+        """Check structure (names, topological order, op arity, constants, formats); returns self."""
+        seen_nodes: set[str] = set()
+        defined = set(self.inputs)
+        for t in self.inputs:
+            self.tensor(t)
+        for n in self.nodes:
+            if not n.name or not _NAME_RE.match(n.name):
+                raise BadInputError(f"invalid node name {n.name!r}")
+            if n.name in seen_nodes:
+                raise BadInputError(f"duplicate node name {n.name!r}")
+            seen_nodes.add(n.name)
+            arity, req, opt, need_acc = OP_SPEC[n.op]
+            if len(n.inputs) != arity:
+                raise BadInputError(f"node {n.name!r} ({n.op.value}) takes {arity} input(s), got {len(n.inputs)}")
+            for t in n.inputs:
+                if t not in defined:
+                    raise BadInputError(f"node {n.name!r} reads tensor {t!r} before it is defined")
+                self.tensor(t)
+            missing = req - set(n.consts)
+            extra = set(n.consts) - req - opt
+            if missing or extra:
+                raise BadInputError(f"node {n.name!r} ({n.op.value}) constants: missing {sorted(missing)}, unexpected {sorted(extra)}")
+            if need_acc and n.acc_fmt is None:
+                raise BadInputError(f"node {n.name!r} ({n.op.value}) has no accumulator format")
+            if n.output in defined:
+                raise BadInputError(f"tensor {n.output!r} is written twice")
+            self.tensor(n.output)
+            defined.add(n.output)
+        for t in self.outputs:
+            if t not in defined:
+                raise BadInputError(f"graph output {t!r} is never computed")
+        return self
+
+    # ------------------------------------------------------------ JSON
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "qfx_ir_version": IR_VERSION,
+            "name": self.name,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "meta": dict(self.meta),
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "fmt": t.fmt.to_dict()} for t in self.tensors.values()
+            ],
+            "nodes": [
+                {
+                    "name": n.name,
+                    "op": n.op.value,
+                    "inputs": list(n.inputs),
+                    "output": n.output,
+                    "source": n.source,
+                    "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in n.attrs.items()},
+                    "acc_fmt": n.acc_fmt.to_dict() if n.acc_fmt else None,
+                    "consts": {
+                        k: {"shape": list(c.codes.shape), "fmt": c.fmt.to_dict(),
+                            # decimal strings: exact for any int64, readable, diff-able
+                            "codes": [str(int(v)) for v in c.codes.reshape(-1)]}
+                        for k, c in n.consts.items()
+                    },
+                }
+                for n in self.nodes
+            ],
+        }
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping[str, Any]) -> "Graph":
+        try:
+            if d.get("qfx_ir_version") != IR_VERSION:
+                raise BadInputError(f"unsupported qfx IR version {d.get('qfx_ir_version')!r} (expected {IR_VERSION})")
+            tensors = {}
+            for t in d["tensors"]:
+                tensors[t["name"]] = TensorSpec(t["name"], tuple(t["shape"]), FxFormat.from_dict(t["fmt"]))
+            nodes = []
+            for n in d["nodes"]:
+                consts = {}
+                for k, c in n.get("consts", {}).items():
+                    codes = np.array([int(v) for v in c["codes"]], dtype=np.int64).reshape(c["shape"])
+                    consts[k] = Constant(codes, FxFormat.from_dict(c["fmt"]))
+                acc = FxFormat.from_dict(n["acc_fmt"]) if n.get("acc_fmt") else None
+                nodes.append(Node(n["name"], Op(n["op"]), tuple(n["inputs"]), n["output"], consts,
+                                  n.get("attrs", {}), acc, n.get("source", "")))
+            g = cls(d["name"], tuple(d["inputs"]), tuple(d["outputs"]), tensors, tuple(nodes), d.get("meta", {}))
+        except BadInputError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInputError(f"malformed qfx IR JSON: {type(exc).__name__}: {exc}") from None
+        return g.validate()
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Graph":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"not a qfx IR JSON file: {exc.msg} at line {exc.lineno}") from None
+        if not isinstance(d, dict):
+            raise BadInputError("not a qfx IR JSON file: top level is not an object")
+        return cls.from_json_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Graph":
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"cannot read IR file {path}: {exc}") from None
+        return cls.from_json(text)
+
+
+def topo_names(nodes: Iterable[Node]) -> list[str]:
+    return [n.name for n in nodes]
