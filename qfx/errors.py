@@ -13,6 +13,8 @@ __all__ = [
     "MissingToolError",
     "MismatchError",
     "OutputExistsError",
+    "BuildError",
+    "RunError",
     "exit_code",
 ]
 
@@ -53,6 +55,18 @@ class MismatchError(QfxError):
     """Two executors disagreed on at least one output bit."""
 
     exit_code = 1
+
+
+class BuildError(QfxError):
+    """A C++ build (g++) failed; the message names the first compiler error and the full log's path."""
+
+    exit_code = 3
+
+
+class RunError(QfxError):
+    """A compiled helper program crashed, timed out or wrote unreadable results."""
+
+    exit_code = 3
 
 
 def exit_code(err: BaseException) -> int:

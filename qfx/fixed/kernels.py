@@ -24,6 +24,7 @@ __all__ = [
     "matmul",
     "dot_acc_format",
     "lossless_acc_format",
+    "exact_dot",
     "check_fits_int64",
 ]
 
@@ -224,10 +225,8 @@ def matmul(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxForm
     check_fits_int64(bound, f"matmul with {n} terms")
     lossless = acc.frac_bits >= exact_f and _fits_range(acc, exact_f, fx, fw, w, bias, fb)
     if lossless:
-        s = np.matmul(x, w.T) << _I64(exact_f - p.frac_bits)
-        if bias is not None and fb is not None:
-            s = s + (np.broadcast_to(_as_codes(bias), s.shape) << _I64(exact_f - fb.frac_bits))
-        return cast(s, FxFormat(64, 64 - exact_f), acc)
+        s, fs = exact_dot(x, fx, w, fw, bias, fb)
+        return cast(s, fs, acc)
     # sequential ap_fixed accumulation, vectorised over everything but k
     out_shape = x.shape[:-1] + (w.shape[0],)
     a = np.zeros(out_shape, dtype=_I64)
@@ -238,6 +237,26 @@ def matmul(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxForm
         s, fs = add(a, acc, prod, p)
         a = cast(s, fs, acc)
     return a
+
+
+def exact_dot(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, bias: np.ndarray | None = None,
+              fb: FxFormat | None = None) -> tuple[np.ndarray, FxFormat]:
+    """Exact ``bias + x @ w.T`` as int64 codes of a 64-bit format (raises OverflowRiskError if it cannot fit)."""
+    x, w = _as_codes(x), _as_codes(w)
+    if x.shape[-1] != w.shape[1]:
+        raise FormatError(f"dot shapes disagree: x has {x.shape[-1]} columns, w has {w.shape[1]}")
+    pf = fx.frac_bits + fw.frac_bits
+    f = pf if fb is None or bias is None else max(pf, fb.frac_bits)
+    amax_x = int(np.abs(x).max(initial=0))
+    row = int(np.abs(w).sum(axis=1).max(initial=0)) if w.size else 0
+    bmax = 0 if bias is None or fb is None else int(np.abs(_as_codes(bias)).max(initial=0)) << (f - fb.frac_bits)
+    check_fits_int64(((amax_x * row) << (f - pf)) + bmax, f"dot product of {w.shape[1]} terms")
+    s = np.matmul(x, w.T)
+    if f != pf:
+        s = s << _I64(f - pf)
+    if bias is not None and fb is not None:
+        s = s + (np.broadcast_to(_as_codes(bias), s.shape) << _I64(f - fb.frac_bits))
+    return s, FxFormat(64, 64 - f)
 
 
 def _fits_range(acc: FxFormat, f: int, fx: FxFormat, fw: FxFormat, w: np.ndarray, bias: np.ndarray | None,

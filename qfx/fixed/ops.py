@@ -33,8 +33,9 @@ _I64 = np.int64
 def dense(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, out: FxFormat,
           b: np.ndarray | None = None, fb: FxFormat | None = None, acc: FxFormat | None = None) -> np.ndarray:
     """``out(acc(b) + sum_k x[..., k] * w[o, k])`` — ``w`` is (out_features, in_features) like torch."""
-    if acc is None:
-        acc = K.lossless_acc_format(w, fw, fx, b, fb)
+    if acc is None:  # exact sum in int64 (bound-checked), then one cast
+        s, fs = K.exact_dot(x, fx, w, fw, b, fb)
+        return K.cast(s, fs, out)
     a = K.matmul(x, fx, w, fw, acc, b, fb)
     return K.cast(a, acc, out)
 
