@@ -12,12 +12,13 @@ patterns viewed as int64, so nothing is lost to printing.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -145,10 +146,36 @@ def compile_cxx(
     exe = root / f"{safe}-{key[:32]}"
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
+    with _build_lock(root / f".{safe}-{key[:32]}.lock"):
+        if exe.is_file() and os.access(exe, os.X_OK):  # a concurrent process built it while we waited
+            return exe
+        _compile(cmd_base=[gxx, *all_flags, *[f"-I{d}" for d in incs]], srcs=srcs, exe=exe, root=root, safe=safe,
+                 key=key, name=name, timeout=timeout)
+    return exe
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """Serialise identical builds across processes (pytest-xdist workers): the second waits, then hits the cache."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: the atomic rename alone keeps it safe
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _compile(*, cmd_base: list[str], srcs: list[Path], exe: Path, root: Path, safe: str, key: str, name: str,
+             timeout: float) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{safe}-", suffix=".tmp", dir=root)
     os.close(fd)
     tmp = Path(tmp_name)
-    cmd = [gxx, *all_flags, *[f"-I{d}" for d in incs], "-o", str(tmp), *map(str, srcs)]
+    cmd = [*cmd_base, "-o", str(tmp), *map(str, srcs)]
     try:
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -165,7 +192,6 @@ def compile_cxx(
     finally:
         if tmp.exists():
             tmp.unlink()
-    return exe
 
 
 def run_binary(
