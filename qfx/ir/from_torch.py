@@ -1,0 +1,212 @@
+"""Capture a torch model built from qfx layers as an IR ``Graph`` with ``torch.fx`` symbolic tracing.
+
+Contract with ``qfx.nn``: every qfx module has ``ir_nodes(name, inputs, output) -> list[(Node, TensorSpec)]``
+(the last pair writes ``output``) and ``out_fmt``; the first module, ``QuantInput``, has ``fmt`` (the graph input
+format) and returns no nodes. qfx modules are fx leaves, so their ``forward`` is never traced into.
+
+Besides qfx modules, capture understands what carries no arithmetic: ``nn.Flatten``, ``torch.flatten``,
+``Tensor.flatten/view/reshape`` (batch dimension first), ``nn.Identity`` and ``nn.Dropout`` (inference). Anything
+else raises ``UnsupportedError`` naming the module path and its type.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from qfx.errors import BadInputError, UnsupportedError
+from qfx.ir.graph import Graph, Node, Op, TensorSpec
+
+__all__ = ["capture", "sanitize"]
+
+_PASS_THROUGH = ("Identity", "Dropout", "Dropout1d", "Dropout2d")
+
+
+def sanitize(path: str) -> str:
+    """A C/Verilog-safe identifier from a module path ('features.3' -> 'features_3')."""
+    s = re.sub(r"[^A-Za-z0-9_]+", "_", path).strip("_") or "t"
+    return s if not s[0].isdigit() else f"m_{s}"
+
+
+def _is_qfx(m: Any) -> bool:
+    return callable(getattr(m, "ir_nodes", None))
+
+
+def _is_input_module(m: Any) -> bool:
+    return _is_qfx(m) and hasattr(m, "fmt") and type(m).__name__ == "QuantInput"
+
+
+def capture(model: "Any", example_input: "Any | None" = None, name: str | None = None) -> Graph:
+    """Trace ``model`` (qfx layers) into a validated ``Graph``.
+
+    ``example_input`` (batch-first) gives the input's per-sample shape; without it, the ``QuantInput`` module
+    must carry a ``shape`` attribute.
+    """
+    import torch
+    import torch.fx
+
+    if not isinstance(model, torch.nn.Module):
+        raise BadInputError(f"capture needs a torch.nn.Module, got {type(model).__name__}")
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+            return _is_qfx(m) or super().is_leaf_module(m, qualname)
+
+    try:
+        fx_graph = _Tracer().trace(model)
+    except UnsupportedError:
+        raise
+    except Exception as exc:  # fx raises many types on untraceable Python
+        raise UnsupportedError(f"cannot trace {type(model).__name__} with torch.fx: "
+                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    modules = dict(model.named_modules())
+    used: set[str] = set()
+
+    def unique(base: str) -> str:
+        n, i = sanitize(base), 1
+        out = n
+        while out in used:
+            out = f"{n}_{i}"
+            i += 1
+        used.add(out)
+        return out
+
+    env: dict[str, Any] = {}  # fx node name -> TensorSpec | ("size", dim) | python value
+    tensors: dict[str, TensorSpec] = {}
+    nodes: list[Node] = []
+    inputs: list[str] = []
+    outputs: list[str] = []
+    placeholder: str | None = None
+    pending_shape: tuple[int, ...] | None = None
+    if example_input is not None:
+        pending_shape = tuple(int(s) for s in example_input.shape[1:])
+
+    def spec_of(arg: Any, where: str) -> TensorSpec:
+        if isinstance(arg, torch.fx.Node):
+            v = env.get(arg.name)
+            if isinstance(v, TensorSpec):
+                return v
+            if v == "raw_input":
+                raise BadInputError(f"{where} reads the model input before a QuantInput module gives it a format")
+        raise UnsupportedError(f"{where}: expected a tensor argument, got {arg!r}")
+
+    def add_reshape(fxn: torch.fx.Node, x: TensorSpec, shape: tuple[int, ...], where: str) -> None:
+        if int(np.prod(shape)) != x.size or any(d < 1 for d in shape):
+            raise BadInputError(f"{where}: cannot reshape per-sample shape {x.shape} to {shape}")
+        out = unique(fxn.name)
+        op = Op.FLATTEN if len(shape) == 1 else Op.RESHAPE
+        spec = TensorSpec(out, shape, x.fmt)
+        nodes.append(Node(unique(f"{fxn.name}_{op.value}"), op, (x.name,), out, {},
+                          {} if op is Op.FLATTEN else {"shape": shape}, None, source=where))
+        tensors[out] = spec
+        env[fxn.name] = spec
+
+    def dims_after_batch(args: Sequence[Any], x: TensorSpec, where: str) -> tuple[int, ...]:
+        dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+        if not dims:
+            raise UnsupportedError(f"{where}: reshape without a batch dimension")
+        rest = []
+        for d in dims[1:]:
+            if isinstance(d, torch.fx.Node):
+                raise UnsupportedError(f"{where}: reshape with a computed size; use constant sizes after the batch dim")
+            rest.append(int(d))
+        if rest.count(-1) > 1:
+            raise BadInputError(f"{where}: more than one -1 in reshape")
+        if -1 in rest:
+            known = int(np.prod([d for d in rest if d != -1])) or 1
+            rest = [x.size // known if d == -1 else d for d in rest]
+        return tuple(rest)
+
+    for fxn in fx_graph.nodes:
+        if fxn.op == "placeholder":
+            if placeholder is not None:
+                raise UnsupportedError(f"model has more than one input ({fxn.name!r}); qfx graphs take one")
+            placeholder = fxn.name
+            env[fxn.name] = "raw_input"
+        elif fxn.op == "get_attr":
+            raise UnsupportedError(f"model reads parameter {fxn.target!r} outside a qfx layer")
+        elif fxn.op == "call_module":
+            path = str(fxn.target)
+            m = modules[path]
+            tname = type(m).__name__
+            where = f"module {path!r} ({type(m).__module__}.{tname})"
+            if _is_input_module(m):
+                arg = fxn.args[0] if fxn.args else None
+                if not (isinstance(arg, torch.fx.Node) and env.get(arg.name) == "raw_input"):
+                    raise UnsupportedError(f"{where}: QuantInput must be applied to the model input")
+                if inputs:
+                    raise UnsupportedError(f"{where}: the model input is quantized twice")
+                shape = pending_shape or tuple(getattr(m, "shape", ()) or ())
+                if not shape:
+                    raise BadInputError("capture needs example_input (or QuantInput.shape) to know the input shape")
+                tname_in = unique(path or "input")
+                spec = TensorSpec(tname_in, shape, m.fmt)
+                tensors[tname_in] = spec
+                inputs.append(tname_in)
+                env[fxn.name] = spec
+            elif _is_qfx(m):
+                ins = [spec_of(a, where) for a in fxn.args if isinstance(a, torch.fx.Node)]
+                if fxn.kwargs:
+                    raise UnsupportedError(f"{where}: keyword arguments are not supported")
+                out = unique(path)
+                pairs = m.ir_nodes(sanitize(path), ins, out)
+                if not pairs:
+                    raise UnsupportedError(f"{where}: produced no IR nodes")
+                for node, spec in pairs:
+                    if spec.name in tensors:
+                        raise BadInputError(f"{where}: tensor name {spec.name!r} is already used")
+                    tensors[spec.name] = spec
+                    used.add(spec.name)
+                    used.add(node.name)
+                    nodes.append(node if node.source else node.replace(source=path))
+                last = pairs[-1]
+                if last[0].output != out:
+                    raise BadInputError(f"{where}: ir_nodes must write its output tensor {out!r} last")
+                env[fxn.name] = last[1]
+            elif tname in _PASS_THROUGH:
+                env[fxn.name] = spec_of(fxn.args[0], where)
+            elif isinstance(m, torch.nn.Flatten):
+                x = spec_of(fxn.args[0], where)
+                if m.start_dim != 1 or m.end_dim != -1:
+                    raise UnsupportedError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
+                add_reshape(fxn, x, (x.size,), where)
+            else:
+                raise UnsupportedError(f"unsupported module {path!r} ({type(m).__module__}.{tname}); use a qfx layer")
+        elif fxn.op in ("call_function", "call_method"):
+            tgt = fxn.target
+            tname = tgt if isinstance(tgt, str) else getattr(tgt, "__name__", str(tgt))
+            where = f"{'method' if fxn.op == 'call_method' else 'function'} {tname!r} (at {fxn.name})"
+            if fxn.op == "call_method" and tgt == "size":
+                env[fxn.name] = ("size", fxn.args[1] if len(fxn.args) > 1 else None)
+            elif fxn.op == "call_function" and tgt is operator.getitem and isinstance(env.get(fxn.args[0].name), tuple):
+                env[fxn.name] = ("size", fxn.args[1])
+            elif tname == "flatten":
+                x = spec_of(fxn.args[0], where)
+                start = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("start_dim", 0 if fxn.op == "call_function"
+                                                                               else 0)
+                end = fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("end_dim", -1)
+                if start != 1 or end != -1:
+                    raise UnsupportedError(f"{where}: only flatten(start_dim=1) is supported (the batch stays first)")
+                add_reshape(fxn, x, (x.size,), where)
+            elif fxn.op == "call_method" and tgt in ("view", "reshape"):
+                x = spec_of(fxn.args[0], where)
+                add_reshape(fxn, x, dims_after_batch(fxn.args[1:], x, where), where)
+            elif fxn.op == "call_function" and tname == "reshape":
+                x = spec_of(fxn.args[0], where)
+                add_reshape(fxn, x, dims_after_batch(fxn.args[1:], x, where), where)
+            elif tname in ("contiguous", "clone", "dropout") or (fxn.op == "call_method" and tgt == "detach"):
+                env[fxn.name] = spec_of(fxn.args[0], where)
+            else:
+                raise UnsupportedError(f"unsupported {where}; use a qfx layer (e.g. QAdd for residual sums)")
+        elif fxn.op == "output":
+            res = fxn.args[0]
+            items = res if isinstance(res, (tuple, list)) else [res]
+            for r in items:
+                outputs.append(spec_of(r, "model output").name)
+    if not inputs:
+        raise UnsupportedError("model has no QuantInput module on its input; qfx needs the input format")
+    g = Graph(name or sanitize(type(model).__name__), tuple(inputs), tuple(outputs), tensors, tuple(nodes),
+              {"captured_from": type(model).__name__})
+    return g.validate()
