@@ -222,10 +222,10 @@ def _compare(model, ref) -> None:
     ob = sorted((o.domain, o.version) for o in ref.opset_import)
     if oa != ob:
         raise BadInputError(f"ONNX opset imports {oa} differ from qfx's {ob}")
-    for la, lb in ((g.input, r.input), (g.output, r.output)):
+    for la, lb in ((g.input, r.input), (g.output, r.output), (g.value_info, r.value_info)):
         if [x.SerializeToString(deterministic=True) for x in la] != [x.SerializeToString(deterministic=True)
                                                                      for x in lb]:
-            raise BadInputError("ONNX graph inputs/outputs differ from what the qfx metadata describes")
+            raise BadInputError("ONNX graph inputs/outputs/value infos differ from what the qfx metadata describes")
 
 
 # ------------------------------------------------------------------------------------------------ QONNX / plain
