@@ -1,0 +1,619 @@
+"""Fixed-point layers: drop-in twins of torch.nn layers with explicit formats for every tensor.
+
+Each layer runs in one of two modes (``qfx.nn.set_mode``): ``train`` (float32 fake quantization, differentiable)
+or ``exact`` (int64 codes through ``qfx.fixed.ops``; activations travel as float64 tensors of exact values).
+Each layer also describes itself as IR nodes (``ir_nodes``) for the torch.fx capture in ``qfx.ir.from_torch``.
+
+``ir_nodes(name, inputs, output)`` contract: returns ``[(Node, TensorSpec), ...]`` in order; the last node writes
+``output``; intermediate tensors are ``f"{output}.{suffix}"``, nodes ``name``/``f"{name}.{suffix}"``; inputs carry
+the producers' formats. ``out_fmt`` is the output format in exact mode, or ``None`` for a format-preserving module
+with no output quantizer (max-pool, flatten, an unquantized ReLU): its output keeps the input's format.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfx.errors import BadInputError, FormatError, UnsupportedError
+from qfx.fixed import ops
+from qfx.fixed.csd import csd_digits
+from qfx.fixed.format import FxFormat
+from qfx.fixed.kernels import lossless_acc_format
+from qfx.ir.graph import Constant, Node, Op, TensorSpec
+from qfx.nn.exact import codes_to_values, values_to_codes
+from qfx.nn.exact import _frac_bits_needed
+from qfx.nn.quant import FixedQuant
+
+__all__ = [
+    "QModule", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU", "QClippedReLU", "QAdd",
+    "QMaxPool2d", "QAvgPool2d", "QFlatten", "IRItem",
+]
+
+IRItem = tuple[Node, TensorSpec]
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise UnsupportedError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _quant(q: FixedQuant | None, width: int | None, *, signed: bool = True, rounding: str = "RND",
+           overflow: str = "SAT", per_channel: int | None = None, khot: int | None = None,
+           learn: bool = True) -> FixedQuant | None:
+    if q is not None:
+        if not isinstance(q, FixedQuant):
+            raise BadInputError(f"expected a qfx.nn.FixedQuant, got {type(q).__name__}")
+        return q
+    if width is None:
+        return None
+    return FixedQuant(width, None, signed, rounding, overflow,
+                      per_channel_axis=0 if per_channel else None, num_channels=per_channel, learn_int_bits=learn,
+                      khot=khot)
+
+
+class QModule(nn.Module):
+    """Mixin of every qfx layer: the mode flag, output quantizer and IR description."""
+
+    qfx_mode: str = "train"
+    out_quant: FixedQuant | None
+
+    @property
+    def out_fmt(self) -> FxFormat | None:
+        return self.out_quant.fmt if self.out_quant is not None else None
+
+    def _out_train(self, y: torch.Tensor) -> torch.Tensor:
+        return self.out_quant(y) if self.out_quant is not None else y
+
+    def _spec_fmt(self, fallback: FxFormat) -> FxFormat:
+        f = self.out_fmt
+        return fallback if f is None else f
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:  # pragma: no cover
+        raise NotImplementedError
+
+    def quantizers(self) -> dict[str, FixedQuant]:
+        """This module's own quantizers by role (weight, bias, scale, shift, out, input)."""
+        return {k.removesuffix("_quant"): m for k, m in self.named_children() if isinstance(m, FixedQuant)}
+
+
+def _one_input(inputs: Sequence[TensorSpec], name: str) -> TensorSpec:
+    if len(inputs) != 1:
+        raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+    return inputs[0]
+
+
+def _exact_out(module: QModule, codes: np.ndarray, fmt: FxFormat, like: torch.Tensor) -> torch.Tensor:
+    return codes_to_values(codes, fmt, like.device)
+
+
+# ============================================================================ input
+class QuantInput(QModule):
+    """First module of every qfx model: quantizes the float input to the graph input format ``fmt``."""
+
+    def __init__(self, width: int = 8, int_bits: int | None = None, signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", learn_int_bits: bool = False) -> None:
+        super().__init__()
+        self.out_quant = FixedQuant(width, int_bits, signed, rounding, overflow, learn_int_bits=learn_int_bits)
+
+    @property
+    def fmt(self) -> FxFormat:
+        return self.out_quant.fmt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                f = self.fmt
+                return codes_to_values(f.to_int(x.detach().to("cpu", torch.float64).numpy()), f, x.device)
+        return self.out_quant(x.float() if x.dtype != torch.float32 else x)
+
+    def input_codes(self, x: torch.Tensor) -> np.ndarray:
+        """int64 codes of a float input in ``fmt`` (what the exported design receives)."""
+        return np.asarray(self.fmt.to_int(x.detach().to("cpu", torch.float64).numpy()), dtype=np.int64)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        return []
+
+
+# ============================================================================ dense / conv
+class _WeightLayer(QModule):
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_quant: FixedQuant
+    bias_quant: FixedQuant | None
+
+    def _init_quant(self, out_channels: int, weight_width: int, bias_width: int, out_width: int | None,
+                    rounding: str, overflow: str, per_channel: bool, khot: int | None, out_signed: bool,
+                    weight_quant: FixedQuant | None, bias_quant: FixedQuant | None,
+                    out_quant: FixedQuant | None, learn_int_bits: bool) -> None:
+        self.weight_quant = _quant(weight_quant, weight_width, rounding=rounding, overflow=overflow,
+                                   per_channel=out_channels if per_channel else None, khot=khot, learn=learn_int_bits)
+        self.bias_quant = _quant(bias_quant, bias_width if self.bias is not None else None, rounding=rounding,
+                                 overflow=overflow, learn=learn_int_bits)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    @property
+    def khot(self) -> int:
+        return self.weight_quant.khot or 0
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.weight_quant(self.weight)
+
+    def weight_codes(self) -> tuple[np.ndarray, FxFormat]:
+        """Weight codes in one lossless format (per-channel formats merged; K-hot projected)."""
+        with torch.no_grad():
+            return self.weight_quant.quantize_exact(self.weight)
+
+    def bias_codes(self) -> tuple[np.ndarray | None, FxFormat | None]:
+        if self.bias is None or self.bias_quant is None:
+            return None, None
+        with torch.no_grad():
+            return self.bias_quant.quantize_exact(self.bias)
+
+    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+        """Lossless accumulator for inputs of ``in_fmt`` by interval analysis over the actual weight codes."""
+        w, fw = self.weight_codes()
+        b, fb = self.bias_codes()
+        return lossless_acc_format(w.reshape(w.shape[0], -1), fw, in_fmt, b, fb)
+
+    def shift_add_terms(self) -> np.ndarray:
+        """Per weight (array shaped like ``weight``) the list of ``(sign, shift)`` terms: value = sum(sign * 2**shift)."""
+        w, fw = self.weight_codes()
+        out = np.empty(w.shape, dtype=object)
+        for idx, c in np.ndenumerate(w):
+            out[idx] = [(s, k - fw.frac_bits) for s, k in csd_digits(int(c))]
+        return out
+
+    def _consts(self) -> dict[str, Constant]:
+        w, fw = self.weight_codes()
+        b, fb = self.bias_codes()
+        consts = {"weight": Constant(w, fw)}
+        if b is not None:
+            consts["bias"] = Constant(b, fb)
+        return consts
+
+    def _bias_train(self) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        return self.bias_quant(self.bias) if self.bias_quant is not None else self.bias
+
+
+class QLinear(nn.Linear, _WeightLayer):
+    """``nn.Linear`` with fixed-point weight, bias and output formats (optionally K-hot weights)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None, dtype: Any = None,
+                 *, weight_width: int = 8, bias_width: int = 16, out_width: int | None = 8, rounding: str = "RND",
+                 overflow: str = "SAT", per_channel: bool = False, khot: int | None = None, out_signed: bool = True,
+                 weight_quant: FixedQuant | None = None, bias_quant: FixedQuant | None = None,
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_quant(out_features, weight_width, bias_width, out_width, rounding, overflow, per_channel, khot,
+                         out_signed, weight_quant, bias_quant, out_quant, learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._forward_exact(x)
+        return self._out_train(F.linear(x, self.weight_quant(self.weight), self._bias_train()))
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        xc, fx = values_to_codes(x, "QLinear input")
+        w, fw = self.weight_codes()
+        b, fb = self.bias_codes()
+        out = self._exact_fmt(fx, w, fw, b, fb)
+        return codes_to_values(ops.dense(xc, fx, w, fw, out, b, fb), out, x.device)
+
+    def _exact_fmt(self, fx, w, fw, b, fb) -> FxFormat:
+        if self.out_fmt is not None:
+            return self.out_fmt
+        return lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, b, fb)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        if x.shape != (self.in_features,):
+            raise UnsupportedError(f"{name}: dense input must have per-sample shape ({self.in_features},), got {x.shape}")
+        consts = self._consts()
+        w, b = consts["weight"], consts.get("bias")
+        acc = lossless_acc_format(w.codes, w.fmt, x.fmt, None if b is None else b.codes, None if b is None else b.fmt)
+        node = Node(name, Op.DENSE, (x.name,), output, consts, {"khot": self.khot}, acc, source=name)
+        return [(node, TensorSpec(output, (self.out_features,), self._spec_fmt(acc)))]
+
+
+class QConv2d(nn.Conv2d, _WeightLayer):
+    """``nn.Conv2d`` (groups=1, zero padding) with fixed-point weight, bias and output formats."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device: Any = None, dtype: Any = None, *, weight_width: int = 8, bias_width: int = 16,
+                 out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT", per_channel: bool = False,
+                 khot: int | None = None, out_signed: bool = True, weight_quant: FixedQuant | None = None,
+                 bias_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        if isinstance(padding, str):
+            raise UnsupportedError(f"QConv2d supports integer padding only, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        if groups != 1 or _pair(dilation) != (1, 1) or padding_mode != "zeros":
+            raise UnsupportedError("QConv2d supports groups=1, dilation=1 and zero padding only")
+        self._init_quant(out_channels, weight_width, bias_width, out_width, rounding, overflow, per_channel, khot,
+                         out_signed, weight_quant, bias_quant, out_quant, learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._forward_exact(x)
+        y = F.conv2d(x, self.weight_quant(self.weight), self._bias_train(), self.stride, self.padding)
+        return self._out_train(y)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise BadInputError(f"QConv2d expects NCHW input, got shape {tuple(x.shape)}")
+        xc, fx = values_to_codes(x, "QConv2d input")
+        w, fw = self.weight_codes()
+        b, fb = self.bias_codes()
+        out = self.out_fmt if self.out_fmt is not None else lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, b, fb)
+        y = ops.conv2d(xc, fx, w, fw, out, b, fb, _pair(self.stride), _pair(self.padding))
+        return codes_to_values(y, out, x.device)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        if len(x.shape) != 3 or x.shape[0] != self.in_channels:
+            raise UnsupportedError(f"{name}: conv2d input must be ({self.in_channels}, H, W) per sample, got {x.shape}")
+        consts = self._consts()
+        w, b = consts["weight"], consts.get("bias")
+        acc = lossless_acc_format(w.codes.reshape(w.codes.shape[0], -1), w.fmt, x.fmt,
+                                  None if b is None else b.codes, None if b is None else b.fmt)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, _pair(self.stride), _pair(self.padding)
+        ho, wo = ops.conv_out_size(x.shape[1], kh, sh, ph), ops.conv_out_size(x.shape[2], kw, sw, pw)
+        node = Node(name, Op.CONV2D, (x.name,), output, consts,
+                    {"stride": (sh, sw), "padding": (ph, pw), "khot": self.khot}, acc, source=name)
+        return [(node, TensorSpec(output, (self.out_channels, ho, wo), self._spec_fmt(acc)))]
+
+
+# ============================================================================ batch norm
+class _QBatchNorm(QModule):
+    """BatchNorm as a fixed-point per-channel ``x * scale + shift`` with learned scale/shift/output formats.
+
+    Train mode folds the (batch or running) statistics into ``scale = gamma / sqrt(var + eps)`` and
+    ``shift = beta - mean * scale``, quantizes both per channel and applies them; exact mode does the same with the
+    running statistics through ``qfx.fixed.ops.scale_shift``.
+    """
+
+    def _init_quant(self, scale_width: int, shift_width: int, out_width: int | None, rounding: str, overflow: str,
+                    out_signed: bool, per_channel: bool, scale_quant: FixedQuant | None,
+                    shift_quant: FixedQuant | None, out_quant: FixedQuant | None, learn_int_bits: bool) -> None:
+        if not self.affine or not self.track_running_stats:
+            raise UnsupportedError("QBatchNorm needs affine=True and track_running_stats=True")
+        c = self.num_features if per_channel else None
+        self.scale_quant = _quant(scale_quant, scale_width, rounding=rounding, overflow=overflow, per_channel=c,
+                                  learn=learn_int_bits)
+        self.shift_quant = _quant(shift_quant, shift_width, rounding=rounding, overflow=overflow, per_channel=c,
+                                  learn=learn_int_bits)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def scale_shift(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float ``(scale, shift)``: batch statistics of ``x`` while training (running stats updated), else running."""
+        if self.training and x is not None:
+            dims = [0] + list(range(2, x.ndim))
+            mean = x.mean(dim=dims)  # E[x^2] - E[x]^2: two cheap reductions instead of the slow var_mean kernel
+            var = ((x * x).mean(dim=dims) - mean * mean).clamp_min(0.0)
+            with torch.no_grad():
+                n = x.numel() // x.shape[1]
+                self.num_batches_tracked.add_(1)
+                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), mom)
+                self.running_var.lerp_(var.detach() * (n / max(n - 1, 1)), mom)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return scale, self.bias - mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if self.qfx_mode == "exact":
+            return self._forward_exact(x)
+        scale, shift = self.scale_shift(x)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        y = torch.addcmul(self.shift_quant(shift).reshape(shape), x, self.scale_quant(scale).reshape(shape))
+        return self._out_train(y)
+
+    def scale_shift_codes(self) -> tuple[np.ndarray, FxFormat, np.ndarray, FxFormat]:
+        """Codes of the running-statistics scale and shift in their (union) formats."""
+        with torch.no_grad():
+            training, self.training = self.training, False
+            try:
+                scale, shift = self.scale_shift()
+            finally:
+                self.training = training
+            s, fs = self.scale_quant.quantize_exact(scale.float())
+            h, fh = self.shift_quant.quantize_exact(shift.float())
+        return s, fs, h, fh
+
+    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+        _, fs, _, fh = self.scale_shift_codes()
+        return ops.scale_shift_format(in_fmt, fs, fh)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        xc, fx = values_to_codes(x, "QBatchNorm input")
+        s, fs, h, fh = self.scale_shift_codes()
+        out = self.out_fmt if self.out_fmt is not None else ops.scale_shift_format(fx, fs, fh)
+        return codes_to_values(ops.scale_shift(xc, fx, s, fs, h, fh, out), out, x.device)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        if x.shape[0] != self.num_features:
+            raise UnsupportedError(f"{name}: batch norm over {self.num_features} channels got input shape {x.shape}")
+        s, fs, h, fh = self.scale_shift_codes()
+        acc = ops.scale_shift_format(x.fmt, fs, fh)
+        node = Node(name, Op.SCALE_SHIFT, (x.name,), output, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
+                    {}, acc, source=name)
+        return [(node, TensorSpec(output, x.shape, self._spec_fmt(acc)))]
+
+
+def _bn_kwargs_doc() -> None:  # pragma: no cover - documentation anchor
+    """Quantization kwargs: scale_width, shift_width, out_width, rounding, overflow, out_signed, per_channel."""
+
+
+class QBatchNorm1d(nn.BatchNorm1d, _QBatchNorm):
+    """``nn.BatchNorm1d`` in fixed point (per-channel scale/shift formats by default)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, scale_width: int = 8,
+                 shift_width: int = 8, out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 out_signed: bool = True, per_channel: bool = True, scale_quant: FixedQuant | None = None,
+                 shift_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_quant(scale_width, shift_width, out_width, rounding, overflow, out_signed, per_channel,
+                         scale_quant, shift_quant, out_quant, learn_int_bits)
+
+    forward = _QBatchNorm.forward
+
+
+class QBatchNorm2d(nn.BatchNorm2d, _QBatchNorm):
+    """``nn.BatchNorm2d`` in fixed point (per-channel scale/shift formats by default)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *, scale_width: int = 8,
+                 shift_width: int = 8, out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 out_signed: bool = True, per_channel: bool = True, scale_quant: FixedQuant | None = None,
+                 shift_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_quant(scale_width, shift_width, out_width, rounding, overflow, out_signed, per_channel,
+                         scale_quant, shift_quant, out_quant, learn_int_bits)
+
+    forward = _QBatchNorm.forward
+
+
+# ============================================================================ activations
+class QReLU(QModule):
+    """ReLU with an (unsigned by default) output quantizer; ``out_width=None`` keeps the input format."""
+
+    def __init__(self, inplace: bool = False, *, out_width: int | None = 8, out_signed: bool = False,
+                 rounding: str = "RND", overflow: str = "SAT", out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                xc, fx = values_to_codes(x, "QReLU input")
+                out = self._spec_fmt(fx)
+                return codes_to_values(ops.relu(xc, fx, out), out, x.device)
+        q = self.out_quant
+        if q is not None and not q.signed and q.overflow != "WRAP":
+            return q(x)  # an unsigned saturating quantizer already maps negatives to 0 (same values and gradients)
+        return self._out_train(F.relu(x))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        return [(Node(name, Op.RELU, (x.name,), output, source=name), TensorSpec(output, x.shape, self._spec_fmt(x.fmt)))]
+
+
+class QClippedReLU(QModule):
+    """``min(max(x, 0), cap)`` (ReLU6 for cap=6) with an output quantizer. ``cap`` must be a finite dyadic value."""
+
+    def __init__(self, cap: float = 6.0, *, out_width: int | None = 8, out_signed: bool = False,
+                 rounding: str = "RND", overflow: str = "SAT", out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        super().__init__()
+        cap = float(cap)
+        if not math.isfinite(cap) or cap <= 0 or float(np.float32(cap)) != cap:
+            raise FormatError(f"clip cap must be a positive float32-representable value, got {cap!r}")
+        self.cap = cap
+        self.cap_frac_bits = _frac_bits_needed(np.array([cap]))
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+    def _clip_fmt(self, fx: FxFormat) -> tuple[FxFormat, int]:
+        """A format holding every value of ``fx`` and the cap exactly, and the cap's code in it."""
+        f = max(fx.frac_bits, self.cap_frac_bits)
+        sh = f - fx.frac_bits
+        cap_code = int(math.ldexp(self.cap, f))
+        lo, hi = fx.min_code << sh, fx.max_code << sh
+        return FxFormat.for_code_range(min(lo, 0), max(hi, cap_code), f, signed=fx.signed), cap_code
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                xc, fx = values_to_codes(x, "QClippedReLU input")
+                f2, cap_code = self._clip_fmt(fx)
+                xc = np.left_shift(xc, f2.frac_bits - fx.frac_bits)
+                out = self._spec_fmt(f2)
+                return codes_to_values(ops.clip(xc, f2, 0, cap_code, out), out, x.device)
+        return self._out_train(torch.clamp(x, 0.0, self.cap))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        items: list[IRItem] = []
+        src, fx = x.name, x.fmt
+        cap_scaled = math.ldexp(self.cap, fx.frac_bits)
+        if cap_scaled >= fx.max_code:  # the cap can never bind
+            cap_code = fx.max_code
+        elif cap_scaled == int(cap_scaled):
+            cap_code = int(cap_scaled)
+        else:  # cap off the input grid: move to a lossless format that holds it first
+            f2, cap_code = self._clip_fmt(fx)
+            f2 = f2.with_modes("TRN", "WRAP")
+            mid = f"{output}.in"
+            items.append((Node(f"{name}.quant", Op.QUANT, (src,), mid, source=name), TensorSpec(mid, x.shape, f2)))
+            src, fx = mid, f2
+        lo = max(0, fx.min_code)
+        node = Node(name, Op.CLIP, (src,), output, attrs={"lo": lo, "hi": cap_code}, source=name)
+        items.append((node, TensorSpec(output, x.shape, self._spec_fmt(fx))))
+        return items
+
+
+# ============================================================================ residual add
+class QAdd(QModule):
+    """Residual add ``a + b``: exact sum (binary points aligned as ap_fixed does) cast to the output format.
+
+    With ``out_width=None`` (the default, for float models) it is a plain add whose exact-mode output is the
+    lossless sum format; ``qfx.quantize_model`` gives it an output quantizer.
+    """
+
+    def __init__(self, *, out_width: int | None = None, out_signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                ac, fa = values_to_codes(a, "QAdd input a")
+                bc, fb = values_to_codes(b, "QAdd input b")
+                out = self._spec_fmt(fa.add_format(fb))
+                return codes_to_values(ops.add(ac, fa, bc, fb, out), out, a.device)
+        return self._out_train(a + b)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 2:
+            raise UnsupportedError(f"{name}: add takes two inputs, got {len(inputs)}")
+        a, b = inputs
+        if a.shape != b.shape:
+            raise UnsupportedError(f"{name}: add inputs differ in shape: {a.shape} vs {b.shape}")
+        node = Node(name, Op.ADD, (a.name, b.name), output, source=name)
+        return [(node, TensorSpec(output, a.shape, self._spec_fmt(a.fmt.add_format(b.fmt))))]
+
+
+# ============================================================================ pooling / reshape
+def _pool_args(kernel_size: Any, stride: Any, padding: Any) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    k = _pair(kernel_size)
+    return k, _pair(stride if stride is not None else k), _pair(padding)
+
+
+class QMaxPool2d(nn.MaxPool2d, QModule):
+    """Max pooling; keeps the input format unless an output quantizer is given."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                 return_indices: bool = False, ceil_mode: bool = False, *, out_width: int | None = None,
+                 out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        if _pair(dilation) != (1, 1) or return_indices or ceil_mode:
+            raise UnsupportedError("QMaxPool2d supports dilation=1, ceil_mode=False, return_indices=False only")
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                xc, fx = values_to_codes(x, "QMaxPool2d input")
+                out = self._spec_fmt(fx)
+                return codes_to_values(ops.maxpool2d(xc, fx, out, k, s, p), out, x.device)
+        return self._out_train(F.max_pool2d(x, k, s, p))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        shape = (x.shape[0], ops.conv_out_size(x.shape[1], k[0], s[0], p[0]), ops.conv_out_size(x.shape[2], k[1], s[1], p[1]))
+        node = Node(name, Op.MAXPOOL2D, (x.name,), output, attrs={"kernel": k, "stride": s, "padding": p}, source=name)
+        return [(node, TensorSpec(output, shape, self._spec_fmt(x.fmt)))]
+
+
+def avgpool_recip(window: int, recip_width: int = 16) -> tuple[int, FxFormat]:
+    """Code and format of ``1/window``: exactly ``2**-n`` (one bit) for powers of two, else rounded to
+    ``recip_width`` fractional bits (round half up, computed on integers)."""
+    if window & (window - 1) == 0:
+        n = window.bit_length() - 1
+        return 1, FxFormat(1, 1 - n, signed=False)
+    code = ((1 << (recip_width + 1)) + window) // (2 * window)
+    return code, FxFormat(recip_width, 0, signed=False)
+
+
+class QAvgPool2d(nn.AvgPool2d, QModule):
+    """Average pooling as ``sum(window) * recip`` (``recip`` = 1/(kh*kw) in fixed point), with an output quantizer."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None, *, recip_width: int = 16,
+                 out_width: int | None = 8, out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        if ceil_mode or not count_include_pad or divisor_override is not None:
+            raise UnsupportedError("QAvgPool2d supports ceil_mode=False, count_include_pad=True, no divisor_override")
+        k, _, _ = _pool_args(kernel_size, stride, padding)
+        self.recip_code, self.recip_fmt = avgpool_recip(k[0] * k[1], recip_width)
+        self.recip_value = float(self.recip_fmt.from_int(self.recip_code))
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        if self.qfx_mode == "exact":
+            with torch.no_grad():
+                xc, fx = values_to_codes(x, "QAvgPool2d input")
+                out = self._spec_fmt(ops.avgpool_format(fx, self.recip_fmt, k[0] * k[1]))
+                y = ops.avgpool2d(xc, fx, out, k, s, self.recip_code, self.recip_fmt, p)
+                return codes_to_values(y, out, x.device)
+        y = F.avg_pool2d(x, k, s, p, divisor_override=1) * self.recip_value
+        return self._out_train(y)
+
+    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+        k, _, _ = _pool_args(self.kernel_size, self.stride, self.padding)
+        return ops.avgpool_format(in_fmt, self.recip_fmt, k[0] * k[1])
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        shape = (x.shape[0], ops.conv_out_size(x.shape[1], k[0], s[0], p[0]), ops.conv_out_size(x.shape[2], k[1], s[1], p[1]))
+        acc = self.accumulator_format(x.fmt)
+        node = Node(name, Op.AVGPOOL2D, (x.name,), output,
+                    {"recip": Constant(np.array(self.recip_code, dtype=np.int64), self.recip_fmt)},
+                    {"kernel": k, "stride": s, "padding": p}, acc, source=name)
+        return [(node, TensorSpec(output, shape, self._spec_fmt(acc)))]
+
+
+class QFlatten(nn.Flatten, QModule):
+    """Flatten (C, H, W) -> (C*H*W,) in C order; values and format unchanged."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__(start_dim, end_dim)
+        if start_dim != 1 or end_dim != -1:
+            raise UnsupportedError("QFlatten supports start_dim=1, end_dim=-1 only")
+        self.out_quant = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        node = Node(name, Op.FLATTEN, (x.name,), output, source=name)
+        return [(node, TensorSpec(output, (int(np.prod(x.shape)),), x.fmt))]

@@ -1,0 +1,377 @@
+"""``FixedQuant``: a fixed-point quantizer with a fixed width W and a learned binary point (integer bits I).
+
+Train mode (float32 fake quantization)
+--------------------------------------
+``m = x * 2**(W-I)`` is the value in LSBs; it is rounded with the format's rounding mode, mapped with its overflow
+mode and scaled back: ``y = q * 2**(I-W)``. Every rounding mode of ``qfx.fixed`` is reproduced with float ops that
+are exact for float32 inputs (power-of-two scaling is exact; ``m - floor(m)`` is exact; ``torch.round`` is
+round-half-even = ``RND_CONV``), every overflow mode too (``WRAP`` by an exact ``remainder`` by ``2**W``, not by
+saturation). For the saturating modes the input is clamped to the code range *before* rounding, which gives the same
+codes (rounding is monotone and fixes integers) and keeps every intermediate below 2**24, so the cheap formula
+``floor(m + 0.5)`` stays exact. Results therefore equal ``FxFormat.quantize`` bit for bit whenever the result is a
+float32 (W <= 24, normal range); tests check this for every rounding x overflow mode.
+
+Gradients (the estimator, and why)
+----------------------------------
+* Values: straight-through through rounding, zero where the value saturated (clipped STE). For ``WRAP`` the
+  out-of-range region also gets zero gradient: a wrapped value is a large discontinuity that training should move
+  away from, not follow.
+* Integer bits: ``I = round(p)`` with a straight-through ``round``, and with ``s = 2**(I-W)`` and STE rounding,
+  ``y = round(x / s) * s`` gives ``dy/dI = ln2 * (y - x)`` inside the range and ``dy/dI = ln2 * y_sat`` where the
+  value saturated (``y_sat`` = the saturation bound). This is the LSQ step-size gradient expressed in the log2
+  domain (as QFX and LSQ+ do): the in-range term trades rounding error, the saturated term pushes the range out, and
+  working on ``log2(step)`` makes the update scale-free, which matters because one parameter moves the step by a
+  factor of two. For ``WRAP`` and ``SAT_ZERO`` the I-gradient uses the saturated value as well, so the estimator
+  always says "grow the range" for out-of-range data instead of following the wrapped/zeroed value.
+
+K-hot
+-----
+With ``khot=K`` the W-bit codes are projected to at most K signed powers of two, greedily (nearest power of two to
+the residual, ties to the larger), then clipped to the largest in-range K-hot codes, exactly as
+``qfx.fixed.csd.khot_project``; the float projection uses ``frexp`` so it is exact too. Gradients pass straight
+through the projection.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from qfx.errors import FormatError, UnsupportedError
+from qfx.fixed.csd import csd_digits, khot_project
+from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
+
+__all__ = ["FixedQuant", "fake_quant", "khot_float", "union_format", "MAX_TRAIN_WIDTH"]
+
+_LN2 = math.log(2.0)
+#: float32 fake quantization is exact up to this width (24-bit significand).
+MAX_TRAIN_WIDTH = 24
+_I_LIMIT = 96  # keeps 2**(W - I) a normal float32 in train mode
+
+
+def _code_range(width: int, signed: bool) -> tuple[float, float]:
+    lo = -(1 << (width - 1)) if signed else 0
+    hi = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
+    return float(lo), float(hi)
+
+
+def _khot_bounds(width: int, signed: bool, k: int) -> tuple[float, float]:
+    lo = -(1 << (width - 1)) if signed else 0
+    hi = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
+    p = khot_project(np.array([lo, hi], dtype=np.int64), k, lo, hi)
+    return float(p[0]), float(p[1])
+
+
+def _round(m: torch.Tensor, rounding: str, bounded: bool, inplace: bool = False) -> torch.Tensor:
+    """Round LSB values ``m`` to integers with an ``ap_fixed`` rounding mode, exactly for float32.
+
+    ``bounded``: |m| < 2**23 is known (then ``m +- 0.5`` is exact and the short formulas apply).
+    ``inplace``: ``m`` may be overwritten (it is a temporary).
+    """
+    if rounding == "TRN":
+        return m.floor_() if inplace else torch.floor(m)
+    if rounding == "TRN_ZERO":
+        return m.trunc_() if inplace else torch.trunc(m)
+    if rounding == "RND_CONV":
+        return m.round_() if inplace else torch.round(m)
+    if bounded and rounding == "RND":
+        return (m.add_(0.5) if inplace else m + 0.5).floor_()
+    if bounded and rounding == "RND_MIN_INF":
+        return (m.sub_(0.5) if inplace else m - 0.5).ceil_()
+    fl = torch.floor(m)
+    r = m - fl  # exact
+    if rounding == "RND":
+        inc = r >= 0.5
+    elif rounding == "RND_MIN_INF":
+        inc = r > 0.5
+    elif rounding == "RND_ZERO":
+        inc = (r > 0.5) | ((r == 0.5) & (m < 0))
+    elif rounding == "RND_INF":
+        inc = (r > 0.5) | ((r == 0.5) & (m > 0))
+    else:  # pragma: no cover - validated by the quantizer
+        raise FormatError(f"unknown rounding mode {rounding}")
+    return fl + inc.to(m.dtype)
+
+
+def khot_float(q: torch.Tensor, k: int, lo: float, hi: float) -> torch.Tensor:
+    """Float twin of ``qfx.fixed.csd.khot_project`` on integer-valued codes ``q`` (exact: frexp/ldexp only)."""
+    acc = torch.zeros_like(q)
+    for _ in range(k):
+        r = q - acc
+        mant, ex = torch.frexp(r.abs())  # |r| = mant * 2**ex, mant in [0.5, 1); r = 0 -> (0, 0)
+        e = ex - 1 + (mant >= 0.75).to(ex.dtype)  # nearest power of two, ties to the larger
+        acc = acc + torch.ldexp(torch.sign(r), e.to(q.dtype))
+    return acc.clamp(lo, hi)
+
+
+class _FakeQuantFn(torch.autograd.Function):
+    """Fake quantization with the clipped-STE / log2-LSQ estimator described in the module docstring.
+
+    Written for low per-call overhead: python scalars for per-tensor steps on CPU, in-place rounding on temporaries,
+    a float mask (``eq`` into a float tensor), and the I-gradient as two dot products.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p, width, signed, rounding, overflow, shape, khot):  # type: ignore[override]
+        need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if shape is None and p.device.type == "cpu":
+            i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
+            inv, step = math.ldexp(1.0, width - i), math.ldexp(1.0, i - width)
+        else:
+            ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
+            if shape is not None:
+                ib = ib.reshape(shape)
+            inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
+        lo, hi = _code_range(width, signed)
+        m = x * inv
+        bounded = max(hi, 1.0 - lo) < 2.0**23
+        mask = None
+        if overflow == "SAT" or (overflow == "SAT_SYM" and not signed):
+            mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
+            if need_x or need_p:
+                mask = torch.eq(m, mc, out=torch.empty_like(m))
+            q = qs = _round(mc, rounding, bounded, inplace=True)
+        elif overflow == "SAT_SYM" and signed:
+            # ap_fixed keeps a value that rounds to min_code; only overflowing negatives become -max
+            mc = m.clamp(lo - 1.0, hi)
+            q = _round(mc, rounding, bounded, inplace=True)
+            if need_x or need_p:
+                mask = ((m == mc) & (q >= lo)).to(x.dtype)
+            q = qs = torch.where(q < lo, torch.full((), lo + 1.0, dtype=q.dtype, device=q.device), q)
+        else:
+            q = _round(m, rounding, bounded=False, inplace=True)
+            inr = (q >= lo) & (q <= hi)
+            mask = inr.to(x.dtype)
+            qs = q.clamp(lo, hi)
+            if overflow == "SAT_ZERO":
+                q = torch.where(inr, q, torch.zeros((), dtype=q.dtype, device=q.device))
+            else:  # WRAP: exact modular arithmetic (remainder by a power of two is exact)
+                full = float(1 << width)
+                r = torch.remainder(q, full)
+                q = torch.where(r > hi, r - full, r) if signed else r
+        if khot:
+            klo, khi = _khot_bounds(width, signed, khot)
+            same = qs is q
+            q = khot_float(q, khot, klo, khi)
+            qs = q if same else khot_float(qs, khot, klo, khi)
+        same = qs is q
+        y = q.mul_(step)
+        ctx.shape, ctx.pshape = shape, p.shape
+        if need_p:
+            ctx.save_for_backward(x, y if same else qs.mul_(step), mask)
+        elif need_x:
+            ctx.save_for_backward(mask)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if need_p:
+            x, ysat, mask = ctx.saved_tensors
+        elif need_x:
+            (mask,) = ctx.saved_tensors
+        else:
+            return (None,) * 8
+        gx = g * mask
+        gp = None
+        if need_p:
+            # dL/dI = ln2 * sum(g * (ysat - x * mask))
+            if ctx.shape is None:
+                gf = g.reshape(-1)
+                gp = (torch.dot(gf, ysat.reshape(-1)) - torch.dot(gx.reshape(-1), x.reshape(-1))) * _LN2
+                gp = gp.reshape(ctx.pshape)
+            else:
+                axis = [i for i, s in enumerate(ctx.shape) if s != 1]
+                dims = [i for i in range(g.ndim) if i not in axis]
+                d = g * ysat - gx * x
+                gp = (d.sum(dim=dims) if dims else d).mul_(_LN2).reshape(ctx.pshape)
+        return (gx if need_x else None), gp, None, None, None, None, None, None
+
+
+def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool = True, rounding: str = "RND",
+               overflow: str = "SAT", shape: tuple[int, ...] | None = None, khot: int | None = None) -> torch.Tensor:
+    """Functional fake quantization; ``int_bits`` (float, rounded here) broadcasts by ``shape`` if given."""
+    return _FakeQuantFn.apply(x, int_bits, width, signed, rounding, overflow, shape, khot or 0)
+
+
+def union_format(formats: Sequence[FxFormat]) -> FxFormat:
+    """One lossless format holding every value of each of ``formats`` (per-channel constants -> one IR constant)."""
+    f = max(fm.frac_bits for fm in formats)
+    lo = min(fm.min_code << (f - fm.frac_bits) for fm in formats)
+    hi = max(fm.max_code << (f - fm.frac_bits) for fm in formats)
+    base = formats[0]
+    return FxFormat.for_code_range(min(lo, 0), hi, f, signed=base.signed or lo < 0, rounding=base.rounding,
+                                   overflow=base.overflow)
+
+
+class FixedQuant(nn.Module):
+    """Quantizer to ``ap_fixed<W, I>``/``ap_ufixed<W, I>`` with W fixed and I learned (``int_bits_param``).
+
+    ``per_channel_axis``/``num_channels`` give one I per channel along that axis (weights: axis 0).
+    ``khot=K`` projects codes to at most K signed power-of-two terms. ``learn_int_bits=False`` freezes I.
+    """
+
+    def __init__(self, width: int, int_bits: int | Sequence[int] | None = None, signed: bool = True,
+                 rounding: str = "RND", overflow: str = "SAT", per_channel_axis: int | None = None,
+                 num_channels: int | None = None, learn_int_bits: bool = True, khot: int | None = None) -> None:
+        super().__init__()
+        fmt = FxFormat(width, 0, signed, rounding, overflow)  # validates width, modes
+        if khot is not None and khot < 1:
+            raise FormatError(f"K-hot needs K >= 1, got {khot}")
+        if (per_channel_axis is None) != (num_channels is None):
+            raise FormatError("per-channel quantization needs both per_channel_axis and num_channels")
+        self.width = fmt.width
+        self.signed = fmt.signed
+        self.rounding = fmt.rounding
+        self.overflow = fmt.overflow
+        self.per_channel_axis = per_channel_axis
+        self.khot = int(khot) if khot else None
+        self._calib: str | None = None  # set by qfx.nn.calibrate(): calibrate from the next input, then quantize
+        self.calibrating = False  # observed ranges update int_bits (running max) while True
+        n = num_channels if per_channel_axis is not None else None
+        init = float(width // 2 if int_bits is None else 0)
+        t = torch.full((n,) if n else (), init, dtype=torch.float32)
+        if int_bits is not None:
+            t.copy_(torch.as_tensor(int_bits, dtype=torch.float32).expand_as(t))
+        self.int_bits_param = nn.Parameter(t, requires_grad=learn_int_bits)
+        self.register_buffer("observed_max", torch.zeros_like(t), persistent=False)
+
+    # ------------------------------------------------------------------ formats
+    @property
+    def per_channel(self) -> bool:
+        return self.per_channel_axis is not None
+
+    def int_bits(self) -> list[int]:
+        """Rounded integer bits (one per channel, or a single-element list)."""
+        v = torch.round(self.int_bits_param.detach()).clamp(-_I_LIMIT, _I_LIMIT).reshape(-1)
+        return [int(i) for i in v.tolist()]
+
+    def formats(self) -> list[FxFormat]:
+        return [FxFormat(self.width, i, self.signed, self.rounding, self.overflow) for i in self.int_bits()]
+
+    @property
+    def fmt(self) -> FxFormat:
+        """The per-tensor format (for per-channel quantizers use ``formats()`` or ``union_fmt``)."""
+        if self.per_channel:
+            raise UnsupportedError("per-channel quantizer has one format per channel; use formats() or union_fmt")
+        return self.formats()[0]
+
+    @property
+    def union_fmt(self) -> FxFormat:
+        """Lossless common format of all channels (the per-tensor format itself when not per-channel)."""
+        return union_format(self.formats())
+
+    def extra_repr(self) -> str:
+        ib = self.int_bits()
+        kind = f"ap_{'' if self.signed else 'u'}fixed<{self.width},I>"
+        s = f"{kind}, I={ib if self.per_channel else ib[0]}, {self.rounding}, {self.overflow}"
+        return s + (f", khot={self.khot}" if self.khot else "")
+
+    def _shape(self, ndim: int) -> tuple[int, ...] | None:
+        if not self.per_channel:
+            return None
+        ax = self.per_channel_axis % ndim
+        return tuple(-1 if d == ax else 1 for d in range(ndim))
+
+    # ------------------------------------------------------------------ train-mode forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.width > MAX_TRAIN_WIDTH:
+            raise FormatError(f"train-mode fake quantization is float32 and needs width <= {MAX_TRAIN_WIDTH}, "
+                              f"got {self.width}")
+        if self._calib is not None:
+            self.calibrate(x, self._calib)
+            self._calib = None
+        elif self.calibrating:
+            self._observe(x)
+        return _FakeQuantFn.apply(x, self.int_bits_param, self.width, self.signed, self.rounding, self.overflow,
+                                  self._shape(x.ndim), self.khot or 0)
+
+    # ------------------------------------------------------------------ exact mode
+    def codes(self, x: torch.Tensor) -> np.ndarray:
+        """int64 codes of ``x`` in the (union) format, through the integer kernels (K-hot projected if set)."""
+        xd = x.detach().to("cpu", torch.float64).numpy()
+        if not self.per_channel:
+            f = self.fmt
+            c = f.to_int(xd)
+            if self.khot:
+                c = khot_project(c, self.khot, f.min_code, f.max_code)
+            return np.asarray(c, dtype=np.int64)
+        ax = self.per_channel_axis % xd.ndim
+        u = self.union_fmt
+        xm = np.moveaxis(xd, ax, 0)
+        out = np.empty(xm.shape, dtype=np.int64)
+        for ch, f in enumerate(self.formats()):
+            c = np.asarray(f.to_int(xm[ch:ch + 1]), dtype=np.int64)
+            if self.khot:
+                c = khot_project(c, self.khot, f.min_code, f.max_code)
+            out[ch:ch + 1] = np.left_shift(c, u.frac_bits - f.frac_bits)
+        out = np.moveaxis(out, 0, ax)
+        return out
+
+    def quantize_exact(self, x: torch.Tensor) -> tuple[np.ndarray, FxFormat]:
+        """(codes, format) of ``x`` quantized on the exact integer path; per-channel codes in ``union_fmt``."""
+        return self.codes(x), self.union_fmt
+
+    # ------------------------------------------------------------------ calibration
+    @torch.no_grad()
+    def _target_int_bits(self, amax: torch.Tensor) -> torch.Tensor:
+        """Smallest I whose largest value covers ``amax`` (``max_code * 2**(I-W) >= amax``)."""
+        _, hi = _code_range(self.width, self.signed)
+        a = amax.to(torch.float64).clamp_min(1e-30)
+        ib = torch.ceil(torch.log2(a / hi)) + self.width
+        return torch.where(amax > 0, ib, torch.round(self.int_bits_param.detach().to(torch.float64)))
+
+    @torch.no_grad()
+    def _amax(self, x: torch.Tensor) -> torch.Tensor:
+        xa = x.detach().abs() if self.signed else x.detach().clamp_min(0)
+        if not self.per_channel:
+            return xa.max().to(torch.float32) if xa.numel() else torch.zeros(())
+        ax = self.per_channel_axis % x.ndim
+        return xa.transpose(0, ax).reshape(x.shape[ax], -1).amax(dim=1).to(torch.float32)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, method: str = "mse") -> None:
+        """Set I from data: ``"max"`` covers max|x|; ``"mse"`` picks, among the max choice and the 4 below it, the
+        one with the least squared quantization error (better at 2-5 bits, where clipping a few outliers pays)."""
+        if method not in ("max", "mse"):
+            raise FormatError(f"calibration method must be 'max' or 'mse', got {method!r}")
+        x = x.detach().to(torch.float32)
+        ib = self._target_int_bits(self._amax(x)).to(torch.float32)
+        if method == "mse" and x.numel():
+            shape = self._shape(x.ndim)
+            best, best_err = ib.clone(), None
+            for d in range(0, 5):
+                cand = ib - d
+                y = _FakeQuantFn.apply(x, cand, self.width, self.signed, self.rounding,
+                                       "SAT" if self.overflow == "WRAP" else self.overflow, shape, self.khot or 0)
+                e = (y - x).square()
+                if self.per_channel:
+                    ax = self.per_channel_axis % x.ndim
+                    e = e.transpose(0, ax).reshape(x.shape[ax], -1).sum(dim=1)
+                else:
+                    e = e.sum()
+                if best_err is None:
+                    best_err = e
+                else:
+                    better = e < best_err
+                    best = torch.where(better, cand, best)
+                    best_err = torch.where(better, e, best_err)
+            ib = best
+        self.int_bits_param.copy_(ib.reshape(self.int_bits_param.shape))
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        self.observed_max = torch.maximum(self.observed_max.to(x.device), self._amax(x).to(x.device))
+        self.int_bits_param.copy_(self._target_int_bits(self.observed_max).to(torch.float32).reshape(
+            self.int_bits_param.shape))
+
+    def reset_observed(self) -> None:
+        self.observed_max.zero_()
+
+
+def check_modes(rounding: str, overflow: str) -> None:
+    if rounding not in ROUNDING_MODES or overflow not in OVERFLOW_MODES:
+        FxFormat(2, 0, True, rounding, overflow)

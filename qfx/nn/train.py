@@ -1,0 +1,228 @@
+"""Quantization-aware training on the digits data set, checkpoints, and the loader other commands use.
+
+Schedule: a short float pre-training, conversion with ``quantize_model`` (binary points calibrated on a training
+batch), then fixed-point fine-tuning with learned binary points (Adam; the integer-bit parameters get their own
+learning rate; cosine decay). The reported accuracy is measured in **exact** mode (int64 arithmetic), i.e. what the
+exported hardware computes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from qfx.errors import BadInputError, OutputExistsError
+from qfx.nn.convert import QFXConfig, quantize_model
+from qfx.nn.exact import mode
+from qfx.nn.quant import FixedQuant
+
+__all__ = ["TrainResult", "train_model", "evaluate", "save_checkpoint", "load_checkpoint", "checkpoint_dict",
+           "make_optimizer", "int_bits_snapshot", "CHECKPOINT_VERSION"]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    kind: str
+    config: QFXConfig
+    accuracy: float  # exact-mode test accuracy of the fixed-point model
+    float_accuracy: float | None  # test accuracy of the float model after pre-training
+    train_mode_accuracy: float  # the same fixed-point model evaluated with float32 fake quantization
+    int_bits_history: dict[str, list[list[int]]] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def make_optimizer(model: nn.Module, lr: float, int_bits_lr: float | None = None,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam with the binary-point parameters in their own group (no weight decay). Uses the fused CPU/GPU kernel
+    when available: many tiny parameters make the per-parameter Adam loop the bottleneck otherwise."""
+    ib = [p for m in model.modules() if isinstance(m, FixedQuant) for p in [m.int_bits_param] if p.requires_grad]
+    ib_ids = {id(p) for p in ib}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ib_ids]
+    groups = [{"params": rest, "weight_decay": weight_decay}]
+    if ib:
+        groups.append({"params": ib, "lr": int_bits_lr if int_bits_lr is not None else lr, "weight_decay": 0.0})
+    try:
+        return torch.optim.Adam(groups, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # pragma: no cover - older torch / unsupported device
+        return torch.optim.Adam(groups, lr=lr)
+
+
+def int_bits_snapshot(model: nn.Module) -> dict[str, list[int]]:
+    """Rounded integer bits of every quantizer, by module path."""
+    return {n: m.int_bits() for n, m in model.named_modules() if isinstance(m, FixedQuant)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, exact: bool = False, batch: int = 512) -> float:
+    """Top-1 accuracy (0..1); ``exact`` runs the int64 path."""
+    was = model.training
+    model.eval()
+    correct = 0
+    try:
+        with mode(model, "exact" if exact else "train"):
+            for i in range(0, len(x), batch):
+                correct += int((model(x[i:i + batch]).argmax(dim=1) == y[i:i + batch]).sum())
+    finally:
+        model.train(was)
+    return correct / max(len(x), 1)
+
+
+def _fit(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int,
+         gen: torch.Generator, on_epoch: Callable[[int], None] | None = None,
+         progress: Callable[[int], None] | None = None) -> None:
+    lossf = nn.CrossEntropyLoss()
+    steps = epochs * math.ceil(len(x) / batch)
+    base = [g["lr"] for g in opt.param_groups]
+    k = 0
+    model.train()
+    for ep in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * 0.5 * (1 + math.cos(math.pi * k / steps))
+            opt.zero_grad(set_to_none=True)
+            loss = lossf(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            k += 1
+            if progress:
+                progress(1)
+        if on_epoch:
+            on_epoch(ep)
+
+
+def train_model(kind: str = "cnn", bits: int = 4, khot: int | None = None, epochs: int = 30, batch: int = 64,
+                lr: float = 3e-3, seed: int = 0, float_epochs: int = 20, float_lr: float = 1e-2,
+                int_bits_lr: float = 1e-2, config: QFXConfig | None = None, quiet: bool = True,
+                threads: int | None = None) -> TrainResult:
+    """Train a digits model (``"mlp"`` or ``"cnn"``) in fixed point; ``bits`` sets every width in the default
+    config (weights, activations, BN scale/shift, residual add; bias 2*bits; input 8 bits) unless ``config`` is given.
+    """
+    from qfx.data import load_digits_split
+    from qfx.models import build_model
+
+    if bits < 2 or bits > 24:
+        raise BadInputError(f"--bits must be in 2..24, got {bits}")
+    if epochs < 0 or float_epochs < 0 or batch < 1 or lr <= 0:
+        raise BadInputError("epochs must be >= 0, batch >= 1 and lr > 0")
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    xtr, ytr, xte, yte = load_digits_split(seed=0)
+    fmodel = build_model(kind)
+    bar = None
+    total = (float_epochs + epochs) * math.ceil(len(xtr) / batch)
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"train {kind} W={bits}" + (f" K={khot}" if khot else ""), unit="step",
+                   leave=False)
+    progress = bar.update if bar is not None else None
+    float_acc = None
+    try:
+        if float_epochs:
+            _fit(fmodel, make_optimizer(fmodel, float_lr), xtr, ytr, float_epochs, batch, gen, progress=progress)
+            float_acc = evaluate(fmodel, xte, yte)
+        if config is None:
+            config = QFXConfig(weight_width=bits, bias_width=2 * bits, act_width=bits, bn_width=bits,
+                               input_width=8, khot=khot)
+        elif khot is not None:
+            config.khot = khot
+        calib = xtr[torch.randperm(len(xtr), generator=gen)[:512]]
+        qmodel = quantize_model(fmodel, config, calib)
+        history: dict[str, list[list[int]]] = {}
+
+        def snap(_ep: int = -1) -> None:
+            for n, v in int_bits_snapshot(qmodel).items():
+                history.setdefault(n, []).append(v)
+
+        snap()
+        if epochs:
+            opt = make_optimizer(qmodel, lr, int_bits_lr)
+            _fit(qmodel, opt, xtr, ytr, epochs, batch, gen, on_epoch=snap, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    acc = evaluate(qmodel, xte, yte, exact=True)
+    tacc = evaluate(qmodel, xte, yte, exact=False)
+    args = dict(kind=kind, bits=bits, khot=khot, epochs=epochs, batch=batch, lr=lr, seed=seed,
+                float_epochs=float_epochs, float_lr=float_lr, int_bits_lr=int_bits_lr)
+    return TrainResult(qmodel, kind, qmodel.qfx_config, acc, float_acc, tacc, history, args, time.time() - t0)
+
+
+def checkpoint_dict(result: TrainResult) -> dict[str, Any]:
+    """Plain checkpoint (tensors, str, int, float, bool, None, lists, dicts): loads with ``weights_only=True``."""
+    return {
+        "qfx_checkpoint": CHECKPOINT_VERSION,
+        "model_kind": result.kind,
+        "config": result.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()},
+        "accuracy": float(result.accuracy),
+        "train_mode_accuracy": float(result.train_mode_accuracy),
+        "float_accuracy": None if result.float_accuracy is None else float(result.float_accuracy),
+        "int_bits_history": result.int_bits_history,
+        "args": dict(result.args),
+    }
+
+
+def save_checkpoint(result: TrainResult | dict[str, Any], path: str | os.PathLike[str], force: bool = False) -> Path:
+    """Write atomically (temp file in the same folder, then rename); refuses to overwrite unless ``force``."""
+    ck = checkpoint_dict(result) if isinstance(result, TrainResult) else result
+    dest = Path(path).expanduser().absolute()
+    if dest.exists() and not force:
+        raise OutputExistsError(f"output {dest} already exists (use --force to replace it)")
+    if dest.exists() and dest.is_dir():
+        raise BadInputError(f"output {dest} is a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ck, f)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def load_checkpoint(path: str | os.PathLike[str], with_info: bool = False) -> Any:
+    """Rebuild the fixed-point model of a ``qfx train`` checkpoint (``weights_only`` load; eval mode).
+
+    Returns the model, or ``(model, checkpoint_dict)`` with ``with_info``.
+    """
+    from qfx.models import build_model
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"checkpoint {p} does not exist")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise BadInputError(f"cannot read checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(ck, dict) or ck.get("qfx_checkpoint") != CHECKPOINT_VERSION:
+        raise BadInputError(f"{p} is not a qfx checkpoint (version {CHECKPOINT_VERSION})")
+    try:
+        config = QFXConfig.from_dict(ck["config"])
+        model = quantize_model(build_model(ck["model_kind"]), config)
+        model.load_state_dict(ck["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise BadInputError(f"checkpoint {p} does not match its model: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    return (model, ck) if with_info else model
