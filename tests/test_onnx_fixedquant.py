@@ -46,9 +46,12 @@ def test_all_modes_edge_table():
     _check(pairs, codes)
 
 
-def test_sat_sym_keeps_exact_min_code():
-    src, dst = FxFormat(10, 10), FxFormat(8, 8, overflow="SAT_SYM")
-    _check([(src, dst)], [np.array([-128, -129, -200, 127, 300], dtype=np.int64)])
+def test_sat_sym_edges():
+    """SAT_SYM around the most negative code, for 1-bit, narrow and unsigned formats."""
+    src = FxFormat(10, 10)
+    c = np.array([-128, -129, -200, -127, -2, -1, 0, 1, 127, 300], dtype=np.int64)
+    pairs = [(src, FxFormat(w, w, s, overflow="SAT_SYM")) for w in (1, 2, 8) for s in (True, False)]
+    _check(pairs, [c] * len(pairs))
 
 
 @settings(max_examples=25, deadline=None)

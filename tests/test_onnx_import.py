@@ -100,8 +100,12 @@ def test_qonnx_narrow_activation_is_symmetric_clip():
     g = import_model(q.model(y))
     x = np.array([[-4.0, -3.75, -3.5, 3.9]])
     np.testing.assert_array_equal(q.run_ref(x), [[-3.5, -3.5, -3.5, 3.5]])
-    assert any(n.op is Op.CLIP for n in g.nodes)
+    assert g.tensor(g.outputs[0]).fmt.overflow == "SAT_SYM"
     _check(q, q.model(y))
+    q = Q((4,))
+    y = q.quant("x", 0.5, 4, signed=0, narrow=1)  # unsigned narrow: [0, 14]
+    g = _check(q, q.model(y), scale=8.0)
+    assert [n.op for n in g.nodes] == [Op.CLIP]
 
 
 def test_qonnx_cnn_conv_maxpool_flatten_per_channel_weights():
@@ -246,7 +250,7 @@ def test_tampered_qfx_files(exported):
         import_model(_mutated(exported, bad_shape))
 
     def bad_fmt(m):
-        fq = next(n for n in m.graph.node if n.op_type == "FixedQuant")
+        fq = m.graph.node[-1]  # the FixedQuant writing the graph output
         for a in fq.attribute:
             if a.name == "width":
                 a.i = 99

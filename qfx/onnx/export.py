@@ -1,8 +1,10 @@
 """IR -> ONNX with real-valued (float64) tensors whose every value is exact; stock onnxruntime runs it bit-exactly.
 
 Each IR node becomes standard ops on exact doubles followed by ``qfx.FixedQuant`` (the output format's cast).
-Constants are initializers holding their exact values, each passed through ``FixedQuant`` of its own format so the
-file states every format. The graph input is a real tensor quantized by ``FixedQuant`` of the input format.
+Constants are initializers holding their exact values (codes times the LSB), each passed through ``FixedQuant`` of
+its storage format (width/int_bits/signed with TRN/WRAP: the identity on codes) so the file states every format.
+The graph input is a real tensor quantized by ``FixedQuant`` of the input format (SAT_SYM read as SAT so that every
+code passes unchanged, see ``input_cast_format``).
 
 Exactness: a double holds any dyadic rational ``m * 2**e`` with ``|m| < 2**53`` and ``e`` in range. Export checks,
 per node, that every exact intermediate (products, partial sums in any order, scale/shift, window sums) has a code
@@ -157,7 +159,10 @@ class _Emitter:
         """Initializer with the constant's exact values, then FixedQuant of its format; (init name, quantized)."""
         c = n.consts[key]
         iname = self.init(f"{n.name}.{key}", c.values())
-        return iname, self.quant(iname, self.names(f"{iname}.q"), c.fmt, f"{iname}.quant")
+        # constants are codes, never cast: their FixedQuant states the storage format with TRN/WRAP, which is the
+        # identity on every code (SAT_SYM would move min_code); the full format is in the node metadata
+        store = c.fmt.with_modes("TRN", "WRAP")
+        return iname, self.quant(iname, self.names(f"{iname}.q"), store, f"{iname}.quant")
 
     def i64(self, base: str, values: list[int] | np.ndarray) -> str:
         return self.init(base, np.asarray(values, dtype=np.int64))
@@ -258,6 +263,16 @@ class _Emitter:
         return self.op("Reshape", [s, self.i64(f"{n.name}.out_shape", [0, c, ho, wo])], f"{n.name}/unflatten")
 
 
+def input_cast_format(fmt: FxFormat) -> FxFormat:
+    """The input's FixedQuant: the input format's own cast, except that SAT_SYM saturates like SAT.
+
+    Every code of the input format then passes unchanged (SAT_SYM would turn ``min_code`` into ``-max_code``), so
+    onnxruntime fed ``from_int(codes)`` computes exactly what the interpreter computes on ``codes``; real inputs
+    are rounded with the format's rounding mode. The true input format is kept in the metadata.
+    """
+    return fmt.with_modes(overflow="SAT") if fmt.overflow == "SAT_SYM" else fmt
+
+
 def _vi(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.DOUBLE, ["N", *shape])
 
@@ -271,7 +286,7 @@ def to_onnx_model(graph: Graph) -> onnx.ModelProto:
     em = _Emitter(graph)
     for t in graph.inputs:
         q = em.names(f"{t}.q")
-        em.quant(t, q, graph.tensor(t).fmt, f"{t}/quant")
+        em.quant(t, q, input_cast_format(graph.tensor(t).fmt), f"{t}/quant")
         em.val[t] = q
     records = []
     for n in graph.nodes:
@@ -280,7 +295,8 @@ def to_onnx_model(graph: Graph) -> onnx.ModelProto:
                         "source": n.source, "attrs": {k: list(v) if isinstance(v, tuple) else v
                                                       for k, v in n.attrs.items()},
                         "acc_fmt": n.acc_fmt.to_dict() if n.acc_fmt else None,
-                        "consts": {k: {"init": v, "shape": list(n.consts[k].codes.shape)} for k, v in consts.items()}})
+                        "consts": {k: {"init": v, "shape": list(n.consts[k].codes.shape),
+                                       "fmt": n.consts[k].fmt.to_dict()} for k, v in consts.items()}})
     inner = [t for t in graph.tensors if t not in graph.inputs and t not in graph.outputs]
     g = helper.make_graph(
         em.nodes, _safe_graph_name(graph.name),
@@ -298,6 +314,7 @@ def to_onnx_model(graph: Graph) -> onnx.ModelProto:
     )
     meta = {"qfx.version": __version__, "qfx.ir_version": str(IR_VERSION),
             META_GRAPH: json.dumps({"name": graph.name, "inputs": list(graph.inputs),
+                                    "input_fmts": [graph.tensor(t).fmt.to_dict() for t in graph.inputs],
                                     "outputs": list(graph.outputs), "meta": dict(graph.meta)}),
             META_NODES: json.dumps(records)}
     helper.set_model_props(model, meta)

@@ -7,8 +7,8 @@
   (the fractional part of a double is itself a double, so exact), then the rounding increment from comparisons of
   ``r`` with 0.5, the sign of ``y`` and the parity of ``q`` — the same truth table as the integer kernel.
 * WRAP: ``c mod 2**W`` as ``frac(c * 2**-W) * 2**W`` (floor-based, exact), then the signed fold.
-  SAT: Min/Max with the code limits. SAT_ZERO: Where(in range, c, 0). SAT_SYM: out-of-range negatives go to
-  ``min_code + 1`` (signed formats), exactly as the kernel does (``min_code`` itself stays).
+  SAT: Min/Max with the code limits. SAT_ZERO: Where(in range, c, 0). SAT_SYM: the range is ``[-max_code, max_code]``
+  for signed formats wider than one bit (``min_code`` itself becomes ``-max_code``, as ap_fixed does), else SAT.
 * Powers of two are built from the exponent's bits as a product of exact table entries (``2**(2**k)``), never
   with ``Pow``, so no libm rounding is involved.
 
@@ -142,8 +142,10 @@ def fixedquant_function() -> FunctionProto:
     wrap = b("Where", inr, c, wrapped)
     sat = b("Min", b("Max", c, lo), hi)
     satz = b("Where", inr, c, zero)
-    lo_sym = b("Where", sb, b("Add", lo, one), lo)
-    satsym = b("Where", b("Less", c, lo), lo_sym, b("Min", c, hi))
+    # symmetric range [-max, max] for signed W > 1 (the most negative code itself maps to -max); else SAT
+    sym = b("And", sb, b("Greater", W, one_i))
+    lo_sym = b("Where", sym, b("Add", lo, one), lo)
+    satsym = b("Min", b("Max", c, lo_sym), hi)
     res = satsym
     for mode, t in (("SAT_ZERO", satz), ("SAT", sat), ("WRAP", wrap)):
         res = b("Where", b("Equal", O, b.const(mode, object)), t, res)

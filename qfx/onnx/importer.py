@@ -7,8 +7,8 @@
 * **QONNX** (``Quant`` in domain ``qonnx.custom_op.general``/``onnx.brevitas``/``finn.custom_op.general``): a
   ``Quant`` is fixed point when its scale is a power of two (per tensor; per channel only on constants), its zero
   point 0 and its bit width an integer; it becomes an ``FxFormat`` (rounding ROUND/HALF_EVEN -> RND_CONV, FLOOR ->
-  TRN, ...; clamping -> SAT; ``narrow`` -> SAT plus a clip to the symmetric range, because qfx's SAT_SYM keeps
-  ``min_code`` when a value lands on it exactly while QONNX narrow never produces it).
+  TRN, ...; clamping -> SAT; signed ``narrow`` -> SAT_SYM, whose range ``[-max, max]`` is QONNX's narrow range;
+  unsigned ``narrow`` -> SAT plus a clip to ``2**b - 2``).
 * **Plain ops** as torch exports them: Gemm, MatMul(+Add), Conv, Relu, Add, Flatten, Reshape, MaxPool,
   Identity, BatchNormalization is not accepted (fold it or use a qfx layer). Float initializers are taken as
   constants when their values are dyadic with a small code width (that is the case for weights a fixed-point
@@ -170,8 +170,11 @@ def _import_qfx(model, meta: dict[str, str]) -> Graph:
             raise BadInputError(f"tensor {t!r} has no static shape in the ONNX file")
         tensors[t] = TensorSpec(t, shp, fmt)
 
-    for t in ginfo["inputs"]:
-        spec(t, fmt_of(t, fq_by_input))
+    in_fmts = ginfo.get("input_fmts") or [None] * len(ginfo["inputs"])
+    if len(in_fmts) != len(ginfo["inputs"]):
+        raise BadInputError("qfx ONNX metadata lists a different number of input formats and inputs")
+    for t, fd in zip(ginfo["inputs"], in_fmts):
+        spec(t, FxFormat.from_dict(fd) if fd else fmt_of(t, fq_by_input))
     nodes = []
     for r in records:
         consts = {}
@@ -179,7 +182,11 @@ def _import_qfx(model, meta: dict[str, str]) -> Graph:
             iname = c["init"]
             if iname not in inits:
                 raise BadInputError(f"node {r['name']!r}: initializer {iname!r} is missing")
-            cf = fmt_of(iname, fq_by_input)
+            store = fmt_of(iname, fq_by_input)
+            cf = FxFormat.from_dict(c["fmt"]) if "fmt" in c else store
+            if cf.with_modes("TRN", "WRAP") != store:
+                raise BadInputError(f"node {r['name']!r}: initializer {iname!r} format {store.ap_type()} disagrees "
+                                    f"with the metadata ({cf.ap_type()})")
             vals = _array(inits[iname])
             if list(vals.shape) != list(c["shape"]):
                 raise BadInputError(f"node {r['name']!r}: initializer {iname!r} has shape {vals.shape}, "
@@ -237,6 +244,17 @@ class _Val:
     values: np.ndarray | None = None
     fmt: FxFormat | None = None  # for consts: format from a Quant; None = plain float
     tensor: str = ""  # for acts: the IR tensor name
+
+
+def _sat_sym_is_symmetric() -> bool:
+    """True when qfx's SAT_SYM range is ``[-max, max]`` (ap_fixed's rule), i.e. exactly QONNX's signed narrow range.
+
+    Asked of the kernel, the one definition of the modes, rather than assumed here.
+    """
+    from qfx.fixed.kernels import cast
+
+    f = FxFormat(4, 4, True, "TRN", "SAT_SYM")
+    return int(cast(np.array([-8], dtype=np.int64), FxFormat(8, 8), f)[0]) == -7
 
 
 def _dyadic_codes(values: np.ndarray, what: str) -> tuple[np.ndarray, FxFormat]:
@@ -478,12 +496,13 @@ class _Converter:
         if e.size != 1:
             raise UnsupportedError(f"Quant node {where!r} quantizes an activation per channel; qfx formats are per "
                                    f"tensor")
-        fmt = FxFormat(b, b + int(e[0]), signed, rounding, "SAT")  # value = code * 2**e
+        sym = narrow and signed and b > 1 and _sat_sym_is_symmetric()
+        fmt = FxFormat(b, b + int(e[0]), signed, rounding, "SAT_SYM" if sym else "SAT")  # value = code * 2**e
         if x.kind == "input":  # the graph input itself: its format is this Quant's (the model's first cast)
             t = self._bind_input(n, fmt)
         else:
             t = self._requant(n, x.tensor, fmt)
-        if narrow:
+        if narrow and not sym:  # unsigned narrow range [0, 2**b - 2]: an explicit clip
             shape = self.tensors[t].shape
             t = self._add(Op.CLIP, n, [t], shape, fmt, attrs={"lo": lo, "hi": hi})
         self.vals[n.output[0]] = _Val("act", tensor=t)
