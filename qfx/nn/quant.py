@@ -129,18 +129,13 @@ class _FakeQuantFn(torch.autograd.Function):
         m = x * inv
         bounded = max(hi, 1.0 - lo) < 2.0**23
         mask = None
-        if overflow == "SAT" or (overflow == "SAT_SYM" and not signed):
+        if overflow in ("SAT", "SAT_SYM"):
+            if overflow == "SAT_SYM" and signed and width > 1:
+                lo += 1.0  # ap_fixed's symmetric range [-max, max] (min_code itself also maps to -max)
             mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
             if need_x or need_p:
                 mask = torch.eq(m, mc, out=torch.empty_like(m))
             q = qs = _round(mc, rounding, bounded, inplace=True)
-        elif overflow == "SAT_SYM" and signed:
-            # ap_fixed keeps a value that rounds to min_code; only overflowing negatives become -max
-            mc = m.clamp(lo - 1.0, hi)
-            q = _round(mc, rounding, bounded, inplace=True)
-            if need_x or need_p:
-                mask = ((m == mc) & (q >= lo)).to(x.dtype)
-            q = qs = torch.where(q < lo, torch.full((), lo + 1.0, dtype=q.dtype, device=q.device), q)
         else:
             q = _round(m, rounding, bounded=False, inplace=True)
             inr = (q >= lo) & (q <= hi)
