@@ -191,7 +191,10 @@ def _size_accumulators(g: Graph) -> tuple[Graph, Report]:
     rep: Report = []
     nodes = []
     for n in g.nodes:
-        need = required_acc(g, n)
+        try:
+            need = required_acc(g, n)
+        except FormatError as exc:
+            raise FormatError(f"node {n.name!r}: no lossless accumulator fits the 64-bit exact path ({exc})") from None
         if need is None:
             nodes.append(n)
             continue
