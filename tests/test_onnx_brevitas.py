@@ -20,14 +20,15 @@ def _brevitas():
         import brevitas.nn as qnn
         from brevitas.export import export_qonnx
         from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
-        from brevitas.quant import Uint8ActPerTensorFixedPoint
+        from brevitas.quant import Int8BiasPerTensorFixedPointInternalScaling, Uint8ActPerTensorFixedPoint
     except Exception as exc:  # ImportError or a broken install
         pytest.skip(f"brevitas not importable: {type(exc).__name__}: {exc}")
-    return qnn, export_qonnx, Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Uint8ActPerTensorFixedPoint
+    return (qnn, export_qonnx, Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Uint8ActPerTensorFixedPoint,
+            Int8BiasPerTensorFixedPointInternalScaling)
 
 
 def _models(kind: str):
-    qnn, _, IA, IW, UA = _brevitas()
+    qnn, _, IA, IW, UA, IB = _brevitas()
 
     if kind == "mlp":
         class M(nn.Module):
@@ -37,7 +38,7 @@ def _models(kind: str):
                 self.fc1 = qnn.QuantLinear(8, 16, bias=False, weight_quant=IW, weight_bit_width=4,
                                            return_quant_tensor=True)
                 self.relu = qnn.QuantReLU(act_quant=UA, bit_width=5, return_quant_tensor=True)
-                self.fc2 = qnn.QuantLinear(16, 3, bias=False, weight_quant=IW, weight_bit_width=5,
+                self.fc2 = qnn.QuantLinear(16, 3, bias=True, weight_quant=IW, weight_bit_width=5, bias_quant=IB,
                                            output_quant=IA, output_bit_width=8, return_quant_tensor=True)
 
             def forward(self, x):
