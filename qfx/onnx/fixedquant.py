@@ -18,6 +18,8 @@ BitwiseAnd (int64), ReduceProd, Constant.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from onnx import FunctionProto, NodeProto, TensorProto, helper, numpy_helper
 
@@ -142,10 +144,14 @@ def fixedquant_function() -> FunctionProto:
     wrap = b("Where", inr, c, wrapped)
     sat = b("Min", b("Max", c, lo), hi)
     satz = b("Where", inr, c, zero)
-    # symmetric range [-max, max] for signed W > 1 (the most negative code itself maps to -max); else SAT
-    sym = b("And", sb, b("Greater", W, one_i))
-    lo_sym = b("Where", sym, b("Add", lo, one), lo)
-    satsym = b("Min", b("Max", c, lo_sym), hi)
+    if sat_sym_is_symmetric():
+        # symmetric range [-max, max] for signed W > 1 (the most negative code itself maps to -max); else SAT
+        sym = b("And", sb, b("Greater", W, one_i))
+        lo_sym = b("Where", sym, b("Add", lo, one), lo)
+        satsym = b("Min", b("Max", c, lo_sym), hi)
+    else:  # kernels where min_code stays and only out-of-range negatives go to min_code + 1
+        lo_sym = b("Where", sb, b("Add", lo, one), lo)
+        satsym = b("Where", b("Less", c, lo), lo_sym, b("Min", c, hi))
     res = satsym
     for mode, t in (("SAT_ZERO", satz), ("SAT", sat), ("WRAP", wrap)):
         res = b("Where", b("Equal", O, b.const(mode, object)), t, res)
@@ -156,6 +162,15 @@ def fixedquant_function() -> FunctionProto:
         attributes=["width", "int_bits", "signed", "rounding", "overflow"],
         doc_string="ap_fixed<width,int_bits,rounding,overflow> cast of exact float64 values (qfx)",
     )
+
+
+@functools.lru_cache(maxsize=None)
+def sat_sym_is_symmetric() -> bool:
+    """Whether the kernel's SAT_SYM maps ``min_code`` itself to ``-max_code`` (asked of the kernel, not assumed)."""
+    from qfx.fixed.format import FxFormat
+    from qfx.fixed.kernels import cast
+
+    return int(cast(np.array([-8], dtype=np.int64), FxFormat(8, 8), FxFormat(4, 4, overflow="SAT_SYM"))[0]) == -7
 
 
 def fmt_attrs(fmt) -> dict:

@@ -247,14 +247,10 @@ class _Val:
 
 
 def _sat_sym_is_symmetric() -> bool:
-    """True when qfx's SAT_SYM range is ``[-max, max]`` (ap_fixed's rule), i.e. exactly QONNX's signed narrow range.
+    """True when qfx's SAT_SYM range is ``[-max, max]`` (ap_fixed's rule), i.e. exactly QONNX's signed narrow range."""
+    from qfx.onnx.fixedquant import sat_sym_is_symmetric
 
-    Asked of the kernel, the one definition of the modes, rather than assumed here.
-    """
-    from qfx.fixed.kernels import cast
-
-    f = FxFormat(4, 4, True, "TRN", "SAT_SYM")
-    return int(cast(np.array([-8], dtype=np.int64), FxFormat(8, 8), f)[0]) == -7
+    return sat_sym_is_symmetric()
 
 
 def _dyadic_codes(values: np.ndarray, what: str) -> tuple[np.ndarray, FxFormat]:
