@@ -105,6 +105,10 @@ def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
 
 def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray, fmt: FxFormat) -> np.ndarray:
     lo, hi = fmt.min_code, fmt.max_code
+    if fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width > 1:
+        # ap_fixed's symmetric range is [-max, max]: the most negative code itself also becomes -max. At W = 1 the
+        # header's underflow sets code -1 (1 << 0 | 1), i.e. it behaves like SAT; checked against the headers.
+        lo = lo + 1
     in_range = fits & (t >= lo) & (t <= hi)
     if fmt.overflow == "WRAP":
         sh = _U64(64 - fmt.width)
@@ -113,8 +117,7 @@ def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray,
         return np.where(in_range, t, wrapped).astype(_I64)
     if fmt.overflow == "SAT_ZERO":
         return np.where(in_range, t, 0).astype(_I64)
-    neg_limit = lo + 1 if (fmt.overflow == "SAT_SYM" and fmt.signed) else lo
-    return np.where(in_range, t, np.where(neg, neg_limit, hi)).astype(_I64)
+    return np.where(in_range, t, np.where(neg, lo, hi)).astype(_I64)
 
 
 def codes_from_double(x: np.ndarray, fmt: FxFormat) -> np.ndarray:
