@@ -108,3 +108,30 @@ def test_refuses_overflowing_accumulator():
     narrow = g.nodes[0].replace(acc_fmt=FxFormat(8, 4))
     with pytest.raises(UnsupportedError, match="size_accumulators"):
         to_onnx_model(g.replace(nodes=(narrow,)))
+
+
+def test_padded_pools_reshape_and_clip(tmp_path):
+    """Ops random graphs do not produce: padded max/avg pooling, reshape, clip; ORT == interpreter."""
+    from qfx.fixed.ops import avgpool_format
+
+    fx = FxFormat(7, 3, rounding="RND", overflow="SAT")
+    fr = FxFormat(1, -1, signed=False)  # code 1 == 1/4
+    t = {
+        "x": TensorSpec("x", (2, 5, 5), fx),
+        "m": TensorSpec("m", (2, 3, 3), fx),
+        "a": TensorSpec("a", (2, 4, 4), FxFormat(6, 2, rounding="RND_CONV", overflow="WRAP")),
+        "r": TensorSpec("r", (4, 8), FxFormat(6, 2, rounding="RND_CONV", overflow="WRAP")),
+        "c": TensorSpec("c", (4, 8), FxFormat(5, 1, True, "RND_INF", "SAT_SYM")),
+    }
+    nodes = (
+        Node("mp", Op.MAXPOOL2D, ("x",), "m", attrs={"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1)}),
+        Node("ap", Op.AVGPOOL2D, ("m",), "a", {"recip": Constant(np.array([1]), fr)},
+             {"kernel": (2, 2), "stride": (1, 1), "padding": (1, 1)}, avgpool_format(fx, fr, 4)),
+        Node("rs", Op.RESHAPE, ("a",), "r", attrs={"shape": (4, 8)}),
+        Node("cl", Op.CLIP, ("r",), "c", attrs={"lo": -20, "hi": 9}),
+    )
+    g = Graph("pools", ("x",), ("c",), t, nodes).validate()
+    path = export_onnx(g, tmp_path / "p.onnx")
+    _same(import_onnx(path), g)
+    x = random_inputs(g, 200)
+    np.testing.assert_array_equal(run_onnx_codes(path, g, x), run(g, x))
