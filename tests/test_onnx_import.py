@@ -334,3 +334,21 @@ def test_fuzz_mutated_file_only_raises_qfx_errors(data, tmp_path_factory):
         import_onnx(path)
     except QfxError as exc:
         assert "\n" not in str(exc)
+
+
+def test_qonnx_double_quant_is_not_fused_and_bias_after_cast_rejected():
+    rng = np.random.default_rng(5)
+    q = Q((4,))
+    x = q.quant("x", 0.25, 8)
+    w = q.quant(q.init(rng.normal(0, 0.5, (4, 4))), 0.125, 5)
+    h = q.quant(q.op("MatMul", [x, w], lambda a, b: a @ b), 0.0625, 8)
+    y = q.quant(h, 0.5, 4, mode="FLOOR")  # a second cast of the same value: both casts must happen
+    g = _check(q, q.model(y))
+    assert [n.op for n in g.nodes] == [Op.DENSE, Op.QUANT]
+    q = Q((4,))
+    x = q.quant("x", 0.25, 8)
+    w = q.quant(q.init(rng.normal(0, 0.5, (4, 4))), 0.125, 5)
+    h = q.quant(q.op("MatMul", [x, w], lambda a, b: a @ b), 0.0625, 8)
+    y = q.op("Add", [h, q.init(np.full(4, 0.5))], lambda a, b: a + b)
+    with pytest.raises(UnsupportedError, match="bias"):
+        import_model(q.model(y))

@@ -246,6 +246,10 @@ class _Val:
     tensor: str = ""  # for acts: the IR tensor name
 
 
+#: ops whose converted output format is their exact (lossless) result
+_EXACT_OPS = frozenset({Op.DENSE, Op.CONV2D, Op.ADD, Op.RELU, Op.MAXPOOL2D})
+
+
 def _sat_sym_is_symmetric() -> bool:
     """True when qfx's SAT_SYM range is ``[-max, max]`` (ap_fixed's rule), i.e. exactly QONNX's signed narrow range."""
     from qfx.onnx.fixedquant import sat_sym_is_symmetric
@@ -262,13 +266,10 @@ def _dyadic_codes(values: np.ndarray, what: str) -> tuple[np.ndarray, FxFormat]:
     if nz.size == 0:
         return np.zeros(v.shape, dtype=np.int64), FxFormat(1, 1)
     mant, exp = np.frexp(nz)  # nz = mant * 2**exp, 0.5 <= |mant| < 1, mant has <= 53 bits
-    frac = 0
-    for m, e in zip(mant.ravel(), exp.ravel()):
-        m_int, k = float(m), 0
-        while m_int != math.floor(m_int):
-            m_int *= 2
-            k += 1
-        frac = max(frac, k - int(e))
+    mi = np.ldexp(mant, 53).astype(np.int64)  # exact integer significand
+    low = np.bitwise_and(mi, -mi)  # its lowest set bit, 2**tz
+    tz = np.frexp(low.astype(np.float64))[1] - 1
+    frac = int((53 - exp - tz).max())  # smallest F with every value * 2**F integral
     frac = max(-512, min(frac, 600))
     s = np.ldexp(v, frac)
     if not np.array_equal(s, np.floor(s)) or np.abs(s).max() >= 2.0 ** 62:
@@ -308,6 +309,7 @@ class _Converter:
             for i in n.input:
                 self.consumers[i] = self.consumers.get(i, 0) + 1
         self.pending_inputs: dict[str, tuple[int, ...]] = {}
+        self.exact: set[str] = set()
 
     # ---------------------------------------------------------------- naming
     def _name(self, base: str) -> str:
@@ -331,6 +333,8 @@ class _Converter:
     def _add(self, op: Op, onnx_node, inputs: list[str], shape: tuple[int, ...], fmt: FxFormat,
              consts=None, attrs=None, acc=None) -> str:
         out = self._new_tensor(onnx_node.output[0], shape, fmt)
+        if op in _EXACT_OPS:
+            self.exact.add(out)  # still the lossless result: a following Quant may become this node's output cast
         nname = self._name(f"{onnx_node.name or onnx_node.op_type}_{op.value}")
         self.nodes.append(Node(nname, op, tuple(inputs), out, consts or {}, attrs or {}, acc,
                                source=onnx_node.name or onnx_node.op_type))
@@ -537,8 +541,9 @@ class _Converter:
     def _requant(self, n, src: str, fmt: FxFormat) -> str:
         """Cast ``src`` to ``fmt``; fused into src's producer when that node's output is used only here."""
         prod = next((i for i, nd in enumerate(self.nodes) if nd.output == src), None)
-        if prod is not None and self._single_use(src) and self.nodes[prod].op not in (Op.FLATTEN, Op.RESHAPE,
-                                                                                         Op.CLIP):
+        # fusing is exact only into a node that computes exactly and casts once, whose output is not cast yet
+        if prod is not None and src in self.exact and self._single_use(src):
+            self.exact.discard(src)
             old = self.tensors[src]
             self.tensors[src] = TensorSpec(src, old.shape, fmt)  # the node casts its exact result once, to fmt
             return src
@@ -599,7 +604,8 @@ class _Converter:
         # bias add after MatMul/Conv: fold into the producing dense/conv when it has no bias yet
         prod = next((i for i, nd in enumerate(self.nodes) if nd.output == act.tensor), None)
         nd = self.nodes[prod] if prod is not None else None
-        if nd is None or nd.op not in (Op.DENSE, Op.CONV2D) or "bias" in nd.consts or not self._single_use(act.tensor):
+        if nd is None or nd.op not in (Op.DENSE, Op.CONV2D) or "bias" in nd.consts or not self._single_use(act.tensor) \
+                or nd.output not in self.exact:  # the sum must still be exact (no cast before the add)
             raise UnsupportedError(f"Add node {n.name!r}: adding a constant is supported only as the bias of a "
                                    f"MatMul/Conv")
         bias = self._const(cst, n, "bias")
