@@ -45,7 +45,7 @@ def _round_increment(m: np.ndarray, k: np.ndarray, q: np.ndarray, rounding: str)
     """0/1 increment to add to ``q = floor(m / 2**k)`` (k >= 1) for ``rounding``.
 
     The remainder is compared with half an LSB using integers only; for k >= 64 the remainder's relation to the
-    half is fixed by the sign of m (|m| < 2**63 <= half).
+    half is fixed by the sign of m (|m| <= 2**63 <= half, equal only for m = -2**63 at k = 64: a tie).
     """
     small = k <= 63
     ks = np.where(small, k, 1).astype(_I64)
@@ -53,8 +53,10 @@ def _round_increment(m: np.ndarray, k: np.ndarray, q: np.ndarray, rounding: str)
     rem = np.bitwise_and(m, mask)
     half = np.left_shift(_I64(1), ks - 1)
     nonzero = np.where(small, rem != 0, m != 0)
-    gt_half = np.where(small, rem > half, m < 0)
-    eq_half = np.where(small, rem == half, False)
+    # k = 64 and m = -2**63: remainder 2**64 - 2**63 is exactly the half (a tie), the one case |m| reaches it
+    tie64 = (k == 64) & (m == np.iinfo(_I64).min)
+    gt_half = np.where(small, rem > half, (m < 0) & ~tie64)
+    eq_half = np.where(small, rem == half, tie64)
     neg = m < 0
     if rounding == "TRN":
         inc = np.zeros(m.shape, dtype=bool)
@@ -84,6 +86,8 @@ def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
     m = _as_codes(m)
     k = np.broadcast_to(np.asarray(k, dtype=_I64), m.shape) if np.ndim(k) else np.full(m.shape, int(k), dtype=_I64)
     m, k = np.broadcast_arrays(m, k)
+    if m.ndim == 0:  # 0-d arrays compute as NumPy scalars, which warn on the intended int64 wrap-arounds below
+        return requantize(m.reshape(1), k.reshape(1), fmt).reshape(())
     right = k > 0
     # -- right shift with rounding (result always fits: |q| <= 2**62)
     kr = np.where(right, k, 1)
@@ -122,7 +126,8 @@ def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray,
 
 def codes_from_double(x: np.ndarray, fmt: FxFormat) -> np.ndarray:
     """Codes ``ap_fixed`` assigns from doubles: raw IEEE bits to integer mantissa/exponent, then ``requantize``."""
-    bits = np.ascontiguousarray(np.asarray(x, dtype=np.float64)).view(_U64)
+    x = np.asarray(x, dtype=np.float64)
+    bits = np.ascontiguousarray(x).view(_U64).reshape(x.shape)  # ascontiguousarray makes 0-d arrays 1-d
     sign = (bits >> _U64(63)).astype(bool)
     expf = ((bits >> _U64(52)) & _U64(0x7FF)).astype(_I64)
     frac = (bits & _U64((1 << 52) - 1)).astype(_I64)
