@@ -286,6 +286,7 @@ def report_formats(model: nn.Module, example: torch.Tensor) -> list[dict[str, An
     def post(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         in_fmts = [fmt_of(t) for t in inputs if isinstance(t, torch.Tensor)]
         if isinstance(mod, QuantInput):
+            in_fmts = []
             out = mod.fmt
         else:
             out = mod.out_fmt
@@ -295,9 +296,11 @@ def report_formats(model: nn.Module, example: torch.Tensor) -> list[dict[str, An
                 out = in_fmts[0] if in_fmts else None
         produced[id(output)] = (output, out)
         row: dict[str, Any] = {"layer": names.get(mod, "?"), "type": type(mod).__name__,
-                               "in": ", ".join(str(f) for f in in_fmts) if in_fmts else "", "weight": "",
+                               "in": ", ".join(str(f) for f in in_fmts) if in_fmts else "float", "weight": "",
                                "bias": "", "acc": "", "out": str(out) if out else "", "khot": 0}
         fin = in_fmts[0] if in_fmts else None
+        if fin is not None and not isinstance(mod, QAdd):
+            mod.in_fmt = fin  # lets layer.accumulator_format() be called without arguments afterwards
         if isinstance(mod, _WeightLayer):
             _, fw = mod.weight_codes()
             _, fb = mod.bias_codes()

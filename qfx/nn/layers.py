@@ -72,6 +72,14 @@ class QModule(nn.Module):
     def _out_train(self, y: torch.Tensor) -> torch.Tensor:
         return self.out_quant(y) if self.out_quant is not None else y
 
+    def _in_fmt(self, in_fmt: FxFormat | None) -> FxFormat:
+        """``in_fmt`` or the producer's format recorded by ``qfx.nn.report_formats`` (``self.in_fmt``)."""
+        f = in_fmt if in_fmt is not None else getattr(self, "in_fmt", None)
+        if f is None:
+            raise BadInputError(f"{type(self).__name__}.accumulator_format needs the input format: pass in_fmt or "
+                                "run qfx.nn.report_formats(model, example) first")
+        return f
+
     def _spec_fmt(self, fallback: FxFormat) -> FxFormat:
         f = self.out_fmt
         return fallback if f is None else f
@@ -88,10 +96,6 @@ def _one_input(inputs: Sequence[TensorSpec], name: str) -> TensorSpec:
     if len(inputs) != 1:
         raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
     return inputs[0]
-
-
-def _exact_out(module: QModule, codes: np.ndarray, fmt: FxFormat, like: torch.Tensor) -> torch.Tensor:
-    return codes_to_values(codes, fmt, like.device)
 
 
 # ============================================================================ input
@@ -158,8 +162,9 @@ class _WeightLayer(QModule):
         with torch.no_grad():
             return self.bias_quant.quantize_exact(self.bias)
 
-    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+    def accumulator_format(self, in_fmt: FxFormat | None = None) -> FxFormat:
         """Lossless accumulator for inputs of ``in_fmt`` by interval analysis over the actual weight codes."""
+        in_fmt = self._in_fmt(in_fmt)
         w, fw = self.weight_codes()
         b, fb = self.bias_codes()
         return lossless_acc_format(w.reshape(w.shape[0], -1), fw, in_fmt, b, fb)
@@ -338,7 +343,9 @@ class _QBatchNorm(QModule):
             h, fh = self.shift_quant.quantize_exact(shift.float())
         return s, fs, h, fh
 
-    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+    def accumulator_format(self, in_fmt: FxFormat | None = None) -> FxFormat:
+        """Lossless format of ``x * scale + shift`` for inputs of ``in_fmt``."""
+        in_fmt = self._in_fmt(in_fmt)
         _, fs, _, fh = self.scale_shift_codes()
         return ops.scale_shift_format(in_fmt, fs, fh)
 
@@ -586,7 +593,9 @@ class QAvgPool2d(nn.AvgPool2d, QModule):
         y = F.avg_pool2d(x, k, s, p, divisor_override=1) * self.recip_value
         return self._out_train(y)
 
-    def accumulator_format(self, in_fmt: FxFormat) -> FxFormat:
+    def accumulator_format(self, in_fmt: FxFormat | None = None) -> FxFormat:
+        """Lossless format of ``sum(window) * recip`` for inputs of ``in_fmt``."""
+        in_fmt = self._in_fmt(in_fmt)
         k, _, _ = _pool_args(self.kernel_size, self.stride, self.padding)
         return ops.avgpool_format(in_fmt, self.recip_fmt, k[0] * k[1])
 

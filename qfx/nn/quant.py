@@ -117,7 +117,7 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, width, signed, rounding, overflow, shape, khot):  # type: ignore[override]
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if shape is None and p.device.type == "cpu":
+        if shape is None and p.device.type == "cpu" and not torch.compiler.is_compiling():
             i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
             inv, step = math.ldexp(1.0, width - i), math.ldexp(1.0, i - width)
         else:
@@ -156,7 +156,9 @@ class _FakeQuantFn(torch.autograd.Function):
         y = q.mul_(step)
         ctx.shape, ctx.pshape = shape, p.shape
         if need_p:
-            ctx.save_for_backward(x, y if same else qs.mul_(step), mask)
+            # d = ysat - x * mask: dL/dI = ln2 * sum(g * d) (see the module docstring)
+            d = torch.addcmul(y if same else qs.mul_(step), x, mask, value=-1.0)
+            ctx.save_for_backward(mask, d)
         elif need_x:
             ctx.save_for_backward(mask)
         return y
@@ -164,26 +166,22 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if need_p:
-            x, ysat, mask = ctx.saved_tensors
-        elif need_x:
-            (mask,) = ctx.saved_tensors
-        else:
+        if not (need_x or need_p):
             return (None,) * 8
-        gx = g * mask
+        saved = ctx.saved_tensors
+        mask = saved[0]
+        gx = g * mask if need_x else None
         gp = None
         if need_p:
-            # dL/dI = ln2 * sum(g * (ysat - x * mask))
+            d = saved[1]
             if ctx.shape is None:
-                gf = g.reshape(-1)
-                gp = (torch.dot(gf, ysat.reshape(-1)) - torch.dot(gx.reshape(-1), x.reshape(-1))) * _LN2
-                gp = gp.reshape(ctx.pshape)
+                gp = (torch.dot(g.reshape(-1), d.reshape(-1)) * _LN2).reshape(ctx.pshape)
             else:
                 axis = [i for i, s in enumerate(ctx.shape) if s != 1]
                 dims = [i for i in range(g.ndim) if i not in axis]
-                d = g * ysat - gx * x
-                gp = (d.sum(dim=dims) if dims else d).mul_(_LN2).reshape(ctx.pshape)
-        return (gx if need_x else None), gp, None, None, None, None, None, None
+                gd = g * d
+                gp = (gd.sum(dim=dims) if dims else gd).mul_(_LN2).reshape(ctx.pshape)
+        return gx, gp, None, None, None, None, None, None
 
 
 def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool = True, rounding: str = "RND",
