@@ -83,6 +83,10 @@ def make_specs(seed: int = SEED) -> tuple[ah.HarnessSpec, ah.HarnessSpec]:
                 fs = dst.frac_bits + rng.randint(-3, 12)
                 src = FxFormat(min(ws, 64 if src_signed else 63), min(ws, 64 if src_signed else 63) - fs, src_signed)
             pairs.append((src, dst))
+    for q in ROUNDING_MODES:  # hand-picked: the int64 extremes dropped by exactly 64 bits (a tie at -2**63)
+        pairs.append((FxFormat(64, 0), FxFormat(8, 8, True, q, "SAT")))
+        pairs.append((FxFormat(64, 64), FxFormat(64, 0, True, q, "SAT_SYM")))  # left shift by 64
+        pairs.append((FxFormat(20, 3), FxFormat(1, 2, True, q, "SAT_SYM")))  # one-bit symmetric saturation
     for n, modes in enumerate(MODES):
         while True:
             a, b = _any_fmt(rng, 32), _any_fmt(rng, 32)
