@@ -325,8 +325,8 @@ def _safe_graph_name(name: str) -> str:
     return name or "qfx_model"
 
 
-def export_onnx(graph: Graph, path: str | os.PathLike[str], force: bool = True) -> Path:
-    """Write ``graph`` as an ONNX file (atomically: temp file then rename); returns the path.
+def export_onnx(graph: Graph, path: str | os.PathLike[str], force: bool = False) -> Path:
+    """Write ``graph`` as an ONNX file (atomically: temp file then rename; an existing file only with ``force``).
 
     The model passes ``onnx.checker.check_model(full_check=True)`` before it is written.
     """
