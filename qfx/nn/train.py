@@ -24,7 +24,7 @@ from qfx.nn.exact import mode
 from qfx.nn.quant import FixedQuant
 
 __all__ = ["TrainResult", "train_model", "evaluate", "save_checkpoint", "load_checkpoint", "checkpoint_dict",
-           "make_optimizer", "int_bits_snapshot", "CHECKPOINT_VERSION"]
+           "make_optimizer", "int_bits_snapshot", "benchmark_step", "CHECKPOINT_VERSION"]
 
 CHECKPOINT_VERSION = 1
 
@@ -226,3 +226,45 @@ def load_checkpoint(path: str | os.PathLike[str], with_info: bool = False) -> An
         raise BadInputError(f"checkpoint {p} does not match its model: {str(exc).splitlines()[0]}") from None
     model.eval()
     return (model, ck) if with_info else model
+
+
+def benchmark_step(kind: str = "mlp", bits: int = 4, batch: int = 64, steps: int = 200, threads: int = 2,
+                   compile: bool = False, seed: int = 0) -> dict[str, float]:
+    """Median-ish (25th percentile) training-step time of the float model and of its fixed-point twin, same
+    optimizer (``make_optimizer``), same batches. ``compile`` wraps forward+backward in ``torch.compile``.
+
+    Returns ``{"float_ms", "fixed_ms", "ratio"}``. Timings on a shared machine are noisy; take the best of runs.
+    """
+    from qfx.data import load_digits_split
+    from qfx.models import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    xtr, ytr, _, _ = load_digits_split()
+    lossf = nn.CrossEntropyLoss()
+    fmodel = build_model(kind)
+    cfg = QFXConfig(weight_width=bits, bias_width=2 * bits, act_width=bits, bn_width=bits)
+    qmodel = quantize_model(fmodel, cfg, xtr[:256])
+
+    def timed(model: nn.Module) -> float:
+        opt = make_optimizer(model, 1e-3)
+        model.train()
+
+        def fb(xb: torch.Tensor, yb: torch.Tensor) -> None:
+            lossf(model(xb), yb).backward()
+
+        run = torch.compile(fb) if compile else fb
+        ts = []
+        for i in range(steps + 20):
+            j = (i * batch) % (len(xtr) - batch)
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            run(xtr[j:j + batch], ytr[j:j + batch])
+            opt.step()
+            ts.append(time.perf_counter() - t)
+        ts = sorted(ts[20:])
+        return ts[len(ts) // 4]
+
+    tf = timed(fmodel)
+    tq = timed(qmodel)
+    return {"float_ms": tf * 1e3, "fixed_ms": tq * 1e3, "ratio": tq / tf}
