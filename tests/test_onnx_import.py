@@ -352,3 +352,68 @@ def test_qonnx_double_quant_is_not_fused_and_bias_after_cast_rejected():
     y = q.op("Add", [h, q.init(np.full(4, 0.5))], lambda a, b: a + b)
     with pytest.raises(UnsupportedError, match="bias"):
         import_model(q.model(y))
+
+
+def _qonnx_cnn_bytes() -> bytes:
+    rng = np.random.default_rng(9)
+    q = Q((2, 6, 6))
+    x = q.quant("x", 0.25, 8)
+    w = q.quant(q.init(rng.normal(0, 0.3, (3, 2, 3, 3))), np.array([0.125, 0.0625, 0.25]).reshape(3, 1, 1, 1), 5)
+    h = q.op("Conv", [x, w, q.init(np.array([0.5, -0.25, 1.0]))], lambda a, b, c: a, pads=[1, 1, 1, 1])
+    h = q.quant(q.op("Relu", [h], lambda a: a), 0.125, 6, signed=0, narrow=1)
+    h = q.op("MaxPool", [h], lambda a: a, kernel_shape=[2, 2], strides=[2, 2])
+    h = q.op("Reshape", [h, q.init(np.array([1, -1]))], lambda a, b: a)
+    w2 = q.quant(q.init(rng.normal(0, 0.2, (4, 27))), 0.03125, 6)
+    y = q.quant(q.op("Gemm", [h, w2], lambda a, b: a, transB=1), 0.0625, 8)
+    return q.model(y).SerializeToString()
+
+
+_QONNX_CNN = _qonnx_cnn_bytes()
+
+
+def test_qonnx_cnn_with_reshape_imports():
+    g = import_model(onnx.load_from_string(_QONNX_CNN))
+    assert [n.op for n in g.nodes] == [Op.CONV2D, Op.RELU, Op.CLIP, Op.MAXPOOL2D, Op.FLATTEN, Op.DENSE]
+
+
+@settings(max_examples=int(__import__("os").environ.get("QFX_FUZZ_EXAMPLES", "60")), deadline=None)
+@given(data=st.data())
+def test_fuzz_qonnx_only_raises_qfx_errors(data):
+    """Mutated QONNX graphs (bytes, attributes, initializers, wiring): success or a one-line QfxError."""
+    how = data.draw(st.sampled_from(["bytes", "field"]))
+    if how == "bytes":
+        raw = bytearray(_QONNX_CNN)
+        for _ in range(data.draw(st.integers(1, 6))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        try:
+            m = onnx.load_from_string(bytes(raw))
+        except Exception:
+            return  # the loader in import_onnx turns this into BadInputError (tested above)
+    else:
+        m = onnx.load_from_string(_QONNX_CNN)
+        n = m.graph.node[data.draw(st.integers(0, len(m.graph.node) - 1))]
+        what = data.draw(st.sampled_from(["attr", "input", "op", "init"]))
+        if what == "attr" and n.attribute:
+            a = n.attribute[data.draw(st.integers(0, len(n.attribute) - 1))]
+            if a.type == onnx.AttributeProto.INT:
+                a.i = data.draw(st.integers(-3, 70))
+            elif a.type == onnx.AttributeProto.INTS:
+                a.ints[:] = data.draw(st.lists(st.integers(-2, 4), max_size=5))
+            elif a.type == onnx.AttributeProto.STRING:
+                a.s = data.draw(st.sampled_from([b"ROUND", b"CEIL", b"", b"\xff", b"HALF_UP"]))
+        elif what == "input" and n.input:
+            n.input[data.draw(st.integers(0, len(n.input) - 1))] = data.draw(
+                st.sampled_from(["x", "", "c1", "nope", n.output[0]]))
+        elif what == "op":
+            n.op_type = data.draw(st.sampled_from(["Relu", "Add", "MatMul", "Flatten", "Quant", "Conv"]))
+        else:
+            init = m.graph.initializer[data.draw(st.integers(0, len(m.graph.initializer) - 1))]
+            a = numpy_helper.to_array(init).astype(np.float32).copy()
+            if a.size:
+                a.flat[data.draw(st.integers(0, a.size - 1))] = data.draw(
+                    st.sampled_from([np.nan, np.inf, 0.0, -1.0, 0.3, 3e38, 65.0]))
+            init.CopyFrom(numpy_helper.from_array(a.reshape(a.shape), init.name))
+    try:
+        import_model(m)
+    except QfxError as exc:
+        assert "\n" not in str(exc)
