@@ -135,3 +135,20 @@ def test_padded_pools_reshape_and_clip(tmp_path):
     _same(import_onnx(path), g)
     x = random_inputs(g, 200)
     np.testing.assert_array_equal(run_onnx_codes(path, g, x), run(g, x))
+
+
+def test_only_float64_ops_are_used():
+    """Exported graphs use only the documented ops; the FixedQuant body only ops with float64/int64/bool kernels."""
+    from qfx.onnx.export import GRAPH_OPS
+    from qfx.onnx.fixedquant import fixedquant_function
+
+    seen = set()
+    for seed in range(30):
+        m = to_onnx_model(random_graph(seed))
+        seen |= {n.op_type for n in m.graph.node if n.domain == ""}
+        assert {n.domain for n in m.graph.node} <= {"", DOMAIN}
+    assert seen <= GRAPH_OPS and {"Gemm", "MatMul", "Gather", "MaxPool"} <= seen
+    body = {n.op_type for n in fixedquant_function().node}
+    assert "Pow" not in body and body <= {"Constant", "Abs", "BitwiseAnd", "Greater", "Less", "Where", "ReduceProd",
+                                          "Sub", "Neg", "Cast", "Mul", "Floor", "Equal", "Not", "And", "Or", "Add",
+                                          "GreaterOrEqual", "LessOrEqual", "Min", "Max"}

@@ -34,8 +34,13 @@ from qfx.ir.graph import IR_VERSION, Graph, Node, Op
 from qfx.ir.passes import acc_is_lossless, required_acc
 from qfx.onnx.fixedquant import DOMAIN, IR_VERSION_ONNX, OPSET, fixedquant_function, fixedquant_node
 
-__all__ = ["export_onnx", "to_onnx_model", "check_exact_in_double", "META_NODES", "META_GRAPH"]
+__all__ = ["export_onnx", "to_onnx_model", "check_exact_in_double", "input_cast_format", "GRAPH_OPS", "META_NODES",
+           "META_GRAPH"]
 
+#: standard ops exported graphs use (outside the FixedQuant body); each has a float64 CPU kernel in onnxruntime
+#: (checked by tests/test_onnx_roundtrip.py). Conv and AveragePool have none, hence the im2col lowering.
+GRAPH_OPS = frozenset({"Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "Pad", "Reshape", "Gather",
+                       "Transpose", "ReduceSum", "Flatten"})
 META_NODES = "qfx.nodes"
 META_GRAPH = "qfx.graph"
 MAX_MANTISSA = 53
