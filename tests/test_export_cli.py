@@ -196,3 +196,14 @@ def test_load_checkpoint_and_export(tmp_path):
         y = m(x).numpy()
     codes = g.tensor(g.inputs[0]).fmt.to_int(x.double().numpy())
     np.testing.assert_array_equal(g.tensor(g.outputs[0]).fmt.from_int(run_onnx_codes(out, g, codes)), y)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qfx.backends.hls") is None, reason="qfx.backends.hls not available")
+def test_real_hls_backend_from_onnx(tmp_path, capsys):
+    """An ONNX file (qfx-exported) to an HLS project through the real backend; options pass through."""
+    src = export_onnx(random_graph(12, kind="cnn"), tmp_path / "m.onnx")
+    out = tmp_path / "prj"
+    rc = main(["export", str(src), "--to", "hls", "-o", str(out), "-q", "--io", "stream", "--clock-ns", "4"])
+    assert rc == 0, capsys.readouterr().err
+    assert out.is_dir() and any(out.iterdir())
+    assert main(["export", str(src), "--to", "hls", "-o", str(out), "-q"]) == 2  # exists, no --force
