@@ -10,7 +10,7 @@ template <class in_T, class out_T, unsigned N>
 void relu(const in_T x[N], out_T y[N]) {
     QFX_PRAGMA(HLS INLINE off)
     QFX_PRAGMA(HLS PIPELINE)
-Relu:
+QFX_LOOP(Relu)
     for (unsigned i = 0; i < N; i++) {
         const in_T v = x[i];
         y[i] = (out_T)(v > 0 ? v : in_T(0));
@@ -23,7 +23,7 @@ template <class in_T, class bound_T, class out_T, unsigned N>
 void clip(const in_T x[N], out_T y[N], const bound_T lo, const bound_T hi) {
     QFX_PRAGMA(HLS INLINE off)
     QFX_PRAGMA(HLS PIPELINE)
-Clip:
+QFX_LOOP(Clip)
     for (unsigned i = 0; i < N; i++) {
         const in_T v = x[i];
         y[i] = v > hi ? (out_T)hi : (v < lo ? (out_T)lo : (out_T)v);
@@ -34,7 +34,7 @@ template <class in_T, class out_T, unsigned N>
 void cast(const in_T x[N], out_T y[N]) {
     QFX_PRAGMA(HLS INLINE off)
     QFX_PRAGMA(HLS PIPELINE)
-Cast:
+QFX_LOOP(Cast)
     for (unsigned i = 0; i < N; i++) {
         y[i] = (out_T)x[i];
     }

@@ -9,7 +9,7 @@ template <class a_T, class b_T, class out_T, unsigned N>
 void add(const a_T a[N], const b_T b[N], out_T y[N]) {
     QFX_PRAGMA(HLS INLINE off)
     QFX_PRAGMA(HLS PIPELINE)
-Add:
+QFX_LOOP(Add)
     for (unsigned i = 0; i < N; i++) {
         y[i] = (out_T)(a[i] + b[i]);
     }

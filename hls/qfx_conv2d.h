@@ -33,19 +33,19 @@ void conv2d_impl(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w],
     static const unsigned n_win = CFG::n_chan * CFG::k_h * CFG::k_w;
     QFX_PRAGMA(HLS ARRAY_PARTITION variable=w cyclic factor=CFG::multiplier_limit)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
-ConvRow:
+QFX_LOOP(ConvRow)
     for (unsigned oh = 0; oh < CFG::out_h; oh++) {
-    ConvCol:
+    QFX_LOOP(ConvCol)
         for (unsigned ow = 0; ow < CFG::out_w; ow++) {
             QFX_PRAGMA(HLS PIPELINE II=CFG::reuse_factor)
             in_T win[n_win];
             QFX_PRAGMA(HLS ARRAY_PARTITION variable=win complete)
             conv_window<in_T, CFG>(x, oh, ow, win);
-        ConvFilt:
+        QFX_LOOP(ConvFilt)
             for (unsigned o = 0; o < CFG::n_filt; o++) {
                 typename CFG::accum_t acc = 0;
                 if (has_bias) acc = b[o];
-            ConvTap:
+            QFX_LOOP(ConvTap)
                 for (unsigned j = 0; j < n_win; j++) {
                     acc += win[j] * w[o * n_win + j];
                 }

@@ -15,10 +15,10 @@ void dense(const in_T x[CFG::n_in], out_T y[CFG::n_out], const typename CFG::wei
     QFX_PRAGMA(HLS PIPELINE II=CFG::reuse_factor)
     QFX_PRAGMA(HLS ARRAY_PARTITION variable=w cyclic factor=CFG::multiplier_limit)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
-DenseOut:
+QFX_LOOP(DenseOut)
     for (unsigned o = 0; o < CFG::n_out; o++) {
         typename CFG::accum_t acc = b[o];
-    DenseIn:
+    QFX_LOOP(DenseIn)
         for (unsigned k = 0; k < CFG::n_in; k++) {
             acc += x[k] * w[o * CFG::n_in + k];
         }
@@ -33,10 +33,10 @@ void dense(const in_T x[CFG::n_in], out_T y[CFG::n_out], const typename CFG::wei
     QFX_PRAGMA(HLS PIPELINE II=CFG::reuse_factor)
     QFX_PRAGMA(HLS ARRAY_PARTITION variable=w cyclic factor=CFG::multiplier_limit)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
-DenseOut:
+QFX_LOOP(DenseOut)
     for (unsigned o = 0; o < CFG::n_out; o++) {
         typename CFG::accum_t acc = 0;
-    DenseIn:
+    QFX_LOOP(DenseIn)
         for (unsigned k = 0; k < CFG::n_in; k++) {
             acc += x[k] * w[o * CFG::n_in + k];
         }

@@ -11,11 +11,11 @@ namespace qfx {
 template <class in_T, class out_T, class CFG>
 void maxpool2d(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w], out_T y[CFG::n_chan * CFG::out_h * CFG::out_w]) {
     QFX_PRAGMA(HLS INLINE off)
-MaxChan:
+QFX_LOOP(MaxChan)
     for (unsigned c = 0; c < CFG::n_chan; c++) {
-    MaxRow:
+    QFX_LOOP(MaxRow)
         for (unsigned oh = 0; oh < CFG::out_h; oh++) {
-        MaxCol:
+        QFX_LOOP(MaxCol)
             for (unsigned ow = 0; ow < CFG::out_w; ow++) {
                 QFX_PRAGMA(HLS PIPELINE)
                 in_T m = 0;
@@ -41,11 +41,11 @@ template <class in_T, class out_T, class CFG>
 void avgpool2d(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w], out_T y[CFG::n_chan * CFG::out_h * CFG::out_w],
                const typename CFG::recip_t recip) {
     QFX_PRAGMA(HLS INLINE off)
-AvgChan:
+QFX_LOOP(AvgChan)
     for (unsigned c = 0; c < CFG::n_chan; c++) {
-    AvgRow:
+    QFX_LOOP(AvgRow)
         for (unsigned oh = 0; oh < CFG::out_h; oh++) {
-        AvgCol:
+        QFX_LOOP(AvgCol)
             for (unsigned ow = 0; ow < CFG::out_w; ow++) {
                 QFX_PRAGMA(HLS PIPELINE)
                 typename CFG::sum_t s = 0;

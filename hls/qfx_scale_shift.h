@@ -13,9 +13,9 @@ void scale_shift(const in_T x[CFG::n_chan * CFG::n_inner], out_T y[CFG::n_chan *
     QFX_PRAGMA(HLS INLINE off)
     QFX_PRAGMA(HLS PIPELINE II=CFG::reuse_factor)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
-ScaleChan:
+QFX_LOOP(ScaleChan)
     for (unsigned c = 0; c < CFG::n_chan; c++) {
-    ScaleElem:
+    QFX_LOOP(ScaleElem)
         for (unsigned i = 0; i < CFG::n_inner; i++) {
             const unsigned k = c * CFG::n_inner + i;
             y[k] = (out_T)(typename CFG::accum_t)(x[k] * scale[c] + shift[c]);

@@ -9,7 +9,7 @@ namespace qfx {
 template <class T, unsigned N>
 void stream_to_array(hls::stream<T> &s, T a[N]) {
     QFX_PRAGMA(HLS INLINE)
-StreamRead:
+QFX_LOOP(StreamRead)
     for (unsigned i = 0; i < N; i++) {
         QFX_PRAGMA(HLS PIPELINE)
         a[i] = s.read();
@@ -19,7 +19,7 @@ StreamRead:
 template <class T, unsigned N>
 void array_to_stream(const T a[N], hls::stream<T> &s) {
     QFX_PRAGMA(HLS INLINE)
-StreamWrite:
+QFX_LOOP(StreamWrite)
     for (unsigned i = 0; i < N; i++) {
         QFX_PRAGMA(HLS PIPELINE)
         s.write(a[i]);
@@ -30,7 +30,7 @@ StreamWrite:
 template <class T, unsigned N>
 void clone_stream(hls::stream<T> &in, hls::stream<T> &out1, hls::stream<T> &out2) {
     QFX_PRAGMA(HLS INLINE off)
-Clone:
+QFX_LOOP(Clone)
     for (unsigned i = 0; i < N; i++) {
         QFX_PRAGMA(HLS PIPELINE)
         const T v = in.read();

@@ -21,9 +21,12 @@
 #ifdef __SYNTHESIS__
 #define QFX_PRAGMA_STR(...) _Pragma(#__VA_ARGS__)
 #define QFX_PRAGMA(...) QFX_PRAGMA_STR(__VA_ARGS__)
+#define QFX_LOOP(name) name:
 #else
 #define QFX_PRAGMA(...)
+#define QFX_LOOP(name)
 #endif
+// QFX_LOOP(Name) labels a loop for Vitis HLS reports (a plain label would trip -Wunused-label in g++).
 
 namespace qfx {
 

@@ -75,13 +75,15 @@ def khot_term_format(fx: FxFormat, fw: FxFormat, codes: np.ndarray) -> FxFormat:
     """Signed type in which every partial sum of the shifted terms ``x * 2**(s - fw.frac)`` is exact.
 
     Fraction bits: those of ``x`` plus the right shifts a term may need; integer range: |x| times the sum of all
-    CSD digit magnitudes of the largest-shift code (bounds every partial sum of any code's digits).
+    CSD digit magnitudes of the largest-shift code (bounds every partial sum of any code's digits), and room for
+    ``x`` itself, which is cast to this type before it is shifted right.
     """
     ff = fx.frac_bits + max(0, fw.frac_bits)
     xmax = max(-fx.min_code, fx.max_code)
     smax = max((s for c in np.asarray(codes).reshape(-1) for _, s in csd_digits(int(c))), default=0)
-    # term codes in units of 2**-ff: xcode * 2**(s + max(0, -fw.frac)); partial sums below 2**(smax+1) * that
-    bound = xmax * ((1 << (smax + 1)) - 1) * (1 << max(0, -fw.frac_bits))
+    # codes in units of 2**-ff: x itself is xcode * 2**max(0, fw.frac) (it is cast to the term type before any
+    # shift); a term is xcode * 2**(s + max(0, -fw.frac)); partial sums stay below 2**(smax+1) times that
+    bound = xmax * max(((1 << (smax + 1)) - 1) << max(0, -fw.frac_bits), 1 << max(0, fw.frac_bits))
     return FxFormat.for_code_range(-bound, bound, ff, signed=True)
 
 

@@ -6,6 +6,7 @@ microseconds; the testbench binary is built once (content-cached by ``qfx.sim.bu
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from qfx.errors import BadInputError
 from qfx.ir.graph import Graph
 from qfx.ir.interpret import edge_inputs, random_inputs, run
 
-__all__ = ["CsimReport", "run_csim", "project_top", "make_inputs", "REPORT_NAME"]
+__all__ = ["CsimReport", "run_csim", "run_csim_batch", "project_top", "make_inputs", "REPORT_NAME"]
 
 REPORT_NAME = "csim_report.json"
 NDEBUG = {"NDEBUG": ""}
@@ -94,13 +95,10 @@ def run_csim(project_dir: str | Path, n_vectors: int = 1000, seed: int = 0, ap_i
              *, flags: Sequence[str] = (), write_report: bool = True, timeout: float = 600.0) -> CsimReport:
     """Build the project's testbench (cached), run ``n_vectors`` vectors through it in one process and compare every
     output code with ``qfx.ir.run`` on the project's ``model.json``. Writes ``csim_report.json`` into the project."""
-    from qfx.sim.build import compile_cxx, read_codes, run_binary, write_codes
+    from qfx.sim.build import compile_cxx
 
     d = Path(project_dir)
-    if not d.is_dir():
-        raise BadInputError(f"{d} is not a folder (expected a project written by 'qfx export --hls')")
-    if not (d / "model.json").is_file():
-        raise BadInputError(f"{d} is not a qfx HLS project: model.json is missing")
+    _check_project(d)
     n = int(n_vectors)
     if n < 1:
         raise BadInputError(f"number of vectors must be >= 1, got {n}")
@@ -113,6 +111,73 @@ def run_csim(project_dir: str | Path, n_vectors: int = 1000, seed: int = 0, ap_i
     exe = compile_cxx([tb, src], include_dirs=[d / "firmware"], ap_include=ap_include, flags=flags, defines=NDEBUG,
                       name=f"csim_{top}", timeout=timeout)
     build_s = time.perf_counter() - t0
+    return _simulate(d, graph, top, exe, [], n, seed, build_s, write_report, timeout)
+
+
+def run_csim_batch(project_dirs: Sequence[str | Path], n_vectors: int = 1000, seed: int = 0,
+                   ap_include: str | Path | None = None, *, flags: Sequence[str] = (), write_report: bool = True,
+                   timeout: float = 600.0) -> list[CsimReport]:
+    """``run_csim`` for several projects compiled into ONE binary (the ap_fixed headers are parsed once).
+
+    Each project's firmware and testbench are included inside their own C++ namespace; the testbench ``main`` of
+    project ``k`` runs when the binary's first argument is ``k``. Top names must be distinct. Saves most of the
+    compile time when many small models are checked (tests, sweeps); the per-project code is the same files.
+    """
+    from qfx.sim.build import compile_cxx
+
+    dirs = [Path(p) for p in project_dirs]
+    if not dirs:
+        return []
+    infos = []
+    for d in dirs:
+        _check_project(d)
+        top, tb, src = project_top(d)
+        infos.append((d, Graph.load(d / "model.json"), top, tb.resolve(), src.resolve()))
+    tops = [i[2] for i in infos]
+    if len(set(tops)) != len(tops):
+        raise BadInputError("run_csim_batch needs distinct top names")
+    fw0 = infos[0][0] / "firmware"
+    lines = ["// qfx csim batch driver: several generated projects in one binary, each in its own namespace.",
+             "#include <cstdio>", "#include <cstdlib>", "#include <vector>", '#include "qfx_types.h"',
+             '#include "qfx_io.h"']
+    lines += [f'#include "{h}"' for h in ("qfx_activation.h", "qfx_add.h", "qfx_conv2d.h", "qfx_dense.h",
+                                          "qfx_pool.h", "qfx_scale_shift.h", "qfx_stream.h")]
+    for k, (_, _, top, tb, src) in enumerate(infos):
+        lines += [f"namespace qfx_batch_{k} {{", f'#include "{src}"', "#define main qfx_tb_main",
+                  f'#include "{tb}"', "#undef main", "}"]
+    lines += ["int main(int argc, char **argv) {", "    if (argc < 2) return 2;",
+              "    switch (std::atoi(argv[1])) {"]
+    lines += [f"    case {k}: return qfx_batch_{k}::qfx_tb_main(argc - 1, argv + 1);" for k in range(len(infos))]
+    lines += ["    default: return 2;", "    }", "}", ""]
+    import hashlib
+
+    text = "\n".join(lines)
+    from qfx.sim.toolchain import cache_dir
+
+    drv = cache_dir("csim-batch") / f"batch-{hashlib.sha256(text.encode()).hexdigest()[:24]}.cpp"
+    if not drv.is_file():
+        tmp = drv.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, drv)
+    t0 = time.perf_counter()
+    exe = compile_cxx([drv], include_dirs=[fw0] + [i[0] / "firmware" for i in infos[1:]], ap_include=ap_include,
+                      flags=flags, defines=NDEBUG, name="csim_batch", timeout=timeout)
+    build_s = (time.perf_counter() - t0) / len(infos)
+    return [_simulate(d, g, top, exe, [str(k)], int(n_vectors), seed, build_s, write_report, timeout)
+            for k, (d, g, top, _, _) in enumerate(infos)]
+
+
+def _check_project(d: Path) -> None:
+    if not d.is_dir():
+        raise BadInputError(f"{d} is not a folder (expected a project written by 'qfx export --hls')")
+    if not (d / "model.json").is_file():
+        raise BadInputError(f"{d} is not a qfx HLS project: model.json is missing")
+
+
+def _simulate(d: Path, graph: Graph, top: str, exe: Path, prefix: list[str], n: int, seed: int, build_s: float,
+              write_report: bool, timeout: float) -> CsimReport:
+    from qfx.sim.build import read_codes, run_binary, write_codes
+
     xs = make_inputs(graph, n, seed)
     y = run(graph, xs if len(xs) > 1 else xs[graph.inputs[0]])
     x_flat = _flat(graph, xs, graph.inputs, n)
@@ -122,7 +187,7 @@ def run_csim(project_dir: str | Path, n_vectors: int = 1000, seed: int = 0, ap_i
         write_codes(t / "in.bin", x_flat)
         write_codes(t / "exp.bin", y_flat)
         t1 = time.perf_counter()
-        res = run_binary(exe, [str(t / "in.bin"), str(t / "exp.bin"), str(t / "got.bin")], cwd=t, timeout=timeout,
+        res = run_binary(exe, prefix + [str(t / "in.bin"), str(t / "exp.bin"), str(t / "got.bin")], cwd=t, timeout=timeout,
                          check=False)
         run_s = time.perf_counter() - t1
         if res.returncode not in (0, 1):

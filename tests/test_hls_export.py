@@ -1,0 +1,187 @@
+"""HLS backend without a compiler: project layout, headers, options, exact literals, K-hot terms, identifiers."""
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal, getcontext
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qfx import __version__
+from qfx.backends.hls import exact_literal, khot_term_format, write_project
+from qfx.backends.naming import (CXX_KEYWORDS, SV_KEYWORDS, comment_text, is_identifier, sanitize_identifiers)
+from qfx.errors import BadInputError
+from qfx.fixed.csd import csd_digits, khot_project
+from qfx.fixed.format import FxFormat
+from qfx.ir.graph import Graph
+from qfx.ir.random_graph import random_graph
+
+HOSTILE = ['x"; system("rm -rf /"); //', "class", "../../etc/passwd", "a b", "int", "__x", "always", "ap_fixed",
+           "1abc", "\u00e9t\u00e9", "??/", "end\\", "X", "x", "t_t", "main", "*/ #define x", "module", "", "_"]
+
+
+def rename(g: Graph, names: list[str]) -> Graph:
+    """``g`` with every tensor and node renamed from ``names`` (cycled, made unique by a counter)."""
+    tmap = {t: f"{names[i % len(names)]}" + ("" if i < len(names) else f"#{i}") for i, t in enumerate(g.tensors)}
+    nmap = {n.name: f"{names[(i + 3) % len(names)]}" + ("" if i + 3 < len(names) else f"#{i}") or "n"
+            for i, n in enumerate(g.nodes)}
+    nmap = {k: (v if v else "node") for k, v in nmap.items()}
+    tmap = {k: (v if v else "tensor") for k, v in tmap.items()}
+    tensors = {tmap[t]: s.__class__(tmap[t], s.shape, s.fmt) for t, s in g.tensors.items()}
+    nodes = [n.replace(name=nmap[n.name], inputs=tuple(tmap[i] for i in n.inputs), output=tmap[n.output])
+             for n in g.nodes]
+    return Graph('my "model"\\ ??/', tuple(tmap[i] for i in g.inputs), tuple(tmap[o] for o in g.outputs), tensors,
+                 tuple(nodes), g.meta).validate()
+
+
+# ------------------------------------------------------------------------------------------------ naming
+@given(st.lists(st.text(max_size=30), max_size=30), st.lists(st.sampled_from(sorted(CXX_KEYWORDS)), max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_sanitize_identifiers_valid_unique(names, reserved):
+    ids = sanitize_identifiers(names, reserved)
+    assert set(ids) == set(names)
+    vals = list(ids.values())
+    assert len({v.lower() for v in vals}) == len(vals)
+    for v in vals:
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", v)
+        assert v not in CXX_KEYWORDS and v not in SV_KEYWORDS and v not in reserved
+        assert "__" not in v and not v.endswith("_")
+        assert is_identifier(v, reserved)
+    assert sanitize_identifiers(names, reserved) == ids  # deterministic
+
+
+def test_sanitize_hostile_names():
+    ids = sanitize_identifiers(HOSTILE)
+    assert ids["class"] != "class" and ids["int"] != "int" and ids["always"] != "always"
+    assert ids["ap_fixed"] != "ap_fixed" and ids["main"] != "main"
+    assert ids["x"].lower() != ids["X"].lower()
+    assert ids["1abc"][0].isalpha()
+
+
+@given(st.text(max_size=200))
+def test_comment_text_is_inert(s):
+    c = comment_text(s)
+    assert "\n" not in c and "\\" not in c and "?" not in c and "*" not in c and "/" not in c and '"' not in c
+
+
+# ------------------------------------------------------------------------------------------------ literals
+@given(st.integers(2, 64), st.integers(-70, 70), st.data())
+@settings(max_examples=300, deadline=None)
+def test_exact_literal_value(w, i, data):
+    f = FxFormat(w, i)
+    code = data.draw(st.integers(f.min_code, f.max_code))
+    lit = exact_literal(code, f)
+    want = Fraction(code) * Fraction(2) ** (-f.frac_bits)
+    getcontext().prec = 400
+    if lit.startswith("("):  # wide code: two exact parts
+        parts = re.findall(r"\((-?[0-9.]+)\)", lit)
+        got = sum(Fraction(Decimal(p)) for p in parts)
+        assert all(abs(Fraction(Decimal(p)) * 2 ** f.frac_bits) < 2**63 for p in parts)
+    else:
+        got = Fraction(Decimal(lit))
+        assert float(lit) == float(want)  # the compiler's double is exactly the value (< 2**53 significant)
+    assert got == want
+
+
+# ------------------------------------------------------------------------------------------------ K-hot term type
+@given(st.integers(2, 10), st.integers(-4, 12), st.booleans(), st.integers(2, 8), st.integers(-4, 10), st.data())
+@settings(max_examples=300, deadline=None)
+def test_khot_term_format_holds_every_partial_sum(wx, ix, sx, ww, iw, data):
+    fx, fw = FxFormat(wx, ix, sx), FxFormat(ww, iw)
+    codes = np.array(data.draw(st.lists(st.integers(fw.min_code, fw.max_code), min_size=1, max_size=6)))
+    codes = khot_project(codes, data.draw(st.integers(1, 3)), fw.min_code, fw.max_code)
+    tf = khot_term_format(fx, fw, codes)
+    assert tf.signed and tf.frac_bits >= fx.frac_bits
+    for x in (fx.min_code, fx.max_code, 1, -1 if sx else 0):
+        xt = x << (tf.frac_bits - fx.frac_bits)  # x cast into the term type
+        assert tf.min_code <= xt <= tf.max_code
+        for c in codes.tolist():
+            partial = 0
+            for sign, s in csd_digits(c):
+                e = s - fw.frac_bits
+                term = xt << e if e >= 0 else xt >> -e
+                assert (term << max(0, -e)) == (xt << max(0, e)) or e >= 0  # right shift exact
+                partial += sign * term
+                assert tf.min_code <= partial <= tf.max_code
+            # t == x * w exactly, in units of the term type
+            two = Fraction(2)
+            assert partial * two ** -tf.frac_bits == x * two ** -fx.frac_bits * c * two ** -fw.frac_bits
+
+
+# ------------------------------------------------------------------------------------------------ project layout
+def test_project_layout_and_headers(tmp_path):
+    g = random_graph(3, "mlp", khot_prob=0.5)
+    write_project(g, tmp_path, part="xc7z020clg400-1", clock_ns=4.0)
+    top = "random_mlp_3"
+    for rel in (f"firmware/{top}.h", f"firmware/{top}.cpp", "firmware/parameters.h", "firmware/weights.h",
+                "firmware/qfx_dense.h", f"tb/tb_{top}.cpp", "build_prj.tcl", "model.json", "README.md",
+                "tb/tb_input_codes.bin", "tb/tb_expected_codes.bin"):
+        assert (tmp_path / rel).is_file(), rel
+    for rel in (f"firmware/{top}.h", f"firmware/{top}.cpp", "firmware/parameters.h", "firmware/weights.h",
+                f"tb/tb_{top}.cpp", "build_prj.tcl", "README.md"):
+        head = (tmp_path / rel).read_text().splitlines()[0]
+        assert f"qfx {__version__}" in head and "random_mlp_3" in head, rel
+    tcl = (tmp_path / "build_prj.tcl").read_text()
+    for cmd in ("open_project", f"set_top {top}", "add_files", "open_solution", "set_part xc7z020clg400-1",
+                "create_clock -period 4", "csim_design", "csynth_design", "cosim_design",
+                "export_design -format ip_catalog"):
+        assert cmd in tcl, cmd
+    assert Graph.load(tmp_path / "model.json") == g or Graph.load(tmp_path / "model.json").to_json() == g.to_json()
+    params = (tmp_path / "firmware/parameters.h").read_text()
+    for t, spec in g.tensors.items():
+        assert re.search(rf"typedef {re.escape(spec.fmt.ap_type())} {t}_t;", params), t
+    for n in g.nodes:
+        if n.acc_fmt is not None:
+            assert f"typedef {n.acc_fmt.ap_type()} {n.name}_acc_t;" in params
+
+
+def test_khot_layers_have_no_multiplier(tmp_path):
+    g = random_graph(7, "mlp", khot_prob=1.0)
+    write_project(g, tmp_path)
+    src = (tmp_path / "firmware" / f"{g.name}.cpp").read_text()
+    khot = [n for n in g.nodes if n.attr("khot")]
+    assert khot
+    for n in khot:
+        body = src[src.index(f"static void {n.name}("):]
+        body = body[: body.index("\n}\n")]
+        code = re.sub(r"//.*", "", body)
+        assert "*" not in code  # dense K-hot: no multiplication at all
+        assert not re.search(r"\bq\d+\s*\*", code) and not re.search(r"\*\s*q\d+\b", code)
+        assert "<<" in body or ">>" in body
+        assert f"{n.name}_w" not in src  # weights live in the shift terms only
+
+
+@pytest.mark.parametrize("kw", [dict(io="axi"), dict(top_name="class"), dict(top_name="a b"),
+                                dict(reuse_factor={"nope": 2}), dict(reuse_factor=0), dict(clock_ns=-1),
+                                dict(part="xc7 z; rm")])
+def test_bad_options(tmp_path, kw):
+    with pytest.raises(BadInputError):
+        write_project(random_graph(1, "mlp"), tmp_path, **kw)
+    assert not any(tmp_path.iterdir())
+
+
+def test_refuses_non_empty_or_missing_folder(tmp_path):
+    (tmp_path / "x").write_text("keep")
+    with pytest.raises(BadInputError):
+        write_project(random_graph(1, "mlp"), tmp_path)
+    assert (tmp_path / "x").read_text() == "keep"
+    with pytest.raises(BadInputError):
+        write_project(random_graph(1, "mlp"), tmp_path / "missing")
+
+
+def test_hostile_names_are_sanitized(tmp_path):
+    g = rename(random_graph(5, "cnn", khot_prob=0.5), HOSTILE)
+    write_project(g, tmp_path)
+    files = [p for p in (tmp_path / "firmware").glob("*") if not p.name.startswith("qfx_")]
+    text = "\n".join(p.read_text() for p in files) + (tmp_path / "build_prj.tcl").read_text()
+    assert "\\" not in text and "??" not in text  # no line continuation or trigraph, even inside comments
+    code = "\n".join(re.sub(r"//.*", "", ln) for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    assert "rm -rf" not in code and "system(" not in code and "../" not in code
+    for line in code.splitlines():
+        assert '"' not in line or "hls::stream" in line or "-cflags" in line, line
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["name"] == g.name  # the IR keeps the user's names; only code uses identifiers
