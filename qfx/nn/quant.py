@@ -52,6 +52,21 @@ MAX_TRAIN_WIDTH = 24
 _I_LIMIT = 96  # keeps 2**(W - I) a normal float32 in train mode
 
 
+_CONSTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _const(v: float, like: torch.Tensor) -> torch.Tensor:
+    """Cached 0-d tensor of ``v``: multiplying by a python float makes torch wrap and convert a scalar tensor on
+    every call (several microseconds each on CPU), a cached 0-d tensor of the right dtype does not."""
+    key = (v, like.dtype, like.device)
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 4096:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(v, dtype=like.dtype, device=like.device)
+    return t
+
+
 def _code_range(width: int, signed: bool) -> tuple[float, float]:
     lo = -(1 << (width - 1)) if signed else 0
     hi = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
@@ -77,10 +92,11 @@ def _round(m: torch.Tensor, rounding: str, bounded: bool, inplace: bool = False)
         return m.trunc_() if inplace else torch.trunc(m)
     if rounding == "RND_CONV":
         return m.round_() if inplace else torch.round(m)
-    if bounded and rounding == "RND":
-        return (m.add_(0.5) if inplace else m + 0.5).floor_()
-    if bounded and rounding == "RND_MIN_INF":
-        return (m.sub_(0.5) if inplace else m - 0.5).ceil_()
+    if bounded and rounding in ("RND", "RND_MIN_INF"):
+        h = _const(0.5, m)
+        if rounding == "RND":
+            return (m.add_(h) if inplace else m + h).floor_()
+        return (m.sub_(h) if inplace else m - h).ceil_()
     fl = torch.floor(m)
     r = m - fl  # exact
     if rounding == "RND":
@@ -119,7 +135,7 @@ class _FakeQuantFn(torch.autograd.Function):
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if shape is None and p.device.type == "cpu" and not torch.compiler.is_compiling():
             i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
-            inv, step = math.ldexp(1.0, width - i), math.ldexp(1.0, i - width)
+            inv, step = _const(math.ldexp(1.0, width - i), x), _const(math.ldexp(1.0, i - width), x)
         else:
             ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
             if shape is not None:
@@ -175,7 +191,7 @@ class _FakeQuantFn(torch.autograd.Function):
         if need_p:
             d = saved[1]
             if ctx.shape is None:
-                gp = (torch.dot(g.reshape(-1), d.reshape(-1)) * _LN2).reshape(ctx.pshape)
+                gp = torch.dot(g.reshape(-1), d.reshape(-1)).mul_(_const(_LN2, g)).reshape(ctx.pshape)
             else:
                 axis = [i for i, s in enumerate(ctx.shape) if s != 1]
                 dims = [i for i in range(g.ndim) if i not in axis]
