@@ -158,3 +158,25 @@ def test_save_checkpoint_atomic(tmp_path):
     save_checkpoint({"qfx_checkpoint": 1, "x": 2}, p, force=True)
     assert torch.load(p, weights_only=True)["x"] == 2
     assert [q.name for q in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_ddp_wraps_and_trains(tmp_path):
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x, y = _data(), torch.randint(0, 10, (64,))
+        q = qn.quantize_model(DigitsCNN(), qn.QFXConfig(weight_width=4, act_width=4), x)
+        ddp = nn.parallel.DistributedDataParallel(q)
+        before = {n: p.detach().clone() for n, p in q.named_parameters()}
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        moved = [n for n, p in q.named_parameters() if not torch.equal(p, before[n])]
+        assert any(n.endswith("int_bits_param") for n in moved) and any(n.endswith("weight") for n in moved)
+    finally:
+        dist.destroy_process_group()
