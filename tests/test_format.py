@@ -305,7 +305,7 @@ def format_and_double(draw: st.DrawFn) -> tuple[FxFormat, float]:
     return f, x
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800, deadline=None)
 @given(fx=format_and_double())
 def test_quantize_matches_fraction_reference(fx: tuple[FxFormat, float]) -> None:
     f, x = fx
