@@ -77,6 +77,7 @@ def header_aborts(src: FxFormat, dst: FxFormat) -> bool:
 
 #: pair id of a widened source -> the pair id whose cast the header aborts on (same codes, same destination)
 WIDENED: dict[int, int] = {}
+LOSSLESS_TERMS = 16
 
 
 def make_specs(seed: int = SEED) -> tuple[ah.HarnessSpec, ah.HarnessSpec]:
@@ -118,6 +119,8 @@ def make_specs(seed: int = SEED) -> tuple[ah.HarnessSpec, ah.HarnessSpec]:
             if _fits_arith(acc, x.mul_format(w)):
                 break
         quads.append((x, w, acc, b))
+    fx, fw, fb = FxFormat(6, 2), FxFormat(5, 1, signed=False), FxFormat(8, 4)  # last quad: a lossless accumulator
+    quads.append((fx, fw, kernels.dot_acc_format(fx, fw, LOSSLESS_TERMS, fb), fb))
     return (ah.HarnessSpec(formats=tuple(formats), pairs=tuple(pairs)),
             ah.HarnessSpec(triples=tuple(triples), quads=tuple(quads)))
 
@@ -325,28 +328,18 @@ def test_result_types_match_header(harness: Harness) -> None:
     assert {(a.signed, b.signed) for a, b, _c in SPEC_ARITH.triples} == {(s, t) for s in (True, False) for t in (True, False)}
 
 
-def test_matmul_accumulator_loop(harness: Harness) -> None:
-    """``kernels.matmul`` equals the C++ loop ``ACC acc = bias; for k: acc += x[k]*w[k];`` (narrow rounding and
-    saturating accumulators, sequential semantics) and the lossless fast path equals it too."""
-    rng = random.Random(SEED + 4)
-    lines, expect = [], []
-    for qid, (fx, fw, acc, fb) in enumerate(SPEC_ARITH.quads):
-        for trial in range(40):
-            n = rng.randint(1, 12)
-            xs = [rng.choice([fx.min_code, fx.max_code, rng.randint(fx.min_code, fx.max_code)]) for _ in range(n)]
-            ws = [rng.choice([fw.min_code, fw.max_code, rng.randint(fw.min_code, fw.max_code)]) for _ in range(n)]
-            has_b = trial % 2
-            b = rng.randint(fb.min_code, fb.max_code)
-            tokens = " ".join(f"{x} {w}" for x, w in zip(xs, ws))
-            lines.append(f"D {qid} {n} {has_b} {b} {tokens}")
-            expect.append((qid, xs, ws, has_b, b))
-    res = harness.run(lines, "mac")
+def check_mac(h: Harness, cases: list[tuple[int, list[int], list[int], int, int]], tag: str) -> int:
+    """Run ``(quad id, xs, ws, has_bias, bias)`` cases through the C++ loop and compare with ``kernels.matmul``;
+    returns how many did not abort."""
+    lines = [f"D {qid} {len(xs)} {hb} {b} " + " ".join(f"{x} {w}" for x, w in zip(xs, ws))
+             for qid, xs, ws, hb, b in cases]
+    res = h.run(lines, tag)
     bad, checked = [], 0
-    for n, (qid, xs, ws, has_b, b) in enumerate(expect):
+    for n, (qid, xs, ws, has_b, b) in enumerate(cases):
         fx, fw, acc, fb = SPEC_ARITH.quads[qid]
         p = fx.mul_format(fw)
-        predicted = (has_b and header_aborts(fb, acc)) or header_aborts(acc.add_format(p), acc)
-        if (n in res.aborted) != bool(predicted):
+        predicted = bool((has_b and header_aborts(fb, acc)) or header_aborts(acc.add_format(p), acc))
+        if (n in res.aborted) != predicted:
             bad.append(f"quad {qid}: aborted={n in res.aborted} predicted={predicted}")
             continue
         if n in res.aborted:
@@ -358,28 +351,47 @@ def test_matmul_accumulator_loop(harness: Harness) -> None:
             bad.append(f"quad {qid} {fx} {fw} acc {acc} bias {fb}({b if has_b else '-'}) x={xs} w={ws}: "
                        f"qfx {int(got[0, 0])}, ap_fixed {res.values[n][0]}")
     assert not bad, f"{len(bad)} mismatches, e.g.\n" + "\n".join(bad[:10])
-    assert checked >= 200
+    return checked
+
+
+def _mac_case(rng: random.Random, qid: int, trial: int, nmax: int = 12) -> tuple[int, list[int], list[int], int, int]:
+    fx, fw, _acc, fb = SPEC_ARITH.quads[qid]
+    n = rng.randint(1, nmax)
+    xs = [rng.choice([fx.min_code, fx.max_code, rng.randint(fx.min_code, fx.max_code)]) for _ in range(n)]
+    ws = [rng.choice([fw.min_code, fw.max_code, rng.randint(fw.min_code, fw.max_code)]) for _ in range(n)]
+    return qid, xs, ws, trial % 2, rng.randint(fb.min_code, fb.max_code)
+
+
+def test_matmul_accumulator_loop(harness: Harness) -> None:
+    """``kernels.matmul`` equals the C++ loop ``ACC acc = bias; for k: acc += x[k]*w[k];`` (narrow rounding and
+    saturating accumulators, sequential semantics)."""
+    rng = random.Random(SEED + 4)
+    cases = [_mac_case(rng, qid, t) for qid in range(len(SPEC_ARITH.quads) - 1) for t in range(40)]
+    assert check_mac(harness, cases, "mac") >= 200
 
 
 def test_matmul_lossless_fast_path_equals_loop(harness: Harness) -> None:
-    """With an accumulator that keeps every bit, the direct exact sum equals the header's sequential loop."""
-    fx, fw = FxFormat(6, 2, True), FxFormat(5, 1, False)
+    """With the interval-sized accumulator (``dot_acc_format``) qfx takes the direct exact-sum path; the header's
+    sequential loop gives the same codes, which are the exact integer dot product plus the aligned bias."""
+    qid = len(SPEC_ARITH.quads) - 1
+    fx, fw, acc, fb = SPEC_ARITH.quads[qid]
     rng = random.Random(SEED + 5)
-    w = np.array([[rng.randint(fw.min_code, fw.max_code) for _ in range(7)] for _ in range(3)])
-    acc = kernels.lossless_acc_format(w, fw, fx)
-    x = np.array([[rng.randint(fx.min_code, fx.max_code) for _ in range(7)] for _ in range(5)])
-    fast = kernels.matmul(x, fx, w, fw, acc)
-    slow = np.zeros_like(fast)
-    for i in range(x.shape[0]):
-        for o in range(w.shape[0]):
-            a = np.zeros(1, dtype=np.int64)
-            for k in range(x.shape[1]):  # the loop, written out with the public kernels
-                s, fs = kernels.add(a, acc, np.array([x[i, k] * w[o, k]]), fx.mul_format(fw))
-                a = kernels.cast(s, fs, acc)
-            slow[i, o] = a[0]
-    np.testing.assert_array_equal(fast, slow)
-    exact = x @ w.T  # and it is the exact integer dot product (product format -> acc: pure shift)
-    np.testing.assert_array_equal(fast, exact << (acc.frac_bits - fx.frac_bits - fw.frac_bits))
+    cases = [_mac_case(rng, qid, t, LOSSLESS_TERMS) for t in range(60)]
+    assert check_mac(harness, cases, "mac-lossless") == len(cases)
+    for _qid, xs, ws, hb, b in cases:
+        exact = (sum(x * w for x, w in zip(xs, ws)) << (acc.frac_bits - fx.frac_bits - fw.frac_bits)) + (
+            (b << (acc.frac_bits - fb.frac_bits)) if hb else 0)
+        got = kernels.matmul(np.array([xs]), fx, np.array([ws]), fw, acc, np.array([b]) if hb else None, fb)
+        assert int(got[0, 0]) == exact
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_matmul_loop_hypothesis(harness: Harness, data: st.DataObject) -> None:
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    qids = data.draw(st.lists(st.integers(0, len(SPEC_ARITH.quads) - 1), min_size=5, max_size=40))
+    rng = random.Random(seed)
+    check_mac(harness, [_mac_case(rng, q, t, 16) for t, q in enumerate(qids)], "mac-hyp")
 
 
 # ----------------------------------------------------------------------------------------------- hypothesis
