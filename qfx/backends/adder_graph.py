@@ -1,0 +1,463 @@
+"""Multiplier-free constant matrix-vector products: an adder graph for ``y = W @ x`` with integer ``W``.
+
+Every weight is split into canonical signed digits (CSD), so each output is a signed sum of shifted inputs. With
+``share=True`` the generator then removes common subexpressions across the whole matrix (Hartley-style two-term
+CSE for constant matrix multiplication): it repeatedly takes the most frequent pair pattern
+``(input a, input b, relative shift, relative sign)`` over all outputs' term lists, builds it once as an adder and
+substitutes it everywhere (patterns may themselves contain earlier shared nodes, so vertical ``x + (x << k)`` and
+horizontal ``x_i +- (x_j << k)`` sharing both happen). The remaining terms of each output are summed by a balanced
+tree that always combines the two shallowest terms first, which keeps the adder depth low.
+
+Why: Yosys (and Vivado) map ``x * const`` onto DSP48 blocks or large LUT multipliers; a shift-add graph uses only
+LUT+CARRY4 adders, and sharing across outputs cuts their number well below per-weight CSD.
+
+Node ids ``0..n_inputs-1`` are the inputs; adders follow in topological order. All shifts are >= 0. Bounds are the
+exact min/max of each node over a box of input ranges (each node is a linear form of the inputs), so RTL wire widths
+sized from them can neither overflow nor waste bits on the box.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from qfx.errors import BadInputError
+from qfx.fixed.csd import csd_digits
+
+__all__ = ["AddNode", "OutputRef", "AdderGraph", "build_adder_graph", "signed_width"]
+
+_I64_SAFE = 1 << 62
+
+
+@dataclass(frozen=True)
+class AddNode:
+    """``value = (+-v[a] << a_shift) + (+-v[b] << b_shift)``; ``a``/``b`` are ids of inputs or earlier nodes."""
+
+    id: int
+    a: int
+    a_shift: int
+    a_neg: bool
+    b: int
+    b_shift: int
+    b_neg: bool
+
+
+@dataclass(frozen=True)
+class OutputRef:
+    """Output ``= +-(v[src] << shift)``; ``src is None`` is a constant-zero output (an all-zero weight row)."""
+
+    src: int | None
+    shift: int
+    neg: bool
+
+
+def signed_width(lo: int, hi: int) -> int:
+    """Bits of the smallest two's-complement signed type holding every integer in ``[lo, hi]`` (at least 1)."""
+
+    def bits(v: int) -> int:
+        return (v.bit_length() if v >= 0 else (-v - 1).bit_length()) + 1
+
+    return max(bits(int(lo)), bits(int(hi)))
+
+
+@dataclass(frozen=True)
+class AdderGraph:
+    """A shift-add DAG computing ``y = W @ x`` for integer ``x`` of ``n_inputs`` entries.
+
+    ``input_bounds`` (optional, one ``(lo, hi)`` per input) is the default box for ``bounds``/``width``.
+    """
+
+    n_inputs: int
+    nodes: tuple[AddNode, ...]
+    outputs: tuple[OutputRef, ...]
+    input_bounds: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def adder_count(self) -> int:
+        """Number of two-input adders/subtractors (negated outputs are not counted)."""
+        return len(self.nodes)
+
+    def depths(self) -> list[int]:
+        """Adder depth of every id (inputs 0)."""
+        d = [0] * (self.n_inputs + len(self.nodes))
+        for nd in self.nodes:
+            d[nd.id] = max(d[nd.a], d[nd.b]) + 1
+        return d
+
+    @property
+    def depth(self) -> int:
+        """Longest input-to-output adder chain."""
+        d = self.depths()
+        return max((d[o.src] for o in self.outputs if o.src is not None), default=0)
+
+    def coefficients(self) -> list[list[int]]:
+        """Each id's value as a linear form of the inputs: ``v[id] == sum(c[i] * x[i])`` (exact Python ints)."""
+        n = self.n_inputs
+        co: list[list[int]] = [[1 if j == i else 0 for j in range(n)] for i in range(n)]
+        for nd in self.nodes:
+            ca, cb = co[nd.a], co[nd.b]
+            fa = -(1 << nd.a_shift) if nd.a_neg else (1 << nd.a_shift)
+            fb = -(1 << nd.b_shift) if nd.b_neg else (1 << nd.b_shift)
+            co.append([fa * p + fb * q for p, q in zip(ca, cb)])
+        return co
+
+    def matrix(self) -> np.ndarray:
+        """The weight matrix the graph computes (object ints, shape (m, n)): reconstructs ``W``."""
+        co = self.coefficients()
+        rows = []
+        for o in self.outputs:
+            if o.src is None:
+                rows.append([0] * self.n_inputs)
+            else:
+                f = -(1 << o.shift) if o.neg else (1 << o.shift)
+                rows.append([f * c for c in co[o.src]])
+        return np.array(rows, dtype=object).reshape(len(self.outputs), self.n_inputs)
+
+    def _box(self, input_bounds: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
+        box = input_bounds if input_bounds is not None else self.input_bounds
+        if box is None:
+            raise BadInputError("adder graph bounds need input_bounds (none given at build time)")
+        box = [(int(lo), int(hi)) for lo, hi in box]
+        if len(box) != self.n_inputs or any(lo > hi for lo, hi in box):
+            raise BadInputError(f"input_bounds must be {self.n_inputs} (lo, hi) pairs with lo <= hi")
+        return box
+
+    def bounds(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+        """Exact ``(min, max)`` of every id (inputs first, then nodes) over the box of input ranges."""
+        box = self._box(input_bounds)
+        out = []
+        for c in self.coefficients():
+            lo = sum(k * (b[0] if k > 0 else b[1]) for k, b in zip(c, box) if k)
+            hi = sum(k * (b[1] if k > 0 else b[0]) for k, b in zip(c, box) if k)
+            out.append((lo, hi))
+        return out
+
+    def output_bounds(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+        """Exact ``(min, max)`` of every output (after its shift and sign)."""
+        b = self.bounds(input_bounds)
+        res = []
+        for o in self.outputs:
+            if o.src is None:
+                res.append((0, 0))
+                continue
+            lo, hi = b[o.src][0] << o.shift, b[o.src][1] << o.shift
+            res.append((-hi, -lo) if o.neg else (lo, hi))
+        return res
+
+    def width(self, id: int, input_bounds: Sequence[tuple[int, int]] | None = None) -> int:
+        """Signed bits that hold every value of ``id`` over the input box."""
+        lo, hi = self.bounds(input_bounds)[id]
+        return signed_width(lo, hi)
+
+    def widths(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[int]:
+        """``width`` of every id at once."""
+        return [signed_width(lo, hi) for lo, hi in self.bounds(input_bounds)]
+
+    def values(self, x: np.ndarray) -> np.ndarray:
+        """Value of every id (inputs, then nodes) for a batch ``x`` (batch, n_inputs), exactly.
+
+        int64 when every intermediate provably fits (checked from the batch's own ranges), else Python ints
+        (object array).
+        """
+        xa = np.asarray(x)
+        if xa.ndim != 2 or xa.shape[1] != self.n_inputs:
+            raise BadInputError(f"adder graph expects inputs of shape (batch, {self.n_inputs}), got {xa.shape}")
+        if xa.dtype != object and not np.issubdtype(xa.dtype, np.integer):
+            raise BadInputError(f"adder graph expects integer codes, got dtype {xa.dtype}")
+        batch, total = xa.shape[0], self.n_inputs + len(self.nodes)
+        if batch == 0:
+            return np.zeros((0, total), dtype=np.int64)
+        box = [(int(min(col)), int(max(col))) for col in xa.T]
+        nb = self.bounds(box)
+        fits = all(-_I64_SAFE < v < _I64_SAFE for lo_hi in nb for v in lo_hi) and \
+            all(-_I64_SAFE < (v << o.shift) < _I64_SAFE for o in self.outputs if o.src is not None
+                for v in nb[o.src]) and self._max_shift() < 62
+        dt: Any = np.int64 if fits else object
+        v = np.zeros((batch, total), dtype=dt)
+        v[:, : self.n_inputs] = xa
+        for nd in self.nodes:
+            a = v[:, nd.a] * (1 << nd.a_shift)
+            b = v[:, nd.b] * (1 << nd.b_shift)
+            v[:, nd.id] = (-a if nd.a_neg else a) + (-b if nd.b_neg else b)
+        return v
+
+    def _max_shift(self) -> int:
+        return max([0] + [max(n.a_shift, n.b_shift) for n in self.nodes] + [o.shift for o in self.outputs])
+
+    def evaluate(self, x: np.ndarray) -> np.ndarray:
+        """``W @ x`` for a batch ``x`` of shape (batch, n_inputs), exactly (int64, or object ints if needed)."""
+        v = self.values(x)
+        y = np.zeros((v.shape[0], len(self.outputs)), dtype=v.dtype)
+        for j, o in enumerate(self.outputs):
+            if o.src is not None:
+                t = v[:, o.src] * (1 << o.shift)
+                y[:, j] = -t if o.neg else t
+        return y
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for generated-project metadata)."""
+        return {
+            "n_inputs": self.n_inputs,
+            "nodes": [[n.id, n.a, n.a_shift, int(n.a_neg), n.b, n.b_shift, int(n.b_neg)] for n in self.nodes],
+            "outputs": [[o.src, o.shift, int(o.neg)] for o in self.outputs],
+            "input_bounds": None if self.input_bounds is None else [list(b) for b in self.input_bounds],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AdderGraph":
+        nodes = tuple(AddNode(int(i), int(a), int(sa), bool(na), int(b), int(sb), bool(nb))
+                      for i, a, sa, na, b, sb, nb in d["nodes"])
+        outs = tuple(OutputRef(None if s is None else int(s), int(k), bool(g)) for s, k, g in d["outputs"])
+        ib = d.get("input_bounds")
+        return cls(int(d["n_inputs"]), nodes, outs, None if ib is None else tuple((int(a), int(b)) for a, b in ib))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# construction
+
+
+class _Builder:
+    """Mutable state of the generator: nodes (deduplicated), depths, and per-output term maps."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.nodes: list[AddNode] = []
+        self.depth: list[int] = [0] * n
+        self.memo: dict[tuple[int, int, bool, int, int, bool], int] = {}
+
+    def add(self, a: int, sa: int, na: bool, b: int, sb: int, nb: bool) -> int:
+        """Id of ``(+-a << sa) + (+-b << sb)``, reusing an identical node; operands in canonical order."""
+        if (a, sa, na) > (b, sb, nb):
+            a, sa, na, b, sb, nb = b, sb, nb, a, sa, na
+        key = (a, sa, na, b, sb, nb)
+        got = self.memo.get(key)
+        if got is not None:
+            return got
+        nid = self.n + len(self.nodes)
+        self.nodes.append(AddNode(nid, a, sa, na, b, sb, nb))
+        self.depth.append(max(self.depth[a], self.depth[b]) + 1)
+        self.memo[key] = nid
+        return nid
+
+
+_SRC_BITS = 20  # node ids < 2**20; relative shifts within +-511 (codes are at most 64 bits)
+
+
+def _pair_key(s1: int, k1: int, g1: int, s2: int, k2: int, g2: int) -> int:
+    """Canonical pattern of two terms packed in one int: (src a, src b, shift_b - shift_a, signs differ), (a,ka)<(b,kb)."""
+    if s1 < s2 or (s1 == s2 and k1 < k2):
+        return (((s1 << _SRC_BITS | s2) << 10 | (k2 - k1 + 512)) << 1) | (g1 != g2)
+    return (((s2 << _SRC_BITS | s1) << 10 | (k1 - k2 + 512)) << 1) | (g1 != g2)
+
+
+def _unpack(key: int) -> tuple[int, int, int, int]:
+    return key >> (11 + _SRC_BITS), (key >> 11) & ((1 << _SRC_BITS) - 1), ((key >> 1) & 1023) - 512, \
+        -1 if key & 1 else 1
+
+
+class _Cse:
+    """Greedy most-frequent-pair elimination over all rows.
+
+    Pair counts are kept incrementally (a substitution only touches the pairs of the terms it removes/adds) in a
+    bucket queue indexed by count, so picking the most frequent pattern is O(1) amortized.
+    """
+
+    def __init__(self, b: _Builder, rows: list[dict[tuple[int, int], int]]) -> None:
+        if b.n + sum(len(r) for r in rows) >= 1 << _SRC_BITS:
+            raise BadInputError("weight matrix too large for the adder-graph generator")
+        self.b = b
+        self.rows = rows
+        self.src_rows: dict[int, set[int]] = {}
+        keys = []
+        self.shifts: list[dict[int, set[int]]] = [{} for _ in rows]
+        for r, row in enumerate(rows):
+            for (s, k) in row:
+                self.src_rows.setdefault(s, set()).add(r)
+                self.shifts[r].setdefault(s, set()).add(k)
+            t = len(row)
+            if t < 2:
+                continue
+            arr = np.array([(s, k, g) for (s, k), g in row.items()], dtype=np.int64)  # sorted by (s, k) below
+            arr = arr[np.lexsort((arr[:, 1], arr[:, 0]))]
+            i, j = np.triu_indices(t, 1)
+            s1, k1, g1 = arr[i, 0], arr[i, 1], arr[i, 2]
+            s2, k2, g2 = arr[j, 0], arr[j, 1], arr[j, 2]
+            keys.append((((s1 << _SRC_BITS | s2) << 10 | (k2 - k1 + 512)) << 1) | (g1 != g2))
+        self.count: dict[int, int] = {}
+        self.buckets: list[set[int]] = [set(), set()]
+        self.top = 0
+        if keys:
+            uk, uc = np.unique(np.concatenate(keys), return_counts=True)
+            self.count = dict(zip(uk.tolist(), uc.tolist()))
+            top = int(uc.max())
+            self.buckets = [set() for _ in range(top + 1)]
+            for key, c in zip(uk[uc >= 2].tolist(), uc[uc >= 2].tolist()):
+                self.buckets[c].add(key)
+            self.top = top
+
+    def _remove(self, r: int, s: int, k: int) -> None:
+        row = self.rows[r]
+        g = row.pop((s, k))
+        sh = self.shifts[r][s]
+        sh.discard(k)
+        if not sh:
+            del self.shifts[r][s]
+        cnt = self.count
+        for (s2, k2), g2 in row.items():
+            if s < s2 or (s == s2 and k < k2):
+                key = (((s << _SRC_BITS | s2) << 10 | (k2 - k + 512)) << 1) | (g != g2)
+            else:
+                key = (((s2 << _SRC_BITS | s) << 10 | (k - k2 + 512)) << 1) | (g != g2)
+            cnt[key] -= 1  # bucket entries go stale; _pick re-files them lazily
+
+    def _insert(self, r: int, s: int, k: int, g: int) -> None:
+        row = self.rows[r]
+        old = row.get((s, k))
+        if old is not None:  # same node at the same shift: merge (2x -> shift+1, x - x -> nothing)
+            self._remove(r, s, k)
+            if old == g:
+                self._insert(r, s, k + 1, g)
+            return
+        cnt, buckets = self.count, self.buckets
+        for (s2, k2), g2 in row.items():
+            if s < s2 or (s == s2 and k < k2):
+                key = (((s << _SRC_BITS | s2) << 10 | (k2 - k + 512)) << 1) | (g != g2)
+            else:
+                key = (((s2 << _SRC_BITS | s) << 10 | (k - k2 + 512)) << 1) | (g != g2)
+            c = cnt.get(key, 0) + 1
+            cnt[key] = c
+            if c >= 2:
+                if c >= len(buckets):
+                    buckets.append(set())
+                buckets[c].add(key)
+                if c > self.top:
+                    self.top = c
+        row[(s, k)] = g
+        self.shifts[r].setdefault(s, set()).add(k)
+        self.src_rows.setdefault(s, set()).add(r)
+
+    def _pick(self) -> int | None:
+        """Most frequent pattern; among equals (small buckets only) the one with the shallowest operands.
+
+        Buckets are filled on increments only; an entry whose count has since dropped is moved down when seen.
+        """
+        buckets, cnt = self.buckets, self.count
+        while self.top >= 2:
+            bucket = buckets[self.top]
+            if len(bucket) <= 64:
+                for q in [q for q in bucket if cnt[q] != self.top]:
+                    bucket.discard(q)
+                    if cnt[q] >= 2:
+                        buckets[cnt[q]].add(q)
+                if bucket:
+                    dep = self.b.depth
+                    return min(bucket, key=lambda q: (max(dep[q >> (11 + _SRC_BITS)],
+                                                          dep[(q >> 11) & ((1 << _SRC_BITS) - 1)]), q))
+            else:
+                while bucket:
+                    q = bucket.pop()
+                    c = cnt[q]
+                    if c == self.top:
+                        bucket.add(q)
+                        return q
+                    if c >= 2:
+                        buckets[c].add(q)
+            if not bucket:
+                self.top -= 1
+        return None
+
+    def _apply(self, key: int) -> int:
+        a, bsrc, d, sgn = _unpack(key)
+        nid = -1
+        done = 0
+        for r in sorted(self.src_rows.get(a, set()) & self.src_rows.get(bsrc, set())):
+            row = self.rows[r]
+            for ka in sorted(self.shifts[r].get(a, ())):
+                kb = ka + d
+                ga = row.get((a, ka))
+                gb = row.get((bsrc, kb))
+                if ga is None or gb is None or ga * gb != sgn or (bsrc == a and kb == ka):
+                    continue
+                if nid < 0:
+                    if d >= 0:
+                        nid = self.b.add(a, 0, False, bsrc, d, sgn < 0)
+                    else:
+                        nid = self.b.add(a, -d, False, bsrc, 0, sgn < 0)
+                self._remove(r, a, ka)
+                self._remove(r, bsrc, kb)
+                self._insert(r, nid, min(ka, kb), ga)
+                done += 1
+        return done
+
+    def run(self) -> None:
+        while True:
+            key = self._pick()
+            if key is None:
+                return
+            if self._apply(key) == 0:  # only overlapping instances were counted: retire the pattern
+                self.buckets[self.count[key]].discard(key)
+
+
+def _normalize_weights(w: Any) -> np.ndarray:
+    arr = np.asarray(w)
+    if arr.ndim != 2:
+        raise BadInputError(f"adder graph weights must be a 2-D (m, n) matrix, got shape {arr.shape}")
+    if arr.dtype != object and not np.issubdtype(arr.dtype, np.integer):
+        raise BadInputError(f"adder graph weights must be integer codes, got dtype {arr.dtype}")
+    return arr
+
+
+def build_adder_graph(w: np.ndarray, *, input_bounds: Sequence[tuple[int, int]] | None = None,
+                      share: bool = True) -> AdderGraph:
+    """Adder graph computing ``y = w @ x`` for integer ``w`` (m, n) and integer input codes ``x`` (n,).
+
+    ``share=False`` gives the baseline: each output's CSD terms summed by its own balanced tree (identical adders
+    are still built once). ``input_bounds`` is stored for ``bounds``/``width``; it does not change the structure.
+    """
+    arr = _normalize_weights(w)
+    m, n = arr.shape
+    if input_bounds is not None:
+        input_bounds = tuple((int(lo), int(hi)) for lo, hi in input_bounds)
+        if len(input_bounds) != n or any(lo > hi for lo, hi in input_bounds):
+            raise BadInputError(f"input_bounds must be {n} (lo, hi) pairs with lo <= hi")
+    b = _Builder(n)
+    rows: list[dict[tuple[int, int], int]] = []
+    for j in range(m):
+        row: dict[tuple[int, int], int] = {}
+        for i in range(n):
+            c = int(arr[j, i])
+            if c:
+                for g, k in csd_digits(c):
+                    row[(i, k)] = g
+        rows.append(row)
+    if share:
+        _Cse(b, rows).run()
+    outputs = [_sum_tree(b, row) for row in rows]
+    return AdderGraph(n, tuple(b.nodes), tuple(outputs), input_bounds)
+
+
+def _sum_tree(b: _Builder, row: dict[tuple[int, int], int]) -> OutputRef:
+    """Balanced sum of a row's terms: combine the two shallowest first (ties: lowest shift, then id)."""
+    if not row:
+        return OutputRef(None, 0, False)
+    heap = [(b.depth[s], k, s, g) for (s, k), g in row.items()]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        _, k1, s1, g1 = heapq.heappop(heap)
+        _, k2, s2, g2 = heapq.heappop(heap)
+        base = min(k1, k2)
+        if g1 < 0 and g2 < 0:  # -(a + b): keep the node positive, carry the sign upwards
+            nid, g = b.add(s1, k1 - base, False, s2, k2 - base, False), -1
+        elif g1 < 0:  # b - a, written with the positive operand first
+            nid, g = b.add(s2, k2 - base, False, s1, k1 - base, True), 1
+        else:
+            nid, g = b.add(s1, k1 - base, False, s2, k2 - base, g2 < 0), 1
+        heapq.heappush(heap, (b.depth[nid], base, nid, g))
+    _, k, s, g = heap[0]
+    return OutputRef(s, k, g < 0)
