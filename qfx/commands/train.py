@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30, help="fixed-point training epochs (default 30)")
     p.add_argument("--float-epochs", type=int, default=20, help="float pre-training epochs (default 20)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, default=3e-3, help="fixed-point learning rate (default 3e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="fixed-point learning rate (default 2e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt)")
