@@ -25,11 +25,11 @@ void conv_window(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w], unsigned oh,
     }
 }
 
-template <class in_T, class out_T, class CFG, bool has_bias>
+// Weights (O, C, KH, KW) and biases are integer codes of CFG::weight_t / CFG::bias_t.
+template <class in_T, class out_T, class CFG, bool has_bias, class w_C, class b_C>
 void conv2d_impl(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w],
                  out_T y[CFG::n_filt * CFG::out_h * CFG::out_w],
-                 const typename CFG::weight_t w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w],
-                 const typename CFG::bias_t b[CFG::n_filt]) {
+                 const w_C w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w], const b_C b[CFG::n_filt]) {
     static const unsigned n_win = CFG::n_chan * CFG::k_h * CFG::k_w;
     QFX_PRAGMA(HLS ARRAY_PARTITION variable=w cyclic factor=CFG::multiplier_limit)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
@@ -44,10 +44,10 @@ QFX_LOOP(ConvRow)
         QFX_LOOP(ConvFilt)
             for (unsigned o = 0; o < CFG::n_filt; o++) {
                 typename CFG::accum_t acc = 0;
-                if (has_bias) acc = b[o];
+                if (has_bias) acc = from_bits<typename CFG::bias_t>(b[o]);
             QFX_LOOP(ConvTap)
                 for (unsigned j = 0; j < n_win; j++) {
-                    acc += win[j] * w[o * n_win + j];
+                    acc += win[j] * from_bits<typename CFG::weight_t>(w[o * n_win + j]);
                 }
                 y[(o * CFG::out_h + oh) * CFG::out_w + ow] = (out_T)acc;
             }
@@ -55,19 +55,18 @@ QFX_LOOP(ConvRow)
     }
 }
 
-template <class in_T, class out_T, class CFG>
+template <class in_T, class out_T, class CFG, class w_C, class b_C>
 void conv2d(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w], out_T y[CFG::n_filt * CFG::out_h * CFG::out_w],
-            const typename CFG::weight_t w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w],
-            const typename CFG::bias_t b[CFG::n_filt]) {
+            const w_C w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w], const b_C b[CFG::n_filt]) {
     QFX_PRAGMA(HLS INLINE off)
     conv2d_impl<in_T, out_T, CFG, true>(x, y, w, b);
 }
 
-template <class in_T, class out_T, class CFG>
+template <class in_T, class out_T, class CFG, class w_C>
 void conv2d(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w], out_T y[CFG::n_filt * CFG::out_h * CFG::out_w],
-            const typename CFG::weight_t w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w]) {
+            const w_C w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w]) {
     QFX_PRAGMA(HLS INLINE off)
-    static const typename CFG::bias_t nob[1] = {0};
+    static const signed char nob[1] = {0};
     conv2d_impl<in_T, out_T, CFG, false>(x, y, w, nob);
 }
 

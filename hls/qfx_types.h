@@ -30,6 +30,16 @@
 
 namespace qfx {
 
+// Value of type T whose W-bit code is the low W bits of `code`. Constants are stored as plain integer codes (exact,
+// and free to compile: no per-element ap_fixed constructor) and turned into T here; in hardware this is only wires.
+template <class T, class C>
+inline T from_bits(C code) {
+    QFX_PRAGMA(HLS INLINE)
+    T v = 0;
+    v.range(T::width - 1, 0) = (long long)code;
+    return v;
+}
+
 // Integer ceiling division for pragma factors.
 template <unsigned A, unsigned B>
 struct ceil_div {

@@ -71,6 +71,21 @@ def _decimal(code: int, frac_bits: int) -> str:
     return f"{sign}{whole}.{frac}"
 
 
+def _int_ctype(fmt: FxFormat) -> str:
+    """Smallest C integer type holding every code of ``fmt``."""
+    w = fmt.width + (0 if fmt.signed else 1)
+    for bits, name in ((8, "signed char"), (16, "short"), (32, "int")):
+        if w <= bits:
+            return name
+    return "long long"
+
+
+def _int_literal(code: int) -> str:
+    if code == -(1 << 63):
+        return "(-9223372036854775807LL - 1)"
+    return f"{code}LL" if not -(1 << 31) <= code < (1 << 31) else str(code)
+
+
 def khot_term_format(fx: FxFormat, fw: FxFormat, codes: np.ndarray) -> FxFormat:
     """Signed type in which every partial sum of the shifted terms ``x * 2**(s - fw.frac)`` is exact.
 
@@ -141,9 +156,13 @@ class _Ctx:
         return self.typedef(ident, fmt.with_modes("TRN", "WRAP"), note)
 
     def array(self, ident: str, ctype: str, codes: np.ndarray, fmt: FxFormat, note: str) -> str:
+        """A constant array stored as integer codes of ``ctype`` (a C integer type just wide enough); kernels turn
+        each code into ``ctype`` with ``qfx::from_bits``. Exact by construction, and cheap to compile (an array of
+        ap_fixed built from double literals costs g++ seconds per thousand elements)."""
         flat = np.asarray(codes, dtype=np.int64).reshape(-1)
-        self.consts.append({"name": ident, "ctype": ctype, "size": max(1, flat.size), "note": note,
-                            "literals": [exact_literal(int(c), fmt) for c in flat] or ["0.0"]})
+        self.consts.append({"name": ident, "ctype": ctype, "ap_type": fmt.with_modes("TRN", "WRAP").ap_type(),
+                            "ctype_int": _int_ctype(fmt), "size": max(1, flat.size), "note": note,
+                            "frac_bits": fmt.frac_bits, "literals": [_int_literal(int(c)) for c in flat] or ["0"]})
         return ident
 
 
@@ -187,6 +206,7 @@ def _layer(ctx: _Ctx, n: Node) -> dict[str, Any]:
         bt = ctx.const_typedef(N("bt", n.name), b.fmt if b is not None else FxFormat(2, 1), "bias" if b is not None
                          else "bias (unused: layer has none)")
         L["has_bias"] = b is not None
+        L["bias_t"] = bt
         L["bias"] = ctx.array(N("b", n.name), bt, b.codes, b.fmt, f"bias of {L['note']}") if b is not None else ""
         cfg += [("type", "weight_t", wt), ("type", "bias_t", bt), ("type", "accum_t", acc_t)]
         wc = w.codes.reshape(w.codes.shape[0], -1)
