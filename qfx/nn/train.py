@@ -103,7 +103,7 @@ def _fit(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch
             on_epoch(ep)
 
 
-def train_model(kind: str = "cnn", bits: int = 4, khot: int | None = None, epochs: int = 30, batch: int = 64,
+def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epochs: int = 30, batch: int = 64,
                 lr: float = 2e-3, seed: int = 0, float_epochs: int = 20, float_lr: float = 1e-2,
                 int_bits_lr: float = 1e-2, config: QFXConfig | None = None, quiet: bool = True,
                 threads: int | None = None) -> TrainResult:
