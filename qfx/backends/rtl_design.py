@@ -1,0 +1,315 @@
+"""Python side of the RTL backend: turns IR nodes into structured, width-annotated signal lists for the templates.
+
+Every internal signal is a signed two's-complement wire whose width comes from exact integer bounds (interval
+arithmetic over the input code ranges), so no adder can overflow. Each output element is produced by one
+requantization (``<top>_requant``, the hardware twin of ``qfx.fixed.kernels.requantize``) from the exact value,
+exactly as ``qfx.fixed.ops`` computes: exact intermediate, one cast. Constant products are shift-and-add terms from
+``qfx.backends.adder_graph`` (CSD digits, optionally with common-subexpression sharing); there is no ``*``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qfx.backends.adder_graph import build_adder_graph, signed_width
+from qfx.errors import UnsupportedError
+from qfx.fixed import kernels as K
+from qfx.fixed.csd import csd_digits
+from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
+from qfx.fixed.ops import conv_out_size
+from qfx.ir.graph import Graph, Node, Op
+
+__all__ = ["Sig", "LayerDesign", "design_layer", "ADDER_MODES"]
+
+#: ``cse``: adder graph with common-subexpression sharing; ``csd``: each output its own CSD adder tree.
+ADDER_MODES = ("cse", "csd")
+
+
+@dataclass(frozen=True)
+class Sig:
+    """A signed wire (``name``) of ``width`` bits whose value lies in ``[lo, hi]``; ``lo == hi`` is a constant."""
+
+    name: str
+    width: int
+    lo: int
+    hi: int
+
+    @property
+    def const(self) -> bool:
+        return self.lo == self.hi
+
+
+def _lit(value: int, width: int) -> str:
+    """A ``width``-bit two's-complement literal of ``value`` (unsigned spelling, low bits)."""
+    return f"{width}'h{value & ((1 << width) - 1):x}"
+
+
+@dataclass
+class LayerDesign:
+    """One combinational layer module: input ports, signal definitions, output element expressions."""
+
+    module: str
+    comment: str
+    ports: list[dict[str, Any]] = field(default_factory=list)  # {name, bits}
+    unpack: list[dict[str, Any]] = field(default_factory=list)  # {name, width, port, lsb, ew, signed}
+    items: list[dict[str, Any]] = field(default_factory=list)  # kind: sum | max | relu | clip | cast
+    outs: list[str] = field(default_factory=list)  # expressions, one per output element (element width bits)
+    out_elem_width: int = 1
+    out_bits: int = 1
+    n_adders: int = 0
+    _n: int = 0
+
+    def new(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    # ---------------------------------------------------------------- signal builders
+    def input_port(self, port: str, n: int, fmt: FxFormat) -> list[Sig]:
+        self.ports.append({"name": port, "bits": n * fmt.width})
+        sigs = []
+        for j in range(n):
+            w = fmt.width + (0 if fmt.signed else 1)
+            name = f"{port}_{j}"
+            self.unpack.append({"name": name, "width": w, "port": port, "lsb": j * fmt.width, "ew": fmt.width,
+                                "signed": fmt.signed})
+            sigs.append(Sig(name, w, fmt.min_code, fmt.max_code))
+        return sigs
+
+    def const(self, value: int) -> Sig:
+        return Sig(_lit(value, signed_width(value, value)), signed_width(value, value), value, value)
+
+    def lin(self, terms: list[tuple[Sig, int, bool]], const: int = 0) -> Sig:
+        """``sum(+-(sig << shift)) + const`` as one wire (constant-folded when every term is constant)."""
+        live = [(s, sh, ng) for s, sh, ng in terms if not (s.const and s.lo == 0)]
+        cval = const
+        ops = []
+        for s, sh, ng in live:
+            if s.const:
+                cval += (-s.lo if ng else s.lo) << sh
+            else:
+                ops.append((s, sh, ng))
+        if not ops:
+            return self.const(cval)
+        if len(ops) == 1 and cval == 0 and ops[0][1] == 0 and not ops[0][2]:
+            return ops[0][0]
+        lo = hi = cval
+        for s, sh, ng in ops:
+            a, b = (-s.hi, -s.lo) if ng else (s.lo, s.hi)
+            lo += a << sh
+            hi += b << sh
+        w = signed_width(lo, hi)
+        name = self.new("s")
+        self.items.append({"kind": "sum", "name": name, "width": w,
+                           "ops": [{"name": s.name, "shift": sh, "neg": ng} for s, sh, ng in ops],
+                           "const": (None if cval == 0 else {"neg": cval < 0, "lit": _lit(abs(cval), w)})})
+        self.n_adders += len(ops) - (1 if cval == 0 else 0)
+        return Sig(name, w, lo, hi)
+
+    def dot(self, xs: list[Sig], w: np.ndarray, adder: str) -> list[tuple[Sig, int, bool] | None]:
+        """``w @ xs`` through an adder graph; returns per output a term ``(sig, shift, neg)`` or None (zero)."""
+        w = np.asarray(w, dtype=np.int64).reshape(w.shape[0], -1)
+        if adder == "csd" or w.size == 0:
+            g = build_adder_graph(w, share=False)
+        else:
+            g = build_adder_graph(w, share=True)
+        vals: list[Sig] = list(xs)
+        for nd in g.nodes:
+            vals.append(self.lin([(vals[nd.a], nd.a_shift, nd.a_neg), (vals[nd.b], nd.b_shift, nd.b_neg)]))
+        return [None if o.src is None else (vals[o.src], o.shift, o.neg) for o in g.outputs]
+
+    def maximum(self, a: Sig, b: Sig) -> Sig:
+        if a.const and b.const:
+            return self.const(max(a.lo, b.lo))
+        w = max(a.width, b.width)
+        name = self.new("m")
+        self.items.append({"kind": "max", "name": name, "width": w, "a": a.name, "b": b.name})
+        return Sig(name, w, max(a.lo, b.lo), max(a.hi, b.hi))
+
+    def relu(self, a: Sig) -> Sig:
+        if a.lo >= 0:
+            return a
+        name = self.new("r")
+        self.items.append({"kind": "relu", "name": name, "width": a.width, "a": a.name})
+        return Sig(name, a.width, 0, max(a.hi, 0))
+
+    def clip(self, a: Sig, lo: int, hi: int) -> Sig:
+        """``min(max(a, lo), hi)`` (numpy.clip order)."""
+        t = a
+        if lo > a.lo:
+            w = max(a.width, signed_width(lo, lo))
+            name = self.new("c")
+            self.items.append({"kind": "lower", "name": name, "width": w, "a": a.name, "lit": _lit(lo, w).replace("'h", "'sh")})
+            t = Sig(name, w, max(a.lo, lo), max(a.hi, lo))
+        if hi < t.hi:
+            w = max(t.width, signed_width(hi, hi))
+            name = self.new("c")
+            self.items.append({"kind": "upper", "name": name, "width": w, "a": t.name, "lit": _lit(hi, w).replace("'h", "'sh")})
+            t = Sig(name, w, min(t.lo, hi), min(t.hi, hi))
+        return t
+
+    def requant(self, s: Sig, k: int, fmt: FxFormat) -> str:
+        """Expression (``fmt.width`` bits) for ``requantize(s, k, fmt)``."""
+        ow = fmt.width
+        if s.const:
+            code = int(K.requantize(np.array([s.lo], dtype=np.int64), k, fmt)[0])
+            return _lit(code, ow)
+        rounds = k > 0 and fmt.rounding != "TRN"
+        tlo = (s.lo >> k) if k > 0 else s.lo << -k
+        thi = ((s.hi >> k) + (1 if rounds else 0)) if k > 0 else s.hi << -k
+        safe = fmt.min_code <= tlo and thi <= fmt.max_code
+        if safe and k == 0:
+            return f"{s.name}[{ow - 1}:0]" if s.width >= ow else f"{ow}'({s.name})"
+        name = self.new("q")
+        self.items.append({"kind": "cast", "name": name, "in": s.name, "in_w": s.width, "shift": k, "out_w": ow,
+                           "out_signed": int(fmt.signed), "rnd": ROUNDING_MODES.index(fmt.rounding),
+                           "ovf": 0 if safe else OVERFLOW_MODES.index(fmt.overflow)})
+        return name
+
+    def finish(self, outs: list[str], fmt: FxFormat) -> None:
+        self.outs = outs
+        self.out_elem_width = fmt.width
+        self.out_bits = len(outs) * fmt.width
+
+
+def _lossless_acc(n: Node, fx: FxFormat, w: np.ndarray) -> None:
+    """The RTL computes exact sums; refuse accumulators that round or wrap (ops.dense's sequential path)."""
+    acc = n.acc_fmt
+    if acc is None:
+        return
+    fw = n.consts["weight"].fmt
+    b = n.consts.get("bias")
+    pf = fx.frac_bits + fw.frac_bits
+    exact_f = pf if b is None else max(pf, b.fmt.frac_bits)
+    ok = acc.frac_bits >= exact_f and (w.size == 0 or acc.contains(
+        K.lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, None if b is None else b.codes,
+                              None if b is None else b.fmt)))
+    if not ok:
+        raise UnsupportedError(f"node {n.name!r}: accumulator {acc.ap_type()} is not lossless; the RTL backend "
+                               "computes exact sums only")
+
+
+def _affine(d: LayerDesign, dots: list[tuple[Sig, int, bool] | None], pf: int, bias: np.ndarray | None,
+            fb: FxFormat | None, out: FxFormat) -> list[str]:
+    """Per output: ``requant(dot << (F - pf) + bias << (F - fb.frac), F - out.frac)`` with F the exact frac bits."""
+    f = pf if bias is None or fb is None else max(pf, fb.frac_bits)
+    res = []
+    for o, t in enumerate(dots):
+        c = 0 if bias is None or fb is None else int(bias[o]) << (f - fb.frac_bits)
+        k = f - out.frac_bits
+        terms = [] if t is None else [(t[0], t[1] + (f - pf), t[2])]
+        # factor out common trailing zeros: requant(v, k) == requant(v >> g, k - g) when v is a multiple of 2**g
+        g = min([sh for _, sh, _ in terms] + ([(c & -c).bit_length() - 1] if c else []), default=0)
+        terms = [(s, sh - g, ng) for s, sh, ng in terms]
+        res.append(d.requant(d.lin(terms, c >> g), k - g, out))
+    return res
+
+
+def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDesign:
+    """Structured description of node ``n`` as a combinational module named ``module``."""
+    specs = [g.tensor(t) for t in n.inputs]
+    out = g.tensor(n.output)
+    d = LayerDesign(module, f"{n.op.value} {n.name}")
+    ports = ["a", "b"] if len(specs) == 2 else ["x"]
+    xs = [d.input_port(p, s.size, s.fmt) for p, s in zip(ports, specs)]
+    fx = specs[0].fmt
+    of = out.fmt
+    if n.op is Op.DENSE:
+        w = n.consts["weight"].codes
+        _lossless_acc(n, fx, w)
+        fw = n.consts["weight"].fmt
+        b = n.consts.get("bias")
+        dots = d.dot(xs[0], w, adder)
+        outs = _affine(d, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
+                       None if b is None else b.fmt, of)
+    elif n.op is Op.CONV2D:
+        w = n.consts["weight"].codes
+        _lossless_acc(n, fx, w)
+        fw = n.consts["weight"].fmt
+        b = n.consts.get("bias")
+        o_ch, c, kh, kw = w.shape
+        _, h, wd = specs[0].shape
+        sh, sw = n.attr("stride", (1, 1))
+        ph, pw = n.attr("padding", (0, 0))
+        ho, wo = out.shape[1], out.shape[2]
+        if (ho, wo) != (conv_out_size(h, kh, sh, ph), conv_out_size(wd, kw, sw, pw)):
+            raise UnsupportedError(f"node {n.name!r}: output shape {out.shape} does not match the convolution")
+        zero = d.const(0)
+        per_pix: dict[tuple[int, int], list[str]] = {}
+        for y in range(ho):
+            for x in range(wo):
+                win = []
+                for ci in range(c):
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            iy, ix = y * sh + ky - ph, x * sw + kx - pw
+                            inside = 0 <= iy < h and 0 <= ix < wd
+                            win.append(xs[0][(ci * h + iy) * wd + ix] if inside else zero)
+                dots = d.dot(win, w.reshape(o_ch, -1), adder)
+                per_pix[(y, x)] = _affine(d, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
+                                          None if b is None else b.fmt, of)
+        outs = [per_pix[(y, x)][o] for o in range(o_ch) for y in range(ho) for x in range(wo)]
+    elif n.op is Op.SCALE_SHIFT:
+        s, h = n.consts["scale"], n.consts["shift"]
+        ch = specs[0].shape[0]
+        per = specs[0].size // ch
+        pf = fx.frac_bits + s.fmt.frac_bits
+        f = max(pf, h.fmt.frac_bits)
+        outs = []
+        for j, x in enumerate(xs[0]):
+            ci = j // per
+            terms = [(x, k + (f - pf), sg < 0) for sg, k in csd_digits(int(s.codes.reshape(-1)[ci]))]
+            c = int(h.codes.reshape(-1)[ci]) << (f - h.fmt.frac_bits)
+            gz = min([k for _, k, _ in terms] + ([(c & -c).bit_length() - 1] if c else []), default=0)
+            terms = [(t, k - gz, ng) for t, k, ng in terms]
+            outs.append(d.requant(d.lin(terms, c >> gz), f - of.frac_bits - gz, of))
+    elif n.op is Op.ADD:
+        fa, fb = specs[0].fmt, specs[1].fmt
+        f = max(fa.frac_bits, fb.frac_bits)
+        outs = [d.requant(d.lin([(a, f - fa.frac_bits, False), (bb, f - fb.frac_bits, False)]), f - of.frac_bits, of)
+                for a, bb in zip(xs[0], xs[1])]
+    elif n.op is Op.RELU:
+        outs = [d.requant(d.relu(x), fx.frac_bits - of.frac_bits, of) for x in xs[0]]
+    elif n.op is Op.CLIP:
+        lo, hi = int(n.attr("lo")), int(n.attr("hi"))
+        outs = [d.requant(d.clip(x, lo, hi), fx.frac_bits - of.frac_bits, of) for x in xs[0]]
+    elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        c, h, wd = specs[0].shape
+        kh, kw = n.attr("kernel")
+        sh, sw = n.attr("stride")
+        ph, pw = n.attr("padding", (0, 0))
+        ho, wo = out.shape[1], out.shape[2]
+        outs = []
+        if n.op is Op.AVGPOOL2D:
+            r = n.consts["recip"]
+            rcode = int(r.codes.reshape(-1)[0])
+            k = fx.frac_bits + r.fmt.frac_bits - of.frac_bits
+        for ci in range(c):
+            for y in range(ho):
+                for x in range(wo):
+                    win = [xs[0][(ci * h + iy) * wd + ix]
+                           for iy in range(y * sh - ph, y * sh - ph + kh) for ix in range(x * sw - pw, x * sw - pw + kw)
+                           if 0 <= iy < h and 0 <= ix < wd]
+                    if n.op is Op.MAXPOOL2D:
+                        while len(win) > 1:
+                            win = [d.maximum(win[i], win[i + 1]) if i + 1 < len(win) else win[i]
+                                   for i in range(0, len(win), 2)]
+                        outs.append(d.requant(win[0], fx.frac_bits - of.frac_bits, of))
+                    else:
+                        sm = d.dot(win, np.ones((1, len(win)), dtype=np.int64), adder)[0] if win else None
+                        if sm is None:
+                            outs.append(d.requant(d.const(0), k, of))
+                            continue
+                        ssig = d.lin([sm])
+                        terms = [(ssig, kk, sg < 0) for sg, kk in csd_digits(rcode)]
+                        gz = min([kk for _, kk, _ in terms], default=0)
+                        outs.append(d.requant(d.lin([(t, kk - gz, ng) for t, kk, ng in terms]), k - gz, of))
+    elif n.op in (Op.FLATTEN, Op.RESHAPE, Op.QUANT):
+        outs = [d.requant(x, fx.frac_bits - of.frac_bits, of) for x in xs[0]]
+    else:  # pragma: no cover - every IR op is handled above
+        raise UnsupportedError(f"RTL backend has no rule for op {n.op.value!r} (node {n.name!r})")
+    if len(outs) != out.size:
+        raise UnsupportedError(f"node {n.name!r}: produced {len(outs)} elements, output has {out.size}")
+    d.finish(outs, of)
+    return d
