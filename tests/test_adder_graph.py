@@ -76,6 +76,7 @@ def test_evaluate_is_exact_and_bounds_are_safe(w, share, xbits, signed, seed):
     # structure: topological ids, non-negative shifts, reconstructs W
     for k, nd in enumerate(g.nodes):
         assert nd.id == n + k and nd.a < nd.id and nd.b < nd.id and nd.a_shift >= 0 and nd.b_shift >= 0
+        assert not nd.a_neg and min(nd.a_shift, nd.b_shift) == 0
     assert all(o.shift >= 0 and (o.src is None or o.src < n + len(g.nodes)) for o in g.outputs)
     assert np.array_equal(g.matrix().astype(np.int64), w)
     zero_rows = ~w.any(axis=1)

@@ -33,7 +33,10 @@ _I64_SAFE = 1 << 62
 
 @dataclass(frozen=True)
 class AddNode:
-    """``value = (+-v[a] << a_shift) + (+-v[b] << b_shift)``; ``a``/``b`` are ids of inputs or earlier nodes."""
+    """``value = (+-v[a] << a_shift) + (+-v[b] << b_shift)``; ``a``/``b`` are ids of inputs or earlier nodes.
+
+    Graphs built here never negate both operands, and never ``a`` alone: a node is ``a + b`` or ``a - b``.
+    """
 
     id: int
     a: int
@@ -233,7 +236,7 @@ class _Builder:
 
     def add(self, a: int, sa: int, na: bool, b: int, sb: int, nb: bool) -> int:
         """Id of ``(+-a << sa) + (+-b << sb)``, reusing an identical node; operands in canonical order."""
-        if (a, sa, na) > (b, sb, nb):
+        if (na, a, sa) > (nb, b, sb):  # canonical order; a negated operand always comes second (``a - b``)
             a, sa, na, b, sb, nb = b, sb, nb, a, sa, na
         key = (a, sa, na, b, sb, nb)
         got = self.memo.get(key)
