@@ -1,0 +1,289 @@
+"""Yosys ``synth_xilinx`` resource estimates: run the synthesis, parse ``stat -json``, group cells into resources.
+
+Why Yosys: it is open and installed everywhere qfx is tested; its 7-series mapping (LUT6/CARRY4/FDRE/DSP48E1)
+is close enough to Vivado's to compare designs with each other (not to promise Vivado numbers). Synthesis keeps the
+hierarchy (out-of-context: no I/O or clock buffers), so every module gets its own figures. Results are cached by
+content hash (sources, options, Yosys version) under ``$QFX_CACHE_DIR/yosys``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from qfx.errors import BadInputError, MissingToolError, QfxError
+from qfx.sim.toolchain import cache_dir, find_yosys
+
+__all__ = ["Resources", "SynthResult", "classify_cells", "parse_stat_json", "part_family", "run_synth"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Xilinx primitive counts of one module (or a whole design)."""
+
+    lut: int = 0
+    ff: int = 0
+    carry: int = 0
+    dsp: int = 0
+    bram: int = 0
+    lutram: int = 0
+    srl: int = 0
+    muxf: int = 0
+    other: int = 0
+
+    def __add__(self, o: "Resources") -> "Resources":
+        return Resources(**{k: getattr(self, k) + getattr(o, k) for k in asdict(self)})
+
+    def scaled(self, k: int) -> "Resources":
+        return Resources(**{f: getattr(self, f) * k for f in asdict(self)})
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("lut", re.compile(r"^LUT[1-6]$")),
+    ("ff", re.compile(r"^FD[RSCP]E?(_1)?$|^FD$|^LD[CP]E?$")),
+    ("carry", re.compile(r"^CARRY(4|8)$|^MUXCY$|^XORCY$")),
+    ("dsp", re.compile(r"^DSP48")),
+    ("bram", re.compile(r"^RAMB(18|36)|^URAM")),
+    ("lutram", re.compile(r"^RAM(16|32|64|128|256)")),
+    ("srl", re.compile(r"^SRL")),
+    ("muxf", re.compile(r"^MUXF[5-9]$")),
+]
+_IGNORED = re.compile(r"^(BUFG|IBUF|OBUF|IOBUF|GND|VCC|INV)$")
+
+
+def classify_cells(cells: Mapping[str, int], submodules: Sequence[str] = ()) -> Resources:
+    """Group Yosys cell types into resources; instances of ``submodules`` are skipped (counted by their module)."""
+    acc = dict.fromkeys(asdict(Resources()), 0)
+    for typ, n in cells.items():
+        t = typ.lstrip("\\")
+        if t in submodules or typ in submodules:
+            continue
+        if _IGNORED.match(t):
+            continue
+        for key, pat in _PATTERNS:
+            if pat.match(t):
+                acc[key] += int(n)
+                break
+        else:
+            acc["other"] += int(n)
+    return Resources(**acc)
+
+
+def _clean(name: str) -> str:
+    return name[1:] if name.startswith("\\") else name
+
+
+@dataclass
+class SynthResult:
+    """Per-module resources (one instance, submodules included), instance counts in the top's hierarchy, total."""
+
+    top: str
+    family: str
+    modules: dict[str, Resources]
+    instances: dict[str, int]
+    total: Resources
+    seconds: float
+    cached: bool = False
+    log_tail: str = field(default="", repr=False)
+
+    def to_dict(self) -> dict:
+        return {"top": self.top, "family": self.family, "seconds": round(self.seconds, 2), "cached": self.cached,
+                "total": self.total.to_dict(), "instances": self.instances,
+                "modules": {k: v.to_dict() for k, v in self.modules.items()}}
+
+
+def _load_stat_json(text: str) -> dict:
+    """The ``modules`` object of ``stat -json`` (Yosys 0.23 may append a non-JSON hierarchy table after it)."""
+    try:
+        return {"modules": json.loads(text)["modules"]}
+    except (ValueError, KeyError, TypeError):
+        pass
+    i = text.find('"modules"')
+    j = text.find("{", i) if i >= 0 else -1
+    try:
+        if j < 0:
+            raise ValueError("no modules section")
+        mods, _ = json.JSONDecoder().raw_decode(text, j)
+        if not isinstance(mods, dict):
+            raise ValueError("modules is not an object")
+        return {"modules": mods}
+    except ValueError as e:
+        raise QfxError(f"cannot parse Yosys stat output ({e})") from None
+
+
+def parse_stat_json(text: str, top: str | None = None) -> tuple[dict[str, Resources], dict[str, int], Resources]:
+    """Parse ``stat -json``: resources of each module (its own cells plus everything it instantiates, recursively),
+    instance counts in the top's hierarchy, and the design total."""
+    data = _load_stat_json(text)
+    mods = {_clean(k): v.get("num_cells_by_type", {}) for k, v in data["modules"].items()}
+    names = set(mods)
+    res = {k: classify_cells({_clean(t): n for t, n in cells.items()}, tuple(names)) for k, cells in mods.items()}
+    # instance counts: walk the hierarchy from the top (the module no other module instantiates, or the given one)
+    children = {k: {_clean(t): int(n) for t, n in cells.items() if _clean(t) in names} for k, cells in mods.items()}
+    if top is None:
+        used = {c for ch in children.values() for c in ch}
+        roots = sorted(names - used)
+        top = roots[0] if len(roots) == 1 else None
+    inst: dict[str, int] = dict.fromkeys(names, 0)
+    if top is not None and top in names:
+        def walk(mod: str, k: int) -> None:
+            inst[mod] += k
+            for c, n in children[mod].items():
+                walk(c, k * n)
+        walk(top, 1)
+    else:
+        inst = dict.fromkeys(names, 1)
+    total = Resources()
+    for k, r in res.items():
+        total = total + r.scaled(inst[k])
+    incl: dict[str, Resources] = {}
+
+    def inclusive(mod: str) -> Resources:
+        if mod not in incl:
+            r = res[mod]
+            for c, n in children[mod].items():
+                r = r + inclusive(c).scaled(n)
+            incl[mod] = r
+        return incl[mod]
+
+    return {k: inclusive(k) for k in sorted(names)}, inst, total
+
+
+def part_family(part: str | None) -> str:
+    """``synth_xilinx -family`` for a Xilinx part name (xc7* -> xc7, UltraScale+ -> xcup, UltraScale -> xcu)."""
+    if not part:
+        return "xc7"
+    p = part.lower()
+    if p in ("xc7", "xcu", "xcup"):
+        return p
+    if p.startswith("xc7"):
+        return "xc7"
+    if p.startswith(("xczu", "xcvu", "xcku", "xcau", "xck26", "xcvc", "xcve")):
+        return "xcup" if (p.startswith(("xczu", "xcau", "xck26")) or re.match(r"^xc(vu|ku)\d+p", p)) else "xcu"
+    raise BadInputError(f"unsupported part {part!r} (expected a Xilinx 7-series or UltraScale(+) part, e.g. "
+                        f"xc7a35t, xczu9eg, xcvu13p)")
+
+
+def _script(sources: Sequence[Path], top: str | None, family: str, flatten: bool, dsp: bool) -> str:
+    reads = "; ".join(f"read_verilog -sv {json.dumps(str(p))}" for p in sources)
+    top_cmd = f"hierarchy -check -top {top}" if top else "hierarchy -check -auto-top"
+    opts = ["-family", family, "-noiopad", "-noclkbuf"]
+    if top:
+        opts += ["-top", top]
+    if flatten:
+        opts.append("-flatten")
+    if not dsp:
+        opts.append("-nodsp")
+    return f"{reads}; {top_cmd}; synth_xilinx {' '.join(opts)}; tee -q -o stat.json stat -json"
+
+
+def _yosys_version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd + ["-V"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise MissingToolError(f"cannot run Yosys ({e})") from None
+
+
+def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: str = "xc7", flatten: bool = False,
+              dsp: bool = True, timeout: float = 1800, workdir: str | Path | None = None,
+              progress: Callable[[str], None] | None = None, use_cache: bool = True) -> SynthResult:
+    """Synthesize ``sources`` with ``synth_xilinx`` (out-of-context) and return the ``stat`` figures.
+
+    ``progress`` receives short status strings (the pass Yosys is in) while it runs. Raises MissingToolError when
+    Yosys is absent and QfxError (one line, last log line) when synthesis fails.
+    """
+    cmd = find_yosys()
+    paths = [Path(s).resolve() for s in sources]
+    if not paths:
+        raise BadInputError("no Verilog sources to synthesize")
+    for p in paths:
+        if not p.is_file():
+            raise BadInputError(f"Verilog source not found: {p}")
+    script = _script(paths, top, family, flatten, dsp)
+    h = hashlib.sha256()
+    h.update(_yosys_version(cmd).encode())
+    h.update(_script([Path(p.name) for p in paths], top, family, flatten, dsp).encode())
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    key = h.hexdigest()[:32]
+    cdir = cache_dir("yosys") / key
+    if use_cache and (cdir / "meta.json").is_file() and (cdir / "stat.json").is_file():
+        meta = json.loads((cdir / "meta.json").read_text())
+        mods, inst, total = parse_stat_json((cdir / "stat.json").read_text(), top or meta.get("top"))
+        return SynthResult(meta["top"], family, mods, inst, total, meta["seconds"], cached=True)
+
+    wd = Path(workdir) if workdir is not None else cdir
+    wd.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd + ["-p", script], cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+    except OSError as e:
+        raise MissingToolError(f"cannot run Yosys ({e})") from None
+    detected_top = top
+    step = re.compile(r"^\d+(\.\d+)*\. Executing (.*)")
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            if len(tail) > 40:
+                del tail[:-40]
+            mt = re.match(r"^Top module:\s+\\?(\S+)", line.strip())
+            if mt and detected_top is None:
+                detected_top = mt.group(1)
+            if progress is not None:
+                ms = step.match(line)
+                if ms:
+                    progress(ms.group(2).strip().rstrip(".")[:60])
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                raise QfxError(f"Yosys synthesis exceeded {timeout:.0f} s")
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    secs = time.monotonic() - t0
+    (wd / "yosys.log").write_text("\n".join(tail) + "\n")
+    if rc != 0 or not (wd / "stat.json").is_file():
+        errs = [t for t in tail if "ERROR" in t] or tail[-1:] or ["(no output)"]
+        raise QfxError(f"Yosys synthesis failed: {errs[-1].strip()}")
+    stat_text = (wd / "stat.json").read_text()
+    mods, inst, total = parse_stat_json(stat_text, detected_top)
+    if detected_top is None:
+        roots = [k for k, v in inst.items() if v == 1]
+        detected_top = roots[0] if len(roots) == 1 else "?"
+    if use_cache:
+        cdir.mkdir(parents=True, exist_ok=True)
+        if wd != cdir:
+            (cdir / "stat.json").write_text(stat_text)
+        (cdir / "meta.json").write_text(json.dumps({"top": detected_top, "seconds": secs}))
+    return SynthResult(detected_top, family, mods, inst, total, secs, cached=False, log_tail="\n".join(tail[-10:]))
+
+
+def stderr_progress(prefix: str = "yosys") -> Callable[[str], None]:
+    """A progress callback printing one updating status line on stderr (a new line every 5 s when not a tty)."""
+    t0 = time.monotonic()
+    last = [0.0]
+    tty = sys.stderr.isatty()
+
+    def cb(msg: str) -> None:
+        now = time.monotonic() - t0
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{prefix}: [{now:5.0f} s] {msg}")
+            sys.stderr.flush()
+        elif now - last[0] >= 5:
+            last[0] = now
+            sys.stderr.write(f"{prefix}: [{now:5.0f} s] {msg}\n")
+
+    return cb
