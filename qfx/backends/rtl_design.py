@@ -158,7 +158,8 @@ class LayerDesign:
         rounds = k > 0 and fmt.rounding != "TRN"
         tlo = (s.lo >> k) if k > 0 else s.lo << -k
         thi = ((s.hi >> k) + (1 if rounds else 0)) if k > 0 else s.hi << -k
-        safe = fmt.min_code <= tlo and thi <= fmt.max_code
+        lo_ok = fmt.min_code + (1 if fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width > 1 else 0)
+        safe = lo_ok <= tlo and thi <= fmt.max_code
         if safe and k == 0:
             return f"{s.name}[{ow - 1}:0]" if s.width >= ow else f"{ow}'({s.name})"
         name = self.new("q")

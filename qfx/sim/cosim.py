@@ -26,7 +26,7 @@ from qfx.ir.interpret import random_inputs, run
 from qfx.resources import data_dir
 from qfx.sim.toolchain import cache_dir, find_verilator, verilator_env
 
-__all__ = ["CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words", "build_verilator",
+__all__ = ["run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words", "build_verilator",
            "load_project"]
 
 _CACHE_FORMAT = "qfx-verilator-1"
@@ -178,6 +178,27 @@ def _prime_runner(runner: Any, sources: Sequence[Path], top: str, build_dir: Pat
     runner.always, runner.hdl_toplevel, runner.verbose, runner.timescale, runner.waves = False, top, False, None, False
 
 
+def run_testbench(sources: Sequence[Path], top: str, test_module: str, env: dict[str, str],
+                  work: Path) -> tuple[bool, float]:
+    """Build (cached) and run the cocotb test module ``test_module`` from ``tb/`` on ``top``: (cache hit, build s)."""
+    build_dir, cached, build_s = build_verilator(sources, top, work)
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    _prime_runner(runner, sources, top, build_dir)
+    tb = data_dir("tb")
+    # the runner passes sys.path as the simulator's PYTHONPATH; the testbench module must be importable there
+    if str(tb) not in sys.path:
+        sys.path.append(str(tb))
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=top, build_dir=str(build_dir), test_dir=str(work),
+                    results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"),
+                    extra_env={**env, "COCOTB_LOG_LEVEL": "WARNING"})
+    except (SystemExit, Exception) as exc:
+        raise RunError(f"cocotb simulation of {top} failed: {exc} (log: {work / 'sim.log'})") from None
+    return cached, build_s
+
+
 def _wrapper(tops: list[dict[str, Any]]) -> str:
     from qfx.backends.rtl import template_env
 
@@ -224,29 +245,14 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
         wrap.write_text(_wrapper([{"top": info["top"], "in_tw": info["in_tw"], "out_tw": info["out_tw"], "i": i}
                                   for i, (_, info, _) in enumerate(projects)]))
         sources.append(wrap)
-    build_dir, cached, build_s = build_verilator(sources, top, work)
     results = work / "results.json"
     conf = work / "cosim_config.json"
     conf.write_text(json.dumps({"seed": seed, "backpressure": backpressure, "results": str(results), "duts": duts}))
     if results.exists():
         results.unlink()
-    from cocotb_tools.runner import get_runner
-
-    runner = get_runner("verilator")
-    _prime_runner(runner, sources, top, build_dir)
-    tb = data_dir("tb")
     t0 = time.perf_counter()
-    # the runner passes sys.path as the simulator's PYTHONPATH; the testbench module must be importable there
-    if str(tb) not in sys.path:
-        sys.path.append(str(tb))
-    try:
-        runner.test(test_module="qfx_cosim_tb", hdl_toplevel=top, build_dir=str(build_dir), test_dir=str(work),
-                    results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"),
-                    extra_env={"QFX_COSIM_CONFIG": str(conf),
-                               "COCOTB_LOG_LEVEL": "WARNING"})
-    except (SystemExit, Exception) as exc:
-        raise RunError(f"cocotb simulation of {top} failed: {exc} (log: {work / 'sim.log'})") from None
-    sim_s = time.perf_counter() - t0
+    cached, build_s = run_testbench(sources, top, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)}, work)
+    sim_s = time.perf_counter() - t0 - build_s
     if not results.is_file():
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
     res = json.loads(results.read_text())
