@@ -53,7 +53,7 @@ def _extreme_inputs(box: list[tuple[int, int]], rng: np.random.Generator, n_rand
     return np.vstack([np.array(corners), inner])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(w=matrices(), share=st.booleans(), xbits=st.integers(1, 16), signed=st.booleans(), seed=st.integers(0, 999))
 def test_evaluate_is_exact_and_bounds_are_safe(w, share, xbits, signed, seed):
     rng = np.random.default_rng(seed)
@@ -168,10 +168,10 @@ def test_bad_inputs():
 
 def test_64x64_8bit_is_fast():
     w = np.random.default_rng(7).integers(-128, 127, size=(64, 64), endpoint=True)
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: not inflated by other jobs on a shared machine
     g = build_adder_graph(w)
-    dt = time.perf_counter() - t0
-    assert dt < 15.0, f"64x64 took {dt:.1f} s"  # ~3 s on a free core; generous for shared CI machines
+    dt = time.process_time() - t0
+    assert dt < 15.0, f"64x64 took {dt:.1f} s of CPU"  # ~3 s on this machine; generous for slower CI cores
     x = np.random.default_rng(8).integers(-128, 127, size=(32, 64), endpoint=True)
     assert np.array_equal(g.evaluate(x), x @ w.T)
     assert g.adder_count < build_adder_graph(w, share=False).adder_count

@@ -390,11 +390,13 @@ class _Cse:
                 if nid < 0:
                     if d >= 0:
                         nid = self.b.add(a, 0, False, bsrc, d, sgn < 0)
-                    else:
-                        nid = self.b.add(a, -d, False, bsrc, 0, sgn < 0)
+                    elif sgn > 0:
+                        nid = self.b.add(a, -d, False, bsrc, 0, False)
+                    else:  # (a << s) - b costs a full-width carry chain; b - (a << s) lets b's low bits pass
+                        nid = self.b.add(bsrc, 0, False, a, -d, True)
                 self._remove(r, a, ka)
                 self._remove(r, bsrc, kb)
-                self._insert(r, nid, min(ka, kb), ga)
+                self._insert(r, nid, min(ka, kb), -ga if (d < 0 and sgn < 0) else ga)
                 done += 1
         return done
 
@@ -457,10 +459,15 @@ def _sum_tree(b: _Builder, row: dict[tuple[int, int], int]) -> OutputRef:
         base = min(k1, k2)
         if g1 < 0 and g2 < 0:  # -(a + b): keep the node positive, carry the sign upwards
             nid, g = b.add(s1, k1 - base, False, s2, k2 - base, False), -1
-        elif g1 < 0:  # b - a, written with the positive operand first
-            nid, g = b.add(s2, k2 - base, False, s1, k1 - base, True), 1
-        else:
-            nid, g = b.add(s1, k1 - base, False, s2, k2 - base, g2 < 0), 1
+        elif g1 == g2:
+            nid, g = b.add(s1, k1 - base, False, s2, k2 - base, False), 1
+        else:  # p - n; when n has the lower shift write -(n - p): the minuend should be the unshifted operand,
+            # so its low bits bypass the carry chain
+            (kp, sp), (kn, sn) = ((k1, s1), (k2, s2)) if g1 > 0 else ((k2, s2), (k1, s1))
+            if kp <= kn:
+                nid, g = b.add(sp, kp - base, False, sn, kn - base, True), 1
+            else:
+                nid, g = b.add(sn, kn - base, False, sp, kp - base, True), -1
         heapq.heappush(heap, (b.depth[nid], base, nid, g))
     _, k, s, g = heap[0]
     return OutputRef(s, k, g < 0)
