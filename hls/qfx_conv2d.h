@@ -31,8 +31,12 @@ void conv2d_impl(const in_T x[CFG::n_chan * CFG::in_h * CFG::in_w],
                  out_T y[CFG::n_filt * CFG::out_h * CFG::out_w],
                  const w_C w[CFG::n_filt * CFG::n_chan * CFG::k_h * CFG::k_w], const b_C b[CFG::n_filt]) {
     static const unsigned n_win = CFG::n_chan * CFG::k_h * CFG::k_w;
-    QFX_PRAGMA(HLS ARRAY_PARTITION variable=w cyclic factor=CFG::multiplier_limit)
     QFX_PRAGMA(HLS ALLOCATION operation instances=mul limit=CFG::multiplier_limit)
+    // weights rebuilt from their codes once per call, not once per output pixel
+    typename CFG::weight_t wv[CFG::n_filt * n_win];
+    QFX_PRAGMA(HLS ARRAY_PARTITION variable=wv cyclic factor=CFG::multiplier_limit)
+QFX_LOOP(ConvWeights)
+    for (unsigned i = 0; i < CFG::n_filt * n_win; i++) wv[i] = from_bits<typename CFG::weight_t>(w[i]);
 QFX_LOOP(ConvRow)
     for (unsigned oh = 0; oh < CFG::out_h; oh++) {
     QFX_LOOP(ConvCol)
@@ -47,7 +51,7 @@ QFX_LOOP(ConvRow)
                 if (has_bias) acc = from_bits<typename CFG::bias_t>(b[o]);
             QFX_LOOP(ConvTap)
                 for (unsigned j = 0; j < n_win; j++) {
-                    acc += win[j] * from_bits<typename CFG::weight_t>(w[o * n_win + j]);
+                    acc += win[j] * wv[o * n_win + j];
                 }
                 y[(o * CFG::out_h + oh) * CFG::out_w + ow] = (out_T)acc;
             }

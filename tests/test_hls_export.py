@@ -20,7 +20,7 @@ from qfx.fixed.format import FxFormat
 from qfx.ir.graph import Graph
 from qfx.ir.random_graph import random_graph
 
-HOSTILE = ['x"; system("rm -rf /"); //', "class", "../../etc/passwd", "a b", "int", "__x", "always", "ap_fixed",
+HOSTILE = ["in", "exp", "got", 'x"; system("rm -rf /"); //', "class", "../../etc/passwd", "a b", "int", "__x", "always", "ap_fixed",
            "1abc", "\u00e9t\u00e9", "??/", "end\\", "X", "x", "t_t", "main", "*/ #define x", "module", "", "_"]
 
 

@@ -39,7 +39,9 @@ SUPPORT_HEADERS = ("qfx_types.h", "qfx_dense.h", "qfx_conv2d.h", "qfx_scale_shif
 #: vectors written into tb/ so that ``vitis_hls build_prj.tcl`` (csim_design) checks something on its own
 TB_VECTORS = 32
 _RESERVED = ("tb", "firmware", "parameters", "weights", "model", "acc", "term", "win", "src", "got", "exp", "argc",
-             "argv", "in_path", "exp_path", "got_path", "mismatches", "n_vec", "vec")
+             "argv", "in_path", "exp_path", "got_path", "mismatches", "n_vec", "vec", "x", "y", "t", "a0", "a1",
+             "in0", "in1", "out", "oh", "ow", "dst", "n_in", "n_out", "out_name", "out_off", "have_exp", "in", "i",
+             "j", "k", "o", "q", "c", "s", "h", "v", "m", "w", "b")
 
 
 # ------------------------------------------------------------------------------------------------ exact literals

@@ -17,7 +17,7 @@ import numpy as np
 
 from qfx.errors import BadInputError
 from qfx.ir.graph import Graph
-from qfx.ir.interpret import edge_inputs, random_inputs, run
+from qfx.ir.interpret import random_inputs, run
 
 __all__ = ["CsimReport", "run_csim", "run_csim_batch", "project_top", "make_inputs", "REPORT_NAME"]
 
@@ -225,4 +225,3 @@ def _simulate(d: Path, graph: Graph, top: str, exe: Path, prefix: list[str], n: 
     return rep
 
 
-_ = edge_inputs  # re-exported building block used by make_inputs through random_inputs
