@@ -55,6 +55,8 @@ class DemoConfig:
     skip: tuple[str, ...] = ()  # stages to leave out: onnx, csim, rtl, resources, sweep
     synth_timeout: float = 240.0
     threads: int | None = None
+    model: str = "cnn"  # "cnn" or "mlp" (qfx.models)
+    rtl_max_products: int = 20_000  # fully parallel RTL above this many constant products is skipped (too slow)
 
     def validate(self) -> None:
         if not 2 <= int(self.bits) <= 16:
@@ -69,6 +71,8 @@ class DemoConfig:
         if bad:
             raise BadInputError(f"--skip: unknown stage(s) {', '.join(sorted(bad))}; choose from "
                                 f"{', '.join(SKIPPABLE)}")
+        if self.model not in ("cnn", "mlp"):
+            raise BadInputError(f"--model must be cnn or mlp, got {self.model!r}")
         for w in self.sweep_bits:
             if not 2 <= int(w) <= 16:
                 raise BadInputError(f"--sweep widths must be in 2..16, got {w}")
@@ -245,16 +249,15 @@ def _train(cfg: DemoConfig, prog: _Progress) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.threads))
     xtr, _, xte, yte = _data()
     steps = math.ceil(len(xtr) / 64)
-    bar = None
-    if not prog.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs * steps, desc=f"  QAT fine-tuning W={cfg.bits}", unit="step", leave=False,
-                   file=sys.stderr)
     t0 = time.perf_counter()
-    ptq = train_model("cnn", bits=cfg.bits, khot=cfg.khot, epochs=0, float_epochs=cfg.float_epochs,
+    ptq = train_model(cfg.model, bits=cfg.bits, khot=cfg.khot, epochs=0, float_epochs=cfg.float_epochs,
                       seed=cfg.seed, quiet=prog.quiet, config=_config(cfg.bits, cfg.khot))
     float_s = time.perf_counter() - t0
+    bar = None
+    if not prog.quiet and cfg.epochs:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps, desc=f"QAT W={cfg.bits}", unit="step", leave=False, file=sys.stderr)
     qat = copy.deepcopy(ptq.model)
     qat.qfx_config = ptq.model.qfx_config  # type: ignore[attr-defined]
     history: dict[str, list[list[int]]] = {}
@@ -284,7 +287,7 @@ def _sweep(cfg: DemoConfig, trained: dict[str, Any], prog: _Progress) -> list[di
     widths = sorted({int(w) for w in cfg.sweep_bits} - {cfg.bits})
     if not widths or "sweep" in cfg.skip:
         return points
-    fm = _float_model_from(trained["ptq"].model, "cnn")
+    fm = _float_model_from(trained["ptq"].model, cfg.model)
     ep = cfg.epochs if cfg.sweep_epochs is None else int(cfg.sweep_epochs)
     calib = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(cfg.seed))[:512]]
     for w in widths:
@@ -458,7 +461,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     cfg = summary["config"]
     v = summary["vectors"]
     verdict = {0: "PASS: bit-exact at every level that ran", 1: "FAIL: see the mismatches below"}[summary["exit_code"]]
-    lines = [f"qfx demo: digits CNN, W={cfg['bits']}" + (f", K-hot {cfg['khot']}" if cfg.get("khot") else "")
+    lines = [f"qfx demo: digits {cfg.get('model', 'cnn').upper()}, W={cfg['bits']}" + (f", K-hot {cfg['khot']}" if cfg.get("khot") else "")
              + f", {cfg['epochs']} QAT epochs after {cfg['float_epochs']} float epochs — {verdict}", "",
              f"accuracy (digits test set, {acc['test_images']} images)",
              f"  float              {_pct(acc['float'])}",
@@ -514,13 +517,13 @@ def _run(cfg: DemoConfig, tmp: Path, out: Path, t_all: float) -> dict[str, Any]:
     from qfx.nn.train import save_checkpoint, TrainResult
 
     prog = _Progress(cfg.quiet, 9)
-    with prog.stage(f"training: float CNN ({cfg.float_epochs} epochs), PTQ and QAT at W={cfg.bits} "
+    with prog.stage(f"training: float {cfg.model.upper()} ({cfg.float_epochs} epochs), PTQ and QAT at W={cfg.bits} "
                     f"({cfg.epochs} epochs)") as st:
         trained = _train(cfg, prog)
         st.note = (f"float {100 * trained['float_accuracy']:.2f} %, QAT {100 * trained['qat_accuracy']:.2f} %, "
                    f"PTQ {100 * trained['ptq_accuracy']:.2f} %")
     qat = trained["qat"]
-    res = TrainResult(qat, "cnn", qat.qfx_config, trained["qat_accuracy"], trained["float_accuracy"],
+    res = TrainResult(qat, cfg.model, qat.qfx_config, trained["qat_accuracy"], trained["float_accuracy"],
                       trained["qat_train_mode_accuracy"], trained["history"],
                       dict(trained["ptq"].args, epochs=cfg.epochs), trained["seconds"])
     save_checkpoint(res, tmp / "model.pt")
@@ -530,7 +533,7 @@ def _run(cfg: DemoConfig, tmp: Path, out: Path, t_all: float) -> dict[str, Any]:
         sweep = _sweep(cfg, trained, prog)
 
     with prog.stage("capturing the IR (torch.fx) and running the pass flow") as st:
-        g0 = capture(qat, torch.zeros(1, 1, 8, 8), name="digits_cnn")
+        g0 = capture(qat, torch.zeros(1, 1, 8, 8), name=f"digits_{cfg.model}")
         flow = run_flow(g0, DEFAULT_FLOW)
         graph = flow.graph
         graph.save(tmp / "model.json")
@@ -573,7 +576,7 @@ def _run(cfg: DemoConfig, tmp: Path, out: Path, t_all: float) -> dict[str, Any]:
         "output": str(out),
         "exit_code": exit_code,
         "passed": not failed,
-        "config": {"bits": cfg.bits, "khot": cfg.khot, "epochs": cfg.epochs, "float_epochs": cfg.float_epochs,
+        "config": {"model": cfg.model, "bits": cfg.bits, "khot": cfg.khot, "epochs": cfg.epochs, "float_epochs": cfg.float_epochs,
                    "sweep_bits": sorted({cfg.bits, *cfg.sweep_bits}) if "sweep" not in cfg.skip else [cfg.bits],
                    "vectors": cfg.vectors, "seed": cfg.seed, "skip": list(cfg.skip)},
         "accuracy": {"float": trained["float_accuracy"], "qat": trained["qat_accuracy"],
@@ -659,6 +662,12 @@ def _stage_csim(cfg, graph, tmp: Path, x, expected, artifacts) -> StageResult:
 def _stage_rtl(cfg, graph, tmp: Path, x, artifacts) -> StageResult:
     if "rtl" in cfg.skip:
         return StageResult("rtl", "skipped", "left out (--skip rtl)")
+    products = constant_products(graph)
+    if products > cfg.rtl_max_products:
+        return StageResult("rtl", "skipped", f"the fully parallel design has {products:,} constant products "
+                           f"(limit {cfg.rtl_max_products:,}: minutes of RTL generation and Verilator/Yosys time); "
+                           "run 'qfx demo --model mlp', or raise --rtl-max-products",
+                           extra={"constant_products": products})
     from qfx.commands.export import export_graph
 
     try:
@@ -680,6 +689,24 @@ def _stage_rtl(cfg, graph, tmp: Path, x, artifacts) -> StageResult:
         return _skipped("rtl", exc)
     except QfxError as exc:
         return StageResult("rtl", "error", str(exc))
+
+
+def constant_products(graph) -> int:
+    """Nonzero weight-by-activation products of a fully parallel design (conv: per output position)."""
+    from qfx.ir.graph import Op
+
+    total = 0
+    for n in graph.nodes:
+        w = n.consts.get("weight")
+        if w is None:
+            continue
+        nz = int(np.count_nonzero(w.codes))
+        if n.op is Op.CONV2D:
+            out = graph.tensor(n.output).shape
+            total += nz * int(np.prod(out[1:]))
+        else:
+            total += nz
+    return total
 
 
 def _stage_resources(cfg, tmp: Path, levels, quiet: bool) -> StageResult:

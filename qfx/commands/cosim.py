@@ -23,6 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="simulate the RTL Vitis HLS synthesizes from an HLS project instead (needs vitis_hls)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
+    p.epilog = "example: qfx cosim rtl_prj -n 2000 --seed 1"
     return p
 
 

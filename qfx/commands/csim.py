@@ -20,6 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="folder holding ap_fixed.h (default: $QFX_AP_INCLUDE, $XILINX_HLS/include, hls4ml's copy)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
+    p.epilog = "example: qfx csim hls_prj -n 5000 --seed 3"
     return p
 
 

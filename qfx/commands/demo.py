@@ -11,6 +11,7 @@ EPILOG = """\
 examples:
   qfx demo                                  # everything, into ./qfx_demo (about 3-5 minutes on 2 cores)
   qfx demo -o out --force --bits 6 --khot 2
+  qfx demo --model mlp -o mlp_demo          # small enough for RTL co-simulation and Yosys in the 5 minutes
   qfx demo --epochs 2 --float-epochs 3 --vectors 500 --skip sweep,resources --quiet
 
 Stages that need a tool which is not installed (g++ for C simulation, Verilator for RTL co-simulation, Yosys for
@@ -62,6 +63,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="leave stages out: onnx, csim, rtl, resources, sweep")
     p.add_argument("--synth-timeout", type=float, default=d.synth_timeout,
                    help=f"seconds Yosys may take before the resource stage is skipped (default {d.synth_timeout:g})")
+    p.add_argument("--model", choices=("cnn", "mlp"), default=d.model,
+                   help="digits model: cnn (conv + residual block) or mlp (64-64-32-10); default cnn")
+    p.add_argument("--rtl-max-products", type=int, default=d.rtl_max_products,
+                   help="skip RTL co-simulation and Yosys when the fully parallel design has more constant products "
+                   f"(default {d.rtl_max_products:,})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines (the summary is still printed)")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the text summary")
@@ -74,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(output=args.output, force=args.force, bits=args.bits, khot=args.khot, epochs=args.epochs,
                      float_epochs=args.float_epochs, sweep_bits=tuple(args.sweep), sweep_epochs=args.sweep_epochs,
                      vectors=args.vectors, seed=args.seed, quiet=args.quiet, skip=tuple(args.skip),
-                     synth_timeout=args.synth_timeout, threads=args.threads)
+                     synth_timeout=args.synth_timeout, threads=args.threads, model=args.model,
+                     rtl_max_products=args.rtl_max_products)
     res = run_demo(cfg)
     if args.json:
         print(json.dumps(res.summary, indent=1))

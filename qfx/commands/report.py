@@ -24,6 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--no-cache", action="store_true", help="always run Yosys (ignore cached results)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.epilog = "example: qfx report rtl_prj --part xczu9eg"
     return p
 
 

@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt)")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.epilog = "example: qfx train --model cnn --bits 8 -o cnn8.pt"
     return p
 
 

@@ -67,6 +67,10 @@ def int_bits_history_plot(history: Mapping[str, Sequence[Sequence[int]]], max_li
         ax.set_title(f"learned integer bits: {title}")
         ax.set_xlabel("epoch (0 = calibration)")
         ax.set_ylabel("integer bits I")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if keys:
             ax.legend(fontsize=7, ncol=2, frameon=False)
@@ -102,7 +106,8 @@ def weight_histograms_plot(layers: Sequence[Mapping]) -> str | None:
                 ax.axvline(v, color="#444", lw=0.8)
         used, counts = np.unique(codes, return_counts=True)
         ax2 = ax.twinx()
-        ax2.vlines(used * f.step, 0, counts, color="#d62728", lw=1.6, label="quantized")
+        ax2.plot(used * f.step, counts, "o", ms=2.5, color="#d62728", alpha=0.8, label="quantized")
+        ax2.set_ylim(bottom=0)
         ax2.set_yticks([])
         ax2.spines["right"].set_visible(False)
         ax2.spines["top"].set_visible(False)
