@@ -4,7 +4,9 @@ Part ``cmvm``: one 16x16 dense layer of 8-bit signed constants (seed 0) on 8-bit
 flattened and synthesized by the same Yosys:
   (1) ``*`` by constants (Yosys maps them to DSP48E1), (2) per-output CSD adder trees, no sharing,
   (3) qfx shared adder graph (``build_adder_graph``), (4) da4ml 0.6 (``da4ml.cmvm.solve`` + ``RTLModel``;
-  its design is a 2-stage pipeline, so its FFs are pipeline registers; compare LUT/CARRY).
+  its design is a 2-stage pipeline, so its FFs are pipeline registers; compare LUT/CARRY). da4ml's
+  ``shift_adder.v`` is patched in the temporary copy (see ``_patch_shift_adder``) so Yosys does not turn
+  out-of-range bits into don't-cares.
 Prints LUT/FF/CARRY/DSP and the LUT ratio qfx/da4ml.
 
 Part ``models``: the RTL backend's whole AXI4-Stream designs (``qfx.backends.rtl``) for a digits-MLP-sized
@@ -37,6 +39,20 @@ def _row(label: str, r: Resources | None, extra: str = "") -> str:
     return f"{label:<34} {r.lut:>7} {r.ff:>6} {r.carry:>6} {r.dsp:>4}  {extra}"
 
 
+def _patch_shift_adder(path: Path) -> None:
+    """da4ml's shift_adder may declare BW_OUT > BW_ADD; Yosys 0.23 makes the out-of-range select bits undef (x)
+    and then deletes logic that depends on them (a 16x16 layer fell from ~4.4k to 1.1k LUT). Extend instead, as
+    the value needs (sign-extend signed results and differences), so every design is synthesized as intended."""
+    s = path.read_text()
+    old = "  assign out = accum[BW_OUT-1:0];"
+    if old not in s:
+        raise RuntimeError("unexpected da4ml shift_adder.v (patch point not found)")
+    new = ("  wire accum_ext_bit = (SIGNED0 == 1 || SIGNED1 == 1 || IS_SUB == 1) ? accum[BW_ADD-1] : 1'b0;\n"
+           "  wire [BW_ADD+BW_OUT-1:0] accum_sx = {{BW_OUT{accum_ext_bit}}, accum};\n"
+           "  assign out = accum_sx[BW_OUT-1:0];")
+    path.write_text(s.replace(old, new))
+
+
 def _da4ml_sources(w: np.ndarray, in_width: int, outdir: Path) -> tuple[list[Path], str, dict]:
     """Verilog from da4ml for y = W @ x (x signed in_width-bit integers); checked against W @ x before use."""
     from da4ml.cmvm import solve
@@ -57,6 +73,7 @@ def _da4ml_sources(w: np.ndarray, in_width: int, outdir: Path) -> tuple[list[Pat
             raise RuntimeError("da4ml solution does not compute W @ x")
     RTLModel(sol, "da4ml_cmvm", outdir).write()
     src = outdir / "src"
+    _patch_shift_adder(src / "static" / "shift_adder.v")
     files = sorted(src.glob("da4ml_cmvm*.v")) + sorted((src / "static").glob("*.v"))
     files = [f for f in files if "wrapper" not in f.name and "lookup_table" not in f.name]
     n_add = sum(1 for s in sol.solutions for op in s.ops if op.opcode in (0, 1))

@@ -346,14 +346,14 @@ class _Cse:
         self.src_rows.setdefault(s, set()).add(r)
 
     def _pick(self) -> int | None:
-        """Most frequent pattern; among equals (small buckets only) the one with the shallowest operands.
+        """Most frequent pattern; among equals (buckets up to 4096) the one with the shallowest operands.
 
         Buckets are filled on increments only; an entry whose count has since dropped is moved down when seen.
         """
         buckets, cnt = self.buckets, self.count
         while self.top >= 2:
             bucket = buckets[self.top]
-            if len(bucket) <= 64:
+            if len(bucket) <= 4096:
                 for q in [q for q in bucket if cnt[q] != self.top]:
                     bucket.discard(q)
                     if cnt[q] >= 2:
