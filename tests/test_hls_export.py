@@ -130,7 +130,12 @@ def test_project_layout_and_headers(tmp_path):
                 "create_clock -period 4", "csim_design", "csynth_design", "cosim_design",
                 "export_design -format ip_catalog"):
         assert cmd in tcl, cmd
-    assert Graph.load(tmp_path / "model.json") == g or Graph.load(tmp_path / "model.json").to_json() == g.to_json()
+    saved = Graph.load(tmp_path / "model.json")
+    assert saved.meta["exported_by"] == f"qfx {__version__} HLS backend"
+    assert saved.replace(meta=g.meta).to_json() == g.to_json()
+    for h in (tmp_path / "firmware").glob("qfx_*.h"):
+        first = h.read_text().splitlines()[0]
+        assert f"qfx {__version__}" in first and "random_mlp_3" in first, h.name
     params = (tmp_path / "firmware/parameters.h").read_text()
     for t, spec in g.tensors.items():
         assert re.search(rf"typedef {re.escape(spec.fmt.ap_type())} {t}_t;", params), t

@@ -17,7 +17,6 @@ Project layout::
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -465,9 +464,9 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
     from qfx.resources import data_dir
 
     src = data_dir("hls")
-    for h in SUPPORT_HEADERS:
-        shutil.copyfile(src / h, fw / h)
-    graph.save(outdir / "model.json")
+    for h in SUPPORT_HEADERS:  # copied with the same header line as every generated file
+        (fw / h).write_text(f"// Copied by qfx {__version__} for model '{model_note}'.\n" + (src / h).read_text())
+    graph.replace(meta=dict(graph.meta) | {"exported_by": f"qfx {__version__} HLS backend"}).save(outdir / "model.json")
     if x is not None:
         from qfx.sim.build import write_codes
 
