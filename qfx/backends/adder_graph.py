@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Sequence
 
 import numpy as np
@@ -101,6 +102,10 @@ class AdderGraph:
 
     def coefficients(self) -> list[list[int]]:
         """Each id's value as a linear form of the inputs: ``v[id] == sum(c[i] * x[i])`` (exact Python ints)."""
+        return [list(c) for c in self._coefficients]
+
+    @cached_property
+    def _coefficients(self) -> tuple[tuple[int, ...], ...]:
         n = self.n_inputs
         co: list[list[int]] = [[1 if j == i else 0 for j in range(n)] for i in range(n)]
         for nd in self.nodes:
@@ -108,11 +113,11 @@ class AdderGraph:
             fa = -(1 << nd.a_shift) if nd.a_neg else (1 << nd.a_shift)
             fb = -(1 << nd.b_shift) if nd.b_neg else (1 << nd.b_shift)
             co.append([fa * p + fb * q for p, q in zip(ca, cb)])
-        return co
+        return tuple(tuple(c) for c in co)
 
     def matrix(self) -> np.ndarray:
         """The weight matrix the graph computes (object ints, shape (m, n)): reconstructs ``W``."""
-        co = self.coefficients()
+        co = self._coefficients
         rows = []
         for o in self.outputs:
             if o.src is None:
@@ -133,13 +138,23 @@ class AdderGraph:
 
     def bounds(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """Exact ``(min, max)`` of every id (inputs first, then nodes) over the box of input ranges."""
-        box = self._box(input_bounds)
+        return list(self._bounds(tuple(self._box(input_bounds))))
+
+    def _bounds(self, box: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        # graphs are immutable; RTL generators ask width(id) node by node, so keep the last few boxes' results
+        cache: dict = self.__dict__.setdefault("_bounds_cache", {})
+        got = cache.get(box)
+        if got is not None:
+            return got
+        if len(cache) >= 8:
+            cache.clear()
         out = []
-        for c in self.coefficients():
+        for c in self._coefficients:
             lo = sum(k * (b[0] if k > 0 else b[1]) for k, b in zip(c, box) if k)
             hi = sum(k * (b[1] if k > 0 else b[0]) for k, b in zip(c, box) if k)
             out.append((lo, hi))
-        return out
+        cache[box] = tuple(out)
+        return cache[box]
 
     def output_bounds(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """Exact ``(min, max)`` of every output (after its shift and sign)."""
@@ -155,7 +170,7 @@ class AdderGraph:
 
     def width(self, id: int, input_bounds: Sequence[tuple[int, int]] | None = None) -> int:
         """Signed bits that hold every value of ``id`` over the input box."""
-        lo, hi = self.bounds(input_bounds)[id]
+        lo, hi = self._bounds(tuple(self._box(input_bounds)))[id]
         return signed_width(lo, hi)
 
     def widths(self, input_bounds: Sequence[tuple[int, int]] | None = None) -> list[int]:
