@@ -108,10 +108,27 @@ def run_csim(project_dir: str | Path, n_vectors: int = 1000, seed: int = 0, ap_i
     # NDEBUG: the 2019 ap_types snapshot asserts ("Attempting to read bit beyond MSB") inside valid conversions
     # that drop more fraction bits than the source has; the guarded read returns the sign extension, which is the
     # right bit (the csim tests check the result against qfx.fixed bit for bit).
-    exe = compile_cxx([tb, src], include_dirs=[d / "firmware"], ap_include=ap_include, flags=flags, defines=NDEBUG,
+    # One translation unit (the design, then the testbench): the ap_types headers are parsed once, not twice.
+    drv = _driver(f"// qfx csim driver for {top}: design and testbench in one translation unit\n"
+                  f'#include "{src.resolve()}"\n#include "{tb.resolve()}"\n', "single")
+    exe = compile_cxx([drv], include_dirs=[d / "firmware"], ap_include=ap_include, flags=flags, defines=NDEBUG,
                       name=f"csim_{top}", timeout=timeout)
     build_s = time.perf_counter() - t0
     return _simulate(d, graph, top, exe, [], n, seed, build_s, write_report, timeout)
+
+
+def _driver(text: str, kind: str) -> Path:
+    """A generated driver source in the build cache, named by its content."""
+    import hashlib
+
+    from qfx.sim.toolchain import cache_dir
+
+    drv = cache_dir("csim-drivers") / f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.cpp"
+    if not drv.is_file():
+        tmp = drv.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, drv)
+    return drv
 
 
 def run_csim_batch(project_dirs: Sequence[str | Path], n_vectors: int = 1000, seed: int = 0,
@@ -149,16 +166,7 @@ def run_csim_batch(project_dirs: Sequence[str | Path], n_vectors: int = 1000, se
               "    switch (std::atoi(argv[1])) {"]
     lines += [f"    case {k}: return qfx_batch_{k}::qfx_tb_main(argc - 1, argv + 1);" for k in range(len(infos))]
     lines += ["    default: return 2;", "    }", "}", ""]
-    import hashlib
-
-    text = "\n".join(lines)
-    from qfx.sim.toolchain import cache_dir
-
-    drv = cache_dir("csim-batch") / f"batch-{hashlib.sha256(text.encode()).hexdigest()[:24]}.cpp"
-    if not drv.is_file():
-        tmp = drv.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, drv)
+    drv = _driver("\n".join(lines), "batch")
     t0 = time.perf_counter()
     exe = compile_cxx([drv], include_dirs=[fw0] + [i[0] / "firmware" for i in infos[1:]], ap_include=ap_include,
                       flags=flags, defines=NDEBUG, name="csim_batch", timeout=timeout)
