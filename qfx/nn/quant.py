@@ -33,8 +33,9 @@ through the projection.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -123,55 +124,96 @@ def khot_float(q: torch.Tensor, k: int, lo: float, hi: float) -> torch.Tensor:
     return acc.clamp(lo, hi)
 
 
+class _Spec(NamedTuple):
+    """Everything about a format that does not depend on the learned binary point, computed once per format."""
+
+    width: int
+    lo: float  # code range after the overflow mode's own adjustment (SAT_SYM: symmetric)
+    hi: float
+    sat: bool  # SAT / SAT_SYM: clamp before rounding
+    bounded: bool  # the short rounding formulas are exact
+    rounding: str
+    overflow: str
+    signed: bool
+    khot: int
+    klo: float
+    khi: float
+
+
+@functools.lru_cache(maxsize=1024)
+def _spec(width: int, signed: bool, rounding: str, overflow: str, khot: int) -> _Spec:
+    lo, hi = _code_range(width, signed)
+    bounded = max(hi, 1.0 - lo) < 2.0**23
+    sat = overflow in ("SAT", "SAT_SYM")
+    if overflow == "SAT_SYM" and signed and width > 1:
+        lo += 1.0  # ap_fixed's symmetric range [-max, max] (min_code itself also maps to -max)
+    klo, khi = _khot_bounds(width, signed, khot) if khot else (0.0, 0.0)
+    return _Spec(width, lo, hi, sat, bounded, rounding, overflow, signed, khot, klo, khi)
+
+
+_SCALES: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _scales(e: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached 0-d ``(2**e, 2**-e)`` tensors (one dict lookup per call instead of two scalar conversions)."""
+    key = (e, like.dtype, like.device)
+    t = _SCALES.get(key)
+    if t is None:
+        if len(_SCALES) > 4096:
+            _SCALES.clear()
+        t = _SCALES[key] = (torch.tensor(math.ldexp(1.0, e), dtype=like.dtype, device=like.device),
+                            torch.tensor(math.ldexp(1.0, -e), dtype=like.dtype, device=like.device))
+    return t
+
+
 class _FakeQuantFn(torch.autograd.Function):
     """Fake quantization with the clipped-STE / log2-LSQ estimator described in the module docstring.
 
-    Written for low per-call overhead: python scalars for per-tensor steps on CPU, in-place rounding on temporaries,
-    a float mask (``eq`` into a float tensor), and the I-gradient as two dot products.
+    Written for low per-call overhead (a quantizer call is dominated by Python and dispatch, not by its kernels on
+    these small tensors): the static part of the format comes precomputed (``_Spec``, one argument instead of six),
+    python scalars for per-tensor steps on CPU, in-place rounding on temporaries, a float mask (``eq`` into a float
+    tensor), and the I-gradient as one dot product.
     """
 
     @staticmethod
-    def forward(ctx, x, p, width, signed, rounding, overflow, shape, khot):  # type: ignore[override]
+    def forward(ctx, x, p, sp, shape):  # type: ignore[override]
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        width = sp.width
         if shape is None and p.device.type == "cpu" and not torch.compiler.is_compiling():
             i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
-            inv, step = _const(math.ldexp(1.0, width - i), x), _const(math.ldexp(1.0, i - width), x)
+            inv, step = _scales(width - i, x)
         else:
             ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
             if shape is not None:
                 ib = ib.reshape(shape)
             inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
-        lo, hi = _code_range(width, signed)
+        lo, hi = sp.lo, sp.hi
         m = x * inv
-        bounded = max(hi, 1.0 - lo) < 2.0**23
         mask = None
-        if overflow in ("SAT", "SAT_SYM"):
-            if overflow == "SAT_SYM" and signed and width > 1:
-                lo += 1.0  # ap_fixed's symmetric range [-max, max] (min_code itself also maps to -max)
+        if sp.sat:
             mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
             if need_x or need_p:
                 mask = torch.eq(m, mc, out=torch.empty_like(m))
-            q = qs = _round(mc, rounding, bounded, inplace=True)
+            q = qs = _round(mc, sp.rounding, sp.bounded, inplace=True)
         else:
-            q = _round(m, rounding, bounded=False, inplace=True)
+            q = _round(m, sp.rounding, bounded=False, inplace=True)
             inr = (q >= lo) & (q <= hi)
             mask = inr.to(x.dtype)
             qs = q.clamp(lo, hi)
-            if overflow == "SAT_ZERO":
+            if sp.overflow == "SAT_ZERO":
                 q = torch.where(inr, q, torch.zeros((), dtype=q.dtype, device=q.device))
             else:  # WRAP: exact modular arithmetic (remainder by a power of two is exact)
                 full = float(1 << width)
                 r = torch.remainder(q, full)
-                q = torch.where(r > hi, r - full, r) if signed else r
-        if khot:
-            klo, khi = _khot_bounds(width, signed, khot)
+                q = torch.where(r > hi, r - full, r) if sp.signed else r
+        if sp.khot:
             same = qs is q
-            q = khot_float(q, khot, klo, khi)
-            qs = q if same else khot_float(qs, khot, klo, khi)
+            q = khot_float(q, sp.khot, sp.klo, sp.khi)
+            qs = q if same else khot_float(qs, sp.khot, sp.klo, sp.khi)
         same = qs is q
         y = q.mul_(step)
-        ctx.shape, ctx.pshape = shape, p.shape
         if need_p:
+            ctx.shape, ctx.pshape = shape, p.shape
             # d = ysat - x * mask: dL/dI = ln2 * sum(g * d) (see the module docstring)
             d = torch.addcmul(y if same else qs.mul_(step), x, mask, value=-1.0)
             ctx.save_for_backward(mask, d)
@@ -183,27 +225,30 @@ class _FakeQuantFn(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_x or need_p):
-            return (None,) * 8
+            return None, None, None, None
         saved = ctx.saved_tensors
-        mask = saved[0]
-        gx = g * mask if need_x else None
+        gx = g * saved[0] if need_x else None
         gp = None
         if need_p:
             d = saved[1]
-            if ctx.shape is None:
-                gp = torch.dot(g.reshape(-1), d.reshape(-1)).mul_(_const(_LN2, g)).reshape(ctx.pshape)
+            shape = ctx.shape
+            if shape is None:
+                gp = torch.dot(g.reshape(-1), d.view(-1)).mul_(_const(_LN2, g))
+                if ctx.pshape:
+                    gp = gp.reshape(ctx.pshape)
             else:
-                axis = [i for i, s in enumerate(ctx.shape) if s != 1]
+                axis = [i for i, s in enumerate(shape) if s != 1]
                 dims = [i for i in range(g.ndim) if i not in axis]
                 gd = g * d
                 gp = (gd.sum(dim=dims) if dims else gd).mul_(_LN2).reshape(ctx.pshape)
-        return gx, gp, None, None, None, None, None, None
+        return gx, gp, None, None
 
 
 def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool = True, rounding: str = "RND",
                overflow: str = "SAT", shape: tuple[int, ...] | None = None, khot: int | None = None) -> torch.Tensor:
     """Functional fake quantization; ``int_bits`` (float, rounded here) broadcasts by ``shape`` if given."""
-    return _FakeQuantFn.apply(x, int_bits, width, signed, rounding, overflow, shape, khot or 0)
+    check_modes(rounding, overflow)
+    return _FakeQuantFn.apply(x, int_bits, _spec(width, signed, rounding, overflow, khot or 0), shape)
 
 
 def union_format(formats: Sequence[FxFormat]) -> FxFormat:
@@ -295,8 +340,8 @@ class FixedQuant(nn.Module):
             self._calib = None
         elif self.calibrating:
             self._observe(x)
-        return _FakeQuantFn.apply(x, self.int_bits_param, self.width, self.signed, self.rounding, self.overflow,
-                                  self._shape(x.ndim), self.khot or 0)
+        return _FakeQuantFn.apply(x, self.int_bits_param, _spec(self.width, self.signed, self.rounding, self.overflow,
+                                                                 self.khot or 0), self._shape(x.ndim))
 
     # ------------------------------------------------------------------ exact mode
     def codes(self, x: torch.Tensor) -> np.ndarray:
@@ -354,8 +399,9 @@ class FixedQuant(nn.Module):
             best, best_err = ib.clone(), None
             for d in range(0, 5):
                 cand = ib - d
-                y = _FakeQuantFn.apply(x, cand, self.width, self.signed, self.rounding,
-                                       "SAT" if self.overflow == "WRAP" else self.overflow, shape, self.khot or 0)
+                y = _FakeQuantFn.apply(x, cand, _spec(self.width, self.signed, self.rounding,
+                                                      "SAT" if self.overflow == "WRAP" else self.overflow,
+                                                      self.khot or 0), shape)
                 e = (y - x).square()
                 if self.per_channel:
                     ax = self.per_channel_axis % x.ndim
