@@ -384,35 +384,21 @@ def _check_rtl(cosim, project: Path, x: np.ndarray, seed: int, work: Path) -> St
 
 
 def _resources(project: Path, timeout: float, quiet: bool) -> StageResult:
-    """Yosys ``synth_xilinx`` of the RTL project: design totals and per-layer figures (one module per layer)."""
-    from qfx.report.yosys import run_synth
+    """Yosys ``synth_xilinx`` of the RTL project through ``qfx.report.resources.report_project`` (what ``qfx report``
+    runs): design totals and per-layer figures (one module per layer)."""
+    from qfx.report.resources import report_project
+    from qfx.report.yosys import stderr_progress
 
     t = time.perf_counter()
-    info = json.loads((project / "cosim.json").read_text())
-    progress = None
-    if not quiet:
-        from qfx.report.yosys import stderr_progress
-
-        progress = stderr_progress("  yosys")
-    res = run_synth([project / f for f in info["rtl_files"]], top=info["top"], family="xc7", timeout=timeout,
-                    progress=progress)
+    rep = report_project(project, progress=None if quiet else stderr_progress("  yosys"), timeout=timeout)
     if not quiet:
         print(file=sys.stderr)
-    by_module = {lay["module"]: lay for lay in info.get("layers", [])}
-    per_layer = []
-    for mod, r in res.modules.items():
-        lay = by_module.get(mod)
-        if lay is None:
-            continue
-        k = max(1, int(res.instances.get(mod, 1)))
-        rr = r.scaled(k).to_dict()
-        per_layer.append({"layer": lay["node"], "op": lay["op"], "module": mod, **rr})
-    order = {lay["module"]: i for i, lay in enumerate(info.get("layers", []))}
-    per_layer.sort(key=lambda r: order.get(r["module"], 1 << 30))
-    total = res.total.to_dict()
-    return StageResult("resources", "ok", f"Yosys synth_xilinx ({res.family}), top {res.top}"
-                       + (" (cached)" if res.cached else ""), seconds=round(time.perf_counter() - t, 2),
-                       extra={"total": total, "per_layer": per_layer, "synth_s": round(res.seconds, 2)})
+    per_layer = [{"layer": la.name, "op": la.op, "module": la.module, "adders": la.adders,
+                  **la.resources.to_dict()} for la in rep.layers]
+    return StageResult("resources", "ok", f"Yosys synth_xilinx ({rep.family}), top {rep.top}"
+                       + (" (cached)" if rep.cached else ""), seconds=round(time.perf_counter() - t, 2),
+                       extra={"total": rep.total.to_dict(), "per_layer": per_layer, "synth_s": round(rep.seconds, 2),
+                              "latency_cycles": rep.latency})
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -714,8 +700,8 @@ def _stage_resources(cfg, tmp: Path, levels, quiet: bool) -> StageResult:
         return StageResult("resources", "skipped", "left out (--skip resources)")
     if not (tmp / "rtl" / "cosim.json").is_file():
         return StageResult("resources", "skipped", "no RTL project to synthesize")
-    if _import("qfx.report.yosys") is None:
-        return StageResult("resources", "unavailable", "qfx.report.yosys is not in this installation")
+    if _import("qfx.report.resources") is None:
+        return StageResult("resources", "unavailable", "qfx.report.resources is not in this installation")
     try:
         return _resources(tmp / "rtl", cfg.synth_timeout, quiet)
     except MissingToolError as exc:

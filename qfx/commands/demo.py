@@ -74,8 +74,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def _interrupt(signum, frame):  # SIGTERM unwinds like Ctrl-C: the temporary output folder is removed
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from qfx.demo import DemoConfig, run_demo
+
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (embedded use): keep the default
+        pass
 
     cfg = DemoConfig(output=args.output, force=args.force, bits=args.bits, khot=args.khot, epochs=args.epochs,
                      float_epochs=args.float_epochs, sweep_bits=tuple(args.sweep), sweep_epochs=args.sweep_epochs,
