@@ -33,7 +33,6 @@ through the projection.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -140,8 +139,19 @@ class _Spec(NamedTuple):
     khi: float
 
 
-@functools.lru_cache(maxsize=1024)
+_SPECS: dict[tuple[int, bool, str, str, int], _Spec] = {}
+
+
 def _spec(width: int, signed: bool, rounding: str, overflow: str, khot: int) -> _Spec:
+    """The cached ``_Spec`` of a format (a plain dict: torch.compile traces it, unlike ``functools.lru_cache``)."""
+    key = (width, signed, rounding, overflow, khot)
+    sp = _SPECS.get(key)
+    if sp is None:
+        sp = _SPECS[key] = _make_spec(*key)
+    return sp
+
+
+def _make_spec(width: int, signed: bool, rounding: str, overflow: str, khot: int) -> _Spec:
     lo, hi = _code_range(width, signed)
     bounded = max(hi, 1.0 - lo) < 2.0**23
     sat = overflow in ("SAT", "SAT_SYM")
@@ -188,15 +198,24 @@ class _FakeQuantFn(torch.autograd.Function):
                 ib = ib.reshape(shape)
             inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
         lo, hi = sp.lo, sp.hi
-        m = x * inv
         mask = None
-        if sp.sat:
+        if sp.sat and sp.bounded and sp.rounding == "RND":
+            # floor(clamp(m, lo, hi) + 1/2) as floor(clamp(m + 1/2, lo + 1/2, hi + 1/2)), with m + 1/2 in the same op
+            # as the scaling: exact where |m| < 2**23, and beyond that m + 1/2 stays beyond the (bounded) range, so
+            # codes and the in-range mask are the same as clamping first.
+            m = torch.addcmul(_const(0.5, x), x, inv)
+            mc = m.clamp(lo + 0.5, hi + 0.5)
+            if need_x or need_p:
+                mask = torch.eq(m, mc, out=torch.empty_like(m))
+            q = qs = mc.floor_()
+        elif sp.sat:
+            m = x * inv
             mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
             if need_x or need_p:
                 mask = torch.eq(m, mc, out=torch.empty_like(m))
             q = qs = _round(mc, sp.rounding, sp.bounded, inplace=True)
         else:
-            q = _round(m, sp.rounding, bounded=False, inplace=True)
+            q = _round(x * inv, sp.rounding, bounded=False, inplace=True)
             inr = (q >= lo) & (q <= hi)
             mask = inr.to(x.dtype)
             qs = q.clamp(lo, hi)
