@@ -84,6 +84,10 @@ def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
     Then ``fmt.overflow`` maps values outside the code range. This is the single place where qfx rounds.
     """
     m = _as_codes(m)
+    if np.ndim(k) == 0 and m.ndim > 0 and m.size:
+        t = _requantize_in_range(m, int(k), fmt)
+        if t is not None:
+            return t
     k = np.broadcast_to(np.asarray(k, dtype=_I64), m.shape) if np.ndim(k) else np.full(m.shape, int(k), dtype=_I64)
     m, k = np.broadcast_arrays(m, k)
     if m.ndim == 0:  # 0-d arrays compute as NumPy scalars, which warn on the intended int64 wrap-arounds below
@@ -105,6 +109,30 @@ def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
     low = np.where(right, q.view(_U64), np.where(s < 64, np.left_shift(m.view(_U64), np.minimum(s, 63).astype(_U64)), _U64(0)))
     neg = np.where(right, q < 0, m < 0)
     return _overflow(t, fits, low, neg, fmt)
+
+
+def _requantize_in_range(m: np.ndarray, k: int, fmt: FxFormat) -> np.ndarray | None:
+    """Fast path of ``requantize`` for one shift ``k``: the result when no element overflows, else None.
+
+    Same arithmetic as the general path (floor shift plus the rounding increment); only the overflow handling is
+    skipped, which is exact when every result lies in the format's range. Casts in the interpreter mostly do.
+    """
+    if k == 0:
+        t = m
+    elif k < 0:
+        s = -k
+        if s >= 63 or m.min() < -(1 << (63 - s)) or m.max() > (1 << (63 - s)) - 1:
+            return None
+        t = np.left_shift(m, _I64(s))
+    elif k <= 62:
+        q = np.right_shift(m, _I64(k))
+        t = q if fmt.rounding == "TRN" else q + _round_increment(m, np.int64(k), q, fmt.rounding)
+    else:
+        return None
+    lo = fmt.min_code + 1 if (fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width > 1) else fmt.min_code
+    if t.min() < lo or t.max() > fmt.max_code:
+        return None
+    return t if t is not m else m.copy()
 
 
 def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray, fmt: FxFormat) -> np.ndarray:
