@@ -11,7 +11,7 @@ import sys
 import pytest
 
 QFX = [sys.executable, "-m", "qfx"]
-FAST = ["--bits", "4", "--khot", "2", "--epochs", "1", "--float-epochs", "2", "--vectors", "120", "--sweep", "none", "--quiet",
+FAST = ["--bits", "6", "--epochs", "1", "--float-epochs", "2", "--vectors", "120", "--sweep", "none", "--quiet",
         "--skip", "rtl", "--threads", "1"]
 # RTL co-simulation of the demo model costs a Verilator build of minutes; test_demo_stages runs the demo's RTL stage
 # on a small model, test_differential runs many models through cosim.
