@@ -27,7 +27,7 @@ from qfx.fixed.kernels import lossless_acc_format
 from qfx.ir.graph import Constant, Node, Op, TensorSpec
 from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.exact import _frac_bits_needed
-from qfx.nn.quant import FixedQuant
+from qfx.nn.quant import FixedQuant, quantize_pair
 
 __all__ = [
     "QModule", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU", "QClippedReLU", "QAdd",
@@ -190,6 +190,14 @@ class _WeightLayer(QModule):
             return None
         return self.bias_quant(self.bias) if self.bias_quant is not None else self.bias
 
+    def _weight_bias_train(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Quantized weight and bias; both quantizers in one autograd node when there are two (same values)."""
+        if self.bias is not None and self.bias_quant is not None:
+            wb = quantize_pair(self.weight_quant, self.weight, self.bias_quant, self.bias)
+            if wb is not None:
+                return wb
+        return self.weight_quant(self.weight), self._bias_train()
+
 
 class QLinear(nn.Linear, _WeightLayer):
     """``nn.Linear`` with fixed-point weight, bias and output formats (optionally K-hot weights)."""
@@ -206,7 +214,7 @@ class QLinear(nn.Linear, _WeightLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
-        return self._out_train(F.linear(x, self.weight_quant(self.weight), self._bias_train()))
+        return self._out_train(F.linear(x, *self._weight_bias_train()))
 
     @torch.no_grad()
     def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +262,8 @@ class QConv2d(nn.Conv2d, _WeightLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
-        y = F.conv2d(x, self.weight_quant(self.weight), self._bias_train(), self.stride, self.padding)
+        w, b = self._weight_bias_train()
+        y = F.conv2d(x, w, b, self.stride, self.padding)
         return self._out_train(y)
 
     @torch.no_grad()
@@ -352,7 +361,11 @@ class _QBatchNorm(QModule):
             return self._forward_exact(x)
         scale, shift = self.scale_shift(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        y = torch.addcmul(self.shift_quant(shift).reshape(shape), x, self.scale_quant(scale).reshape(shape))
+        ss = quantize_pair(self.scale_quant, scale, self.shift_quant, shift)  # one autograd node, same values
+        if ss is None:
+            hq = self.shift_quant(shift)
+            ss = self.scale_quant(scale), hq
+        y = torch.addcmul(ss[1].reshape(shape), x, ss[0].reshape(shape))
         return self._out_train(y)
 
     def scale_shift_codes(self) -> tuple[np.ndarray, FxFormat, np.ndarray, FxFormat]:

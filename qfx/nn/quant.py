@@ -44,7 +44,7 @@ from qfx.errors import FormatError, UnsupportedError
 from qfx.fixed.csd import csd_digits, khot_project
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 
-__all__ = ["FixedQuant", "fake_quant", "khot_float", "union_format", "MAX_TRAIN_WIDTH"]
+__all__ = ["FixedQuant", "fake_quant", "quantize_pair", "khot_float", "union_format", "MAX_TRAIN_WIDTH"]
 
 _LN2 = math.log(2.0)
 #: float32 fake quantization is exact up to this width (24-bit significand).
@@ -188,56 +188,9 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, sp, shape):  # type: ignore[override]
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        width = sp.width
-        if shape is None and p.device.type == "cpu" and not torch.compiler.is_compiling():
-            i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
-            inv, step = _scales(width - i, x)
-        else:
-            ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
-            if shape is not None:
-                ib = ib.reshape(shape)
-            inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
-        lo, hi = sp.lo, sp.hi
-        mask = None
-        if sp.sat and sp.bounded and sp.rounding == "RND":
-            # floor(clamp(m, lo, hi) + 1/2) as floor(clamp(m + 1/2, lo + 1/2, hi + 1/2)), with m + 1/2 in the same op
-            # as the scaling: exact where |m| < 2**23, and beyond that m + 1/2 stays beyond the (bounded) range, so
-            # codes and the in-range mask are the same as clamping first.
-            m = torch.addcmul(_const(0.5, x), x, inv)
-            mc = m.clamp(lo + 0.5, hi + 0.5)
-            if need_x or need_p:
-                mask = torch.eq(m, mc, out=torch.empty_like(m))
-            q = qs = mc.floor_()
-        elif sp.sat:
-            m = x * inv
-            mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
-            if need_x or need_p:
-                mask = torch.eq(m, mc, out=torch.empty_like(m))
-            q = qs = _round(mc, sp.rounding, sp.bounded, inplace=True)
-        else:
-            q = _round(x * inv, sp.rounding, bounded=False, inplace=True)
-            inr = (q >= lo) & (q <= hi)
-            mask = inr.to(x.dtype)
-            qs = q.clamp(lo, hi)
-            if sp.overflow == "SAT_ZERO":
-                q = torch.where(inr, q, torch.zeros((), dtype=q.dtype, device=q.device))
-            else:  # WRAP: exact modular arithmetic (remainder by a power of two is exact)
-                full = float(1 << width)
-                r = torch.remainder(q, full)
-                q = torch.where(r > hi, r - full, r) if sp.signed else r
-        if sp.khot:
-            same = qs is q
-            q = khot_float(q, sp.khot, sp.klo, sp.khi)
-            qs = q if same else khot_float(qs, sp.khot, sp.klo, sp.khi)
-        same = qs is q
-        y = q.mul_(step)
-        if need_p:
-            ctx.shape, ctx.pshape = shape, p.shape
-            # d = ysat - x * mask: dL/dI = ln2 * sum(g * d) (see the module docstring)
-            d = torch.addcmul(y if same else qs.mul_(step), x, mask, value=-1.0)
-            ctx.save_for_backward(mask, d)
-        elif need_x:
-            ctx.save_for_backward(mask)
+        y, saved = _fq_forward(x, p, sp, shape, need_x, need_p)
+        ctx.shape, ctx.pshape = shape, p.shape
+        ctx.save_for_backward(*saved)
         return y
 
     @staticmethod
@@ -245,22 +198,109 @@ class _FakeQuantFn(torch.autograd.Function):
         need_x, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_x or need_p):
             return None, None, None, None
-        saved = ctx.saved_tensors
-        gx = g * saved[0] if need_x else None
-        gp = None
-        if need_p:
-            d = saved[1]
-            shape = ctx.shape
-            if shape is None:
-                gp = torch.dot(g.reshape(-1), d.view(-1)).mul_(_const(_LN2, g))
-                if ctx.pshape:
-                    gp = gp.reshape(ctx.pshape)
-            else:
-                axis = [i for i, s in enumerate(shape) if s != 1]
-                dims = [i for i in range(g.ndim) if i not in axis]
-                gd = g * d
-                gp = (gd.sum(dim=dims) if dims else gd).mul_(_LN2).reshape(ctx.pshape)
+        gx, gp = _fq_backward(g, ctx.saved_tensors, need_x, need_p, ctx.shape, ctx.pshape)
         return gx, gp, None, None
+
+
+class _FakeQuantPairFn(torch.autograd.Function):
+    """Two independent fake quantizations (a layer's weight and bias, a BN's scale and shift) as ONE autograd node:
+    the same ops as two ``_FakeQuantFn`` calls, half the per-call autograd/Python overhead, which is what a
+    quantizer call costs on these small tensors."""
+
+    @staticmethod
+    def forward(ctx, a, pa, spa, sha, b, pb, spb, shb):  # type: ignore[override]
+        n = ctx.needs_input_grad
+        ya, sa = _fq_forward(a, pa, spa, sha, n[0], n[1])
+        yb, sb = _fq_forward(b, pb, spb, shb, n[4], n[5])
+        ctx.meta = (len(sa), sha, pa.shape, shb, pb.shape)
+        ctx.save_for_backward(*sa, *sb)
+        return ya, yb
+
+    @staticmethod
+    def backward(ctx, ga, gb):  # type: ignore[override]
+        n = ctx.needs_input_grad
+        k, sha, psa, shb, psb = ctx.meta
+        saved = ctx.saved_tensors
+        gxa = gpa = gxb = gpb = None
+        if n[0] or n[1]:
+            gxa, gpa = _fq_backward(ga, saved[:k], n[0], n[1], sha, psa)
+        if n[4] or n[5]:
+            gxb, gpb = _fq_backward(gb, saved[k:], n[4], n[5], shb, psb)
+        return gxa, gpa, None, None, gxb, gpb, None, None
+
+
+def _fq_forward(x: torch.Tensor, p: torch.Tensor, sp: _Spec, shape: tuple[int, ...] | None, need_x: bool,
+                need_p: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Fake-quantized ``x`` and the tensors its backward needs (``(mask, d)``, ``(mask,)`` or ``()``)."""
+    width = sp.width
+    if shape is None and p.device.type == "cpu" and not torch.compiler.is_compiling():
+        i = min(max(round(float(p)), -_I_LIMIT), _I_LIMIT)  # round() is half-even like torch.round
+        inv, step = _scales(width - i, x)
+    else:
+        ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
+        if shape is not None:
+            ib = ib.reshape(shape)
+        inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
+    lo, hi = sp.lo, sp.hi
+    mask = None
+    if sp.sat and sp.bounded and sp.rounding == "RND":
+        # floor(clamp(m, lo, hi) + 1/2) as floor(clamp(m + 1/2, lo + 1/2, hi + 1/2)), with m + 1/2 in the same op
+        # as the scaling: exact where |m| < 2**23, and beyond that m + 1/2 stays beyond the (bounded) range, so
+        # codes and the in-range mask are the same as clamping first.
+        m = torch.addcmul(_const(0.5, x), x, inv)
+        mc = m.clamp(lo + 0.5, hi + 0.5)
+        if need_x or need_p:
+            mask = torch.eq(m, mc, out=torch.empty_like(m))
+        q = qs = mc.floor_()
+    elif sp.sat:
+        m = x * inv
+        mc = m.clamp(lo, hi)  # same codes as saturating after rounding; keeps |m| small enough for m + 0.5
+        if need_x or need_p:
+            mask = torch.eq(m, mc, out=torch.empty_like(m))
+        q = qs = _round(mc, sp.rounding, sp.bounded, inplace=True)
+    else:
+        q = _round(x * inv, sp.rounding, bounded=False, inplace=True)
+        inr = (q >= lo) & (q <= hi)
+        mask = inr.to(x.dtype)
+        qs = q.clamp(lo, hi)
+        if sp.overflow == "SAT_ZERO":
+            q = torch.where(inr, q, torch.zeros((), dtype=q.dtype, device=q.device))
+        else:  # WRAP: exact modular arithmetic (remainder by a power of two is exact)
+            full = float(1 << width)
+            r = torch.remainder(q, full)
+            q = torch.where(r > hi, r - full, r) if sp.signed else r
+    if sp.khot:
+        same = qs is q
+        q = khot_float(q, sp.khot, sp.klo, sp.khi)
+        qs = q if same else khot_float(qs, sp.khot, sp.klo, sp.khi)
+    same = qs is q
+    y = q.mul_(step)
+    if need_p:
+        # d = ysat - x * mask: dL/dI = ln2 * sum(g * d) (see the module docstring)
+        d = torch.addcmul(y if same else qs.mul_(step), x, mask, value=-1.0)
+        return y, (mask, d)
+    if need_x:
+        return y, (mask,)
+    return y, ()
+
+
+def _fq_backward(g: torch.Tensor, saved: tuple[torch.Tensor, ...], need_x: bool, need_p: bool,
+                 shape: tuple[int, ...] | None, pshape: torch.Size) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dL/dx, dL/dI)`` of one fake quantization from the tensors ``_fq_forward`` saved."""
+    gx = g * saved[0] if need_x else None
+    gp = None
+    if need_p:
+        d = saved[1]
+        if shape is None:
+            gp = torch.dot(g.reshape(-1), d.view(-1)).mul_(_const(_LN2, g))
+            if pshape:
+                gp = gp.reshape(pshape)
+        else:
+            axis = [i for i, s in enumerate(shape) if s != 1]
+            dims = [i for i in range(g.ndim) if i not in axis]
+            gd = g * d
+            gp = (gd.sum(dim=dims) if dims else gd).mul_(_LN2).reshape(pshape)
+    return gx, gp
 
 
 def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool = True, rounding: str = "RND",
@@ -268,6 +308,24 @@ def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool
     """Functional fake quantization; ``int_bits`` (float, rounded here) broadcasts by ``shape`` if given."""
     check_modes(rounding, overflow)
     return _FakeQuantFn.apply(x, int_bits, _spec(width, signed, rounding, overflow, khot or 0), shape)
+
+
+def quantize_pair(qa: "FixedQuant", a: torch.Tensor, qb: "FixedQuant", b: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(qa(a), qb(b))`` as one autograd node, or None where the two plain calls must run instead (calibration
+    pending or running, a width train mode refuses, forward hooks on a quantizer)."""
+    if (qa._calib is not None or qb._calib is not None or qa.calibrating or qb.calibrating
+            or qa.width > MAX_TRAIN_WIDTH or qb.width > MAX_TRAIN_WIDTH or qa._forward_hooks or qb._forward_hooks
+            or qa._forward_pre_hooks or qb._forward_pre_hooks or _global_hooks()):
+        return None
+    return _FakeQuantPairFn.apply(a, qa.int_bits_param, qa.spec(), qa._shape(a.ndim),
+                                  b, qb.int_bits_param, qb.spec(), qb._shape(b.ndim))
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as _m
+
+    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks)
 
 
 def union_format(formats: Sequence[FxFormat]) -> FxFormat:
@@ -350,6 +408,10 @@ class FixedQuant(nn.Module):
         return tuple(-1 if d == ax else 1 for d in range(ndim))
 
     # ------------------------------------------------------------------ train-mode forward
+    def spec(self) -> _Spec:
+        """The static part of the train-mode quantization (cached per format)."""
+        return _spec(self.width, self.signed, self.rounding, self.overflow, self.khot or 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.width > MAX_TRAIN_WIDTH:
             raise FormatError(f"train-mode fake quantization is float32 and needs width <= {MAX_TRAIN_WIDTH}, "
