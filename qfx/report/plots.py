@@ -70,6 +70,9 @@ def int_bits_history_plot(history: Mapping[str, Sequence[Sequence[int]]], max_li
         from matplotlib.ticker import MaxNLocator
 
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        vals = [v for k in keys[:max_lines] for v in rows[k]]
+        if vals and max(vals) - min(vals) < 2:  # flat lines: keep integer ticks around them
+            ax.set_ylim(min(vals) - 1, max(vals) + 1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if keys:
