@@ -6,11 +6,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from qfx.errors import BadInputError, OutputExistsError
 
-__all__ = ["atomic_output_dir", "safe_child"]
+__all__ = ["atomic_output_dir", "atomic_output_file", "safe_child"]
 
 
 @contextlib.contextmanager
@@ -42,6 +42,32 @@ def atomic_output_dir(path: str | os.PathLike[str], force: bool = False) -> Iter
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output_file(path: str | os.PathLike[str], force: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file object for a temporary sibling of ``path``; on success it replaces ``path``.
+
+    Same guarantees as ``atomic_output_dir``: an existing file is kept unless ``force``, and a failure (Ctrl-C
+    included) removes the temporary file and leaves ``path`` as it was.
+    """
+    dest = Path(path).expanduser().absolute()
+    if dest.exists() and not force:
+        raise OutputExistsError(f"output {dest} already exists (use --force to replace it)")
+    if dest.is_dir():
+        raise BadInputError(f"output {dest} is a folder, expected a file path")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from qfx.errors import BadInputError, OutputExistsError
+from qfx.errors import BadInputError
+from qfx.outdir import atomic_output_file
 from qfx.nn.convert import QFXConfig, quantize_model
 from qfx.nn.exact import mode
 from qfx.nn.quant import FixedQuant
@@ -183,22 +183,8 @@ def save_checkpoint(result: TrainResult | dict[str, Any], path: str | os.PathLik
     """Write atomically (temp file in the same folder, then rename); refuses to overwrite unless ``force``."""
     ck = checkpoint_dict(result) if isinstance(result, TrainResult) else result
     dest = Path(path).expanduser().absolute()
-    if dest.exists() and not force:
-        raise OutputExistsError(f"output {dest} already exists (use --force to replace it)")
-    if dest.exists() and dest.is_dir():
-        raise BadInputError(f"output {dest} is a folder")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    except OSError as exc:
-        raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ck, f)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output_file(dest, force) as f:
+        torch.save(ck, f)
     return dest
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qfx import __version__
 from qfx.errors import BadInputError, FormatError, UnsupportedError
+from qfx.outdir import atomic_output_file
 from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
 from qfx.ir.graph import IR_VERSION, Graph, Node, Op
@@ -341,22 +341,6 @@ def export_onnx(graph: Graph, path: str | os.PathLike[str], force: bool = False)
     except onnx.checker.ValidationError as exc:  # a bug in qfx, not user input; still one line
         raise BadInputError(f"exported ONNX model failed onnx.checker: {str(exc).splitlines()[0]}") from None
     dest = Path(path).expanduser().absolute()
-    if dest.exists() and not force:
-        from qfx.errors import OutputExistsError
-
-        raise OutputExistsError(f"output {dest} already exists (use --force to replace it)")
-    if dest.exists() and dest.is_dir():
-        raise BadInputError(f"output {dest} is a folder, expected a file path")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    except OSError as exc:
-        raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output_file(dest, force) as fh:
+        fh.write(model.SerializeToString())
     return dest
