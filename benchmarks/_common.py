@@ -24,7 +24,6 @@ then QAT at lr 2e-3 (qfx binary points 1e-2) starting from the float weights.
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 from typing import Callable, Sequence
 
@@ -33,7 +32,7 @@ from torch import nn
 
 from qfx.nn import QFXConfig, quantize_model
 from qfx.nn.exact import mode
-from qfx.nn.train import make_optimizer
+from qfx.nn.train import fit_epochs, make_optimizer
 
 KINDS = ("mlp", "cnn", "rescnn")
 
@@ -127,22 +126,18 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
     if epochs <= 0:
         return
     gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(model, lr, int_bits_lr)
-    lossf = nn.CrossEntropyLoss()
-    steps = epochs * math.ceil(len(x) / batch)
-    base = [g["lr"] for g in opt.param_groups]
-    k = 0
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
-            for g, b in zip(opt.param_groups, base):
-                g["lr"] = b * 0.5 * (1 + math.cos(math.pi * k / steps))
-            opt.zero_grad(set_to_none=True)
-            lossf(_value(model(x[idx])), y[idx]).backward()
-            opt.step()
-            k += 1
+    fit_epochs(_Unwrapped(model), make_optimizer(model, lr, int_bits_lr), x, y, epochs, batch, gen)
+
+
+class _Unwrapped(nn.Module):
+    """Brevitas may return a QuantTensor; the shared loop wants a plain tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _value(self.model(x))
 
 
 @torch.no_grad()

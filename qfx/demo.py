@@ -224,7 +224,7 @@ def _finetune(model, epochs: int, seed: int, lr: float, progress: Callable[[int]
     """Quantization-aware fine-tuning with the train API's optimizer and loop (same schedule as ``train_model``)."""
     import torch
 
-    from qfx.nn.train import _fit, int_bits_snapshot, make_optimizer
+    from qfx.nn.train import fit_epochs, int_bits_snapshot, make_optimizer
 
     xtr, ytr, _, _ = _data()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -236,7 +236,7 @@ def _finetune(model, epochs: int, seed: int, lr: float, progress: Callable[[int]
 
     snap()
     if epochs:
-        _fit(model, make_optimizer(model, lr, 1e-2), xtr, ytr, epochs, 64, gen, on_epoch=snap, progress=progress)
+        fit_epochs(model, make_optimizer(model, lr, 1e-2), xtr, ytr, epochs, 64, gen, on_epoch=snap, progress=progress)
 
 
 def _train(cfg: DemoConfig, prog: _Progress) -> dict[str, Any]:

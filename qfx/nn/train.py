@@ -78,9 +78,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, exact: bool = F
     return correct / max(len(x), 1)
 
 
-def _fit(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int,
-         gen: torch.Generator, on_epoch: Callable[[int], None] | None = None,
-         progress: Callable[[int], None] | None = None) -> None:
+def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int,
+               batch: int, gen: torch.Generator, on_epoch: Callable[[int], None] | None = None,
+               progress: Callable[[int], None] | None = None) -> None:
+    """The one training loop (cross-entropy, cosine-decayed lr, batch order from ``gen``): qfx train, the demo and
+    the benchmarks all use it, so their figures come from the same recipe."""
     lossf = nn.CrossEntropyLoss()
     steps = epochs * math.ceil(len(x) / batch)
     base = [g["lr"] for g in opt.param_groups]
@@ -135,7 +137,7 @@ def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epoch
     float_acc = None
     try:
         if float_epochs:
-            _fit(fmodel, make_optimizer(fmodel, float_lr), xtr, ytr, float_epochs, batch, gen, progress=progress)
+            fit_epochs(fmodel, make_optimizer(fmodel, float_lr), xtr, ytr, float_epochs, batch, gen, progress=progress)
             float_acc = evaluate(fmodel, xte, yte)
         if config is None:
             config = QFXConfig(weight_width=bits, bias_width=2 * bits, act_width=bits, bn_width=bits,
@@ -153,7 +155,7 @@ def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epoch
         snap()
         if epochs:
             opt = make_optimizer(qmodel, lr, int_bits_lr)
-            _fit(qmodel, opt, xtr, ytr, epochs, batch, gen, on_epoch=snap, progress=progress)
+            fit_epochs(qmodel, opt, xtr, ytr, epochs, batch, gen, on_epoch=snap, progress=progress)
     finally:
         if bar is not None:
             bar.close()
