@@ -3,8 +3,9 @@
 Driven by ``qfx.sim.cosim``: the JSON file named by ``QFX_COSIM_CONFIG`` lists one or more designs (``duts``), each
 with its port prefixes, the packed input words to send and the packed expected output words. Every design is driven
 concurrently by a cocotbext-axi ``AxiStreamSource`` / ``AxiStreamSink`` (byte size = whole tdata word, so one frame
-is one beat); ``tvalid`` gaps and ``tready`` stalls come from seeded pause generators. Received words are compared
-bit for bit with the expected words here and written to the results JSON for the Python side.
+is one beat); ``tvalid`` gaps and ``tready`` stalls come from seeded pause generators. A design that accepts one
+beat every ``ii`` cycles (the entry's ``ii``, default 1) gets a proportionally longer timeout. Received words are
+compared bit for bit with the expected words here and written to the results JSON for the Python side.
 """
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def _pauses(rng: random.Random, prob: float):
         yield rng.random() < prob
 
 
+def cycle_limit(n_vectors: int, latency: int, ii: int = 1) -> int:
+    """Clock cycles to wait for all outputs before calling it a hang.
+
+    A design takes one beat every ``ii`` cycles; random stalls add about one cycle per vector on each side, so
+    ``2 * ii + 48`` cycles per vector is a wide margin (50 per vector when ``ii`` is 1, as before), plus the latency.
+    """
+    return (2 * ii + 48) * n_vectors + 100 * latency + 1000
+
+
 async def _run_one(dut, clk, cfg: dict, seed: int, backpressure: bool) -> dict:
     tw_in, tw_out = cfg["in_tw"], cfg["out_tw"]
     src = AxiStreamSource(AxiStreamBus.from_prefix(dut, cfg["s_prefix"]), clk, byte_size=tw_in)
@@ -39,7 +49,7 @@ async def _run_one(dut, clk, cfg: dict, seed: int, backpressure: bool) -> dict:
     for w in words:
         src.send_nowait(AxiStreamFrame([w]))
     got = []
-    limit = 50 * len(words) + 100 * cfg["latency"] + 1000
+    limit = cycle_limit(len(words), cfg["latency"], cfg.get("ii", 1))
     t0 = time.perf_counter()
 
     async def collect():

