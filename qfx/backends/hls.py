@@ -8,6 +8,8 @@ lossless intermediate type, then one cast to the output type.
 Project layout::
 
     firmware/<top>.h, <top>.cpp     top function (io_parallel arrays or io_stream hls::stream + DATAFLOW)
+    firmware/<top>_axis.cpp         AXI4-Stream top around it (one packed vector per beat, ap_ctrl_none) for
+                                    ``qfx cosim --hls-rtl`` and IP use; single-input, single-output graphs only
     firmware/parameters.h           ap_fixed typedef of every tensor and accumulator, per-layer config structs
     firmware/weights.h              constants as static const arrays of exact literals
     firmware/qfx_*.h                support kernels (copied from the qfx package)
@@ -30,7 +32,8 @@ from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
 from qfx.ir.graph import Graph, Node, Op
 
-__all__ = ["write_project", "exact_literal", "khot_term_format", "IO_MODES", "SUPPORT_HEADERS", "TB_VECTORS"]
+__all__ = ["write_project", "exact_literal", "khot_term_format", "IO_MODES", "SUPPORT_HEADERS", "TB_VECTORS",
+           "AxisLayout", "axis_layout", "AXIS_MAX_BITS"]
 
 IO_MODES = ("parallel", "stream")
 SUPPORT_HEADERS = ("qfx_types.h", "qfx_dense.h", "qfx_conv2d.h", "qfx_scale_shift.h", "qfx_activation.h",
@@ -40,7 +43,9 @@ TB_VECTORS = 32
 _RESERVED = ("tb", "firmware", "parameters", "weights", "model", "acc", "term", "win", "src", "got", "exp", "argc",
              "argv", "in_path", "exp_path", "got_path", "mismatches", "n_vec", "vec", "x", "y", "t", "a0", "a1",
              "in0", "in1", "out", "oh", "ow", "dst", "n_in", "n_out", "out_name", "out_off", "have_exp", "in", "i",
-             "j", "k", "o", "q", "c", "s", "h", "v", "m", "w", "b")
+             "j", "k", "o", "q", "c", "s", "h", "v", "m", "w", "b", "s_axis", "m_axis", "xs", "ys", "wd")
+#: widest AXI4-Stream TDATA Vitis HLS supports (UG1399, "AXI4-Stream Interfaces": 4096 bits, aggregated structs too)
+AXIS_MAX_BITS = 4096
 
 
 # ------------------------------------------------------------------------------------------------ exact literals
@@ -101,6 +106,42 @@ def khot_term_format(fx: FxFormat, fw: FxFormat, codes: np.ndarray) -> FxFormat:
     # shift); a term is xcode * 2**(s + max(0, -fw.frac)); partial sums stay below 2**(smax+1) times that
     bound = xmax * max(((1 << (smax + 1)) - 1) << max(0, -fw.frac_bits), 1 << max(0, fw.frac_bits))
     return FxFormat.for_code_range(-bound, bound, ff, signed=True)
+
+
+# ------------------------------------------------------------------------------------------------ AXI-Stream top
+@dataclass(frozen=True)
+class AxisLayout:
+    """TDATA layout of the AXI4-Stream top ``<top>_axis``: one whole tensor per beat, element 0 in the LSBs, each
+    element its format's width, zero padding up to a whole byte (the layout of qfx's own RTL, so one testbench
+    drives both). The C++ top packs the words itself, so no Vitis struct-aggregation rule is involved."""
+
+    in_count: int
+    in_ew: int
+    in_signed: bool
+    in_tw: int
+    out_count: int
+    out_ew: int
+    out_signed: bool
+    out_tw: int
+
+
+def _pad8(bits: int) -> int:
+    return max(8, (bits + 7) // 8 * 8)
+
+
+def axis_layout(graph: Graph) -> AxisLayout:
+    """The AXI4-Stream top's word layout for ``graph``; UnsupportedError (one line, the reason) if it has none."""
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UnsupportedError(f"the AXI-Stream HLS top needs exactly one input and one output; graph "
+                               f"{graph.name!r} has {len(graph.inputs)} and {len(graph.outputs)}")
+    i, o = graph.tensor(graph.inputs[0]), graph.tensor(graph.outputs[0])
+    lay = AxisLayout(i.size, i.fmt.width, i.fmt.signed, _pad8(i.size * i.fmt.width),
+                     o.size, o.fmt.width, o.fmt.signed, _pad8(o.size * o.fmt.width))
+    for side, tw in (("input", lay.in_tw), ("output", lay.out_tw)):
+        if tw > AXIS_MAX_BITS:
+            raise UnsupportedError(f"the AXI-Stream HLS top would need a {tw}-bit {side} TDATA word; Vitis HLS "
+                                   f"allows at most {AXIS_MAX_BITS} bits")
+    return lay
 
 
 # ------------------------------------------------------------------------------------------------ identifiers
@@ -392,7 +433,7 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
         if not is_identifier(top_name, _RESERVED):
             raise BadInputError(f"top name {top_name!r} is not a usable C++ identifier")
         top = top_name
-    names = _Names(_RESERVED + (top, f"{top}_stream"))
+    names = _Names(_RESERVED + (top, f"{top}_stream", f"{top}_axis"))
     for t in graph.tensors:
         names.want("tensor", t, t)
     for t in graph.tensors:
@@ -433,6 +474,10 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
             L["stream_fn"] = names("stream_fn", n.name)
             steps.append({"kind": "layer", "layer": L})
             steps += [{"kind": "clone", **c} for c in clones.get(n.output, [])]
+    try:
+        axis: dict[str, Any] | None = {"name": f"{top}_axis", **vars(axis_layout(graph))}
+    except UnsupportedError:
+        axis = None  # no AXI-Stream top; qfx cosim --hls-rtl says why
     env = _env()
     model_note = comment_text(graph.name)
     tvec = max(1, int(tb_vectors))
@@ -444,7 +489,7 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
         "streams": streams, "steps": steps, "headers": SUPPORT_HEADERS,
         "n_in": sum(p["size"] for p in inputs), "n_out": sum(p["size"] for p in outputs),
         "has_tb_vectors": x is not None, "ops": sorted({L["op"] for L in ctx.layers}),
-        "n_nodes": len(graph.nodes), "reuse": sorted({L["reuse"] for L in ctx.layers}) or [1],
+        "n_nodes": len(graph.nodes), "reuse": sorted({L["reuse"] for L in ctx.layers}) or [1], "axis": axis,
     }
     fw = outdir / "firmware"
     tb = outdir / "tb"
@@ -459,6 +504,8 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
         outdir / "build_prj.tcl": "build_prj.tcl.j2",
         outdir / "README.md": "README.md.j2",
     }
+    if axis is not None:
+        files[fw / f"{axis['name']}.cpp"] = "axis_top.cpp.j2"
     for path, tpl in files.items():
         path.write_text(env.get_template(tpl).render(**common))
     from qfx.resources import data_dir

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 
 __all__ = ["add_parser", "run"]
 
@@ -14,25 +13,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Build the project's SystemVerilog with Verilator (cached by content), stream N input vectors "
         "(edge values first, then random codes) through its AXI4-Stream ports with random tvalid gaps and tready "
         "stalls, and compare every output code with qfx's golden interpreter. Writes DIR/cosim_report.json. "
-        "Exit status: 0 bit-exact, 1 mismatch, 2 bad input, 3 missing Verilator/cocotb.")
-    p.add_argument("project", metavar="DIR", help="project folder written by 'qfx export --target rtl'")
+        "With --hls-rtl, DIR is an HLS project instead: Vitis HLS synthesizes its AXI-Stream top "
+        "(firmware/<top>_axis.cpp; C synthesis only, skipped when the firmware is unchanged) and the same testbench "
+        "drives that RTL. Exit status: 0 bit-exact, 1 mismatch, 2 bad input, 3 missing Verilator/cocotb/vitis_hls "
+        "or a failed tool run.")
+    p.add_argument("project", metavar="DIR",
+                   help="project folder written by 'qfx export --target rtl' (or --target hls with --hls-rtl)")
     p.add_argument("-n", "--vectors", type=int, default=1000, help="number of input vectors (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the vectors and the stall patterns (default 0)")
     p.add_argument("--no-backpressure", action="store_true", help="no random tvalid gaps or tready stalls")
     p.add_argument("--hls-rtl", action="store_true",
-                   help="simulate the RTL Vitis HLS synthesizes from an HLS project instead (needs vitis_hls)")
+                   help="DIR is an HLS project: synthesize its AXI-Stream top with Vitis HLS (vitis_hls on PATH) "
+                   "and simulate that RTL")
+    p.add_argument("--resynth", action="store_true", help="with --hls-rtl: run Vitis synthesis even if up to date")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
-    p.epilog = "example: qfx cosim rtl_prj -n 2000 --seed 1"
+    p.epilog = "examples: qfx cosim rtl_prj -n 2000 --seed 1;  qfx cosim hls_prj --hls-rtl -n 500"
     return p
 
 
 def _summary(rep) -> str:
+    lat = rep.latency if rep.latency >= 0 else "unknown"
     lines = [f"cosim {rep.top}: {rep.vectors} vectors, {rep.outputs_compared} outputs compared, "
              f"{rep.mismatches} mismatches ({'bit-exact' if rep.ok else 'MISMATCH'})",
-             f"  latency {rep.latency} cycles, back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
+             f"  latency {lat} cycles, back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
              f"build {'cached' if rep.build_cached else f'{rep.build_s:.1f} s'}, simulation {rep.sim_s:.1f} s "
              f"({rep.vectors_per_s:.0f} vectors/s)"]
+    if "synth_cached" in rep.extra:
+        x = rep.extra
+        how = "synthesis up to date" if x["synth_cached"] else f"synthesized in {x['synth_s']:.0f} s"
+        lines.append(f"  Vitis HLS RTL from {x['verilog']} ({how})")
     if rep.first_mismatch:
         m = rep.first_mismatch
         lines.append(f"  first mismatch: vector {m['vector']}, output index {m['output_index']}: "
@@ -44,20 +54,22 @@ def _summary(rep) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qfx.errors import BadInputError, MissingToolError
+    from qfx.errors import BadInputError
 
     if args.vectors < 1:
         raise BadInputError(f"-n must be >= 1, got {args.vectors}")
     if args.hls_rtl:
-        if shutil.which("vitis_hls") is None:
-            raise MissingToolError("--hls-rtl needs AMD Vitis HLS (vitis_hls not on PATH) to synthesize the HLS "
-                                   "project to RTL; install Vitis and source its settings64.sh, or simulate qfx's "
-                                   "own RTL with 'qfx export --target rtl' and 'qfx cosim'")
-        raise MissingToolError("--hls-rtl: simulating Vitis HLS output is not wired up in this qfx version "
-                               "(it needs a Vitis HLS synthesis run and its AXI-Stream top); use --target rtl")
-    from qfx.sim.cosim import run_cosim
+        from qfx.sim.hls_rtl import find_vitis_hls, run_hls_rtl_cosim
 
-    rep = run_cosim(args.project, n_vectors=args.vectors, seed=args.seed, backpressure=not args.no_backpressure)
+        find_vitis_hls()  # the missing tool first: its message says how to get it
+        rep = run_hls_rtl_cosim(args.project, n_vectors=args.vectors, seed=args.seed,
+                                backpressure=not args.no_backpressure, resynth=args.resynth)
+    else:
+        if args.resynth:
+            raise BadInputError("--resynth applies only with --hls-rtl")
+        from qfx.sim.cosim import run_cosim
+
+        rep = run_cosim(args.project, n_vectors=args.vectors, seed=args.seed, backpressure=not args.no_backpressure)
     if not args.quiet:
         print(json.dumps(rep.to_dict(), indent=1) if args.json else _summary(rep))
     return 0 if rep.ok else 1
