@@ -650,9 +650,9 @@ def _stage_rtl(cfg, graph, tmp: Path, x, artifacts) -> StageResult:
         return StageResult("rtl", "skipped", "left out (--skip rtl)")
     products = constant_products(graph)
     if products > cfg.rtl_max_products:
-        return StageResult("rtl", "skipped", f"the fully parallel design has {products:,} constant products "
+        return StageResult("rtl", "skipped", f"the RTL design has {products:,} constant products "
                            f"(limit {cfg.rtl_max_products:,}: minutes of RTL generation and Verilator/Yosys time); "
-                           "run 'qfx demo --model mlp', or raise --rtl-max-products",
+                           "raise --rtl-max-products to build it anyway",
                            extra={"constant_products": products})
     from qfx.commands.export import export_graph
 
@@ -677,8 +677,9 @@ def _stage_rtl(cfg, graph, tmp: Path, x, artifacts) -> StageResult:
         return StageResult("rtl", "error", str(exc))
 
 
-def constant_products(graph) -> int:
-    """Nonzero weight-by-activation products of a fully parallel design (conv: per output position)."""
+def constant_products(graph, conv_style: str = "pixel") -> int:
+    """Nonzero constant products the RTL design holds: a pixel-folded conv has one set for all output pixels, a
+    parallel conv one set per output pixel."""
     from qfx.ir.graph import Op
 
     total = 0
@@ -687,7 +688,7 @@ def constant_products(graph) -> int:
         if w is None:
             continue
         nz = int(np.count_nonzero(w.codes))
-        if n.op is Op.CONV2D:
+        if n.op is Op.CONV2D and conv_style == "parallel":
             out = graph.tensor(n.output).shape
             total += nz * int(np.prod(out[1:]))
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from qfx.backends.naming import sanitize_one
-from qfx.backends.rtl_design import ADDER_MODES, LayerDesign, design_layer
+from qfx.backends.rtl_design import ADDER_MODES, CONV_STYLES, LayerDesign, design_conv_pixel, design_layer
 from qfx.errors import BadInputError, UnsupportedError
 from qfx.ir.graph import Graph, Op
 from qfx.resources import data_dir
@@ -58,12 +58,32 @@ class RtlProject:
     info: dict[str, Any]
 
 
+def _folded(graph: Graph, conv_style: str) -> dict[str, int]:
+    """Conv2d nodes folded over output pixels -> their pixel count (a 1x1 output gains nothing from folding)."""
+    if conv_style != "pixel":
+        return {}
+    res = {}
+    for n in graph.nodes:
+        if n.op is Op.CONV2D:
+            shape = graph.tensor(n.output).shape
+            if shape[1] * shape[2] > 1:
+                res[n.name] = shape[1] * shape[2]
+    return res
+
+
 def build_project(graph: Graph, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse") -> RtlProject:
-    """Render the design for ``graph`` without writing anything."""
+                  adder: str = "cse", conv_style: str = "pixel") -> RtlProject:
+    """Render the design for ``graph`` without writing anything.
+
+    With ``conv_style="pixel"`` every Conv2d computes one output pixel per clock, so the whole pipeline advances one
+    step every ``ii`` = (largest conv output height x width) clocks; without convolutions (or with ``"parallel"``)
+    it accepts one vector per clock.
+    """
     graph.validate()
     if adder not in ADDER_MODES:
         raise BadInputError(f"adder must be one of {', '.join(ADDER_MODES)}, got {adder!r}")
+    if conv_style not in CONV_STYLES:
+        raise BadInputError(f"conv_style must be one of {', '.join(CONV_STYLES)}, got {conv_style!r}")
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedError(f"the RTL backend needs exactly one input and one output; graph {graph.name!r} has "
                                f"{len(graph.inputs)} and {len(graph.outputs)}")
@@ -75,6 +95,9 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     requant = f"{top}_requant"
     files: dict[str, str] = {f"{requant}.sv": env.get_template("requant.sv.j2").render(name=requant, header=header)}
     layer_tpl = env.get_template("layer.sv.j2")
+    conv_tpl = env.get_template("conv_pixel.sv.j2")
+    folded = _folded(graph, conv_style)
+    ii = max(folded.values(), default=1)
     regs: list[dict[str, Any]] = []
     layers: list[dict[str, Any]] = []
     stage: dict[str, int] = {graph.inputs[0]: 0}
@@ -94,35 +117,50 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     per_layer = []
     for i, n in enumerate(graph.nodes):
         mod = f"{top}_l{i}"
-        d: LayerDesign = design_layer(graph, n, mod, adder)
-        adders += d.n_adders
-        files[f"{mod}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
         s_in = max(stage[t] for t in n.inputs)
+        comment = f"{n.op.value} {sanitize_one(n.name)}"
+        if n.name in folded:
+            p = design_conv_pixel(graph, n, mod, adder)
+            d: LayerDesign = p.kernel
+            files[f"{d.module}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
+            files[f"{mod}.sv"] = conv_tpl.render(p=p, header=header, module=mod, kernel=d.module, comment=comment)
+            out_bits = p.out_bits
+            # the folded layer reads its frame for a whole period: it must come from registers (stage >= 1)
+            s_in = max(s_in, 1)
+            extra = [{"port": "ap_clk", "sig": "ap_clk"}, {"port": "ap_rst_n", "sig": "ap_rst_n"},
+                     {"port": "en", "sig": "en"}, {"port": "step", "sig": "step"}]
+        else:
+            d = design_layer(graph, n, mod, adder)
+            files[f"{mod}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
+            out_bits = d.out_bits
+            extra = []
+        adders += d.n_adders
         ports = ["a", "b"] if len(n.inputs) == 2 else ["x"]
         comb = f"c{i}"
-        layers.append({"module": mod, "comment": f"{n.op.value} {sanitize_one(n.name)} -> tensor t{ids[n.output]}",
-                       "bits": d.out_bits, "comb": comb,
-                       "conns": [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, n.inputs)]})
+        layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[n.output]}", "bits": out_bits,
+                       "comb": comb,
+                       "conns": extra + [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, n.inputs)]})
         wiring = n.op in _WIRING and graph.tensor(n.inputs[0]).fmt == graph.tensor(n.output).fmt
-        if register_stages and not wiring:
+        if (register_stages and not wiring) or n.name in folded:
             name = f"r{i}"
-            regs.append({"name": name, "bits": d.out_bits, "src": comb})
+            regs.append({"name": name, "bits": out_bits, "src": comb})
             stage[n.output] = s_in + 1
         else:
             name = comb
             stage[n.output] = s_in
         sig[(n.output, stage[n.output])] = name
         per_layer.append({"node": n.name, "op": n.op.value, "module": mod, "adders": d.n_adders,
-                          "out_stage": stage[n.output]})
+                          "out_stage": stage[n.output], "folded_pixels": folded.get(n.name, 0)})
     out_t = graph.outputs[0]
-    latency = stage[out_t]
-    if latency == 0:
+    stages = stage[out_t]
+    if stages == 0:
         regs.append({"name": "r_out", "bits": bits[out_t], "src": sig[(out_t, 0)]})
         sig[(out_t, 1)] = "r_out"
-        latency = 1
+        stages = 1
     ins, outs = graph.tensor(graph.inputs[0]), graph.tensor(out_t)
     info = {
-        "top": top, "latency": latency, "adder": adder, "register_stages": bool(register_stages),
+        "top": top, "latency": (stages - 1) * ii + 1, "stages": stages, "ii": ii, "conv_style": conv_style, "adder": adder,
+        "register_stages": bool(register_stages),
         "in_count": ins.size, "in_ew": ins.fmt.width, "in_signed": ins.fmt.signed, "in_fmt": ins.fmt.ap_type(),
         "in_bits": bits[ins.name], "in_tw": pad8(bits[ins.name]), "in_shape": list(ins.shape),
         "out_count": outs.size, "out_ew": outs.fmt.width, "out_signed": outs.fmt.signed, "out_fmt": outs.fmt.ap_type(),
@@ -130,8 +168,8 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         "adders": adders, "layers": per_layer,
     }
     files[f"{top}.sv"] = env.get_template("top.sv.j2").render(
-        header=header, top=top, layers=layers, regs=regs, input_sig="x_in", output_sig=sig[(out_t, latency)],
-        **{k: info[k] for k in ("latency", "in_count", "in_fmt", "in_ew", "in_bits", "in_tw", "out_count",
+        header=header, top=top, layers=layers, regs=regs, input_sig="x_in", output_sig=sig[(out_t, stages)],
+        **{k: info[k] for k in ("latency", "stages", "ii", "in_count", "in_fmt", "in_ew", "in_bits", "in_tw", "out_count",
                                 "out_fmt", "out_ew", "out_bits", "out_tw")})
     # dependency order: requant, layers, top (Yosys and Verilator accept any order; this reads naturally)
     info["rtl_files"] = [f"rtl/{f}" for f in files]
@@ -139,10 +177,11 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
 
 
 def write_project(graph: Graph, outdir: Path, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse") -> None:
+                  adder: str = "cse", conv_style: str = "pixel") -> None:
     """Write ``rtl/*.sv``, ``model.json``, ``cosim.json`` and ``README.md`` into the existing folder ``outdir``."""
     outdir = Path(outdir)
-    proj = build_project(graph, register_stages=register_stages, top_name=top_name, adder=adder)
+    proj = build_project(graph, register_stages=register_stages, top_name=top_name, adder=adder,
+                         conv_style=conv_style)
     (outdir / "rtl").mkdir(parents=True, exist_ok=True)
     for name, text in proj.files.items():
         (outdir / "rtl" / name).write_text(text)

@@ -21,10 +21,13 @@ from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 from qfx.fixed.ops import conv_out_size
 from qfx.ir.graph import Graph, Node, Op
 
-__all__ = ["Sig", "LayerDesign", "design_layer", "ADDER_MODES"]
+__all__ = ["Sig", "LayerDesign", "design_layer", "ConvPixelDesign", "design_conv_pixel", "ADDER_MODES", "CONV_STYLES"]
 
 #: ``cse``: adder graph with common-subexpression sharing; ``csd``: each output its own CSD adder tree.
 ADDER_MODES = ("cse", "csd")
+#: ``pixel``: Conv2d folded over output pixels (one pixel per clock, see ConvPixelDesign); ``parallel``: every output
+#: pixel has its own adder graph (II = 1, size grows with the image).
+CONV_STYLES = ("pixel", "parallel")
 
 
 @dataclass(frozen=True)
@@ -314,3 +317,102 @@ def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDes
         raise UnsupportedError(f"node {n.name!r}: produced {len(outs)} elements, output has {out.size}")
     d.finish(outs, of)
     return d
+
+
+@dataclass
+class ConvPixelDesign:
+    """A pixel-folded Conv2d: one output pixel (all output channels) per clock from a frame held in registers.
+
+    ``kernel`` is the combinational per-pixel product (window of ``C*KH*KW`` codes -> ``O`` output codes, the same
+    adder graph and requantization a dense layer gets). The window comes from two small multiplexer levels driven
+    by pixel counters: per kernel row ``ky`` a row select by ``cy`` (``row_arms[ky]``), then per ``(ky, kx)`` a
+    column select by ``cx`` (``col_arms``); padding positions select constant zeros. Why this and not line buffers:
+    qfx's AXI4-Stream interface carries a whole tensor per beat, so the frame is already in registers; folding
+    over pixels divides the constant products by ``HO*WO`` while keeping every other layer unchanged.
+    """
+
+    kernel: LayerDesign
+    c: int
+    ew: int
+    ho: int
+    wo: int
+    o: int
+    ow: int
+    in_bits: int
+    row_bits: int
+    cy_w: int
+    cx_w: int
+    row_arms: list[list[str | None]]  # [ky][y] -> concatenation expression over x, or None (zero row)
+    col_arms: list[list[list[str | None]]]  # [ky][kx][x] -> concatenation over rowsel_ky, or None (zero column)
+    win_expr: str  # kernel port ``win`` from the win_<ky>_<kx> wires, element j = (ci*KH + ky)*KW + kx
+    kh: int = 3
+    kw: int = 3
+    products: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.ho * self.wo
+
+    @property
+    def out_bits(self) -> int:
+        return self.o * self.pixels * self.ow
+
+
+def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse") -> ConvPixelDesign:
+    """Structured description of the Conv2d node ``n`` folded over its output pixels (see ConvPixelDesign)."""
+    if n.op is not Op.CONV2D:  # pragma: no cover - caller's contract
+        raise UnsupportedError(f"node {n.name!r} is not a convolution")
+    spec, out = g.tensor(n.inputs[0]), g.tensor(n.output)
+    fx, of = spec.fmt, out.fmt
+    w = n.consts["weight"].codes
+    _lossless_acc(n, fx, w)
+    fw = n.consts["weight"].fmt
+    b = n.consts.get("bias")
+    o_ch, c, kh, kw = w.shape
+    _, h, wd = spec.shape
+    sh, sw = n.attr("stride", (1, 1))
+    ph, pw = n.attr("padding", (0, 0))
+    ho, wo = out.shape[1], out.shape[2]
+    if (ho, wo) != (conv_out_size(h, kh, sh, ph), conv_out_size(wd, kw, sw, pw)):
+        raise UnsupportedError(f"node {n.name!r}: output shape {out.shape} does not match the convolution")
+    ew = fx.width
+    k = LayerDesign(f"{module}_pix", f"per-pixel kernel of {n.op.value} {n.name}")
+    win = k.input_port("win", c * kh * kw, fx)
+    dots = k.dot(win, w.reshape(o_ch, -1), adder)
+    outs = _affine(k, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
+                   None if b is None else b.fmt, of)
+    k.finish(outs, of)
+
+    def x_row(ci: int, r: int) -> str:
+        lsb = (ci * h + r) * wd * ew
+        return f"x[{lsb + wd * ew - 1}:{lsb}]"
+
+    row_arms: list[list[str | None]] = []
+    for ky in range(kh):
+        arms: list[str | None] = []
+        for y in range(ho):
+            r = y * sh + ky - ph
+            arms.append("{" + ", ".join(x_row(ci, r) for ci in reversed(range(c))) + "}" if 0 <= r < h else None)
+        row_arms.append(arms)
+    col_arms: list[list[list[str | None]]] = []
+    for ky in range(kh):
+        per_kx = []
+        for kx in range(kw):
+            arms = []
+            for x in range(wo):
+                col = x * sw + kx - pw
+                if 0 <= col < wd:
+                    parts = [f"rowsel_{ky}[{(ci * wd + col) * ew + ew - 1}:{(ci * wd + col) * ew}]"
+                             for ci in reversed(range(c))]
+                    arms.append("{" + ", ".join(parts) + "}")
+                else:
+                    arms.append(None)
+            per_kx.append(arms)
+        col_arms.append(per_kx)
+    elems = [f"win_{ky}_{kx}[{ci * ew + ew - 1}:{ci * ew}]"
+             for ci in range(c) for ky in range(kh) for kx in range(kw)]
+    win_expr = "{" + ", ".join(reversed(elems)) + "}"
+    return ConvPixelDesign(kernel=k, c=c, ew=ew, ho=ho, wo=wo, o=o_ch, ow=of.width, in_bits=spec.size * ew,
+                           row_bits=c * wd * ew, cy_w=max(1, ho.bit_length()), cx_w=max(1, (wo - 1).bit_length()),
+                           row_arms=row_arms, col_arms=col_arms, win_expr=win_expr, kh=kh, kw=kw,
+                           products=int(np.count_nonzero(w)))

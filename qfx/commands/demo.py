@@ -66,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", choices=("cnn", "mlp"), default=d.model,
                    help="digits model: cnn (conv + residual block) or mlp (64-64-32-10); default cnn")
     p.add_argument("--rtl-max-products", type=int, default=d.rtl_max_products,
-                   help="skip RTL co-simulation and Yosys when the fully parallel design has more constant products "
+                   help="skip RTL co-simulation and Yosys when the RTL design has more constant products "
                    f"(default {d.rtl_max_products:,})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines (the summary is still printed)")

@@ -42,12 +42,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     h.add_argument("--io", choices=("parallel", "stream"), help="HLS interface style")
     r = p.add_argument_group("rtl options")
     r.add_argument("--register-stages", type=int, help="pipeline register stages (RTL)")
+    r.add_argument("--conv-style", choices=("pixel", "parallel"),
+                   help="RTL convolutions: 'pixel' (default) computes one output pixel per clock with one adder "
+                   "graph per layer (one vector every H*W clocks); 'parallel' unrolls every pixel (one vector per "
+                   "clock, size grows with the image)")
     return p
 
 
 def _options(args: argparse.Namespace) -> dict:
-    keys = {"hls": ("part", "clock_ns", "reuse_factor", "io"), "rtl": ("register_stages",)}
-    given = {k: getattr(args, k) for k in ("part", "clock_ns", "reuse_factor", "io", "register_stages")
+    keys = {"hls": ("part", "clock_ns", "reuse_factor", "io"), "rtl": ("register_stages", "conv_style")}
+    given = {k: getattr(args, k) for k in ("part", "clock_ns", "reuse_factor", "io", "register_stages", "conv_style")
              if getattr(args, k, None) is not None}
     allowed = keys.get(args.target, ())
     wrong = [k for k in given if k not in allowed]
