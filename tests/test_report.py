@@ -156,3 +156,40 @@ def test_report_khot_rtl_project_has_no_dsp(tmp_path, capsys):
     # per-layer figures never exceed the total
     for key in ("lut", "ff", "carry"):
         assert sum(la[key] for la in saved["layers"]) <= saved["total"][key]
+
+
+@needs_yosys
+@pytest.mark.yosys
+def test_split_synthesis_adds_up_to_the_whole_design(tmp_path):
+    """A submodule synthesized on its own plus the top with that submodule as a black box (``lib``) give exactly the
+    hierarchical whole-design figures (no flattening: nothing is optimized across the boundary)."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-60, 60, size=(3, 4), endpoint=True)
+    (tmp_path / "sub.v").write_text(render_bench_cmvm(build_adder_graph(w), "sub_cmvm", 6, registered=True))
+    ow = bench_out_width(w, 6)
+    (tmp_path / "top.v").write_text(
+        "// the top instantiates sub_cmvm twice: module names in comments are ignored\n"
+        f"module split_top (input wire clk, input wire [23:0] x, output wire [{3 * ow - 1}:0] y);\n"
+        f"  wire [{3 * ow - 1}:0] a; reg [23:0] r;\n"
+        "  sub_cmvm u1 (.clk(clk), .x(x), .y(a));\n"
+        "  always @(posedge clk) r <= a[23:0] ^ x;\n"
+        "  sub_cmvm u2 (.clk(clk), .x(r), .y(y));\n"
+        "endmodule\n")
+    whole = run_synth([tmp_path / "sub.v", tmp_path / "top.v"], top="split_top", use_cache=False)
+    sub = run_synth([tmp_path / "sub.v"], top="sub_cmvm", use_cache=False)
+    top = run_synth([tmp_path / "top.v"], top="split_top", lib=[tmp_path / "sub.v"], use_cache=False)
+    assert top.instances["sub_cmvm"] == 2 and "sub_cmvm" not in top.modules
+    assert top.total.other == 0 and top.total.ff == 24
+    assert sub.total.lut > 0 and sub.total.ff > 0
+    assert top.total + sub.total.scaled(2) == whole.total
+    assert whole.instances["sub_cmvm"] == 2
+
+
+def test_parse_stat_json_blackbox_instances():
+    text = ('{"modules": {"\\\\top": {"num_cells_by_type": {"FDRE": 4, "LUT2": 1, "box": 3, "\\\\leaf": 1}},'
+            ' "\\\\leaf": {"num_cells_by_type": {"LUT6": 2, "box": 1}}}}')
+    mods, inst, total = parse_stat_json(text, "top", blackboxes=["box"])
+    assert inst == {"top": 1, "leaf": 1, "box": 4}
+    assert set(mods) == {"top", "leaf"}
+    assert total == Resources(lut=3, ff=4)
+    assert parse_stat_json(text, "top")[2].other == 4  # without the hint, black-box instances are unknown cells
