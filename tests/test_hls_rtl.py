@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -295,6 +296,42 @@ def test_axis_layout_limits(tmp_path):
         axis_layout(wide)
     d = _hls_project(tmp_path, wide)
     assert not (d / "firmware" / "vdense_axis.cpp").exists()
+
+
+_PORTS_OK = ["input ap_clk;", "input ap_rst_n;", "input [39:0] s_axis_TDATA;", "input s_axis_TVALID;",
+             "output s_axis_TREADY;", "output [63:0] m_axis_TDATA;", "output m_axis_TVALID;", "input m_axis_TREADY;"]
+
+
+@pytest.mark.parametrize("change, error", [
+    ({}, None),
+    ({"input ap_ce;": None, "output ap_idle;": None, "input ap_rst_n;": "input ap_rst;"}, None),
+    ({"input [39:0] s_axis_TDATA;": "input [47:0] s_axis_TDATA;"}, "expected input [40]"),
+    ({"input s_axis_TLAST;": None}, "cannot drive: s_axis_TLAST"),
+    ({"input ap_rst_n;": "wire ap_rst_n;"}, "no reset port"),
+    ({"output m_axis_TVALID;": "wire m_axis_TVALID;"}, "no port m_axis_TVALID"),
+])
+def test_adapter_checks_vitis_ports(tmp_path, change, error):
+    """read_vitis_top on hand-written Vitis-style tops: extra control ports are tied or left open, anything the
+    testbench cannot honour is a one-line error naming the port."""
+    from qfx.errors import RunError
+    from qfx.sim.hls_rtl import read_vitis_top
+
+    d = _hls_project(tmp_path, _dense())
+    proj = load_hls_project(d)
+    decl = [change.get(p, p) for p in _PORTS_OK] + [p for p, q in change.items() if q is None]
+    names = [re.findall(r"(\w+);", x)[0] for x in decl]
+    proj.verilog_dir.mkdir(parents=True)
+    (proj.verilog_dir / "vdense_axis.v").write_text(
+        "module vdense_axis (%s);\n%s\nendmodule\n" % (", ".join(names), "\n".join(decl)))
+    if error:
+        with pytest.raises(RunError, match=re.escape(error)):
+            read_vitis_top(proj)
+        return
+    vt = read_vitis_top(proj)
+    assert vt.reset == ("ap_rst" if "input ap_rst;" in decl else "ap_rst_n")
+    assert vt.tie_high == (("ap_ce",) if "input ap_ce;" in decl else ())
+    assert vt.open_outputs == (("ap_idle",) if "output ap_idle;" in decl else ())
+    assert vt.latency is None and vt.interval is None  # no csynth report here
 
 
 def test_parse_ports_both_styles():

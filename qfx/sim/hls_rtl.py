@@ -10,9 +10,10 @@ Assumptions about Vitis's output (UG1399): an ``hls::stream`` argument with ``IN
 ``<arg>_TDATA``, ``<arg>_TVALID``, ``<arg>_TREADY`` (no TLAST/TKEEP without ``hls::axis`` side channels); TDATA is the
 element type rounded up to whole bytes; designs with AXI interfaces get the active-low reset ``ap_rst_n``;
 ``ap_ctrl_none`` removes ``ap_start``/``ap_done``/``ap_idle``/``ap_ready``. The adapter checks the port list it finds
-rather than trusting these: an active-high ``ap_rst`` is inverted, ``ap_start``/``ap_continue`` are held high, a
-TDATA width other than the packed word's is an error. ROM initialisation files (``*.dat``, read by ``$readmemh``
-relative to the simulation folder) are copied next to the simulation.
+rather than trusting these: an active-high ``ap_rst`` is inverted, ``ap_start``/``ap_continue``/``ap_ce`` are held
+high, other outputs are left open; an input it cannot drive, or a TDATA width other than the packed word's, is an
+error. ROM initialisation files (``*.dat``, read by ``$readmemh`` relative to the simulation folder) are copied next
+to the simulation.
 
 Synthesis is skipped when ``<top>_axis_prj/.qfx_csynth_stamp`` records the same firmware and Tcl contents.
 """
@@ -42,7 +43,7 @@ __all__ = ["find_vitis_hls", "HlsRtlProject", "load_hls_project", "synthesize", 
 FLOW_ENV = {"QFX_HLS_FLOW": "axis_csynth"}
 STAMP_NAME = ".qfx_csynth_stamp"
 _STAMP_FORMAT = "qfx-hls-rtl-1"
-_TIE_HIGH = ("ap_start", "ap_continue")
+_TIE_HIGH = ("ap_start", "ap_continue", "ap_ce")  # block control / clock enable, if Vitis added them
 _CTRL_OUT = ("ap_done", "ap_idle", "ap_ready")
 
 
@@ -83,6 +84,9 @@ def load_hls_project(project_dir: str | os.PathLike[str]) -> HlsRtlProject:
     p = Path(project_dir).expanduser().absolute()
     if not p.is_dir():
         raise BadInputError(f"HLS project folder {p} does not exist")
+    if (p / "cosim.json").is_file() and not (p / "build_prj.tcl").is_file():
+        raise BadInputError(f"{p} is not a qfx HLS project but an RTL project (cosim.json): co-simulate it without "
+                            f"--hls-rtl")
     if not (p / "build_prj.tcl").is_file() or not (p / "model.json").is_file():
         raise BadInputError(f"{p} is not a qfx HLS project (no build_prj.tcl and model.json; export one with "
                             f"'qfx export --target hls')")
@@ -223,7 +227,7 @@ def read_vitis_top(proj: HlsRtlProject) -> VitisTop:
     extra = sorted(p for p, (d, _) in ports.items() if d != "output" and p not in known)
     if extra:
         raise RunError(f"{top_v.name}: Vitis top has input ports the testbench cannot drive: {', '.join(extra)}")
-    sources = tuple(sorted(vdir.glob("*.v")))
+    sources = tuple(sorted([*vdir.glob("*.v"), *vdir.glob("*.sv")]))
     lat, ii = _report_numbers(proj.prj_dir / "solution1" / "syn" / "report" / f"{proj.axis_top}_csynth.xml")
     return VitisTop(proj.axis_top, sources, tuple(sorted(vdir.glob("*.dat"))), reset, tie, opened, lat, ii)
 
