@@ -125,9 +125,11 @@ def _versions() -> str:
     import cocotb
 
     exe = find_verilator()
+    conf_h = exe.parent.parent / "include" / "verilated_config.h"  # carries the version; the bin/ script may not
+    ver = hashlib.sha256(conf_h.read_bytes()).hexdigest()[:16] if conf_h.is_file() else "?"
     gxx = shutil.which(os.environ.get("CXX") or "g++") or ""
     gst = Path(gxx).stat() if gxx else None
-    return (f"{exe}|{exe.stat().st_size}|cocotb {cocotb.__version__}|{gxx}|{gst.st_size if gst else 0}"
+    return (f"{exe}|{exe.stat().st_size}|{ver}|cocotb {cocotb.__version__}|{gxx}|{gst.st_size if gst else 0}"
             f"|{gst.st_mtime_ns if gst else 0}")
 
 
