@@ -12,7 +12,7 @@ import torch
 import qfx.nn as qn
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 from qfx.ir import Graph, TensorSpec, run
-from test_nn_ref import code_range, khot_code, quant_code, quant_value
+from test_nn_ref import code_range, khot_code, quant_code
 
 TWO = Fraction(2)
 

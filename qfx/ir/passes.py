@@ -26,7 +26,7 @@ from qfx.errors import BadInputError, FormatError, OverflowRiskError
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
 from qfx.fixed.ops import avgpool_format, conv_out_size, scale_shift_format
-from qfx.ir.graph import Constant, Graph, Node, Op, TensorSpec
+from qfx.ir.graph import Constant, Graph, Node, Op
 
 __all__ = ["Pass", "PASSES", "DEFAULT_FLOW", "run_flow", "summary", "required_acc", "acc_is_lossless",
            "FlowResult"]

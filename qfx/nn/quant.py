@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from qfx.errors import FormatError, UnsupportedError
-from qfx.fixed.csd import csd_digits, khot_project
+from qfx.fixed.csd import khot_project
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 
 __all__ = ["FixedQuant", "fake_quant", "quantize_pair", "khot_float", "union_format", "MAX_TRAIN_WIDTH"]

@@ -31,7 +31,7 @@ from qfx.outdir import atomic_output_file
 from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
 from qfx.ir.graph import IR_VERSION, Graph, Node, Op
-from qfx.ir.passes import acc_is_lossless, required_acc
+from qfx.ir.passes import acc_is_lossless
 from qfx.onnx.fixedquant import DOMAIN, IR_VERSION_ONNX, OPSET, fixedquant_function, fixedquant_node
 
 __all__ = ["export_onnx", "to_onnx_model", "check_exact_in_double", "input_cast_format", "GRAPH_OPS", "META_NODES",
