@@ -53,6 +53,9 @@ def test_pixel_style_facts():
     assert pix["ii"] == 64 and par["ii"] == 1  # 8x8 output pixels per convolution
     assert pix["latency"] == (pix["stages"] - 1) * 64 + 1
     assert sum(L["folded_pixels"] > 0 for L in pix["layers"]) == 3
+    # BN and ReLU after a folded conv run per pixel inside it; the residual add reads two frames, so it stays apart
+    assert [L["op"] for L in pix["layers"]][:4] == ["conv2d+scale_shift+relu"] * 2 + ["conv2d+scale_shift", "add"]
+    assert pix["stages"] < par["stages"]
     assert pix["adders"] * 4 < par["adders"]  # one adder graph per layer instead of one per pixel
     with pytest.raises(Exception, match="conv_style"):
         build_project(g, conv_style="lines")

@@ -17,7 +17,7 @@ import jinja2
 from qfx.backends.naming import sanitize_one
 from qfx.backends.rtl_design import ADDER_MODES, CONV_STYLES, LayerDesign, design_conv_pixel, design_layer
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.ir.graph import Graph, Op
+from qfx.ir.graph import Graph, Node, Op
 from qfx.resources import data_dir
 
 __all__ = ["write_project", "RtlProject", "build_project", "render_requant", "template_env", "pad8"]
@@ -71,6 +71,30 @@ def _folded(graph: Graph, conv_style: str) -> dict[str, int]:
     return res
 
 
+_FUSABLE = (Op.SCALE_SHIFT, Op.RELU, Op.CLIP, Op.QUANT)
+
+
+def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]]:
+    """Per folded conv: the chain of same-shape element-wise nodes after it, each the sole reader of its input."""
+    readers: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, []).append(n)
+    res = {}
+    for n in graph.nodes:
+        if n.name not in folded:
+            continue
+        chain, t = [], n.output
+        while t not in graph.outputs and len(readers.get(t, [])) == 1:
+            m = readers[t][0]
+            if m.op not in _FUSABLE or m.inputs != (t,) or graph.tensor(m.output).shape != graph.tensor(t).shape:
+                break
+            chain.append(m)
+            t = m.output
+        res[n.name] = tuple(chain)
+    return res
+
+
 def build_project(graph: Graph, *, register_stages: bool | int = True, top_name: str | None = None,
                   adder: str = "cse", conv_style: str = "pixel") -> RtlProject:
     """Render the design for ``graph`` without writing anything.
@@ -98,6 +122,8 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     conv_tpl = env.get_template("conv_pixel.sv.j2")
     folded = _folded(graph, conv_style)
     ii = max(folded.values(), default=1)
+    fusions = _fusions(graph, folded)
+    fused_into = {m.name: c for c, ms in fusions.items() for m in ms}
     regs: list[dict[str, Any]] = []
     layers: list[dict[str, Any]] = []
     stage: dict[str, int] = {graph.inputs[0]: 0}
@@ -116,11 +142,15 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     adders = 0
     per_layer = []
     for i, n in enumerate(graph.nodes):
+        if n.name in fused_into:
+            continue  # computed per pixel inside its convolution's kernel
         mod = f"{top}_l{i}"
         s_in = max(stage[t] for t in n.inputs)
-        comment = f"{n.op.value} {sanitize_one(n.name)}"
+        chain = fusions.get(n.name, ())
+        lay_out = chain[-1].output if chain else n.output
+        comment = " + ".join(f"{m.op.value} {sanitize_one(m.name)}" for m in (n, *chain))
         if n.name in folded:
-            p = design_conv_pixel(graph, n, mod, adder)
+            p = design_conv_pixel(graph, n, mod, adder, chain)
             d: LayerDesign = p.kernel
             files[f"{d.module}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
             files[f"{mod}.sv"] = conv_tpl.render(p=p, header=header, module=mod, kernel=d.module, comment=comment)
@@ -137,20 +167,21 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         adders += d.n_adders
         ports = ["a", "b"] if len(n.inputs) == 2 else ["x"]
         comb = f"c{i}"
-        layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[n.output]}", "bits": out_bits,
+        layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[lay_out]}", "bits": out_bits,
                        "comb": comb,
                        "conns": extra + [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, n.inputs)]})
         wiring = n.op in _WIRING and graph.tensor(n.inputs[0]).fmt == graph.tensor(n.output).fmt
         if (register_stages and not wiring) or n.name in folded:
             name = f"r{i}"
             regs.append({"name": name, "bits": out_bits, "src": comb})
-            stage[n.output] = s_in + 1
+            stage[lay_out] = s_in + 1
         else:
             name = comb
-            stage[n.output] = s_in
-        sig[(n.output, stage[n.output])] = name
-        per_layer.append({"node": n.name, "op": n.op.value, "module": mod, "adders": d.n_adders,
-                          "out_stage": stage[n.output], "folded_pixels": folded.get(n.name, 0)})
+            stage[lay_out] = s_in
+        sig[(lay_out, stage[lay_out])] = name
+        per_layer.append({"node": "+".join(m.name for m in (n, *chain)), "op": "+".join(m.op.value for m in (n, *chain)),
+                          "module": mod, "adders": d.n_adders, "out_stage": stage[lay_out],
+                          "folded_pixels": folded.get(n.name, 0), "nodes": [m.name for m in (n, *chain)]})
     out_t = graph.outputs[0]
     stages = stage[out_t]
     if stages == 0:

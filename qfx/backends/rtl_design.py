@@ -171,6 +171,19 @@ class LayerDesign:
                            "ovf": 0 if safe else OVERFLOW_MODES.index(fmt.overflow)})
         return name
 
+    def chain(self, exprs: list[str], fmt: FxFormat) -> list[Sig]:
+        """Feed finished output expressions (``fmt.width`` bits each) into further logic as signed wires."""
+        bus = self.new("b")
+        self.items.append({"kind": "bus", "name": bus, "width": len(exprs) * fmt.width, "parts": list(exprs)})
+        w = fmt.width + (0 if fmt.signed else 1)
+        sigs = []
+        for j in range(len(exprs)):
+            name = self.new("e")
+            self.items.append({"kind": "slice", "name": name, "width": w, "src": bus, "lsb": j * fmt.width,
+                               "ew": fmt.width, "signed": fmt.signed})
+            sigs.append(Sig(name, w, fmt.min_code, fmt.max_code))
+        return sigs
+
     def finish(self, outs: list[str], fmt: FxFormat) -> None:
         self.outs = outs
         self.out_elem_width = fmt.width
@@ -208,6 +221,34 @@ def _affine(d: LayerDesign, dots: list[tuple[Sig, int, bool] | None], pf: int, b
         terms = [(s, sh - g, ng) for s, sh, ng in terms]
         res.append(d.requant(d.lin(terms, c >> g), k - g, out))
     return res
+
+
+#: one output element from one input element (and per-channel constants): fused into pixel-folded convolutions
+ELEMENTWISE = (Op.SCALE_SHIFT, Op.RELU, Op.CLIP, Op.QUANT, Op.FLATTEN, Op.RESHAPE)
+
+
+def _elementwise(d: LayerDesign, n: Node, xs: list[Sig], fx: FxFormat, of: FxFormat, chan: list[int]) -> list[str]:
+    """Output expressions of the element-wise node ``n`` on ``xs``; ``chan[j]`` is element j's channel."""
+    if n.op is Op.SCALE_SHIFT:
+        s, h = n.consts["scale"], n.consts["shift"]
+        pf = fx.frac_bits + s.fmt.frac_bits
+        f = max(pf, h.fmt.frac_bits)
+        outs = []
+        for x, ci in zip(xs, chan):
+            terms = [(x, k + (f - pf), sg < 0) for sg, k in csd_digits(int(s.codes.reshape(-1)[ci]))]
+            c = int(h.codes.reshape(-1)[ci]) << (f - h.fmt.frac_bits)
+            gz = min([k for _, k, _ in terms] + ([(c & -c).bit_length() - 1] if c else []), default=0)
+            terms = [(t, k - gz, ng) for t, k, ng in terms]
+            outs.append(d.requant(d.lin(terms, c >> gz), f - of.frac_bits - gz, of))
+        return outs
+    if n.op is Op.RELU:
+        return [d.requant(d.relu(x), fx.frac_bits - of.frac_bits, of) for x in xs]
+    if n.op is Op.CLIP:
+        lo, hi = int(n.attr("lo")), int(n.attr("hi"))
+        return [d.requant(d.clip(x, lo, hi), fx.frac_bits - of.frac_bits, of) for x in xs]
+    if n.op in (Op.FLATTEN, Op.RESHAPE, Op.QUANT):
+        return [d.requant(x, fx.frac_bits - of.frac_bits, of) for x in xs]
+    raise UnsupportedError(f"node {n.name!r}: {n.op.value} is not element-wise")  # pragma: no cover
 
 
 def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDesign:
@@ -254,30 +295,15 @@ def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDes
                 per_pix[(y, x)] = _affine(d, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
                                           None if b is None else b.fmt, of)
         outs = [per_pix[(y, x)][o] for o in range(o_ch) for y in range(ho) for x in range(wo)]
-    elif n.op is Op.SCALE_SHIFT:
-        s, h = n.consts["scale"], n.consts["shift"]
-        ch = specs[0].shape[0]
+    elif n.op in ELEMENTWISE:
+        ch = specs[0].shape[0] if n.op is Op.SCALE_SHIFT else 1
         per = specs[0].size // ch
-        pf = fx.frac_bits + s.fmt.frac_bits
-        f = max(pf, h.fmt.frac_bits)
-        outs = []
-        for j, x in enumerate(xs[0]):
-            ci = j // per
-            terms = [(x, k + (f - pf), sg < 0) for sg, k in csd_digits(int(s.codes.reshape(-1)[ci]))]
-            c = int(h.codes.reshape(-1)[ci]) << (f - h.fmt.frac_bits)
-            gz = min([k for _, k, _ in terms] + ([(c & -c).bit_length() - 1] if c else []), default=0)
-            terms = [(t, k - gz, ng) for t, k, ng in terms]
-            outs.append(d.requant(d.lin(terms, c >> gz), f - of.frac_bits - gz, of))
+        outs = _elementwise(d, n, xs[0], fx, of, [j // per for j in range(len(xs[0]))])
     elif n.op is Op.ADD:
         fa, fb = specs[0].fmt, specs[1].fmt
         f = max(fa.frac_bits, fb.frac_bits)
         outs = [d.requant(d.lin([(a, f - fa.frac_bits, False), (bb, f - fb.frac_bits, False)]), f - of.frac_bits, of)
                 for a, bb in zip(xs[0], xs[1])]
-    elif n.op is Op.RELU:
-        outs = [d.requant(d.relu(x), fx.frac_bits - of.frac_bits, of) for x in xs[0]]
-    elif n.op is Op.CLIP:
-        lo, hi = int(n.attr("lo")), int(n.attr("hi"))
-        outs = [d.requant(d.clip(x, lo, hi), fx.frac_bits - of.frac_bits, of) for x in xs[0]]
     elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
         c, h, wd = specs[0].shape
         kh, kw = n.attr("kernel")
@@ -309,8 +335,6 @@ def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDes
                         terms = [(ssig, kk, sg < 0) for sg, kk in csd_digits(rcode)]
                         gz = min([kk for _, kk, _ in terms], default=0)
                         outs.append(d.requant(d.lin([(t, kk - gz, ng) for t, kk, ng in terms]), k - gz, of))
-    elif n.op in (Op.FLATTEN, Op.RESHAPE, Op.QUANT):
-        outs = [d.requant(x, fx.frac_bits - of.frac_bits, of) for x in xs[0]]
     else:  # pragma: no cover - every IR op is handled above
         raise UnsupportedError(f"RTL backend has no rule for op {n.op.value!r} (node {n.name!r})")
     if len(outs) != out.size:
@@ -358,8 +382,14 @@ class ConvPixelDesign:
         return self.o * self.pixels * self.ow
 
 
-def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse") -> ConvPixelDesign:
-    """Structured description of the Conv2d node ``n`` folded over its output pixels (see ConvPixelDesign)."""
+def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
+                      fused: tuple[Node, ...] = ()) -> ConvPixelDesign:
+    """Structured description of the Conv2d node ``n`` folded over its output pixels (see ConvPixelDesign).
+
+    ``fused``: element-wise nodes (``ELEMENTWISE``) that follow the convolution, each the only consumer of the
+    previous tensor; they are applied to the current pixel's channels inside the kernel (conv -> BN -> ReLU costs
+    one set of requantizers per channel instead of one per element of the frame).
+    """
     if n.op is not Op.CONV2D:  # pragma: no cover - caller's contract
         raise UnsupportedError(f"node {n.name!r} is not a convolution")
     spec, out = g.tensor(n.inputs[0]), g.tensor(n.output)
@@ -381,6 +411,13 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse") -> Con
     dots = k.dot(win, w.reshape(o_ch, -1), adder)
     outs = _affine(k, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
                    None if b is None else b.fmt, of)
+    prev = n.output
+    for m in fused:
+        if m.op not in ELEMENTWISE or m.inputs != (prev,):  # pragma: no cover - caller's contract
+            raise UnsupportedError(f"node {m.name!r} cannot be fused into convolution {n.name!r}")
+        mf = g.tensor(m.output).fmt
+        outs = _elementwise(k, m, k.chain(outs, of), of, mf, list(range(o_ch)))
+        of, prev = mf, m.output
     k.finish(outs, of)
 
     def x_row(ci: int, r: int) -> str:
