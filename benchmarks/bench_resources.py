@@ -37,6 +37,7 @@ nothing crosses module boundaries, so the sum is the one-run figure up to ABC's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -175,6 +176,33 @@ def _trained_graphs(kind: str, configs: list[tuple[int, int]], float_epochs: int
         yield bits, khot, g, acc
 
 
+@contextlib.contextmanager
+def _yosys_slot(jobs: int):
+    """One of ``jobs`` slots shared by every bench process on this machine (flock on files in the cache folder):
+    two benchmarks started side by side still run at most ``jobs`` Yosys processes together."""
+    import fcntl
+
+    from qfx.sim.toolchain import cache_dir
+
+    d = cache_dir("yosys-slots")
+    d.mkdir(parents=True, exist_ok=True)
+    while True:
+        for i in range(max(1, jobs)):
+            f = open(d / f"slot{i}", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        time.sleep(1.0)
+
+
 def _children_cpu() -> float:
     """CPU seconds of finished child processes (Yosys and its ABC): the load-independent synthesis cost."""
     import resource
@@ -207,7 +235,8 @@ def synth_split(prj: Path, *, jobs: int, timeout: float, use_cache: bool = True)
     def one(m: str):
         srcs, t, lib = parts[m]
         try:
-            return m, run_synth(srcs, top=t, lib=lib, timeout=timeout, use_cache=use_cache)
+            with _yosys_slot(jobs):
+                return m, run_synth(srcs, top=t, lib=lib, timeout=timeout, use_cache=use_cache)
         except QfxError as e:
             return m, ("timeout" if "exceeded" in str(e) else f"error: {e}")
 

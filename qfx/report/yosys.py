@@ -282,6 +282,8 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
     (wd / "yosys.log").write_text("\n".join(tail) + "\n")
     if rc != 0 or not (wd / "stat.json").is_file():
         errs = [t for t in tail if "ERROR" in t] or tail[-1:] or ["(no output)"]
+        if rc < 0:  # killed from outside (out of memory, a stray pkill): say so, not a misleading log line
+            raise QfxError(f"Yosys was killed by signal {-rc} (last log line: {errs[-1].strip()[:120]})")
         raise QfxError(f"Yosys synthesis failed: {errs[-1].strip()}")
     stat_text = (wd / "stat.json").read_text()
     mods, inst, total = parse_stat_json(stat_text, detected_top, boxes)
