@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -390,7 +391,9 @@ def _resources(project: Path, timeout: float, quiet: bool) -> StageResult:
     from qfx.report.yosys import stderr_progress
 
     t = time.perf_counter()
-    rep = report_project(project, progress=None if quiet else stderr_progress("  yosys"), timeout=timeout)
+    # one Yosys run per layer, several at a time: the demo's time budget is wall time
+    jobs = max(1, min(4, os.cpu_count() or 1))
+    rep = report_project(project, progress=None if quiet else stderr_progress("  yosys"), timeout=timeout, jobs=jobs)
     if not quiet:
         print(file=sys.stderr)
     per_layer = [{"layer": la.name, "op": la.op, "module": la.module, "adders": la.adders,

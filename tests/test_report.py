@@ -193,3 +193,29 @@ def test_parse_stat_json_blackbox_instances():
     assert set(mods) == {"top", "leaf"}
     assert total == Resources(lut=3, ff=4)
     assert parse_stat_json(text, "top")[2].other == 4  # without the hint, black-box instances are unknown cells
+
+
+@pytest.mark.yosys
+def test_report_in_parts_equals_hierarchical_run(tmp_path, capsys):
+    """``qfx report -j 2`` (each layer module and the top as separate Yosys runs, the folded conv's kernel with its
+    layer) gives the per-layer figures and totals of one hierarchical run (LUTs within a few percent)."""
+    from qfx.backends.rtl import write_project
+    from qfx.ir.graph import Op
+    from qfx.ir.random_graph import random_graph
+
+    g = next(g for g in (random_graph(s, "cnn", max_layers=3, max_width=6) for s in range(40, 200))
+             if any(n.op is Op.CONV2D and np.prod(g.tensor(n.output).shape[1:]) > 1 for n in g.nodes)
+             and len(g.nodes) >= 2)
+    write_project(g, tmp_path / "prj")
+    assert main(["report", str(tmp_path / "prj"), "--json", "--quiet", "--no-cache"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["report", str(tmp_path / "prj"), "--json", "--quiet", "--no-cache", "-j", "2"]) == 0
+    parts = json.loads(capsys.readouterr().out)
+    assert parts["jobs"] == 2 and parts["total"]["lut"] > 0
+    # FF, CARRY and DSP are exact; LUTs come from ABC's mapping, which differs by a few percent between the runs
+    key = ("ff", "carry", "dsp")
+    assert [[la[k] for k in key] for la in parts["layers"]] == [[la[k] for k in key] for la in whole["layers"]]
+    assert [parts["total"][k] for k in key] == [whole["total"][k] for k in key]
+    for a, b in zip([*parts["layers"], parts["total"]], [*whole["layers"], whole["total"]]):
+        assert abs(a["lut"] - b["lut"]) <= 0.06 * b["lut"] + 2, (a, b)
+    assert main(["report", str(tmp_path / "prj"), "-j", "0"]) == 2

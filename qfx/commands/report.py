@@ -21,10 +21,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top", default=None, help="top module (default: the one recorded in cosim.json)")
     p.add_argument("--part", default=None, help="Xilinx part, picks the synth_xilinx family (default xc7; "
                    "e.g. xc7a35t, xczu9eg, xcvu13p)")
+    p.add_argument("-j", "--jobs", type=int, default=1,
+                   help="Yosys processes: with N > 1 every layer module and the top are synthesized separately, N "
+                   "at a time (less wall time; FF/CARRY/DSP identical, LUTs within a few percent as ABC maps each run on its "
+                   "own; default 1: one hierarchical run)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--no-cache", action="store_true", help="always run Yosys (ignore cached results)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.epilog = "example: qfx report rtl_prj --part xczu9eg"
+    p.epilog = "examples: qfx report rtl_prj --part xczu9eg;  qfx report rtl_prj -j 4 --json"
     return p
 
 
@@ -32,9 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from qfx.report.resources import report_project
     from qfx.report.yosys import stderr_progress
 
+    from qfx.errors import BadInputError
+
+    if args.jobs < 1:
+        raise BadInputError(f"--jobs must be >= 1, got {args.jobs}")
     progress = None if args.quiet else stderr_progress("qfx report: yosys")
     rep = report_project(args.project, top=args.top, part=args.part, progress=progress,
-                         use_cache=not args.no_cache)
+                         use_cache=not args.no_cache, jobs=args.jobs)
     if progress is not None:
         import sys
 
