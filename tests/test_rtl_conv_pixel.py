@@ -46,6 +46,17 @@ def _conv_seeds(n: int, start: int = 0) -> list[int]:
     return seeds
 
 
+def _residual_seeds(n: int, start: int = 0) -> list[int]:
+    """Seeds of random CNN graphs where a residual ADD is fused into a folded convolution."""
+    seeds, s = [], start
+    while len(seeds) < n:
+        info = build_project(random_graph(s, kind="cnn")).info
+        if any("conv2d" in L["op"] and "add" in L["op"] for L in info["layers"]):
+            seeds.append(s)
+        s += 1
+    return seeds
+
+
 def test_pixel_style_facts():
     g = _small_digits_cnn()
     pix = build_project(g, conv_style="pixel").info
@@ -53,8 +64,9 @@ def test_pixel_style_facts():
     assert pix["ii"] == 64 and par["ii"] == 1  # 8x8 output pixels per convolution
     assert pix["latency"] == (pix["stages"] - 1) * 64 + 1
     assert sum(L["folded_pixels"] > 0 for L in pix["layers"]) == 3
-    # BN and ReLU after a folded conv run per pixel inside it; the residual add reads two frames, so it stays apart
-    assert [L["op"] for L in pix["layers"]][:4] == ["conv2d+scale_shift+relu"] * 2 + ["conv2d+scale_shift", "add"]
+    # BN, the residual ADD (its other operand read pixel by pixel) and ReLU run per pixel inside the folded conv
+    assert [L["op"] for L in pix["layers"]][:4] == (["conv2d+scale_shift+relu"] * 2
+                                                    + ["conv2d+scale_shift+add+relu", "maxpool2d"])
     assert pix["stages"] < par["stages"]
     assert pix["adders"] * 4 < par["adders"]  # one adder graph per layer instead of one per pixel
     with pytest.raises(Exception, match="conv_style"):
@@ -62,7 +74,7 @@ def test_pixel_style_facts():
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("seed", _conv_seeds(10, 500))
+@pytest.mark.parametrize("seed", _conv_seeds(8, 500) + _residual_seeds(4, 900))
 def test_lint_wall_clean(tmp_path, seed):
     g = random_graph(seed, kind="cnn", khot_prob=0.3)
     write_project(g, tmp_path, register_stages=seed % 3 != 0)
@@ -87,7 +99,7 @@ def test_cosim_pixel_and_parallel_bit_exact_and_mutations_caught(tmp_path):
     digits = _small_digits_cnn()
     graphs = [("dpix", digits, "pixel", True), ("dpar", digits, "parallel", True)]
     graphs += [(f"r{s}", random_graph(s, kind="cnn", khot_prob=0.5), "pixel", s % 2 == 0)
-               for s in _conv_seeds(4, 700)]
+               for s in _conv_seeds(4, 700) + _residual_seeds(4, 800)]
     graphs += [("mwin", digits, "pixel", True), ("mcon", digits, "pixel", True)]
     dirs = []
     for name, g, style, stages in graphs:

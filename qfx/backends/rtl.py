@@ -75,19 +75,28 @@ _FUSABLE = (Op.SCALE_SHIFT, Op.RELU, Op.CLIP, Op.QUANT)
 
 
 def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]]:
-    """Per folded conv: the chain of same-shape element-wise nodes after it, each the sole reader of its input."""
+    """Per folded conv: the chain of same-shape element-wise nodes after it (at most one residual ADD, whose other
+    operand the kernel reads pixel by pixel), each the sole reader of its input."""
     readers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for t in n.inputs:
             readers.setdefault(t, []).append(n)
+    made_by = {nd.output: i for i, nd in enumerate(graph.nodes)}
     res = {}
-    for n in graph.nodes:
+    for pos, n in enumerate(graph.nodes):
         if n.name not in folded:
             continue
         chain, t = [], n.output
         while t not in graph.outputs and len(readers.get(t, [])) == 1:
             m = readers[t][0]
-            if m.op not in _FUSABLE or m.inputs != (t,) or graph.tensor(m.output).shape != graph.tensor(t).shape:
+            if graph.tensor(m.output).shape != graph.tensor(t).shape:
+                break
+            residual = (m.op is Op.ADD and len(m.inputs) == 2 and m.inputs[0] != m.inputs[1]
+                        and not any(c.op is Op.ADD for c in chain)
+                        and all(graph.tensor(u).shape == graph.tensor(t).shape for u in m.inputs)
+                        # the other operand must exist before this layer is placed (a graph input or made earlier)
+                        and all(made_by.get(u, -1) < pos for u in m.inputs if u != t))
+            if not residual and (m.op not in _FUSABLE or m.inputs != (t,)):
                 break
             chain.append(m)
             t = m.output
@@ -166,10 +175,17 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
             extra = []
         adders += d.n_adders
         ports = ["a", "b"] if len(n.inputs) == 2 else ["x"]
+        ins = list(n.inputs)
+        for m in chain:  # a fused residual ADD reads its other operand as port r
+            if m.op is Op.ADD:
+                prev = n.output if m is chain[0] else chain[chain.index(m) - 1].output
+                ins.append(m.inputs[1] if m.inputs[0] == prev else m.inputs[0])
+                ports.append("r")
+        s_in = max([s_in] + [stage[t] for t in ins])
         comb = f"c{i}"
         layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[lay_out]}", "bits": out_bits,
                        "comb": comb,
-                       "conns": extra + [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, n.inputs)]})
+                       "conns": extra + [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, ins)]})
         wiring = n.op in _WIRING and graph.tensor(n.inputs[0]).fmt == graph.tensor(n.output).fmt
         if (register_stages and not wiring) or n.name in folded:
             name = f"r{i}"

@@ -372,6 +372,12 @@ class ConvPixelDesign:
     kh: int = 3
     kw: int = 3
     products: int = 0
+    #: a fused residual ADD reads the other operand's current pixel: its frame's element width (0: no ADD fused),
+    #: rows of that frame by ``cy`` and then each channel's element by ``cx``
+    res_ew: int = 0
+    res_bits: int = 0
+    res_row_arms: list[str] = field(default_factory=list)
+    res_col_arms: list[str] = field(default_factory=list)
 
     @property
     def pixels(self) -> int:
@@ -380,6 +386,15 @@ class ConvPixelDesign:
     @property
     def out_bits(self) -> int:
         return self.o * self.pixels * self.ow
+
+
+def _pixel_select(c: int, h: int, w: int, ew: int) -> dict[str, Any]:
+    """Multiplexer arms picking pixel (cy, cx), every channel, from a (c, h, w) frame ``r`` of ``ew``-bit codes."""
+    rows = ["{" + ", ".join(f"r[{((ci * h + y) * w + w) * ew - 1}:{(ci * h + y) * w * ew}]" for ci in reversed(range(c)))
+            + "}" for y in range(h)]
+    cols = ["{" + ", ".join(f"rsel[{(ci * w + x) * ew + ew - 1}:{(ci * w + x) * ew}]" for ci in reversed(range(c)))
+            + "}" for x in range(w)]
+    return {"res_ew": ew, "res_bits": c * h * w * ew, "res_row_arms": rows, "res_col_arms": cols}
 
 
 def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
@@ -412,11 +427,22 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
     outs = _affine(k, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
                    None if b is None else b.fmt, of)
     prev = n.output
+    res: dict[str, Any] = {}
     for m in fused:
-        if m.op not in ELEMENTWISE or m.inputs != (prev,):  # pragma: no cover - caller's contract
-            raise UnsupportedError(f"node {m.name!r} cannot be fused into convolution {n.name!r}")
         mf = g.tensor(m.output).fmt
-        outs = _elementwise(k, m, k.chain(outs, of), of, mf, list(range(o_ch)))
+        if m.op is Op.ADD and prev in m.inputs and not res:
+            other = m.inputs[1] if m.inputs[0] == prev else m.inputs[0]
+            uf = g.tensor(other).fmt
+            rsig = k.input_port("res", o_ch, uf)
+            cur = k.chain(outs, of)
+            f = max(of.frac_bits, uf.frac_bits)
+            outs = [k.requant(k.lin([(a, f - of.frac_bits, False), (r, f - uf.frac_bits, False)]), f - mf.frac_bits, mf)
+                    for a, r in zip(cur, rsig)]
+            res = _pixel_select(o_ch, ho, wo, uf.width)
+        elif m.op in ELEMENTWISE and m.inputs == (prev,):
+            outs = _elementwise(k, m, k.chain(outs, of), of, mf, list(range(o_ch)))
+        else:  # pragma: no cover - caller's contract
+            raise UnsupportedError(f"node {m.name!r} cannot be fused into convolution {n.name!r}")
         of, prev = mf, m.output
     k.finish(outs, of)
 
@@ -451,5 +477,5 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
     win_expr = "{" + ", ".join(reversed(elems)) + "}"
     return ConvPixelDesign(kernel=k, c=c, ew=ew, ho=ho, wo=wo, o=o_ch, ow=of.width, in_bits=spec.size * ew,
                            row_bits=c * wd * ew, cy_w=max(1, ho.bit_length()), cx_w=max(1, (wo - 1).bit_length()),
-                           row_arms=row_arms, col_arms=col_arms, win_expr=win_expr, kh=kh, kw=kw,
+                           row_arms=row_arms, col_arms=col_arms, win_expr=win_expr, kh=kh, kw=kw, **res,
                            products=int(np.count_nonzero(w)))
