@@ -29,7 +29,7 @@ from qfx.ir.interpret import random_inputs, run
 from qfx.resources import data_dir
 from qfx.sim.toolchain import cache_dir, find_verilator, verilator_env
 
-__all__ = ["run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words",
+__all__ = ["compare_outputs", "run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words",
            "build_verilator", "build_stats", "check_inputs", "load_project"]
 
 _CACHE_FORMAT = "qfx-verilator-2"
@@ -98,6 +98,18 @@ def unpack_words(words: Sequence[int], count: int, width: int, signed: bool) -> 
                 c -= 1 << width
             res[i, j] = c
     return res
+
+
+def compare_outputs(got: np.ndarray, expected: np.ndarray) -> tuple[int, int, dict[str, int] | None]:
+    """(vectors compared, mismatching outputs, first mismatch) of received vs expected rows of output codes; every
+    output of a missing or extra vector counts as a mismatch."""
+    m = min(len(got), len(expected))
+    diff = got[:m] != expected[:m]
+    first = None
+    if diff.any():
+        v, j = map(int, np.argwhere(diff)[0])
+        first = {"vector": v, "output_index": j, "expected": int(expected[v, j]), "got": int(got[v, j])}
+    return m, int(diff.sum()) + abs(len(got) - len(expected)) * expected.shape[1], first
 
 
 def load_project(project_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], Graph]:
@@ -389,13 +401,7 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     for (p, info, graph), d, y, r, xg in zip(projects, duts, expect, res["duts"], xs_given):
         got_words = [int(v, 16) for v in r["got"]]
         got = unpack_words(got_words, info["out_count"], info["out_ew"], info["out_signed"])
-        m = min(len(got), len(y))
-        diff = got[:m] != y[:m]
-        first = None
-        if diff.any():
-            v, j = map(int, np.argwhere(diff)[0])
-            first = {"vector": v, "output_index": j, "expected": int(y[v, j]), "got": int(got[v, j])}
-        mism = int(diff.sum()) + (abs(len(got) - len(y)) * y.shape[1])
+        m, mism, first = compare_outputs(got, y)
         rep = CosimReport(project=str(p), top=info["top"], vectors=len(y), outputs_compared=int(m * y.shape[1]),
                           mismatches=mism, received=len(got), first_mismatch=first, backpressure=backpressure,
                           seed=seed, latency=info["latency"], build_s=round(build_s, 3), build_cached=cached,

@@ -270,7 +270,7 @@ def run_hls_rtl_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000
     Writes ``cosim_report.json`` into the project and returns the ``qfx.sim.cosim.CosimReport``.
     """
     from qfx.ir.interpret import random_inputs, run
-    from qfx.sim.cosim import CosimReport, pack_words, run_testbench, unpack_words
+    from qfx.sim.cosim import CosimReport, compare_outputs, pack_words, run_testbench, unpack_words
     from qfx.sim.toolchain import find_verilator
 
     if n_vectors < 1:
@@ -311,15 +311,10 @@ def run_hls_rtl_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
     r = json.loads(results.read_text())["duts"][0]
     got = unpack_words([int(v, 16) for v in r["got"]], lay.out_count, lay.out_ew, lay.out_signed)
-    m = min(len(got), len(y))
-    diff = got[:m] != y[:m]
-    first = None
-    if diff.any():
-        v, j = map(int, np.argwhere(diff)[0])
-        first = {"vector": v, "output_index": j, "expected": int(y[v, j]), "got": int(got[v, j])}
+    m, mism, first = compare_outputs(got, y)
     rep = CosimReport(
         project=str(proj.path), top=vt.name, vectors=n_vectors, outputs_compared=int(m * y.shape[1]),
-        mismatches=int(diff.sum()) + abs(len(got) - len(y)) * y.shape[1], received=len(got), first_mismatch=first,
+        mismatches=mism, received=len(got), first_mismatch=first,
         backpressure=backpressure, seed=seed, latency=vt.latency if vt.latency is not None else -1, ii=ii,
         build_s=round(build_s, 3), build_cached=cached, sim_s=round(sim_s, 3),
         vectors_per_s=round(n_vectors / max(r["wall_s"], 1e-9), 1), timed_out=bool(r["timed_out"]),
