@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "e.g. xc7a35t, xczu9eg, xcvu13p)")
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="Yosys processes: with N > 1 every layer module and the top are synthesized separately, N "
-                   "at a time (less wall time; FF/CARRY/DSP identical, LUTs within a few percent as ABC maps each run on its "
+                   "at a time (less wall time; FF/CARRY/DSP identical, LUTs within ~10 %% as ABC maps each run on its "
                    "own; default 1: one hierarchical run)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--no-cache", action="store_true", help="always run Yosys (ignore cached results)")

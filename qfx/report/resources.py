@@ -114,7 +114,7 @@ def _report_in_parts(p: Path, info: dict[str, Any], parts: list[tuple[str, list[
                      jobs: int) -> ProjectReport:
     """Each layer module and the top synthesized separately, ``jobs`` Yosys processes at a time. The hierarchy is
     kept in the whole-design run too (no optimization across module boundaries), so the parts add up to it up to
-    ABC's LUT mapping."""
+    ABC's LUT mapping (which differs by up to ~10 % per module)."""
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.monotonic()
@@ -149,7 +149,7 @@ def report_project(path: str | os.PathLike[str], *, top: str | None = None, part
     """Synthesize a qfx RTL project with Yosys and attribute resources to its layers.
 
     ``jobs`` > 1 synthesizes each layer module (and the top, over black boxes) as its own Yosys run, that many at a
-    time: less wall time on several cores, identical FF/CARRY/DSP, LUTs within a few percent (ABC maps each run on
+    time: less wall time on several cores, identical FF/CARRY/DSP, LUTs within ~10 % (ABC maps each run on
     its own); ``seconds`` is then the wall time of all runs together.
     """
     p, info, files = load_rtl_project(path)
