@@ -12,24 +12,27 @@ Prints LUT/FF/CARRY/DSP and the LUT ratio qfx/da4ml.
 Part ``models``: the RTL backend's whole AXI4-Stream designs (``qfx.backends.rtl``, adder graph with sharing, one
 register stage per layer) of the real digits models, ``qfx.models.build_model("mlp")`` (64-64-32-10) and
 ``build_model("cnn")`` (``DigitsCNN``: 16-channel conv stem + residual block, max-pool, dense head; its convs are
-pixel-folded, one output pixel per clock), quantized as ``qfx train``/the demo do (``QFXConfig``: weights, BN,
-activations W bits, biases 2W, input 8 bits) at W = 8 and 4, K-hot off and on (K=2 at 8 bits, K=1 at 4 bits: every
-4-bit code already has at most 2 CSD digits). Weights are trained, briefly: float pre-training (default 20 epochs,
+pixel-folded, one output pixel per clock, with the BN/ReLU/residual add after them fused in), quantized as
+``qfx train``/the demo do (``QFXConfig``: weights, BN, activations W bits, biases 2W, input 8 bits) at W = 8 and 4,
+K-hot off and on (K=2 at 8 bits, K=1 at 4 bits: every 4-bit code already has at most 2 CSD digits). Weights are trained, briefly: float pre-training (default 20 epochs,
 seed 0, shared by all rows of a model) then per row a short QAT (default 2 epochs) — realistic weight
 distributions, not a tuned model; the exact-mode test accuracy is printed. K-hot rows assert 0 DSP.
 
-Why per-part synthesis: the 8-bit MLP took > 10 min as one Yosys run. Measured (Yosys ``-t`` timestamps, 8-bit MLP,
-one hierarchical run, 267 s CPU, 9 min wall on the shared machine): nothing pathological — the time is spread over
-the LUT-level passes and grows with the ~6.6k shift-add adders: ``techmap`` to gates/cells 32 %, ``abc`` 22 %, the
-``opt_expr``/``opt_clean``/``opt_dff``/``opt_merge`` rounds on the gate netlist 33 %, ``opt_lut_ins`` 7 %; the
-64->64 layer alone is half of it (133 s CPU, 0.95 GB). ``-abc9`` would change the mapping being measured (and is
-not faster), ``-flatten`` would only add cross-layer optimization Yosys does not do without it. So the design is
-synthesized as it is reported anyway — hierarchy kept — but in parts: every layer module in its own Yosys run
-(with the shared requantizer), the top level with the layer modules as black boxes (``run_synth(lib=...)``: its
-pipeline registers and handshake), at most ``--jobs`` (default 2) runs at a time, and summed. Without flattening
-nothing crosses module boundaries, so the sum is the one-run figure up to ABC's context-dependent mapping (8-bit MLP:
-91,227 vs 91,251 LUT one run; ``--check-split`` runs both and prints the difference). A part that exceeds
-``--timeout`` prints ``timeout`` in its row instead of a figure.
+Why per-part synthesis: the 8-bit MLP took > 10 min as one Yosys run. Measured with Yosys ``-t`` timestamps on one
+hierarchical run of an 8-bit digits MLP (6.6k shift-add adders): 267 s CPU but 9 min wall, because the shared
+2-core machine (load 5-9) gave it half a core. No pass is pathological; the time is spread over the LUT-level work
+and grows with the adder count: ``techmap`` to gates/cells 32 %, ``abc`` 22 %, the ``opt_expr``/``opt_clean``/
+``opt_dff``/``opt_merge`` rounds on the gate netlist 33 %, ``opt_lut_ins`` 7 %; the 64->64 layer alone is half of it
+(133 s CPU, 0.95 GB). ``-abc9`` changes the mapping being measured and is slower (32->10 layer: 30 s vs 17 s CPU);
+``-flatten`` would only add cross-layer optimization. So the design is synthesized as ``qfx report`` reports it
+(hierarchy kept), but in parts: every layer module in its own Yosys run (with the shared requantizer and the layer's
+own ``<module>_*.sv`` helpers), the top level with the layer modules as black boxes (``run_synth(lib=...)``: its
+pipeline/frame registers and handshake), at most ``--jobs`` (default 2) Yosys runs at a time — shared by every bench
+process on the machine — and summed. Without flattening nothing crosses module boundaries, so the sum equals the
+one-run figure up to ABC's context-dependent LUT mapping (``--check-split`` runs both: 4-bit MLP 39,610 vs 39,607
+LUT, K=1 26,888 vs 26,895; FF, CARRY, DSP identical). Splitting lets two cores work on one design, gives every part
+its own ``--timeout`` (a part over it prints ``timeout`` in the row instead of figures) and caches per part. The
+table prints wall time (including waits for a Yosys slot) and the load-independent CPU time of the Yosys processes.
 
     /work/venv/bin/python benchmarks/bench_resources.py [--part cmvm|models|all] [--kinds mlp cnn] [--bits 8 4]
         [--jobs 2] [--timeout S] [--float-epochs 20] [--qat-epochs 2] [--check-split] [--no-cache] [--json OUT]
