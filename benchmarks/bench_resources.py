@@ -30,7 +30,7 @@ own ``<module>_*.sv`` helpers), the top level with the layer modules as black bo
 pipeline/frame registers and handshake), at most ``--jobs`` (default 2) Yosys runs at a time — shared by every bench
 process on the machine — and summed. Without flattening nothing crosses module boundaries, so the sum equals the
 one-run figure up to ABC's context-dependent LUT mapping (``--check-split`` runs both: 4-bit MLP 39,610 vs 39,607
-LUT, K=1 26,888 vs 26,895; FF, CARRY, DSP identical). Splitting lets two cores work on one design, gives every part
+LUT, K=1 26,888 vs 26,895; 4-bit CNN 32,546 vs 32,499, K=1 28,673 vs 28,497; FF, CARRY, DSP identical). Splitting lets two cores work on one design, gives every part
 its own ``--timeout`` (a part over it prints ``timeout`` in the row instead of figures) and caches per part. The
 table prints wall time (including waits for a Yosys slot) and the load-independent CPU time of the Yosys processes.
 
