@@ -54,7 +54,7 @@ class DemoConfig:
     seed: int = 0
     quiet: bool = False
     skip: tuple[str, ...] = ()  # stages to leave out: onnx, csim, rtl, resources, sweep
-    synth_timeout: float = 240.0
+    synth_timeout: float = 600.0  # a safety net: the default CNN takes ~155 s of Yosys wall time on 2 idle cores
     threads: int | None = None
     model: str = "cnn"  # "cnn" or "mlp" (qfx.models)
     rtl_max_products: int = 20_000  # fully parallel RTL above this many constant products is skipped (too slow)
