@@ -176,11 +176,9 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         adders += d.n_adders
         ports = ["a", "b"] if len(n.inputs) == 2 else ["x"]
         ins = list(n.inputs)
-        for m in chain:  # a fused residual ADD reads its other operand as port r
-            if m.op is Op.ADD:
-                prev = n.output if m is chain[0] else chain[chain.index(m) - 1].output
-                ins.append(m.inputs[1] if m.inputs[0] == prev else m.inputs[0])
-                ports.append("r")
+        if n.name in folded and p.residual_input is not None:  # a fused residual ADD reads its other operand as r
+            ins.append(p.residual_input)
+            ports.append("r")
         s_in = max([s_in] + [stage[t] for t in ins])
         comb = f"c{i}"
         layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[lay_out]}", "bits": out_bits,

@@ -21,7 +21,7 @@ from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 from qfx.fixed.ops import conv_out_size
 from qfx.ir.graph import Graph, Node, Op
 
-__all__ = ["Sig", "LayerDesign", "design_layer", "ConvPixelDesign", "design_conv_pixel", "ADDER_MODES", "CONV_STYLES"]
+__all__ = ["Sig", "LayerDesign", "design_layer", "FrameSelect", "ConvPixelDesign", "design_conv_pixel", "ADDER_MODES", "CONV_STYLES"]
 
 #: ``cse``: adder graph with common-subexpression sharing; ``csd``: each output its own CSD adder tree.
 ADDER_MODES = ("cse", "csd")
@@ -251,6 +251,13 @@ def _elementwise(d: LayerDesign, n: Node, xs: list[Sig], fx: FxFormat, of: FxFor
     raise UnsupportedError(f"node {n.name!r}: {n.op.value} is not element-wise")  # pragma: no cover
 
 
+def _add(d: LayerDesign, xa: list[Sig], fa: FxFormat, xb: list[Sig], fb: FxFormat, of: FxFormat) -> list[str]:
+    """Element-wise exact ``a + b`` (binary points aligned), requantized once to ``of``."""
+    f = max(fa.frac_bits, fb.frac_bits)
+    return [d.requant(d.lin([(a, f - fa.frac_bits, False), (b, f - fb.frac_bits, False)]), f - of.frac_bits, of)
+            for a, b in zip(xa, xb)]
+
+
 def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDesign:
     """Structured description of node ``n`` as a combinational module named ``module``."""
     specs = [g.tensor(t) for t in n.inputs]
@@ -300,10 +307,7 @@ def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDes
         per = specs[0].size // ch
         outs = _elementwise(d, n, xs[0], fx, of, [j // per for j in range(len(xs[0]))])
     elif n.op is Op.ADD:
-        fa, fb = specs[0].fmt, specs[1].fmt
-        f = max(fa.frac_bits, fb.frac_bits)
-        outs = [d.requant(d.lin([(a, f - fa.frac_bits, False), (bb, f - fb.frac_bits, False)]), f - of.frac_bits, of)
-                for a, bb in zip(xs[0], xs[1])]
+        outs = _add(d, xs[0], specs[0].fmt, xs[1], specs[1].fmt, of)
     elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
         c, h, wd = specs[0].shape
         kh, kw = n.attr("kernel")
@@ -344,40 +348,64 @@ def design_layer(g: Graph, n: Node, module: str, adder: str = "cse") -> LayerDes
 
 
 @dataclass
+class FrameSelect:
+    """Two multiplexer levels picking, for output pixel ``(cy, cx)``, window position ``(ky, kx)`` of every channel
+    from the ``(c, h, w)`` frame ``src``: per ``ky`` a row select by ``cy`` into ``<rows>_<ky>`` (``row_arms[ky][y]``,
+    ``row_bits`` wide), then per ``(ky, kx)`` a column select by ``cx`` into ``<cols>_<ky>_<kx>`` (``col_arms``,
+    channel ``ci`` at bits ``ci*ew``). ``None`` arms are padding: constant zeros."""
+
+    src: str
+    rows: str
+    cols: str
+    row_bits: int
+    col_bits: int
+    row_arms: list[list[str | None]]
+    col_arms: list[list[list[str | None]]]
+
+
+def _frame_select(src: str, rows: str, cols: str, c: int, h: int, wd: int, ew: int, ho: int, wo: int,
+                  kernel: tuple[int, int] = (1, 1), stride: tuple[int, int] = (1, 1),
+                  pad: tuple[int, int] = (0, 0)) -> FrameSelect:
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+
+    def row(ci: int, r: int) -> str:
+        lsb = (ci * h + r) * wd * ew
+        return f"{src}[{lsb + wd * ew - 1}:{lsb}]"
+
+    row_arms = [["{" + ", ".join(row(ci, y * sh + ky - ph) for ci in reversed(range(c))) + "}"
+                 if 0 <= y * sh + ky - ph < h else None for y in range(ho)] for ky in range(kh)]
+    col_arms = [[["{" + ", ".join(f"{rows}_{ky}[{(ci * wd + col) * ew + ew - 1}:{(ci * wd + col) * ew}]"
+                                  for ci in reversed(range(c))) + "}" if 0 <= (col := x * sw + kx - pw) < wd else None
+                  for x in range(wo)] for kx in range(kw)] for ky in range(kh)]
+    return FrameSelect(src, rows, cols, c * wd * ew, c * ew, row_arms, col_arms)
+
+
+@dataclass
 class ConvPixelDesign:
     """A pixel-folded Conv2d: one output pixel (all output channels) per clock from a frame held in registers.
 
     ``kernel`` is the combinational per-pixel product (window of ``C*KH*KW`` codes -> ``O`` output codes, the same
-    adder graph and requantization a dense layer gets). The window comes from two small multiplexer levels driven
-    by pixel counters: per kernel row ``ky`` a row select by ``cy`` (``row_arms[ky]``), then per ``(ky, kx)`` a
-    column select by ``cx`` (``col_arms``); padding positions select constant zeros. Why this and not line buffers:
-    qfx's AXI4-Stream interface carries a whole tensor per beat, so the frame is already in registers; folding
-    over pixels divides the constant products by ``HO*WO`` while keeping every other layer unchanged.
+    adder graph and requantization a dense layer gets). The window comes from ``window`` (rows by ``cy``, then
+    columns by ``cx``; padding selects zeros); a fused residual ADD reads its other operand's current pixel through
+    ``residual`` (the same selection with a 1x1 window on the frame ``r``, tensor ``residual_input``). Why this and
+    not line buffers: qfx's AXI4-Stream interface carries a whole tensor per beat, so the frame is already in
+    registers; folding over pixels divides the constant products by ``HO*WO`` while keeping every other layer
+    unchanged.
     """
 
     kernel: LayerDesign
-    c: int
-    ew: int
     ho: int
     wo: int
     o: int
     ow: int
     in_bits: int
-    row_bits: int
     cy_w: int
     cx_w: int
-    row_arms: list[list[str | None]]  # [ky][y] -> concatenation expression over x, or None (zero row)
-    col_arms: list[list[list[str | None]]]  # [ky][kx][x] -> concatenation over rowsel_ky, or None (zero column)
-    win_expr: str  # kernel port ``win`` from the win_<ky>_<kx> wires, element j = (ci*KH + ky)*KW + kx
-    kh: int = 3
-    kw: int = 3
-    products: int = 0
-    #: a fused residual ADD reads the other operand's current pixel: its frame's element width (0: no ADD fused),
-    #: rows of that frame by ``cy`` and then each channel's element by ``cx``
-    res_ew: int = 0
+    window: FrameSelect
+    win_expr: str  # kernel port ``win`` from the window's column wires, element j = (ci*KH + ky)*KW + kx
+    residual: FrameSelect | None = None
+    residual_input: str | None = None
     res_bits: int = 0
-    res_row_arms: list[str] = field(default_factory=list)
-    res_col_arms: list[str] = field(default_factory=list)
 
     @property
     def pixels(self) -> int:
@@ -386,15 +414,6 @@ class ConvPixelDesign:
     @property
     def out_bits(self) -> int:
         return self.o * self.pixels * self.ow
-
-
-def _pixel_select(c: int, h: int, w: int, ew: int) -> dict[str, Any]:
-    """Multiplexer arms picking pixel (cy, cx), every channel, from a (c, h, w) frame ``r`` of ``ew``-bit codes."""
-    rows = ["{" + ", ".join(f"r[{((ci * h + y) * w + w) * ew - 1}:{(ci * h + y) * w * ew}]" for ci in reversed(range(c)))
-            + "}" for y in range(h)]
-    cols = ["{" + ", ".join(f"rsel[{(ci * w + x) * ew + ew - 1}:{(ci * w + x) * ew}]" for ci in reversed(range(c)))
-            + "}" for x in range(w)]
-    return {"res_ew": ew, "res_bits": c * h * w * ew, "res_row_arms": rows, "res_col_arms": cols}
 
 
 def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
@@ -427,18 +446,14 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
     outs = _affine(k, dots, fx.frac_bits + fw.frac_bits, None if b is None else b.codes,
                    None if b is None else b.fmt, of)
     prev = n.output
-    res: dict[str, Any] = {}
+    residual, other = None, None
     for m in fused:
         mf = g.tensor(m.output).fmt
-        if m.op is Op.ADD and prev in m.inputs and not res:
+        if m.op is Op.ADD and prev in m.inputs and residual is None:
             other = m.inputs[1] if m.inputs[0] == prev else m.inputs[0]
             uf = g.tensor(other).fmt
-            rsig = k.input_port("res", o_ch, uf)
-            cur = k.chain(outs, of)
-            f = max(of.frac_bits, uf.frac_bits)
-            outs = [k.requant(k.lin([(a, f - of.frac_bits, False), (r, f - uf.frac_bits, False)]), f - mf.frac_bits, mf)
-                    for a, r in zip(cur, rsig)]
-            res = _pixel_select(o_ch, ho, wo, uf.width)
+            outs = _add(k, k.chain(outs, of), of, k.input_port("res", o_ch, uf), uf, mf)
+            residual = _frame_select("r", "rsel", "rpix", o_ch, ho, wo, uf.width, ho, wo)
         elif m.op in ELEMENTWISE and m.inputs == (prev,):
             outs = _elementwise(k, m, k.chain(outs, of), of, mf, list(range(o_ch)))
         else:  # pragma: no cover - caller's contract
@@ -446,36 +461,11 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
         of, prev = mf, m.output
     k.finish(outs, of)
 
-    def x_row(ci: int, r: int) -> str:
-        lsb = (ci * h + r) * wd * ew
-        return f"x[{lsb + wd * ew - 1}:{lsb}]"
-
-    row_arms: list[list[str | None]] = []
-    for ky in range(kh):
-        arms: list[str | None] = []
-        for y in range(ho):
-            r = y * sh + ky - ph
-            arms.append("{" + ", ".join(x_row(ci, r) for ci in reversed(range(c))) + "}" if 0 <= r < h else None)
-        row_arms.append(arms)
-    col_arms: list[list[list[str | None]]] = []
-    for ky in range(kh):
-        per_kx = []
-        for kx in range(kw):
-            arms = []
-            for x in range(wo):
-                col = x * sw + kx - pw
-                if 0 <= col < wd:
-                    parts = [f"rowsel_{ky}[{(ci * wd + col) * ew + ew - 1}:{(ci * wd + col) * ew}]"
-                             for ci in reversed(range(c))]
-                    arms.append("{" + ", ".join(parts) + "}")
-                else:
-                    arms.append(None)
-            per_kx.append(arms)
-        col_arms.append(per_kx)
+    window = _frame_select("x", "rowsel", "win", c, h, wd, ew, ho, wo, (kh, kw), (sh, sw), (ph, pw))
     elems = [f"win_{ky}_{kx}[{ci * ew + ew - 1}:{ci * ew}]"
              for ci in range(c) for ky in range(kh) for kx in range(kw)]
     win_expr = "{" + ", ".join(reversed(elems)) + "}"
-    return ConvPixelDesign(kernel=k, c=c, ew=ew, ho=ho, wo=wo, o=o_ch, ow=of.width, in_bits=spec.size * ew,
-                           row_bits=c * wd * ew, cy_w=max(1, ho.bit_length()), cx_w=max(1, (wo - 1).bit_length()),
-                           row_arms=row_arms, col_arms=col_arms, win_expr=win_expr, kh=kh, kw=kw, **res,
-                           products=int(np.count_nonzero(w)))
+    return ConvPixelDesign(kernel=k, ho=ho, wo=wo, o=o_ch, ow=of.width, in_bits=spec.size * ew,
+                           cy_w=max(1, ho.bit_length()), cx_w=max(1, (wo - 1).bit_length()), window=window,
+                           win_expr=win_expr, residual=residual, residual_input=other,
+                           res_bits=0 if other is None else g.tensor(other).size * g.tensor(other).fmt.width)
