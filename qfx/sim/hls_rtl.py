@@ -304,8 +304,8 @@ def run_hls_rtl_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000
         "latency": lat, "ii": ii, "inputs": [format(v, "x") for v in pack_words(x, lay.in_ew)],
         "expected": [format(v, "x") for v in pack_words(y, lay.out_ew)]}]}))
     t0 = time.perf_counter()
-    cached, build_s = run_testbench([*vt.sources, wrap], wrap_name, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)},
-                                    work)
+    _, cached, build_s = run_testbench([*vt.sources, wrap], wrap_name, "qfx_cosim_tb",
+                                       {"QFX_COSIM_CONFIG": str(conf)}, work)
     sim_s = time.perf_counter() - t0 - build_s
     if not results.is_file():
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
