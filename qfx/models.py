@@ -26,8 +26,8 @@ class DigitsCNN(nn.Module):
     """Conv-BN-ReLU stem, one residual block (Conv-BN-ReLU, Conv-BN, QAdd, ReLU), MaxPool, Linear head.
 
     8 channels by default (``build_model("cnn")``, what ``qfx demo`` trains): 8x8 digits need no more for ~98 %
-    accuracy, and its whole RTL (about 58k LUT at 8 bits) builds, simulates and synthesizes inside the demo's time
-    budget; 16 channels quadruples the residual block's products.
+    accuracy, and its whole RTL (about 75k LUT at 8 bits, ``benchmarks/bench_resources.py --part models``) builds,
+    simulates and synthesizes inside the demo's time budget; 16 channels quadruples the residual block's products.
     """
 
     def __init__(self, channels: int = 8) -> None:

@@ -36,7 +36,8 @@ def _summary(rep) -> str:
     lat = rep.latency if rep.latency >= 0 else "unknown"
     lines = [f"cosim {rep.top}: {rep.vectors} vectors, {rep.outputs_compared} outputs compared, "
              f"{rep.mismatches} mismatches ({'bit-exact' if rep.ok else 'MISMATCH'})",
-             f"  latency {lat} cycles, one vector per {getattr(rep, 'ii', 1)} clock(s), back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
+             f"  latency {lat} cycles, one vector per {rep.ii} clock(s), "
+             f"back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
              f"build {'cached' if rep.build_cached else f'{rep.build_s:.1f} s'}, simulation {rep.sim_s:.1f} s "
              f"({rep.vectors_per_s:.0f} vectors/s)"]
     if "synth_cached" in rep.extra:
