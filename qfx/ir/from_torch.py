@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.ir.graph import Graph, Node, Op, TensorSpec
+from qfx.ir.graph import Graph, Node, TensorSpec
 
 __all__ = ["capture", "sanitize"]
 
@@ -96,10 +96,10 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
         if int(np.prod(shape)) != x.size or any(d < 1 for d in shape):
             raise BadInputError(f"{where}: cannot reshape per-sample shape {x.shape} to {shape}")
         out = unique(fxn.name)
-        op = Op.FLATTEN if len(shape) == 1 else Op.RESHAPE
+        op = "flatten" if len(shape) == 1 else "reshape"
         spec = TensorSpec(out, shape, x.fmt)
-        nodes.append(Node(unique(f"{fxn.name}_{op.value}"), op, (x.name,), out, {},
-                          {} if op is Op.FLATTEN else {"shape": shape}, None, source=where))
+        nodes.append(Node(unique(f"{fxn.name}_{op}"), op, (x.name,), out, {},
+                          {} if op == "flatten" else {"shape": shape}, None, source=where))
         tensors[out] = spec
         env[fxn.name] = spec
 

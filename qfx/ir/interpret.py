@@ -1,4 +1,5 @@
-"""Golden interpreter: executes a ``Graph`` on int64 codes, batched and vectorised, through ``qfx.fixed.ops``.
+"""Golden interpreter: executes a ``Graph`` on int64 codes, batched and vectorised, through each op's golden
+function in the registry (``qfx.ops``, which calls ``qfx.fixed.ops``).
 
 Generated C++ and RTL are compared with this, bit for bit.
 """
@@ -8,57 +9,19 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from qfx.errors import BadInputError, UnsupportedError
-from qfx.fixed import kernels as K
-from qfx.fixed import ops
-from qfx.ir.graph import Graph, Node, Op
+from qfx.errors import BadInputError
+from qfx.ir.graph import Graph, Node, op_def
 
 __all__ = ["run", "run_all", "random_inputs", "edge_inputs"]
 
 Env = dict[str, np.ndarray]
 
 
-def _c(n: Node, key: str):
-    c = n.consts.get(key)
-    return (None, None) if c is None else (c.codes, c.fmt)
-
-
 def _exec(g: Graph, n: Node, env: Env) -> np.ndarray:
+    """One node through its op's golden function (``qfx.ops``)."""
     xs = [env[t] for t in n.inputs]
     fin = [g.tensor(t).fmt for t in n.inputs]
-    out = g.tensor(n.output)
-    batch = xs[0].shape[0]
-    if n.op is Op.DENSE:
-        w, fw = _c(n, "weight")
-        b, fb = _c(n, "bias")
-        return ops.dense(xs[0], fin[0], w, fw, out.fmt, b, fb, n.acc_fmt)
-    if n.op is Op.CONV2D:
-        w, fw = _c(n, "weight")
-        b, fb = _c(n, "bias")
-        return ops.conv2d(xs[0], fin[0], w, fw, out.fmt, b, fb, tuple(n.attr("stride", (1, 1))),
-                          tuple(n.attr("padding", (0, 0))), n.acc_fmt)
-    if n.op is Op.SCALE_SHIFT:
-        s, fs = _c(n, "scale")
-        h, fh = _c(n, "shift")
-        return ops.scale_shift(xs[0], fin[0], s, fs, h, fh, out.fmt)
-    if n.op is Op.ADD:
-        return ops.add(xs[0], fin[0], xs[1], fin[1], out.fmt)
-    if n.op is Op.RELU:
-        return ops.relu(xs[0], fin[0], out.fmt)
-    if n.op is Op.CLIP:
-        return ops.clip(xs[0], fin[0], int(n.attr("lo")), int(n.attr("hi")), out.fmt)
-    if n.op is Op.MAXPOOL2D:
-        return ops.maxpool2d(xs[0], fin[0], out.fmt, tuple(n.attr("kernel")), tuple(n.attr("stride")),
-                             tuple(n.attr("padding", (0, 0))))
-    if n.op is Op.AVGPOOL2D:
-        r, fr = _c(n, "recip")
-        return ops.avgpool2d(xs[0], fin[0], out.fmt, tuple(n.attr("kernel")), tuple(n.attr("stride")),
-                             int(np.asarray(r).reshape(-1)[0]), fr, tuple(n.attr("padding", (0, 0))))
-    if n.op in (Op.FLATTEN, Op.RESHAPE):
-        return K.cast(xs[0].reshape((batch,) + out.shape), fin[0], out.fmt)
-    if n.op is Op.QUANT:
-        return K.cast(xs[0], fin[0], out.fmt)
-    raise UnsupportedError(f"interpreter has no rule for op {n.op.value!r} (node {n.name!r})")
+    return op_def(n.op).golden(g, n, xs, fin, g.tensor(n.output).fmt)
 
 
 def run_all(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray],

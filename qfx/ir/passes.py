@@ -25,8 +25,9 @@ import numpy as np
 from qfx.errors import BadInputError, FormatError, OverflowRiskError
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
-from qfx.fixed.ops import avgpool_format, conv_out_size, scale_shift_format
-from qfx.ir.graph import Constant, Graph, Node, Op
+from qfx.ir.graph import Constant, Graph, Node, op_def
+from qfx.ops import Categories
+from qfx.ops.base import node_error as _err
 
 __all__ = ["Pass", "PASSES", "DEFAULT_FLOW", "run_flow", "summary", "required_acc", "acc_is_lossless",
            "FlowResult"]
@@ -57,19 +58,9 @@ class FlowResult:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def required_acc(graph: Graph, n: Node) -> FxFormat | None:
-    """The lossless accumulator a node needs (None for ops without one)."""
-    fx = graph.tensor(n.inputs[0]).fmt
-    if n.op in (Op.DENSE, Op.CONV2D):
-        w = n.consts["weight"]
-        b = n.consts.get("bias")
-        wc = w.codes.reshape(w.codes.shape[0], -1)
-        return lossless_acc_format(wc, w.fmt, fx, b.codes if b else None, b.fmt if b else None)
-    if n.op is Op.SCALE_SHIFT:
-        return scale_shift_format(fx, n.consts["scale"].fmt, n.consts["shift"].fmt)
-    if n.op is Op.AVGPOOL2D:
-        k = tuple(n.attr("kernel"))
-        return avgpool_format(fx, n.consts["recip"].fmt, int(k[0]) * int(k[1]))
-    return None
+    """The lossless accumulator a node needs (None for ops without one): its op's ``required_acc`` rule."""
+    d = op_def(n.op)
+    return d.required_acc(graph, n) if d.required_acc is not None else None
 
 
 def acc_is_lossless(graph: Graph, n: Node) -> bool:
@@ -79,23 +70,9 @@ def acc_is_lossless(graph: Graph, n: Node) -> bool:
         return True
     if n.acc_fmt is None:
         return False
-    if n.op in (Op.SCALE_SHIFT, Op.AVGPOOL2D):
-        return True  # the golden ops compute these exactly; acc_fmt is informational there
+    if op_def(n.op).acc_rule == "equal":
+        return True  # the golden op computes exactly; acc_fmt is informational there
     return n.acc_fmt.contains(need)
-
-
-def _err(n: Node, msg: str) -> BadInputError:
-    return BadInputError(f"node {n.name!r} ({n.op.value}): {msg}")
-
-
-def _pair(v, what: str, n: Node) -> tuple[int, int]:
-    try:
-        t = tuple(int(x) for x in v)
-    except (TypeError, ValueError):
-        raise _err(n, f"attribute {what} must be two integers, got {v!r}") from None
-    if len(t) != 2:
-        raise _err(n, f"attribute {what} must be two integers, got {v!r}")
-    return t
 
 
 # ------------------------------------------------------------------------------------------------ check_formats
@@ -117,73 +94,7 @@ def _check_formats(g: Graph) -> tuple[Graph, Report]:
 
 
 def _check_shapes(g: Graph, n: Node) -> None:
-    xs = [g.tensor(t).shape for t in n.inputs]
-    y = g.tensor(n.output).shape
-    if n.op is Op.DENSE:
-        w = n.consts["weight"].codes
-        if w.ndim != 2 or len(xs[0]) != 1 or w.shape[1] != xs[0][0] or y != (w.shape[0],):
-            raise _err(n, f"weight {w.shape} does not map input {xs[0]} to output {y}")
-        _check_bias(n, w.shape[0])
-    elif n.op is Op.CONV2D:
-        w = n.consts["weight"].codes
-        if w.ndim != 4 or len(xs[0]) != 3 or w.shape[1] != xs[0][0]:
-            raise _err(n, f"weight {w.shape} does not fit input {xs[0]} (need (O, C, kh, kw) with C = {xs[0][0]})")
-        st, pd = _pair(n.attr("stride", (1, 1)), "stride", n), _pair(n.attr("padding", (0, 0)), "padding", n)
-        if min(st) < 1 or min(pd) < 0:
-            raise _err(n, f"stride {st} / padding {pd} out of range")
-        try:
-            exp = (w.shape[0], conv_out_size(xs[0][1], w.shape[2], st[0], pd[0]),
-                   conv_out_size(xs[0][2], w.shape[3], st[1], pd[1]))
-        except FormatError as exc:
-            raise _err(n, str(exc)) from None
-        if y != exp:
-            raise _err(n, f"output shape {y} should be {exp}")
-        _check_bias(n, w.shape[0])
-    elif n.op is Op.SCALE_SHIFT:
-        c = xs[0][0]
-        for k in ("scale", "shift"):
-            if n.consts[k].codes.size != c:
-                raise _err(n, f"{k} has {n.consts[k].codes.size} values for {c} channels")
-        if y != xs[0]:
-            raise _err(n, f"output shape {y} differs from input {xs[0]}")
-    elif n.op is Op.ADD:
-        if xs[0] != xs[1] or y != xs[0]:
-            raise _err(n, f"operand shapes {xs[0]} and {xs[1]} and output {y} disagree")
-    elif n.op in (Op.RELU, Op.CLIP, Op.QUANT):
-        if y != xs[0]:
-            raise _err(n, f"output shape {y} differs from input {xs[0]}")
-        if n.op is Op.CLIP:
-            f = g.tensor(n.inputs[0]).fmt
-            lo, hi = n.attr("lo"), n.attr("hi")
-            if not isinstance(lo, int) or not isinstance(hi, int) or not f.min_code <= lo <= hi <= f.max_code:
-                raise _err(n, f"clip bounds lo={lo!r}, hi={hi!r} must be codes of {f.ap_type()} with lo <= hi")
-    elif n.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
-        if len(xs[0]) != 3:
-            raise _err(n, f"input must be (C, H, W), got {xs[0]}")
-        k = _pair(n.attr("kernel"), "kernel", n)
-        st = _pair(n.attr("stride", k), "stride", n)
-        pd = _pair(n.attr("padding", (0, 0)), "padding", n)
-        if min(k) < 1 or min(st) < 1 or min(pd) < 0 or pd[0] >= k[0] or pd[1] >= k[1]:
-            raise _err(n, f"kernel {k}, stride {st}, padding {pd} out of range")
-        try:
-            exp = (xs[0][0], conv_out_size(xs[0][1], k[0], st[0], pd[0]), conv_out_size(xs[0][2], k[1], st[1], pd[1]))
-        except FormatError as exc:
-            raise _err(n, str(exc)) from None
-        if y != exp:
-            raise _err(n, f"output shape {y} should be {exp}")
-        if n.op is Op.AVGPOOL2D and n.consts["recip"].codes.size != 1:
-            raise _err(n, "recip must be a single code")
-    elif n.op in (Op.FLATTEN, Op.RESHAPE):
-        if int(np.prod(y)) != int(np.prod(xs[0])):
-            raise _err(n, f"cannot reshape {xs[0]} to {y}")
-        if n.op is Op.FLATTEN and len(y) != 1:
-            raise _err(n, f"flatten output must be 1-D, got {y}")
-
-
-def _check_bias(n: Node, m: int) -> None:
-    b = n.consts.get("bias")
-    if b is not None and b.codes.size != m:
-        raise _err(n, f"bias has {b.codes.size} values for {m} outputs")
+    op_def(n.op).check(g, n)
 
 
 # ------------------------------------------------------------------------------------------------ accumulators
@@ -199,7 +110,7 @@ def _size_accumulators(g: Graph) -> tuple[Graph, Report]:
             nodes.append(n)
             continue
         old = n.acc_fmt
-        if n.op in (Op.DENSE, Op.CONV2D):
+        if op_def(n.op).acc_rule == "contains":
             ok = old is not None and old.contains(need)
         else:
             ok = old is not None and old == need
@@ -284,10 +195,10 @@ def _fold_scale_shift(g: Graph) -> tuple[Graph, Report]:
     i = 0
     while i < len(nodes):
         bn = nodes[i]
-        if bn.op is Op.SCALE_SHIFT:
+        if op_def(bn.op).is_(Categories.AFFINE):
             cur = g.replace(nodes=tuple(nodes), tensors=tensors)
             prev = cur.producer(bn.inputs[0])
-            if prev is None or prev.op not in (Op.DENSE, Op.CONV2D):
+            if prev is None or not op_def(prev.op).is_(Categories.LINEAR):
                 rep.append(f"{bn.name}: kept (input is not produced by dense/conv2d)")
             else:
                 new, why = _try_fold(cur, prev, bn)
