@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qfx.backends.adder_graph import build_adder_graph  # noqa: E402
-from qfx.report.bench_rtl import render_bench_cmvm, render_bench_mult  # noqa: E402
+from rtl_bench_designs import render_bench_cmvm, render_bench_mult  # noqa: E402
 from qfx.report.yosys import Resources, run_synth  # noqa: E402
 
 

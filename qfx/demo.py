@@ -26,12 +26,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from qfx.errors import BadInputError, MissingToolError, OutputExistsError, QfxError
+from qfx.report.levels import LEVEL_TITLES
 
 __all__ = ["DemoConfig", "StageResult", "DemoResult", "run_demo", "demo_vectors", "format_summary", "LEVELS"]
 
 #: bit-exactness levels, in the order they are checked and printed
 LEVELS = ("emulation", "onnxruntime", "csim", "rtl")
-LEVEL_TITLES = {"emulation": "emulation", "onnxruntime": "onnxruntime", "csim": "C-sim", "rtl": "RTL"}
 LEVEL_WHAT = {"emulation": "golden interpreter vs exact-mode torch model",
               "onnxruntime": "golden interpreter vs onnxruntime on model.onnx",
               "csim": "golden interpreter vs g++ + ap_types (hls/)",
@@ -683,7 +683,8 @@ def _stage_rtl(cfg, graph, tmp: Path, x, artifacts) -> StageResult:
 def constant_products(graph, conv_style: str = "pixel") -> int:
     """Nonzero constant products the RTL design holds: a pixel-folded conv has one set for all output pixels, a
     parallel conv one set per output pixel."""
-    from qfx.ir.graph import Op
+    from qfx.ir.graph import op_def
+    from qfx.ops import Categories
 
     total = 0
     for n in graph.nodes:
@@ -691,7 +692,7 @@ def constant_products(graph, conv_style: str = "pixel") -> int:
         if w is None:
             continue
         nz = int(np.count_nonzero(w.codes))
-        if n.op is Op.CONV2D and conv_style == "parallel":
+        if op_def(n.op).is_(Categories.CONV) and conv_style == "parallel":
             out = graph.tensor(n.output).shape
             total += nz * int(np.prod(out[1:]))
         else:

@@ -5,6 +5,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ import pytest
 from qfx.backends.adder_graph import build_adder_graph
 from qfx.cli import main
 from qfx.errors import BadInputError, MissingToolError
-from qfx.report.bench_rtl import bench_out_width, render_bench_cmvm, render_bench_mult
 from qfx.report.yosys import Resources, classify_cells, parse_stat_json, part_family, run_synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the bench designs live there
+from rtl_bench_designs import bench_out_width, render_bench_cmvm, render_bench_mult  # noqa: E402
 
 needs_yosys = pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not found")
 

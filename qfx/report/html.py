@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import jinja2
 from markupsafe import Markup
 
+from qfx.report.levels import LEVEL_TITLES
 from qfx.resources import data_dir
 
 __all__ = ["render_report", "template_env"]
@@ -28,8 +29,6 @@ def _pct(a: float | None) -> str:
 
 
 def _levels(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    from qfx.demo import LEVEL_TITLES
-
     rows = []
     for s in summary["levels"]:
         st = s["status"]
