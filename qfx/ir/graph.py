@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -30,10 +29,50 @@ IR_VERSION = 1
 _NAME_RE = re.compile(r"^[^\x00-\x1f]{1,200}$")
 
 
-#: the op enum, one member per registered op (``qfx.ops``); ``Op("dense") is Op.DENSE``. Adding an op means adding
-#: an op module under ``qfx/ops/``; nothing here changes.
-Op = Enum("Op", {name.upper(): name for name in _ops.names()}, type=str)
-Op.__doc__ = "IR op names; each member's value is the key of its ``qfx.ops.OpDef``."
+class OpName(str):
+    """An op's name (a registry key). ``.value`` is the name, as for an enum member; instances are cached per name,
+    so ``Op("dense") is Op.DENSE`` holds."""
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"Op.{self.upper()}"
+
+    def __reduce__(self):  # pickles as the registry lookup
+        return (Op, (str(self),))
+
+
+_OP_NAMES: dict[str, OpName] = {}
+
+
+class _OpMeta(type):
+    """``Op.DENSE`` / ``Op("dense")`` look the registry up at call time, so an op registered after this module
+    was imported (a plugin, a test's throwaway op) works like a built-in one."""
+
+    def __call__(cls, value: Any) -> OpName:
+        name = str(getattr(value, "value", value))
+        if name not in _ops.REGISTRY:
+            raise ValueError(f"{name!r} is not a registered op")
+        op = _OP_NAMES.get(name)
+        if op is None:
+            op = _OP_NAMES[name] = OpName(name)
+        return op
+
+    def __getattr__(cls, attr: str) -> OpName:
+        if attr.isupper() and attr.lower() in _ops.REGISTRY:
+            return cls(attr.lower())
+        raise AttributeError(attr)
+
+    def __iter__(cls):
+        return iter([cls(n) for n in _ops.names()])
+
+
+class Op(metaclass=_OpMeta):
+    """IR op names; ``Op.DENSE`` and ``Op("dense")`` give the cached ``OpName`` of a registered op (``qfx.ops``)."""
 
 
 def op_def(op: "Op | str") -> "_ops.OpDef":

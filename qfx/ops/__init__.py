@@ -4,8 +4,14 @@ Importing this package registers every built-in op. ``REGISTRY`` maps op names t
 looks one up (UnsupportedError for an unknown name); ``emitter_for(table, node, backend)`` is the one lookup a
 backend uses for its per-op emitters. See docs/adding-an-op.md for the worked example of adding an op.
 """
+import importlib
+
 from qfx.ops.base import REGISTRY, AttrSpec, Categories, OpDef, emitter_for, get, names, register
-from qfx.ops import linear, affine, elementwise, binary, pool, shape  # noqa: F401  (registers the built-ins)
+
+#: the op modules; importing one registers its ops
+BUILTIN_MODULES = ("linear", "affine", "elementwise", "binary", "pool", "shape")
+for _m in BUILTIN_MODULES:
+    importlib.import_module(f"qfx.ops.{_m}")
 
 __all__ = ["REGISTRY", "AttrSpec", "Categories", "OpDef", "emitter_for", "get", "names", "register", "with_category"]
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
 
 __all__ = ["AttrSpec", "OpDef", "register", "REGISTRY", "get", "names", "emitter_for", "node_error", "pair",
-           "Categories", "Golden"]
+           "Categories", "Golden", "gather_golden"]
 
 #: golden function: (graph, node, input code arrays batch-first, input formats, output format) -> output codes
 Golden = Callable[["Graph", "Node", list[np.ndarray], list[FxFormat], FxFormat], np.ndarray]
@@ -48,6 +48,10 @@ class Categories:
     POOL = "pool"
     #: a convolution whose RTL can fold over output pixels
     CONV = "conv"
+    #: moves elements only (an index map, ``OpDef.gather_map``): concat, upsample, zero padding, transposes
+    GATHER = "gather"
+    #: element-wise lookup table (``lut``): sigmoid, tanh, GELU, ... defined once by their table
+    TABLE = "table"
     #: scale/shift in fixed point (BatchNorm); folds into the preceding LINEAR op when exact
     AFFINE = "affine"
 
@@ -89,6 +93,12 @@ class OpDef:
     generators: tuple[str, ...] = ()
     #: support header the HLS project needs for this op ("" = none beyond qfx_types.h)
     hls_header: str = ""
+    #: ``n_inputs`` is the minimum and more are allowed (concat)
+    variadic: bool = False
+    #: for ops that only move elements: (graph, node) -> int64 index per output element (C order) into the
+    #: concatenation of the flattened inputs, -1 for a zero; every backend implements all such ops with one
+    #: generic gather emitter, and the golden function is derived from it (``gather_golden``)
+    gather_map: Callable[["Graph", "Node"], np.ndarray] | None = None
 
     def attr_spec(self, key: str) -> AttrSpec | None:
         return next((a for a in self.attrs if a.name == key), None)
@@ -98,8 +108,9 @@ class OpDef:
 
     def validate_node(self, n: "Node") -> None:
         """Schema check: arity, constants, attributes (names and types), accumulator presence."""
-        if len(n.inputs) != self.n_inputs:
-            raise BadInputError(f"node {n.name!r} ({self.name}) takes {self.n_inputs} input(s), got {len(n.inputs)}")
+        if len(n.inputs) != self.n_inputs and not (self.variadic and len(n.inputs) > self.n_inputs):
+            need = f"at least {self.n_inputs}" if self.variadic else str(self.n_inputs)
+            raise BadInputError(f"node {n.name!r} ({self.name}) takes {need} input(s), got {len(n.inputs)}")
         missing = self.consts - set(n.consts)
         extra = set(n.consts) - self.consts - self.optional_consts
         if missing or extra:
@@ -190,6 +201,20 @@ def emitter_for(table: Mapping[str, Any], n: "Node", backend: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
+def gather_golden(g: "Graph", n: "Node", xs: list[np.ndarray], fin: list[FxFormat], out: FxFormat) -> np.ndarray:
+    """Golden function of a gather op: every input cast to the output format, flattened and concatenated (with one
+    zero code appended), then picked by the op's ``gather_map``."""
+    from qfx.fixed import kernels as K
+
+    batch = np.asarray(xs[0]).shape[0]
+    parts = [K.cast(np.asarray(x, dtype=np.int64).reshape(batch, -1), f, out) for x, f in zip(xs, fin)]
+    parts.append(np.zeros((batch, 1), dtype=np.int64))
+    flat = np.concatenate(parts, axis=1)
+    idx = get(n.op).gather_map(g, n)
+    idx = np.where(idx < 0, flat.shape[1] - 1, idx)
+    return flat[:, idx].reshape((batch,) + g.tensor(n.output).shape)
+
+
 def node_error(n: "Node", msg: str) -> BadInputError:
     return BadInputError(f"node {n.name!r} ({getattr(n.op, 'value', n.op)}): {msg}")
 

@@ -1,4 +1,5 @@
-"""``add``: a, b (same shape) -> y; exact ``a + b`` (binary points aligned as ap_fixed does), one cast."""
+"""Two-operand element-wise ops on same-shape tensors, each exact then cast once to the output format:
+``add`` (a + b, binary points aligned as ap_fixed does); ``sub`` and ``mul`` are in ``arith``."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ADD"]
 
 
-def _check(g: "Graph", n: "Node") -> None:
+def same_shape_operands(g: "Graph", n: "Node") -> None:
     a, b = (g.tensor(t).shape for t in n.inputs)
     y = g.tensor(n.output).shape
     if a != b or y != a:
@@ -24,7 +25,8 @@ def _golden(g, n, xs, fin, out):
 
 
 ADD = register(OpDef(
-    name="add", doc="exact a + b, one cast (residual add)", n_inputs=2, golden=_golden, check=_check,
+    name="add", doc="exact a + b, one cast (residual add)", n_inputs=2, golden=_golden, check=same_shape_operands,
     categories=frozenset({C.BINARY}), torch_twin="qfx.nn.QAdd",
     torch_float=("operator.add", "torch.add"), generators=("add",), hls_header="qfx_add.h",
 ))
+

@@ -1,0 +1,79 @@
+"""Lookup tables of non-linear functions, defined once from the input and output formats.
+
+A table holds, for every code of the input format (in order from ``min_code``), the output format's code of
+``fn(value)``: the float64 function value converted exactly as ap_fixed converts a double (the output format's
+rounding and overflow). The interpreter, ONNX (Gather), HLS (a ROM array) and RTL (a ROM) all read this one
+table, so they cannot disagree; train mode applies the float function (with the output fake-quantizer).
+
+Function specs are strings: a name, optionally with one float parameter, e.g. ``"sigmoid"``, ``"leaky_relu(0.01)"``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Callable
+
+import numpy as np
+
+from qfx.errors import BadInputError, FormatError
+from qfx.fixed.format import FxFormat
+
+__all__ = ["FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table"]
+
+#: widest input format a table covers (2**12 entries); wider inputs are requantized first by the layer
+MAX_TABLE_BITS = 12
+
+
+def _gelu(x: np.ndarray, _: float) -> np.ndarray:
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def _sigmoid(x: np.ndarray, _: float) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+
+
+#: name -> (function of (values, parameter), default parameter)
+FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = {
+    "sigmoid": (_sigmoid, 0.0),
+    "tanh": (lambda x, _: np.tanh(x), 0.0),
+    "silu": (lambda x, _: x * _sigmoid(x, 0.0), 0.0),
+    "gelu": (_gelu, 0.0),
+    "hardsigmoid": (lambda x, _: np.clip(x / 6.0 + 0.5, 0.0, 1.0), 0.0),
+    "hardswish": (lambda x, _: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0, 0.0),
+    "leaky_relu": (lambda x, a: np.where(x >= 0, x, a * x), 0.01),
+    "elu": (lambda x, a: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))), 1.0),
+    "softplus": (lambda x, _: np.logaddexp(0.0, x), 0.0),
+    "exp": (lambda x, _: np.exp(np.minimum(x, 700.0)), 0.0),
+    "reciprocal": (lambda x, _: np.where(x != 0, 1.0 / np.where(x != 0, x, 1.0), np.inf), 0.0),
+    "sqrt": (lambda x, _: np.sqrt(np.maximum(x, 0.0)), 0.0),
+}
+
+_SPEC = re.compile(r"^([a-z_]+)(?:\(([-+0-9.eE]+)\))?$")
+
+
+def parse_fn(spec: str) -> tuple[str, float]:
+    """``"leaky_relu(0.1)"`` -> ("leaky_relu", 0.1); one-line BadInputError for an unknown name."""
+    m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
+    if not m or m.group(1) not in FUNCTIONS:
+        raise BadInputError(f"unknown table function {spec!r}; known: {', '.join(sorted(FUNCTIONS))}")
+    name = m.group(1)
+    return name, float(m.group(2)) if m.group(2) is not None else FUNCTIONS[name][1]
+
+
+def evaluate(spec: str, values: np.ndarray) -> np.ndarray:
+    """The float64 function the table samples (also the reference for error measurements)."""
+    name, p = parse_fn(spec)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return FUNCTIONS[name][0](np.asarray(values, dtype=np.float64), p)
+
+
+def build_table(spec: str, in_fmt: FxFormat, out_fmt: FxFormat) -> np.ndarray:
+    """Output codes of ``fn`` at every input code, ``in_fmt.min_code`` first (int64, length 2**in_fmt.width)."""
+    if in_fmt.width > MAX_TABLE_BITS:
+        raise FormatError(f"a {spec} table over {in_fmt.ap_type()} needs 2**{in_fmt.width} entries; requantize "
+                          f"the input to at most {MAX_TABLE_BITS} bits first")
+    codes = np.arange(in_fmt.min_code, in_fmt.max_code + 1, dtype=np.int64)
+    y = evaluate(spec, in_fmt.from_int(codes))
+    y = np.nan_to_num(y, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
+    return np.asarray(out_fmt.to_int(y), dtype=np.int64)

@@ -1,0 +1,146 @@
+"""Ops that only move elements, each defined by an index map (``OpDef.gather_map``):
+
+``concat``     x0, x1, ... -> y; attrs: axis (per-sample axis, 0 = channels); every input cast to y's format
+``upsample2d`` x(C,H,W) -> y(C,H*sh,W*sw); attrs: scale (sh, sw); nearest neighbour by integer factors
+``zeropad2d``  x(C,H,W) -> y(C,H+t+b,W+l+r); attrs: pads (top, bottom, left, right); zero codes outside
+``transpose``  x -> y; attrs: perm (a permutation of the per-sample axes)
+
+The golden function is derived from the map (``gather_golden``), and every backend implements all of them with one
+generic gather emitter (an index table), so a new element-moving op needs only its map.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qfx.ops.base import AttrSpec, Categories as C, OpDef, gather_golden, node_error, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qfx.ir.graph import Graph, Node
+
+__all__ = ["CONCAT", "UPSAMPLE2D", "ZEROPAD2D", "TRANSPOSE"]
+
+_CATS = frozenset({C.GATHER})
+
+
+def _expect(g: "Graph", n: "Node", shape: tuple[int, ...]) -> None:
+    y = g.tensor(n.output).shape
+    if y != tuple(shape):
+        raise node_error(n, f"output shape {y} should be {tuple(shape)}")
+
+
+# ------------------------------------------------------------------------------------------------ concat
+def _concat_shape(g: "Graph", n: "Node") -> tuple[int, ...]:
+    shapes = [g.tensor(t).shape for t in n.inputs]
+    ax = int(n.attrs.get("axis", 0))
+    r = len(shapes[0])
+    if not 0 <= ax < r:
+        raise node_error(n, f"axis {ax} out of range for per-sample rank {r}")
+    for s in shapes[1:]:
+        if len(s) != r or any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != ax):
+            raise node_error(n, f"input shapes {shapes} differ outside axis {ax}")
+    out = list(shapes[0])
+    out[ax] = sum(s[ax] for s in shapes)
+    return tuple(out)
+
+
+def _concat_map(g: "Graph", n: "Node") -> np.ndarray:
+    ax = int(n.attrs.get("axis", 0))
+    blocks, off = [], 0
+    for t in n.inputs:
+        s = g.tensor(t).shape
+        blocks.append(np.arange(off, off + int(np.prod(s)), dtype=np.int64).reshape(s))
+        off += int(np.prod(s))
+    return np.concatenate(blocks, axis=ax).reshape(-1)
+
+
+CONCAT = register(OpDef(
+    name="concat", doc="concatenate along a per-sample axis, each input cast to the output format", n_inputs=2,
+    variadic=True, golden=gather_golden, check=lambda g, n: _expect(g, n, _concat_shape(g, n)),
+    attrs=(AttrSpec("axis", "int", 0),), categories=_CATS, torch_twin="qfx.nn.QCat",
+    torch_float=("torch.cat",), generators=("concat",), gather_map=_concat_map, hls_header="qfx_gather.h",
+))
+
+
+# ------------------------------------------------------------------------------------------------ upsample2d
+def _chw(g: "Graph", n: "Node") -> tuple[int, int, int]:
+    x = g.tensor(n.inputs[0]).shape
+    if len(x) != 3:
+        raise node_error(n, f"input must be (C, H, W), got {x}")
+    return x  # type: ignore[return-value]
+
+
+def _up_check(g: "Graph", n: "Node") -> None:
+    c, h, w = _chw(g, n)
+    sh, sw = n.attrs["scale"]
+    if sh < 1 or sw < 1:
+        raise node_error(n, f"scale {(sh, sw)} must be positive integers")
+    _expect(g, n, (c, h * sh, w * sw))
+
+
+def _up_map(g: "Graph", n: "Node") -> np.ndarray:
+    c, h, w = _chw(g, n)
+    sh, sw = n.attrs["scale"]
+    idx = np.arange(c * h * w, dtype=np.int64).reshape(c, h, w)
+    return np.repeat(np.repeat(idx, sh, axis=1), sw, axis=2).reshape(-1)
+
+
+UPSAMPLE2D = register(OpDef(
+    name="upsample2d", doc="nearest-neighbour upsampling by integer factors", n_inputs=1, golden=gather_golden,
+    check=_up_check, attrs=(AttrSpec("scale", "pair", required=True),), categories=_CATS,
+    torch_twin="qfx.nn.QUpsample", torch_float=("torch.nn.Upsample", "torch.nn.functional.interpolate"),
+    generators=("upsample2d",), gather_map=_up_map, hls_header="qfx_gather.h",
+))
+
+
+# ------------------------------------------------------------------------------------------------ zeropad2d
+def _pads(n: "Node") -> tuple[int, int, int, int]:
+    p = tuple(n.attrs["pads"])
+    if len(p) != 4 or min(p) < 0:
+        raise node_error(n, f"pads must be four non-negative integers (top, bottom, left, right), got {p}")
+    return p  # type: ignore[return-value]
+
+
+def _pad_check(g: "Graph", n: "Node") -> None:
+    c, h, w = _chw(g, n)
+    t, b, l, r = _pads(n)
+    _expect(g, n, (c, h + t + b, w + l + r))
+
+
+def _pad_map(g: "Graph", n: "Node") -> np.ndarray:
+    c, h, w = _chw(g, n)
+    t, b, l, r = _pads(n)
+    idx = np.arange(c * h * w, dtype=np.int64).reshape(c, h, w)
+    return np.pad(idx, ((0, 0), (t, b), (l, r)), constant_values=-1).reshape(-1)
+
+
+ZEROPAD2D = register(OpDef(
+    name="zeropad2d", doc="zero padding of H and W", n_inputs=1, golden=gather_golden, check=_pad_check,
+    attrs=(AttrSpec("pads", "ints", required=True, doc="top, bottom, left, right"),), categories=_CATS,
+    torch_twin="qfx.nn.QZeroPad2d", torch_float=("torch.nn.ZeroPad2d", "torch.nn.functional.pad"),
+    generators=("zeropad2d",), gather_map=_pad_map, hls_header="qfx_gather.h",
+))
+
+
+# ------------------------------------------------------------------------------------------------ transpose
+def _perm(g: "Graph", n: "Node") -> tuple[int, ...]:
+    x = g.tensor(n.inputs[0]).shape
+    p = tuple(n.attrs["perm"])
+    if sorted(p) != list(range(len(x))):
+        raise node_error(n, f"perm {p} is not a permutation of the {len(x)} per-sample axes")
+    return p
+
+
+def _tr_map(g: "Graph", n: "Node") -> np.ndarray:
+    x = g.tensor(n.inputs[0]).shape
+    return np.arange(int(np.prod(x)), dtype=np.int64).reshape(x).transpose(_perm(g, n)).reshape(-1)
+
+
+TRANSPOSE = register(OpDef(
+    name="transpose", doc="permute the per-sample axes (channels-last <-> channels-first)", n_inputs=1,
+    golden=gather_golden,
+    check=lambda g, n: _expect(g, n, tuple(g.tensor(n.inputs[0]).shape[i] for i in _perm(g, n))),
+    attrs=(AttrSpec("perm", "ints", required=True),), categories=_CATS, torch_twin="",
+    torch_float=("Tensor.permute",), generators=("transpose",), gather_map=_tr_map, hls_header="qfx_gather.h",
+))
