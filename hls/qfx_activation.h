@@ -13,7 +13,7 @@ void relu(const in_T x[N], out_T y[N]) {
 QFX_LOOP(Relu)
     for (unsigned i = 0; i < N; i++) {
         const in_T v = x[i];
-        y[i] = (out_T)(v > 0 ? v : in_T(0));
+        y[i] = convert<out_T>(v > 0 ? v : in_T(0));
     }
 }
 
@@ -26,7 +26,7 @@ void clip(const in_T x[N], out_T y[N], const bound_T lo, const bound_T hi) {
 QFX_LOOP(Clip)
     for (unsigned i = 0; i < N; i++) {
         const in_T v = x[i];
-        y[i] = v > hi ? (out_T)hi : (v < lo ? (out_T)lo : (out_T)v);
+        y[i] = v > hi ? (out_T)hi : (v < lo ? (out_T)lo : convert<out_T>(v));
     }
 }
 
@@ -36,7 +36,7 @@ void cast(const in_T x[N], out_T y[N]) {
     QFX_PRAGMA(HLS PIPELINE)
 QFX_LOOP(Cast)
     for (unsigned i = 0; i < N; i++) {
-        y[i] = (out_T)x[i];
+        y[i] = convert<out_T>(x[i]);
     }
 }
 

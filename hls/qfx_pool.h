@@ -30,7 +30,7 @@ QFX_LOOP(MaxChan)
                         first = false;
                     }
                 }
-                y[(c * CFG::out_h + oh) * CFG::out_w + ow] = (out_T)m;
+                y[(c * CFG::out_h + oh) * CFG::out_w + ow] = convert<out_T>(m);
             }
         }
     }

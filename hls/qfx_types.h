@@ -40,6 +40,24 @@ inline T from_bits(C code) {
     return v;
 }
 
+// y = (out_T)v as qfx.fixed.kernels.cast defines it: a conversion, with out_T's rounding and overflow. ap_fixed
+// assigns a value of the *same* type by copying it (no overflow step), so a same-type AP_SAT_SYM value holding the
+// most negative code would stay there; converter<T, T> widens by one integer bit first (exact), so the conversion
+// into T always runs. For different types this is the plain C++ conversion.
+template <class out_T, class in_T>
+struct converter {
+    static out_T run(const in_T &v) { return (out_T)v; }
+};
+template <class T>
+struct converter<T, T> {
+    static T run(const T &v) { return T(ap_fixed<T::width + 1, T::iwidth + 1>(v)); }
+};
+template <class out_T, class in_T>
+inline out_T convert(const in_T &v) {
+    QFX_PRAGMA(HLS INLINE)
+    return converter<out_T, in_T>::run(v);
+}
+
 // Integer ceiling division for pragma factors.
 template <unsigned A, unsigned B>
 struct ceil_div {

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from qfx.fixed import ops as fops
 from qfx.fixed.format import FxFormat
-from qfx.ops.base import Categories as C, OpDef, const_codes, node_error, register, same_shape
+from qfx.ops.base import (Categories as C, OpDef, const_codes, node_error, one_node_graph, rand_codes, rand_fmt,
+                          register, same_shape, sample_shape)
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
@@ -32,10 +35,22 @@ def _golden(g, n, xs, fin, out):
     return fops.scale_shift(xs[0], fin[0], s, fs, h, fh, out)
 
 
+def _sample(rng: np.random.Generator) -> "Graph":
+    from qfx.ir.graph import Constant
+
+    shape = sample_shape(rng)
+    fx, fs, fh = rand_fmt(rng, 2, 8), rand_fmt(rng, 2, 8, signed=True), rand_fmt(rng, 2, 8, signed=True)
+    consts = {"scale": Constant(rand_codes(rng, fs, (shape[0],)), fs),
+              "shift": Constant(rand_codes(rng, fh, (shape[0],)), fh)}
+    acc = fops.scale_shift_format(fx, fs, fh)
+    return one_node_graph("scale_shift", [(shape, fx)], shape, rand_fmt(rng, 3, 10, int_bits=acc.int_bits - 1),
+                          consts, acc=acc)
+
+
 SCALE_SHIFT = register(OpDef(
     name="scale_shift", doc="per-channel x*scale+shift, one cast (BatchNorm in fixed point)", n_inputs=1,
     golden=_golden, check=_check, consts=frozenset({"scale", "shift"}), needs_acc=True, required_acc=_acc,
     acc_rule="equal", categories=frozenset({C.ELEMENTWISE, C.FUSABLE, C.AFFINE}),
     torch_twin="qfx.nn.QBatchNorm2d", torch_float=("torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d"),
-    generators=("scale_shift",), hls_header="qfx_scale_shift.h",
+    generators=("scale_shift",), hls_header="qfx_scale_shift.h", sample=_sample,
 ))

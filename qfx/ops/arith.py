@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from qfx.fixed import kernels as K
 from qfx.ops.base import Categories as C, OpDef, register
-from qfx.ops.binary import same_shape_operands
+from qfx.ops.binary import binary_sample, same_shape_operands
 
 __all__ = ["SUB", "MUL"]
 
@@ -16,7 +16,7 @@ def _sub_golden(g, n, xs, fin, out):
 SUB = register(OpDef(
     name="sub", doc="exact a - b, one cast", n_inputs=2, golden=_sub_golden, check=same_shape_operands,
     categories=frozenset({C.BINARY}), torch_twin="qfx.nn.QSub", torch_float=("operator.sub", "torch.sub"),
-    generators=("sub",), hls_header="qfx_add.h",
+    generators=("sub",), hls_header="qfx_add.h", sample=binary_sample("sub"),
 ))
 
 
@@ -28,5 +28,5 @@ def _mul_golden(g, n, xs, fin, out):
 MUL = register(OpDef(
     name="mul", doc="exact a * b, one cast", n_inputs=2, golden=_mul_golden, check=same_shape_operands,
     categories=frozenset({C.BINARY}), torch_twin="qfx.nn.QMul", torch_float=("operator.mul", "torch.mul"),
-    generators=("mul",), hls_header="qfx_add.h",
+    generators=("mul",), hls_header="qfx_add.h", sample=binary_sample("mul"),
 ))

@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
 
 __all__ = ["AttrSpec", "OpDef", "register", "REGISTRY", "get", "names", "emitter_for", "node_error", "pair",
-           "Categories", "Golden", "gather_golden"]
+           "Categories", "Golden", "gather_golden",
+           "rand_fmt", "rand_codes", "one_node_graph", "sample_shape"]
 
 #: golden function: (graph, node, input code arrays batch-first, input formats, output format) -> output codes
 Golden = Callable[["Graph", "Node", list[np.ndarray], list[FxFormat], FxFormat], np.ndarray]
@@ -99,6 +100,8 @@ class OpDef:
     #: concatenation of the flattened inputs, -1 for a zero; every backend implements all such ops with one
     #: generic gather emitter, and the golden function is derived from it (``gather_golden``)
     gather_map: Callable[["Graph", "Node"], np.ndarray] | None = None
+    #: a random one-node graph of this op (random shapes, formats, modes, attributes) for the every-op test
+    sample: Callable[[np.random.Generator], "Graph"] | None = None
 
     def attr_spec(self, key: str) -> AttrSpec | None:
         return next((a for a in self.attrs if a.name == key), None)
@@ -213,6 +216,42 @@ def gather_golden(g: "Graph", n: "Node", xs: list[np.ndarray], fin: list[FxForma
     idx = get(n.op).gather_map(g, n)
     idx = np.where(idx < 0, flat.shape[1] - 1, idx)
     return flat[:, idx].reshape((batch,) + g.tensor(n.output).shape)
+
+
+# ------------------------------------------------------------------------------------------------ samples
+def rand_fmt(rng: np.random.Generator, wmin: int = 2, wmax: int = 10, signed: bool | None = None,
+             int_bits: int | None = None) -> FxFormat:
+    """A random format (any rounding and overflow mode); ``int_bits`` centres the binary point near a range."""
+    from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES
+
+    w = int(rng.integers(wmin, wmax, endpoint=True))
+    s = bool(rng.integers(0, 2)) if signed is None else signed
+    i = int(rng.integers(-2, w + 3)) if int_bits is None else int(int_bits) + int(rng.integers(-1, 2))
+    return FxFormat(w, i, s, str(rng.choice(ROUNDING_MODES)), str(rng.choice(OVERFLOW_MODES)))
+
+
+def rand_codes(rng: np.random.Generator, fmt: FxFormat, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(fmt.min_code, fmt.max_code, size=shape, endpoint=True, dtype=np.int64)
+
+
+def sample_shape(rng: np.random.Generator) -> tuple[int, ...]:
+    """A random per-sample shape: a vector or a small (C, H, W) image."""
+    if rng.random() < 0.5:
+        return (int(rng.integers(1, 12, endpoint=True)),)
+    return (int(rng.integers(1, 3, endpoint=True)), int(rng.integers(1, 4, endpoint=True)),
+            int(rng.integers(1, 4, endpoint=True)))
+
+
+def one_node_graph(op: str, inputs: Sequence[tuple[tuple[int, ...], FxFormat]], out_shape: tuple[int, ...],
+                   out_fmt: FxFormat, consts: Mapping[str, Any] | None = None, attrs: Mapping[str, Any] | None = None,
+                   acc: FxFormat | None = None) -> "Graph":
+    """A validated graph of one ``op`` node reading graph inputs ``x0, x1, ...`` and writing ``y``."""
+    from qfx.ir.graph import Graph, Node, TensorSpec
+
+    tensors = {f"x{i}": TensorSpec(f"x{i}", shp, f) for i, (shp, f) in enumerate(inputs)}
+    tensors["y"] = TensorSpec("y", out_shape, out_fmt)
+    node = Node(f"{op}_0", op, tuple(tensors)[:-1], "y", consts or {}, attrs or {}, acc, source=f"sample {op}")
+    return Graph(f"sample_{op}", tuple(tensors)[:-1], ("y",), tensors, (node,)).validate()
 
 
 def node_error(n: "Node", msg: str) -> BadInputError:

@@ -2,13 +2,14 @@
 i.e. requantization to the output format). Each keeps the shape and casts once to the output format."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from qfx.fixed import kernels as K
 from qfx.fixed import ops as fops
-from qfx.ops.base import AttrSpec, Categories as C, OpDef, node_error, register, same_shape
+from qfx.ops.base import (AttrSpec, Categories as C, OpDef, node_error, one_node_graph, rand_fmt, register, same_shape,
+                          sample_shape)
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
@@ -18,6 +19,17 @@ __all__ = ["RELU", "CLIP", "QUANT"]
 _UNARY = frozenset({C.ELEMENTWISE, C.FUSABLE})
 
 
+def _unary_sample(op: str) -> "Callable[[np.random.Generator], Graph]":
+    def sample(rng: np.random.Generator) -> "Graph":
+        shape, fx = sample_shape(rng), rand_fmt(rng, 2, 10)
+        attrs = {}
+        if op == "clip":
+            lo = int(rng.integers(fx.min_code, 1)) if fx.signed else int(rng.integers(0, fx.max_code // 2 + 1))
+            attrs = {"lo": lo, "hi": int(rng.integers(lo, fx.max_code, endpoint=True))}
+        return one_node_graph(op, [(shape, fx)], shape, rand_fmt(rng, 2, 10, int_bits=fx.int_bits), attrs=attrs)
+    return sample
+
+
 def _relu_golden(g, n, xs, fin, out):
     return fops.relu(xs[0], fin[0], out)
 
@@ -25,7 +37,7 @@ def _relu_golden(g, n, xs, fin, out):
 RELU = register(OpDef(
     name="relu", doc="max(x, 0), one cast", n_inputs=1, golden=_relu_golden, check=same_shape, categories=_UNARY,
     torch_twin="qfx.nn.QReLU", torch_float=("torch.nn.ReLU", "torch.nn.functional.relu"), generators=("relu",),
-    hls_header="qfx_activation.h",
+    hls_header="qfx_activation.h", sample=_unary_sample("relu"),
 ))
 
 
@@ -46,7 +58,7 @@ CLIP = register(OpDef(
     check=_clip_check, attrs=(AttrSpec("lo", "int", required=True), AttrSpec("hi", "int", required=True)),
     categories=_UNARY, torch_twin="qfx.nn.QClippedReLU",
     torch_float=("torch.nn.ReLU6", "torch.nn.Hardtanh", "torch.clamp"), generators=("clip",),
-    hls_header="qfx_activation.h",
+    hls_header="qfx_activation.h", sample=_unary_sample("clip"),
 ))
 
 
@@ -58,4 +70,5 @@ QUANT = register(OpDef(
     name="quant", doc="requantize: a plain cast to the output format", n_inputs=1, golden=_quant_golden,
     check=same_shape, categories=_UNARY | {C.WIRING}, torch_twin="qfx.nn.QuantInput",
     torch_float=("torch.nn.Identity",), generators=("quant",), hls_header="qfx_activation.h",
+    sample=_unary_sample("quant"),
 ))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qfx.ops.base import AttrSpec, Categories as C, OpDef, gather_golden, node_error, register
+from qfx.ops.base import AttrSpec, Categories as C, OpDef, gather_golden, node_error, one_node_graph, rand_fmt, register
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
@@ -22,6 +22,47 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["CONCAT", "UPSAMPLE2D", "ZEROPAD2D", "TRANSPOSE"]
 
 _CATS = frozenset({C.GATHER})
+
+
+def _img(rng: np.random.Generator) -> tuple[int, int, int]:
+    return tuple(int(v) for v in rng.integers(1, 3, size=3, endpoint=True))  # type: ignore[return-value]
+
+
+def _out_fmt(rng: np.random.Generator, fx):
+    return fx if rng.random() < 0.5 else rand_fmt(rng, 2, 10, int_bits=fx.int_bits)
+
+
+def _sample_concat(rng: np.random.Generator) -> "Graph":
+    c, h, w = _img(rng)
+    k = int(rng.integers(2, 3, endpoint=True))
+    chans = [int(rng.integers(1, 3, endpoint=True)) for _ in range(k)]
+    fx = [rand_fmt(rng, 2, 8) for _ in range(k)]
+    return one_node_graph("concat", [((ci, h, w), f) for ci, f in zip(chans, fx)], (sum(chans), h, w),
+                          rand_fmt(rng, 2, 10, int_bits=max(f.int_bits for f in fx)), attrs={"axis": 0})
+
+
+def _sample_up(rng: np.random.Generator) -> "Graph":
+    c, h, w = _img(rng)
+    sh, sw = (int(v) for v in rng.integers(1, 3, size=2, endpoint=True))
+    fx = rand_fmt(rng, 2, 8)
+    return one_node_graph("upsample2d", [((c, h, w), fx)], (c, h * sh, w * sw), _out_fmt(rng, fx),
+                          attrs={"scale": (sh, sw)})
+
+
+def _sample_pad(rng: np.random.Generator) -> "Graph":
+    c, h, w = _img(rng)
+    t, b, l, r = (int(v) for v in rng.integers(0, 2, size=4, endpoint=True))
+    fx = rand_fmt(rng, 2, 8)
+    return one_node_graph("zeropad2d", [((c, h, w), fx)], (c, h + t + b, w + l + r), _out_fmt(rng, fx),
+                          attrs={"pads": (t, b, l, r)})
+
+
+def _sample_tr(rng: np.random.Generator) -> "Graph":
+    x = _img(rng)
+    perm = tuple(int(v) for v in rng.permutation(3))
+    fx = rand_fmt(rng, 2, 8)
+    return one_node_graph("transpose", [(x, fx)], tuple(x[i] for i in perm), _out_fmt(rng, fx),
+                          attrs={"perm": perm})
 
 
 def _expect(g: "Graph", n: "Node", shape: tuple[int, ...]) -> None:
@@ -60,6 +101,7 @@ CONCAT = register(OpDef(
     variadic=True, golden=gather_golden, check=lambda g, n: _expect(g, n, _concat_shape(g, n)),
     attrs=(AttrSpec("axis", "int", 0),), categories=_CATS, torch_twin="qfx.nn.QCat",
     torch_float=("torch.cat",), generators=("concat",), gather_map=_concat_map, hls_header="qfx_gather.h",
+    sample=_sample_concat,
 ))
 
 
@@ -90,7 +132,7 @@ UPSAMPLE2D = register(OpDef(
     name="upsample2d", doc="nearest-neighbour upsampling by integer factors", n_inputs=1, golden=gather_golden,
     check=_up_check, attrs=(AttrSpec("scale", "pair", required=True),), categories=_CATS,
     torch_twin="qfx.nn.QUpsample", torch_float=("torch.nn.Upsample", "torch.nn.functional.interpolate"),
-    generators=("upsample2d",), gather_map=_up_map, hls_header="qfx_gather.h",
+    generators=("upsample2d",), gather_map=_up_map, hls_header="qfx_gather.h", sample=_sample_up,
 ))
 
 
@@ -119,7 +161,7 @@ ZEROPAD2D = register(OpDef(
     name="zeropad2d", doc="zero padding of H and W", n_inputs=1, golden=gather_golden, check=_pad_check,
     attrs=(AttrSpec("pads", "ints", required=True, doc="top, bottom, left, right"),), categories=_CATS,
     torch_twin="qfx.nn.QZeroPad2d", torch_float=("torch.nn.ZeroPad2d", "torch.nn.functional.pad"),
-    generators=("zeropad2d",), gather_map=_pad_map, hls_header="qfx_gather.h",
+    generators=("zeropad2d",), gather_map=_pad_map, hls_header="qfx_gather.h", sample=_sample_pad,
 ))
 
 
@@ -143,4 +185,5 @@ TRANSPOSE = register(OpDef(
     check=lambda g, n: _expect(g, n, tuple(g.tensor(n.inputs[0]).shape[i] for i in _perm(g, n))),
     attrs=(AttrSpec("perm", "ints", required=True),), categories=_CATS, torch_twin="",
     torch_float=("Tensor.permute",), generators=("transpose",), gather_map=_tr_map, hls_header="qfx_gather.h",
+    sample=_sample_tr,
 ))

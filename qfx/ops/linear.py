@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from qfx.fixed import ops as fops
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
-from qfx.ops.base import AttrSpec, Categories as C, OpDef, const_codes, node_error, pair, register, window_shape
+from qfx.ops.base import (AttrSpec, Categories as C, OpDef, const_codes, node_error, one_node_graph, pair, rand_codes,
+                          rand_fmt, register, window_shape)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from qfx.ir.graph import Graph, Node
+    from qfx.ir.graph import Constant, Graph, Node
 
 __all__ = ["DENSE", "CONV2D"]
 
@@ -55,13 +58,39 @@ def _dense_golden(g, n, xs, fin, out):
     return fops.dense(xs[0], fin[0], w, fw, out, b, fb, n.acc_fmt)
 
 
+def _sample_dense(rng: np.random.Generator) -> "Graph":
+    n, m = int(rng.integers(1, 12, endpoint=True)), int(rng.integers(1, 8, endpoint=True))
+    fx = rand_fmt(rng, 2, 8)
+    w, b, khot = _sample_weights(rng, (m, n))
+    tmp = one_node_graph("dense", [((n,), fx)], (m,), fx, {"weight": w, **b}, {"khot": khot}, FxFormat(62, 40))
+    acc = linear_acc(tmp, tmp.nodes[0])
+    return one_node_graph("dense", [((n,), fx)], (m,), rand_fmt(rng, 3, 10, int_bits=acc.int_bits - 2),
+                          {"weight": w, **b}, {"khot": khot}, acc)
+
+
+def _sample_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[Constant, dict, int]:
+    from qfx.fixed.csd import khot_project
+    from qfx.ir.graph import Constant
+
+    fw = rand_fmt(rng, 2, 8, signed=True)
+    codes = rand_codes(rng, fw, shape)
+    khot = int(rng.integers(1, 2, endpoint=True)) if rng.random() < 0.3 else 0
+    if khot:
+        codes = khot_project(codes, khot, fw.min_code, fw.max_code)
+    bias = {}
+    if rng.random() < 0.7:
+        fb = rand_fmt(rng, 2, 10, signed=True)
+        bias = {"bias": Constant(rand_codes(rng, fb, (shape[0],)), fb)}
+    return Constant(codes, fw), bias, khot
+
+
 DENSE = register(OpDef(
     name="dense", doc="fully connected layer: out(acc(bias) + sum x*w)", n_inputs=1,
     golden=_dense_golden, check=_dense_check, consts=frozenset({"weight"}), optional_consts=frozenset({"bias"}),
     attrs=(AttrSpec("khot", "int", 0, doc="at most K non-zero CSD digits per weight (0 = plain)"),),
     needs_acc=True, required_acc=linear_acc, acc_rule="contains", categories=frozenset({C.LINEAR}),
     torch_twin="qfx.nn.QLinear", torch_float=("torch.nn.Linear",), generators=("dense",),
-    hls_header="qfx_dense.h",
+    hls_header="qfx_dense.h", sample=_sample_dense,
 ))
 
 
@@ -89,6 +118,23 @@ def _conv_golden(g, n, xs, fin, out):
                        tuple(CONV2D.attr(n, "padding")), n.acc_fmt)
 
 
+def _sample_conv(rng: np.random.Generator) -> "Graph":
+    from qfx.fixed.ops import conv_out_size
+
+    c, o = int(rng.integers(1, 3, endpoint=True)), int(rng.integers(1, 3, endpoint=True))
+    h, wd = int(rng.integers(3, 6, endpoint=True)), int(rng.integers(3, 6, endpoint=True))
+    k = int(rng.integers(1, min(3, h, wd), endpoint=True))
+    st, pd = int(rng.integers(1, 2, endpoint=True)), int(rng.integers(0, k - 1, endpoint=True))
+    fx = rand_fmt(rng, 2, 8)
+    w, b, khot = _sample_weights(rng, (o, c, k, k))
+    shape = (o, conv_out_size(h, k, st, pd), conv_out_size(wd, k, st, pd))
+    attrs = {"stride": (st, st), "padding": (pd, pd), "khot": khot}
+    tmp = one_node_graph("conv2d", [((c, h, wd), fx)], shape, fx, {"weight": w, **b}, attrs, FxFormat(62, 40))
+    acc = linear_acc(tmp, tmp.nodes[0])
+    return one_node_graph("conv2d", [((c, h, wd), fx)], shape, rand_fmt(rng, 3, 10, int_bits=acc.int_bits - 2),
+                          {"weight": w, **b}, attrs, acc)
+
+
 CONV2D = register(OpDef(
     name="conv2d", doc="2-D convolution (zero padding): out(acc(bias) + sum window*w)", n_inputs=1,
     golden=_conv_golden, check=_conv_check, consts=frozenset({"weight"}), optional_consts=frozenset({"bias"}),
@@ -96,6 +142,6 @@ CONV2D = register(OpDef(
            AttrSpec("khot", "int", 0, doc="at most K non-zero CSD digits per weight (0 = plain)")),
     needs_acc=True, required_acc=linear_acc, acc_rule="contains", categories=frozenset({C.LINEAR, C.CONV}),
     torch_twin="qfx.nn.QConv2d", torch_float=("torch.nn.Conv2d",), generators=("conv2d",),
-    hls_header="qfx_conv2d.h",
+    hls_header="qfx_conv2d.h", sample=_sample_conv,
 ))
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from qfx.fixed import ops as fops
 from qfx.fixed.format import FxFormat
-from qfx.ops.base import AttrSpec, Categories as C, OpDef, node_error, pair, register, window_shape
+from qfx.ops.base import (AttrSpec, Categories as C, OpDef, node_error, one_node_graph, pair, rand_fmt, register,
+                          window_shape)
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
@@ -45,11 +46,33 @@ def _max_golden(g, n, xs, fin, out):
     return fops.maxpool2d(xs[0], fin[0], out, k, st, pd)
 
 
+def _pool_sample(op: str):
+    def sample(rng: np.random.Generator) -> "Graph":
+        from qfx.fixed.ops import conv_out_size
+        from qfx.ir.graph import Constant
+
+        c, h, w = int(rng.integers(1, 3, endpoint=True)), int(rng.integers(2, 6)), int(rng.integers(2, 6))
+        k = int(rng.integers(1, min(3, h, w), endpoint=True))
+        st, pd = int(rng.integers(1, k, endpoint=True)), int(rng.integers(0, k - 1, endpoint=True))
+        fx = rand_fmt(rng, 2, 10)
+        shape = (c, conv_out_size(h, k, st, pd), conv_out_size(w, k, st, pd))
+        attrs = {"kernel": (k, k), "stride": (st, st), "padding": (pd, pd)}
+        if op == "maxpool2d":
+            return one_node_graph(op, [((c, h, w), fx)], shape, rand_fmt(rng, 2, 10, int_bits=fx.int_bits),
+                                  attrs=attrs)
+        fr = rand_fmt(rng, 4, 10, signed=False, int_bits=0)
+        recip = int(fr.to_int(1.0 / (k * k)))
+        acc = fops.avgpool_format(fx, fr, k * k)
+        return one_node_graph(op, [((c, h, w), fx)], shape, rand_fmt(rng, 2, 10, int_bits=fx.int_bits),
+                              {"recip": Constant(np.array([recip]), fr)}, attrs, acc)
+    return sample
+
+
 MAXPOOL2D = register(OpDef(
     name="maxpool2d", doc="max over 2-D windows, one cast", n_inputs=1, golden=_max_golden, check=_check,
     attrs=_ATTRS, categories=frozenset({C.POOL}), torch_twin="qfx.nn.QMaxPool2d",
     torch_float=("torch.nn.MaxPool2d", "torch.nn.functional.max_pool2d"), generators=("maxpool2d",),
-    hls_header="qfx_pool.h",
+    hls_header="qfx_pool.h", sample=_pool_sample("maxpool2d"),
 ))
 
 
@@ -69,5 +92,5 @@ AVGPOOL2D = register(OpDef(
     check=_check, consts=frozenset({"recip"}), attrs=_ATTRS, needs_acc=True, required_acc=_avg_acc,
     acc_rule="equal", categories=frozenset({C.POOL}), torch_twin="qfx.nn.QAvgPool2d",
     torch_float=("torch.nn.AvgPool2d", "torch.nn.functional.avg_pool2d"), generators=("avgpool2d",),
-    hls_header="qfx_pool.h",
+    hls_header="qfx_pool.h", sample=_pool_sample("avgpool2d"),
 ))

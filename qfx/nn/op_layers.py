@@ -1,0 +1,264 @@
+"""qfx twins of the element-moving, element-wise and table ops: ``QSub``, ``QMul``, ``QCat``, ``QUpsample``,
+``QZeroPad2d`` and ``QActivation`` (sigmoid, tanh, SiLU, GELU, hard-sigmoid/-swish, leaky ReLU, ELU, softplus).
+
+Train mode is the float function followed by the output fake-quantizer (straight-through gradients). Exact mode runs
+the module's own IR nodes (``ir_nodes``) through the op registry's golden functions, so torch exact mode, the
+interpreter and every backend share one definition by construction.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qfx.errors import BadInputError, UnsupportedError
+from qfx.fixed.format import FxFormat
+from qfx.fixed.tables import MAX_TABLE_BITS, build_table, evaluate, parse_fn
+from qfx.ir.graph import Constant, Graph, Node, TensorSpec
+from qfx.nn.exact import codes_to_values, values_to_codes
+from qfx.nn.layers import IRItem, QModule, _quant
+from qfx.nn.quant import FixedQuant
+
+__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "TORCH_FUNCTIONS"]
+
+
+class _IRModule(QModule):
+    """A qfx module whose exact mode is its IR: the nodes of ``ir_nodes`` run through their golden functions."""
+
+    def _exact(self, *xs: torch.Tensor) -> torch.Tensor:
+        from qfx.ir.interpret import run
+
+        specs, codes = [], {}
+        with torch.no_grad():
+            for i, x in enumerate(xs):
+                c, f = values_to_codes(x, f"{type(self).__name__} input {i}")
+                specs.append(TensorSpec(f"in{i}", tuple(c.shape[1:]), f))
+                codes[f"in{i}"] = c
+            items = self.ir_nodes(type(self).__name__, specs, "out")
+            if not items:
+                return xs[0]
+            tensors = {s.name: s for s in specs} | {spec.name: spec for _, spec in items}
+            used = {t for n, _ in items for t in n.inputs}
+            g = Graph("exact", tuple(k for k in codes if k in used), ("out",), tensors, tuple(n for n, _ in items))
+            y = run(g, {k: v for k, v in codes.items() if k in used})
+            return codes_to_values(y, g.tensor("out").fmt, xs[0].device)
+
+
+def _union(fmts: Sequence[FxFormat]) -> FxFormat:
+    """Narrowest format holding every value of every format in ``fmts`` exactly."""
+    f = max(x.frac_bits for x in fmts)
+    lo = min(x.min_code << (f - x.frac_bits) for x in fmts)
+    hi = max(x.max_code << (f - x.frac_bits) for x in fmts)
+    return FxFormat.for_code_range(min(lo, 0), max(hi, 0), f)
+
+
+# ============================================================================ two-operand
+class _Binary(_IRModule):
+    op = ""
+
+    def __init__(self, *, out_width: int | None = None, out_signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def _float(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _exact_fmt(self, fa: FxFormat, fb: FxFormat) -> FxFormat:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, a: torch.Tensor, b: Any) -> torch.Tensor:
+        if not isinstance(b, torch.Tensor):
+            raise UnsupportedError(f"{type(self).__name__} takes two tensors; multiply/offset by a constant with "
+                                   "a qfx layer that holds the constant (QBatchNorm-style scale/shift)")
+        if self.qfx_mode == "exact":
+            return self._exact(a, b)
+        return self._out_train(self._float(a, b))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 2:
+            raise UnsupportedError(f"{name}: {self.op} takes two inputs, got {len(inputs)}")
+        a, b = inputs
+        if a.shape != b.shape:
+            raise UnsupportedError(f"{name}: {self.op} inputs differ in shape: {a.shape} vs {b.shape} (broadcasting "
+                                   "is not supported)")
+        node = Node(name, self.op, (a.name, b.name), output, source=name)
+        return [(node, TensorSpec(output, a.shape, self._spec_fmt(self._exact_fmt(a.fmt, b.fmt))))]
+
+
+class QSub(_Binary):
+    """``a - b``: exact difference, cast once to the output format (lossless difference format if none)."""
+
+    op = "sub"
+
+    def _float(self, a, b):
+        return a - b
+
+    def _exact_fmt(self, fa, fb):
+        return fa.sub_format(fb)
+
+
+class QMul(_Binary):
+    """Element-wise ``a * b`` of two tensors: exact product, cast once to the output format."""
+
+    op = "mul"
+
+    def _float(self, a, b):
+        return a * b
+
+    def _exact_fmt(self, fa, fb):
+        return fa.mul_format(fb)
+
+
+# ============================================================================ element moving
+class QCat(_IRModule):
+    """``torch.cat`` along the channel dimension (``dim=1``); every input is cast to the output format (the
+    lossless union of the input formats when no output quantizer is given)."""
+
+    def __init__(self, dim: int = 1, *, out_width: int | None = None, out_signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        if dim < 1:
+            raise UnsupportedError(f"QCat concatenates per-sample axes (dim >= 1), got dim={dim}")
+        self.dim = int(dim)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])
+        if self.qfx_mode == "exact":
+            return self._exact(*xs)
+        return self._out_train(torch.cat(xs, dim=self.dim))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) < 2:
+            raise UnsupportedError(f"{name}: concat needs at least two inputs, got {len(inputs)}")
+        shape = list(inputs[0].shape)
+        ax = self.dim - 1
+        shape[ax] = sum(t.shape[ax] for t in inputs)
+        node = Node(name, "concat", tuple(t.name for t in inputs), output, attrs={"axis": ax}, source=name)
+        return [(node, TensorSpec(output, tuple(shape), self._spec_fmt(_union([t.fmt for t in inputs]))))]
+
+
+class QUpsample(_IRModule):
+    """Nearest-neighbour upsampling of (N, C, H, W) by integer factors; keeps the input format."""
+
+    def __init__(self, scale_factor: Any = 2, mode: str = "nearest") -> None:
+        super().__init__()
+        if mode != "nearest":
+            raise UnsupportedError(f"QUpsample supports mode='nearest' only, got {mode!r}")
+        sf = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+        if len(sf) != 2 or any(float(s) != int(s) or int(s) < 1 for s in sf):
+            raise UnsupportedError(f"QUpsample needs positive integer scale factors, got {scale_factor!r}")
+        self.scale = (int(sf[0]), int(sf[1]))
+        self.out_quant = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        (x,) = inputs
+        if len(x.shape) != 3:
+            raise UnsupportedError(f"{name}: upsampling needs a (C, H, W) input, got {x.shape}")
+        c, h, w = x.shape
+        node = Node(name, "upsample2d", (x.name,), output, attrs={"scale": self.scale}, source=name)
+        return [(node, TensorSpec(output, (c, h * self.scale[0], w * self.scale[1]), x.fmt))]
+
+
+class QZeroPad2d(_IRModule):
+    """Zero padding of H and W (``padding`` as nn.ZeroPad2d: an int or (left, right, top, bottom))."""
+
+    def __init__(self, padding: Any) -> None:
+        super().__init__()
+        p = (padding,) * 4 if isinstance(padding, int) else tuple(int(v) for v in padding)
+        if len(p) != 4 or min(p) < 0:
+            raise UnsupportedError(f"QZeroPad2d needs four non-negative paddings, got {padding!r}")
+        self.padding = p  # torch order: left, right, top, bottom
+        self.out_quant = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        return F.pad(x, self.padding)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        (x,) = inputs
+        if len(x.shape) != 3:
+            raise UnsupportedError(f"{name}: zero padding needs a (C, H, W) input, got {x.shape}")
+        left, right, top, bottom = self.padding
+        c, h, w = x.shape
+        node = Node(name, "zeropad2d", (x.name,), output, attrs={"pads": (top, bottom, left, right)}, source=name)
+        return [(node, TensorSpec(output, (c, h + top + bottom, w + left + right), x.fmt))]
+
+
+# ============================================================================ tables
+#: the torch function train mode uses for each table function (the table itself samples qfx.fixed.tables)
+TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "sigmoid": lambda x, _: torch.sigmoid(x),
+    "tanh": lambda x, _: torch.tanh(x),
+    "silu": lambda x, _: F.silu(x),
+    "gelu": lambda x, _: F.gelu(x),
+    "hardsigmoid": lambda x, _: F.hardsigmoid(x),
+    "hardswish": lambda x, _: F.hardswish(x),
+    "leaky_relu": lambda x, a: F.leaky_relu(x, a),
+    "elu": lambda x, a: F.elu(x, a),
+    "softplus": lambda x, _: F.softplus(x),
+    "exp": lambda x, _: torch.exp(x),
+    "reciprocal": lambda x, _: torch.reciprocal(x),
+    "sqrt": lambda x, _: torch.sqrt(torch.clamp(x, min=0.0)),
+}
+
+#: output value range of each function over any input (for the default output format's sign)
+_NON_NEGATIVE = {"sigmoid", "hardsigmoid", "softplus", "exp", "sqrt"}
+
+
+class QActivation(_IRModule):
+    """A non-linear function as a lookup table over its (at most 12-bit) input format.
+
+    ``fn`` is a table function spec (``"sigmoid"``, ``"leaky_relu(0.1)"``; see ``qfx.fixed.tables.FUNCTIONS``).
+    The input is first requantized by ``in_quant`` (``in_width`` bits, learned binary point) so the table stays
+    small; the table maps every input code to the output format's code of ``fn``. Train mode computes the same
+    thing in float: ``out_quant(fn(in_quant(x)))``.
+    """
+
+    def __init__(self, fn: str, *, in_width: int = 8, out_width: int = 8, out_signed: bool | None = None,
+                 rounding: str = "RND", overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+        super().__init__()
+        name, param = parse_fn(fn)
+        if not 2 <= in_width <= MAX_TABLE_BITS:
+            raise BadInputError(f"QActivation({fn!r}): in_width must be 2..{MAX_TABLE_BITS}, got {in_width}")
+        self.fn = fn
+        self._name, self._param = name, param
+        self.in_quant = FixedQuant(in_width, None, True, "RND", "SAT", learn_int_bits=learn_int_bits)
+        signed = (name not in _NON_NEGATIVE) if out_signed is None else out_signed
+        self.out_quant = FixedQuant(out_width, None, signed, rounding, overflow, learn_int_bits=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        return self.out_quant(TORCH_FUNCTIONS[self._name](self.in_quant(x), self._param))
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The float64 function the table samples."""
+        return evaluate(self.fn, x)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        (x,) = inputs
+        fin, fout = self.in_quant.fmt, self.out_quant.fmt
+        mid = f"{output}.in"
+        items: list[IRItem] = [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name),
+                                TensorSpec(mid, x.shape, fin))]
+        table = Constant(build_table(self.fn, fin, fout), fout.with_modes("TRN", "WRAP"))
+        node = Node(name, "lut", (mid,), output, {"table": table}, {"fn": self.fn}, source=name)
+        items.append((node, TensorSpec(output, x.shape, fout)))
+        return items
+
