@@ -24,7 +24,7 @@ from qfx.fixed import ops
 from qfx.fixed.csd import csd_digits
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
-from qfx.ir.graph import Constant, Node, Op, TensorSpec
+from qfx.ir.graph import Constant, Node, TensorSpec
 from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.exact import _frac_bits_needed
 from qfx.nn.quant import FixedQuant, quantize_pair
@@ -236,7 +236,7 @@ class QLinear(nn.Linear, _WeightLayer):
         consts = self._consts()
         w, b = consts["weight"], consts.get("bias")
         acc = lossless_acc_format(w.codes, w.fmt, x.fmt, None if b is None else b.codes, None if b is None else b.fmt)
-        node = Node(name, Op.DENSE, (x.name,), output, consts, {"khot": self.khot}, acc, source=name)
+        node = Node(name, "dense", (x.name,), output, consts, {"khot": self.khot}, acc, source=name)
         return [(node, TensorSpec(output, (self.out_features,), self._spec_fmt(acc)))]
 
 
@@ -287,7 +287,7 @@ class QConv2d(nn.Conv2d, _WeightLayer):
                                   None if b is None else b.codes, None if b is None else b.fmt)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, _pair(self.stride), _pair(self.padding)
         ho, wo = ops.conv_out_size(x.shape[1], kh, sh, ph), ops.conv_out_size(x.shape[2], kw, sw, pw)
-        node = Node(name, Op.CONV2D, (x.name,), output, consts,
+        node = Node(name, "conv2d", (x.name,), output, consts,
                     {"stride": (sh, sw), "padding": (ph, pw), "khot": self.khot}, acc, source=name)
         return [(node, TensorSpec(output, (self.out_channels, ho, wo), self._spec_fmt(acc)))]
 
@@ -399,7 +399,7 @@ class _QBatchNorm(QModule):
             raise UnsupportedError(f"{name}: batch norm over {self.num_features} channels got input shape {x.shape}")
         s, fs, h, fh = self.scale_shift_codes()
         acc = ops.scale_shift_format(x.fmt, fs, fh)
-        node = Node(name, Op.SCALE_SHIFT, (x.name,), output, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
+        node = Node(name, "scale_shift", (x.name,), output, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
                     {}, acc, source=name)
         return [(node, TensorSpec(output, x.shape, self._spec_fmt(acc)))]
 
@@ -464,7 +464,7 @@ class QReLU(QModule):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
-        return [(Node(name, Op.RELU, (x.name,), output, source=name), TensorSpec(output, x.shape, self._spec_fmt(x.fmt)))]
+        return [(Node(name, "relu", (x.name,), output, source=name), TensorSpec(output, x.shape, self._spec_fmt(x.fmt)))]
 
 
 class QClippedReLU(QModule):
@@ -516,10 +516,10 @@ class QClippedReLU(QModule):
             f2, cap_code = self._clip_fmt(fx)
             f2 = f2.with_modes("TRN", "WRAP")
             mid = f"{output}.in"
-            items.append((Node(f"{name}.quant", Op.QUANT, (src,), mid, source=name), TensorSpec(mid, x.shape, f2)))
+            items.append((Node(f"{name}.quant", "quant", (src,), mid, source=name), TensorSpec(mid, x.shape, f2)))
             src, fx = mid, f2
         lo = max(0, fx.min_code)
-        node = Node(name, Op.CLIP, (src,), output, attrs={"lo": lo, "hi": cap_code}, source=name)
+        node = Node(name, "clip", (src,), output, attrs={"lo": lo, "hi": cap_code}, source=name)
         items.append((node, TensorSpec(output, x.shape, self._spec_fmt(fx))))
         return items
 
@@ -553,7 +553,7 @@ class QAdd(QModule):
         a, b = inputs
         if a.shape != b.shape:
             raise UnsupportedError(f"{name}: add inputs differ in shape: {a.shape} vs {b.shape}")
-        node = Node(name, Op.ADD, (a.name, b.name), output, source=name)
+        node = Node(name, "add", (a.name, b.name), output, source=name)
         return [(node, TensorSpec(output, a.shape, self._spec_fmt(a.fmt.add_format(b.fmt))))]
 
 
@@ -589,7 +589,7 @@ class QMaxPool2d(nn.MaxPool2d, QModule):
         x = _one_input(inputs, name)
         k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
         shape = (x.shape[0], ops.conv_out_size(x.shape[1], k[0], s[0], p[0]), ops.conv_out_size(x.shape[2], k[1], s[1], p[1]))
-        node = Node(name, Op.MAXPOOL2D, (x.name,), output, attrs={"kernel": k, "stride": s, "padding": p}, source=name)
+        node = Node(name, "maxpool2d", (x.name,), output, attrs={"kernel": k, "stride": s, "padding": p}, source=name)
         return [(node, TensorSpec(output, shape, self._spec_fmt(x.fmt)))]
 
 
@@ -641,7 +641,7 @@ class QAvgPool2d(nn.AvgPool2d, QModule):
         k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
         shape = (x.shape[0], ops.conv_out_size(x.shape[1], k[0], s[0], p[0]), ops.conv_out_size(x.shape[2], k[1], s[1], p[1]))
         acc = self.accumulator_format(x.fmt)
-        node = Node(name, Op.AVGPOOL2D, (x.name,), output,
+        node = Node(name, "avgpool2d", (x.name,), output,
                     {"recip": Constant(np.array(self.recip_code, dtype=np.int64), self.recip_fmt)},
                     {"kernel": k, "stride": s, "padding": p}, acc, source=name)
         return [(node, TensorSpec(output, shape, self._spec_fmt(acc)))]
@@ -661,5 +661,5 @@ class QFlatten(nn.Flatten, QModule):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
-        node = Node(name, Op.FLATTEN, (x.name,), output, source=name)
+        node = Node(name, "flatten", (x.name,), output, source=name)
         return [(node, TensorSpec(output, (int(np.prod(x.shape)),), x.fmt))]
