@@ -31,7 +31,7 @@ from qfx.nn.quant import FixedQuant, quantize_pair
 
 __all__ = [
     "QModule", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU", "QClippedReLU", "QAdd",
-    "QMaxPool2d", "QAvgPool2d", "QFlatten", "IRItem",
+    "QMaxPool2d", "QAvgPool2d", "QFlatten", "IRItem", "QConv1d", "QMaxPool1d", "QAvgPool1d",
 ]
 
 IRItem = tuple[Node, TensorSpec]
@@ -240,8 +240,23 @@ class QLinear(nn.Linear, _WeightLayer):
         return [(node, TensorSpec(output, (self.out_features,), self._spec_fmt(acc)))]
 
 
+def _dense_kernel(w: np.ndarray, groups: int, dilation: tuple[int, int]) -> np.ndarray:
+    """(O, C/groups, kh, kw) grouped, dilated kernel codes -> the equivalent dense (O, C, kh', kw') kernel."""
+    if groups == 1 and dilation == (1, 1):
+        return w
+    o, cg, kh, kw = w.shape
+    dh, dw = dilation
+    full = np.zeros((o, cg * groups, (kh - 1) * dh + 1, (kw - 1) * dw + 1), dtype=w.dtype)
+    per = o // groups
+    for oc in range(o):
+        g = oc // per
+        full[oc, g * cg:(g + 1) * cg, ::dh, ::dw] = w[oc]
+    return full
+
+
 class QConv2d(nn.Conv2d, _WeightLayer):
-    """``nn.Conv2d`` (groups=1, zero padding) with fixed-point weight, bias and output formats."""
+    """``nn.Conv2d`` (any groups, dilation, padding including 'same'; zero padding mode) with fixed-point weight,
+    bias and output formats. Grouped/depthwise and dilated kernels are exported as the equivalent dense kernel."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
                  dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
@@ -250,12 +265,10 @@ class QConv2d(nn.Conv2d, _WeightLayer):
                  khot: int | None = None, out_signed: bool = True, weight_quant: FixedQuant | None = None,
                  bias_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
                  learn_int_bits: bool = True) -> None:
-        if isinstance(padding, str):
-            raise UnsupportedError(f"QConv2d supports integer padding only, got {padding!r}")
+        if padding_mode != "zeros":
+            raise UnsupportedError(f"QConv2d supports zero padding only (padding_mode='zeros'), got {padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
-        if groups != 1 or _pair(dilation) != (1, 1) or padding_mode != "zeros":
-            raise UnsupportedError("QConv2d supports groups=1, dilation=1 and zero padding only")
         self._init_quant(out_channels, weight_width, bias_width, out_width, rounding, overflow, per_channel, khot,
                          out_signed, weight_quant, bias_quant, out_quant, learn_int_bits)
 
@@ -263,8 +276,25 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
         w, b = self._weight_bias_train()
-        y = F.conv2d(x, w, b, self.stride, self.padding)
+        y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
         return self._out_train(y)
+
+    def weight_codes(self) -> tuple[np.ndarray, FxFormat]:
+        """Weight codes as one dense (O, C, kh', kw') kernel: grouped (depthwise) weights placed on their input
+        channels with zeros elsewhere, dilated kernels with zeros between taps. The IR's conv2d and every backend
+        then compute grouped and dilated convolutions exactly (zero products are skipped by the RTL adder graphs)."""
+        w, fw = _WeightLayer.weight_codes(self)
+        return _dense_kernel(w, self.groups, _pair(self.dilation)), fw
+
+    def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) zero padding, also for padding='same'/'valid'."""
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return 0, 0, 0, 0
+            tot = [d * (k - 1) for d, k in zip(_pair(self.dilation), self.kernel_size)]
+            return tot[0] // 2, tot[0] - tot[0] // 2, tot[1] // 2, tot[1] - tot[1] // 2
+        ph, pw = _pair(self.padding)
+        return ph, ph, pw, pw
 
     @torch.no_grad()
     def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,7 +304,11 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         w, fw = self.weight_codes()
         b, fb = self.bias_codes()
         out = self.out_fmt if self.out_fmt is not None else lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, b, fb)
-        y = ops.conv2d(xc, fx, w, fw, out, b, fb, _pair(self.stride), _pair(self.padding))
+        t, bo, le, r = self._pads(xc.shape[2], xc.shape[3])
+        if (t, le) != (bo, r):  # asymmetric ('same' with an even kernel): pad first, as the IR does
+            xc = np.pad(xc, ((0, 0), (0, 0), (t, bo), (le, r)))
+            t = le = 0
+        y = ops.conv2d(xc, fx, w, fw, out, b, fb, _pair(self.stride), (t, le))
         return codes_to_values(y, out, x.device)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
@@ -285,11 +319,21 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         w, b = consts["weight"], consts.get("bias")
         acc = lossless_acc_format(w.codes.reshape(w.codes.shape[0], -1), w.fmt, x.fmt,
                                   None if b is None else b.codes, None if b is None else b.fmt)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, _pair(self.stride), _pair(self.padding)
-        ho, wo = ops.conv_out_size(x.shape[1], kh, sh, ph), ops.conv_out_size(x.shape[2], kw, sw, pw)
-        node = Node(name, "conv2d", (x.name,), output, consts,
-                    {"stride": (sh, sw), "padding": (ph, pw), "khot": self.khot}, acc, source=name)
-        return [(node, TensorSpec(output, (self.out_channels, ho, wo), self._spec_fmt(acc)))]
+        kh, kw = w.codes.shape[2:]
+        sh, sw = _pair(self.stride)
+        t, bo, le, r = self._pads(x.shape[1], x.shape[2])
+        items: list[IRItem] = []
+        src, (c, h, wd) = x.name, x.shape
+        if (t, le) != (bo, r):  # asymmetric padding: an explicit zero-pad node, then an unpadded convolution
+            mid = f"{output}.pad"
+            items.append((Node(f"{name}.pad", "zeropad2d", (src,), mid, attrs={"pads": (t, bo, le, r)}, source=name),
+                          TensorSpec(mid, (c, h + t + bo, wd + le + r), x.fmt)))
+            src, h, wd, t, le = mid, h + t + bo, wd + le + r, 0, 0
+        ho, wo = ops.conv_out_size(h, kh, sh, t), ops.conv_out_size(wd, kw, sw, le)
+        node = Node(name, "conv2d", (src,), output, consts,
+                    {"stride": (sh, sw), "padding": (t, le), "khot": self.khot}, acc, source=name)
+        items.append((node, TensorSpec(output, (self.out_channels, ho, wo), self._spec_fmt(acc))))
+        return items
 
 
 # ============================================================================ batch norm
@@ -663,3 +707,68 @@ class QFlatten(nn.Flatten, QModule):
         x = _one_input(inputs, name)
         node = Node(name, "flatten", (x.name,), output, source=name)
         return [(node, TensorSpec(output, (int(np.prod(x.shape)),), x.fmt))]
+
+
+# ============================================================================ 1-D layers (as 2-D with height 1)
+class _OneD:
+    """1-D twins computed as their 2-D layer over (C, 1, L): ``forward`` adds and drops the unit height, the IR
+    gets reshape nodes (wires in hardware) around the 2-D op, so every backend runs 1-D models unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise BadInputError(f"{type(self).__name__} expects (N, C, L) input, got shape {tuple(x.shape)}")
+        return super().forward(x.unsqueeze(2)).squeeze(2)  # type: ignore[misc]
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        if len(x.shape) != 2:
+            raise UnsupportedError(f"{name}: {type(self).__name__} input must be (C, L) per sample, got {x.shape}")
+        mid = f"{output}.2d"
+        items: list[IRItem] = [(Node(f"{name}.to2d", "reshape", (x.name,), mid, attrs={"shape": (x.shape[0], 1, x.shape[1])},
+                                     source=name), TensorSpec(mid, (x.shape[0], 1, x.shape[1]), x.fmt))]
+        items += super().ir_nodes(name, [items[0][1]], f"{output}.out2d")  # type: ignore[misc]
+        last = items[-1][1]
+        shape = (last.shape[0], last.shape[2])
+        items.append((Node(f"{name}.to1d", "reshape", (last.name,), output, attrs={"shape": shape}, source=name),
+                      TensorSpec(output, shape, last.fmt)))
+        return items
+
+
+def _one(v: Any) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 1:
+            raise UnsupportedError(f"expected one value for a 1-D layer, got {v!r}")
+        v = v[0]
+    return int(v)
+
+
+class QConv1d(_OneD, QConv2d):
+    """``nn.Conv1d`` twin (any groups, dilation, padding incl. 'same'): a QConv2d with a (1, k) kernel; its weight
+    is stored (O, C/groups, 1, k)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device: Any = None,
+                 dtype: Any = None, **qfx_kwargs: Any) -> None:
+        pad = padding if isinstance(padding, str) else (0, _one(padding))
+        super().__init__(in_channels, out_channels, (1, _one(kernel_size)), (1, _one(stride)), pad,
+                         (1, _one(dilation)), groups, bias, padding_mode, device, dtype, **qfx_kwargs)
+
+
+class QMaxPool1d(_OneD, QMaxPool2d):
+    """``nn.MaxPool1d`` twin: a QMaxPool2d with a (1, k) window."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                 return_indices: bool = False, ceil_mode: bool = False, **qfx_kwargs: Any) -> None:
+        k = _one(kernel_size)
+        super().__init__((1, k), (1, _one(stride if stride is not None else k)), (0, _one(padding)),
+                         (1, _one(dilation)), return_indices, ceil_mode, **qfx_kwargs)
+
+
+class QAvgPool1d(_OneD, QAvgPool2d):
+    """``nn.AvgPool1d`` twin: a QAvgPool2d with a (1, k) window."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, **qfx_kwargs: Any) -> None:
+        k = _one(kernel_size)
+        super().__init__((1, k), (1, _one(stride if stride is not None else k)), (0, _one(padding)), ceil_mode,
+                         count_include_pad, **qfx_kwargs)
