@@ -13,6 +13,8 @@ Passes:
   avgpool accumulators are re-derived from their exact formulas. Reports the old and new format per node.
 * ``fold_scale_shift`` — folds a ``scale_shift`` into the preceding dense/conv only when bit-exact (see
   ``_try_fold``); otherwise leaves it and says why.
+* ``simplify_reshapes`` — collapses chains of format-preserving reshape/flatten nodes into one and drops a
+  reshape back to the original shape (1-D layers put a pair around every 2-D op).
 * ``remove_dead`` — drops nodes whose outputs never reach a graph output, and unused tensors.
 """
 from __future__ import annotations
@@ -217,6 +219,45 @@ def _fold_scale_shift(g: Graph) -> tuple[Graph, Report]:
     return g.replace(nodes=tuple(nodes), tensors=tensors).validate(), rep
 
 
+# ------------------------------------------------------------------------------------------------ reshapes
+def _is_pure_reshape(g: Graph, n: Node) -> bool:
+    """A reshape/flatten whose output format equals its input's: it only renames elements (C order)."""
+    return (n.op in ("reshape", "flatten") and g.tensor(n.inputs[0]).fmt == g.tensor(n.output).fmt)
+
+
+def _simplify_reshapes(g: Graph) -> tuple[Graph, Report]:
+    """Chains of pure reshapes collapse into one (1-D layers add a pair around every 2-D op); a reshape back to
+    its input's shape disappears. Graph outputs and formats are untouched."""
+    nodes = list(g.nodes)
+    rep: Report = []
+    changed = True
+    while changed:
+        changed = False
+        cur = g.replace(nodes=tuple(nodes))
+        for i, b in enumerate(nodes):
+            if not _is_pure_reshape(cur, b):
+                continue
+            a = cur.producer(b.inputs[0])
+            if a is None or not _is_pure_reshape(cur, a) or a.output in g.outputs or len(cur.consumers(a.output)) != 1:
+                continue
+            src = a.inputs[0]
+            shape = cur.tensor(b.output).shape
+            if cur.tensor(src).shape == shape and b.output not in g.outputs:  # reshape there and back: drop both
+                nodes = [n.replace(inputs=tuple(src if t == b.output else t for t in n.inputs))
+                         for n in nodes if n is not a and n is not b]
+                rep.append(f"{a.name} + {b.name}: removed (reshape there and back)")
+            else:
+                op = "flatten" if len(shape) == 1 else "reshape"
+                merged = b.replace(op=op, inputs=(src,), attrs={} if op == "flatten" else {"shape": shape})
+                nodes = [merged if n is b else n for n in nodes if n is not a]
+                rep.append(f"{a.name} + {b.name}: merged into one {op}")
+            changed = True
+            break
+    used = set(g.inputs) | set(g.outputs) | {t for n in nodes for t in (*n.inputs, n.output)}
+    tensors = {k: v for k, v in g.tensors.items() if k in used}
+    return g.replace(nodes=tuple(nodes), tensors=tensors), rep or ["no reshape chains"]
+
+
 # ------------------------------------------------------------------------------------------------ dead nodes
 def _remove_dead(g: Graph) -> tuple[Graph, Report]:
     live = set(g.outputs)
@@ -240,10 +281,11 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("check_accumulators", "refuse accumulators that could overflow", _check_accumulators),
     Pass("fold_scale_shift", "fold scale_shift into the preceding dense/conv when bit-exact", _fold_scale_shift),
     Pass("remove_dead", "drop nodes and tensors that do not reach an output", _remove_dead),
+    Pass("simplify_reshapes", "collapse chains of pure reshapes; drop reshapes there and back", _simplify_reshapes),
 )}
 
-DEFAULT_FLOW: tuple[str, ...] = ("check_formats", "remove_dead", "size_accumulators", "fold_scale_shift",
-                                 "check_formats")
+DEFAULT_FLOW: tuple[str, ...] = ("check_formats", "remove_dead", "simplify_reshapes", "size_accumulators",
+                                 "fold_scale_shift", "check_formats")
 
 
 def run_flow(graph: Graph, names: Sequence[str] | Iterable[str] = DEFAULT_FLOW) -> FlowResult:
