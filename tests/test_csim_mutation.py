@@ -17,7 +17,7 @@ from qfx.fixed.csd import khot_project
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
 from qfx.fixed.ops import scale_shift_format
-from qfx.ir.graph import Constant, Graph, Node, Op, TensorSpec
+from qfx.ir.graph import Constant, Graph, Node, TensorSpec
 from qfx.sim.csim import run_csim_batch
 
 pytestmark = pytest.mark.gxx
@@ -39,7 +39,7 @@ def dense_graph(name: str, khot: int = 0) -> Graph:
     b = r.integers(FB.min_code, FB.max_code, (4,), endpoint=True)
     acc = lossless_acc_format(w, FW, FX, b, FB)
     t = {"x": TensorSpec("x", (6,), FX), "y": TensorSpec("y", (4,), acc)}
-    n = Node("fc", Op.DENSE, ("x",), "y", {"weight": Constant(w, FW), "bias": Constant(b, FB)}, {"khot": khot}, acc)
+    n = Node("fc", "dense", ("x",), "y", {"weight": Constant(w, FW), "bias": Constant(b, FB)}, {"khot": khot}, acc)
     return Graph(name, ("x",), ("y",), t, (n,)).validate()
 
 
@@ -48,7 +48,7 @@ def conv_graph(name: str) -> Graph:
     w = r.integers(FW.min_code, FW.max_code, (2, 2, 3, 3), endpoint=True)
     acc = lossless_acc_format(w.reshape(2, -1), FW, FX)
     t = {"x": TensorSpec("x", (2, 5, 5), FX), "y": TensorSpec("y", (2, 5, 5), acc)}
-    n = Node("conv", Op.CONV2D, ("x",), "y", {"weight": Constant(w, FW)}, {"stride": (1, 1), "padding": (1, 1)}, acc)
+    n = Node("conv", "conv2d", ("x",), "y", {"weight": Constant(w, FW)}, {"stride": (1, 1), "padding": (1, 1)}, acc)
     return Graph(name, ("x",), ("y",), t, (n,)).validate()
 
 
@@ -58,7 +58,7 @@ def bn_graph(name: str) -> Graph:
     h = r.integers(FB.min_code, FB.max_code, (3,), endpoint=True)
     f = scale_shift_format(FX, FW, FB)
     t = {"x": TensorSpec("x", (3, 2, 2), FX), "y": TensorSpec("y", (3, 2, 2), f)}
-    n = Node("bn", Op.SCALE_SHIFT, ("x",), "y", {"scale": Constant(s, FW), "shift": Constant(h, FB)}, {}, f)
+    n = Node("bn", "scale_shift", ("x",), "y", {"scale": Constant(s, FW), "shift": Constant(h, FB)}, {}, f)
     return Graph(name, ("x",), ("y",), t, (n,)).validate()
 
 
@@ -77,14 +77,17 @@ def mutate_array(project, array: str, const, index: int) -> None:
     p.write_text(text[: m.start(1)] + body + text[m.end(1):])
 
 
-def mutate_khot(project, top: str, j: int, fw: FxFormat) -> None:
-    """Add one weight step (x * 2**-frac) to weight [0][j] of a K-hot layer's shift-add code."""
-    p = project / "firmware" / f"{top}.cpp"
+def mutate_khot(project, array: str, j: int, const) -> None:
+    """Flip the sign of the first shift-add term of weight [0][j] in a K-hot layer's table in weights.h."""
+    p = project / "firmware" / "weights.h"
     text = p.read_text()
-    step = f"(q{j} >> {fw.frac_bits})" if fw.frac_bits >= 0 else f"(q{j} << {-fw.frac_bits})"
-    pat = re.compile(rf"acc \+= t;  // w\[0\]\[{j}\] ")
-    assert pat.search(text)
-    p.write_text(pat.sub(f"t += {step}; acc += t;  // w[0][{j}] ", text, count=1))
+    m = re.search(rf"static const signed char {array}\[\d+\] = \{{\n(.*?)\n\}};", text, re.S)
+    assert m, array
+    vals = [int(x) for x in m.group(1).replace("\n", " ").split(",") if x.strip()]
+    k = len(vals) // const.codes.size  # term slots per weight
+    assert vals[j * k] != 0
+    vals[j * k] = -vals[j * k]
+    p.write_text(text[: m.start(1)] + "    " + ", ".join(map(str, vals)) + "," + text[m.end(1):])
 
 
 def test_single_weight_step_is_caught(tmp_path):
@@ -108,7 +111,7 @@ def test_single_weight_step_is_caught(tmp_path):
     mutate_array(dirs["bn"], "bn_scale", cases["bn"].nodes[0].consts["scale"], 1)
     wk = cases["khot"].nodes[0].consts["weight"]
     j = int(np.flatnonzero(wk.codes[0])[0])
-    mutate_khot(dirs["khot"], "m_khot", j, wk.fmt)
+    mutate_khot(dirs["khot"], "fc_w", j, wk)
     reports = dict(zip(cases, run_csim_batch(list(dirs.values()), 1000, flags=("-Werror",))))
     assert reports["ok"].mismatches == 0
     for key in ("dense", "dense_bias", "conv", "bn", "khot"):

@@ -144,20 +144,50 @@ def test_project_layout_and_headers(tmp_path):
             assert f"typedef {n.acc_fmt.ap_type()} {n.name}_acc_t;" in params
 
 
-def test_khot_layers_have_no_multiplier(tmp_path):
-    g = random_graph(7, "mlp", khot_prob=1.0)
+def _const_array(weights_h: str, name: str) -> list[int]:
+    m = re.search(rf"static const [\w ]+ {re.escape(name)}\[(\d+)\] = \{{\n(.*?)\n\}};", weights_h, re.S)
+    assert m, name
+    vals = [int(x.strip().rstrip("L")) for x in m.group(2).replace("\n", " ").split(",") if x.strip()]
+    assert len(vals) == int(m.group(1))
+    return vals
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_khot_layers_are_shift_tables(tmp_path, kind):
+    """A K-hot layer is a call of the shift-add kernel over a table that decodes to exactly its weight codes."""
+    g = random_graph(7 if kind == "mlp" else 2, kind, khot_prob=1.0)
     write_project(g, tmp_path)
-    src = (tmp_path / "firmware" / f"{g.name}.cpp").read_text()
+    fw = tmp_path / "firmware"
+    src, weights = (fw / f"{g.name}.cpp").read_text(), (fw / "weights.h").read_text()
+    params = (fw / "parameters.h").read_text()
     khot = [n for n in g.nodes if n.attr("khot")]
-    assert khot
+    assert khot and (fw / "qfx_khot.h").is_file()
+    kinds = set()
     for n in khot:
-        body = src[src.index(f"static void {n.name}("):]
-        body = body[: body.index("\n}\n")]
-        code = re.sub(r"//.*", "", body)
-        assert "*" not in code  # dense K-hot: no multiplication at all
-        assert not re.search(r"\bq\d+\s*\*", code) and not re.search(r"\*\s*q\d+\b", code)
-        assert "<<" in body or ">>" in body
-        assert f"{n.name}_w" not in src  # weights live in the shift terms only
+        kinds.add(n.op.value)
+        assert re.search(rf"qfx::khot_{n.op.value}<[^;]*>\(\w+, \w+, {n.name}_w\b", src), n.name
+        codes = n.consts["weight"].codes.reshape(-1).tolist()
+        tab = _const_array(weights, f"{n.name}_w")
+        k = int(re.search(rf"struct {n.name}_config \{{[^}}]*k_terms = (\d+);", params).group(1))
+        assert len(tab) == len(codes) * k
+        decoded = [sum((1 if v > 0 else -1) << (abs(v) - 1) for v in tab[i * k:(i + 1) * k] if v)
+                   for i in range(len(codes))]
+        assert decoded == codes, n.name
+        assert f"w_frac = {n.consts['weight'].fmt.frac_bits};" in params
+    assert ("conv2d" in kinds) == (fw / "qfx_khot_conv2d.h").is_file() == (kind == "cnn")
+
+
+def test_khot_kernels_have_no_multiplier():
+    """Outside array sizes and indices (constant after unrolling), the K-hot kernels only shift and add."""
+    from qfx.resources import data_dir
+
+    for h in ("qfx_khot.h", "qfx_khot_conv2d.h"):
+        text = (data_dir("hls") / h).read_text()
+        code = re.sub(r"//.*", "", text)
+        while re.search(r"\[[^\[\]]*\]", code):
+            code = re.sub(r"\[[^\[\]]*\]", "", code)
+        assert "*" not in code, h
+    assert "q << e" in (data_dir("hls") / "qfx_khot.h").read_text()
 
 
 @pytest.mark.parametrize("kw", [dict(io="axi"), dict(top_name="class"), dict(top_name="a b"),
@@ -169,13 +199,15 @@ def test_bad_options(tmp_path, kw):
     assert not any(tmp_path.iterdir())
 
 
-def test_refuses_non_empty_or_missing_folder(tmp_path):
+def test_refuses_non_empty_folder_creates_missing_one(tmp_path):
     (tmp_path / "x").write_text("keep")
     with pytest.raises(BadInputError):
         write_project(random_graph(1, "mlp"), tmp_path)
     assert (tmp_path / "x").read_text() == "keep"
     with pytest.raises(BadInputError):
-        write_project(random_graph(1, "mlp"), tmp_path / "missing")
+        write_project(random_graph(1, "mlp"), tmp_path / "x")  # a file in the way
+    write_project(random_graph(1, "mlp"), tmp_path / "missing" / "prj")
+    assert (tmp_path / "missing" / "prj" / "model.json").is_file()
 
 
 def test_hostile_names_are_sanitized(tmp_path):

@@ -10,8 +10,8 @@ from typing import Any, Mapping, Sequence
 import jinja2
 from markupsafe import Markup
 
+from qfx.backends.templating import template_env as _template_env
 from qfx.report.levels import LEVEL_TITLES
-from qfx.resources import data_dir
 
 __all__ = ["render_report", "template_env"]
 
@@ -19,9 +19,7 @@ _STATUS_CLASS = {"ok": "ok", "mismatch": "bad", "error": "bad", "skipped": "skip
 
 
 def template_env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates") / "report")),
-                              undefined=jinja2.StrictUndefined, autoescape=jinja2.select_autoescape(["html", "j2"]),
-                              trim_blocks=True, lstrip_blocks=True)
+    return _template_env("report", autoescape=jinja2.select_autoescape(["html", "j2"]), keep_trailing_newline=False)
 
 
 def _pct(a: float | None) -> str:

@@ -157,8 +157,9 @@ def run_csim_batch(project_dirs: Sequence[str | Path], n_vectors: int = 1000, se
     lines = ["// qfx csim batch driver: several generated projects in one binary, each in its own namespace.",
              "#include <cstdio>", "#include <cstdlib>", "#include <vector>", '#include "qfx_types.h"',
              '#include "qfx_io.h"']
-    lines += [f'#include "{h}"' for h in ("qfx_activation.h", "qfx_add.h", "qfx_conv2d.h", "qfx_dense.h",
-                                          "qfx_pool.h", "qfx_scale_shift.h", "qfx_stream.h")]
+    # every support header any project copied (each copies only those it uses), at file scope before the namespaces
+    used = {h.name for i in infos for h in (i[0] / "firmware").glob("qfx_*.h")} - {"qfx_types.h", "qfx_io.h"}
+    lines += [f'#include "{h}"' for h in sorted(used)]
     for k, (_, _, top, tb, src) in enumerate(infos):
         lines += [f"namespace qfx_batch_{k} {{", f'#include "{src}"', "#define main qfx_tb_main",
                   f'#include "{tb}"', "#undef main", "}"]
@@ -177,7 +178,7 @@ def run_csim_batch(project_dirs: Sequence[str | Path], n_vectors: int = 1000, se
 
 def _check_project(d: Path) -> None:
     if not d.is_dir():
-        raise BadInputError(f"{d} is not a folder (expected a project written by 'qfx export --hls')")
+        raise BadInputError(f"{d} is not a folder (expected a project written by 'qfx export MODEL --target hls -o DIR')")
     if not (d / "model.json").is_file():
         raise BadInputError(f"{d} is not a qfx HLS project: model.json is missing")
 
