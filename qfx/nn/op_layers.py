@@ -21,7 +21,7 @@ from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant
 from qfx.nn.quant import FixedQuant
 
-__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "TORCH_FUNCTIONS"]
+__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "QSoftmax", "TORCH_FUNCTIONS"]
 
 
 class _IRModule(QModule):
@@ -262,3 +262,43 @@ class QActivation(_IRModule):
         items.append((node, TensorSpec(output, x.shape, fout)))
         return items
 
+
+
+class QSoftmax(_IRModule):
+    """Softmax over the features of (N, n) activations, in integer arithmetic with an exp table and a reciprocal
+    table (``qfx/ops/softmax.py``). The input is first requantized by ``in_quant`` (``in_width`` bits); train mode
+    is float softmax between the same quantizers."""
+
+    def __init__(self, dim: int = -1, *, in_width: int = 8, out_width: int = 8, rounding: str = "RND",
+                 overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+        super().__init__()
+        from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
+
+        if dim not in (-1, 1):
+            raise UnsupportedError(f"QSoftmax works over the feature dimension of (N, n) inputs (dim=1 or -1), "
+                                   f"got dim={dim}")
+        if not 2 <= in_width <= MAX_SOFTMAX_IN_BITS:
+            raise BadInputError(f"QSoftmax: in_width must be 2..{MAX_SOFTMAX_IN_BITS}, got {in_width}")
+        self.dim = dim
+        self.in_quant = FixedQuant(in_width, None, True, "RND", "SAT", learn_int_bits=learn_int_bits)
+        self.out_quant = FixedQuant(out_width, 1, False, rounding, overflow, learn_int_bits=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2:
+            raise BadInputError(f"QSoftmax expects (N, n) input, got shape {tuple(x.shape)}")
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        return self.out_quant(torch.softmax(self.in_quant(x), dim=1))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.ops.softmax import softmax_tables
+
+        (x,) = inputs
+        if len(x.shape) != 1:
+            raise UnsupportedError(f"{name}: softmax works over a vector per sample, got shape {x.shape}")
+        fin, fout = self.in_quant.fmt, self.out_quant.fmt
+        mid = f"{output}.in"
+        et, rt, shift = softmax_tables(x.shape[0], fin, fout)
+        return [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name), TensorSpec(mid, x.shape, fin)),
+                (Node(name, "softmax", (mid,), output, {"exp_table": et, "recip_table": rt}, {"shift": shift},
+                      source=name), TensorSpec(output, x.shape, fout))]
