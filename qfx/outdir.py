@@ -1,4 +1,9 @@
-"""Atomic output folders: write into a temporary sibling, rename into place only when complete."""
+"""Atomic output folders and files: write into a temporary sibling, rename into place only when complete.
+
+The temporary sibling comes from ``tempfile`` (mode 0700/0600, private while incomplete); before the rename it gets
+the mode an ordinary ``mkdir``/``open`` would have given it under the process umask, so outputs are shared or
+private as the user's umask says, like any other file they write.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +15,44 @@ from typing import BinaryIO, Iterator
 
 from qfx.errors import BadInputError, OutputExistsError
 
-__all__ = ["atomic_output_dir", "atomic_output_file", "safe_child"]
+__all__ = ["atomic_output_dir", "atomic_output_file", "safe_child", "check_writable", "current_umask"]
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where possible (setting it to read it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def check_writable(path: str | os.PathLike[str], force: bool = False) -> Path:
+    """Fail now, in one line, when the file ``path`` cannot be written (it exists and ``force`` is off, a folder is
+    in the way, or the nearest existing parent folder takes no files): before minutes of training, not after.
+    Creates nothing (a probe file in that parent is removed at once)."""
+    dest = Path(path).expanduser().absolute()
+    if dest.exists() and not force:
+        raise OutputExistsError(f"output {dest} already exists (use --force to replace it)")
+    if dest.is_dir():
+        raise BadInputError(f"output {dest} is a folder, expected a file path")
+    anc = dest.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise BadInputError(f"cannot write {dest}: {anc} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".qfx-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    return dest
 
 
 @contextlib.contextmanager
@@ -33,6 +75,7 @@ def atomic_output_dir(path: str | os.PathLike[str], force: bool = False) -> Iter
         raise BadInputError(f"cannot write output folder {dest}: {exc.strerror or exc}") from None
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         old = None
         if dest.exists():
             old = parent / f".{dest.name}.old-{os.getpid()}"
@@ -65,6 +108,7 @@ def atomic_output_file(path: str | os.PathLike[str], force: bool = False) -> Ite
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

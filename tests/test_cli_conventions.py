@@ -118,3 +118,65 @@ def test_existing_output_exit_2(tmp_path, ir_model):
     res = _qfx(["export", str(ir_model), "--target", "hls", "-o", str(out), "--quiet"])
     assert res.returncode == 2 and "--force" in _one_line(res.stderr)
     assert (out / "keep.txt").read_text() == "mine\n" and len(list(out.iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------------------------- issue 13
+def test_exit_3_means_missing_tool_only():
+    """Generated code that does not build is bad input (2), never 'missing tool' (3)."""
+    from qfx.errors import BuildError, HdlBuildError, MissingToolError, exit_code
+
+    assert exit_code(BuildError("g++ failed")) == 2 and exit_code(HdlBuildError("verilator failed")) == 2
+    assert exit_code(MissingToolError("no g++")) == 3
+
+
+@pytest.mark.gxx
+def test_generated_code_that_does_not_build_exits_2_with_log(tmp_path, ir_model):
+    proj = tmp_path / "prj"
+    assert _qfx(["export", str(ir_model), "--target", "hls", "-o", str(proj), "--quiet"]).returncode == 0
+    (proj / "firmware" / "weights.h").write_text("this is not C++;\n")  # a broken (hand-edited) project
+    res = _qfx(["csim", str(proj), "-n", "10"])
+    assert res.returncode == 2
+    line = _one_line(res.stderr)
+    assert "g++ failed" in line and "full log:" in line
+    assert os.path.isfile(line.rsplit("full log: ", 1)[1].rstrip(")"))
+
+
+def test_csim_names_real_flags(tmp_path):
+    line = _one_line(_qfx(["csim", str(tmp_path / "missing")]).stderr)
+    assert "--target hls" in line and "--hls'" not in line
+
+
+def test_no_progress_bar_in_piped_logs(capsys, monkeypatch):
+    """stderr is not a terminal under pytest: a tqdm bar would write hundreds of '\\r' updates there."""
+    import qfx.nn.train as tr
+
+    def steps(model, opt, x, y, epochs, batch, gen, on_epoch=None, progress=None):  # the loop, minus the maths
+        for _ in range(epochs * 30):
+            if progress:
+                progress(1)
+
+    monkeypatch.setattr(tr, "fit_epochs", steps)
+    tr.train_model("mlp", bits=4, epochs=1, float_epochs=1, quiet=False, threads=1)
+    assert capsys.readouterr().err == ""
+
+
+def test_report_json_follows_the_umask(tmp_path, monkeypatch):
+    """report.json came from mkstemp (0600 whatever the umask); it is an ordinary output file."""
+    import stat
+
+    from qfx.cli import main
+
+    class Rep:
+        def to_dict(self):
+            return {"total": {"LUT": 1}}
+
+        def table(self):
+            return "LUT 1"
+
+    monkeypatch.setattr("qfx.report.resources.report_project", lambda *a, **k: Rep())
+    old = os.umask(0o002)
+    try:
+        assert main(["report", str(tmp_path), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.json").stat().st_mode) == 0o664

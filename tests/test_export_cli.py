@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import types
 
@@ -132,8 +133,8 @@ def test_backend_target_with_fake_backend(tmp_path, ir_json, monkeypatch, capsys
     fake.write_project = write_project
     monkeypatch.setitem(sys.modules, "qfx.backends.rtl", fake)
     out = tmp_path / "rtl"
-    assert main(["export", str(ir_json), "--target", "rtl", "-o", str(out), "--register-stages", "2", "-q"]) == 0
-    assert calls["options"] == {"register_stages": 2} and (out / "top.sv").exists()
+    assert main(["export", str(ir_json), "--target", "rtl", "-o", str(out), "--register-stages", "0", "-q"]) == 0
+    assert calls["options"] == {"register_stages": 0} and (out / "top.sv").exists()
     fake.write_project = failing
     out2 = tmp_path / "rtl2"
     assert main(["export", str(ir_json), "--target", "rtl", "-o", str(out2), "-q"]) == 2
@@ -207,3 +208,41 @@ def test_real_hls_backend_from_onnx(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     assert out.is_dir() and any(out.iterdir())
     assert main(["export", str(src), "--to", "hls", "-o", str(out), "-q"]) == 2  # exists, no --force
+
+
+# ---------------------------------------------------------------------------------------------- issue 13
+@pytest.mark.parametrize("args,flag", [
+    (["--to", "hls", "--clock-ns", "-1"], "--clock-ns must be a positive number"),
+    (["--to", "hls", "--reuse-factor", "0"], "--reuse-factor must be an integer >= 1"),
+    (["--to", "rtl", "--register-stages", "-2"], "--register-stages must be 0"),
+    (["--to", "onnx", "--part", "xc7"], "--part do.es. not apply to --target onnx"),
+])
+def test_option_values_checked_before_the_pass_report(tmp_path, ir_json, capsys, args, flag):
+    out = tmp_path / "out"
+    assert main(["export", str(ir_json), "-o", str(out), *args]) == 2
+    cap = capsys.readouterr()
+    assert re.search(flag, cap.err) and cap.err.count("\n") == 1
+    assert "[size_accumulators]" not in cap.out and not out.exists()  # nothing loaded, reported or written
+
+
+def test_onnx_output_needs_onnx_suffix(tmp_path, ir_json, capsys):
+    out = tmp_path / "exported.json"
+    assert main(["export", str(ir_json), "--to", "onnx", "-o", str(out), "-q"]) == 2
+    assert "must end in .onnx" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("target", ["hls", "rtl"])
+def test_write_project_creates_the_folder_and_refuses_a_full_one(tmp_path, target):
+    import importlib
+
+    write_project = importlib.import_module(f"qfx.backends.{target}").write_project
+    g = random_graph(5, kind="mlp")
+    out = tmp_path / "new" / "prj"
+    write_project(g, out)
+    assert (out / "model.json").is_file()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(BadInputError, match="not an? ?empty|not empty"):
+        write_project(g, full)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]

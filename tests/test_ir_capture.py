@@ -179,3 +179,36 @@ def test_real_qfx_model_capture_is_bit_exact(kind, tmp_path):
     # and the whole chain: capture -> ONNX -> onnxruntime
     path = export_onnx(g, tmp_path / f"{kind}.onnx")
     np.testing.assert_array_equal(run_onnx_codes(path, g, codes), out)
+
+
+# ---------------------------------------------------------------------------------------------- messages (issue 13)
+def test_float_model_is_told_to_quantize_first():
+    with pytest.raises(BadInputError, match=r"float model .*quantize it first with qfx.quantize_model"):
+        capture(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.zeros(1, 4))
+
+
+@needs_nn
+def test_function_hints_name_the_right_alternative():
+    import torch.nn.functional as F
+
+    import qfx.nn as qnn
+
+    class M(nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.inp, self.fc, self.fn = qnn.QuantInput(8, 2), qnn.QLinear(4, 4), fn
+
+        def forward(self, x):
+            h = self.fc(self.inp(x))
+            torch.tanh(h)  # dead code: not part of the design, never refused
+            return self.fn(h).view(h.shape[0], -1)
+
+    for fn, hint in ((F.relu, "QReLU"), (lambda h: h + h, "QAdd"), (lambda h: h.mean((2, 3)), "QGlobalAvgPool2d"),
+                     (torch.sigmoid, "activations are ReLU"), (lambda h: h * h, r"residual add x \+ y")):
+        with pytest.raises(UnsupportedError, match=hint) as ei:
+            capture(M(fn), torch.zeros(1, 4))
+        assert "torch.tanh" not in str(ei.value) and "(at tanh)" not in str(ei.value)
+    with pytest.raises(UnsupportedError, match="float layer in a qfx model; pass the model through qfx.quantize"):
+        capture(M(nn.Linear(4, 4)), torch.zeros(1, 4))
+    g = capture(M(qnn.QReLU()), torch.zeros(1, 4))  # view(x.shape[0], -1) is understood, the dead tanh skipped
+    assert [n.op for n in g.nodes] == [Op.DENSE, Op.RELU, Op.FLATTEN]

@@ -145,6 +145,11 @@ def test_train_cli_checkpoint_and_load(tmp_path, capsys):
     with pytest.raises(BadInputError):
         load_checkpoint(bad)
     assert main(["train", "--model", "mlp", "--bits", "1", "--quiet", "-o", str(tmp_path / "z.pt")]) == 2
+    # refused before any training: K-hot 0, an output nobody can write
+    t0 = time.time()
+    assert main(["train", "--model", "cnn", "--khot", "0", "--quiet", "-o", str(tmp_path / "k.pt")]) == 2
+    assert main(["train", "--model", "cnn", "--quiet", "-o", "/proc/qfx_nope/x.pt"]) == 2
+    assert "cannot write /proc/qfx_nope/x.pt" in capsys.readouterr().err and time.time() - t0 < 20
 
 
 def test_save_checkpoint_atomic(tmp_path):
@@ -179,3 +184,42 @@ def test_ddp_wraps_and_trains(tmp_path):
         assert any(n.endswith("int_bits_param") for n in moved) and any(n.endswith("weight") for n in moved)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- defects (issue 13)
+@pytest.mark.parametrize("kw,field", [({"weight_width": 1}, "weight_width"), ({"act_width": 30}, "act_width"),
+                                      ({"bias_width": 2.5}, "bias_width"), ({"khot": 0}, "khot"),
+                                      ({"rounding": "ROUND"}, "rounding"), ({"calib_method": "p99"}, "calib_method"),
+                                      ({"overrides": {"0": {"weight_width": 1}}}, "override for '0'")])
+def test_config_values_refused_on_construction(kw, field):
+    """weight_width=1 used to end in an OverflowError traceback during calibration."""
+    with pytest.raises(BadInputError, match=field) as ei:
+        qn.QFXConfig(**kw)
+    assert "\n" not in str(ei.value)
+    assert qn.QFXConfig(input_width=1, input_signed=False).input_width == 1  # unsigned 1-bit inputs are fine
+
+
+def test_override_path_typo_refused():
+    with pytest.raises(BadInputError, match=r"name no module of the model: '6'.*'1'"):
+        qn.quantize_model(digits_mlp(), qn.QFXConfig(overrides={"6": {"weight_width": 4}}))
+    # a container's override reaches everything inside it; the longest path wins
+    q = qn.quantize_model(DigitsCNN(), qn.QFXConfig(overrides={"block": {"weight_width": 5},
+                                                               "block.3": {"weight_width": 3}}))
+    assert [q.net.block[i].weight_quant.width for i in (0, 3)] == [5, 3] and q.net.stem[0].weight_quant.width == 8
+
+
+def test_quantizing_a_quantized_model_adds_no_second_input():
+    torch.manual_seed(0)
+    x = _data()
+    q = qn.quantize_model(DigitsCNN(), qn.QFXConfig(weight_width=5, act_width=6), x)
+    q2 = qn.quantize_model(q)
+    assert sum(isinstance(m, qn.QuantInput) for m in q2.modules()) == 1
+    assert q2.qfx_config.weight_width == 5  # the model's own config is kept
+    q.eval()
+    q2.eval()
+    with qn.mode(q, "exact"), qn.mode(q2, "exact"):
+        assert torch.equal(q(x), q2(x))
+    # a model built with its own QuantInput is not wrapped again either
+    own = nn.Sequential(qn.QuantInput(8, 2), nn.Linear(4, 3))
+    q3 = qn.quantize_model(own)
+    assert type(q3) is nn.Sequential and isinstance(q3[0], qn.QuantInput) and isinstance(q3[1], qn.QLinear)

@@ -33,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from qfx.outdir import current_umask
     from qfx.report.resources import report_project
     from qfx.report.yosys import stderr_progress
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".json", dir=out.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
+        os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 -> what the umask gives any file
     os.replace(tmp, out)
     print(json.dumps(data, indent=1) if args.json else rep.table())
     return 0

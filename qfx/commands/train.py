@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qfx.errors import OutputExistsError
+from qfx.errors import BadInputError
+from qfx.outdir import check_writable
 
 __all__ = ["add_parser", "run"]
 
@@ -30,12 +31,28 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything that would fail after minutes of training fails now, in one line."""
+    from qfx.nn.quant import MAX_TRAIN_WIDTH
+
+    if not 2 <= args.bits <= MAX_TRAIN_WIDTH // 2:
+        raise BadInputError(f"--bits must be in 2..{MAX_TRAIN_WIDTH // 2} (biases get 2*bits and train mode carries "
+                            f"at most {MAX_TRAIN_WIDTH} bits), got {args.bits}")
+    if args.khot is not None and not 1 <= args.khot <= args.bits:
+        raise BadInputError(f"--khot must be in 1..{args.bits} (at most K power-of-two terms per weight; leave it out "
+                            f"for plain weights), got {args.khot}")
+    if args.epochs < 0 or args.float_epochs < 0 or args.batch < 1 or not args.lr > 0:
+        raise BadInputError("--epochs and --float-epochs must be >= 0, --batch >= 1 and --lr > 0")
+    if args.threads is not None and args.threads < 1:
+        raise BadInputError(f"--threads must be >= 1, got {args.threads}")
+    check_writable(args.output, args.force)
+
+
 def run(args: argparse.Namespace) -> int:
     from qfx.nn.train import save_checkpoint, train_model
 
+    _check_args(args)  # fail before spending minutes training
     out = Path(args.output)
-    if out.exists() and not args.force:  # fail before spending minutes training
-        raise OutputExistsError(f"output {out.absolute()} already exists (use --force to replace it)")
     res = train_model(args.model, bits=args.bits, khot=args.khot, epochs=args.epochs, batch=args.batch, lr=args.lr,
                       seed=args.seed, float_epochs=args.float_epochs, quiet=args.quiet, threads=args.threads)
     path = save_checkpoint(res, out, force=args.force)

@@ -5,8 +5,10 @@ Contract with ``qfx.nn``: every qfx module has ``ir_nodes(name, inputs, output) 
 format) and returns no nodes. qfx modules are fx leaves, so their ``forward`` is never traced into.
 
 Besides qfx modules, capture understands what carries no arithmetic: ``nn.Flatten``, ``torch.flatten``,
-``Tensor.flatten/view/reshape`` (batch dimension first), ``nn.Identity`` and ``nn.Dropout`` (inference). Anything
-else raises ``UnsupportedError`` naming the module path and its type.
+``Tensor.flatten/view/reshape`` (batch dimension first, sizes from ``x.size(0)``/``x.shape[0]``), ``nn.Identity``
+and dropout (inference). Anything else raises ``UnsupportedError`` naming the module path or fx node, its type,
+and what to do (``qfx.quantize_model`` converts float layers, functions and operators; see ``qfx.nn.trace``).
+Calls whose results never reach the output are ignored.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from qfx.ir.graph import Graph, Node, TensorSpec
 
 __all__ = ["capture", "sanitize"]
 
-_PASS_THROUGH = ("Identity", "Dropout", "Dropout1d", "Dropout2d")
+_PASS_THROUGH = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                 "FeatureAlphaDropout")
 
 
 def sanitize(path: str) -> str:
@@ -38,17 +41,50 @@ def _is_input_module(m: Any) -> bool:
     return _is_qfx(m) and hasattr(m, "fmt") and type(m).__name__ == "QuantInput"
 
 
+def _hint(op: str, target: Any) -> str:
+    """What to do about a function/method capture does not take (from ``qfx.nn.trace``'s tables)."""
+    try:
+        from qfx.nn.trace import function_hint
+    except ImportError:  # pragma: no cover - qfx.nn is optional for the IR
+        return "use qfx layers"
+    return function_hint(op, target)
+
+
+def _model_class(model: Any) -> str:
+    """The user's class name: ``quantize_model`` wraps it as ``Sequential(input=QuantInput, net=<model>)``."""
+    net = getattr(model, "net", None)
+    if type(model).__name__ == "Sequential" and _is_input_module(getattr(model, "input", None)) and net is not None:
+        return type(net).__name__
+    return type(model).__name__
+
+
+def _live_nodes(fx_graph: Any) -> set[Any]:
+    """fx nodes whose value reaches the output (unused results are not part of the design)."""
+    seen: set[Any] = set()
+    stack = [n for n in fx_graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
 def capture(model: "Any", example_input: "Any | None" = None, name: str | None = None) -> Graph:
     """Trace ``model`` (qfx layers) into a validated ``Graph``.
 
     ``example_input`` (batch-first) gives the input's per-sample shape; without it, the ``QuantInput`` module
-    must carry a ``shape`` attribute.
+    must carry a ``shape`` attribute. ``name`` defaults to the model's class (the wrapped one for a model
+    ``qfx.quantize_model`` returned).
     """
     import torch
     import torch.fx
 
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(f"capture needs a torch.nn.Module, got {type(model).__name__}")
+    if not any(_is_qfx(m) for m in model.modules()):
+        raise BadInputError(f"{type(model).__name__} is a float model (no qfx layers): quantize it first with "
+                            "qfx.quantize_model(model, qfx.QFXConfig(...), calib_data=x), train it, then export")
 
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
@@ -119,7 +155,10 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
             rest = [x.size // known if d == -1 else d for d in rest]
         return tuple(rest)
 
+    live = _live_nodes(fx_graph)
     for fxn in fx_graph.nodes:
+        if fxn not in live and fxn.op != "placeholder":
+            continue
         if fxn.op == "placeholder":
             if placeholder is not None:
                 raise UnsupportedError(f"model has more than one input ({fxn.name!r}); qfx graphs take one")
@@ -172,6 +211,10 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 if m.start_dim != 1 or m.end_dim != -1:
                     raise UnsupportedError(f"{where}: only Flatten(start_dim=1, end_dim=-1) is supported")
                 add_reshape(fxn, x, (x.size,), where)
+            elif type(m).__module__.startswith("torch.nn"):
+                raise UnsupportedError(f"unsupported module {path!r} ({type(m).__module__}.{tname}): a float layer "
+                                       "in a qfx model; pass the model through qfx.quantize_model (it converts what "
+                                       "has a fixed-point twin and lists what has none)")
             else:
                 raise UnsupportedError(f"unsupported module {path!r} ({type(m).__module__}.{tname}); use a qfx layer")
         elif fxn.op in ("call_function", "call_method"):
@@ -180,6 +223,8 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
             where = f"{'method' if fxn.op == 'call_method' else 'function'} {tname!r} (at {fxn.name})"
             if fxn.op == "call_method" and tgt == "size":
                 env[fxn.name] = ("size", fxn.args[1] if len(fxn.args) > 1 else None)
+            elif fxn.op == "call_function" and tgt is getattr and len(fxn.args) == 2 and fxn.args[1] == "shape":
+                env[fxn.name] = ("size", None)
             elif fxn.op == "call_function" and tgt is operator.getitem and isinstance(env.get(fxn.args[0].name), tuple):
                 env[fxn.name] = ("size", fxn.args[1])
             elif tname == "flatten":
@@ -199,14 +244,15 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
             elif tname in ("contiguous", "clone", "dropout") or (fxn.op == "call_method" and tgt == "detach"):
                 env[fxn.name] = spec_of(fxn.args[0], where)
             else:
-                raise UnsupportedError(f"unsupported {where}; use a qfx layer (e.g. QAdd for residual sums)")
+                raise UnsupportedError(f"unsupported {where}: {_hint(fxn.op, tgt)}")
         elif fxn.op == "output":
             res = fxn.args[0]
             items = res if isinstance(res, (tuple, list)) else [res]
             for r in items:
                 outputs.append(spec_of(r, "model output").name)
     if not inputs:
-        raise UnsupportedError("model has no QuantInput module on its input; qfx needs the input format")
-    g = Graph(name or sanitize(type(model).__name__), tuple(inputs), tuple(outputs), tensors, tuple(nodes),
-              {"captured_from": type(model).__name__})
+        raise UnsupportedError("model has no QuantInput module on its input; qfx needs the input format "
+                               "(qfx.quantize_model adds one)")
+    cls = _model_class(model)
+    g = Graph(name or sanitize(cls), tuple(inputs), tuple(outputs), tensors, tuple(nodes), {"captured_from": cls})
     return g.validate()

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 from qfx.errors import BadInputError, QfxError, UnsupportedError
 from qfx.ir.graph import Graph
 
-__all__ = ["load_graph", "SUFFIXES"]
+__all__ = ["load_graph", "read_checkpoint", "SUFFIXES"]
 
 SUFFIXES = (".json", ".onnx", ".pt", ".pth")
 
 
 def load_graph(path: str | os.PathLike[str], name: str | None = None) -> Graph:
-    """``.json`` (qfx IR), ``.onnx`` (qfx/QONNX/plain import), ``.pt``/``.pth`` (qfx checkpoint, captured)."""
+    """``.json`` (qfx IR), ``.onnx`` (qfx/QONNX/plain import), ``.pt``/``.pth`` (a ``qfx.save`` checkpoint: its
+    embedded IR; a ``qfx train`` checkpoint: the bundled model rebuilt and captured)."""
     p = Path(path).expanduser()
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
@@ -39,7 +42,46 @@ def load_graph(path: str | os.PathLike[str], name: str | None = None) -> Graph:
 _DEFAULT_INPUT_SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8)}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def read_checkpoint(p: Path) -> Any:
+    """``torch.load(p, weights_only=True)`` with one-line errors: a whole pickled model (``torch.save(model)``)
+    is refused with what to use instead, never unpickled (that could run arbitrary code)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise BadInputError(f"{p} holds pickled Python objects (torch.save(model) pickles the whole model), "
+                                "which qfx does not unpickle because that can run arbitrary code; write the "
+                                "checkpoint with qfx.save(model, example_input, path) instead") from None
+        raise BadInputError(f"cannot read checkpoint {p}: {_one_line(exc)}") from None
+    except Exception as exc:  # torch.load raises many types on corrupt files
+        raise BadInputError(f"cannot read checkpoint {p}: {type(exc).__name__}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    return lines[0][:160] if lines else type(exc).__name__
+
+
 def _load_checkpoint(p: Path) -> Graph:
+    ck = read_checkpoint(p)
+    if not isinstance(ck, dict) or "qfx_checkpoint" not in ck:
+        plain = isinstance(ck, dict) and ck and all(hasattr(v, "shape") for v in ck.values())
+        raise BadInputError(f"{p} holds {'a plain state_dict' if plain else 'no qfx checkpoint'}; write one with "
+                            "qfx.save(model, example_input, path) (it embeds the model's IR)")
+    if ck.get("ir") is not None:  # written by qfx.save: the IR was captured when it was saved
+        try:
+            return Graph.from_json(ck["ir"]).validate()
+        except QfxError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file
+            raise BadInputError(f"checkpoint {p} holds an unreadable IR: {_one_line(exc)}") from None
     try:
         train = importlib.import_module("qfx.nn.train")
     except ImportError:
@@ -49,8 +91,7 @@ def _load_checkpoint(p: Path) -> Graph:
     except QfxError:
         raise
     except Exception as exc:  # torch.load raises many types on corrupt files
-        msg = str(exc).splitlines()[0][:160] if str(exc) else ""
-        raise BadInputError(f"cannot load checkpoint {p}: {type(exc).__name__}: {msg}") from None
+        raise BadInputError(f"cannot load checkpoint {p}: {type(exc).__name__}: {_one_line(exc)}") from None
     import torch
 
     from qfx.ir.from_torch import capture

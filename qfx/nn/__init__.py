@@ -1,6 +1,7 @@
 """Trainable fixed-point layers (learned binary points, K-hot weights) with a bit-exact integer mode."""
 from qfx.nn.convert import QFXConfig, calibrate, calibration, fold_bn, format_table, quantize_model, report_formats
 from qfx.nn.exact import get_mode, mode, set_mode
+from qfx.nn.extra_layers import QGlobalAvgPool2d
 from qfx.nn.layers import (
     QAdd, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv2d, QFlatten, QLinear, QMaxPool2d, QModule,
     QReLU, QuantInput,
@@ -9,6 +10,6 @@ from qfx.nn.quant import FixedQuant, fake_quant
 
 __all__ = [
     "FixedQuant", "fake_quant", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU",
-    "QClippedReLU", "QAdd", "QMaxPool2d", "QAvgPool2d", "QFlatten", "QModule", "set_mode", "get_mode", "mode",
+    "QClippedReLU", "QAdd", "QMaxPool2d", "QAvgPool2d", "QGlobalAvgPool2d", "QFlatten", "QModule", "set_mode", "get_mode", "mode",
     "QFXConfig", "quantize_model", "calibrate", "calibration", "fold_bn", "report_formats", "format_table",
 ]

@@ -5,29 +5,32 @@ import contextlib
 import copy
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
+import torch.fx
 from torch import nn
 
-from qfx.errors import BadInputError, UnsupportedError
+from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
-from qfx.nn.layers import (
-    QAdd, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv2d, QFlatten, QLinear, QMaxPool2d, QModule,
-    QReLU, QuantInput, _pair, _WeightLayer, _QBatchNorm,
-)
-from qfx.nn.quant import FixedQuant
+from qfx.nn.layers import QAdd, QAvgPool2d, QModule, QuantInput, _WeightLayer, _QBatchNorm
+from qfx.nn.quant import FixedQuant, link_chains
 
 __all__ = ["QFXConfig", "quantize_model", "calibrate", "calibration", "report_formats", "format_table", "fold_bn"]
+
+
+_WIDTH_FIELDS = ("weight_width", "bias_width", "act_width", "input_width", "bn_width", "add_width")
 
 
 @dataclass
 class QFXConfig:
     """How ``quantize_model`` quantizes a float model. Widths are total bits; binary points are learned.
 
-    ``overrides`` maps a module path of the *float* model (as in ``named_modules``) to field overrides, e.g.
-    ``{"0": {"weight_width": 8}, "head": {"khot": None}}``. ``acc_width`` is ``None`` for lossless accumulators
-    (always used); an int is a ceiling that ``report_formats`` checks.
+    ``overrides`` maps a module path of the *float* model (as in ``named_modules``; ``""`` is the whole model) to
+    field overrides, e.g. ``{"0": {"weight_width": 8}, "head": {"khot": None}}``. An override of a container
+    applies to everything inside it (the longest matching path wins), including the adds and activations that
+    ``quantize_model`` inserts for functional code there. ``acc_width`` is ``None`` for lossless accumulators
+    (always used); an int is a ceiling that ``report_formats`` checks. Values are checked on construction.
     """
 
     weight_width: int = 8
@@ -48,6 +51,53 @@ class QFXConfig:
     calib_method: str = "mse"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._check_values()
+        if not isinstance(self.overrides, dict):
+            raise BadInputError(f"QFXConfig.overrides must be a dict of module path -> dict, got "
+                                f"{type(self.overrides).__name__}")
+        names = {f.name for f in fields(self)} - {"overrides"}
+        for path, ov in self.overrides.items():
+            if not isinstance(path, str) or not isinstance(ov, dict):
+                raise BadInputError(f"QFXConfig.overrides must map module paths (str) to dicts of fields, got "
+                                    f"{path!r}: {ov!r}")
+            bad = sorted(set(ov) - names)
+            if bad:
+                raise BadInputError(f"override for {path!r} has unknown fields: {', '.join(map(str, bad))}")
+            try:
+                replace(self, **ov, overrides={})
+            except BadInputError as exc:
+                raise type(exc)(f"override for {path!r}: {exc}") from None
+
+    def _check_values(self) -> None:
+        """Refuse values that would fail later, mid-calibration or mid-training, with the field named."""
+        from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES
+        from qfx.nn.quant import MAX_TRAIN_WIDTH
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in _WIDTH_FIELDS:
+            v = getattr(self, name)
+            if v is None and name == "add_width":
+                continue
+            lo = 1 if name == "input_width" and self.input_signed is False else 2
+            if not is_int(v) or not lo <= v <= MAX_TRAIN_WIDTH:
+                raise FormatError(f"QFXConfig.{name} must be an integer in {lo}..{MAX_TRAIN_WIDTH} (a signed format "
+                                  f"needs 2 bits; train mode is float32 fake quantization), got {v!r}")
+        if self.acc_width is not None and (not is_int(self.acc_width) or not 2 <= self.acc_width <= 64):
+            raise FormatError(f"QFXConfig.acc_width must be None or an integer in 2..64, got {self.acc_width!r}")
+        if self.khot is not None and (not is_int(self.khot) or self.khot < 1):
+            raise FormatError(f"QFXConfig.khot must be None or an integer >= 1, got {self.khot!r}")
+        if self.rounding not in ROUNDING_MODES:
+            raise FormatError(f"QFXConfig.rounding must be one of {', '.join(ROUNDING_MODES)}, got "
+                              f"{self.rounding!r}")
+        if self.overflow not in OVERFLOW_MODES:
+            raise FormatError(f"QFXConfig.overflow must be one of {', '.join(OVERFLOW_MODES)}, got "
+                              f"{self.overflow!r}")
+        if self.calib_method not in ("max", "mse"):
+            raise FormatError(f"QFXConfig.calib_method must be 'max' or 'mse', got {self.calib_method!r}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (str/int/bool/None/dict only): stored in checkpoints loadable with ``weights_only=True``."""
         return copy.deepcopy(asdict(self))
@@ -61,112 +111,69 @@ class QFXConfig:
         return cls(**copy.deepcopy(dict(d)))
 
     def for_path(self, path: str) -> "QFXConfig":
-        ov = self.overrides.get(path)
-        if not ov:
+        """The config of the module at ``path``: overrides of every enclosing path, the most specific last."""
+        if not self.overrides:
             return self
-        bad = set(ov) - {f.name for f in fields(self)} - {"overrides"}
-        if bad:
-            raise BadInputError(f"override for {path!r} has unknown fields: {', '.join(sorted(bad))}")
-        return replace(self, **ov)
+        parts = path.split(".") if path else []
+        merged: dict[str, Any] = {}
+        for k in range(len(parts) + 1):
+            merged.update(self.overrides.get(".".join(parts[:k]), {}))
+        return replace(self, **merged) if merged else self
+
+    def check_paths(self, paths: Iterable[str]) -> None:
+        """Refuse override keys that name no module (a typo would otherwise be silently ignored)."""
+        known = set(paths) | {""}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            some = ", ".join(repr(p) for p in sorted(known - {""})[:8])
+            raise BadInputError(f"QFXConfig.overrides name no module of the model: {', '.join(map(repr, unknown))}"
+                                f" (module paths are like {some})")
 
 
 # ============================================================================ conversion
-def _convert_module(m: nn.Module, c: QFXConfig) -> nn.Module | None:
-    """The qfx twin of ``m`` with parameters copied, or None when ``m`` is a container to recurse into."""
-    common = dict(rounding=c.rounding, overflow=c.overflow, learn_int_bits=c.learn_int_bits)
-    if isinstance(m, QAdd) and m.out_quant is None:
-        return QAdd(out_width=c.add_width or c.act_width, **common)
-    if isinstance(m, QClippedReLU) and m.out_quant is None:
-        return QClippedReLU(m.cap, out_width=c.act_width, out_signed=not c.relu_unsigned, **common)
-    if isinstance(m, QModule):
-        return m
-    if isinstance(m, nn.Linear):
-        q = QLinear(m.in_features, m.out_features, m.bias is not None, weight_width=c.weight_width,
-                    bias_width=c.bias_width, out_width=c.act_width, per_channel=c.per_channel, khot=c.khot, **common)
-    elif isinstance(m, nn.Conv2d):
-        if m.groups != 1 or _pair(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise UnsupportedError("only Conv2d with groups=1, dilation=1 and integer zero padding can be quantized")
-        q = QConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=m.bias is not None,
-                    weight_width=c.weight_width, bias_width=c.bias_width, out_width=c.act_width,
-                    per_channel=c.per_channel, khot=c.khot, **common)
-    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        cls = QBatchNorm1d if isinstance(m, nn.BatchNorm1d) else QBatchNorm2d
-        q = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, scale_width=c.bn_width,
-                shift_width=c.bn_width, out_width=c.act_width, **common)
-    elif isinstance(m, nn.ReLU6):
-        return QClippedReLU(6.0, out_width=c.act_width, out_signed=not c.relu_unsigned, **common)
-    elif isinstance(m, nn.Hardtanh) and m.min_val == 0.0:
-        return QClippedReLU(m.max_val, out_width=c.act_width, out_signed=not c.relu_unsigned, **common)
-    elif isinstance(m, nn.ReLU):
-        return QReLU(out_width=c.act_width, out_signed=not c.relu_unsigned, **common)
-    elif isinstance(m, nn.MaxPool2d):
-        return QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
-    elif isinstance(m, nn.AvgPool2d):
-        return QAvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override,
-                          out_width=c.act_width, **common)
-    elif isinstance(m, nn.Flatten):
-        return QFlatten(m.start_dim, m.end_dim)
-    elif isinstance(m, (nn.Identity, nn.Dropout)):
-        return m
-    else:
-        return None
-    # copy parameters and buffers of the float module (state_dict keys of the twin are a superset)
-    missing, unexpected = q.load_state_dict(m.state_dict(), strict=False)
-    if unexpected:  # pragma: no cover - the twins keep torch's parameter names
-        raise UnsupportedError(f"cannot copy {type(m).__name__} state: unexpected {unexpected}")
-    return q
-
-
-def _convert(m: nn.Module, path: str, config: QFXConfig) -> nn.Module:
-    q = _convert_module(m, config.for_path(path))
-    if q is not None:
-        return q
-    if not list(m.children()):
-        raise UnsupportedError(f"module {path or '<root>'} ({type(m).__name__}) has no fixed-point twin in qfx")
-    for name, child in list(m.named_children()):
-        setattr(m, name, _convert(child, f"{path}.{name}" if path else name, config))
-    return m
-
-
-def _fold_float_bn(m: nn.Module) -> nn.Module:
-    """Fold every float BatchNorm that directly follows a Linear/Conv2d in a Sequential (running statistics)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-
-    for name, child in list(m.named_children()):
-        setattr(m, name, _fold_float_bn(child))
-    if not isinstance(m, nn.Sequential):
-        return m
-    items = list(m.named_children())
-    out: list[tuple[str, nn.Module]] = []
-    for name, child in items:
-        prev = out[-1][1] if out else None
-        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and isinstance(prev, (nn.Linear, nn.Conv2d)) \
-                and not isinstance(prev, QModule):
-            fuse = fuse_conv_bn_eval if isinstance(prev, nn.Conv2d) else fuse_linear_bn_eval
-            out[-1] = (out[-1][0], fuse(prev.eval(), child.eval()))
-            continue
-        out.append((name, child))
-    return nn.Sequential(OrderedDict(out)) if len(out) != len(items) else m
-
-
 def quantize_model(model: nn.Module, config: QFXConfig | None = None,
-                   calib_data: torch.Tensor | None = None) -> nn.Sequential:
+                   calib_data: torch.Tensor | None = None) -> nn.Module:
     """A fixed-point copy of ``model``: ``Sequential(input=QuantInput, net=<converted model>)``.
 
-    torch.nn Linear/Conv2d/BatchNorm/ReLU/ReLU6/MaxPool2d/AvgPool2d/Flatten become qfx layers (``QAdd`` modules get
-    output formats); parameters are copied. With ``calib_data`` every binary point is initialised from one batch
-    (``config.calib_method``). The resolved config is attached as ``model.qfx_config``.
+    ``forward`` is traced with torch.fx (``qfx.nn.trace``): torch.nn layers (Linear, Conv2d, BatchNorm, ReLU,
+    ReLU6, pools, Flatten) become qfx layers with their parameters copied, functions and operators (``F.relu``,
+    ``x + y``, ``torch.add``, ``x.mean((2, 3))``, ``F.max_pool2d``...) become qfx modules in the traced graph, and
+    Dropout/Identity are dropped, so training computes what the hardware will. Whatever has no fixed-point twin is
+    refused here, all of it in one message, before any training. A model that already has a ``QuantInput`` (one
+    ``quantize_model`` returned, say) gets no second one: only what is still float in it is converted. With
+    ``calib_data`` every binary point is initialised from one batch (``config.calib_method``). The resolved config
+    is attached as ``model.qfx_config``.
     """
-    config = copy.deepcopy(config) if config is not None else QFXConfig()
+    from qfx.nn.trace import convert_model
+
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"quantize_model needs a torch.nn.Module, got {type(model).__name__}")
+    if config is None:
+        config = getattr(model, "qfx_config", None) if isinstance(getattr(model, "qfx_config", None), QFXConfig) \
+            else QFXConfig()
+    config = copy.deepcopy(config)
+    if not isinstance(config, QFXConfig):
+        raise BadInputError(f"config must be a qfx.QFXConfig, got {type(config).__name__}")
     if config.input_signed is None:
         config.input_signed = bool(calib_data is not None and (calib_data < 0).any())
     body = copy.deepcopy(model)
-    if config.fold_bn:
-        body = _fold_float_bn(body)
-    body = _convert(body, "", config)
-    qin = QuantInput(config.input_width, None, config.input_signed, config.rounding, config.overflow)
-    q = nn.Sequential(OrderedDict([("input", qin), ("net", body)]))
+    # a model quantize_model made before: convert what is inside ``net`` (its paths are the float model's)
+    wrapped = isinstance(body, nn.Sequential) and isinstance(getattr(body, "input", None), QuantInput) \
+        and isinstance(getattr(body, "net", None), nn.Module)
+    inner = body.net if wrapped else body
+    config.check_paths(n for n, _ in inner.named_modules())
+    has_input = wrapped or any(isinstance(m, QuantInput) for m in inner.modules())
+    inner = convert_model(inner, config, config.for_path)
+    if wrapped:
+        body.net = inner
+        q = body
+    elif has_input:  # built with its own QuantInput: no second input quantizer
+        q = inner
+    else:
+        qin = QuantInput(config.input_width, None, config.input_signed, config.rounding, config.overflow)
+        q = nn.Sequential(OrderedDict([("input", qin), ("net", inner)]))
     q.qfx_config = config  # type: ignore[attr-defined]
+    link_chains(q)  # train mode: layer output + ReLU roundings in one pass (same bits; qfx.nn.quant.link_chains)
     if calib_data is not None:
         calibrate(q, calib_data, config.calib_method)
     return q
@@ -218,12 +225,15 @@ def calibration(model: nn.Module) -> Iterator[nn.Module]:
 
 # ============================================================================ BN folding of qfx models
 def fold_bn(model: nn.Module, calib_method: str = "mse") -> nn.Module:
-    """Fold each ``QBatchNorm`` that directly follows a ``QLinear``/``QConv2d`` in a Sequential into that layer.
+    """Fold each ``QBatchNorm`` that directly follows a ``QLinear``/``QConv2d`` in a Sequential (or, in a model
+    ``quantize_model`` rewrote as a GraphModule, in the graph) into that layer.
 
     The folded layer gets per-channel weight formats recalibrated for the folded weights and takes over the BN's
     output quantizer. Folding re-quantizes, so results change slightly: fine-tune afterwards for export.
     Returns the (possibly new) root module.
     """
+    if isinstance(model, torch.fx.GraphModule):  # quantize_model rewrote forward: fold along the graph
+        return _fold_bn_graph(model, calib_method)
     for name, child in list(model.named_children()):
         setattr(model, name, fold_bn(child, calib_method))
     if not isinstance(model, nn.Sequential):
@@ -237,6 +247,25 @@ def fold_bn(model: nn.Module, calib_method: str = "mse") -> nn.Module:
             continue
         out.append((name, child))
     return nn.Sequential(OrderedDict(out)) if len(out) != len(items) else model
+
+
+def _fold_bn_graph(gm: torch.fx.GraphModule, calib_method: str) -> torch.fx.GraphModule:
+    """``fold_bn`` of a GraphModule: the graph calls layers one by one, so pairs come from the graph (the BN reads
+    the layer's output and nothing else does); the BN's place holds an identity and its call leaves the graph."""
+    from qfx.nn.trace import _set_module, layer_bn_pairs
+
+    modules = dict(gm.named_modules())
+    pairs = layer_bn_pairs(gm.graph, modules, (_WeightLayer,), (_QBatchNorm,))
+    for layer_n, bn_n in pairs:
+        _set_module(gm, str(layer_n.target),
+                    _fold_pair(modules[str(layer_n.target)], modules[str(bn_n.target)], calib_method))
+        _set_module(gm, str(bn_n.target), nn.Identity())
+        bn_n.replace_all_uses_with(layer_n)
+        gm.graph.erase_node(bn_n)
+    if pairs:
+        gm.graph.lint()
+        gm.recompile()
+    return gm
 
 
 @torch.no_grad()

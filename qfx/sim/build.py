@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qfx.errors import BuildError, RunError
+from qfx.errors import BuildError, MissingToolError, RunError
 from qfx.sim.toolchain import cache_dir, find_ap_include, find_gxx
 
 __all__ = ["BASE_FLAGS", "compile_cxx", "cache_key", "run_binary", "write_codes", "read_codes"]
@@ -40,7 +40,8 @@ def _compiler_id(exe: str, mtime_ns: int) -> str:
     try:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:  # pragma: no cover - find_gxx checked it exists
-        raise BuildError(f"cannot run {exe} --version: {e}") from None
+        raise MissingToolError(f"cannot run {exe} --version ({e}); install g++ or point $CXX at a working one") \
+            from None
     return out.splitlines()[0] if out else ""
 
 
@@ -126,8 +127,8 @@ def compile_cxx(
     """Compile ``sources`` with g++ (``-std=c++14 -O2 -Wall`` + ``flags``) against the ap_types headers and return the
     cached executable. A cache hit returns the same path without running the compiler.
 
-    Raises ``BuildError`` (one line: the first compiler error and the path of the full log) when g++ fails, and
-    ``MissingToolError`` when g++ or the headers cannot be found.
+    Raises ``BuildError`` (one line: the first compiler error and the path of the full log; exit status 2) when
+    g++ fails on the sources, and ``MissingToolError`` (exit status 3) only when g++ or the headers cannot be found.
     """
     if not sources:
         raise BuildError("compile_cxx: no source files given")
