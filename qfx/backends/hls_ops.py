@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from qfx.errors import BadInputError
+from qfx.fixed import kernels as K
 from qfx.fixed.csd import csd_digits
 from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
 from qfx.ir.graph import op_def
+from qfx.ops import Categories, with_category
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.backends.hls import _Ctx
@@ -252,6 +254,58 @@ def emit_add(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     return {"call": "add"}
 
 
+def _same_size_operands(n: "Node", L: dict[str, Any]) -> None:
+    a, b = L["in_sizes"]
+    if a != b:
+        raise BadInputError(f"{n.op.value} node {n.name!r}: operands have {a} and {b} elements")
+
+
+def emit_sub(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::sub``: the exact ap_fixed difference (its minus type), one conversion."""
+    _same_size_operands(n, L)
+    return {"call": "sub"}
+
+
+def emit_mul(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::mul``: the exact ap_fixed product of two variables (its mult type), one conversion."""
+    _same_size_operands(n, L)
+    return {"call": "mul"}
+
+
+def emit_gather(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::gather`` for every ``Categories.GATHER`` op: its ``OpDef.gather_map`` as a constant index table into
+    the concatenated inputs (each converted to the output type), ``-1`` (a zero code) becoming the index of the zero
+    the kernel appends. Why one kernel: a new element-moving op then needs only its map."""
+    n_cat = sum(L["in_sizes"])
+    m = np.asarray(op_def(n.op).gather_map(ctx.graph, n), dtype=np.int64).reshape(-1)
+    if m.size != L["out_size"] or (m.size and (int(m.min()) < -1 or int(m.max()) >= n_cat)):
+        raise BadInputError(f"{n.op.value} node {n.name!r}: index map does not fit {L['out_size']} output and "
+                            f"{n_cat} input elements")
+    table = ctx.table(ctx.names("w", n.name), np.where(m < 0, n_cat, m),
+                      f"index map of {L['note']}: per output element, its element of the concatenated inputs "
+                      f"({n_cat} = the zero code)")
+    return {"call": "gather", "map": table, "config": [("uint", "n_out", L["out_size"]), ("uint", "n_cat", n_cat)]}
+
+
+def emit_lut(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::lut``: a ROM of output codes addressed by the input code. The IR table goes through the node's one
+    cast (``qfx.fixed.kernels.cast`` into the output format) here, so the hardware is a lookup and nothing else."""
+    g = ctx.graph
+    fx, of = g.tensor(n.inputs[0]).fmt, g.tensor(n.output).fmt
+    t = n.consts["table"]
+    n_table = fx.max_code - fx.min_code + 1
+    if t.codes.size != n_table:
+        raise BadInputError(f"lut node {n.name!r}: table has {t.codes.size} entries, input format {fx.ap_type()} "
+                            f"has {n_table} codes")
+    rom = K.cast(t.codes.reshape(-1), t.fmt, of)
+    fn = op_def(n.op).attr(n, "fn") or "table"
+    table = ctx.array(ctx.names("w", n.name), L["out_type"], rom, of,
+                      f"ROM of {L['note']} ({fn}): output code per input code from {fx.min_code} up")
+    return {"call": "lut", "table": table,
+            "config": [("uint", "n_elem", L["out_size"]), ("uint", "n_table", n_table),
+                       ("uint", "index_flip", (1 << (fx.width - 1)) if fx.signed else 0)]}
+
+
 def emit_cast(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     """``qfx::cast``: ops that only move or requantize elements (C order is kept, so the array is unchanged)."""
     if L["in_sizes"][0] != L["out_size"]:
@@ -268,7 +322,11 @@ HLS_EMITTERS: dict[str, HlsEmitter] = {
     "clip": emit_clip,
     "relu": emit_relu,
     "add": emit_add,
+    "sub": emit_sub,
+    "mul": emit_mul,
+    "lut": emit_lut,
     "quant": emit_cast,
     "flatten": emit_cast,
     "reshape": emit_cast,
+    **{name: emit_gather for name in with_category(Categories.GATHER)},
 }
