@@ -77,14 +77,53 @@ def test_exact_literal_value(w, i, data):
     lit = exact_literal(code, f)
     want = Fraction(code) * Fraction(2) ** (-f.frac_bits)
     getcontext().prec = 400
-    if lit.startswith("("):  # wide code: two exact parts
+    if lit.startswith("("):  # wide code: two exact parts, each a code of the format (the high one may be min_code)
         parts = re.findall(r"\((-?[0-9.]+)\)", lit)
         got = sum(Fraction(Decimal(p)) for p in parts)
-        assert all(abs(Fraction(Decimal(p)) * 2 ** f.frac_bits) < 2**63 for p in parts)
+        part_codes = [Fraction(Decimal(p)) * Fraction(2) ** f.frac_bits for p in parts]
+        assert len(parts) == 2 and all(c.denominator == 1 and f.min_code <= c <= f.max_code for c in part_codes)
+        assert all(abs(c) < 2**53 or c % 2**32 == 0 for c in part_codes)  # each part is an exact double
+        # parts are wrapped in the format's width/binary point with TRN/WRAP (no overflow step on a min code)
+        assert lit.count(f.with_modes("TRN", "WRAP").ap_type() + "(") == 2
     else:
         got = Fraction(Decimal(lit))
         assert float(lit) == float(want)  # the compiler's double is exactly the value (< 2**53 significant)
     assert got == want
+
+
+def test_exact_literal_wide_min_code_parts():
+    """Hypothesis's find: the high part of -2**63 + 2**32 - 1 in a 64-bit format is min_code itself (-2**63)."""
+    f = FxFormat(64, 10, overflow="SAT_SYM")
+    code = -(1 << 63) + (1 << 32) - 1
+    lit = exact_literal(code, f)
+    t = f.with_modes("TRN", "WRAP").ap_type()
+    parts = [Fraction(Decimal(p)) * 2**54 for p in re.findall(r"\((-?[0-9.]+)\)", lit)]
+    assert parts == [-(1 << 63), (1 << 32) - 1] and lit.count(t + "(") == 2 and "AP_SAT_SYM" not in lit
+
+
+@pytest.mark.gxx
+def test_exact_literal_compiles_to_the_code_in_every_overflow_mode(tmp_path):
+    """g++ + ap_types: every literal (wide ones split in two parts) converted into the format's TRN/WRAP type (what
+    const_typedef declares) holds exactly its code, also for AP_SAT_SYM formats at min_code."""
+    from qfx.sim.build import compile_cxx, run_binary
+
+    cases = []
+    for ovf in ("WRAP", "SAT", "SAT_SYM"):
+        for w, i in ((64, 10), (64, -3), (60, 70), (54, 1), (12, 3)):
+            f = FxFormat(w, i, overflow=ovf)
+            for code in (f.min_code, f.min_code + 1, f.min_code + (1 << 32) - 1, f.min_code + (1 << 40) + 5,
+                         -1, 0, 1, f.max_code, f.max_code - (1 << 33)):
+                if f.min_code <= code <= f.max_code:
+                    cases.append((f, code))
+    lines = []
+    for k, (f, code) in enumerate(cases):
+        t = f.with_modes("TRN", "WRAP").ap_type()
+        lines.append(f"    {{ {t} v = {exact_literal(code, f)}; ap_int<{f.width}> r = v.range({f.width - 1}, 0); "
+                     f"std::printf(\"%lld\\n\", (long long)r.to_int64()); }}")
+    src = tmp_path / "lit.cpp"
+    src.write_text("#include <cstdio>\n#include <ap_fixed.h>\nint main() {\n" + "\n".join(lines) + "\n}\n")
+    out = run_binary(compile_cxx([src], name="exact_literal", flags=["-Wno-unused-variable"])).stdout.split()
+    assert [int(v) for v in out] == [c for _, c in cases]
 
 
 # ------------------------------------------------------------------------------------------------ K-hot term type

@@ -222,15 +222,29 @@ def _check_calls(env: Any, layers: list[dict[str, Any]]) -> None:
                                    f"node {L['note']!r}); known: {', '.join(sorted(calls))}")
 
 
-def _stream_plan(ctx: _Ctx) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[Any, str]]:
-    """Streams for io=stream: every tensor gets one stream per reader; fan-out goes through clone chains.
+def _live_nodes(graph: Graph) -> list[Node]:
+    """Nodes whose output reaches a graph output, in graph order. io=stream runs only these: a stream nobody reads
+    would stall a DATAFLOW region (the default pass flow's ``remove_dead`` drops the others anyway)."""
+    need = set(graph.outputs)
+    live = set()
+    for n in reversed(graph.nodes):
+        if n.output in need:
+            live.add(n.name)
+            need.update(n.inputs)
+    return [n for n in graph.nodes if n.name in live]
+
+
+def _stream_plan(ctx: _Ctx, nodes: list[Node]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]],
+                                                        dict[Any, str]]:
+    """Streams for io=stream: every tensor gets one stream per reader among ``nodes`` (the live ones); fan-out goes
+    through clone chains.
 
     Returns the internal streams to declare, the clones by tensor (run right after the tensor's producer) and a map
     ``(node, input slot) -> stream read`` plus ``tensor -> stream written by its producer``.
     """
     g, N = ctx.graph, ctx.names
     uses: dict[str, list[Any]] = {t: [] for t in g.tensors}
-    for n in g.nodes:
+    for n in nodes:
         for k, t in enumerate(n.inputs):
             uses[t].append((n.name, k))
     for t in g.outputs:
@@ -343,9 +357,12 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
     streams: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = [{"kind": "layer", "layer": L} for L in ctx.layers]
     if io == "stream":
-        streams, clones, route = _stream_plan(ctx)
+        live = {n.name for n in _live_nodes(graph)}
+        streams, clones, route = _stream_plan(ctx, [n for n in graph.nodes if n.name in live])
         steps = [{"kind": "clone", **c} for t in graph.inputs for c in clones.get(t, [])]
         for L, n in zip(ctx.layers, graph.nodes):
+            if n.name not in live:
+                continue
             L["in_streams"] = [route[(n.name, k)] for k in range(len(n.inputs))]
             L["out_stream"] = route[n.output]
             L["stream_fn"] = names("stream_fn", n.name)
@@ -366,6 +383,7 @@ def write_project(graph: Graph, outdir: Path, *, part: str = "xcvu9p-flga2104-2-
         "clock_ns": f"{float(clock_ns):g}", "types": ctx.types, "configs": ctx.configs, "consts": ctx.consts,
         "scalars": ctx.scalars, "layers": ctx.layers, "inputs": inputs, "outputs": outputs, "buffers": buffers,
         "streams": streams, "steps": steps, "headers": headers,
+        "stream_layers": [s["layer"] for s in steps if s["kind"] == "layer"],
         "includes": [h for h in headers if h not in BASE_HEADERS],
         "n_in": sum(p["size"] for p in inputs), "n_out": sum(p["size"] for p in outputs),
         "has_tb_vectors": x is not None, "ops": sorted({L["op"] for L in ctx.layers}),

@@ -51,14 +51,17 @@ def exact_literal(code: int, fmt: FxFormat) -> str:
 
     Codes below 2**53 in magnitude become one exact decimal ``double`` literal (a dyadic rational has a finite
     decimal expansion, the compiler parses it to the exact double, and ap_fixed's double constructor is exact for
-    representable values). Wider codes are split into 2**32-aligned parts, each exact, summed exactly by ap_fixed.
+    representable values). Wider codes are split into 2**32-aligned parts, each a code of ``fmt`` (``hi`` may be
+    ``min_code`` itself), summed exactly by ap_fixed. The parts are wrapped in ``fmt``'s width and binary point with
+    TRN/WRAP modes: its own overflow mode would act on the conversion (AP_SAT_SYM turns ``min_code`` into
+    ``-max_code``).
     """
     code = int(code)
     if abs(code) < (1 << 53):
         return _decimal(code, fmt.frac_bits)
     lo = code & 0xFFFFFFFF
     hi = code - lo
-    t = fmt.ap_type()
+    t = fmt.with_modes("TRN", "WRAP").ap_type()
     return f"({t}({_decimal(hi, fmt.frac_bits)}) + {t}({_decimal(lo, fmt.frac_bits)}))"
 
 
@@ -306,6 +309,37 @@ def emit_lut(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
                        ("uint", "index_flip", (1 << (fx.width - 1)) if fx.signed else 0)]}
 
 
+def emit_softmax(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::softmax``: max, exp ROM addressed by the code distance, exact sum, reciprocal ROM addressed by the
+    sum's code shifted right, exact product, one conversion. Both ROMs hold the IR's table codes unchanged (their
+    types carry the tables' formats), so the kernel computes the golden function's integers."""
+    from qfx.ops.softmax import sum_format
+
+    g, N = ctx.graph, ctx.names
+    fx = g.tensor(n.inputs[0]).fmt
+    et, rt = n.consts["exp_table"], n.consts["recip_table"]
+    shift = int(op_def(n.op).attr(n, "shift"))
+    n_elem = L["out_size"]
+    if et.codes.size != 1 << fx.width or (n_elem * int(et.codes.max()) >> shift) >= rt.codes.size:
+        raise BadInputError(f"softmax node {n.name!r}: tables do not fit input format {fx.ap_type()} and "
+                            f"{n_elem} elements (exp {et.codes.size}, recip {rt.codes.size} entries, shift {shift})")
+    exp_t = ctx.const_typedef(N("wt", n.name), et.fmt, "exp table codes")
+    recip_t = ctx.const_typedef(N("recipt", n.name), rt.fmt, "reciprocal table codes")
+    sum_t = ctx.typedef(N("sum", n.name), sum_format(n_elem, et.fmt.with_modes("TRN", "WRAP")), "exact exp sum")
+    ctx.typedef(N("acc", n.name), FxFormat.for_code_range(0, int(et.fmt.max_code) * int(rt.fmt.max_code),
+                                                          et.fmt.frac_bits + rt.fmt.frac_bits, signed=False),
+                "exact exp * recip (reference)")
+    etab = ctx.array(N("w", n.name), exp_t, et.codes, et.fmt,
+                     f"exp ROM of {L['note']}: exp(-d) per input code distance d from 0 up")
+    rtab = ctx.array(N("recip", n.name), recip_t, rt.codes, rt.fmt,
+                     f"reciprocal ROM of {L['note']}: 1/sum per (sum code >> {shift})")
+    return {"call": "softmax", "exp_table": etab, "recip_table": rtab,
+            "config": [("type", "exp_t", exp_t), ("type", "recip_t", recip_t), ("type", "sum_t", sum_t),
+                       ("uint", "n_elem", n_elem), ("uint", "n_exp", et.codes.size),
+                       ("uint", "n_recip", rt.codes.size), ("uint", "shift", shift),
+                       ("uint", "index_flip", (1 << (fx.width - 1)) if fx.signed else 0)]}
+
+
 def emit_cast(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     """``qfx::cast``: ops that only move or requantize elements (C order is kept, so the array is unchanged)."""
     if L["in_sizes"][0] != L["out_size"]:
@@ -325,6 +359,7 @@ HLS_EMITTERS: dict[str, HlsEmitter] = {
     "sub": emit_sub,
     "mul": emit_mul,
     "lut": emit_lut,
+    "softmax": emit_softmax,
     "quant": emit_cast,
     "flatten": emit_cast,
     "reshape": emit_cast,

@@ -9,7 +9,7 @@ import importlib
 from qfx.ops.base import REGISTRY, AttrSpec, Categories, OpDef, emitter_for, get, names, register
 
 #: the op modules; importing one registers its ops
-BUILTIN_MODULES = ("linear", "affine", "elementwise", "binary", "pool", "shape", "arith", "gather", "lut")
+BUILTIN_MODULES = ("linear", "affine", "elementwise", "binary", "pool", "shape", "arith", "gather", "lut", "softmax")
 for _m in BUILTIN_MODULES:
     importlib.import_module(f"qfx.ops.{_m}")
 
