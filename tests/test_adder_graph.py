@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qfx.backends.adder_graph import AdderGraph, OutputRef, build_adder_graph, signed_width
+from qfx.backends import adder_graph
+from qfx.backends.adder_graph import CSE_BLOCK, AdderGraph, OutputRef, build_adder_graph, signed_width
 from qfx.errors import BadInputError
 from qfx.fixed.csd import csd_weight, khot_project
 
@@ -56,10 +57,23 @@ def _extreme_inputs(box: list[tuple[int, int]], rng: np.random.Generator, n_rand
 @given(w=matrices(), share=st.booleans(), xbits=st.integers(1, 16), signed=st.booleans(), seed=st.integers(0, 999))
 def test_evaluate_is_exact_and_bounds_are_safe(w, share, xbits, signed, seed):
     rng = np.random.default_rng(seed)
+    box = _input_box(rng, w.shape[1], xbits, signed)
+    _check_graph(build_adder_graph(w, input_bounds=box, share=share), w, _extreme_inputs(box, rng))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(w=matrices(max_dim=40), block=st.sampled_from([2, 3, 4, 8]), xbits=st.integers(1, 12),
+       signed=st.booleans(), seed=st.integers(0, 999))
+def test_bounded_cse_is_exact_and_bounds_are_safe(w, block, xbits, signed, seed):
+    """Small blocks force many blocks, merge rounds and the merge cap on small matrices."""
+    rng = np.random.default_rng(seed)
+    box = _input_box(rng, w.shape[1], xbits, signed)
+    _check_graph(build_adder_graph(w, input_bounds=box, cse_block=block), w, _extreme_inputs(box, rng))
+
+
+def _check_graph(g: AdderGraph, w: np.ndarray, x: np.ndarray) -> None:
+    """``g`` computes ``w @ x`` exactly, its values lie in its bounds, and its structure keeps the invariants."""
     m, n = w.shape
-    box = _input_box(rng, n, xbits, signed)
-    g = build_adder_graph(w, input_bounds=box, share=share)
-    x = _extreme_inputs(box, rng)
     want = x.astype(object) @ w.T.astype(object)
     got = g.evaluate(x)
     assert got.shape == (x.shape[0], m)
@@ -172,3 +186,49 @@ def test_64x64_8bit_layer_is_exact_and_shares():
     x = np.random.default_rng(8).integers(-128, 127, size=(32, 64), endpoint=True)
     assert np.array_equal(g.evaluate(x), x @ w.T)
     assert g.adder_count < build_adder_graph(w, share=False).adder_count
+
+
+def _random_4bit(m: int, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-8, 7, size=(m, n), endpoint=True)
+
+
+def test_narrow_matrices_get_the_unbounded_search():
+    w = _random_4bit(24, CSE_BLOCK, 3)
+    assert build_adder_graph(w).to_dict() == build_adder_graph(w, cse_block=None).to_dict()
+    assert build_adder_graph(w, cse_block=16).to_dict() != build_adder_graph(w, cse_block=None).to_dict()
+
+
+def test_bounded_cse_work_grows_linearly_with_the_row(monkeypatch):
+    """Term pairs the CSE searches (its time and memory): 4x the columns gives about 4x the pairs, not 16x."""
+    pairs = [0]
+    init = adder_graph._Cse.__init__
+
+    def counting_init(self, b, rows):
+        pairs[0] += sum(len(r) * (len(r) - 1) // 2 for r in rows)
+        init(self, b, rows)
+
+    monkeypatch.setattr(adder_graph._Cse, "__init__", counting_init)
+    got = []
+    for n in (256, 1024):
+        w = _random_4bit(16, n, 5)
+        pairs[0] = 0
+        g = build_adder_graph(w, cse_block=16)
+        x = np.random.default_rng(6).integers(-128, 127, size=(8, n), endpoint=True)
+        assert np.array_equal(g.evaluate(x), x @ w.T)
+        got.append(pairs[0])
+    assert got[1] < 4.6 * got[0], got
+    assert got[0] < 0.5 * 16 * (256 * 1.2) ** 2 / 2  # far below one search over the whole rows
+
+
+def test_bounded_cse_keeps_most_of_the_sharing():
+    w = _random_4bit(24, 160, 11)
+    bounded = build_adder_graph(w, cse_block=32).adder_count
+    full = build_adder_graph(w, cse_block=None).adder_count
+    plain = build_adder_graph(w, share=False).adder_count
+    assert bounded <= 1.10 * full and bounded < 0.7 * plain, (full, bounded, plain)
+
+
+@pytest.mark.parametrize("block", [0, 1, 2.5, True, "64"])
+def test_bad_cse_block(block):
+    with pytest.raises(BadInputError, match="cse_block"):
+        build_adder_graph(np.ones((2, 2), dtype=np.int64), cse_block=block)

@@ -14,15 +14,17 @@ from typing import Any
 
 import jinja2
 
+from qfx.backends.adder_graph import CSE_BLOCK
+from qfx.backends.axis import pad8
 from qfx.backends.naming import sanitize_one
-from qfx.backends.rtl_design import ADDER_MODES, CONV_STYLES, LayerDesign, design_conv_pixel, design_layer
+from qfx.backends.rtl_design import (ADDER_MODES, CONV_STYLES, LayerDesign, design_conv_pixel, design_layer,
+                                     layer_ports)
+from qfx.backends.templating import template_env as _template_env
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.ir.graph import Graph, Node, Op
-from qfx.resources import data_dir
+from qfx.ir.graph import Graph, Node, op_def
+from qfx.ops import Categories
 
 __all__ = ["write_project", "RtlProject", "build_project", "render_requant", "template_env", "pad8"]
-
-_WIRING = (Op.FLATTEN, Op.RESHAPE, Op.QUANT)
 
 
 def _version() -> str:
@@ -34,15 +36,8 @@ def _version() -> str:
         return "unknown"
 
 
-def pad8(bits: int) -> int:
-    """AXI4-Stream tdata width: ``bits`` rounded up to whole bytes."""
-    return max(8, (bits + 7) // 8 * 8)
-
-
 def template_env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir("templates") / "rtl")),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True, autoescape=False)
+    return _template_env("rtl")
 
 
 def render_requant(name: str, header: str) -> str:
@@ -56,6 +51,8 @@ class RtlProject:
     top: str
     files: dict[str, str]
     info: dict[str, Any]
+    #: products of two variables (``mul``): the only ``*`` in the design, where synthesis may use DSP blocks
+    multipliers: int = 0
 
 
 def _folded(graph: Graph, conv_style: str) -> dict[str, int]:
@@ -64,19 +61,17 @@ def _folded(graph: Graph, conv_style: str) -> dict[str, int]:
         return {}
     res = {}
     for n in graph.nodes:
-        if n.op is Op.CONV2D:
+        if op_def(n.op).is_(Categories.CONV):
             shape = graph.tensor(n.output).shape
             if shape[1] * shape[2] > 1:
                 res[n.name] = shape[1] * shape[2]
     return res
 
 
-_FUSABLE = (Op.SCALE_SHIFT, Op.RELU, Op.CLIP, Op.QUANT)
-
-
 def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]]:
-    """Per folded conv: the chain of same-shape element-wise nodes after it (at most one residual ADD, whose other
-    operand the kernel reads pixel by pixel), each the sole reader of its input."""
+    """Per folded conv: the chain of same-shape ``Categories.FUSABLE`` nodes after it (at most one residual
+    ``Categories.BINARY`` add, whose other operand the kernel reads pixel by pixel), each the sole reader of its
+    input."""
     readers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for t in n.inputs:
@@ -91,12 +86,13 @@ def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]
             m = readers[t][0]
             if graph.tensor(m.output).shape != graph.tensor(t).shape:
                 break
-            residual = (m.op is Op.ADD and len(m.inputs) == 2 and m.inputs[0] != m.inputs[1]
-                        and not any(c.op is Op.ADD for c in chain)
+            md = op_def(m.op)
+            residual = (md.is_(Categories.BINARY) and len(m.inputs) == 2 and m.inputs[0] != m.inputs[1]
+                        and not any(op_def(c.op).is_(Categories.BINARY) for c in chain)
                         and all(graph.tensor(u).shape == graph.tensor(t).shape for u in m.inputs)
                         # the other operand must exist before this layer is placed (a graph input or made earlier)
                         and all(made_by.get(u, -1) < pos for u in m.inputs if u != t))
-            if not residual and (m.op not in _FUSABLE or m.inputs != (t,)):
+            if not residual and (not md.is_(Categories.FUSABLE) or m.inputs != (t,)):
                 break
             chain.append(m)
             t = m.output
@@ -105,18 +101,22 @@ def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]
 
 
 def build_project(graph: Graph, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse", conv_style: str = "pixel") -> RtlProject:
+                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK) -> RtlProject:
     """Render the design for ``graph`` without writing anything.
 
     With ``conv_style="pixel"`` every Conv2d computes one output pixel per clock, so the whole pipeline advances one
     step every ``ii`` = (largest conv output height x width) clocks; without convolutions (or with ``"parallel"``)
-    it accepts one vector per clock.
+    it accepts one vector per clock. ``cse_block`` bounds the adder graphs' sharing search so that generation time
+    grows near-linearly with the weights (``qfx.backends.adder_graph.build_adder_graph``; None: unbounded, quadratic
+    in the row length, a few percent fewer adders on wide layers).
     """
     graph.validate()
     if adder not in ADDER_MODES:
         raise BadInputError(f"adder must be one of {', '.join(ADDER_MODES)}, got {adder!r}")
     if conv_style not in CONV_STYLES:
         raise BadInputError(f"conv_style must be one of {', '.join(CONV_STYLES)}, got {conv_style!r}")
+    if cse_block is not None and (isinstance(cse_block, bool) or not isinstance(cse_block, int) or cse_block < 2):
+        raise BadInputError(f"cse_block must be an integer >= 2 or None, got {cse_block!r}")
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UnsupportedError(f"the RTL backend needs exactly one input and one output; graph {graph.name!r} has "
                                f"{len(graph.inputs)} and {len(graph.outputs)}")
@@ -149,6 +149,7 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         return sig[(t, s)]
 
     adders = 0
+    mults = 0
     per_layer = []
     for i, n in enumerate(graph.nodes):
         if n.name in fused_into:
@@ -159,7 +160,7 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         lay_out = chain[-1].output if chain else n.output
         comment = " + ".join(f"{m.op.value} {sanitize_one(m.name)}" for m in (n, *chain))
         if n.name in folded:
-            p = design_conv_pixel(graph, n, mod, adder, chain)
+            p = design_conv_pixel(graph, n, mod, adder, chain, cse_block)
             d: LayerDesign = p.kernel
             files[f"{d.module}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
             files[f"{mod}.sv"] = conv_tpl.render(p=p, header=header, module=mod, kernel=d.module, comment=comment)
@@ -169,12 +170,13 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
             extra = [{"port": "ap_clk", "sig": "ap_clk"}, {"port": "ap_rst_n", "sig": "ap_rst_n"},
                      {"port": "en", "sig": "en"}, {"port": "step", "sig": "step"}]
         else:
-            d = design_layer(graph, n, mod, adder)
+            d = design_layer(graph, n, mod, adder, cse_block)
             files[f"{mod}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
             out_bits = d.out_bits
             extra = []
         adders += d.n_adders
-        ports = ["a", "b"] if len(n.inputs) == 2 else ["x"]
+        mults += d.n_mults
+        ports = layer_ports(len(n.inputs))
         ins = list(n.inputs)
         if n.name in folded and p.residual_input is not None:  # a fused residual ADD reads its other operand as r
             ins.append(p.residual_input)
@@ -184,7 +186,9 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         layers.append({"module": mod, "comment": f"{comment} -> tensor t{ids[lay_out]}", "bits": out_bits,
                        "comb": comb,
                        "conns": extra + [{"port": p, "sig": at(t, s_in)} for p, t in zip(ports, ins)]})
-        wiring = n.op in _WIRING and graph.tensor(n.inputs[0]).fmt == graph.tensor(n.output).fmt
+        # ops that only move elements (WIRING; GATHER by an index map) are wires when no format changes: no register
+        wiring = ((op_def(n.op).is_(Categories.WIRING) or op_def(n.op).is_(Categories.GATHER))
+                  and all(graph.tensor(t).fmt == graph.tensor(n.output).fmt for t in n.inputs))
         if (register_stages and not wiring) or n.name in folded:
             name = f"r{i}"
             regs.append({"name": name, "bits": out_bits, "src": comb})
@@ -205,6 +209,7 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     ins, outs = graph.tensor(graph.inputs[0]), graph.tensor(out_t)
     info = {
         "top": top, "latency": (stages - 1) * ii + 1, "stages": stages, "ii": ii, "conv_style": conv_style, "adder": adder,
+        "cse_block": cse_block,
         "register_stages": bool(register_stages),
         "in_count": ins.size, "in_ew": ins.fmt.width, "in_signed": ins.fmt.signed, "in_fmt": ins.fmt.ap_type(),
         "in_bits": bits[ins.name], "in_tw": pad8(bits[ins.name]), "in_shape": list(ins.shape),
@@ -218,20 +223,24 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
                                 "out_fmt", "out_ew", "out_bits", "out_tw")})
     # dependency order: requant, layers, top (Yosys and Verilator accept any order; this reads naturally)
     info["rtl_files"] = [f"rtl/{f}" for f in files]
-    return RtlProject(top, files, info)
+    return RtlProject(top, files, info, mults)
 
 
 def write_project(graph: Graph, outdir: Path, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse", conv_style: str = "pixel") -> None:
-    """Write ``rtl/*.sv``, ``model.json``, ``cosim.json`` and ``README.md`` into the existing folder ``outdir``."""
+                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK) -> None:
+    """Write ``rtl/*.sv``, ``model.json``, ``cosim.json`` and ``README.md`` into ``outdir`` (created if missing; an
+    existing one must be empty)."""
     outdir = Path(outdir)
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+        raise BadInputError(f"output {outdir} is not an empty folder")
     proj = build_project(graph, register_stages=register_stages, top_name=top_name, adder=adder,
-                         conv_style=conv_style)
+                         conv_style=conv_style, cse_block=cse_block)
     (outdir / "rtl").mkdir(parents=True, exist_ok=True)
     for name, text in proj.files.items():
         (outdir / "rtl" / name).write_text(text)
     graph.save(outdir / "model.json")
     (outdir / "cosim.json").write_text(json.dumps({"qfx_rtl_version": 1, **proj.info}, indent=1))
     readme = template_env().get_template("README.md.j2").render(info=proj.info, version=_version(),
-                                                                model=sanitize_one(graph.name))
+                                                                model=sanitize_one(graph.name),
+                                                                multipliers=proj.multipliers)
     (outdir / "README.md").write_text(readme)
