@@ -17,7 +17,7 @@ from qfx.errors import QfxError, exit_code
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = ("train", "export", "csim", "cosim", "report", "demo")
+COMMANDS = ("train", "export", "quantize", "csim", "cosim", "report", "demo")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -160,6 +160,8 @@ def _try_fold(g: Graph, prev: Node, bn: Node) -> tuple[Node | None, str]:
     o = w.codes.shape[0]
     if sc.codes.size != o:
         return None, "scale does not match output channels"
+    if sc.fmt.width > 16:  # e.g. an imported dyadic requantizer: folding would widen every weight by as much
+        return None, f"scale has {sc.fmt.width} bits; kept as a per-channel requantizer (cheaper than wider weights)"
     scale = sc.codes.reshape(-1).astype(object)
     shift = sh.codes.reshape(-1).astype(object)
     wbshape = (o,) + (1,) * (w.codes.ndim - 1)

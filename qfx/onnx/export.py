@@ -30,17 +30,18 @@ from qfx.errors import BadInputError, FormatError, UnsupportedError
 from qfx.outdir import atomic_output_file
 from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
-from qfx.ir.graph import IR_VERSION, Graph, Node, Op
+from qfx.ir.graph import IR_VERSION, Graph, Node, op_def
 from qfx.ir.passes import acc_is_lossless
 from qfx.onnx.fixedquant import DOMAIN, IR_VERSION_ONNX, OPSET, fixedquant_function, fixedquant_node
+from qfx.ops import Categories, emitter_for, with_category
 
 __all__ = ["export_onnx", "to_onnx_model", "check_exact_in_double", "input_cast_format", "GRAPH_OPS", "META_NODES",
-           "META_GRAPH"]
+           "META_GRAPH", "LOWERINGS", "EXACTNESS"]
 
 #: standard ops exported graphs use (outside the FixedQuant body); each has a float64 CPU kernel in onnxruntime
 #: (checked by tests/test_onnx_roundtrip.py). Conv and AveragePool have none, hence the im2col lowering.
 GRAPH_OPS = frozenset({"Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "MaxPool", "Pad", "Reshape", "Gather",
-                       "Transpose", "ReduceSum", "Flatten"})
+                       "Transpose", "ReduceSum", "Flatten", "Sub", "Concat", "Cast", "ReduceMax", "Floor"})
 META_NODES = "qfx.nodes"
 META_GRAPH = "qfx.graph"
 MAX_MANTISSA = 53
@@ -74,6 +75,101 @@ def _fmt_bound(f: FxFormat) -> int:
     return max(abs(f.min_code), abs(f.max_code))
 
 
+def _linear_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """dense/conv2d: the exact dot product plus bias, in any summation order."""
+    if not acc_is_lossless(graph, n):
+        raise UnsupportedError(f"node {n.name!r}: accumulator {n.acc_fmt} can overflow or drop bits; run the "
+                               f"size_accumulators pass (ONNX export needs a lossless accumulator)")
+    w, b = n.consts["weight"], n.consts.get("bias")
+    pf = fx.frac_bits + w.fmt.frac_bits
+    f = max(pf, b.fmt.frac_bits) if b else pf
+    row = int(np.abs(w.codes.reshape(w.codes.shape[0], -1)).astype(object).sum(axis=1).max())
+    bound = (row * _fmt_bound(fx)) << (f - pf)
+    if b:
+        bound += int(np.abs(b.codes).max(initial=0)) << (f - b.fmt.frac_bits)
+    _check_code_bound(bound, f, "the exact dot product (any summation order)", n)
+    return f, bound
+
+
+def _scale_shift_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    s, h = n.consts["scale"], n.consts["shift"]
+    pf = fx.mul_format(s.fmt)
+    _check_code_bound(_fmt_bound(pf), pf.frac_bits, "x * scale", n)
+    sf = scale_shift_format(fx, s.fmt, h.fmt)
+    _check_code_bound(_fmt_bound(sf), sf.frac_bits, "x * scale + shift", n)
+    return sf.frac_bits, _fmt_bound(sf)
+
+
+def _add_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    sf = fx.add_format(graph.tensor(n.inputs[1]).fmt)
+    _check_code_bound(_fmt_bound(sf), sf.frac_bits, "a + b", n)
+    return sf.frac_bits, _fmt_bound(sf)
+
+
+def _avgpool_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    k = tuple(n.attr("kernel"))
+    win = int(k[0]) * int(k[1])
+    _check_code_bound(_fmt_bound(fx) * win, fx.frac_bits, "the window sum", n)
+    af = avgpool_format(fx, n.consts["recip"].fmt, win)
+    _check_code_bound(_fmt_bound(af), af.frac_bits, "window sum * recip", n)
+    return af.frac_bits, _fmt_bound(af)
+
+
+def _input_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """Ops whose exact result is an input value (max, relu, clip, reshape, requantize)."""
+    return fx.frac_bits, _fmt_bound(fx)
+
+
+def _sub_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    sf = fx.sub_format(graph.tensor(n.inputs[1]).fmt)
+    _check_code_bound(_fmt_bound(sf), sf.frac_bits, "a - b", n)
+    return sf.frac_bits, _fmt_bound(sf)
+
+
+def _mul_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    pf = fx.mul_format(graph.tensor(n.inputs[1]).fmt)
+    _check_code_bound(_fmt_bound(pf), pf.frac_bits, "a * b", n)
+    return pf.frac_bits, _fmt_bound(pf)
+
+
+def _gather_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """Ops that only move elements: the value cast is an element of any input (or zero)."""
+    fmts = [graph.tensor(t).fmt for t in n.inputs]
+    f = max(x.frac_bits for x in fmts)
+    return f, max(_fmt_bound(x) << (f - x.frac_bits) for x in fmts)
+
+
+def _lut_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """The value cast is a table entry; the ROM address is the input code (exact: inputs have at most 53 bits)."""
+    t = n.consts["table"].fmt
+    return t.frac_bits, _fmt_bound(t)
+
+
+def _softmax_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """softmax: the exp sum (its code, scaled by 2**(F_e - shift), floors to the recip index) and the product
+    e * r are exact; the distance and both indexes are small integers (the input has at most 12 bits)."""
+    from qfx.ops.softmax import sum_format
+
+    et, rt = n.consts["exp_table"].fmt, n.consts["recip_table"].fmt
+    size = graph.tensor(n.inputs[0]).size
+    _check_code_bound(_fmt_bound(sum_format(size, et)), et.frac_bits, "the exp sum", n)
+    shift = int(op_def(n.op).attr(n, "shift"))
+    if abs(et.frac_bits - shift) > _EXP_LIMIT:
+        raise FormatError(f"node {n.name!r}: the recip index scaling lies outside the float64 exponent range")
+    bound = int(et.max_code) * int(rt.max_code)
+    _check_code_bound(bound, et.frac_bits + rt.frac_bits, "exp * recip", n)
+    return et.frac_bits + rt.frac_bits, bound
+
+
+#: per op: (graph, node, input format) -> (frac bits, code bound) of the exact value the output cast reads; raises
+#: FormatError when an intermediate would not be exact in float64
+EXACTNESS = {"dense": _linear_bound, "conv2d": _linear_bound, "scale_shift": _scale_shift_bound, "add": _add_bound,
+             "avgpool2d": _avgpool_bound, "relu": _input_bound, "clip": _input_bound, "maxpool2d": _input_bound,
+             "flatten": _input_bound, "reshape": _input_bound, "quant": _input_bound, "sub": _sub_bound,
+             "mul": _mul_bound, "lut": _lut_bound, "softmax": _softmax_bound,
+             **{k: _gather_bound for k in with_category(Categories.GATHER)}}
+
+
 def check_exact_in_double(graph: Graph) -> None:
     """Raise FormatError unless every value the exported model computes is exact in float64."""
     for t in graph.tensors.values():
@@ -83,38 +179,7 @@ def check_exact_in_double(graph: Graph) -> None:
         out = graph.tensor(n.output).fmt
         for k, c in n.consts.items():
             _check_fmt(c.fmt, f"constant {k!r}", n)
-        src_frac, src_bound = fx.frac_bits, _fmt_bound(fx)
-        if n.op in (Op.DENSE, Op.CONV2D):
-            if not acc_is_lossless(graph, n):
-                raise UnsupportedError(f"node {n.name!r}: accumulator {n.acc_fmt} can overflow or drop bits; run the "
-                                       f"size_accumulators pass (ONNX export needs a lossless accumulator)")
-            w, b = n.consts["weight"], n.consts.get("bias")
-            pf = fx.frac_bits + w.fmt.frac_bits
-            f = max(pf, b.fmt.frac_bits) if b else pf
-            row = int(np.abs(w.codes.reshape(w.codes.shape[0], -1)).astype(object).sum(axis=1).max())
-            bound = (row * _fmt_bound(fx)) << (f - pf)
-            if b:
-                bound += int(np.abs(b.codes).max(initial=0)) << (f - b.fmt.frac_bits)
-            _check_code_bound(bound, f, "the exact dot product (any summation order)", n)
-            src_frac, src_bound = f, bound
-        elif n.op is Op.SCALE_SHIFT:
-            s, h = n.consts["scale"], n.consts["shift"]
-            pf = fx.mul_format(s.fmt)
-            _check_code_bound(_fmt_bound(pf), pf.frac_bits, "x * scale", n)
-            sf = scale_shift_format(fx, s.fmt, h.fmt)
-            _check_code_bound(_fmt_bound(sf), sf.frac_bits, "x * scale + shift", n)
-            src_frac, src_bound = sf.frac_bits, _fmt_bound(sf)
-        elif n.op is Op.ADD:
-            sf = fx.add_format(graph.tensor(n.inputs[1]).fmt)
-            _check_code_bound(_fmt_bound(sf), sf.frac_bits, "a + b", n)
-            src_frac, src_bound = sf.frac_bits, _fmt_bound(sf)
-        elif n.op is Op.AVGPOOL2D:
-            k = tuple(n.attr("kernel"))
-            win = int(k[0]) * int(k[1])
-            _check_code_bound(_fmt_bound(fx) * win, fx.frac_bits, "the window sum", n)
-            af = avgpool_format(fx, n.consts["recip"].fmt, win)
-            _check_code_bound(_fmt_bound(af), af.frac_bits, "window sum * recip", n)
-            src_frac, src_bound = af.frac_bits, _fmt_bound(af)
+        src_frac, src_bound = emitter_for(EXACTNESS, n, "ONNX")(graph, n, fx)
         _check_cast(src_frac, src_bound.bit_length(), out, n)
         for c in n.consts.values():  # constants are cast from their own exact values
             _check_cast(c.fmt.frac_bits, _fmt_bound(c.fmt).bit_length(), c.fmt, n)
@@ -174,61 +239,10 @@ class _Emitter:
 
     # -------------------------------------------------------------- ops
     def emit(self, n: Node) -> dict[str, str]:
-        x = self.val[n.inputs[0]]
+        """Lower ``n`` (its op's entry in ``LOWERINGS``), then cast to the output format; returns const inits."""
         consts: dict[str, str] = {}
-        p = n.name
-        out = self.g.tensor(n.output)
-        if n.op is Op.DENSE:
-            consts["weight"], w = self.const(n, "weight")
-            ins = [x, w]
-            if "bias" in n.consts:
-                consts["bias"], bq = self.const(n, "bias")
-                ins.append(bq)
-            s = self.op("Gemm", ins, f"{p}/gemm", transB=1)
-        elif n.op is Op.CONV2D:
-            consts["weight"], w = self.const(n, "weight")
-            s = self._conv(n, x, w)
-            if "bias" in n.consts:
-                consts["bias"], bq = self.const(n, "bias")
-                s = self.op("Add", [s, bq], f"{p}/bias")
-            o, ho, wo = out.shape
-            s = self.op("Transpose", [s], f"{p}/nchw", perm=[0, 2, 1])
-            s = self.op("Reshape", [s, self.i64(f"{p}.out_shape", [0, o, ho, wo])], f"{p}/unflatten")
-        elif n.op is Op.SCALE_SHIFT:
-            consts["scale"], sq = self.const(n, "scale")
-            consts["shift"], hq = self.const(n, "shift")
-            rank = len(self.g.tensor(n.inputs[0]).shape)
-            bshape = self.i64(f"{p}.bshape", [-1] + [1] * (rank - 1))
-            sq = self.op("Reshape", [sq, bshape], f"{p}/scale_b")
-            hq = self.op("Reshape", [hq, bshape], f"{p}/shift_b")
-            s = self.op("Add", [self.op("Mul", [x, sq], f"{p}/mul"), hq], f"{p}/add")
-        elif n.op is Op.ADD:
-            s = self.op("Add", [x, self.val[n.inputs[1]]], f"{p}/add")
-        elif n.op is Op.RELU:
-            s = self.op("Relu", [x], f"{p}/relu")
-        elif n.op is Op.CLIP:
-            f = self.g.tensor(n.inputs[0]).fmt
-            lo = self.init(f"{p}.lo", np.array(f.from_int(int(n.attr("lo")))))
-            hi = self.init(f"{p}.hi", np.array(f.from_int(int(n.attr("hi")))))
-            s = self.op("Clip", [x, lo, hi], f"{p}/clip")
-        elif n.op is Op.MAXPOOL2D:
-            k, st, pd = (list(n.attr(a, d)) for a, d in (("kernel", None), ("stride", n.attr("kernel")),
-                                                          ("padding", (0, 0))))
-            s = self.op("MaxPool", [x], f"{p}/maxpool", kernel_shape=k, strides=st, pads=pd + pd)
-        elif n.op is Op.AVGPOOL2D:
-            consts["recip"], rq = self.const(n, "recip")
-            s = self._window_sum(n, x)
-            s = self.op("Mul", [s, self.op("Reshape", [rq, self.i64(f"{p}.scalar", [])], f"{p}/recip_s")],
-                        f"{p}/mul")
-        elif n.op is Op.FLATTEN:
-            s = self.op("Flatten", [x], f"{p}/flatten", axis=1)
-        elif n.op is Op.RESHAPE:
-            s = self.op("Reshape", [x, self.i64(f"{p}.shape", [0] + list(out.shape))], f"{p}/reshape")
-        elif n.op is Op.QUANT:
-            s = x
-        else:  # pragma: no cover - Op is closed
-            raise UnsupportedError(f"no ONNX lowering for op {n.op.value!r}")
-        self.quant(s, n.output, out.fmt, f"{p}/quant")
+        s = emitter_for(LOWERINGS, n, "ONNX")(self, n, self.val[n.inputs[0]], consts)
+        self.quant(s, n.output, self.g.tensor(n.output).fmt, f"{n.name}/quant")
         return consts
 
     def _padded_flat(self, n: Node, x: str, keep_channels: bool) -> tuple[str, int, int]:
@@ -266,6 +280,151 @@ class _Emitter:
         win = self.op("Gather", [flat, self.i64(f"{n.name}.windows", idx)], f"{n.name}/windows", axis=2)
         s = self.op("ReduceSum", [win, self.i64(f"{n.name}.axes", [3])], f"{n.name}/sum", keepdims=0)
         return self.op("Reshape", [s, self.i64(f"{n.name}.out_shape", [0, c, ho, wo])], f"{n.name}/unflatten")
+
+
+# ------------------------------------------------------------------------------------------------ lowerings
+# Each lowering: (emitter, node, input value name, consts out-dict) -> name of the exact value before the output
+# cast; it records the initializer of every constant it writes in ``consts`` (the node metadata lists them).
+
+def _lower_dense(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    consts["weight"], w = em.const(n, "weight")
+    ins = [x, w]
+    if "bias" in n.consts:
+        consts["bias"], bq = em.const(n, "bias")
+        ins.append(bq)
+    return em.op("Gemm", ins, f"{n.name}/gemm", transB=1)
+
+
+def _lower_conv2d(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    p = n.name
+    consts["weight"], w = em.const(n, "weight")
+    s = em._conv(n, x, w)
+    if "bias" in n.consts:
+        consts["bias"], bq = em.const(n, "bias")
+        s = em.op("Add", [s, bq], f"{p}/bias")
+    o, ho, wo = em.g.tensor(n.output).shape
+    s = em.op("Transpose", [s], f"{p}/nchw", perm=[0, 2, 1])
+    return em.op("Reshape", [s, em.i64(f"{p}.out_shape", [0, o, ho, wo])], f"{p}/unflatten")
+
+
+def _lower_scale_shift(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    p = n.name
+    consts["scale"], sq = em.const(n, "scale")
+    consts["shift"], hq = em.const(n, "shift")
+    rank = len(em.g.tensor(n.inputs[0]).shape)
+    bshape = em.i64(f"{p}.bshape", [-1] + [1] * (rank - 1))
+    sq = em.op("Reshape", [sq, bshape], f"{p}/scale_b")
+    hq = em.op("Reshape", [hq, bshape], f"{p}/shift_b")
+    return em.op("Add", [em.op("Mul", [x, sq], f"{p}/mul"), hq], f"{p}/add")
+
+
+def _lower_add(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Add", [x, em.val[n.inputs[1]]], f"{n.name}/add")
+
+
+def _lower_relu(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Relu", [x], f"{n.name}/relu")
+
+
+def _lower_clip(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    p = n.name
+    f = em.g.tensor(n.inputs[0]).fmt
+    lo = em.init(f"{p}.lo", np.array(f.from_int(int(n.attr("lo")))))
+    hi = em.init(f"{p}.hi", np.array(f.from_int(int(n.attr("hi")))))
+    return em.op("Clip", [x, lo, hi], f"{p}/clip")
+
+
+def _lower_maxpool2d(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    k, st, pd = (list(n.attr(a, d)) for a, d in (("kernel", None), ("stride", n.attr("kernel")),
+                                                  ("padding", (0, 0))))
+    return em.op("MaxPool", [x], f"{n.name}/maxpool", kernel_shape=k, strides=st, pads=pd + pd)
+
+
+def _lower_avgpool2d(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    p = n.name
+    consts["recip"], rq = em.const(n, "recip")
+    s = em._window_sum(n, x)
+    return em.op("Mul", [s, em.op("Reshape", [rq, em.i64(f"{p}.scalar", [])], f"{p}/recip_s")], f"{p}/mul")
+
+
+def _lower_flatten(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Flatten", [x], f"{n.name}/flatten", axis=1)
+
+
+def _lower_reshape(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Reshape", [x, em.i64(f"{n.name}.shape", [0] + list(em.g.tensor(n.output).shape))],
+                 f"{n.name}/reshape")
+
+
+def _lower_quant(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return x  # the output cast is the whole op
+
+
+def _lower_sub(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Sub", [x, em.val[n.inputs[1]]], f"{n.name}/sub")
+
+
+def _lower_mul(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    return em.op("Mul", [x, em.val[n.inputs[1]]], f"{n.name}/mul")
+
+
+def _lower_lut(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    """Table lookup: the input value scaled to its code, minus ``min_code``, as int64 indexes the table's values."""
+    p = n.name
+    f = em.g.tensor(n.inputs[0]).fmt
+    consts["table"], tq = em.const(n, "table")
+    codes = em.op("Mul", [x, em.init(f"{p}.to_code", np.array(np.ldexp(1.0, f.frac_bits)))], f"{p}/code")
+    idx = em.op("Sub", [codes, em.init(f"{p}.min_code", np.array(float(f.min_code)))], f"{p}/index")
+    idx = em.op("Cast", [idx], f"{p}/index_i64", to=TensorProto.INT64)
+    return em.op("Gather", [tq, idx], f"{p}/lookup", axis=0)
+
+
+def _lower_softmax(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    """Softmax with the op's two tables: ReduceMax, the distance ``m - x`` scaled to its code as the int64 index of
+    the exp values (Gather), exact ReduceSum, ``floor(s * 2**(F_e - shift))`` (the sum's code shifted right; a power
+    of two scaling and Floor are exact in float64) as the int64 index of the reciprocal values, exact Mul."""
+    p = n.name
+    f = em.g.tensor(n.inputs[0]).fmt
+    ef = n.consts["exp_table"].fmt
+    shift = int(op_def(n.op).attr(n, "shift"))
+    consts["exp_table"], eq = em.const(n, "exp_table")
+    consts["recip_table"], rq = em.const(n, "recip_table")
+    axes = em.i64(f"{p}.axes", [1])
+    m = em.op("ReduceMax", [x, axes], f"{p}/max", keepdims=1)
+    dist = em.op("Sub", [m, x], f"{p}/dist")
+    idx = em.op("Mul", [dist, em.init(f"{p}.to_code", np.array(np.ldexp(1.0, f.frac_bits)))], f"{p}/dist_code")
+    idx = em.op("Cast", [idx], f"{p}/dist_i64", to=TensorProto.INT64)
+    e = em.op("Gather", [eq, idx], f"{p}/exp", axis=0)
+    s = em.op("ReduceSum", [e, axes], f"{p}/sum", keepdims=1)
+    k = em.op("Mul", [s, em.init(f"{p}.to_index", np.array(np.ldexp(1.0, ef.frac_bits - shift)))], f"{p}/scaled")
+    k = em.op("Cast", [em.op("Floor", [k], f"{p}/shift")], f"{p}/recip_i64", to=TensorProto.INT64)
+    r = em.op("Gather", [rq, k], f"{p}/recip", axis=0)
+    return em.op("Mul", [e, r], f"{p}/mul")
+
+
+def _lower_gather(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    """Any ``Categories.GATHER`` op by its ``gather_map``: the inputs flattened and concatenated (one zero appended
+    when the map has zeros), one Gather with the constant indices, reshaped. The golden op casts every input to the
+    output format before gathering; the output cast alone gives the same values, because a cast maps each real
+    value independently of the format it came from and zero to zero, and gathering only moves values."""
+    p = n.name
+    flat_shape = em.i64(f"{p}.flat", [0, -1])
+    flat = [em.op("Reshape", [em.val[t], flat_shape], f"{p}/flat") for t in n.inputs]
+    cat = flat[0] if len(flat) == 1 else em.op("Concat", flat, f"{p}/concat", axis=1)
+    m = np.asarray(op_def(n.op).gather_map(em.g, n), dtype=np.int64).reshape(-1)
+    n_cat = sum(em.g.tensor(t).size for t in n.inputs)
+    if (m < 0).any():
+        cat = em.op("Pad", [cat, em.i64(f"{p}.zero_pad", [0, 0, 0, 1])], f"{p}/zero")
+    y = em.op("Gather", [cat, em.i64(f"{p}.map", np.where(m < 0, n_cat, m))], f"{p}/gather", axis=1)
+    return em.op("Reshape", [y, em.i64(f"{p}.out_shape", [0, *em.g.tensor(n.output).shape])], f"{p}/unflatten")
+
+
+#: the ONNX lowering of each IR op (looked up with ``qfx.ops.emitter_for``); every lowering ends in the output cast
+LOWERINGS = {"dense": _lower_dense, "conv2d": _lower_conv2d, "scale_shift": _lower_scale_shift, "add": _lower_add,
+             "relu": _lower_relu, "clip": _lower_clip, "maxpool2d": _lower_maxpool2d, "avgpool2d": _lower_avgpool2d,
+             "flatten": _lower_flatten, "reshape": _lower_reshape, "quant": _lower_quant, "sub": _lower_sub,
+             "mul": _lower_mul, "lut": _lower_lut, "softmax": _lower_softmax,
+             **{k: _lower_gather for k in with_category(Categories.GATHER)}}
 
 
 def input_cast_format(fmt: FxFormat) -> FxFormat:

@@ -1,42 +1,65 @@
-"""ONNX -> IR: qfx-exported files (exact round trip), QONNX/Brevitas ``Quant`` graphs and plain torch exports.
+"""ONNX -> IR: qfx-exported files (exact round trip), QONNX/Brevitas graphs and plain (torch, Keras) exports.
 
 * **qfx files** (metadata ``qfx.nodes``): the node structure comes from the metadata, every format from the
   ``FixedQuant`` attributes, constants from the initializers (values checked to be codes of their format), shapes
   from the value infos. The result is then re-exported and compared with the file node for node, initializer for
   initializer and function for function: a file whose graph does not compute what its metadata says is refused.
-* **QONNX** (``Quant`` in domain ``qonnx.custom_op.general``/``onnx.brevitas``/``finn.custom_op.general``): a
-  ``Quant`` is fixed point when its scale is a power of two (per tensor; per channel only on constants), its zero
-  point 0 and its bit width an integer; it becomes an ``FxFormat`` (rounding ROUND/HALF_EVEN -> RND_CONV, FLOOR ->
-  TRN, ...; clamping -> SAT; signed ``narrow`` -> SAT_SYM, whose range ``[-max, max]`` is QONNX's narrow range;
-  unsigned ``narrow`` -> SAT plus a clip to ``2**b - 2``).
-* **Plain ops** as torch exports them: Gemm, MatMul(+Add), Conv, Relu, Add, Flatten, Reshape, MaxPool,
-  Identity, BatchNormalization is not accepted (fold it or use a qfx layer). Float initializers are taken as
-  constants when their values are dyadic with a small code width (that is the case for weights a fixed-point
-  trainer produced); intermediate results between two casts are kept exact.
+* **Everything else** first goes through ``qfx.onnx.cleanup`` (constant and shape subgraphs folded, Identity and
+  Dropout removed, QONNX ops from any of their domains, channels-last layouts), then one handler per ONNX op type
+  (``HANDLERS``) maps nodes to IR ops:
+
+  - ``Quant`` with a power-of-two scale and zero point 0 is a cast to an ``FxFormat`` (ROUND/HALF_EVEN ->
+    RND_CONV, FLOOR -> TRN, ...; clamping -> SAT; signed ``narrow`` -> SAT_SYM, whose range ``[-max, max]`` is
+    QONNX's narrow range; unsigned ``narrow`` -> SAT plus a clip to ``2**b - 2``), fused into the producing node's
+    output cast when that node's result is still exact.
+  - Non-power-of-two scales (per tensor or per channel), BatchNormalization, biases that are not codes of the
+    accumulator, and Mul/Div/Add/Sub by constants (pre-processing) are kept as a per-channel affine view
+    ``real = t * m + h`` of an IR tensor ``t``; the next rounding ``Quant`` becomes one ``scale_shift``
+    requantizer with dyadic constants (``qfx.onnx.requant`` explains the choice and its precision).
+  - ``BipolarQuant``: weights are codes +-1; on activations it is a sign, i.e. a threshold: a ``scale_shift``
+    mapping ``x >= threshold`` to an odd integer and a 2-bit SAT_SYM cast to +-1 (no new op needed).
+  - ``Trunc`` (after AveragePool, Brevitas' QuantAvgPool) is a requantization with its rounding mode;
+    AveragePool is ``avgpool2d`` (a power-of-two window exactly; otherwise the window sum with 1/(kh*kw) in
+    the view).
+  - Gemm/MatMul (+ Add bias), Conv (grouped convolutions expanded to block-diagonal weights), Relu, Add,
+    MaxPool, AveragePool/GlobalAveragePool, Flatten, Reshape as torch exports them. Float initializers are
+    constants when their values are dyadic with a small code width (weights a fixed-point trainer produced).
+
+  Ops qfx has no IR op for (LeakyRelu, Softmax, Concat, Resize, DepthToSpace, MultiThreshold, FloatQuant, ...)
+  are refused with one line naming the op, the node and what to do (``REFUSALS``).
+* **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
+  (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
+  the input. ``input_codes(graph, x)`` turns float model inputs into the IR's input codes (input scale, bipolar,
+  layout); ``output_values(graph, codes)`` gives the ONNX model's real outputs back.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from qfx.errors import BadInputError, FormatError, QfxError, UnsupportedError
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
-from qfx.fixed.ops import conv_out_size
-from qfx.ir.graph import IR_VERSION, Constant, Graph, Node, Op, TensorSpec
+from qfx.fixed.ops import avgpool_format, conv_out_size, scale_shift_format
+from qfx.ir.graph import IR_VERSION, Constant, Graph, Node, TensorSpec, op_def
+from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
+from qfx.onnx.requant import REQUANT_BITS, dyadic, is_pow2, pow2_exponent, scale_bits_for
+from qfx.ops import REGISTRY, Categories
 
-__all__ = ["import_onnx", "import_model", "load_model_file"]
+__all__ = ["import_onnx", "import_model", "load_model_file", "input_codes", "output_values", "parse_qonnx_datatype",
+           "HANDLERS", "REFUSALS"]
 
-QONNX_DOMAINS = ("qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general", "qonnx")
 _ROUNDING = {"ROUND": "RND_CONV", "HALF_EVEN": "RND_CONV", "FLOOR": "TRN", "DOWN": "TRN_ZERO",
              "ROUND_TO_ZERO": "TRN_ZERO", "HALF_UP": "RND_INF", "HALF_DOWN": "RND_ZERO"}
 MAX_CONST_WIDTH = 32
+INPUT_FORMAT_HINT = "give its format with --input-format 'ap_fixed<W,I>' (Python: input_fmt=...)"
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -65,18 +88,29 @@ def load_model_file(path: str | os.PathLike[str]):
     return model
 
 
-def import_onnx(path: str | os.PathLike[str], name: str | None = None, input_fmt: FxFormat | None = None) -> Graph:
-    """Import an ONNX file as a qfx Graph (qfx-exported, QONNX or plain); errors are one-line QfxErrors."""
-    return import_model(load_model_file(path), name=name, input_fmt=input_fmt, origin=str(path))
+def import_onnx(path: str | os.PathLike[str], name: str | None = None, input_fmt: FxFormat | str | None = None,
+                requant_bits: int = REQUANT_BITS) -> Graph:
+    """Import an ONNX file as a qfx Graph (qfx-exported, QONNX or plain); errors are one-line QfxErrors.
+
+    ``input_fmt`` (an ``FxFormat`` or its ``ap_fixed<...>`` text) is the format of a float graph input that no
+    annotation or Quant node gives; ``requant_bits`` the significant bits of non-power-of-two requantizers.
+    """
+    return import_model(load_model_file(path), name=name, input_fmt=input_fmt, origin=str(path),
+                        requant_bits=requant_bits)
 
 
-def import_model(model, name: str | None = None, input_fmt: FxFormat | None = None, origin: str = "model") -> Graph:
+def import_model(model, name: str | None = None, input_fmt: FxFormat | str | None = None, origin: str = "model",
+                 requant_bits: int = REQUANT_BITS) -> Graph:
+    """``import_onnx`` for a loaded ``onnx.ModelProto``."""
+    if isinstance(input_fmt, str):
+        input_fmt = FxFormat.parse(input_fmt)
     try:
         meta = {p.key: p.value for p in model.metadata_props}
         if "qfx.nodes" in meta:
             g = _import_qfx(model, meta)
         else:
-            g = _Converter(model, input_fmt).convert()
+            cleaned, report = cleanup(model)
+            g = _Converter(cleaned, input_fmt, requant_bits, report).convert()
         return g.replace(name=name) if name else g
     except QfxError:
         raise
@@ -194,7 +228,7 @@ def _import_qfx(model, meta: dict[str, str]) -> Graph:
             consts[k] = Constant(_codes_of(vals, cf, f"initializer {iname!r}"), cf)
         spec(r["output"], fmt_of(r["output"], fq))
         acc = FxFormat.from_dict(r["acc_fmt"]) if r.get("acc_fmt") else None
-        nodes.append(Node(r["name"], Op(r["op"]), tuple(r["inputs"]), r["output"], consts, r.get("attrs", {}), acc,
+        nodes.append(Node(r["name"], r["op"], tuple(r["inputs"]), r["output"], consts, r.get("attrs", {}), acc,
                           r.get("source", "")))
     graph = Graph(ginfo["name"], tuple(ginfo["inputs"]), tuple(ginfo["outputs"]), tensors, tuple(nodes),
                   ginfo.get("meta", {})).validate()
@@ -238,16 +272,41 @@ def _compare(model, ref) -> None:
 # ------------------------------------------------------------------------------------------------ QONNX / plain
 @dataclass
 class _Val:
-    """What an ONNX value is during conversion."""
+    """What an ONNX value is during conversion.
 
-    kind: str  # "const" (float values, maybe a format) | "act" (an IR tensor) | "input" (no format yet)
+    ``const``: float64 ``values`` (exact), with ``fmt`` when a power-of-two Quant made them codes of one format, or
+    ``codes`` and a per-element ``cscale`` when a Quant with other scales did (``values == codes * cscale``).
+    ``act``: an IR ``tensor`` seen through the per-channel affine view ``real = relu?(tensor * m + h)`` (``m``,
+    ``h`` 1-D: one value, or one per channel, i.e. per index of the tensor's first per-sample axis).
+    ``input``: the graph input before anything gave it a format.
+    """
+
+    kind: str
     values: np.ndarray | None = None
-    fmt: FxFormat | None = None  # for consts: format from a Quant; None = plain float
-    tensor: str = ""  # for acts: the IR tensor name
+    fmt: FxFormat | None = None
+    codes: np.ndarray | None = None
+    cscale: np.ndarray | None = None
+    tensor: str = ""
+    m: np.ndarray = field(default_factory=lambda: np.ones(1))
+    h: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    relu: bool = False
+
+    @property
+    def pure(self) -> bool:
+        """The IR tensor's values are the ONNX values."""
+        return self.kind == "act" and not self.relu and bool(np.all(self.m == 1)) and not np.any(self.h)
+
+    def view(self, m: np.ndarray | float, h: np.ndarray | float, relu: bool | None = None) -> "_Val":
+        return _Val("act", tensor=self.tensor, m=np.atleast_1d(np.asarray(m, dtype=np.float64)),
+                    h=np.atleast_1d(np.asarray(h, dtype=np.float64)), relu=self.relu if relu is None else relu)
 
 
-#: ops whose converted output format is their exact (lossless) result
-_EXACT_OPS = frozenset({Op.DENSE, Op.CONV2D, Op.ADD, Op.RELU, Op.MAXPOOL2D})
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+
+
+def _vec(a: Any) -> np.ndarray:
+    return np.atleast_1d(np.asarray(a, dtype=np.float64)).ravel()
 
 
 def _sat_sym_is_symmetric() -> bool:
@@ -277,28 +336,118 @@ def _dyadic_codes(values: np.ndarray, what: str) -> tuple[np.ndarray, FxFormat]:
     codes = s.astype(np.int64)
     fmt = FxFormat.for_code_range(min(0, int(codes.min())), max(0, int(codes.max())), frac, signed=True)
     if fmt.width > MAX_CONST_WIDTH:
-        raise FormatError(f"{what} needs {fmt.width}-bit codes as fixed point (limit {MAX_CONST_WIDTH}); "
-                          f"quantize it (qfx layer or a QONNX Quant node)")
+        raise FormatError(f"{what} needs {fmt.width}-bit codes as fixed point (limit {MAX_CONST_WIDTH}): its values "
+                          f"are float, not fixed point; quantize the model (qfx quantize MODEL --calib DATA.npy)")
     return codes, fmt
 
 
-def _pow2_exponent(scale: np.ndarray, what: str) -> np.ndarray:
-    s = np.asarray(scale, dtype=np.float64).ravel()
-    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise FormatError(f"{what} has a non-positive or non-finite scale")
-    m, e = np.frexp(s)
-    if not np.all(m == 0.5):
-        bad = s[m != 0.5][0]
-        raise UnsupportedError(f"{what} has non-power-of-two scale {float(bad):.6g}; only power-of-two scales are "
-                               f"fixed point")
-    return (e - 1).astype(np.int64)  # scale = 2**(e-1)
+def _broadcast_scale(s: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A Quant scale (scalar, broadcastable, or one per output channel) as an array of ``shape``."""
+    s = np.asarray(s, dtype=np.float64)
+    try:
+        return np.broadcast_to(s, shape)
+    except ValueError:
+        return np.broadcast_to(s.reshape((-1,) + (1,) * (len(shape) - 1)), shape)
+
+
+def _int_codes(codes: np.ndarray) -> Constant:
+    c = np.asarray(codes, dtype=np.int64)
+    return Constant(c, FxFormat.for_code_range(min(0, int(c.min(initial=0))), max(0, int(c.max(initial=0))), 0,
+                                               signed=True))
+
+
+# ------------------------------------------------------------------------------------------------ datatypes
+_DT_RE = re.compile(r"^(U?INT)(\d+)$|^(FIXED|UFIXED)<\s*(\d+)\s*,\s*(-?\d+)\s*>$")
+
+
+def parse_qonnx_datatype(name: str) -> FxFormat | None:
+    """The ``FxFormat`` of a QONNX/FINN datatype name (None for FLOAT32 and other non-fixed types).
+
+    INTn/UINTn -> integers; BINARY -> 1-bit unsigned; BIPOLAR/TERNARY -> 2-bit signed codes (+-1, 0);
+    FIXED<W,I> -> ``ap_fixed<W,I>``; UFIXED<W,I> -> ``ap_ufixed<W,I>``.
+    """
+    t = str(name).strip().upper()
+    if t in ("BIPOLAR", "TERNARY"):
+        return FxFormat(2, 2, True)
+    if t == "BINARY":
+        return FxFormat(1, 1, False)
+    m = _DT_RE.match(t)
+    if not m:
+        return None
+    if m.group(1):
+        b = int(m.group(2))
+        return FxFormat(b, b, m.group(1) == "INT")
+    return FxFormat(int(m.group(4)), int(m.group(5)), m.group(3) == "FIXED")
+
+
+def _annotations(graph) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for a in graph.quantization_annotation:
+        for kv in a.quant_parameter_tensor_names:
+            if kv.key == "finn_datatype":
+                out[a.tensor_name] = kv.value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ interface helpers
+def input_codes(graph: Graph, x: Any) -> np.ndarray:
+    """IR input codes for a batch of the ONNX model's float inputs: layout (``input_perm``), bipolar sign or input
+    scale (``input_scale``), then the input format's own rounding and saturation."""
+    meta = graph.meta
+    v = np.asarray(x, dtype=np.float64)
+    perm = meta.get("input_perm")
+    if perm:
+        v = np.transpose(v, [int(p) for p in perm])
+    fin = graph.tensor(graph.inputs[0]).fmt
+    if meta.get("input_quant") == "bipolar":
+        return fin.to_int(np.where(v >= 0, 1.0, -1.0) * float(meta.get("input_unit", 1.0)))
+    s = meta.get("input_scale")
+    if s is not None:
+        v = v / float(s)
+    return fin.to_int(v)
+
+
+def output_values(graph: Graph, codes: np.ndarray, k: int = 0) -> np.ndarray:
+    """The ONNX model's real output ``k`` for IR output codes (output format, times ``output_scale``)."""
+    fout = graph.tensor(graph.outputs[k]).fmt
+    y = fout.from_int(np.asarray(codes))
+    scales = graph.meta.get("output_scale")
+    if scales and scales[k] is not None:
+        s = np.asarray(scales[k], dtype=np.float64)
+        y = y * (s.reshape((1, -1) + (1,) * (y.ndim - 2)) if s.size > 1 else s.reshape(()))
+    return y
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+_CUT = "cut the model before it (run that part on the host) or replace it in the source model"
+#: ONNX ops qfx has no IR op for: what the user can do (the refusal names op and node)
+REFUSALS = {
+    "Softmax": "drop the final Softmax before export (argmax is unchanged) or compute it on the host",
+    "LogSoftmax": "drop the final LogSoftmax before export (argmax is unchanged) or compute it on the host",
+    "LeakyRelu": "qfx has no leaky ReLU op; use ReLU, or " + _CUT,
+    "Concat": "qfx graphs have no concatenation op; " + _CUT,
+    "Resize": "qfx has no upsampling op; " + _CUT,
+    "Upsample": "qfx has no upsampling op; " + _CUT,
+    "DepthToSpace": "qfx has no pixel-shuffle op; " + _CUT,
+    "SpaceToDepth": "qfx has no pixel-shuffle op; " + _CUT,
+    "MultiThreshold": "FINN-streamlined graphs are not imported; export the model before FINN streamlining "
+                      "(QONNX Quant nodes)",
+    "FloatQuant": "minifloat formats are not fixed point; quantize with integer Quant nodes",
+    "Sigmoid": "qfx has no sigmoid op; " + _CUT,
+    "Tanh": "qfx has no tanh op; " + _CUT,
+}
+_GENERIC = ("qfx imports Quant/BipolarQuant/Trunc, Gemm/MatMul, Conv, BatchNormalization, Relu, Add/Sub/Mul/Div by "
+            "constants, MaxPool/AveragePool, Flatten/Reshape; " + _CUT)
 
 
 class _Converter:
-    def __init__(self, model, input_fmt: FxFormat | None) -> None:
+    def __init__(self, model, input_fmt: FxFormat | None, requant_bits: int = REQUANT_BITS,
+                 report: list[str] | None = None) -> None:
         self.m = model
         self.g = model.graph
         self.input_fmt = input_fmt
+        self.bits = int(requant_bits)
+        self.report = list(report or [])
         self.vals: dict[str, _Val] = {}
         self.tensors: dict[str, TensorSpec] = {}
         self.nodes: list[Node] = []
@@ -310,11 +459,11 @@ class _Converter:
                 self.consumers[i] = self.consumers.get(i, 0) + 1
         self.pending_inputs: dict[str, tuple[int, ...]] = {}
         self.exact: set[str] = set()
+        self.meta: dict[str, Any] = {}
+        self.requants: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- naming
     def _name(self, base: str) -> str:
-        import re
-
         b = re.sub(r"[^A-Za-z0-9_]+", "_", base).strip("_") or "t"
         if b[0].isdigit():
             b = "t_" + b
@@ -330,52 +479,163 @@ class _Converter:
         self.tensors[t] = TensorSpec(t, shape, fmt)
         return t
 
-    def _add(self, op: Op, onnx_node, inputs: list[str], shape: tuple[int, ...], fmt: FxFormat,
+    def _add(self, op: str, onnx_node, inputs: list[str], shape: tuple[int, ...], fmt: FxFormat,
              consts=None, attrs=None, acc=None) -> str:
         out = self._new_tensor(onnx_node.output[0], shape, fmt)
-        if op in _EXACT_OPS:
-            self.exact.add(out)  # still the lossless result: a following Quant may become this node's output cast
-        nname = self._name(f"{onnx_node.name or onnx_node.op_type}_{op.value}")
+        if not op_def(op).is_(Categories.WIRING):
+            # every IR op computes exactly and casts once; the importer gives non-wiring ops their lossless output
+            # format, so a following Quant may become this node's output cast
+            self.exact.add(out)
+        nname = self._name(f"{onnx_node.name or onnx_node.op_type}_{op}")
         self.nodes.append(Node(nname, op, tuple(inputs), out, consts or {}, attrs or {}, acc,
                                source=onnx_node.name or onnx_node.op_type))
         return out
+
+    @staticmethod
+    def _where(node) -> str:
+        return node.name or (node.output[0] if len(node.output) else node.op_type)
 
     # ---------------------------------------------------------------- values
     def _get(self, name: str, node) -> _Val:
         if name in self.vals:
             return self.vals[name]
         if name in self.inits:
-            v = _Val("const", self.inits[name])
+            v = _Val("const", np.asarray(self.inits[name]))
             self.vals[name] = v
             return v
-        raise BadInputError(f"node {node.name or node.op_type!r} reads {name!r}, which is neither an initializer nor "
+        raise BadInputError(f"node {self._where(node)!r} reads {name!r}, which is neither an initializer nor "
                             f"computed before it (missing initializer?)")
 
-    def _act(self, name: str, node) -> str:
+    def _act(self, name: str, node) -> _Val:
         v = self._get(name, node)
         if v.kind == "input":
-            raise BadInputError(f"graph input {name!r} is used by node {node.name or node.op_type!r} before a Quant "
-                                f"node gives it a fixed-point format (or pass an input format)")
+            raise BadInputError(f"graph input {name!r} is used by node {self._where(node)!r} ({node.op_type}) before "
+                                f"a Quant node gives it a fixed-point format; {INPUT_FORMAT_HINT}")
         if v.kind != "act":
-            raise UnsupportedError(f"node {node.name or node.op_type!r}: input {name!r} is a constant where an "
-                                   f"activation is expected")
-        return v.tensor
+            raise UnsupportedError(f"node {self._where(node)!r} ({node.op_type}): input {name!r} is a constant where "
+                                   f"an activation is expected")
+        return v
 
-    def _const(self, name: str, node, what: str) -> Constant:
+    def _const(self, name: str, node, what: str) -> _Val:
         v = self._get(name, node)
         if v.kind != "const":
-            raise UnsupportedError(f"node {node.name or node.op_type!r}: {what} {name!r} is computed, qfx needs a "
-                                   f"constant")
-        if v.fmt is not None:
-            return Constant(_codes_of(v.values, v.fmt, f"{what} {name!r}"), v.fmt)
-        codes, fmt = _dyadic_codes(v.values, f"{what} {name!r}")
-        return Constant(codes, fmt)
+            raise UnsupportedError(f"node {self._where(node)!r} ({node.op_type}): {what} {name!r} is computed, qfx "
+                                   f"needs a constant")
+        return v
 
     def _int_list(self, name: str, node) -> list[int]:
         v = self._get(name, node)
         if v.kind != "const":
-            raise UnsupportedError(f"node {node.name or node.op_type!r}: shape input {name!r} must be constant")
+            raise UnsupportedError(f"node {self._where(node)!r}: shape input {name!r} must be constant")
         return [int(x) for x in np.asarray(v.values).ravel()]
+
+    def _chan(self, c: np.ndarray, act: _Val, node, what: str) -> np.ndarray:
+        """A constant broadcast against an activation as a per-channel vector (1 value, or 1 per channel)."""
+        c = np.asarray(c, dtype=np.float64)
+        shape = self.tensors[act.tensor].shape
+        full = (1, *shape)
+        if c.ndim > len(full):
+            raise UnsupportedError(f"node {self._where(node)!r}: {what} of shape {c.shape} does not broadcast "
+                                   f"against {full}")
+        cc = c.reshape((1,) * (len(full) - c.ndim) + c.shape)
+        for ax in range(len(full)):
+            if ax != 1 and cc.shape[ax] != 1:
+                raise UnsupportedError(f"node {self._where(node)!r}: {what} of shape {c.shape} varies along axis "
+                                       f"{ax} of {full}; qfx folds only per-tensor or per-channel constants")
+        if cc.shape[1] not in (1, full[1]):
+            raise BadInputError(f"node {self._where(node)!r}: {what} of shape {c.shape} does not fit {full}")
+        return cc.reshape(-1)
+
+    def _single_use(self, tensor: str) -> bool:
+        """The IR tensor is read by one ONNX consumer (views of it that only pass it on do not count)."""
+        names = [k for k, v in self.vals.items() if v.kind == "act" and v.tensor == tensor]
+        uses = sum(self.consumers.get(k, 0) for k in names) - (len(names) - 1)
+        return uses <= 1 and not any(o.name in names for o in self.g.output)
+
+    # ---------------------------------------------------------------- building blocks
+    def _channels(self, t: str) -> int:
+        shape = self.tensors[t].shape
+        return shape[0] if shape else 1
+
+    def _full(self, v: np.ndarray, t: str) -> np.ndarray:
+        c = self._channels(t)
+        v = _vec(v)
+        return np.repeat(v, c) if v.size == 1 else v
+
+    def _cast(self, node, src: str, fmt: FxFormat) -> str:
+        """Cast ``src`` to ``fmt``; fused into src's producer when that node's output is used only here."""
+        prod = next((nd for nd in self.nodes if nd.output == src), None)
+        if prod is not None and src in self.exact and self._single_use(src):
+            self.exact.discard(src)
+            old = self.tensors[src]
+            self.tensors[src] = TensorSpec(src, old.shape, fmt)  # the node casts its exact result once, to fmt
+            return src
+        return self._add("quant", node, [src], self.tensors[src].shape, fmt)
+
+    def _scale_shift(self, node, t: str, mult: np.ndarray, shift: np.ndarray, out: FxFormat | None,
+                     why: str) -> str:
+        """``out(t * mult + shift)`` per channel with dyadic constants; ``out=None``: the lossless format."""
+        fx = self.tensors[t].fmt
+        d_m = dyadic(self._full(mult, t), scale_bits_for(fx, self.bits))
+        hv = self._full(shift, t)
+        pf = d_m.frac + fx.frac_bits
+        d_h0 = dyadic(hv, bits=max(self.bits, 8))  # short exact shifts (integers, bipolar thresholds) stay exact
+        d_h = d_h0 if d_h0.exact and d_h0.frac <= pf + 2 else dyadic(hv, frac=pf)
+        fs, fh = d_m.fmt(), d_h.fmt()
+        acc = scale_shift_format(fx, fs, fh)
+        if acc.width > 62:
+            raise FormatError(f"node {self._where(node)!r}: requantizer x*scale+shift needs {acc.width} bits")
+        exact = d_m.exact and d_h.exact
+        # worst error of x*M+H before the output cast, in LSBs of the output (of the exact sum when out is None)
+        xmax = max(abs(fx.min), abs(fx.max))
+        err = xmax * float(np.max(np.abs(d_m.approx - d_m.values), initial=0.0)) + \
+            float(np.max(np.abs(d_h.approx - d_h.values), initial=0.0))
+        rec = {"node": self._where(node), "why": why, "exact": exact, "scale_bits": fs.width}
+        if out is not None:
+            rec["err_lsb"] = err / out.step
+        self.requants.append(rec)
+        return self._add("scale_shift", node, [t], self.tensors[t].shape, out or acc,
+                         {"scale": Constant(d_m.codes, fs), "shift": Constant(d_h.codes, fh)}, acc=acc)
+
+    def _materialize(self, node, v: _Val) -> str:
+        """The IR tensor holding the view's real values (scale_shift, relu as needed)."""
+        if v.kind != "act":
+            raise UnsupportedError(f"node {self._where(node)!r}: expected an activation")
+        t = v.tensor
+        if not (np.all(v.m == 1) and not np.any(v.h)):
+            t = self._scale_shift(node, t, v.m, v.h, None, "affine view materialized")
+        if v.relu:
+            t = self._add("relu", node, [t], self.tensors[t].shape, self.tensors[t].fmt)
+        return t
+
+    def _requant(self, node, v: _Val, scale: np.ndarray, bits: int, signed: bool, narrow: bool,
+                 rounding: str) -> tuple[str, np.ndarray]:
+        """Round and clamp the view to ``bits``-bit codes of ``scale``: (IR tensor, u) with ``code*scale = IR*u``."""
+        s = _vec(scale)
+        if is_pow2(s) and np.all(s == s[0]):
+            e, u = pow2_exponent(float(s[0])), np.ones(1)
+        else:
+            e, u = 0, s
+        sym = narrow and signed and bits > 1 and _sat_sym_is_symmetric()
+        fmt = FxFormat(bits, bits + e, signed, rounding, "SAT_SYM" if sym else "SAT")  # value = code * 2**e
+        mult, shift = v.m / u, v.h / u
+        if np.all(mult == 1) and not np.any(shift):
+            t = self._cast(node, v.tensor, fmt)
+        else:
+            t = self._scale_shift(node, v.tensor, mult, shift, fmt, "requantize")
+        if narrow and not sym:  # unsigned narrow range [0, 2**b - 2]: an explicit clip
+            lo = -(1 << (bits - 1)) + 1 if signed else 0
+            hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 2
+            t = self._add("clip", node, [t], self.tensors[t].shape, fmt, attrs={"lo": lo, "hi": hi})
+        if v.relu:  # relu(round(y)) == round(relu(y)): the deferred ReLU runs on the codes
+            t = self._add("relu", node, [t], self.tensors[t].shape, fmt)
+        return t, u
+
+    def _bind_input(self, node, fmt: FxFormat, meta: dict[str, Any]) -> str:
+        shape = self.pending_inputs[self.input_onnx]
+        self.input_tensor = self._new_tensor(self.input_onnx, shape, fmt)
+        self.meta.update(meta)
+        return self.input_tensor
 
     # ---------------------------------------------------------------- conversion
     def convert(self) -> Graph:
@@ -388,308 +648,862 @@ class _Converter:
                 raise BadInputError(f"graph input {i.name!r} needs a static per-sample shape")
             self.pending_inputs[i.name] = shape
         if len(self.pending_inputs) != 1:
-            raise UnsupportedError(f"qfx imports single-input models; this one has {len(self.pending_inputs)}")
+            raise UnsupportedError(f"qfx imports single-input models; this one has {len(self.pending_inputs)} inputs "
+                                   f"({', '.join(self.pending_inputs)})")
         (iname, ishape), = self.pending_inputs.items()
         self.input_onnx = iname
         self.input_tensor: str | None = None
-        if self.input_fmt is not None:
-            self.input_tensor = self._new_tensor(iname, ishape, self.input_fmt)
+        props = {p.key: p.value for p in self.m.metadata_props}
+        if props.get("qfx.input_perm"):
+            self.meta["input_perm"] = [int(p) for p in props["qfx.input_perm"].split(",")]
+        ann = _annotations(g).get(iname)
+        fin = self.input_fmt
+        if fin is None and ann is not None:
+            fin = parse_qonnx_datatype(ann)
+            if fin is not None:
+                self.report.append(f"input {iname!r}: format {fin.ap_type()} from its QONNX datatype {ann}")
+        if fin is not None:
+            self.input_tensor = self._new_tensor(iname, ishape, fin)
             self.vals[iname] = _Val("act", tensor=self.input_tensor)
         else:
             self.vals[iname] = _Val("input")
         for n in g.node:
             self._convert_node(n)
         if self.input_tensor is None:
-            raise BadInputError(f"graph input {iname!r} has no fixed-point format: add a Quant node or pass an "
-                                f"input format")
-        outs = []
+            raise BadInputError(f"graph input {iname!r} is a float tensor that no Quant node quantizes; "
+                                f"{INPUT_FORMAT_HINT}, or add a QONNX datatype annotation")
+        outs, scales = [], []
         for o in g.output:
             v = self.vals.get(o.name)
             if v is None or v.kind != "act":
                 raise BadInputError(f"graph output {o.name!r} is not computed from the input")
+            if v.relu or np.any(v.h):
+                t = self._materialize(_FakeNode(o.name), v)
+                v = _Val("act", tensor=t)
             outs.append(v.tensor)
+            scales.append(None if np.all(v.m == 1) else [float(x) for x in v.m])
+        if any(s is not None for s in scales):
+            self.meta["output_scale"] = scales
         used = {t for n in self.nodes for t in (*n.inputs, n.output)} | {self.input_tensor}
         tensors = {k: v for k, v in self.tensors.items() if k in used}
         name = g.name or "onnx_model"
-        graph = Graph(name, (self.input_tensor,), tuple(outs), tensors, tuple(self.nodes),
-                      {"imported_from": "onnx", "producer": self.m.producer_name}).validate()
+        approx = [r for r in self.requants if not r["exact"]]
+        if self.requants:
+            self.report.append(f"{len(self.requants)} scale_shift requantizer(s), {len(approx)} with dyadic "
+                               f"approximations of non-power-of-two scales (worst error before rounding "
+                               f"{max((r.get('err_lsb', 0.0) for r in approx), default=0.0):.1e} output LSB)")
+        meta = {"imported_from": "onnx", "producer": self.m.producer_name, **self.meta}
+        if self.report:
+            meta["import_report"] = list(self.report)
+        graph = Graph(name, (self.input_tensor,), tuple(outs), tensors, tuple(self.nodes), meta).validate()
         from qfx.ir.passes import run_flow
 
         return run_flow(graph, ["check_formats"]).graph
 
     def _convert_node(self, n) -> None:
         op = n.op_type
-        where = n.name or op
-        if n.domain in QONNX_DOMAINS and op == "Quant":
-            return self._quant(n)
-        if n.domain not in ("", "ai.onnx"):
-            raise UnsupportedError(f"unsupported op {n.domain}.{op} (node {where!r})")
+        where = self._where(n)
         if len(n.output) < 1:
             raise BadInputError(f"node {where!r} has no output")
-        if op == "Constant":
-            a = _attrs(n)
-            if "value" not in a:
-                raise UnsupportedError(f"Constant node {where!r} without a tensor value")
-            from onnx import numpy_helper
+        if n.domain == QONNX_DOMAIN and op in QONNX_OPS or n.domain in ("", "ai.onnx") and op not in QONNX_OPS:
+            handler = HANDLERS.get(op)
+            if handler is not None:
+                return handler(self, n)
+        hint = REFUSALS.get(op, _GENERIC)
+        full = f"{n.domain}.{op}" if n.domain not in ("", "ai.onnx") else op
+        raise UnsupportedError(f"unsupported ONNX op {full!r} (node {where!r}): {hint}")
 
-            self.vals[n.output[0]] = _Val("const", numpy_helper.to_array(a["value"]))
-            return
-        if op == "Identity" or op == "Dropout":
-            self.vals[n.output[0]] = self._get(n.input[0], n)
-            return
-        ins = [i for i in n.input]
-        if op in ("Gemm", "MatMul"):
-            return self._dense(n, ins)
-        if op == "Conv":
-            return self._conv(n, ins)
-        if op == "Add":
-            return self._add_op(n, ins)
-        if op == "Relu":
-            x = self._act(ins[0], n)
-            t = self.tensors[x]
-            self.vals[n.output[0]] = _Val("act", tensor=self._add(Op.RELU, n, [x], t.shape, t.fmt))
-            return
-        if op == "MaxPool":
-            return self._maxpool(n, ins)
-        if op in ("Flatten", "Reshape"):
-            return self._reshape(n, ins)
-        raise UnsupportedError(f"unsupported ONNX op {op!r} (node {where!r})")
+    # ---------------------------------------------------------------- handlers: constants and aliases
+    def h_constant(self, n) -> None:
+        a = _attrs(n)
+        if "value" not in a:
+            raise UnsupportedError(f"Constant node {self._where(n)!r} without a tensor value")
+        from onnx import numpy_helper
 
-    # ---------------------------------------------------------------- Quant
-    def _quant(self, n) -> None:
-        where = n.name or n.output[0]
+        self.vals[n.output[0]] = _Val("const", numpy_helper.to_array(a["value"]))
+
+    def h_identity(self, n) -> None:
+        self.vals[n.output[0]] = self._get(n.input[0], n)
+
+    def _const_map(self, v: _Val, fn: Callable[[np.ndarray], np.ndarray]) -> _Val:
+        return _Val("const", fn(np.asarray(v.values)), v.fmt, None if v.codes is None else fn(v.codes),
+                    None if v.cscale is None else fn(np.broadcast_to(v.cscale, np.shape(v.codes))))
+
+    def h_transpose(self, n) -> None:
+        v = self._get(n.input[0], n)
+        perm = _attrs(n).get("perm")
+        if v.kind == "const":
+            self.vals[n.output[0]] = self._const_map(v, lambda a: np.transpose(a, perm) if perm is not None else a.T)
+            return
+        x = self._act(n.input[0], n)
+        rank = len(self.tensors[x.tensor].shape) + 1
+        perm = list(range(rank))[::-1] if perm is None else [int(p) for p in perm]
+        if "transpose" not in REGISTRY or perm[0] != 0:
+            raise UnsupportedError(f"unsupported Transpose of an activation (node {self._where(n)!r}) with perm "
+                                   f"{perm}: qfx folds layout transposes at the input, around channels-last "
+                                   f"Conv/MaxPool and before Flatten+MatMul; export the model channels-first")
+        self._gather(n, x, "transpose", {"perm": tuple(p - 1 for p in perm[1:])}, keeps_channels=perm[1] == 1)
+
+    # ---------------------------------------------------------------- handlers: quantizers
+    def _quant_params(self, n, names: list[str]) -> list[np.ndarray]:
+        out = []
+        for i in names:
+            v = self._get(i, n)
+            if v.kind != "const":
+                raise UnsupportedError(f"{n.op_type} node {self._where(n)!r} has a computed scale/zero point/bit width")
+            out.append(np.asarray(v.values))
+        return out
+
+    def h_quant(self, n) -> None:
+        where = self._where(n)
         if len(n.input) != 4:
             raise BadInputError(f"Quant node {where!r} needs inputs x, scale, zeropt, bitwidth")
         a = _attrs(n)
-        sc = self._get(n.input[1], n)
-        zp = self._get(n.input[2], n)
-        bw = self._get(n.input[3], n)
-        if sc.kind != "const" or zp.kind != "const" or bw.kind != "const":
-            raise UnsupportedError(f"Quant node {where!r} has computed scale/zero point/bit width")
-        bits = np.asarray(bw.values, dtype=np.float64).ravel()
+        sc, zp, bw = self._quant_params(n, list(n.input[1:4]))
+        bits = np.asarray(bw, dtype=np.float64).ravel()
         if bits.size != 1 or bits[0] != math.floor(bits[0]) or not 1 <= bits[0] <= 53:
             raise UnsupportedError(f"Quant node {where!r} has bit width {bits.tolist()}; need one integer in 1..53")
         b = int(bits[0])
-        if np.any(np.asarray(zp.values, dtype=np.float64) != 0):
-            raise UnsupportedError(f"Quant node {where!r} has a non-zero zero point; qfx needs zero point 0")
-        e = _pow2_exponent(sc.values, f"Quant node {where!r}")
+        if np.any(np.asarray(zp, dtype=np.float64) != 0):
+            raise UnsupportedError(f"Quant node {where!r} has a non-zero zero point; qfx needs zero point 0 "
+                                   f"(symmetric quantization)")
+        s = np.asarray(sc, dtype=np.float64)
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise FormatError(f"Quant node {where!r} has a non-positive or non-finite scale")
         signed = bool(int(a.get("signed", 1)))
         narrow = bool(int(a.get("narrow", 0)))
         rm = a.get("rounding_mode", b"ROUND")
         rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
         if rm not in _ROUNDING:
             raise UnsupportedError(f"Quant node {where!r} has rounding mode {rm!r} with no ap_fixed equivalent")
+        if b == 1 and signed:  # QONNX executes a signed 1-bit Quant as a bipolar quantizer
+            return self._bipolar(n, sc)
         rounding = _ROUNDING[rm]
         lo = -(1 << (b - 1)) + narrow if signed else 0
         hi = (1 << (b - 1)) - 1 if signed else (1 << b) - 1 - narrow
         x = self._get(n.input[0], n)
         if x.kind == "const":
-            v = np.asarray(x.values, dtype=np.float64)
-            exps = self._broadcast_exps(e, sc.values, v, where)
-            codes = self._quantize_const(v, exps, rounding, lo, hi)
-            if e.size == 1:
-                fmt = FxFormat(b, b + int(e[0]), signed)
-                self.vals[n.output[0]] = _Val("const", np.ldexp(codes.astype(np.float64), int(e[0])), fmt)
-            else:  # per-channel scales: exact values; the constant gets the narrowest common format later
-                self.vals[n.output[0]] = _Val("const", np.ldexp(codes.astype(np.float64), exps))
+            self.vals[n.output[0]] = self._quant_const(n, x, sc, b, signed, rounding, lo, hi)
             return
-        if e.size != 1:
-            raise UnsupportedError(f"Quant node {where!r} quantizes an activation per channel; qfx formats are per "
-                                   f"tensor")
-        sym = narrow and signed and b > 1 and _sat_sym_is_symmetric()
-        fmt = FxFormat(b, b + int(e[0]), signed, rounding, "SAT_SYM" if sym else "SAT")  # value = code * 2**e
-        if x.kind == "input":  # the graph input itself: its format is this Quant's (the model's first cast)
-            t = self._bind_input(n, fmt)
-        else:
-            t = self._requant(n, x.tensor, fmt)
-        if narrow and not sym:  # unsigned narrow range [0, 2**b - 2]: an explicit clip
-            shape = self.tensors[t].shape
-            t = self._add(Op.CLIP, n, [t], shape, fmt, attrs={"lo": lo, "hi": hi})
-        self.vals[n.output[0]] = _Val("act", tensor=t)
+        if x.kind == "input":
+            if s.size != 1:
+                raise UnsupportedError(f"Quant node {where!r} quantizes the graph input per channel; "
+                                       f"{INPUT_FORMAT_HINT}")
+            sym = narrow and signed and b > 1 and _sat_sym_is_symmetric()
+            ovf = "SAT_SYM" if sym else "SAT"
+            if is_pow2(s):
+                t = self._bind_input(n, FxFormat(b, b + pow2_exponent(float(s.ravel()[0])), signed, rounding, ovf), {})
+                u = np.ones(1)
+            else:
+                t = self._bind_input(n, FxFormat(b, b, signed, rounding, ovf), {"input_scale": float(s.ravel()[0])})
+                u = _vec(s)
+            if narrow and not sym:
+                t = self._add("clip", n, [t], self.tensors[t].shape, self.tensors[t].fmt, attrs={"lo": lo, "hi": hi})
+            self.vals[self.input_onnx] = _Val("act", tensor=self.input_tensor, m=u)
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=u)
+            return
+        scale = self._chan(s, x, n, "scale") if s.size > 1 else _vec(s)
+        t, u = self._requant(n, x, scale, b, signed, narrow, rounding)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=u)
 
-    @staticmethod
-    def _broadcast_exps(e: np.ndarray, scale, v: np.ndarray, where: str) -> np.ndarray:
-        if e.size == 1:
-            return np.full(v.shape, int(e[0]), dtype=np.int64)
-        sshape = np.asarray(scale).shape
-        try:
-            if len(sshape) == v.ndim:
-                return np.broadcast_to(e.reshape(sshape), v.shape)
-            return np.broadcast_to(e.reshape((-1,) + (1,) * (v.ndim - 1)), v.shape)
-        except ValueError:
-            raise BadInputError(f"Quant node {where!r}: scale shape {sshape} does not fit {v.shape}") from None
-
-    @staticmethod
-    def _quantize_const(v: np.ndarray, exps: np.ndarray, rounding: str, lo: int, hi: int) -> np.ndarray:
-        """QONNX Quant on constants, exactly: ``clamp(round(v / 2**e), lo, hi)`` via the integer kernel."""
+    def _quant_const(self, n, x: _Val, sc: np.ndarray, b: int, signed: bool, rounding: str, lo: int,
+                     hi: int) -> _Val:
+        """QONNX Quant of a constant, exactly as QONNX computes it (``x / scale`` in the initializer's dtype)."""
         from qfx.fixed.kernels import codes_from_double
 
-        out = np.empty(v.shape, dtype=np.int64)
-        for ex in np.unique(exps):
-            m = exps == ex
-            if abs(int(ex)) > 400:
-                raise UnsupportedError(f"Quant scale 2**{int(ex)} is out of range")
-            out[m] = codes_from_double(v[m], FxFormat(62, 62 + int(ex), True, rounding, "SAT"))
-        return np.clip(out, lo, hi)
+        v = np.asarray(x.values)
+        dt = v.dtype if v.dtype in (np.float32, np.float64) else np.float64
+        scale = _broadcast_scale(np.asarray(sc, dtype=np.float64), v.shape)
+        q = (v.astype(dt) / scale.astype(dt)).astype(np.float64)  # the division QONNX does, in its dtype
+        codes = np.clip(codes_from_double(q, FxFormat(62, 62, True, rounding, "SAT")), lo, hi)
+        vals = codes.astype(np.float64) * scale
+        s = np.asarray(sc, dtype=np.float64)
+        if s.size == 1 and is_pow2(s):
+            fmt = FxFormat(b, b + pow2_exponent(float(s.ravel()[0])), signed)
+            return _Val("const", vals, fmt)
+        return _Val("const", vals, None, codes, np.ascontiguousarray(scale))
 
-    def _bind_input(self, n, fmt: FxFormat) -> str:
-        shape = self.pending_inputs[self.input_onnx]
-        self.input_tensor = self._new_tensor(self.input_onnx, shape, fmt)
-        self.vals[self.input_onnx] = _Val("act", tensor=self.input_tensor)
-        return self.input_tensor
+    def h_bipolar(self, n) -> None:
+        if len(n.input) != 2:
+            raise BadInputError(f"BipolarQuant node {self._where(n)!r} needs inputs x, scale")
+        (sc,) = self._quant_params(n, [n.input[1]])
+        self._bipolar(n, sc)
 
-    def _requant(self, n, src: str, fmt: FxFormat) -> str:
-        """Cast ``src`` to ``fmt``; fused into src's producer when that node's output is used only here."""
-        prod = next((i for i, nd in enumerate(self.nodes) if nd.output == src), None)
-        # fusing is exact only into a node that computes exactly and casts once, whose output is not cast yet
-        if prod is not None and src in self.exact and self._single_use(src):
-            self.exact.discard(src)
-            old = self.tensors[src]
-            self.tensors[src] = TensorSpec(src, old.shape, fmt)  # the node casts its exact result once, to fmt
-            return src
-        return self._add(Op.QUANT, n, [src], self.tensors[src].shape, fmt)
+    def _bipolar(self, n, sc: np.ndarray) -> None:
+        """``where(x >= 0, 1, -1) * scale`` (QONNX BipolarQuant) on constants, the input or activations."""
+        s = np.asarray(sc, dtype=np.float64)
+        if s.size == 0 or np.any(s <= 0) or not np.all(np.isfinite(s)):
+            raise FormatError(f"node {self._where(n)!r} has a non-positive or non-finite scale")
+        x = self._get(n.input[0], n)
+        if x.kind == "const":
+            v = np.asarray(x.values)
+            codes = np.where(v >= 0, 1, -1).astype(np.int64)
+            scale = _broadcast_scale(s, v.shape)
+            vals = codes * scale
+            if s.size == 1 and is_pow2(s):
+                e = pow2_exponent(float(s.ravel()[0]))
+                self.vals[n.output[0]] = _Val("const", vals, FxFormat(2, 2 + e, True))
+            else:
+                self.vals[n.output[0]] = _Val("const", vals, None, codes, np.ascontiguousarray(scale))
+            return
+        pow2 = s.size == 1 and is_pow2(s)
+        e = pow2_exponent(float(s.ravel()[0])) if pow2 else 0
+        sym = _sat_sym_is_symmetric()
+        fmt = FxFormat(2, 2 + e, True, "TRN", "SAT_SYM" if sym else "SAT")
+        if x.kind == "input":
+            if s.size != 1:
+                raise UnsupportedError(f"BipolarQuant node {self._where(n)!r} quantizes the graph input per channel")
+            t = self._bind_input(n, fmt, {"input_quant": "bipolar", "input_unit": 2.0 ** e})
+            self.vals[self.input_onnx] = _Val("act", tensor=t)
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=np.ones(1) if pow2 else _vec(s))
+            return
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        t = x.tensor
+        fx = self.tensors[t].fmt
+        f = fx.frac_bits
+        c = self._channels(t)
+        m, h = np.broadcast_to(self._full(x.m, t), (c,)), np.broadcast_to(self._full(x.h, t), (c,))
+        mult, shift = np.empty(c), np.empty(c)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau = np.where(m != 0, -h / np.where(m != 0, m, 1) * 2.0 ** f, 0.0)  # threshold in input codes
+        for k in range(c):
+            if m[k] == 0:  # constant sign
+                mult[k], shift[k] = 0.0, 1.0 if h[k] >= 0 else -1.0
+                continue
+            th = float(np.clip(tau[k], fx.min_code - 1, fx.max_code + 1))
+            if m[k] > 0:  # real >= 0  <=>  code >= K  ->  2*(code - K) + 1 is odd, sign as wanted
+                kk = math.ceil(th)
+                mult[k], shift[k] = 2.0 ** (f + 1), 1 - 2 * kk
+            else:  # real >= 0  <=>  code <= K
+                kk = math.floor(th)
+                mult[k], shift[k] = -(2.0 ** (f + 1)), 2 * kk + 1
+        out = self._scale_shift(n, t, mult * 2.0 ** e, shift * 2.0 ** e, fmt, "bipolar threshold")
+        if not sym:
+            out = self._add("clip", n, [out], self.tensors[out].shape, fmt, attrs={"lo": -1, "hi": 1})
+        self.vals[n.output[0]] = _Val("act", tensor=out, m=np.ones(1) if pow2 else
+                                      (self._chan(s, x, n, "scale") if s.size > 1 else _vec(s)))
 
-    def _single_use(self, tensor: str) -> bool:
-        onnx_names = [k for k, v in self.vals.items() if v.kind == "act" and v.tensor == tensor]
-        return sum(self.consumers.get(k, 0) for k in onnx_names) <= 1 and not any(
-            o.name in onnx_names for o in self.g.output)
-
-    # ---------------------------------------------------------------- ops
-    def _dense(self, n, ins: list[str]) -> None:
+    def h_trunc(self, n) -> None:
+        """QONNX Trunc (v1: x, scale, zeropt, in_bits, out_bits; v2 adds out_scale and signed/narrow)."""
+        where = self._where(n)
+        if len(n.input) not in (5, 6):
+            raise BadInputError(f"Trunc node {where!r} needs 5 (v1) or 6 (v2) inputs")
         a = _attrs(n)
-        where = n.name or n.op_type
+        v2 = len(n.input) == 6
+        params = self._quant_params(n, list(n.input[1:]))
+        sc, zp, in_bits = params[0], params[1], params[2]
+        out_scale, out_bits = (params[3], params[4]) if v2 else (params[0], params[3])
+        if np.any(np.asarray(zp) != 0):
+            raise UnsupportedError(f"Trunc node {where!r} has a non-zero zero point; qfx needs zero point 0")
+        ib, ob = int(np.asarray(in_bits).ravel()[0]), int(np.asarray(out_bits).ravel()[0])
+        rm = a.get("rounding_mode", b"FLOOR")
+        rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
+        if rm not in _ROUNDING:
+            raise UnsupportedError(f"Trunc node {where!r} has rounding mode {rm!r} with no ap_fixed equivalent")
+        x = self._act(n.input[0], n)
+        s = _vec(sc)
+        if s.size != 1:
+            raise UnsupportedError(f"Trunc node {where!r} has a per-channel scale")
+        # 1) round(x / scale): integer codes with ib bits (plus sign room; QONNX does not clamp here)
+        t1, u1 = self._requant(n, x, s, ib + 1, True, False, "RND_CONV")
+        if v2:
+            tscale = 2.0 ** round(math.log2(float(_vec(out_scale)[0]) / float(s[0])))
+            signed, narrow = bool(int(a.get("signed", 1))), bool(int(a.get("narrow", 0)))
+            bits = ob
+        else:
+            tscale = 2.0 ** (ib - ob)
+            signed, narrow, bits = True, False, ob + 1  # v1 does not clamp: one more bit, never saturates
+        # 2) rounding_mode(codes / 2**k): requantize the step-1 value (codes * scale) to steps of scale * 2**k
+        div = s * tscale
+        t2, u2 = self._requant(n, _Val("act", tensor=t1, m=u1), div, bits, signed, narrow, _ROUNDING[rm])
+        # QONNX rescales the new codes by out_scale (v2) or by the input scale (v1)
+        final = float(_vec(out_scale)[0]) if v2 else float(s[0])
+        self.vals[n.output[0]] = _Val("act", tensor=t2, m=u2 / div * final)
+
+    # ---------------------------------------------------------------- handlers: linear layers
+    def _weight(self, v: _Val, node, what: str) -> tuple[Constant, np.ndarray]:
+        """(constant codes, per-output-channel scale) of a weight whose axis 0 is the output channel."""
+        vals = np.asarray(v.values, dtype=np.float64)
+        o = vals.shape[0]
+        if v.fmt is not None:
+            return Constant(_codes_of(vals, v.fmt, f"{what}"), v.fmt), np.ones(o)
+        if v.codes is not None:
+            cs = np.broadcast_to(v.cscale, v.codes.shape).reshape(o, -1)
+            if is_pow2(cs):  # power-of-two scales (per channel): the values are exact dyadics
+                codes, fmt = _dyadic_codes(vals, what)
+                return Constant(codes, fmt), np.ones(o)
+            sw = cs[:, 0].copy()
+            if not np.all(cs == sw[:, None]):
+                raise UnsupportedError(f"node {self._where(node)!r}: {what} has scales that vary within an output "
+                                       f"channel; qfx takes per-tensor or per-output-channel weight scales")
+            return _int_codes(v.codes), sw
+        codes, fmt = _dyadic_codes(vals, what)
+        return Constant(codes, fmt), np.ones(o)
+
+    def _ir_bias(self, b: np.ndarray, m_out: np.ndarray) -> Constant | None:
+        """Bias as accumulator codes when it is exact there (``b / m_out`` integral or a short dyadic)."""
+        r = b / m_out
+        if not np.all(np.isfinite(r)):
+            return None
+        if np.all(m_out == 1):
+            try:
+                codes, fmt = _dyadic_codes(b, "bias")
+                return Constant(codes, fmt)
+            except FormatError:
+                return None
+        rr = np.round(r)
+        if np.all(np.abs(r - rr) <= 1e-5 * np.maximum(1.0, np.abs(r))) and np.abs(rr).max(initial=0) < 2.0 ** 40:
+            return _int_codes(rr.astype(np.int64))
+        return None
+
+    def _linear(self, n, x: _Val, w: Constant, sw: np.ndarray, bias: np.ndarray | None, op: str,
+                shape: tuple[int, ...], attrs: dict[str, Any], padded: bool) -> None:
+        """dense/conv2d on view x: the IR accumulates codes; scales and shifts go into the output view."""
+        if x.relu or x.m.size > 1 and not np.all(x.m == x.m[0]) or padded and np.any(x.h):
+            x = _Val("act", tensor=self._materialize(n, x))
+        mx = float(x.m[0])
+        o = w.codes.shape[0]
+        m_out = mx * sw
+        w_real = w.values() * sw.reshape((o,) + (1,) * (w.codes.ndim - 1))
+        h_out = np.zeros(o)
+        if np.any(x.h):  # sum_j h_j * w_cj: the shift of the input becomes a per-output constant
+            hx = self._full(x.h, x.tensor)
+            if op == "dense":
+                h_out = w_real @ hx
+            else:
+                h_out = np.einsum("ockl,c->o", w_real, hx)
+        b_ir = None
+        if bias is not None:
+            bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+            if bias.size != o:
+                raise BadInputError(f"node {self._where(n)!r}: bias has {bias.size} values for {o} outputs")
+            b_ir = self._ir_bias(bias, m_out)
+            if b_ir is None:
+                h_out = h_out + bias
+        fx = self.tensors[x.tensor].fmt
+        try:
+            acc = lossless_acc_format(w.codes.reshape(o, -1), w.fmt, fx, b_ir.codes if b_ir else None,
+                                      b_ir.fmt if b_ir else None)
+        except (FormatError, OverflowError) as exc:
+            raise FormatError(f"node {self._where(n)!r} ({n.op_type}): the exact sum of {fx.ap_type()} inputs times "
+                              f"{w.fmt.ap_type()} weights does not fit 64 bits ({_first_line(exc)}); the weights look "
+                              f"like float values: quantize the model (qfx quantize MODEL --calib DATA.npy)") from None
+        consts = {"weight": w} | ({"bias": b_ir} if b_ir else {})
+        t = self._add(op, n, [x.tensor], shape, acc, consts, attrs, acc)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=m_out if not np.all(m_out == m_out[0]) else m_out[:1],
+                                      h=h_out if np.any(h_out) else np.zeros(1))
+
+    def h_gemm(self, n) -> None:
+        a = _attrs(n)
+        if a.get("transA", 0):
+            raise UnsupportedError(f"Gemm node {self._where(n)!r} with transA is not supported")
+        wv = self._const(n.input[1], n, "weight")
+        if not a.get("transB", 0):
+            wv = self._const_map(wv, lambda z: np.ascontiguousarray(np.asarray(z).T))
+        bias = self._const(n.input[2], n, "bias") if len(n.input) > 2 and n.input[2] else None
+        self._dense(n, wv, bias, float(a.get("alpha", 1.0)), float(a.get("beta", 1.0)))
+
+    def h_matmul(self, n) -> None:
+        wv = self._const(n.input[1], n, "weight")
+        if np.ndim(wv.values) != 2:
+            raise UnsupportedError(f"MatMul node {self._where(n)!r} needs a 2-D constant weight")
+        self._dense(n, self._const_map(wv, lambda z: np.ascontiguousarray(np.asarray(z).T)), None, 1.0, 1.0)
+
+    def _dense(self, n, wv: _Val, bias: _Val | None, alpha: float, beta: float) -> None:
+        """x @ W.T (+ beta * bias) * alpha with ``wv`` oriented (out, in)."""
+        where = self._where(n)
+        ins = list(n.input)
         x = self._act(ins[0], n)
-        xs = self.tensors[x]
+        xs = self.tensors[x.tensor]
         if len(xs.shape) != 1:
             raise UnsupportedError(f"node {where!r}: {n.op_type} on a {len(xs.shape) + 1}-D tensor; flatten first")
-        if n.op_type == "Gemm":
-            if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
-                raise UnsupportedError(f"Gemm node {where!r} with transA/alpha/beta is not supported")
-            w = self._const(ins[1], n, "weight")
-            wc = w.codes if a.get("transB", 0) else w.codes.T
-            b = self._const(ins[2], n, "bias") if len(ins) > 2 and ins[2] else None
-        else:
-            w = self._const(ins[1], n, "weight")
-            if w.codes.ndim != 2:
-                raise UnsupportedError(f"MatMul node {where!r} needs a 2-D weight")
-            wc = w.codes.T
-            b = None
-        wconst = Constant(np.ascontiguousarray(wc), w.fmt)
-        if wconst.codes.shape[1] != xs.shape[0]:
-            raise BadInputError(f"node {where!r}: weight {wconst.codes.shape} does not fit input {xs.shape}")
-        self._emit_dense(n, x, wconst, b)
+        w, sw = self._weight(wv, n, f"weight {ins[1]!r}")
+        if w.codes.ndim != 2 or w.codes.shape[1] != xs.shape[0]:
+            raise BadInputError(f"node {where!r}: weight {w.codes.shape} does not fit input {xs.shape}")
+        bvals = None
+        if bias is not None:
+            bvals = np.broadcast_to(np.asarray(bias.values, dtype=np.float64).reshape(-1), (w.codes.shape[0],)) * beta
+        self._linear(n, x, w, sw * alpha, bvals, "dense", (w.codes.shape[0],), {"khot": 0}, False)
 
-    def _emit_dense(self, n, x: str, w: Constant, b: Constant | None) -> None:
-        fx = self.tensors[x].fmt
-        if b is not None:
-            b = Constant(b.codes.reshape(-1), b.fmt)
-            if b.codes.size != w.codes.shape[0]:
-                raise BadInputError(f"node {n.name!r}: bias has {b.codes.size} values for {w.codes.shape[0]} outputs")
-        acc = lossless_acc_format(w.codes, w.fmt, fx, b.codes if b else None, b.fmt if b else None)
-        consts = {"weight": w} | ({"bias": b} if b else {})
-        t = self._add(Op.DENSE, n, [x], (w.codes.shape[0],), acc, consts, {"khot": 0}, acc)
-        self.vals[n.output[0]] = _Val("act", tensor=t)
+    def h_conv(self, n) -> None:
+        a = _attrs(n)
+        where = self._where(n)
+        ins = list(n.input)
+        x = self._act(ins[0], n)
+        xs = self.tensors[x.tensor]
+        if len(xs.shape) != 3:
+            raise UnsupportedError(f"Conv node {where!r}: only 2-D convolutions (C, H, W) are supported")
+        if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
+            raise UnsupportedError(f"Conv node {where!r}: dilation is not supported")
+        wv = self._const(ins[1], n, "weight")
+        if np.ndim(wv.values) != 4:
+            raise BadInputError(f"Conv node {where!r}: weight of shape {np.shape(wv.values)} is not (O, C/g, kh, kw)")
+        group = int(a.get("group", 1))
+        o, cg, kh, kw = np.shape(wv.values)
+        if group != 1:
+            if xs.shape[0] != cg * group or o % group:
+                raise BadInputError(f"Conv node {where!r}: {group} groups do not fit weight {np.shape(wv.values)} and "
+                                    f"input {xs.shape}")
+            wv = self._expand_groups(wv, group, xs.shape[0])
+        w, sw = self._weight(wv, n, f"weight {ins[1]!r}")
+        if w.codes.shape[1] != xs.shape[0]:
+            raise BadInputError(f"Conv node {where!r}: weight {w.codes.shape} does not fit input {xs.shape}")
+        st = [int(s) for s in a.get("strides", [1, 1])]
+        pads = self._pads(n, a, xs.shape[1:], (kh, kw), st)
+        bias = self._const(ins[2], n, "bias") if len(ins) > 2 and ins[2] else None
+        shape = (o, conv_out_size(xs.shape[1], kh, st[0], pads[0]), conv_out_size(xs.shape[2], kw, st[1], pads[1]))
+        self._linear(n, x, w, sw, None if bias is None else np.asarray(bias.values, dtype=np.float64).reshape(-1),
+                     "conv2d", shape, {"stride": tuple(st), "padding": (pads[0], pads[1]), "khot": 0},
+                     padded=any(pads))
 
-    def _add_op(self, n, ins: list[str]) -> None:
-        a, b = self._get(ins[0], n), self._get(ins[1], n)
+    @staticmethod
+    def _expand_groups(wv: _Val, group: int, cin: int) -> _Val:
+        """Grouped convolution as one convolution with block-diagonal weights (zeros across groups): exact."""
+        def expand(z: np.ndarray, fill_from_first: bool) -> np.ndarray:
+            z = np.asarray(z)
+            o, cg = z.shape[:2]
+            og = o // group
+            out = np.zeros((o, cin) + z.shape[2:], dtype=z.dtype)
+            for gi in range(group):
+                out[gi * og:(gi + 1) * og, gi * cg:(gi + 1) * cg] = z[gi * og:(gi + 1) * og]
+            if fill_from_first:  # scales: every entry of an output channel keeps that channel's scale
+                out[:] = z.reshape(o, -1)[:, :1].reshape((o, 1) + (1,) * (z.ndim - 2))
+            return out
+
+        return _Val("const", expand(wv.values, False), wv.fmt, None if wv.codes is None else expand(wv.codes, False),
+                    None if wv.cscale is None else expand(np.broadcast_to(wv.cscale, np.shape(wv.codes)), True))
+
+    def _pads(self, n, a: dict[str, Any], hw: tuple[int, ...], k: tuple[int, int], st: list[int]) -> tuple[int, int]:
+        where = self._where(n)
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = []
+            for size, kk, s in zip(hw, k, st):
+                total = max((-(-size // s) - 1) * s + kk - size, 0)
+                if total % 2:
+                    raise UnsupportedError(f"{n.op_type} node {where!r}: auto_pad {auto} pads asymmetrically here; "
+                                           f"qfx needs equal padding on both sides")
+                pads.append(total // 2)
+            return pads[0], pads[1]
+        if auto == "VALID":
+            return 0, 0
+        pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: asymmetric padding {pads} is not supported")
+        return pads[0], pads[1]
+
+    # ---------------------------------------------------------------- handlers: element-wise arithmetic
+    def h_add(self, n) -> None:
+        a, b = self._get(n.input[0], n), self._get(n.input[1], n)
         if a.kind == "act" and b.kind == "act":
-            ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
-            if ta.shape != tb.shape:
-                raise BadInputError(f"Add node {n.name!r}: operand shapes {ta.shape} and {tb.shape} disagree")
-            f = ta.fmt.add_format(tb.fmt)
-            t = self._add(Op.ADD, n, [a.tensor, b.tensor], ta.shape, f)
-            self.vals[n.output[0]] = _Val("act", tensor=t)
+            return self._add_acts(n, a, b)
+        if a.kind == "input" or b.kind == "input":
+            self._act(n.input[0] if a.kind == "input" else n.input[1], n)
+        act, cst = (a, b) if a.kind == "act" else (b, a)
+        if cst.kind != "const":
+            raise UnsupportedError(f"Add node {self._where(n)!r}: operands must be activations or constants")
+        c = self._chan(cst.values, act, n, "added constant")
+        if self._fold_bias(n, act, c):
             return
-        act, cst = (a, ins[1]) if a.kind == "act" else (b, ins[0])
-        # bias add after MatMul/Conv: fold into the producing dense/conv when it has no bias yet
-        prod = next((i for i, nd in enumerate(self.nodes) if nd.output == act.tensor), None)
-        nd = self.nodes[prod] if prod is not None else None
-        if nd is None or nd.op not in (Op.DENSE, Op.CONV2D) or "bias" in nd.consts or not self._single_use(act.tensor) \
-                or nd.output not in self.exact:  # the sum must still be exact (no cast before the add)
-            raise UnsupportedError(f"Add node {n.name!r}: adding a constant is supported only as the bias of a "
-                                   f"MatMul/Conv")
-        bias = self._const(cst, n, "bias")
-        m = nd.consts["weight"].codes.shape[0]
-        bc = bias.codes.reshape(-1)
-        if bc.size != m:
-            raise BadInputError(f"Add node {n.name!r}: bias has {bc.size} values for {m} outputs")
-        bias = Constant(bc, bias.fmt)
+        if act.relu:
+            act = _Val("act", tensor=self._materialize(n, act))
+        self.vals[n.output[0]] = act.view(act.m, act.h + c)
+
+    def _fold_bias(self, n, act: _Val, c: np.ndarray) -> bool:
+        """A constant added to a bias-less dense/conv output becomes its bias when exact in the accumulator."""
+        prod_i = next((i for i, nd in enumerate(self.nodes) if nd.output == act.tensor), None)
+        if prod_i is None or act.relu or np.any(act.h):
+            return False
+        nd = self.nodes[prod_i]
+        if not op_def(nd.op).is_(Categories.LINEAR) or "bias" in nd.consts or nd.output not in self.exact or \
+                not self._single_use(act.tensor):
+            return False
         w = nd.consts["weight"]
+        o = w.codes.shape[0]
+        cb = np.broadcast_to(c, (o,)) if c.size in (1, o) else None
+        if cb is None:
+            return False
+        bias = self._ir_bias(np.asarray(cb, dtype=np.float64), np.broadcast_to(act.m, (o,)))
+        if bias is None:
+            return False
         fx = self.tensors[nd.inputs[0]].fmt
-        acc = lossless_acc_format(w.codes.reshape(m, -1), w.fmt, fx, bias.codes, bias.fmt)
-        self.nodes[prod] = nd.replace(consts={"weight": w, "bias": bias}, acc_fmt=acc)
+        acc = lossless_acc_format(w.codes.reshape(o, -1), w.fmt, fx, bias.codes, bias.fmt)
+        self.nodes[prod_i] = nd.replace(consts={"weight": w, "bias": bias}, acc_fmt=acc)
         old = self.tensors[nd.output]
         self.tensors[nd.output] = TensorSpec(nd.output, old.shape, acc)
         self.vals[n.output[0]] = act
+        return True
 
-    def _conv(self, n, ins: list[str]) -> None:
-        a = _attrs(n)
-        where = n.name or "Conv"
-        x = self._act(ins[0], n)
-        xs = self.tensors[x]
-        if len(xs.shape) != 3:
-            raise UnsupportedError(f"Conv node {where!r}: only 2-D convolutions (C, H, W) are supported")
-        if int(a.get("group", 1)) != 1:
-            raise UnsupportedError(f"Conv node {where!r}: grouped convolution is not supported")
-        if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"Conv node {where!r}: dilation is not supported")
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise UnsupportedError(f"Conv node {where!r}: auto_pad is not supported; use explicit pads")
-        w = self._const(ins[1], n, "weight")
-        if w.codes.ndim != 4 or w.codes.shape[1] != xs.shape[0]:
-            raise BadInputError(f"Conv node {where!r}: weight {w.codes.shape} does not fit input {xs.shape}")
-        pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            raise UnsupportedError(f"Conv node {where!r}: asymmetric padding {pads} is not supported")
-        st = [int(s) for s in a.get("strides", [1, 1])]
-        b = self._const(ins[2], n, "bias") if len(ins) > 2 and ins[2] else None
-        o, _, kh, kw = w.codes.shape
-        shape = (o, conv_out_size(xs.shape[1], kh, st[0], pads[0]), conv_out_size(xs.shape[2], kw, st[1], pads[1]))
-        if b is not None:
-            b = Constant(b.codes.reshape(-1), b.fmt)
-        acc = lossless_acc_format(w.codes.reshape(o, -1), w.fmt, xs.fmt, b.codes if b else None, b.fmt if b else None)
-        consts = {"weight": w} | ({"bias": b} if b else {})
-        t = self._add(Op.CONV2D, n, [x], shape, acc, consts,
-                      {"stride": tuple(st), "padding": (pads[0], pads[1]), "khot": 0}, acc)
-        self.vals[n.output[0]] = _Val("act", tensor=t)
+    def _add_acts(self, n, a: _Val, b: _Val) -> None:
+        ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
+        if ta.shape != tb.shape:
+            raise BadInputError(f"Add node {self._where(n)!r}: operand shapes {ta.shape} and {tb.shape} disagree")
+        if a.relu or b.relu or not (a.m.size == b.m.size and np.array_equal(a.m, b.m)):
+            a = _Val("act", tensor=self._materialize(n, a))
+            b = _Val("act", tensor=self._materialize(n, b))
+            ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
+        f = ta.fmt.add_format(tb.fmt)
+        t = self._add("add", n, [a.tensor, b.tensor], ta.shape, f)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=a.m, h=a.h + b.h)
 
-    def _maxpool(self, n, ins: list[str]) -> None:
+    def h_sub(self, n) -> None:
+        a, b = self._get(n.input[0], n), self._get(n.input[1], n)
+        for v, name in ((a, n.input[0]), (b, n.input[1])):
+            if v.kind == "input":
+                self._act(name, n)
+        if a.kind == "act" and b.kind == "act":
+            bn = _Val("act", tensor=self._materialize(n, b)).view(-1.0, 0.0) if b.relu else b.view(-b.m, -b.h)
+            return self._add_acts(n, a, bn)
+        if a.kind == "act":
+            c = self._chan(b.values, a, n, "subtracted constant")
+            if a.relu:
+                a = _Val("act", tensor=self._materialize(n, a))
+            self.vals[n.output[0]] = a.view(a.m, a.h - c)
+            return
+        c = self._chan(a.values, b, n, "constant")
+        if b.relu:
+            b = _Val("act", tensor=self._materialize(n, b))
+        self.vals[n.output[0]] = b.view(-b.m, c - b.h)
+
+    def _scale_view(self, n, div: bool) -> None:
+        a, b = self._get(n.input[0], n), self._get(n.input[1], n)
+        for v, name in ((a, n.input[0]), (b, n.input[1])):
+            if v.kind == "input":
+                self._act(name, n)
+        if a.kind == "act" and b.kind == "act":
+            raise UnsupportedError(f"unsupported {n.op_type} of two activations (node {self._where(n)!r}): qfx "
+                                   f"multiplies activations only by constants; {_CUT}")
+        if div and a.kind != "act":
+            raise UnsupportedError(f"unsupported Div of a constant by an activation (node {self._where(n)!r}); {_CUT}")
+        act, cst = (a, b) if a.kind == "act" else (b, a)
+        c = self._chan(cst.values, act, n, "constant factor")
+        if np.any(c == 0) and div:
+            raise BadInputError(f"Div node {self._where(n)!r} divides by zero")
+        f = 1.0 / c if div else c
+        if act.relu and np.any(f <= 0):
+            act = _Val("act", tensor=self._materialize(n, act))
+        self.vals[n.output[0]] = act.view(act.m * f, act.h * f)
+
+    def h_mul(self, n) -> None:
+        self._scale_view(n, div=False)
+
+    def h_div(self, n) -> None:
+        self._scale_view(n, div=True)
+
+    def h_batchnorm(self, n) -> None:
+        """BatchNormalization (inference): ``(x - mean) / sqrt(var + eps) * gamma + beta`` into the view."""
+        if len(n.input) != 5:
+            raise BadInputError(f"BatchNormalization node {self._where(n)!r} needs 5 inputs")
+        x = self._act(n.input[0], n)
+        gamma, beta, mean, var = (np.asarray(self._const(i, n, k).values, dtype=np.float64).reshape(-1)
+                                  for i, k in zip(n.input[1:], ("scale", "bias", "mean", "var")))
+        eps = float(_attrs(n).get("epsilon", 1e-5))
+        if np.any(var + eps <= 0):
+            raise BadInputError(f"BatchNormalization node {self._where(n)!r} has a non-positive variance")
+        a = gamma / np.sqrt(var + eps)
+        b = beta - mean * a
+        c = self._channels(x.tensor)
+        if a.size not in (1, c):
+            raise BadInputError(f"BatchNormalization node {self._where(n)!r}: {a.size} values for {c} channels")
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        self.vals[n.output[0]] = x.view(x.m * a, x.h * a + b)
+
+    def h_relu(self, n) -> None:
+        x = self._act(n.input[0], n)
+        if x.relu:
+            self.vals[n.output[0]] = x
+        elif not np.any(x.h) and np.all(x.m > 0):
+            t = self._add("relu", n, [x.tensor], self.tensors[x.tensor].shape, self.tensors[x.tensor].fmt)
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
+        else:  # relu(t*m + h): deferred to the next requantization (or materialized where needed)
+            self.vals[n.output[0]] = x.view(x.m, x.h, relu=True)
+
+    # ---------------------------------------------------------------- handlers: registry ops that move values
+    def _gather(self, n, x: _Val, op: str, attrs: dict[str, Any], keeps_channels: bool,
+                shape: tuple[int, ...] | None = None) -> None:
+        """A value-moving IR op (``Categories.GATHER``): the view survives when it is per tensor, or per channel
+        and the op keeps the channel axis."""
+        if x.relu and not keeps_channels or (x.m.size > 1 or x.h.size > 1) and not keeps_channels:
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        if shape is None:
+            if op == "transpose":
+                shape = tuple(xs.shape[p] for p in attrs["perm"])
+            else:
+                sh, sw = attrs["scale"]
+                shape = (xs.shape[0], xs.shape[1] * sh, xs.shape[2] * sw)
+        t = self._add(op, n, [x.tensor], shape, xs.fmt, attrs=attrs)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
+
+    def h_resize(self, n) -> None:
+        """Resize/Upsample in nearest mode by integer factors over H and W: ``upsample2d``."""
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        xs = self.tensors[x.tensor]
         a = _attrs(n)
-        where = n.name or "MaxPool"
-        x = self._act(ins[0], n)
-        xs = self.tensors[x]
-        if len(xs.shape) != 3 or len(n.output) != 1 and n.output[1]:
-            raise UnsupportedError(f"MaxPool node {where!r}: only 2-D pooling without indices is supported")
+
+        def s(key: str, default: str) -> str:
+            v = a.get(key, default)
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        mode = s("mode", "nearest")
+        if "upsample2d" not in REGISTRY or mode != "nearest" or len(xs.shape) != 3:
+            raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}): qfx upsamples 2-D (C, H, W) "
+                                   f"tensors in nearest mode by integer factors only; {_CUT}")
+        ins = list(n.input)
+        scales = None
+        if n.op_type == "Upsample":
+            scales = np.asarray(self._const(ins[1], n, "scales").values if len(ins) > 1 else a["scales"], float)
+        else:
+            sc = ins[2] if len(ins) > 2 and ins[2] else None
+            sz = ins[3] if len(ins) > 3 and ins[3] else None
+            if sc is not None and np.size(self._const(sc, n, "scales").values):
+                scales = np.asarray(self._const(sc, n, "scales").values, dtype=np.float64)
+            elif sz is not None:
+                sizes = np.asarray(self._const(sz, n, "sizes").values, dtype=np.float64)
+                scales = sizes / np.asarray((1, *xs.shape), dtype=np.float64)
+        if scales is None or scales.size != 4 or np.any(scales[:2] != 1) or np.any(scales[2:] != np.round(scales[2:])) \
+                or np.any(scales[2:] < 1):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: scales {None if scales is None else scales.tolist()} "
+                                   f"are not integer factors of H and W; {_CUT}")
+        f = (int(scales[2]), int(scales[3]))
+        ctm, nm = s("coordinate_transformation_mode", "half_pixel"), s("nearest_mode", "round_prefer_floor")
+        for k, size in zip(f, xs.shape[1:]):  # the ONNX index rule must pick input floor(i / k), as upsample2d does
+            i = np.arange(size * k, dtype=np.float64)
+            src = {"asymmetric": i / k, "half_pixel": (i + 0.5) / k - 0.5,
+                   "pytorch_half_pixel": (i + 0.5) / k - 0.5, "tf_half_pixel_for_nn": (i + 0.5) / k,
+                   "align_corners": i * (size - 1) / max(size * k - 1, 1)}.get(ctm)
+            pick = None if src is None else {
+                "floor": np.floor(src), "ceil": np.ceil(src),
+                "round_prefer_floor": np.where(src - np.floor(src) == 0.5, np.floor(src), np.round(src)),
+                "round_prefer_ceil": np.where(src - np.floor(src) == 0.5, np.ceil(src), np.round(src))}.get(nm)
+            if pick is None or not np.array_equal(np.clip(pick, 0, size - 1), np.floor(i / k)):
+                raise UnsupportedError(f"{n.op_type} node {where!r}: nearest mode with coordinate_transformation_mode "
+                                       f"{ctm!r} and nearest_mode {nm!r} does not repeat each pixel {k} times; {_CUT}")
+        self._gather(n, x, "upsample2d", {"scale": f}, keeps_channels=True)
+
+    def h_concat(self, n) -> None:
+        """Concat of activations: ``concat`` (per-channel views concatenate along the channel axis)."""
+        where = self._where(n)
+        vals = [self._get(i, n) for i in n.input]
+        if "concat" not in REGISTRY or any(v.kind != "act" for v in vals):
+            raise UnsupportedError(f"unsupported ONNX op 'Concat' (node {where!r}): qfx graphs have no "
+                                   f"concatenation op for these operands; {_CUT}")
+        rank = len(self.tensors[vals[0].tensor].shape) + 1
+        ax = int(_attrs(n).get("axis", 1)) % rank
+        if ax == 0:
+            raise UnsupportedError(f"Concat node {where!r} along the batch axis is not supported")
+        chan = ax == 1
+        same = all(v.relu == vals[0].relu and np.array_equal(v.m, vals[0].m) and np.array_equal(v.h, vals[0].h)
+                   and v.m.size == 1 and v.h.size == 1 for v in vals)
+        if not same and not (chan and len({v.relu for v in vals}) == 1):
+            vals = [_Val("act", tensor=self._materialize(n, v)) for v in vals]
+        fmts = [self.tensors[v.tensor].fmt for v in vals]
+        frac = max(f.frac_bits for f in fmts)
+        lo = min(f.min_code << (frac - f.frac_bits) for f in fmts)
+        hi = max(f.max_code << (frac - f.frac_bits) for f in fmts)
+        fmt = FxFormat.for_code_range(lo, hi, frac, signed=lo < 0)  # holds every operand exactly
+        shapes = [self.tensors[v.tensor].shape for v in vals]
+        shape = list(shapes[0])
+        shape[ax - 1] = sum(sh[ax - 1] for sh in shapes)
+        t = self._add("concat", n, [v.tensor for v in vals], tuple(shape), fmt, attrs={"axis": ax - 1})
+        if all(v.m.size == 1 and v.h.size == 1 for v in vals) and same:
+            m, h = vals[0].m, vals[0].h
+        else:  # per-channel views, one block per operand
+            m = np.concatenate([self._full(v.m, v.tensor) for v in vals])
+            h = np.concatenate([self._full(v.h, v.tensor) for v in vals])
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=h, relu=vals[0].relu)
+
+    def h_depth_to_space(self, n) -> None:
+        """DepthToSpace (pixel shuffle) as reshape -> transpose -> reshape."""
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        a = _attrs(n)
+        r = int(a["blocksize"])
+        mode = a.get("mode", b"DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        xs = self.tensors[x.tensor]
+        if "transpose" not in REGISTRY or len(xs.shape) != 3 or xs.shape[0] % (r * r):
+            raise UnsupportedError(f"unsupported ONNX op 'DepthToSpace' (node {where!r}) on {xs.shape}; {_CUT}")
+        if x.relu or x.m.size > 1 or x.h.size > 1:
+            x = _Val("act", tensor=self._materialize(n, x))
+        c, hh, ww = xs.shape[0] // (r * r), xs.shape[1], xs.shape[2]
+        if mode == "CRD":
+            split, perm = (c, r, r, hh, ww), (0, 3, 1, 4, 2)
+        else:
+            split, perm = (r, r, c, hh, ww), (2, 3, 0, 4, 1)
+        fmt = self.tensors[x.tensor].fmt
+        t = self._add("reshape", n, [x.tensor], split, fmt, attrs={"shape": split})
+        t = self._add("transpose", n, [t], tuple(split[p] for p in perm), fmt, attrs={"perm": perm})
+        out = (c, hh * r, ww * r)
+        t = self._add("reshape", n, [t], out, fmt, attrs={"shape": out})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h)
+
+    def h_leaky_relu(self, n) -> None:
+        """LeakyRelu as a ``lut`` of its input codes (exact table values; inputs up to MAX_TABLE_BITS wide)."""
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        alpha = float(_attrs(n).get("alpha", 0.01))
+        if x.relu or np.any(x.h) or np.any(x.m <= 0):
+            x = _Val("act", tensor=self._materialize(n, x))  # leaky(t * m) == m * leaky(t) for m > 0
+        fx = self.tensors[x.tensor].fmt
+        from qfx.fixed.tables import MAX_TABLE_BITS, build_table
+
+        if "lut" not in REGISTRY or fx.width > MAX_TABLE_BITS or not 0 <= alpha:
+            raise UnsupportedError(f"unsupported ONNX op 'LeakyRelu' (node {where!r}) on {fx.ap_type()} values: qfx "
+                                   f"tables take inputs of at most {MAX_TABLE_BITS} bits; quantize before it, or "
+                                   f"{_CUT}")
+        da = dyadic(np.array([alpha]), bits=24)
+        frac = fx.frac_bits + max(da.frac, 0)
+        vals = np.where(fx.from_int(np.arange(fx.min_code, fx.max_code + 1)) >= 0, 1.0, da.approx[0]) * \
+            fx.from_int(np.arange(fx.min_code, fx.max_code + 1))
+        codes = np.round(np.ldexp(vals, frac)).astype(np.int64)
+        of = FxFormat.for_code_range(min(0, int(codes.min())), max(0, int(codes.max())), frac, signed=True)
+        spec = f"leaky_relu({float(da.approx[0])!r})"
+        table = Constant(build_table(spec, fx, of), of)
+        t = self._add("lut", n, [x.tensor], self.tensors[x.tensor].shape, of, {"table": table}, {"fn": spec})
+        if not da.exact:
+            self.report.append(f"LeakyRelu {where!r}: alpha {alpha!r} rounded to {float(da.approx[0])!r}")
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
+
+    # ---------------------------------------------------------------- handlers: pooling and shapes
+    def _pool_attrs(self, n, xs: TensorSpec) -> tuple[list[int], list[int], tuple[int, int]]:
+        a = _attrs(n)
+        where = self._where(n)
         if int(a.get("ceil_mode", 0)) or any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"MaxPool node {where!r}: ceil_mode/dilations are not supported")
+            raise UnsupportedError(f"{n.op_type} node {where!r}: ceil_mode/dilations are not supported")
         k = [int(v) for v in a["kernel_shape"]]
         st = [int(v) for v in a.get("strides", [1, 1])]
-        pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            raise UnsupportedError(f"MaxPool node {where!r}: asymmetric padding {pads} is not supported")
+        return k, st, self._pads(n, a, xs.shape[1:], (k[0], k[1]), st)
+
+    def h_maxpool(self, n) -> None:
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        if np.any(x.m <= 0):
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        if len(xs.shape) != 3 or len(n.output) > 1 and n.output[1]:
+            raise UnsupportedError(f"MaxPool node {where!r}: only 2-D pooling without indices is supported")
+        k, st, pads = self._pool_attrs(n, xs)
         shape = (xs.shape[0], conv_out_size(xs.shape[1], k[0], st[0], pads[0]),
                  conv_out_size(xs.shape[2], k[1], st[1], pads[1]))
-        t = self._add(Op.MAXPOOL2D, n, [x], shape, xs.fmt, attrs={"kernel": tuple(k), "stride": tuple(st),
-                                                                   "padding": (pads[0], pads[1])})
-        self.vals[n.output[0]] = _Val("act", tensor=t)
+        t = self._add("maxpool2d", n, [x.tensor], shape, xs.fmt, attrs={"kernel": tuple(k), "stride": tuple(st),
+                                                                          "padding": pads})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
 
-    def _reshape(self, n, ins: list[str]) -> None:
-        x = self._act(ins[0], n)
-        xs = self.tensors[x]
-        if n.op_type == "Flatten":
-            if int(_attrs(n).get("axis", 1)) != 1:
-                raise UnsupportedError(f"Flatten node {n.name!r}: only axis=1 is supported")
-            t = self._add(Op.FLATTEN, n, [x], (xs.size,), xs.fmt)
+    def h_avgpool(self, n) -> None:
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        xs0 = self.tensors[x.tensor]
+        if len(xs0.shape) != 3:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: only 2-D pooling over (C, H, W) is supported")
+        if n.op_type == "GlobalAveragePool":
+            k, st, pads = [xs0.shape[1], xs0.shape[2]], [1, 1], (0, 0)
         else:
-            shp = self._int_list(ins[1], n)
-            if not shp:
-                raise BadInputError(f"Reshape node {n.name!r}: empty target shape")
-            rest = shp[1:]
-            if -1 in rest:
-                known = int(np.prod([d for d in rest if d != -1])) or 1
-                rest = [xs.size // known if d == -1 else d for d in rest]
-            if any(d <= 0 for d in rest) or int(np.prod(rest)) != xs.size:
-                raise BadInputError(f"Reshape node {n.name!r}: cannot reshape {xs.shape} to {shp}")
-            op = Op.FLATTEN if len(rest) == 1 else Op.RESHAPE
-            t = self._add(op, n, [x], tuple(rest), xs.fmt, attrs={} if op is Op.FLATTEN else {"shape": tuple(rest)})
-        self.vals[n.output[0]] = _Val("act", tensor=t)
+            k, st, pads = self._pool_attrs(n, xs0)
+            if any(pads) and not int(_attrs(n).get("count_include_pad", 0)):
+                raise UnsupportedError(f"AveragePool node {where!r}: padding with count_include_pad=0 divides by a "
+                                       f"varying count; qfx averages over the full window (count_include_pad=1)")
+        if x.relu or any(pads) and np.any(x.h):
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        win = k[0] * k[1]
+        if win & (win - 1) == 0:  # 1/(kh*kw) is a power of two: exact reciprocal
+            lg = win.bit_length() - 1
+            recip, m = Constant(np.array([1]), FxFormat(2, 2 - lg, True)), x.m
+        else:  # the window sum, with 1/(kh*kw) in the view
+            recip, m = Constant(np.array([1]), FxFormat(2, 2, True)), x.m / win
+        acc = avgpool_format(xs.fmt, recip.fmt, win)
+        shape = (xs.shape[0], conv_out_size(xs.shape[1], k[0], st[0], pads[0]),
+                 conv_out_size(xs.shape[2], k[1], st[1], pads[1]))
+        t = self._add("avgpool2d", n, [x.tensor], shape, acc, {"recip": recip},
+                      {"kernel": tuple(k), "stride": tuple(st), "padding": pads}, acc)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=x.h)
+
+    def _flat_view(self, x: _Val, size: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = self.tensors[x.tensor].shape
+        per = size // max(shape[0], 1) if shape else 1
+
+        def f(v: np.ndarray) -> np.ndarray:
+            return np.repeat(v, per) if v.size > 1 else v
+
+        return f(x.m), f(x.h)
+
+    def h_flatten(self, n) -> None:
+        v = self._get(n.input[0], n)
+        if v.kind == "const":
+            self.vals[n.output[0]] = self._const_map(v, lambda z: np.asarray(z).reshape(1, -1)
+                                                     if np.ndim(z) <= 1 else np.asarray(z).reshape(z.shape[0], -1))
+            return
+        x = self._act(n.input[0], n)
+        if int(_attrs(n).get("axis", 1)) not in (0, 1):
+            raise UnsupportedError(f"Flatten node {self._where(n)!r}: only axis=1 is supported")
+        xs = self.tensors[x.tensor]
+        t = self._add("flatten", n, [x.tensor], (xs.size,), xs.fmt)
+        m, h = self._flat_view(x, xs.size)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=h, relu=x.relu)
+
+    def h_reshape(self, n) -> None:
+        v = self._get(n.input[0], n)
+        if v.kind == "const":
+            shp = self._int_list(n.input[1], n)
+            self.vals[n.output[0]] = self._const_map(v, lambda z: np.asarray(z).reshape(shp))
+            return
+        x = self._act(n.input[0], n)
+        xs = self.tensors[x.tensor]
+        shp = self._int_list(n.input[1], n)
+        if not shp:
+            raise BadInputError(f"Reshape node {self._where(n)!r}: empty target shape")
+        rest = shp[1:]
+        if -1 in rest:
+            known = int(np.prod([d for d in rest if d != -1])) or 1
+            rest = [xs.size // known if d == -1 else d for d in rest]
+        if any(d <= 0 for d in rest) or int(np.prod(rest)) != xs.size:
+            raise BadInputError(f"Reshape node {self._where(n)!r}: cannot reshape {xs.shape} to {shp}")
+        if tuple(rest) == xs.shape:
+            self.vals[n.output[0]] = x
+            return
+        if len(rest) == 1:
+            t = self._add("flatten", n, [x.tensor], tuple(rest), xs.fmt)
+            m, h = self._flat_view(x, xs.size)
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=h, relu=x.relu)
+            return
+        if x.m.size > 1 or x.h.size > 1:
+            x = _Val("act", tensor=self._materialize(n, x))
+        t = self._add("reshape", n, [x.tensor], tuple(rest), self.tensors[x.tensor].fmt,
+                      attrs={"shape": tuple(rest)})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
+
+    def h_squeeze(self, n) -> None:
+        from qfx.onnx.cleanup import FOLDERS
+
+        v = self._const(n.input[0], n, "input")
+        extra = [np.asarray(self._const(i, n, "axes").values) for i in n.input[1:] if i]
+        self.vals[n.output[0]] = self._const_map(v, lambda z: FOLDERS[n.op_type](n, [np.asarray(z), *extra]))
+
+
+class _FakeNode:
+    """Stands in for an ONNX node when the converter adds IR nodes for a graph output."""
+
+    def __init__(self, output: str) -> None:
+        self.name = f"{output}_out"
+        self.op_type = "Output"
+        self.output = [output]
+
+
+#: ONNX op type -> converter method (QONNX ops only in the QONNX domain, the rest only in the default domain)
+HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
+    "Quant": _Converter.h_quant, "BipolarQuant": _Converter.h_bipolar, "Trunc": _Converter.h_trunc,
+    "Constant": _Converter.h_constant, "Identity": _Converter.h_identity, "Dropout": _Converter.h_identity,
+    "Transpose": _Converter.h_transpose, "Gemm": _Converter.h_gemm, "MatMul": _Converter.h_matmul,
+    "Conv": _Converter.h_conv, "Add": _Converter.h_add, "Sub": _Converter.h_sub, "Mul": _Converter.h_mul,
+    "Div": _Converter.h_div, "BatchNormalization": _Converter.h_batchnorm, "Relu": _Converter.h_relu,
+    "MaxPool": _Converter.h_maxpool, "AveragePool": _Converter.h_avgpool,
+    "GlobalAveragePool": _Converter.h_avgpool, "Flatten": _Converter.h_flatten, "Reshape": _Converter.h_reshape,
+    "Squeeze": _Converter.h_squeeze, "Unsqueeze": _Converter.h_squeeze,
+    "Resize": _Converter.h_resize, "Upsample": _Converter.h_resize, "Concat": _Converter.h_concat,
+    "DepthToSpace": _Converter.h_depth_to_space, "LeakyRelu": _Converter.h_leaky_relu,
+}

@@ -1,0 +1,593 @@
+"""ONNX clean-up before conversion: what exporters leave around a model, reduced to the ops the importer maps.
+
+Real QONNX/Brevitas/torch exports carry constant-only and shape-only subgraphs (``x.view(N, -1)`` becomes
+Shape -> Gather -> Unsqueeze -> Concat -> Reshape), Identity/Dropout nodes, QONNX ops in several domains, and
+channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter sees one static graph:
+
+* QONNX ops (``Quant``, ``BipolarQuant``, ``Trunc``) in the default domain (older Brevitas), ``onnx.brevitas``,
+  ``qonnx.custom_op.general`` or ``finn.custom_op.general`` are moved to ``qonnx.custom_op.general``.
+* ``qonnx.custom_op.channels_last`` Conv/MaxPool become Transpose -> standard op -> Transpose; Transposes are then
+  moved through element-wise ops (Relu, per-tensor Quant) and inverse pairs cancel. A Transpose that reads the
+  graph input (or writes the graph output) is folded into the interface: the IR input is the transposed tensor and
+  ``qfx.input_perm`` (``qfx.output_perm``) in the model metadata says how to lay data out. A Transpose followed by
+  Flatten/Reshape into a MatMul/Gemm with constant weights is folded into the weight rows.
+* Identity and Dropout are removed.
+* Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
+  as onnxruntime computes them), ``Shape`` of a tensor whose shape is known (graph inputs, and tensors typed by
+  ``onnx.shape_inference`` with QONNX ops read as Identity) becomes a constant, so shape subgraphs fold into a
+  static Reshape. A symbolic batch dimension is taken as 1; the importer ignores the batch entry of Reshape targets.
+* Nodes whose outputs nothing reads, and unused initializers, are dropped.
+
+Everything here is exact bookkeeping on constants; no value of the model changes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from qfx.errors import BadInputError, UnsupportedError
+
+__all__ = ["cleanup", "QONNX_DOMAIN", "QONNX_OPS", "QONNX_DOMAINS", "CHANNELS_LAST_DOMAIN"]
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
+#: domains QONNX ops are found in: older Brevitas wrote Quant into the default domain or ``onnx.brevitas``
+QONNX_DOMAINS = ("", "ai.onnx", "onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "qonnx")
+QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc"})
+_MAX_FOLD_ELEMS = 1 << 22  # never materialize huge constants (e.g. a ConstantOfShape over an image)
+#: element-wise ops a layout Transpose moves through (scalar extra inputs only)
+_UNARY_ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Abs", "Neg", "Elu", "Selu",
+                                "HardSigmoid", "HardSwish", "Softplus", "Identity", "Mul", "Div", "Add", "Sub"})
+
+
+# ------------------------------------------------------------------------------------------------ numpy folders
+def _attrs(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _axes(node, ins: list[np.ndarray], pos: int) -> list[int] | None:
+    a = _attrs(node)
+    if "axes" in a:
+        return [int(v) for v in a["axes"]]
+    if len(ins) > pos and ins[pos] is not None:
+        return [int(v) for v in np.asarray(ins[pos]).ravel()]
+    return None
+
+
+def _unsqueeze(node, ins):
+    x = np.asarray(ins[0])
+    axes = _axes(node, ins, 1) or []
+    rank = x.ndim + len(axes)
+    for ax in sorted(a % rank for a in axes):
+        x = np.expand_dims(x, ax)
+    return x
+
+
+def _squeeze(node, ins):
+    x = np.asarray(ins[0])
+    axes = _axes(node, ins, 1)
+    return np.squeeze(x) if axes is None else np.squeeze(x, axis=tuple(a % x.ndim for a in axes))
+
+
+def _slice(node, ins):
+    x = np.asarray(ins[0])
+    a = _attrs(node)
+    if len(ins) >= 3:
+        starts, ends = [int(v) for v in ins[1].ravel()], [int(v) for v in ins[2].ravel()]
+        axes = [int(v) for v in ins[3].ravel()] if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = [int(v) for v in ins[4].ravel()] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    else:  # opset < 10: attributes
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes = list(a.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    sl = [slice(None)] * x.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        sl[ax % x.ndim] = slice(s, e if abs(e) < (1 << 62) else None, st)
+    return x[tuple(sl)]
+
+
+def _reshape(node, ins):
+    x = np.asarray(ins[0])
+    shp = [int(v) for v in np.asarray(ins[1]).ravel()]
+    allowzero = int(_attrs(node).get("allowzero", 0))
+    shp = [x.shape[i] if (d == 0 and not allowzero) else d for i, d in enumerate(shp)]
+    return x.reshape(shp)
+
+
+def _flatten(node, ins):
+    x = np.asarray(ins[0])
+    ax = int(_attrs(node).get("axis", 1)) % max(x.ndim, 1)
+    return x.reshape(int(np.prod(x.shape[:ax], dtype=np.int64)), -1)
+
+
+def _cast(node, ins):
+    from onnx import helper
+
+    return np.asarray(ins[0]).astype(helper.tensor_dtype_to_np_dtype(int(_attrs(node)["to"])))
+
+
+def _constant_of_shape(node, ins):
+    from onnx import numpy_helper
+
+    v = _attrs(node).get("value")
+    fill = numpy_helper.to_array(v).ravel()[0] if v is not None else np.float32(0)
+    shape = [int(s) for s in np.asarray(ins[0]).ravel()]
+    if int(np.prod(shape, dtype=np.int64)) > _MAX_FOLD_ELEMS:
+        raise _TooBig()
+    return np.full(shape, fill, dtype=np.asarray(fill).dtype)
+
+
+def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    def f(node, ins):
+        a, b = np.asarray(ins[0]), np.asarray(ins[1])
+        r = fn(a, b)
+        return np.asarray(r).astype(np.result_type(a.dtype, b.dtype), copy=False) if a.dtype == b.dtype \
+            else np.asarray(r)
+    return f
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
+        return np.trunc(a / b).astype(a.dtype)  # ONNX integer Div truncates
+    return a / b
+
+
+def _concat(node, ins):
+    return np.concatenate([np.asarray(v) for v in ins], axis=int(_attrs(node)["axis"]))
+
+
+def _gather(node, ins):
+    return np.take(np.asarray(ins[0]), np.asarray(ins[1]), axis=int(_attrs(node).get("axis", 0)))
+
+
+def _transpose(node, ins):
+    x = np.asarray(ins[0])
+    perm = _attrs(node).get("perm")
+    return np.transpose(x, perm) if perm is not None else x.T
+
+
+def _range(node, ins):
+    return np.arange(np.asarray(ins[0]), np.asarray(ins[1]), np.asarray(ins[2]))
+
+
+class _TooBig(Exception):
+    pass
+
+
+#: ops folded when every input is constant: (node, input arrays) -> output array, numpy in the inputs' dtype
+FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
+    "Identity": lambda n, i: np.asarray(i[0]),
+    "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Reshape": _reshape, "Flatten": _flatten,
+    "Concat": _concat, "Gather": _gather, "Transpose": _transpose, "Cast": _cast,
+    "ConstantOfShape": _constant_of_shape, "Range": _range,
+    "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _binary(_div),
+    "Pow": _binary(np.power), "Min": _binary(np.minimum), "Max": _binary(np.maximum),
+    "Equal": _binary(np.equal), "Sqrt": lambda n, i: np.sqrt(np.asarray(i[0])),
+    "Neg": lambda n, i: -np.asarray(i[0]), "Reciprocal": lambda n, i: (1 / np.asarray(i[0])).astype(i[0].dtype),
+    "Abs": lambda n, i: np.abs(np.asarray(i[0])), "Floor": lambda n, i: np.floor(np.asarray(i[0])),
+    "Ceil": lambda n, i: np.ceil(np.asarray(i[0])),
+    "Where": lambda n, i: np.where(np.asarray(i[0]), np.asarray(i[1]), np.asarray(i[2])),
+    "Expand": lambda n, i: np.asarray(i[0]) * np.ones([int(v) for v in np.asarray(i[1]).ravel()],
+                                                      dtype=np.asarray(i[0]).dtype),
+}
+
+
+# ------------------------------------------------------------------------------------------------ the pass
+class _Cleaner:
+    def __init__(self, model) -> None:
+        import onnx
+
+        self.m = onnx.ModelProto()
+        self.m.CopyFrom(model)
+        self.g = self.m.graph
+        self.report: list[str] = []
+        self.meta: dict[str, str] = {}
+
+    # ------------------------------------------------------------ helpers
+    def consts(self) -> dict[str, np.ndarray]:
+        from onnx import numpy_helper
+
+        return {i.name: numpy_helper.to_array(i) for i in self.g.initializer}
+
+    def set_init(self, name: str, arr: np.ndarray) -> None:
+        from onnx import numpy_helper
+
+        for i, t in enumerate(self.g.initializer):
+            if t.name == name:
+                del self.g.initializer[i]
+                break
+        self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+
+    def consumers(self, tensor: str) -> list[Any]:
+        return [n for n in self.g.node if tensor in n.input]
+
+    def producer(self, tensor: str):
+        return next((n for n in self.g.node if tensor in n.output), None)
+
+    def graph_outputs(self) -> set[str]:
+        return {o.name for o in self.g.output}
+
+    def rename_input(self, old: str, new: str) -> None:
+        for n in self.g.node:
+            for k, v in enumerate(n.input):
+                if v == old:
+                    n.input[k] = new
+
+    def remove(self, node) -> None:
+        for k, n in enumerate(self.g.node):
+            if n is node:
+                del self.g.node[k]
+                return
+
+    def data_inputs(self) -> list[Any]:
+        inits = {i.name for i in self.g.initializer}
+        return [i for i in self.g.input if i.name not in inits]
+
+    # ------------------------------------------------------------ steps
+    def domains(self) -> None:
+        from onnx import helper
+
+        moved = 0
+        for n in self.g.node:
+            if n.op_type in QONNX_OPS and n.domain in QONNX_DOMAINS and n.domain != QONNX_DOMAIN:
+                n.domain = QONNX_DOMAIN
+                moved += 1
+        if any(n.domain == QONNX_DOMAIN for n in self.g.node) and \
+                not any(o.domain == QONNX_DOMAIN for o in self.m.opset_import):
+            self.m.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        if moved:
+            self.report.append(f"moved {moved} QONNX op(s) into domain {QONNX_DOMAIN}")
+
+    def channels_last(self) -> None:
+        from onnx import helper
+
+        new_nodes = []
+        count = 0
+        for n in self.g.node:
+            if n.domain != CHANNELS_LAST_DOMAIN:
+                new_nodes.append(n)
+                continue
+            if n.op_type not in ("Conv", "MaxPool"):
+                raise UnsupportedError(f"unsupported channels-last op {n.op_type!r} (node {n.name or n.op_type!r}): "
+                                       f"export the model in channels-first layout")
+            count += 1
+            base = n.name or f"{n.op_type}_{count}"
+            tin, tout = f"{base}__nchw_in", f"{base}__nchw_out"
+            new_nodes.append(helper.make_node("Transpose", [n.input[0]], [tin], name=f"{base}__to_nchw",
+                                              perm=[0, 3, 1, 2]))
+            rest = list(n.input[1:])
+            if n.op_type == "Conv" and rest:  # channels-last Conv weights are (O, kh, kw, C/g) as well
+                new_nodes.append(helper.make_node("Transpose", [rest[0]], [f"{base}__w_nchw"],
+                                                  name=f"{base}__w_to_nchw", perm=[0, 3, 1, 2]))
+                rest[0] = f"{base}__w_nchw"
+            std = helper.make_node(n.op_type, [tin, *rest], [tout], name=base)
+            std.attribute.extend(n.attribute)
+            new_nodes.append(std)
+            new_nodes.append(helper.make_node("Transpose", [tout], [n.output[0]], name=f"{base}__to_nhwc",
+                                              perm=[0, 2, 3, 1]))
+        if count:
+            del self.g.node[:]
+            self.g.node.extend(new_nodes)
+            self.report.append(f"rewrote {count} channels-last op(s) as Transpose + standard op + Transpose")
+
+    def identities(self) -> None:
+        outs = self.graph_outputs()
+        removed = 0
+        for n in list(self.g.node):
+            if n.op_type not in ("Identity", "Dropout") or n.domain not in ("", "ai.onnx"):
+                continue
+            if any(o in outs for o in n.output):
+                continue  # the converter aliases these; the graph output keeps its name
+            if len(n.output) > 1 and n.output[1] and self.consumers(n.output[1]):
+                continue  # a Dropout mask that is read
+            self.rename_input(n.output[0], n.input[0])
+            self.remove(n)
+            removed += 1
+        if removed:
+            self.report.append(f"removed {removed} Identity/Dropout node(s)")
+
+    def known_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Full shapes (batch 1 where symbolic) from the graph and onnx.shape_inference, QONNX ops as Identity."""
+        import onnx
+        from onnx import helper, shape_inference
+
+        shadow = onnx.ModelProto()
+        shadow.CopyFrom(self.m)
+        sg = shadow.graph
+        del sg.value_info[:]  # stale after rewrites; inference recomputes them
+        for n in sg.node:
+            if n.domain not in ("", "ai.onnx"):
+                keep_in, keep_out, name = n.input[0] if n.input else "", list(n.output), n.name
+                n.Clear()
+                n.op_type, n.name = "Identity", name
+                n.input.append(keep_in)
+                n.output.extend(keep_out[:1])
+        for vi in (*sg.input, *sg.output):
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = 1
+        del shadow.opset_import[:]
+        shadow.opset_import.extend([o for o in self.m.opset_import if o.domain in ("", "ai.onnx")] or
+                                   [helper.make_opsetid("", 13)])
+        shapes: dict[str, tuple[int, ...]] = {}
+        try:
+            inferred = shape_inference.infer_shapes(shadow, strict_mode=False)
+        except Exception:  # shape inference is a help, never a requirement
+            inferred = shadow
+        for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+        return shapes
+
+    def fold_constants(self) -> None:
+        from onnx import numpy_helper
+
+        folded: dict[str, int] = {}
+        while True:
+            consts = self.consts()
+            shapes = None
+            changed = False
+            for n in list(self.g.node):
+                if n.domain not in ("", "ai.onnx"):
+                    continue
+                outs = [o for o in n.output if o]
+                if n.op_type == "Constant":
+                    a = _attrs(n)
+                    if "value" not in a:
+                        continue
+                    val = numpy_helper.to_array(a["value"])
+                elif n.op_type == "Shape":
+                    if shapes is None:
+                        shapes = self.known_shapes()
+                    if n.input[0] in consts:
+                        shp = consts[n.input[0]].shape
+                    elif n.input[0] in shapes:
+                        shp = shapes[n.input[0]]
+                    else:
+                        continue
+                    a = _attrs(n)
+                    val = np.asarray(shp, dtype=np.int64)[a.get("start", 0):a.get("end", None)]
+                elif n.op_type in FOLDERS and all((not i) or i in consts for i in n.input) and len(outs) == 1:
+                    try:
+                        val = FOLDERS[n.op_type](n, [consts[i] if i else None for i in n.input])
+                    except _TooBig:
+                        continue
+                    except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as exc:
+                        raise BadInputError(f"cannot evaluate constant node {n.name or n.op_type!r} "
+                                            f"({n.op_type}): {type(exc).__name__}: {exc}") from None
+                else:
+                    continue
+                if len(outs) != 1:
+                    continue
+                self.set_init(outs[0], np.asarray(val))
+                consts[outs[0]] = np.asarray(val)
+                if outs[0] in self.graph_outputs():
+                    continue
+                self.remove(n)
+                folded[n.op_type] = folded.get(n.op_type, 0) + 1
+                changed = True
+            if not changed:
+                break
+        if folded:
+            what = ", ".join(f"{k} x{v}" for k, v in sorted(folded.items()))
+            self.report.append(f"folded {sum(folded.values())} constant/shape node(s): {what}")
+
+    # ------------------------------------------------------------ transposes (channels-last layouts)
+    @staticmethod
+    def _perm(n) -> list[int] | None:
+        p = _attrs(n).get("perm")
+        return [int(v) for v in p] if p is not None else None
+
+    def _commutes(self, n, consts: dict[str, np.ndarray]) -> bool:
+        """Element-wise ops a Transpose can move through: Relu, and QONNX ops with per-tensor parameters."""
+        if n.domain in ("", "ai.onnx") and n.op_type in _UNARY_ELEMENTWISE:
+            return all(i in consts and consts[i].size == 1 for i in n.input[1:] if i)
+        if n.domain == QONNX_DOMAIN and n.op_type in QONNX_OPS:
+            return all(i in consts and consts[i].size == 1 for i in n.input[1:])
+        return False
+
+    def transposes(self) -> None:
+        """Move Transposes through element-wise ops, cancel inverse pairs, fold the rest into the interface."""
+        moved = cancelled = 0
+        for _ in range(4 * len(self.g.node) + 4):
+            consts = self.consts()
+            outs = self.graph_outputs()
+            change = False
+            for t in list(self.g.node):
+                if t.op_type != "Transpose" or t.domain not in ("", "ai.onnx") or t.input[0] in consts:
+                    continue
+                users = self.consumers(t.output[0])
+                if len(users) != 1 or t.output[0] in outs:
+                    continue
+                u = users[0]
+                if u.op_type == "Transpose" and u.domain in ("", "ai.onnx"):
+                    p, q = self._perm(t), self._perm(u)
+                    if p is not None and q is not None and [p[i] for i in q] == list(range(len(p))):
+                        src, dst = t.input[0], u.output[0]
+                        if dst in outs:
+                            continue
+                        self.rename_input(dst, src)
+                        self.remove(t)
+                        self.remove(u)
+                        cancelled += 1
+                        change = True
+                        break
+                elif self._commutes(u, consts) and u.input[0] == t.output[0] and u.output[0] not in outs:
+                    # E(T(x)) -> T(E(x)): E reads x; T now reads E's output and writes E's old output
+                    x, y = t.input[0], u.output[0]
+                    mid = t.output[0]
+                    u.input[0] = x
+                    u.output[0] = mid
+                    t.input[0] = mid
+                    t.output[0] = y
+                    # keep topological order: T after E
+                    nodes = list(self.g.node)
+                    nodes.remove(t)
+                    nodes.insert(nodes.index(u) + 1, t)
+                    del self.g.node[:]
+                    self.g.node.extend(nodes)
+                    moved += 1
+                    change = True
+                    break
+            if not change:
+                break
+        if moved or cancelled:
+            self.report.append(f"moved Transposes through {moved} element-wise op(s), cancelled {cancelled} pair(s)")
+        self._interface_transposes()
+        self._transpose_into_weights()
+
+    def _interface_transposes(self) -> None:
+        """A Transpose of the graph input (after element-wise ops) becomes the input layout itself."""
+        from onnx import helper
+
+        ins = self.data_inputs()
+        if len(ins) != 1:
+            return
+        inp = ins[0]
+        consts = self.consts()
+        # hoist: a Transpose reached from the input through element-wise ops moves next to the input
+        for _ in range(len(self.g.node)):
+            users = self.consumers(inp.name)
+            if len(users) != 1 or users[0].op_type == "Transpose":
+                break
+            e = users[0]
+            if not self._commutes(e, consts):
+                break
+            nxt = self.consumers(e.output[0])
+            if len(nxt) != 1 or nxt[0].op_type != "Transpose":
+                break
+            t = nxt[0]
+            # T(E(x)) -> E(T(x))
+            x, y, mid = e.input[0], t.output[0], e.output[0]
+            t.input[0], t.output[0] = x, mid
+            e.input[0], e.output[0] = mid, y
+            nodes = list(self.g.node)
+            nodes.remove(t)
+            nodes.insert(nodes.index(e), t)
+            del self.g.node[:]
+            self.g.node.extend(nodes)
+        users = self.consumers(inp.name)
+        if len(users) == 1 and users[0].op_type == "Transpose" and users[0].domain in ("", "ai.onnx"):
+            t = users[0]
+            perm = self._perm(t)
+            dims = inp.type.tensor_type.shape.dim
+            if perm is not None and perm[0] == 0 and len(dims) == len(perm):
+                shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "N") for d in dims]
+                new_shape = [shape[p] for p in perm]
+                new = helper.make_tensor_value_info(t.output[0], inp.type.tensor_type.elem_type, new_shape)
+                for k, i in enumerate(self.g.input):
+                    if i.name == inp.name:
+                        del self.g.input[k]
+                        self.g.input.insert(k, new)
+                        break
+                for a in self.g.quantization_annotation:
+                    if a.tensor_name == inp.name:
+                        a.tensor_name = t.output[0]
+                self.remove(t)
+                self.meta["qfx.input_perm"] = ",".join(str(p) for p in perm)
+                self.report.append(f"input {inp.name!r} is transposed by {perm} on the way in: the IR input is "
+                                   f"{t.output[0]!r} (qfx.input_perm)")
+
+    def _transpose_into_weights(self) -> None:
+        """Transpose -> Flatten/Reshape(N, -1) -> MatMul/Gemm(const): permute the weight rows instead."""
+        consts = self.consts()
+        shapes = None
+        for t in list(self.g.node):
+            if t.op_type != "Transpose" or t.domain not in ("", "ai.onnx"):
+                continue
+            users = self.consumers(t.output[0])
+            if len(users) != 1 or users[0].op_type not in ("Flatten", "Reshape"):
+                continue
+            fl = users[0]
+            mm = self.consumers(fl.output[0])
+            if len(mm) != 1 or mm[0].op_type not in ("MatMul", "Gemm") or mm[0].input[0] != fl.output[0]:
+                continue
+            holder, slot = self._weight_source(mm[0], consts)
+            if holder is None:
+                continue
+            if shapes is None:
+                shapes = self.known_shapes()
+            src = shapes.get(t.input[0])
+            perm = self._perm(t)
+            if src is None or perm is None or perm[0] != 0:
+                continue
+            if fl.op_type == "Reshape":
+                tgt = consts.get(fl.input[1])
+                if tgt is None or tgt.size != 2:
+                    continue
+            elif int(_attrs(fl).get("axis", 1)) not in (0, 1):
+                continue
+            per = src[1:]
+            # flat index j of the transposed tensor reads element idx[j] of the untransposed one (C order)
+            idx = np.arange(int(np.prod(per))).reshape(per).transpose([p - 1 for p in perm[1:]]).ravel()
+            w = consts[holder.input[slot]]
+            a = _attrs(mm[0])
+            trans_b = mm[0].op_type == "Gemm" and int(a.get("transB", 0))
+            wk = w.T if trans_b else w  # (K, M): row j multiplies flat element j
+            if wk.shape[0] != idx.size:
+                continue
+            new = np.empty_like(wk)
+            new[idx] = wk  # the row for untransposed element idx[j] is the old row j
+            self.set_init(holder.input[slot] + "__qfx_rows", new.T if trans_b else new)
+            holder.input[slot] = holder.input[slot] + "__qfx_rows"
+            self.rename_input(t.output[0], t.input[0])
+            self.remove(t)
+            self.report.append(f"folded Transpose {t.name or t.output[0]!r} before {fl.op_type} into the rows of "
+                               f"{mm[0].op_type} {mm[0].name or mm[0].output[0]!r}")
+            consts = self.consts()
+
+    def _weight_source(self, mm, consts: dict[str, np.ndarray]) -> tuple[Any, int]:
+        """(node, input slot) holding the constant weight of a MatMul/Gemm: the op itself, or a QONNX quantizer of
+        a constant with per-tensor parameters (permuting rows commutes with it); (None, 0) otherwise."""
+        if mm.input[1] in consts:
+            return mm, 1
+        q = self.producer(mm.input[1])
+        if q is not None and q.domain == QONNX_DOMAIN and q.op_type in ("Quant", "BipolarQuant") and \
+                q.input[0] in consts and all(i in consts and consts[i].size == 1 for i in q.input[1:]) and \
+                len(self.consumers(q.output[0])) == 1:
+            return q, 0
+        return None, 0
+
+    def dead(self) -> None:
+        live = self.graph_outputs()
+        keep = []
+        for n in reversed(list(self.g.node)):
+            if any(o in live for o in n.output):
+                keep.append(n)
+                live.update(i for i in n.input if i)
+        keep.reverse()
+        dropped = len(self.g.node) - len(keep)
+        if dropped:
+            del self.g.node[:]
+            self.g.node.extend(keep)
+        used = live | {i.name for i in self.g.input}
+        inits = [i for i in self.g.initializer if i.name in used]
+        if len(inits) != len(self.g.initializer):
+            del self.g.initializer[:]
+            self.g.initializer.extend(inits)
+        if dropped:
+            self.report.append(f"dropped {dropped} node(s) that reach no output")
+
+    def run(self):
+        from onnx import helper
+
+        self.domains()
+        self.channels_last()
+        self.identities()
+        self.fold_constants()
+        self.transposes()
+        self.fold_constants()
+        self.dead()
+        del self.g.value_info[:]  # stale after the rewrites (renamed and re-laid-out tensors); shapes are re-inferred
+        if self.meta:
+            helper.set_model_props(self.m, {**{p.key: p.value for p in self.m.metadata_props}, **self.meta})
+        return self.m, self.report
+
+
+def cleanup(model) -> tuple[Any, list[str]]:
+    """A cleaned copy of ``model`` (see the module doc) and one report line per kind of change."""
+    return _Cleaner(model).run()

@@ -1,0 +1,248 @@
+"""Post-training quantization of a float ONNX model into a QONNX model that qfx imports (``qfx quantize``).
+
+A float model (torch/Keras export) has float weights and float activations; qfx needs fixed point. This pass
+inserts QONNX ``Quant`` nodes with **power-of-two scales** (fixed-point binary points) calibrated on data:
+
+* the graph input, and the output of every value-changing op (Conv, Gemm, MatMul, Add, BatchNormalization, Relu,
+  pooling averages, ...) at the end of its chain: a tensor whose only reader is Relu, BatchNormalization or an
+  Add/Sub/Mul/Div by a constant is not quantized itself (the chain's end is), so ``Conv -> BN -> Relu`` rounds once;
+  MaxPool, Flatten and Reshape keep formats and are not quantized;
+* weights (``weight_bits``) and biases (``bias_bits``) as per-tensor Quant nodes on their initializers.
+
+Binary points come from the calibration range: the smallest power-of-two scale for which the largest |value| seen
+fits ``bits`` (unsigned when nothing negative was seen). A trailing Softmax/LogSoftmax is dropped (argmax is
+unchanged; qfx has no softmax op). The model is first cleaned (``qfx.onnx.cleanup``), so the written file is the
+cleaned graph; a layout transpose folded at the input is recorded as ``qfx.input_perm`` and applied to the
+calibration data. The result runs in QONNX's executor as it is and imports into qfx without options.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from qfx.errors import BadInputError, UnsupportedError
+from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
+
+__all__ = ["quantize_onnx", "QUANTIZED_OPS"]
+
+#: ops whose output is (the end of a chain that is) quantized
+QUANTIZED_OPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
+                           "AveragePool", "GlobalAveragePool", "Clip"})
+#: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
+_CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
+_WEIGHT_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
+
+
+def free_batch(model):
+    """A copy of ``model`` whose inputs and outputs have a free batch dimension (exporters often fix it to 1)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in (*m.graph.input, *m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    del m.graph.value_info[:]
+    return m
+
+
+def run_batches(sess, iname: str, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs of an onnxruntime session over ``x``: in batches, or one sample at a time when the graph fixes
+    the batch inside (a Reshape to (1, -1), a Keras Flatten)."""
+    try:
+        return [np.concatenate(v) for v in zip(*(sess.run(None, {iname: x[i:i + 256]})
+                                                 for i in range(0, len(x), 256)))]
+    except Exception:
+        return [np.concatenate(v) for v in zip(*(sess.run(None, {iname: x[i:i + 1]}) for i in range(len(x))))]
+
+
+def _pow2_scale(lo: float, hi: float, bits: int) -> tuple[float, bool]:
+    """(power-of-two scale, signed) so that [lo, hi] fits ``bits``-bit codes."""
+    signed = lo < 0
+    m = max(abs(lo), abs(hi))
+    qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    if m <= 0 or not math.isfinite(m):
+        return 1.0, signed
+    return 2.0 ** math.ceil(math.log2(m / qmax)), signed
+
+
+class _Quantizer:
+    def __init__(self, model, calib: np.ndarray, weight_bits: int, act_bits: int, bias_bits: int,
+                 input_bits: int | None) -> None:
+        for n in model.graph.node:
+            if n.op_type in QONNX_OPS or n.op_type in ("QuantizeLinear", "MultiThreshold"):
+                raise UnsupportedError(f"model is already quantized (node {n.name or n.op_type!r} is "
+                                       f"{n.op_type}); import it directly with qfx export")
+        for b, what in ((weight_bits, "weight"), (act_bits, "activation"), (bias_bits, "bias"),
+                        (input_bits or act_bits, "input")):
+            if not 2 <= int(b) <= 24:
+                raise BadInputError(f"{what} bits must be in 2..24, got {b}")
+        self.m, self.report = cleanup(model)
+        self.g = self.m.graph
+        self.wb, self.ab, self.bb = int(weight_bits), int(act_bits), int(bias_bits)
+        self.ib = int(input_bits or act_bits)
+        self.calib = np.asarray(calib, dtype=np.float32)
+        self.k = 0
+
+    def _consumers(self, t: str) -> list[Any]:
+        return [n for n in self.g.node if t in n.input]
+
+    def _rename_uses(self, old: str, new: str, skip: Any = None) -> None:
+        for n in self.g.node:
+            if n is skip:
+                continue
+            for i, v in enumerate(n.input):
+                if v == old:
+                    n.input[i] = new
+
+    def drop_softmax(self) -> None:
+        outs = {o.name for o in self.g.output}
+        for n in list(self.g.node):
+            if n.op_type in ("Softmax", "LogSoftmax") and n.output[0] in outs and not self._consumers(n.output[0]):
+                src = n.input[0]
+                prod = next((p for p in self.g.node if src in p.output), None)
+                if prod is None or len(self._consumers(src)) != 1:
+                    continue
+                prod.output[list(prod.output).index(src)] = n.output[0]
+                self.g.node.remove(n)
+                self.report.append(f"dropped the final {n.op_type} {n.name or n.output[0]!r} (argmax unchanged; "
+                                   f"qfx has no softmax op)")
+
+    def candidates(self) -> list[str]:
+        consts = {i.name for i in self.g.initializer}
+        outs = {o.name for o in self.g.output}
+        cands = []
+        for n in self.g.node:
+            if n.op_type not in QUANTIZED_OPS or n.domain not in ("", "ai.onnx"):
+                continue
+            t = n.output[0]
+            users = self._consumers(t)
+            if t not in outs and len(users) == 1 and users[0].op_type in _CHAIN and \
+                    all(i == t or i in consts for i in users[0].input if i):
+                continue  # the chain continues: quantize its end
+            cands.append(t)
+        return cands
+
+    def ranges(self, tensors: list[str]) -> dict[str, tuple[float, float]]:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        probe = free_batch(self.m)
+        have = {o.name for o in probe.graph.output}
+        for t in tensors:
+            if t not in have:
+                probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+        try:
+            sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise BadInputError(f"onnxruntime cannot run the float model for calibration: "
+                                f"{(str(exc).splitlines() or [''])[0][:160]}") from None
+        iname = sess.get_inputs()[0].name
+        names = [o.name for o in sess.get_outputs()]
+        x = self.calib
+        props = {p.key: p.value for p in self.m.metadata_props}
+        if props.get("qfx.input_perm"):
+            x = np.transpose(x, [int(p) for p in props["qfx.input_perm"].split(",")])
+        lo = {t: math.inf for t in names}
+        hi = {t: -math.inf for t in names}
+        try:
+            outs = run_batches(sess, iname, x)
+        except Exception as exc:
+            raise BadInputError(f"calibration data of shape {self.calib.shape} does not run through the model: "
+                                f"{(str(exc).splitlines() or [''])[0][:160]}") from None
+        for t, v in zip(names, outs):
+            if v.size:
+                lo[t], hi[t] = float(v.min()), float(v.max())
+        lo[iname], hi[iname] = float(x.min()), float(x.max())
+        return {t: (lo[t], hi[t]) for t in [*tensors, iname]}
+
+    def _quant_node(self, src: str, scale: float, bits: int, signed: bool, what: str) -> str:
+        from onnx import helper, numpy_helper
+
+        self.k += 1
+        base = f"qfx_q{self.k}"
+        for suffix, v in (("scale", scale), ("zeropt", 0.0), ("bits", float(bits))):
+            self.g.initializer.append(numpy_helper.from_array(np.array(v, dtype=np.float32), f"{base}_{suffix}"))
+        out = f"{src}__q"
+        node = helper.make_node("Quant", [src, f"{base}_scale", f"{base}_zeropt", f"{base}_bits"], [out],
+                                name=f"{base}_{what}", domain=QONNX_DOMAIN, signed=int(signed), narrow=0,
+                                rounding_mode="ROUND")
+        return out, node
+
+    def run(self):
+        from onnx import helper, numpy_helper
+
+        self.drop_softmax()
+        cands = self.candidates()
+        rng = self.ranges(cands)
+        inits = {i.name: numpy_helper.to_array(i) for i in self.g.initializer}
+        new_nodes: list[Any] = []
+        iname = next(i.name for i in self.g.input if i.name not in inits)
+        # input
+        s, signed = _pow2_scale(*rng[iname], self.ib)
+        q_in, node = self._quant_node(iname, s, self.ib, signed, "input")
+        new_nodes.append(node)
+        self._rename_uses(iname, q_in, skip=node)
+        self.report.append(f"input {iname!r}: {self.ib} bits, scale 2**{int(math.log2(s))}")
+        count = {"weights": 0, "activations": 0}
+        for n in list(self.g.node):
+            # weights and biases of linear layers
+            slots = _WEIGHT_SLOTS.get(n.op_type)
+            if slots:
+                for slot, bits in zip(slots, (self.wb, self.bb)):
+                    if slot is None or len(n.input) <= slot or n.input[slot] not in inits:
+                        continue
+                    w = inits[n.input[slot]]
+                    sw, _ = _pow2_scale(-float(np.abs(w).max(initial=0)), float(np.abs(w).max(initial=0)), bits)
+                    q, qn = self._quant_node(n.input[slot], sw, bits, True, "weight" if slot == 1 else "bias")
+                    new_nodes.append(qn)
+                    n.input[slot] = q
+                    count["weights"] += 1
+            if n.op_type == "Add" and len(n.input) == 2:  # a bias added after MatMul/Gemm/Conv
+                ci = [k for k, i in enumerate(n.input) if i in inits]
+                prod = next((p for p in self.g.node if n.input[1 - ci[0]] in p.output), None) if len(ci) == 1 \
+                    else None
+                if prod is not None and prod.op_type in _WEIGHT_SLOTS:
+                    b = inits[n.input[ci[0]]]
+                    sb, _ = _pow2_scale(-float(np.abs(b).max(initial=0)), float(np.abs(b).max(initial=0)), self.bb)
+                    q, qn = self._quant_node(n.input[ci[0]], sb, self.bb, True, "bias")
+                    new_nodes.append(qn)
+                    n.input[ci[0]] = q
+                    count["weights"] += 1
+            new_nodes.append(n)
+            if n.output and n.output[0] in cands:
+                t = n.output[0]
+                s, signed = _pow2_scale(*rng[t], self.ab)
+                q, qn = self._quant_node(t, s, self.ab, signed, "act")
+                new_nodes.append(qn)
+                self._rename_uses(t, q, skip=qn)
+                for o in self.g.output:
+                    if o.name == t:  # keep the graph output's name: the Quant writes it
+                        n.output[0] = f"{t}__raw"
+                        qn.input[0] = f"{t}__raw"
+                        qn.output[0] = t
+                        self._rename_uses(q, t, skip=qn)
+                count["activations"] += 1
+        del self.g.node[:]
+        self.g.node.extend(new_nodes)
+        if not any(o.domain == QONNX_DOMAIN for o in self.m.opset_import):
+            self.m.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
+        self.m.producer_name = "qfx quantize"
+        self.report.append(f"quantized {count['weights']} weight/bias tensor(s) and {count['activations']} "
+                           f"activation(s): weights {self.wb} bits, biases {self.bb}, activations {self.ab}")
+        return self.m, self.report
+
+
+def quantize_onnx(model, calib: np.ndarray, weight_bits: int = 8, act_bits: int = 8, bias_bits: int = 16,
+                  input_bits: int | None = None) -> tuple[Any, list[str]]:
+    """A QONNX copy of float ``model`` with power-of-two Quant nodes calibrated on ``calib`` (see the module doc);
+    returns (model, report lines)."""
+    calib = np.asarray(calib)
+    if calib.ndim < 2 or calib.shape[0] < 1 or not np.all(np.isfinite(calib)):
+        raise BadInputError(f"calibration data must be a finite (N, ...) array of model inputs, got shape "
+                            f"{calib.shape}")
+    return _Quantizer(model, calib, weight_bits, act_bits, bias_bits, input_bits).run()

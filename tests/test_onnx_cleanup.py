@@ -1,0 +1,126 @@
+"""qfx.onnx.cleanup: shape and constant subgraphs folded, Identity/Dropout removed, QONNX domains normalized,
+layout transposes folded; a cleaned plain-ONNX model computes exactly what the original does (onnxruntime)."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qfx.onnx import import_model
+from qfx.onnx.cleanup import QONNX_DOMAIN, cleanup
+
+
+def _model(nodes, inits, in_shape, out="y", opset=13, extra_opsets=()):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset),
+                                               *(helper.make_opsetid(d, 1) for d in extra_opsets)])
+
+
+def _ort(model, x):
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph.node]
+
+
+def test_view_flatten_shape_subgraph_folds_to_static_reshape():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "w"], ["y"])]
+    w = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+    m = _model(nodes, {"zero": np.array(0, np.int64), "ax0": np.array([0], np.int64),
+                       "minus1": np.array([-1], np.int64), "w": w}, (3, 2, 2))
+    c, rep = cleanup(m)
+    assert _ops(c) == ["Reshape", "MatMul"]
+    shape = {i.name: numpy_helper.to_array(i) for i in c.graph.initializer}[c.graph.node[0].input[1]]
+    assert shape.tolist() == [1, -1]  # batch taken as 1; the importer ignores the batch entry
+    assert any("Shape x1" in line for line in rep)
+    x = np.random.default_rng(1).normal(size=(1, 3, 2, 2))
+    np.testing.assert_array_equal(_ort(c, x), _ort(m, x))
+
+
+def test_slice_shape_subgraph_constants_identities_and_dead_nodes():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Slice", ["s", "st", "en"], ["s0"]),
+             helper.make_node("Concat", ["s0", "minus1"], ["shape"], axis=0),
+             helper.make_node("Identity", ["x"], ["xi"]),
+             helper.make_node("Reshape", ["xi", "shape"], ["flat"]),
+             helper.make_node("Dropout", ["flat"], ["fd"]),
+             helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([9.0], np.float32))),
+             helper.make_node("Sqrt", ["k"], ["sk"]),
+             helper.make_node("Pow", ["sk", "two"], ["p"]),
+             helper.make_node("Div", ["fd", "p"], ["y"]),
+             helper.make_node("Relu", ["x"], ["unused"])]
+    m = _model(nodes, {"st": np.array([0], np.int64), "en": np.array([1], np.int64),
+                       "minus1": np.array([-1], np.int64), "two": np.array([2.0], np.float32),
+                       "dead_init": np.zeros(3, np.float32)}, (2, 3))
+    c, rep = cleanup(m)
+    assert _ops(c) == ["Reshape", "Div"]
+    assert "dead_init" not in {i.name for i in c.graph.initializer}
+    assert any("Identity/Dropout" in line for line in rep) and any("reach no output" in line for line in rep)
+    x = np.random.default_rng(2).normal(size=(1, 2, 3))
+    np.testing.assert_array_equal(_ort(c, x), _ort(m, x))
+
+
+@pytest.mark.parametrize("domain", ["", "onnx.brevitas", "finn.custom_op.general", QONNX_DOMAIN])
+def test_qonnx_ops_moved_into_one_domain(domain):
+    q = helper.make_node("Quant", ["x", "s", "z", "b"], ["y"], domain=domain, signed=1, narrow=0,
+                         rounding_mode="ROUND")
+    m = _model([q], {"s": np.array(0.25, np.float32), "z": np.array(0.0, np.float32),
+                     "b": np.array(8.0, np.float32)}, (4,), extra_opsets=[domain] if domain else [])
+    c, _ = cleanup(m)
+    assert c.graph.node[0].domain == QONNX_DOMAIN
+    assert QONNX_DOMAIN in {o.domain for o in c.opset_import}
+    assert m.graph.node[0].domain == domain  # the caller's model is not modified
+    g = import_model(m)
+    assert g.tensor(g.inputs[0]).fmt.ap_type() == "ap_fixed<8,6,AP_RND_CONV,AP_SAT>"
+
+
+def test_keras_style_channels_last_transposes_fold_into_interface_and_weights():
+    """Transpose(NHWC->NCHW) -> Conv -> Relu -> Transpose(NCHW->NHWC) -> Flatten -> Gemm: the input transpose
+    becomes the input layout (qfx.input_perm) and the output one moves into the Gemm weight rows."""
+    r = np.random.default_rng(3)
+    w = (np.round(r.normal(0, 1, (2, 3, 3, 3)) * 8) / 8).astype(np.float32)
+    fc = (np.round(r.normal(0, 1, (2 * 4 * 4, 5)) * 8) / 8).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "w"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["rt"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "fc"], ["y"])]
+    m = _model(nodes, {"w": w, "fc": fc}, (4, 4, 3))
+    c, rep = cleanup(m)
+    assert _ops(c) == ["Conv", "Relu", "Flatten", "Gemm"]
+    props = {p.key: p.value for p in c.metadata_props}
+    assert props["qfx.input_perm"] == "0,3,1,2"
+    x = np.round(r.normal(0, 2, (1, 4, 4, 3)) * 4) / 4
+    np.testing.assert_array_equal(_ort(c, x.transpose(0, 3, 1, 2)), _ort(m, x))
+    from qfx.fixed import FxFormat
+    from qfx.ir import run
+    from qfx.onnx.importer import input_codes, output_values
+
+    g = import_model(m, input_fmt=FxFormat(8, 6))
+    assert g.tensor(g.inputs[0]).shape == (3, 4, 4) and g.meta["input_perm"] == [0, 3, 1, 2]
+    np.testing.assert_array_equal(output_values(g, run(g, input_codes(g, x))), _ort(m, x))
+
+
+def test_large_constant_of_shape_is_left_alone_and_bad_constants_are_one_line():
+    nodes = [helper.make_node("ConstantOfShape", ["big"], ["z"]),
+             helper.make_node("Add", ["x", "y0"], ["y"])]
+    m = _model(nodes, {"big": np.array([4096, 4096], np.int64), "y0": np.ones(3, np.float32)}, (3,))
+    c, _ = cleanup(m)
+    assert "ConstantOfShape" not in _ops(c)  # dead (reaches no output) and never materialized
+    bad = _model([helper.make_node("Reshape", ["a", "s"], ["b"]), helper.make_node("Add", ["x", "b"], ["y"])],
+                 {"a": np.ones(6, np.float32), "s": np.array([4, 4], np.int64)}, (3,))
+    from qfx.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="cannot evaluate constant node"):
+        cleanup(bad)

@@ -1,0 +1,81 @@
+"""``qfx quantize``: float ONNX -> calibrated power-of-two QONNX model; imports into qfx, agrees with QONNX's executor
+code for code and with the float model on (nearly) every argmax."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qfx.errors import BadInputError, UnsupportedError
+from qfx.ir import run
+from qfx.onnx import import_model
+from qfx.onnx.importer import input_codes, output_values
+from qfx.onnx.quantize import quantize_onnx
+
+
+def float_cnn(seed: int = 0):
+    r = np.random.default_rng(seed)
+    inits = {"w": r.normal(0, 0.4, (4, 2, 3, 3)), "b": r.normal(0, 0.1, 4), "g": r.uniform(0.5, 1.5, 4),
+             "be": r.normal(0, 0.1, 4), "mu": r.normal(0, 0.1, 4), "var": r.uniform(0.5, 1.5, 4),
+             "fc": r.normal(0, 0.3, (3, 36)), "fb": r.normal(0, 0.1, 3)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["bn"]),
+             helper.make_node("Relu", ["bn"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["y"], axis=1)]
+    g = helper.make_graph(nodes, "float_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_quantized_model_imports_and_matches_float_and_qonnx():
+    m = float_cnn()
+    r = np.random.default_rng(1)
+    calib = r.normal(0, 1, (200, 2, 6, 6)).astype(np.float32)
+    q, report = quantize_onnx(m, calib, weight_bits=8, act_bits=8)
+    assert any("dropped the final Softmax" in line for line in report)
+    assert sum(n.op_type == "Quant" for n in q.graph.node) == 1 + 4 + 2  # input, 4 weights/biases, 2 chain ends
+    g = import_model(q)
+    assert [n.op.value for n in g.nodes] == ["conv2d", "scale_shift", "relu", "maxpool2d", "flatten", "dense"]
+    x = r.normal(0, 1, (150, 2, 6, 6)).astype(np.float32)
+    logits = output_values(g, run(g, input_codes(g, x)))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    probs = sess.run(None, {"x": x})[0]
+    assert np.mean(logits.argmax(1) == probs.argmax(1)) >= 0.9
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    mw = cleanup_model(ModelWrapper(q), override_inpsize=1)
+    iname, oname = mw.graph.input[0].name, mw.graph.output[0].name
+    ref = np.stack([execute_onnx(mw, {iname: x[i:i + 1]})[oname].reshape(-1) for i in range(40)])
+    np.testing.assert_array_equal(logits[:40], ref)  # power-of-two scales: exact
+
+
+def test_quantize_cli_and_refusals(tmp_path, capsys):
+    from qfx.cli import main
+
+    src, calib, out = tmp_path / "f.onnx", tmp_path / "c.npy", tmp_path / "q.onnx"
+    onnx.save(float_cnn(), src)
+    np.save(calib, np.random.default_rng(2).normal(0, 1, (64, 2, 6, 6)).astype(np.float32))
+    assert main(["quantize", str(src), "--calib", str(calib), "-o", str(out), "--weight-bits", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "argmax equal" in text and out.exists()
+    assert main(["quantize", str(src), "--calib", str(calib), "-o", str(out)]) == 2  # exists, no --force
+    assert main(["quantize", str(out), "--calib", str(calib), "-o", str(tmp_path / "q2.onnx")]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    np.save(calib, np.zeros((4, 3, 3), np.float32))
+    assert main(["quantize", str(src), "--calib", str(calib), "-o", str(tmp_path / "q3.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "does not run through the model" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(out), "--to", "hls", "-o", str(tmp_path / "hls"), "-q"]) == 0
+    with pytest.raises(BadInputError, match="bits"):
+        quantize_onnx(float_cnn(), np.zeros((2, 2, 6, 6)), weight_bits=1)
+    with pytest.raises(UnsupportedError, match="already quantized"):
+        quantize_onnx(onnx.load(out), np.zeros((2, 2, 6, 6)))
