@@ -5,7 +5,12 @@ throughput (qfx: C simulation binary over a file of vectors, and qfx's vectorise
 hls4ml: predict()), and the ratios against the targets (qfx build <= 0.5x hls4ml compile; qfx emulation >= 10x
 hls4ml predict). Also reports qfx figures for a digits-sized CNN (1x8x8 input, 16-channel residual block).
 
-    python benchmarks/bench_csim.py [--vectors 10000] [--skip-hls4ml]
+The golden interpreter is also timed with the layer kernels of an earlier commit (``--before REV``, default HEAD:
+``qfx/fixed/ops.py`` and ``qfx/fixed/kernels.py`` of that revision, read with ``git show`` and swapped in for the
+timing only), side by side with the current ones on the same inputs, and both outputs are compared. Its throughput
+target: >= 10x the C simulation on the digits CNN (CPU time).
+
+    python benchmarks/bench_csim.py [--vectors 10000] [--skip-hls4ml] [--before REV | --no-before]
 """
 from __future__ import annotations
 
@@ -119,6 +124,49 @@ def cnn_graph(seed: int = 0, c: int = 16) -> Graph:
     return Graph("digits_cnn", ("x",), ("head",), tensors, tuple(nodes)).validate()
 
 
+def before_ops(rev: str):
+    """``qfx.fixed.ops`` functions as of ``rev`` (with that revision's kernels), or None when git cannot show them."""
+    import subprocess
+    import types
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        src = {name: subprocess.run(["git", "show", f"{rev}:qfx/fixed/{name}.py"], cwd=root, capture_output=True,
+                                    text=True, check=True).stdout for name in ("kernels", "ops")}
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    kern = types.ModuleType("qfx_before_kernels")
+    kern.__dict__["__name__"] = "qfx_before_kernels"
+    exec(compile(src["kernels"], f"{rev}:qfx/fixed/kernels.py", "exec"), kern.__dict__)
+    ops_src = src["ops"].replace("from qfx.fixed import kernels as K", "K = _before_kernels")
+    mod = types.ModuleType("qfx_before_ops")
+    mod.__dict__.update(__name__="qfx_before_ops", _before_kernels=kern)
+    exec(compile(ops_src, f"{rev}:qfx/fixed/ops.py", "exec"), mod.__dict__)
+    return mod
+
+
+def emulation_vps(g: Graph, x: np.ndarray, ops_module=None) -> tuple[float, float, np.ndarray]:
+    """(wall, CPU) vectors/s of the golden interpreter on ``x``; with ``ops_module`` its functions replace
+    ``qfx.fixed.ops``'s for the run (the registry calls them through the module)."""
+    import qfx.fixed.ops as fops
+
+    saved = {}
+    if ops_module is not None:
+        for name in fops.__all__:
+            if hasattr(ops_module, name):
+                saved[name] = getattr(fops, name)
+                setattr(fops, name, getattr(ops_module, name))
+    try:
+        run(g, x[:10])
+        t0, p0 = time.perf_counter(), time.process_time()
+        y = run(g, x)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+    finally:
+        for name, f in saved.items():
+            setattr(fops, name, f)
+    return len(x) / wall, len(x) / max(cpu, 1e-9), y
+
+
 def bench_qfx(g: Graph, n: int, io: str = "parallel") -> dict:
     out = {}
     with tempfile.TemporaryDirectory(prefix="qfx-bench-") as tmp:
@@ -141,12 +189,14 @@ def bench_qfx(g: Graph, n: int, io: str = "parallel") -> dict:
         out["csim_cpu_vps"] = n / max(c2 - c1, 1e-9)
         out["build_cpu_s"] = (c1 - c0) - (c2 - c1)
     x = random_inputs(g, n, seed=1)
-    run(g, x[:10])
-    t0, p0 = time.perf_counter(), time.process_time()
-    run(g, x)
-    out["emu_vps"] = n / (time.perf_counter() - t0)
-    out["emu_cpu_vps"] = n / max(time.process_time() - p0, 1e-9)
+    out["emu_vps"], out["emu_cpu_vps"], y = emulation_vps(g, x)
+    if BEFORE is not None:
+        out["before_vps"], out["before_cpu_vps"], yb = emulation_vps(g, x, BEFORE)
+        out["before_same"] = bool(np.array_equal(y, yb))
     return out
+
+
+BEFORE = None  # set by main(): the ops module of the --before revision
 
 
 def onnx_for_hls4ml(model, path: Path) -> None:
@@ -233,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vectors", type=int, default=10000)
     ap.add_argument("--skip-hls4ml", action="store_true")
+    ap.add_argument("--before", default="HEAD", help="git revision whose golden kernels are timed side by side")
+    ap.add_argument("--no-before", action="store_true")
     args = ap.parse_args(argv)
+    global BEFORE
+    BEFORE = None if args.no_before else before_ops(args.before)
     cold = tempfile.mkdtemp(prefix="qfx-bench-cache-")
     os.environ["QFX_CACHE_DIR"] = cold  # cold build cache: every g++ run below is real
     try:
@@ -270,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digits CNN (1x8x8, 16 ch, residual), {label}: export {q['export_s']:.2f} s, g++ build "
               f"{q['build_s']:.2f} s [{q['build_cpu_s']:.2f} s cpu], csim {q['csim_vps']:,.0f} "
               f"[{q['csim_cpu_vps']:,.0f}] vectors/s, emulation {q['emu_vps']:,.0f} [{q['emu_cpu_vps']:,.0f}] "
-              f"vectors/s, mismatches {q['mismatches']}")
+              f"vectors/s ({q['emu_cpu_vps'] / q['csim_cpu_vps']:.1f}x csim, CPU; target >= 10), mismatches "
+              f"{q['mismatches']}")
+    if BEFORE is not None:
+        print(f"golden interpreter, kernels of {args.before} vs now (CPU vectors/s, same inputs, outputs identical: "
+              f"{q_mlp['before_same'] and q_cnn['before_same']}):")
+        for label, q in (("MLP", q_mlp), ("digits CNN", q_cnn)):
+            print(f"  {label}: before {q['before_vps']:,.0f} [{q['before_cpu_vps']:,.0f}], now {q['emu_vps']:,.0f} "
+                  f"[{q['emu_cpu_vps']:,.0f}] ({q['emu_cpu_vps'] / q['before_cpu_vps']:.1f}x)")
+    print(f"load average at the end: {' / '.join(f'{v:.2f}' for v in os.getloadavg())} (1 / 5 / 15 min)")
     return 0
 
 

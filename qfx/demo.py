@@ -17,6 +17,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -240,14 +241,27 @@ def _finetune(model, epochs: int, seed: int, lr: float, progress: Callable[[int]
         fit_epochs(model, make_optimizer(model, lr, 1e-2), xtr, ytr, epochs, 64, gen, on_epoch=snap, progress=progress)
 
 
+def auto_threads(max_threads: int = 2) -> int:
+    """Torch CPU threads when ``--threads`` is not given: at most ``max_threads`` and no more than the cores the
+    1-minute load average leaves free, at least 1. Two OpenMP threads on a machine whose other core is busy spin
+    on barriers while their sibling waits for a core: training steps then take 10-100x longer, so a loaded machine
+    gets one thread."""
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on this platform
+        return max(1, min(max_threads, n))
+    free = math.floor(n - load + 0.5)
+    return max(1, min(max_threads, n, free))
+
+
 def _train(cfg: DemoConfig, prog: _Progress) -> dict[str, Any]:
     """Float pre-training + PTQ (``train_model`` with no fixed-point epochs), then QAT fine-tuning of a copy."""
     import torch
 
     from qfx.nn.train import evaluate, train_model
 
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(int(cfg.threads) if cfg.threads else auto_threads())
     xtr, _, xte, yte = _data()
     steps = math.ceil(len(xtr) / 64)
     t0 = time.perf_counter()
@@ -255,7 +269,7 @@ def _train(cfg: DemoConfig, prog: _Progress) -> dict[str, Any]:
                       seed=cfg.seed, quiet=prog.quiet, config=_config(cfg.bits, cfg.khot))
     float_s = time.perf_counter() - t0
     bar = None
-    if not prog.quiet and cfg.epochs:
+    if not prog.quiet and cfg.epochs and sys.stderr.isatty():  # no bar in piped logs
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs * steps, desc=f"QAT W={cfg.bits}", unit="step", leave=False, file=sys.stderr)
@@ -713,7 +727,12 @@ def _stage_resources(cfg, tmp: Path, levels, quiet: bool) -> StageResult:
         return _skipped("resources", exc)
     except QfxError as exc:
         if "exceeded" in str(exc):
-            return StageResult("resources", "skipped", f"{exc} (raise --synth-timeout)")
+            # report_project gives each layer's run what is left of the budget, so its message names that
+            # remainder; say the stage's budget instead (and keep the log path)
+            log = re.search(r"\(log: ([^)]*)\)", str(exc))
+            msg = f"Yosys synthesis exceeded the resource stage's {cfg.synth_timeout:g} s budget"
+            return StageResult("resources", "skipped", msg + (f" (log: {log.group(1)})" if log else "")
+                               + "; raise --synth-timeout")
         return StageResult("resources", "error", str(exc))
 
 

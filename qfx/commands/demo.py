@@ -68,7 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--rtl-max-products", type=int, default=d.rtl_max_products,
                    help="skip RTL co-simulation and Yosys when the RTL design has more constant products "
                    f"(default {d.rtl_max_products:,})")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 2, or 1 when the load average leaves less than 2 cores free)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines (the summary is still printed)")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the text summary")
     return p

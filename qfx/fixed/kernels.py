@@ -25,6 +25,14 @@ __all__ = [
     "dot_acc_format",
     "lossless_acc_format",
     "exact_dot",
+    "matmul_exact",
+    "acc_is_lossless",
+    "check_dot",
+    "finish_dot",
+    "int_matmul",
+    "amax",
+    "dot_bound",
+    "F64_EXACT",
     "check_fits_int64",
 ]
 
@@ -112,10 +120,12 @@ def requantize(m: np.ndarray, k: np.ndarray | int, fmt: FxFormat) -> np.ndarray:
 
 
 def _requantize_in_range(m: np.ndarray, k: int, fmt: FxFormat) -> np.ndarray | None:
-    """Fast path of ``requantize`` for one shift ``k``: the result when no element overflows, else None.
+    """Fast path of ``requantize`` for one shift ``k``; None where the general path must run.
 
-    Same arithmetic as the general path (floor shift plus the rounding increment); only the overflow handling is
-    skipped, which is exact when every result lies in the format's range. Casts in the interpreter mostly do.
+    Same arithmetic as the general path (floor shift plus the rounding increment) whenever the shifted value is
+    exact in int64 (right shifts up to 62 bits, left shifts that fit); the overflow mode is then a clip (SAT,
+    SAT_SYM), a zeroing (SAT_ZERO) or a sign/zero extension of the low W bits (WRAP), which is what ``_overflow``
+    computes for such values. Casts in the interpreter mostly take this path.
     """
     if k == 0:
         t = m
@@ -125,14 +135,39 @@ def _requantize_in_range(m: np.ndarray, k: int, fmt: FxFormat) -> np.ndarray | N
             return None
         t = np.left_shift(m, _I64(s))
     elif k <= 62:
-        q = np.right_shift(m, _I64(k))
-        t = q if fmt.rounding == "TRN" else q + _round_increment(m, np.int64(k), q, fmt.rounding)
+        if fmt.rounding == "RND" and k >= 2:
+            # floor(m / 2**k + 1/2) = floor((floor(m / 2**(k-1)) + 1) / 2): the same value as the shift plus
+            # _round_increment's "remainder >= half", in three in-place passes (no overflow: |m >> (k-1)| < 2**62)
+            t = np.right_shift(m, _I64(k - 1))
+            np.add(t, _I64(1), out=t)
+            np.right_shift(t, _I64(1), out=t)
+        else:
+            q = np.right_shift(m, _I64(k))
+            t = q if fmt.rounding == "TRN" else q + _round_increment(m, np.int64(k), q, fmt.rounding)
     else:
         return None
     lo = fmt.min_code + 1 if (fmt.overflow == "SAT_SYM" and fmt.signed and fmt.width > 1) else fmt.min_code
-    if t.min() < lo or t.max() > fmt.max_code:
-        return None
-    return t if t is not m else m.copy()
+    hi = fmt.max_code
+    tmin, tmax = int(t.min()), int(t.max())
+    if tmin >= lo and tmax <= hi:
+        return t if t is not m else m.copy()
+    if t is m:
+        t = m.copy()
+    # t is a fresh array from here: the overflow mapping works in place (fewer large allocations)
+    if fmt.overflow in ("SAT", "SAT_SYM"):
+        return np.clip(t, lo, hi, out=t)
+    if fmt.overflow == "SAT_ZERO":
+        t[(t < lo) | (t > hi)] = 0
+        return t
+    # WRAP: the low W bits, sign-extended (signed) or zero-extended (unsigned), as _overflow does
+    sh = _U64(64 - fmt.width)
+    u = t.view(_U64)
+    np.left_shift(u, sh, out=u)
+    if fmt.signed:
+        np.right_shift(t, sh.astype(_I64), out=t)
+    else:
+        np.right_shift(u, sh, out=u)
+    return t
 
 
 def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray, fmt: FxFormat) -> np.ndarray:
@@ -238,6 +273,64 @@ def lossless_acc_format(w: np.ndarray, fw: FxFormat, fx: FxFormat, bias: np.ndar
     return FxFormat.for_code_range(lo_all, hi_all, f, signed=True if lo_all < 0 or fx.signed or fw.signed else None)
 
 
+#: integers of magnitude up to 2**53 are exact doubles: sums and products of them that stay in that range are
+#: computed exactly by float64 arithmetic, in any order, with or without fused multiply-add
+F64_EXACT = 1 << 53
+
+
+def amax(x: np.ndarray) -> int:
+    """max |x| of an integer (or integer-valued) array as a Python int, without a |x| temporary."""
+    if x.size == 0:
+        return 0
+    return max(int(x.max()), -int(x.min()))
+
+
+def dot_bound(amax_x: int, w: np.ndarray) -> int:
+    """Bound on |every partial sum| of ``x[..., :] * w[o, :]`` for |x| <= ``amax_x``: amax_x * max_o sum|w[o]|."""
+    return amax_x * (int(np.abs(w).sum(axis=1).max(initial=0)) if w.size else 0)
+
+
+_BLAS_CONTROLLER: list = []
+
+
+def single_thread_blas():
+    """Context manager: the BLAS runs one thread inside (restored after). The interpreter's products are many
+    cache-sized GEMMs; BLAS threads synchronising on each cost more CPU than they save (and a loaded machine
+    makes them wait for each other). A no-op where threadpoolctl is unavailable."""
+    import contextlib
+
+    if not _BLAS_CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        except Exception:  # noqa: BLE001 - optional speed-up only
+            _BLAS_CONTROLLER.append(None)
+    ctl = _BLAS_CONTROLLER[0]
+    if ctl is None:
+        return contextlib.nullcontext()
+    try:
+        return ctl.limit(limits=1, user_api="blas")
+    except Exception:  # noqa: BLE001
+        return contextlib.nullcontext()
+
+
+def int_matmul(x: np.ndarray, w: np.ndarray, amax_x: int | None = None) -> np.ndarray:
+    """Exact ``x @ w.T`` as int64 (``x`` int64 codes, or float64 holding integer codes; ``w`` int64 (out, n)).
+
+    Float64 BLAS where ``dot_bound`` proves every partial sum an integer of magnitude <= 2**53 (then every
+    intermediate is exact whatever order or FMA the BLAS uses); int64 arithmetic otherwise (the caller has checked
+    that int64 cannot overflow).
+    """
+    if amax_x is None:
+        amax_x = amax(x)
+    if dot_bound(amax_x, w) <= F64_EXACT:
+        xf = x if x.dtype == np.float64 else x.astype(np.float64)
+        return np.matmul(xf, w.T.astype(np.float64)).astype(_I64)
+    xi = x if x.dtype == _I64 else x.astype(_I64)
+    return np.matmul(xi, w.T)
+
+
 def matmul(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxFormat,
            bias: np.ndarray | None = None, fb: FxFormat | None = None) -> np.ndarray:
     """``y[..., o] = acc(bias[o]); for k: y += x[..., k] * w[o, k]`` with ap_fixed semantics, in ``acc`` codes.
@@ -248,22 +341,47 @@ def matmul(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxForm
     """
     x = _as_codes(x)
     w = _as_codes(w)
+    exact = matmul_exact(x, fx, w, fw, acc, bias, fb)
+    if exact is not None:
+        return cast(exact[0], exact[1], acc)
+    return _matmul_sequential(x, fx, w, fw, acc, bias, fb)
+
+
+def matmul_exact(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxFormat,
+                 bias: np.ndarray | None = None, fb: FxFormat | None = None, amax_x: int | None = None
+                 ) -> tuple[np.ndarray, FxFormat] | None:
+    """The exact sum ``(codes, format)`` when ``acc`` is lossless for it (then ``cast(sum, acc)`` is ``matmul``
+    and a later cast from ``acc`` equals one cast of the sum); None when ``acc`` rounds or may overflow.
+    ``x`` may be float64 holding integer codes (the conv path); ``amax_x`` = max|x| if known."""
     n = w.shape[1]
     if x.shape[-1] != n:
         raise FormatError(f"matmul shapes disagree: x has {x.shape[-1]} columns, w has {n}")
+    if amax_x is None:
+        amax_x = amax(x)
+    if acc_is_lossless(amax_x, fx, w, fw, acc, bias, fb):
+        return _exact_dot(x, fx, w, fw, bias, fb, amax_x)
+    return None
+
+
+def acc_is_lossless(amax_x: int, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxFormat,
+                    bias: np.ndarray | None = None, fb: FxFormat | None = None) -> bool:
+    """``matmul``'s test: the exact sum fits int64 (else OverflowRiskError) and ``acc`` holds it without loss."""
     p = fx.mul_format(fw)
     exact_f = p.frac_bits if fb is None else max(p.frac_bits, fb.frac_bits)
-    amax_x = int(np.abs(x).max(initial=0))
     row_abs = np.abs(w).sum(axis=1) if w.size else np.zeros(w.shape[0], dtype=_I64)
-    bmax = 0 if bias is None else int(np.abs(_as_codes(bias)).max(initial=0))
+    bmax = 0 if bias is None else amax(_as_codes(bias))
     bound = (amax_x * int(row_abs.max(initial=0))) << (exact_f - p.frac_bits)
     bound += bmax << (exact_f - (fb.frac_bits if fb else exact_f))
-    check_fits_int64(bound, f"matmul with {n} terms")
-    lossless = acc.frac_bits >= exact_f and _fits_range(acc, exact_f, fx, fw, w, bias, fb)
-    if lossless:
-        s, fs = exact_dot(x, fx, w, fw, bias, fb)
-        return cast(s, fs, acc)
-    # sequential ap_fixed accumulation, vectorised over everything but k
+    check_fits_int64(bound, f"matmul with {w.shape[1]} terms")
+    return acc.frac_bits >= exact_f and _fits_range(acc, exact_f, fx, fw, w, bias, fb)
+
+
+def _matmul_sequential(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, acc: FxFormat,
+                       bias: np.ndarray | None, fb: FxFormat | None) -> np.ndarray:
+    """The ap_fixed accumulation loop, one cast per term, vectorised over everything but k."""
+    x = x if x.dtype == _I64 else x.astype(_I64)
+    p = fx.mul_format(fw)
+    n = w.shape[1]
     out_shape = x.shape[:-1] + (w.shape[0],)
     a = np.zeros(out_shape, dtype=_I64)
     if bias is not None and fb is not None:
@@ -281,17 +399,34 @@ def exact_dot(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, bias: np
     x, w = _as_codes(x), _as_codes(w)
     if x.shape[-1] != w.shape[1]:
         raise FormatError(f"dot shapes disagree: x has {x.shape[-1]} columns, w has {w.shape[1]}")
+    return _exact_dot(x, fx, w, fw, bias, fb, amax(x))
+
+
+def _exact_dot(x: np.ndarray, fx: FxFormat, w: np.ndarray, fw: FxFormat, bias: np.ndarray | None,
+               fb: FxFormat | None, amax_x: int) -> tuple[np.ndarray, FxFormat]:
+    check_dot(amax_x, fx, w, fw, bias, fb)
+    return finish_dot(int_matmul(x, w, amax_x), fx, fw, bias, fb)
+
+
+def check_dot(amax_x: int, fx: FxFormat, w: np.ndarray, fw: FxFormat, bias: np.ndarray | None = None,
+              fb: FxFormat | None = None) -> None:
+    """``exact_dot``'s guard: OverflowRiskError when ``bias + x @ w.T`` (|x| <= amax_x) may not fit int64."""
     pf = fx.frac_bits + fw.frac_bits
     f = pf if fb is None or bias is None else max(pf, fb.frac_bits)
-    amax_x = int(np.abs(x).max(initial=0))
     row = int(np.abs(w).sum(axis=1).max(initial=0)) if w.size else 0
-    bmax = 0 if bias is None or fb is None else int(np.abs(_as_codes(bias)).max(initial=0)) << (f - fb.frac_bits)
+    bmax = 0 if bias is None or fb is None else amax(_as_codes(bias)) << (f - fb.frac_bits)
     check_fits_int64(((amax_x * row) << (f - pf)) + bmax, f"dot product of {w.shape[1]} terms")
-    s = np.matmul(x, w.T)
+
+
+def finish_dot(s: np.ndarray, fx: FxFormat, fw: FxFormat, bias: np.ndarray | None = None,
+               fb: FxFormat | None = None) -> tuple[np.ndarray, FxFormat]:
+    """``exact_dot``'s result from the int64 products ``s = x @ w.T``: aligned with the bias and added to it."""
+    pf = fx.frac_bits + fw.frac_bits
+    f = pf if fb is None or bias is None else max(pf, fb.frac_bits)
     if f != pf:
         s = s << _I64(f - pf)
     if bias is not None and fb is not None:
-        s = s + (np.broadcast_to(_as_codes(bias), s.shape) << _I64(f - fb.frac_bits))
+        s = s + (_as_codes(bias) << _I64(f - fb.frac_bits))  # broadcasts over the last axis
     return s, FxFormat(64, 64 - f)
 
 

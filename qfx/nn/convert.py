@@ -132,7 +132,7 @@ class QFXConfig:
 
 # ============================================================================ conversion
 def quantize_model(model: nn.Module, config: QFXConfig | None = None,
-                   calib_data: torch.Tensor | None = None) -> nn.Module:
+                   calib_data: torch.Tensor | tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A fixed-point copy of ``model``: ``Sequential(input=QuantInput, net=<converted model>)``.
 
     ``forward`` is traced with torch.fx (``qfx.nn.trace``): torch.nn layers (Linear, Conv2d, BatchNorm, ReLU,
@@ -143,6 +143,10 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     ``quantize_model`` returned, say) gets no second one: only what is still float in it is converted. With
     ``calib_data`` every binary point is initialised from one batch (``config.calib_method``). The resolved config
     is attached as ``model.qfx_config``.
+
+    A ``forward`` with several tensor inputs (``forward(self, x, y)``) returns the traced GraphModule itself with
+    one ``QuantInput`` per input inside it (``quant_x``, ``quant_y``); ``calib_data`` is then a tuple with one
+    batch per input, and each input's signedness comes from its own batch.
     """
     from qfx.nn.trace import convert_model
 
@@ -154,8 +158,13 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     config = copy.deepcopy(config)
     if not isinstance(config, QFXConfig):
         raise BadInputError(f"config must be a qfx.QFXConfig, got {type(config).__name__}")
+    batches = list(calib_data) if isinstance(calib_data, (tuple, list)) else (
+        [] if calib_data is None else [calib_data])
+    if any(not isinstance(t, torch.Tensor) for t in batches):
+        raise BadInputError("calib_data must be a tensor (or a tuple of tensors, one per model input)")
+    signs = [bool((t < 0).any()) for t in batches] if config.input_signed is None else None
     if config.input_signed is None:
-        config.input_signed = bool(calib_data is not None and (calib_data < 0).any())
+        config.input_signed = any(signs or [False])
     body = copy.deepcopy(model)
     # a model quantize_model made before: convert what is inside ``net`` (its paths are the float model's)
     wrapped = isinstance(body, nn.Sequential) and isinstance(getattr(body, "input", None), QuantInput) \
@@ -163,12 +172,17 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     inner = body.net if wrapped else body
     config.check_paths(n for n, _ in inner.named_modules())
     has_input = wrapped or any(isinstance(m, QuantInput) for m in inner.modules())
-    inner = convert_model(inner, config, config.for_path)
+
+    def input_quant(k: int) -> QuantInput:
+        signed = signs[k] if signs and k < len(signs) else config.input_signed
+        return QuantInput(config.input_width, None, signed, config.rounding, config.overflow)
+
+    inner = convert_model(inner, config, config.for_path, None if has_input else input_quant)
     if wrapped:
         body.net = inner
         q = body
-    elif has_input:  # built with its own QuantInput: no second input quantizer
-        q = inner
+    elif has_input or any(isinstance(m, QuantInput) for m in inner.modules()):
+        q = inner  # built with its own QuantInput (no second one), or several inputs quantized inside
     else:
         qin = QuantInput(config.input_width, None, config.input_signed, config.rounding, config.overflow)
         q = nn.Sequential(OrderedDict([("input", qin), ("net", inner)]))
@@ -185,9 +199,10 @@ def _quantizers(model: nn.Module) -> list[FixedQuant]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, x: torch.Tensor, method: str = "mse") -> None:
-    """Initialise every binary point from one batch: one train-mode forward in which each quantizer first fits its
-    own input (weights from the weights, activations from the already-quantized upstream values).
+def calibrate(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], method: str = "mse") -> None:
+    """Initialise every binary point from one batch (a tuple: one per model input): one train-mode forward in which
+    each quantizer first fits its own input (weights from the weights, activations from the already-quantized
+    upstream values).
 
     BatchNorm running statistics are left as they were.
     """
@@ -200,7 +215,7 @@ def calibrate(model: nn.Module, x: torch.Tensor, method: str = "mse") -> None:
         for q in qs:
             q._calib = method
         with mode(model, "train"):
-            model(x)
+            model(*x) if isinstance(x, (tuple, list)) else model(x)
     finally:
         for q in qs:
             q._calib = None
@@ -355,7 +370,7 @@ def report_formats(model: nn.Module, example: torch.Tensor) -> list[dict[str, An
             hooks.append(m.register_forward_hook(post))
     try:
         with torch.no_grad():
-            model(example)
+            model(*example) if isinstance(example, (tuple, list)) else model(example)
     finally:
         for h in hooks:
             h.remove()

@@ -27,7 +27,9 @@ from qfx.fixed.kernels import lossless_acc_format
 from qfx.ir.graph import Constant, Node, TensorSpec
 from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.exact import _frac_bits_needed
-from qfx.nn.quant import FixedQuant, quantize_pair
+from qfx.nn.quant import (
+    _CHAINED, FixedQuant, _take_chained, attr, batch_norm_train, chain_target, quantize_chain, quantize_pair,
+)
 
 __all__ = [
     "QModule", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU", "QClippedReLU", "QAdd",
@@ -70,7 +72,16 @@ class QModule(nn.Module):
         return self.out_quant.fmt if self.out_quant is not None else None
 
     def _out_train(self, y: torch.Tensor) -> torch.Tensor:
-        return self.out_quant(y) if self.out_quant is not None else y
+        q = attr(self, "out_quant")
+        if q is None:
+            return y
+        if "_qfx_next" in self.__dict__:  # linked to a following QReLU (quant.link_chains): both roundings at once
+            q2 = chain_target(self)
+            if q2 is not None:
+                y1 = quantize_chain(q, y, q2)
+                if y1 is not None:
+                    return y1
+        return q(y)
 
     def _in_fmt(self, in_fmt: FxFormat | None) -> FxFormat:
         """``in_fmt`` or the producer's format recorded by ``qfx.nn.report_formats`` (``self.in_fmt``)."""
@@ -116,7 +127,7 @@ class QuantInput(QModule):
             with torch.no_grad():
                 f = self.fmt
                 return codes_to_values(f.to_int(x.detach().to("cpu", torch.float64).numpy()), f, x.device)
-        return self.out_quant(x.float() if x.dtype != torch.float32 else x)
+        return attr(self, "out_quant")(x.float() if x.dtype != torch.float32 else x)
 
     def input_codes(self, x: torch.Tensor) -> np.ndarray:
         """int64 codes of a float input in ``fmt`` (what the exported design receives)."""
@@ -186,17 +197,20 @@ class _WeightLayer(QModule):
         return consts
 
     def _bias_train(self) -> torch.Tensor | None:
-        if self.bias is None:
+        bias, bq = attr(self, "bias"), attr(self, "bias_quant")
+        if bias is None:
             return None
-        return self.bias_quant(self.bias) if self.bias_quant is not None else self.bias
+        return bq(bias) if bq is not None else bias
 
     def _weight_bias_train(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Quantized weight and bias; both quantizers in one autograd node when there are two (same values)."""
-        if self.bias is not None and self.bias_quant is not None:
-            wb = quantize_pair(self.weight_quant, self.weight, self.bias_quant, self.bias)
+        bias, bq = attr(self, "bias"), attr(self, "bias_quant")
+        wq, weight = attr(self, "weight_quant"), attr(self, "weight")
+        if bias is not None and bq is not None:
+            wb = quantize_pair(wq, weight, bq, bias)
             if wb is not None:
                 return wb
-        return self.weight_quant(self.weight), self._bias_train()
+        return wq(weight), self._bias_train()
 
 
 class QLinear(nn.Linear, _WeightLayer):
@@ -403,6 +417,10 @@ class _QBatchNorm(QModule):
         self._check_input_dim(x)
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
+        if self.training:  # batch statistics: one fused node where it applies (same bits)
+            y = batch_norm_train(self, x)
+            if y is not None:
+                return y
         scale, shift = self.scale_shift(x)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         ss = quantize_pair(self.scale_quant, scale, self.shift_quant, shift)  # one autograd node, same values
@@ -501,8 +519,12 @@ class QReLU(QModule):
                 xc, fx = values_to_codes(x, "QReLU input")
                 out = self._spec_fmt(fx)
                 return codes_to_values(ops.relu(xc, fx, out), out, x.device)
-        q = self.out_quant
+        q = attr(self, "out_quant")
         if q is not None and not q.signed and q.overflow != "WRAP":
+            if _CHAINED:  # computed already by the layer before (quant.link_chains), for exactly this x
+                y = _take_chained(q, x)
+                if y is not None:
+                    return y
             return q(x)  # an unsigned saturating quantizer already maps negatives to 0 (same values and gradients)
         return self._out_train(F.relu(x))
 
@@ -671,8 +693,10 @@ class QAvgPool2d(nn.AvgPool2d, QModule):
                 out = self._spec_fmt(ops.avgpool_format(fx, self.recip_fmt, k[0] * k[1]))
                 y = ops.avgpool2d(xc, fx, out, k, s, self.recip_code, self.recip_fmt, p)
                 return codes_to_values(y, out, x.device)
-        y = F.avg_pool2d(x, k, s, p, divisor_override=1) * self.recip_value
-        return self._out_train(y)
+        # float64: sum * recip is exact there, so the output quantizer is the only rounding, as in exact mode
+        # (float32 would round the product first, and a value just below a tie could land on it: one LSB off)
+        y = F.avg_pool2d(x.to(torch.float64), k, s, p, divisor_override=1) * self.recip_value
+        return self._out_train(y).to(x.dtype)
 
     def accumulator_format(self, in_fmt: FxFormat | None = None) -> FxFormat:
         """Lossless format of ``sum(window) * recip`` for inputs of ``in_fmt``."""

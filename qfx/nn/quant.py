@@ -9,7 +9,20 @@ round-half-even = ``RND_CONV``), every overflow mode too (``WRAP`` by an exact `
 saturation). For the saturating modes the input is clamped to the code range *before* rounding, which gives the same
 codes (rounding is monotone and fixes integers) and keeps every intermediate below 2**24, so the cheap formula
 ``floor(m + 0.5)`` stays exact. Results therefore equal ``FxFormat.quantize`` bit for bit whenever the result is a
-float32 (W <= 24, normal range); tests check this for every rounding x overflow mode.
+float32 (W <= 24, normal range); tests check this for every rounding x overflow mode. One known exception: ``RND``
+with a saturating mode at ``m = 0.5 - 2**-25`` exactly (the float32 just below the first tie), where ``m + 0.5``
+rounds up to 1.0, so train mode gives code 1 where ap_fixed gives 0 (one input value per format; exact mode and the
+exported designs are not affected).
+
+Speed: the fused path
+---------------------
+On CPU, train mode runs each quantizer (and a layer's output quantizer followed by the next ReLU's, and a whole
+BatchNorm in training mode) as one C++ autograd node, ``qfx/nn/_fused_quant.cpp``, compiled at first use in the
+background (``qfx.nn._fused``; ``QFX_FUSED=0`` disables it). It computes every element with the same float32
+operations as the tensor-op code below and reduces the binary-point gradient with the same ATen calls, so values and
+gradients are bit-identical (``tests/test_fused_quant.py`` compares them, and whole training runs); the tensor-op
+path stays as the fallback (no compiler, CUDA, float64, non-contiguous inputs, ``torch.compile`` tracing) and as the
+reference (``tensor_op_path()``).
 
 Gradients (the estimator, and why)
 ----------------------------------
@@ -34,17 +47,21 @@ through the projection.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from qfx.errors import FormatError, UnsupportedError
 from qfx.fixed.csd import khot_project
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
+from qfx.nn import _fused
 
-__all__ = ["FixedQuant", "fake_quant", "quantize_pair", "khot_float", "union_format", "MAX_TRAIN_WIDTH"]
+__all__ = ["FixedQuant", "fake_quant", "quantize_pair", "khot_float", "union_format", "MAX_TRAIN_WIDTH",
+           "fused_status", "tensor_op_path", "link_chains", "attr"]
 
 _LN2 = math.log(2.0)
 #: float32 fake quantization is exact up to this width (24-bit significand).
@@ -159,6 +176,198 @@ def _make_spec(width: int, signed: bool, rounding: str, overflow: str, khot: int
         lo += 1.0  # ap_fixed's symmetric range [-max, max] (min_code itself also maps to -max)
     klo, khi = _khot_bounds(width, signed, khot) if khot else (0.0, 0.0)
     return _Spec(width, lo, hi, sat, bounded, rounding, overflow, signed, khot, klo, khi)
+
+
+# ---------------------------------------------------------------------------- fused C++ path
+# One C++ autograd node per quantizer (qfx/nn/_fused_quant.cpp, built in the background at first use by
+# qfx.nn._fused): the same float32 operations per element as `_fq_forward`/`_fq_backward` below and the same ATen
+# reductions for the binary-point gradient, so the same bits; the tensor-op path below is the fallback (no compiler,
+# CUDA, float64, non-contiguous input, torch.compile tracing) and the reference the tests compare against.
+_FUSED_ON = True
+_ROUND_CODE = {"TRN": 0, "TRN_ZERO": 1, "RND": 2, "RND_ZERO": 3, "RND_INF": 4, "RND_MIN_INF": 5, "RND_CONV": 6}
+_IDS: dict[tuple[int, bool, str, str, int], int] = {}
+
+
+def attr(m: nn.Module, name: str):
+    """``m.<name>`` for a parameter, buffer, submodule or plain attribute without ``nn.Module.__getattr__``, which
+    costs microseconds per call: the train-mode hot path reads a dozen of these per layer and step."""
+    d = m.__dict__
+    if name in d:
+        return d[name]
+    for store in ("_parameters", "_modules", "_buffers"):
+        s = d.get(store)
+        if s is not None and name in s:
+            return s[name]
+    return getattr(m, name)
+
+
+def _ext():  # -> the extension module or None
+    """The fused extension when this call may use it, else None (never blocks; the first call starts the build)."""
+    if not _FUSED_ON or torch.compiler.is_compiling():
+        return None
+    return _fused.get()
+
+
+def _spec_id(ext, key: tuple[int, bool, str, str, int]) -> int:
+    """The extension's handle of a format's ``_Spec`` (registered once per format)."""
+    i = _IDS.get(key)
+    if i is None:
+        sp = _spec(*key)
+        if sp.sat:
+            path = 0 if sp.bounded and sp.rounding == "RND" else 1
+        else:
+            path = 2 if sp.overflow == "SAT_ZERO" else 3
+        i = _IDS[key] = int(ext.register_spec(sp.width, sp.lo, sp.hi, path, _ROUND_CODE[sp.rounding], sp.bounded,
+                                              sp.signed, sp.khot, sp.klo, sp.khi))
+    return i
+
+
+def _axis_of(shape: tuple[int, ...] | None, ndim: int) -> int | None:
+    """The channel axis of a broadcast ``shape`` (-1 per tensor), or None where the fused path does not apply."""
+    if shape is None:
+        return -1
+    if len(shape) != ndim:
+        return None
+    axes = [i for i, s in enumerate(shape) if s != 1]
+    return axes[0] if len(axes) == 1 else None
+
+
+def _quantize(x: torch.Tensor, p: torch.Tensor, key: tuple[int, bool, str, str, int],
+              shape: tuple[int, ...] | None) -> torch.Tensor:
+    """Fake-quantize ``x`` with binary point(s) ``p``: the fused node where it applies, else ``_FakeQuantFn``."""
+    ext = _ext()
+    if ext is not None:
+        axis = _axis_of(shape, x.ndim)
+        if axis is not None:
+            y = ext.fq(x, p, _spec_id(ext, key), axis)
+            if y is not None:
+                return y
+    return _FakeQuantFn.apply(x, p, _spec(*key), shape)
+
+
+# ---------------------------------------------------------------------------- chains: q2(q1(x)) in one pass
+# A layer whose output quantizer feeds a QReLU with an absorbing (unsigned, saturating) quantizer — linked by
+# ``link_chains`` inside nn.Sequential containers — computes both roundings in one pass and one autograd node; the
+# ReLU's quantizer then returns that result for exactly that input tensor (same object, unmodified), and computes
+# normally otherwise. Values and gradients are those of the two separate quantizers (same float operations).
+_CHAINED: dict[int, tuple] = {}
+
+
+def _chain_ok(q: "FixedQuant | None") -> bool:
+    """A per-tensor quantizer with nothing that must see its input (calibration, hooks) and a train-mode width."""
+    return (q is not None and q.per_channel_axis is None and q._calib is None and not q.calibrating
+            and q.width <= MAX_TRAIN_WIDTH and not q._forward_hooks and not q._forward_pre_hooks)
+
+
+def chain_target(module: nn.Module) -> "FixedQuant | None":
+    """The quantizer of the QReLU linked after ``module`` by ``link_chains``, when a chain may run now."""
+    nxt = module.__dict__.get("_qfx_next")
+    if nxt is None or not _FUSED_ON:
+        return None
+    q = attr(nxt, "out_quant")
+    if (not _chain_ok(q) or q.signed or q.overflow == "WRAP" or getattr(nxt, "qfx_mode", "train") != "train"
+            or _global_hooks()):
+        return None
+    return q
+
+
+def offer_chained(q2: "FixedQuant", y1: torch.Tensor, y2: torch.Tensor) -> None:
+    """Hand ``y2 = q2(y1)`` (already computed) to ``q2`` for its next call with input ``y1``."""
+    _CHAINED[id(q2)] = (weakref.ref(q2), weakref.ref(y1), y1._version, q2._parameters["int_bits_param"]._version,
+                        y2)
+
+
+def _take_chained(q: "FixedQuant", x: torch.Tensor) -> torch.Tensor | None:
+    e = _CHAINED.pop(id(q), None)
+    if e is None:
+        return None
+    qr, yr, yv, pv, y2 = e
+    if qr() is q and yr() is x and x._version == yv and q._parameters["int_bits_param"]._version == pv:
+        return y2
+    return None
+
+
+def quantize_chain(q1: "FixedQuant", x: torch.Tensor, q2: "FixedQuant") -> torch.Tensor | None:
+    """``q1(x)``, with ``q2(q1(x))`` computed in the same pass and offered to ``q2``; None where it cannot run."""
+    if not _chain_ok(q1) or _global_hooks():
+        return None
+    ext = _ext()
+    if ext is None:
+        return None
+    y1, y2 = ext.fq_chain(x, q1._parameters["int_bits_param"], _spec_id(ext, q1._key()),
+                          q2._parameters["int_bits_param"], _spec_id(ext, q2._key()))
+    if y1 is None:
+        return None
+    offer_chained(q2, y1, y2)
+    return y1
+
+
+def batch_norm_train(bn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Train-mode (batch statistics) forward of a ``qfx.nn.layers._QBatchNorm`` as one fused node, or None where
+    the tensor-op path must run (see ``_fused_quant.cpp``, ``BNTrain``)."""
+    ext = _ext()
+    if ext is None:
+        return None
+    qs, qh, qo = attr(bn, "scale_quant"), attr(bn, "shift_quant"), attr(bn, "out_quant")
+    for q in (qs, qh):
+        if (q is None or q._calib is not None or q.calibrating or q.width > MAX_TRAIN_WIDTH or q._forward_hooks
+                or q._forward_pre_hooks):
+            return None
+    weight, bias = attr(bn, "weight"), attr(bn, "bias")
+    if (qo is not None and not _chain_ok(qo)) or _global_hooks() or weight is None or bias is None:
+        return None
+    q2 = chain_target(bn) if qo is not None else None
+    mom = -1.0 if bn.momentum is None else float(bn.momentum)
+    buf = bn._buffers
+    p = "int_bits_param"
+    out = ext.bn_train(x, weight, bias, buf["running_mean"], buf["running_var"], buf["num_batches_tracked"], mom,
+                       float(bn.eps), qs._parameters[p], _spec_id(ext, qs._key()), qs._axis(1),
+                       qh._parameters[p], _spec_id(ext, qh._key()), qh._axis(1),
+                       None if qo is None else qo._parameters[p], -1 if qo is None else _spec_id(ext, qo._key()),
+                       None if q2 is None else q2._parameters[p], -1 if q2 is None else _spec_id(ext, q2._key()))
+    if not out:
+        return None
+    if q2 is not None:
+        offer_chained(q2, out[0], out[1])
+    return out[0]
+
+
+def link_chains(model: nn.Module) -> int:
+    """Link, inside every ``nn.Sequential`` of ``model``, each QLinear / QConv2d / QBatchNorm with an output
+    quantizer to a directly following QReLU, so that train mode computes both roundings in one pass (same bits).
+    Returns the number of links. The link is a plain attribute (not a submodule: no parameters, no state_dict
+    entry); deep copies keep it pointing into the copy. ``quantize_model`` calls this."""
+    from qfx.nn.layers import QConv2d, QLinear, QReLU, _QBatchNorm
+
+    n = 0
+    for m in model.modules():
+        if not isinstance(m, nn.Sequential):
+            continue
+        kids = list(m.children())
+        for a, b in zip(kids, kids[1:]):
+            if isinstance(a, (QLinear, QConv2d, _QBatchNorm)) and isinstance(b, QReLU) and a.out_quant is not None:
+                object.__setattr__(a, "_qfx_next", b)
+                n += 1
+    return n
+
+
+def fused_status() -> str:
+    """Which train-mode quantizer path runs now, in one line (``qfx.nn._fused.wait()`` waits for the build)."""
+    return _fused.status() if _FUSED_ON else "tensor-op path (disabled by tensor_op_path())"
+
+
+class tensor_op_path:
+    """Context manager: run train-mode quantizers on the tensor-op path (the fused kernels' reference) inside it.
+    Not thread-safe (a process-wide switch); for tests and benchmarks."""
+
+    def __enter__(self) -> "tensor_op_path":
+        global _FUSED_ON
+        self._prev, _FUSED_ON = _FUSED_ON, False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _FUSED_ON
+        _FUSED_ON = self._prev
 
 
 _SCALES: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -307,7 +516,7 @@ def fake_quant(x: torch.Tensor, int_bits: torch.Tensor, width: int, signed: bool
                overflow: str = "SAT", shape: tuple[int, ...] | None = None, khot: int | None = None) -> torch.Tensor:
     """Functional fake quantization; ``int_bits`` (float, rounded here) broadcasts by ``shape`` if given."""
     check_modes(rounding, overflow)
-    return _FakeQuantFn.apply(x, int_bits, _spec(width, signed, rounding, overflow, khot or 0), shape)
+    return _quantize(x, int_bits, (width, signed, rounding, overflow, khot or 0), shape)
 
 
 def quantize_pair(qa: "FixedQuant", a: torch.Tensor, qb: "FixedQuant", b: torch.Tensor
@@ -318,14 +527,18 @@ def quantize_pair(qa: "FixedQuant", a: torch.Tensor, qb: "FixedQuant", b: torch.
             or qa.width > MAX_TRAIN_WIDTH or qb.width > MAX_TRAIN_WIDTH or qa._forward_hooks or qb._forward_hooks
             or qa._forward_pre_hooks or qb._forward_pre_hooks or _global_hooks()):
         return None
+    ext = _ext()
+    if ext is not None:
+        ya, yb = ext.fq_pair(a, qa._parameters["int_bits_param"], _spec_id(ext, qa._key()), qa._axis(a.ndim),
+                             b, qb._parameters["int_bits_param"], _spec_id(ext, qb._key()), qb._axis(b.ndim))
+        if ya is not None:
+            return ya, yb
     return _FakeQuantPairFn.apply(a, qa.int_bits_param, qa.spec(), qa._shape(a.ndim),
                                   b, qb.int_bits_param, qb.spec(), qb._shape(b.ndim))
 
 
 def _global_hooks() -> bool:
-    from torch.nn.modules import module as _m
-
-    return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks)
+    return bool(_torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks)
 
 
 def union_format(formats: Sequence[FxFormat]) -> FxFormat:
@@ -401,6 +614,13 @@ class FixedQuant(nn.Module):
         s = f"{kind}, I={ib if self.per_channel else ib[0]}, {self.rounding}, {self.overflow}"
         return s + (f", khot={self.khot}" if self.khot else "")
 
+    def _key(self) -> tuple[int, bool, str, str, int]:
+        return (self.width, self.signed, self.rounding, self.overflow, self.khot or 0)
+
+    def _axis(self, ndim: int) -> int:
+        """The channel axis for the fused kernels (-1 per tensor)."""
+        return -1 if self.per_channel_axis is None else self.per_channel_axis % ndim
+
     def _shape(self, ndim: int) -> tuple[int, ...] | None:
         if not self.per_channel:
             return None
@@ -421,6 +641,16 @@ class FixedQuant(nn.Module):
             self._calib = None
         elif self.calibrating:
             self._observe(x)
+        if _FUSED_ON:
+            if _CHAINED:
+                y = _take_chained(self, x)
+                if y is not None:
+                    return y
+            ext = _ext()
+            if ext is not None:
+                y = ext.fq(x, self._parameters["int_bits_param"], _spec_id(ext, self._key()), self._axis(x.ndim))
+                if y is not None:
+                    return y
         return _FakeQuantFn.apply(x, self.int_bits_param, _spec(self.width, self.signed, self.rounding, self.overflow,
                                                                  self.khot or 0), self._shape(x.ndim))
 
