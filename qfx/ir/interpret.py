@@ -12,7 +12,7 @@ import numpy as np
 from qfx.errors import BadInputError
 from qfx.ir.graph import Graph, Node, op_def
 
-__all__ = ["run", "run_all", "random_inputs", "edge_inputs"]
+__all__ = ["run", "run_all", "random_inputs", "edge_inputs", "FULL_EDGES"]
 
 Env = dict[str, np.ndarray]
 
@@ -64,19 +64,52 @@ def run(graph: Graph, inputs: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarr
     return {o: env[o] for o in graph.outputs}
 
 
-def edge_inputs(graph: Graph) -> np.ndarray:
-    """Input vectors at the edges of the input format: all max, all min, all zero, +1 step, -1 step, alternating."""
+#: ``graph.meta["edge_inputs"]`` value that asks for the extended edge set (``random_graph(informative=True)`` sets
+#: it, so C simulation, co-simulation and the HLS testbench, which all draw through ``random_inputs``, agree)
+FULL_EDGES = "full"
+
+
+def edge_inputs(graph: Graph, full: bool | None = None) -> np.ndarray:
+    """Input vectors at the edges of the input format: all max, all min, all zero, +1 step, -1 step, alternating.
+
+    ``full`` (default: ``graph.meta["edge_inputs"] == "full"``) appends vectors that reach what uniform random codes
+    rarely do: the alternation the other way round, max - 1 and min + 1 steps, a ramp from min to max across the
+    elements, one-hot max / min (a single weight or window tap visible alone), and three rows of rounding ties
+    (every code an odd multiple of 2**(k-1) for k = 1, 2, 3: a tie whenever the first cast drops k bits). The
+    default set is unchanged, so generated testbench vectors of existing graphs stay byte-identical.
+    """
     spec = graph.tensor(graph.inputs[0])
     f = spec.fmt
     vals = [f.max_code, f.min_code, 0, min(1, f.max_code), max(-1, f.min_code)]
     rows = [np.full(spec.shape, v, dtype=np.int64) for v in vals]
-    alt = np.where(np.arange(spec.size) % 2 == 0, f.max_code, f.min_code).reshape(spec.shape).astype(np.int64)
+    even = np.arange(spec.size) % 2 == 0
+    alt = np.where(even, f.max_code, f.min_code).reshape(spec.shape).astype(np.int64)
     rows.append(alt)
+    if full is None:
+        full = graph.meta.get("edge_inputs") == FULL_EDGES
+    if full:
+        lo, hi = f.min_code, f.max_code
+        rows.append(np.where(even, lo, hi).reshape(spec.shape).astype(np.int64))
+        rows += [np.full(spec.shape, v, dtype=np.int64) for v in (max(hi - 1, lo), min(lo + 1, hi))]
+        ramp = np.round(np.linspace(lo, hi, spec.size)).astype(np.int64) if spec.size > 1 else np.array([hi])
+        rows.append(ramp.reshape(spec.shape))
+        one = np.zeros(spec.size, dtype=np.int64)
+        one[0] = hi
+        rows.append(one.reshape(spec.shape))
+        one = np.zeros(spec.size, dtype=np.int64)
+        one[-1] = lo if lo < 0 else hi
+        rows.append(one.reshape(spec.shape))
+        rng = np.random.default_rng(12345)  # fixed: edge vectors are the same for every seed
+        for k in (1, 2, 3):
+            half = 1 << (k - 1)
+            m = rng.integers(lo >> k, (hi - half) >> k, size=spec.size, endpoint=True, dtype=np.int64)
+            rows.append(np.clip((m << k) + half, lo, hi).reshape(spec.shape))
     return np.stack(rows)
 
 
 def random_inputs(graph: Graph, n: int, seed: int = 0, edges: bool = True) -> np.ndarray:
-    """``n`` input code vectors: the edge vectors first (if ``edges``), then uniform random codes in range."""
+    """``n`` input code vectors: the edge vectors first (if ``edges``; see ``edge_inputs``), then uniform random
+    codes in range."""
     spec = graph.tensor(graph.inputs[0])
     rng = np.random.default_rng(seed)
     head = edge_inputs(graph)[:n] if edges else np.zeros((0,) + spec.shape, dtype=np.int64)
