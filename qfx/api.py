@@ -38,11 +38,11 @@ def capture_model(model: "torch.nn.Module", example_input: "torch.Tensor", name:
 
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.ndim < 2:
-        raise BadInputError("example_input must be a batch-first tensor such as x[:1] (it gives the input shape), "
-                            f"got {type(example_input).__name__}"
-                            + (f" of shape {tuple(example_input.shape)}" if isinstance(example_input, torch.Tensor)
-                               else ""))
+    for e in (example_input if isinstance(example_input, (tuple, list)) else [example_input]):  # one per input
+        if not isinstance(e, torch.Tensor) or e.ndim < 2:
+            raise BadInputError("example_input must be a batch-first tensor such as x[:1] (it gives the input "
+                                f"shape; a tuple of them for several inputs), got {type(e).__name__}"
+                                + (f" of shape {tuple(e.shape)}" if isinstance(e, torch.Tensor) else ""))
     was = model.training
     model.eval()
     try:
@@ -97,7 +97,7 @@ def save(model: "torch.nn.Module", example_input: "torch.Tensor", path: str | os
         "model_class": str(graph.meta.get("captured_from", type(model).__name__)),
         "qfx_version": __version__,
         "ir": graph.to_json(),
-        "input_shape": [int(s) for s in example_input.shape[1:]],
+        "input_shape": [int(s) for s in (example_input[0] if isinstance(example_input, (tuple, list)) else example_input).shape[1:]],
         "config": cfg.to_dict() if isinstance(cfg, QFXConfig) else None,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }

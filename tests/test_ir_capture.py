@@ -204,7 +204,8 @@ def test_function_hints_name_the_right_alternative():
             return self.fn(h).view(h.shape[0], -1)
 
     for fn, hint in ((F.relu, "QReLU"), (lambda h: h + h, "QAdd"), (lambda h: h.mean((2, 3)), "QGlobalAvgPool2d"),
-                     (torch.sigmoid, "activations are ReLU"), (lambda h: h * h, r"residual add x \+ y")):
+                     (torch.sigmoid, "makes it qfx.nn.QActivation"), (lambda h: h * h, "makes it qfx.nn.QMul"),
+                     (torch.exp, r"element-wise arithmetic is x \+ y")):
         with pytest.raises(UnsupportedError, match=hint) as ei:
             capture(M(fn), torch.zeros(1, 4))
         assert "torch.tanh" not in str(ei.value) and "(at tanh)" not in str(ei.value)

@@ -114,10 +114,11 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
     nodes: list[Node] = []
     inputs: list[str] = []
     outputs: list[str] = []
-    placeholder: str | None = None
-    pending_shape: tuple[int, ...] | None = None
-    if example_input is not None:
-        pending_shape = tuple(int(s) for s in example_input.shape[1:])
+    placeholders: list[str] = []  # several tensor inputs: each gets its own QuantInput (quantize_model adds them)
+    quantized: set[str] = set()
+    examples = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
+    pending: list[tuple[int, ...] | None] = [None if e is None else tuple(int(s) for s in e.shape[1:])
+                                             for e in examples]
 
     def spec_of(arg: Any, where: str) -> TensorSpec:
         if isinstance(arg, torch.fx.Node):
@@ -160,9 +161,7 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
         if fxn not in live and fxn.op != "placeholder":
             continue
         if fxn.op == "placeholder":
-            if placeholder is not None:
-                raise UnsupportedError(f"model has more than one input ({fxn.name!r}); qfx graphs take one")
-            placeholder = fxn.name
+            placeholders.append(fxn.name)
             env[fxn.name] = "raw_input"
         elif fxn.op == "get_attr":
             raise UnsupportedError(f"model reads parameter {fxn.target!r} outside a qfx layer")
@@ -175,9 +174,11 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 arg = fxn.args[0] if fxn.args else None
                 if not (isinstance(arg, torch.fx.Node) and env.get(arg.name) == "raw_input"):
                     raise UnsupportedError(f"{where}: QuantInput must be applied to the model input")
-                if inputs:
+                if arg.name in quantized:
                     raise UnsupportedError(f"{where}: the model input is quantized twice")
-                shape = pending_shape or tuple(getattr(m, "shape", ()) or ())
+                quantized.add(arg.name)
+                k = placeholders.index(arg.name)
+                shape = (pending[k] if k < len(pending) else None) or tuple(getattr(m, "shape", ()) or ())
                 if not shape:
                     raise BadInputError("capture needs example_input (or QuantInput.shape) to know the input shape")
                 tname_in = unique(path or "input")

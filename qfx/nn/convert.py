@@ -135,10 +135,11 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
                    calib_data: torch.Tensor | tuple[torch.Tensor, ...] | None = None) -> nn.Module:
     """A fixed-point copy of ``model``: ``Sequential(input=QuantInput, net=<converted model>)``.
 
-    ``forward`` is traced with torch.fx (``qfx.nn.trace``): torch.nn layers (Linear, Conv2d, BatchNorm, ReLU,
-    ReLU6, pools, Flatten) become qfx layers with their parameters copied, functions and operators (``F.relu``,
-    ``x + y``, ``torch.add``, ``x.mean((2, 3))``, ``F.max_pool2d``...) become qfx modules in the traced graph, and
-    Dropout/Identity are dropped, so training computes what the hardware will. Whatever has no fixed-point twin is
+    ``forward`` is traced with torch.fx (``qfx.nn.trace``; ``supported_table()`` lists everything): torch.nn layers
+    (Linear, Conv1d/2d, BatchNorm, ReLU, Sigmoid, GELU, Softmax, pools, Upsample, ...) become qfx layers with their
+    parameters copied, functions and operators (``F.relu``, ``x + y``, ``x * 0.5``, ``torch.cat``,
+    ``x.mean((2, 3))``, ``F.max_pool2d``...) become qfx modules in the traced graph, and Dropout/Identity are
+    dropped, so training computes what the hardware will. Whatever has no fixed-point twin is
     refused here, all of it in one message, before any training. A model that already has a ``QuantInput`` (one
     ``quantize_model`` returned, say) gets no second one: only what is still float in it is converted. With
     ``calib_data`` every binary point is initialised from one batch (``config.calib_method``). The resolved config

@@ -1,15 +1,30 @@
-"""qfx layers that ``quantize_model`` inserts for functional code: the global average pool.
+"""qfx layers that ``quantize_model`` inserts for torch idioms without a one-to-one qfx layer.
 
-``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)`` and ``nn.AdaptiveAvgPool2d(1)`` all average over the whole
-H x W plane; their window is only known from the input, so this layer reads it at every call instead of taking a
-kernel size like ``QAvgPool2d``. It lowers to the same IR op (``avgpool2d`` with one window covering the plane).
+* ``QGlobalAvgPool2d``: ``x.mean((2, 3))``, ``F.adaptive_avg_pool2d(x, 1)`` and ``nn.AdaptiveAvgPool2d(1)`` all
+  average over the whole H x W plane; their window is only known from the input, so this layer reads it at every
+  call instead of taking a kernel size like ``QAvgPool2d``. It lowers to the same IR op (``avgpool2d`` with one
+  window covering the plane).
+* ``QAdaptiveAvgPool2d`` / ``QAdaptiveMaxPool2d``: ``nn.AdaptiveAvgPool1d/2d(k)``, ``nn.AdaptiveMaxPool1d/2d(k)``
+  (and the global max pool ``x.amax((2, 3))``) where k divides the input size: the window (input / k) is read from
+  the input, then it is an ``avgpool2d``/``maxpool2d`` with kernel = stride = window (1-D inputs as height 1).
+* ``QConstScale``: ``x * 0.5``, ``x / 4``, ``x + 1``, ``1 - x``, ``-x``: Python constants, exported as the
+  ``scale_shift`` op with the constants repeated per channel.
+* ``QClip``: ``Hardtanh(lo, hi)`` / ``clamp(x, lo, hi)`` with any constant bounds (the ``clip`` op).
+* ``QPReLU``: ``nn.PReLU`` as ``relu(x) + a * (x - relu(x))`` through the relu, sub, scale_shift and add ops
+  (per-channel slope ``a`` in fixed point), so it exports exactly with no op of its own.
+
+Every new layer here computes exact mode by running its own IR nodes through the golden functions
+(``qfx.nn.op_layers._IRModule``), so exact mode, the interpreter and the backends share one definition.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from qfx.errors import BadInputError, UnsupportedError
 from qfx.fixed import ops
@@ -17,9 +32,11 @@ from qfx.fixed.format import FxFormat
 from qfx.ir.graph import Constant, Node, TensorSpec
 from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant, avgpool_recip
+from qfx.nn.op_layers import _IRModule
 from qfx.nn.quant import FixedQuant
 
-__all__ = ["QGlobalAvgPool2d"]
+__all__ = ["QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
+           "const_code"]
 
 
 class QGlobalAvgPool2d(QModule):
@@ -99,3 +116,339 @@ class QGlobalAvgPool2d(QModule):
             items.append((Node(f"{name}.flatten", "flatten", (pooled,), output, source=name),
                           TensorSpec(output, (c,), fmt)))
         return items
+
+
+# ============================================================================ adaptive pools
+def _size_pair(v: Any, what: str) -> tuple[int, int]:
+    t = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(t) != 2 or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in t):
+        raise UnsupportedError(f"{what}: output size must be a positive int or pair of ints, got {v!r}")
+    return int(t[0]), int(t[1])
+
+
+class _AdaptivePool(_IRModule):
+    """Pool to a fixed output size over (N, C, H, W) or (N, C, L) inputs (L as a 1 x L plane); the window
+    (input size / output size, which must divide) is read from every input, then it is the op's kernel and stride.
+
+    ``keepdim=False`` (only with output size 1) drops the spatial dimensions: (N, C), like ``x.mean((2, 3))``."""
+
+    op = ""
+
+    def __init__(self, output_size: Any = 1, keepdim: bool = True, ndim: int | None = None) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.keepdim = bool(keepdim)
+        self.ndim = ndim  # the input rank the call was written for (x.mean(-1) means (N, C, L)); None: 3 or 4
+        if not self.keepdim and output_size not in (1, (1,), (1, 1), [1], [1, 1]):
+            raise UnsupportedError(f"{type(self).__name__}: keepdim=False needs output size 1, got {output_size!r}")
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size!r}, keepdim={self.keepdim}"
+
+    def _out_hw(self, rank: int) -> tuple[int, int]:
+        """(oh, ow) for a per-sample rank-``rank`` input ((C, L): height 1)."""
+        if rank == 2:
+            v = self.output_size
+            v = v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v
+            return 1, _size_pair(v, type(self).__name__)[0]
+        return _size_pair(self.output_size, type(self).__name__)
+
+    def window(self, shape: Sequence[int]) -> tuple[int, int]:
+        """Kernel = stride of the pool over a per-sample input ``shape`` ((C, H, W) or (C, L))."""
+        if len(shape) not in (2, 3) or (self.ndim is not None and len(shape) + 1 != self.ndim):
+            want = {3: "(N, C, L)", 4: "(N, C, H, W)"}.get(self.ndim or 0, "(N, C, L) or (N, C, H, W)")
+            raise BadInputError(f"{type(self).__name__} expects {want} input, got per-sample shape {tuple(shape)}")
+        oh, ow = self._out_hw(len(shape))
+        h, w = (1, shape[1]) if len(shape) == 2 else (shape[1], shape[2])
+        if h % oh or w % ow:
+            raise UnsupportedError(f"{type(self).__name__}: output size {self.output_size!r} does not divide the "
+                                   f"input size {tuple(shape[1:])}; qfx pools with kernel = stride = input / output")
+        return h // oh, w // ow
+
+    def _pool_train(self, x4: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.window(tuple(x.shape[1:]))
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        y = self._pool_train(x.unsqueeze(2) if x.ndim == 3 else x, k)
+        if not self.keepdim:
+            return y.flatten(1)
+        return y.squeeze(2) if x.ndim == 3 else y
+
+    def _pool_node(self, name: str, src: str, out: str, k: tuple[int, int], x: TensorSpec) -> tuple[Node, FxFormat]:
+        raise NotImplementedError  # pragma: no cover
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        k = self.window(x.shape)
+        items: list[IRItem] = []
+        src = x
+        if len(x.shape) == 2:  # (C, L) -> (C, 1, L): a wire
+            mid = f"{output}.2d"
+            items.append((Node(f"{name}.to2d", "reshape", (x.name,), mid, attrs={"shape": (x.shape[0], 1, x.shape[1])},
+                               source=name), TensorSpec(mid, (x.shape[0], 1, x.shape[1]), x.fmt)))
+            src = items[-1][1]
+        c, h, w = src.shape
+        shape = (c, h // k[0], w // k[1])
+        last = len(x.shape) == 3 and self.keepdim
+        pooled = output if last else f"{output}.pool"
+        node, fmt = self._pool_node(name, src.name, pooled, k, src)
+        items.append((node, TensorSpec(pooled, shape, fmt)))
+        if not last:
+            final = (c,) if not self.keepdim else (c, shape[2])
+            op = "flatten" if len(final) == 1 else "reshape"
+            items.append((Node(f"{name}.{op}", op, (pooled,), output, attrs={} if op == "flatten" else {"shape": final},
+                               source=name), TensorSpec(output, final, fmt)))
+        return items
+
+
+class QAdaptiveAvgPool2d(_AdaptivePool):
+    """``nn.AdaptiveAvgPool1d/2d(k)`` where k divides the input: ``sum(window) * recip`` (recip = 1/window in fixed
+    point: one bit for powers of two, else ``recip_width`` fractional bits), one cast to the output format; the IR
+    op is ``avgpool2d`` with kernel = stride = window. Train mode forms the product in float64, where it is exact,
+    so the output quantizer is the only rounding, as in exact mode."""
+
+    op = "avgpool2d"
+
+    def __init__(self, output_size: Any = 1, keepdim: bool = True, ndim: int | None = None, *,
+                 recip_width: int = 16, out_width: int | None = 8, out_signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__(output_size, keepdim, ndim)
+        self.recip_width = int(recip_width)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def recip(self, window: int) -> tuple[int, FxFormat]:
+        """(code, format) of 1/window, the constant the IR node carries."""
+        return avgpool_recip(window, self.recip_width)
+
+    def _pool_train(self, x4: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
+        code, rf = self.recip(k[0] * k[1])
+        s = F.avg_pool2d(x4.to(torch.float64), k, k, divisor_override=1) * float(rf.from_int(code))
+        return self._out_train(s).to(x4.dtype)
+
+    def _pool_node(self, name: str, src: str, out: str, k: tuple[int, int], x: TensorSpec) -> tuple[Node, FxFormat]:
+        code, rf = self.recip(k[0] * k[1])
+        acc = ops.avgpool_format(x.fmt, rf, k[0] * k[1])
+        node = Node(name, "avgpool2d", (src,), out, {"recip": Constant(np.array(code, dtype=np.int64), rf)},
+                    {"kernel": k, "stride": k, "padding": (0, 0)}, acc, source=name)
+        return node, self._spec_fmt(acc)
+
+
+class QAdaptiveMaxPool2d(_AdaptivePool):
+    """``nn.AdaptiveMaxPool1d/2d(k)`` where k divides the input (the global max pool for k = 1): a ``maxpool2d``
+    with kernel = stride = window; keeps the input format unless an output quantizer is given."""
+
+    op = "maxpool2d"
+
+    def __init__(self, output_size: Any = 1, keepdim: bool = True, ndim: int | None = None, *,
+                 out_width: int | None = None, out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__(output_size, keepdim, ndim)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def _pool_train(self, x4: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
+        return self._out_train(F.max_pool2d(x4, k, k))
+
+    def _pool_node(self, name: str, src: str, out: str, k: tuple[int, int], x: TensorSpec) -> tuple[Node, FxFormat]:
+        node = Node(name, "maxpool2d", (src,), out, attrs={"kernel": k, "stride": k, "padding": (0, 0)}, source=name)
+        return node, self._spec_fmt(x.fmt)
+
+
+# ============================================================================ constants
+def const_code(value: float, bits: int = 16) -> tuple[int, FxFormat]:
+    """(code, format) of a Python constant: exact when its significand fits ``bits`` bits (0.5, 3, 0.375, any
+    dyadic value that short), else rounded to ``bits`` significant bits (1/3, 0.1: relative error <= 2**-bits).
+    The format is signed, at least 2 bits wide, with no trailing zero bits in the code."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise UnsupportedError(f"constant {value!r} is not finite")
+    if not 2 <= int(bits) <= 32:
+        raise BadInputError(f"constant bits must be in 2..32, got {bits!r}")
+    if v == 0.0:
+        return 0, FxFormat(2, 2)
+    m, e = math.frexp(v)  # v = m * 2**e, 0.5 <= |m| < 1
+    code = int(math.floor(math.ldexp(m, bits) + 0.5))
+    frac = bits - e
+    while code % 2 == 0:
+        code //= 2
+        frac -= 1
+    f = FxFormat.for_code_range(min(code, 0), max(code, 0), frac, signed=True)
+    return code, FxFormat(max(2, f.width), max(2, f.width) - frac)
+
+
+class QConstScale(_IRModule):
+    """``x * scale + shift`` with Python constants (``x * 0.5``, ``x / 4``, ``x + 1``, ``1 - x``, ``-x``).
+
+    The constants become fixed-point codes (``const_code``: exact when they fit ``const_bits`` significant bits)
+    and the layer is the IR's ``scale_shift`` op with them repeated per channel; the exact product and sum are
+    cast once to the output format (the lossless ``x * scale + shift`` format without an output quantizer).
+    Train mode computes the same product and sum in float64 (exact there), then the output quantizer."""
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0, *, const_bits: int = 16, out_width: int | None = 8,
+                 out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.scale_code, self.scale_fmt = const_code(scale, const_bits)
+        self.shift_code, self.shift_fmt = const_code(shift, const_bits)
+        self.scale = float(self.scale_fmt.from_int(self.scale_code))
+        self.shift = float(self.shift_fmt.from_int(self.shift_code))
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale!r}, shift={self.shift!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        y = x.to(torch.float64) * self.scale + self.shift
+        return self._out_train(y).to(x.dtype)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        if not x.shape:
+            raise UnsupportedError(f"{name}: a constant scale/shift needs a per-sample tensor, got a scalar")
+        c = x.shape[0]
+        acc = ops.scale_shift_format(x.fmt, self.scale_fmt, self.shift_fmt)
+        consts = {"scale": Constant(np.full(c, self.scale_code, dtype=np.int64), self.scale_fmt),
+                  "shift": Constant(np.full(c, self.shift_code, dtype=np.int64), self.shift_fmt)}
+        node = Node(name, "scale_shift", (x.name,), output, consts, {}, acc, source=name)
+        return [(node, TensorSpec(output, x.shape, self._spec_fmt(acc)))]
+
+
+# ============================================================================ clip
+def _bound(v: float | None, what: str) -> float | None:
+    """The bound as torch applies it to float32 activations: rounded to float32 (0.3 -> 0.30000001192...)."""
+    if v is None:
+        return None
+    f = float(np.float32(v))
+    if not math.isfinite(f):
+        raise UnsupportedError(f"clip bound {what}={v!r} must be a finite constant")
+    return f
+
+
+class QClip(_IRModule):
+    """``min(max(x, lo), hi)`` with constant bounds (``Hardtanh(lo, hi)``, ``clamp(x, lo, hi)``; either bound may
+    be None), cast to the output format. Bounds are the float32 values torch compares with. The input first moves
+    (losslessly) to a grid and range that hold both bounds when they are not on its own grid, as ``QClippedReLU``
+    does for its cap (a bound like 0.3 needs about 25 fractional bits there; 0.25 or 0.375 need few)."""
+
+    def __init__(self, lo: float | None = -1.0, hi: float | None = 1.0, *, out_width: int | None = 8,
+                 out_signed: bool | None = None, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.lo, self.hi = _bound(lo, "lo"), _bound(hi, "hi")
+        if self.lo is None and self.hi is None:
+            raise UnsupportedError("QClip needs at least one bound")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise UnsupportedError(f"QClip bounds are reversed: lo={self.lo} > hi={self.hi}")
+        signed = (self.lo is None or self.lo < 0) if out_signed is None else out_signed
+        self.out_quant = _quant(out_quant, out_width, signed=signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"lo={self.lo}, hi={self.hi}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        return self._out_train(torch.clamp(x, self.lo, self.hi))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.nn.exact import _frac_bits_needed
+
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        fx = x.fmt
+        bounds = [b for b in (self.lo, self.hi) if b is not None]
+        f = max(fx.frac_bits, _frac_bits_needed(np.array(bounds)))
+        sh = f - fx.frac_bits
+        lo_c = int(math.ldexp(self.lo, f)) if self.lo is not None else None
+        hi_c = int(math.ldexp(self.hi, f)) if self.hi is not None else None
+        lo_r, hi_r = fx.min_code << sh, fx.max_code << sh
+        items: list[IRItem] = []
+        src = x.name
+        need_lo = lo_c is not None and lo_c > lo_r
+        need_hi = hi_c is not None and hi_c < hi_r
+        if (need_lo and lo_c > hi_r) or (need_hi and hi_c < lo_r) or sh:
+            # a bound off the input grid or outside its range: a lossless format holding both first
+            f2 = FxFormat.for_code_range(min(lo_r, lo_c if lo_c is not None else lo_r),
+                                         max(hi_r, hi_c if hi_c is not None else hi_r), f,
+                                         signed=fx.signed or (lo_c is not None and lo_c < 0)).with_modes("TRN", "WRAP")
+            mid = f"{output}.in"
+            items.append((Node(f"{name}.quant", "quant", (src,), mid, source=name), TensorSpec(mid, x.shape, f2)))
+            src, fx = mid, f2
+        lo = max(fx.min_code, lo_c) if lo_c is not None else fx.min_code
+        hi = min(fx.max_code, hi_c) if hi_c is not None else fx.max_code
+        node = Node(name, "clip", (src,), output, attrs={"lo": lo, "hi": hi}, source=name)
+        items.append((node, TensorSpec(output, x.shape, self._spec_fmt(fx))))
+        return items
+
+
+# ============================================================================ PReLU
+class QPReLU(_IRModule):
+    """``nn.PReLU`` (one slope, or one per channel) as ``p + a * (x - p)`` with ``p = relu(x)``: the IR ops relu,
+    sub (``x - p`` = min(x, 0), exact), scale_shift (times the fixed-point slope, exact) and add (cast once to the
+    output format). The slope ``weight`` is learned with a ``weight_width``-bit quantizer."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, *, weight_width: int = 8,
+                 out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 weight_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
+                 learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.num_parameters = int(num_parameters)
+        self.weight = nn.Parameter(torch.full((self.num_parameters,), float(init)))
+        self.weight_quant = _quant(weight_quant, weight_width, rounding=rounding, overflow=overflow,
+                                   learn=learn_int_bits)
+        self.out_quant = _quant(out_quant, out_width, signed=True, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}"
+
+    def slope_codes(self) -> tuple[np.ndarray, FxFormat]:
+        """Codes and format of the quantized slopes."""
+        with torch.no_grad():
+            return self.weight_quant.quantize_exact(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        a = self.weight_quant(self.weight).to(torch.float64)
+        shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim >= 2 else (-1,)
+        x64 = x.to(torch.float64)
+        y = torch.where(x64 >= 0, x64, a.reshape(shape) * x64)  # a * x is exact in float64
+        return self._out_train(y).to(x.dtype)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        c = x.shape[0] if x.shape else 1
+        if self.num_parameters not in (1, c):
+            raise UnsupportedError(f"{name}: PReLU has {self.num_parameters} slopes for {c} channels")
+        a, fa = self.slope_codes()
+        a = np.broadcast_to(np.asarray(a, dtype=np.int64).reshape(-1), (c,)).copy()
+        zero, fz = const_code(0.0)
+        fx = x.fmt
+        p, m, t = f"{output}.pos", f"{output}.neg", f"{output}.scaled"
+        fm = fx.sub_format(fx)
+        acc = ops.scale_shift_format(fm, fa, fz)
+        out = self._spec_fmt(fx.add_format(acc))
+        return [
+            (Node(f"{name}.relu", "relu", (x.name,), p, source=name), TensorSpec(p, x.shape, fx)),
+            (Node(f"{name}.neg", "sub", (x.name, p), m, source=name), TensorSpec(m, x.shape, fm)),
+            (Node(f"{name}.slope", "scale_shift", (m,), t,
+                  {"scale": Constant(a, fa), "shift": Constant(np.zeros(c, dtype=np.int64), fz)}, {}, acc,
+                  source=name), TensorSpec(t, x.shape, acc)),
+            (Node(name, "add", (p, t), output, source=name), TensorSpec(output, x.shape, out)),
+        ]

@@ -72,11 +72,11 @@ class _Binary(_IRModule):
 
     def forward(self, a: torch.Tensor, b: Any) -> torch.Tensor:
         if not isinstance(b, torch.Tensor):
-            raise UnsupportedError(f"{type(self).__name__} takes two tensors; multiply/offset by a constant with "
-                                   "a qfx layer that holds the constant (QBatchNorm-style scale/shift)")
+            raise UnsupportedError(f"{type(self).__name__} takes two tensors; a Python constant operand is "
+                                   "qfx.nn.QConstScale (quantize_model makes x * 0.5, x - 1 into one)")
         if self.qfx_mode == "exact":
             return self._exact(a, b)
-        return self._out_train(self._float(a, b))
+        return self._out_train(self._float(a, b)).to(a.dtype)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 2:
@@ -95,7 +95,7 @@ class QSub(_Binary):
     op = "sub"
 
     def _float(self, a, b):
-        return a - b
+        return a.to(torch.float64) - b.to(torch.float64)  # exact (float32 may not be, for far-apart formats)
 
     def _exact_fmt(self, fa, fb):
         return fa.sub_format(fb)
@@ -107,7 +107,9 @@ class QMul(_Binary):
     op = "mul"
 
     def _float(self, a, b):
-        return a * b
+        # float64: the product of two fake-quantized values is exact there (float32 keeps 24 bits only), so the
+        # output quantizer is the only rounding, as in exact mode
+        return a.to(torch.float64) * b.to(torch.float64)
 
     def _exact_fmt(self, fa, fb):
         return fa.mul_format(fb)
@@ -115,14 +117,16 @@ class QMul(_Binary):
 
 # ============================================================================ element moving
 class QCat(_IRModule):
-    """``torch.cat`` along the channel dimension (``dim=1``); every input is cast to the output format (the
+    """``torch.cat`` along a per-sample dimension (``dim=1``, the channels, by default; a negative ``dim`` counts
+    from the end and is resolved against each input's rank); every input is cast to the output format (the
     lossless union of the input formats when no output quantizer is given)."""
 
     def __init__(self, dim: int = 1, *, out_width: int | None = None, out_signed: bool = True, rounding: str = "RND",
                  overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
         super().__init__()
-        if dim < 1:
-            raise UnsupportedError(f"QCat concatenates per-sample axes (dim >= 1), got dim={dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise UnsupportedError(f"QCat concatenates per-sample axes (dim >= 1, or negative from the end), got "
+                                   f"dim={dim!r} (dim 0 is the batch)")
         self.dim = int(dim)
         self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
                                 learn=learn_int_bits)
@@ -130,6 +134,8 @@ class QCat(_IRModule):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])
+        if self.dim < 0 and xs and self.dim + xs[0].ndim < 1:
+            raise BadInputError(f"QCat(dim={self.dim}) on rank-{xs[0].ndim} inputs would concatenate the batch")
         if self.qfx_mode == "exact":
             return self._exact(*xs)
         return self._out_train(torch.cat(xs, dim=self.dim))
@@ -138,7 +144,9 @@ class QCat(_IRModule):
         if len(inputs) < 2:
             raise UnsupportedError(f"{name}: concat needs at least two inputs, got {len(inputs)}")
         shape = list(inputs[0].shape)
-        ax = self.dim - 1
+        ax = self.dim - 1 if self.dim > 0 else self.dim + len(shape)
+        if not 0 <= ax < len(shape):
+            raise UnsupportedError(f"{name}: concat dim {self.dim} out of range for per-sample shape {tuple(shape)}")
         shape[ax] = sum(t.shape[ax] for t in inputs)
         node = Node(name, "concat", tuple(t.name for t in inputs), output, attrs={"axis": ax}, source=name)
         return [(node, TensorSpec(output, tuple(shape), self._spec_fmt(_union([t.fmt for t in inputs]))))]
@@ -183,6 +191,8 @@ class QZeroPad2d(_IRModule):
         self.out_quant = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise BadInputError(f"QZeroPad2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
         if self.qfx_mode == "exact":
             return self._exact(x)
         return F.pad(x, self.padding)
@@ -223,8 +233,10 @@ class QActivation(_IRModule):
 
     ``fn`` is a table function spec (``"sigmoid"``, ``"leaky_relu(0.1)"``; see ``qfx.fixed.tables.FUNCTIONS``).
     The input is first requantized by ``in_quant`` (``in_width`` bits, learned binary point) so the table stays
-    small; the table maps every input code to the output format's code of ``fn``. Train mode computes the same
-    thing in float: ``out_quant(fn(in_quant(x)))``.
+    small; the table maps every input code to the output format's code of ``fn``. Train mode returns the table's
+    values (what exact mode and the hardware compute, so train and exact mode agree bit for bit) with the
+    gradients of ``out_quant(fn(in_quant(x)))`` (straight-through; float32 ``fn`` alone could land one LSB away
+    from the table near rounding ties).
     """
 
     def __init__(self, fn: str, *, in_width: int = 8, out_width: int = 8, out_signed: bool | None = None,
@@ -245,7 +257,8 @@ class QActivation(_IRModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qfx_mode == "exact":
             return self._exact(x)
-        return self.out_quant(TORCH_FUNCTIONS[self._name](self.in_quant(x), self._param))
+        xq = self.in_quant(x)
+        return _straight_through(self.out_quant(TORCH_FUNCTIONS[self._name](xq, self._param)), self._exact(xq))
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The float64 function the table samples."""
@@ -264,10 +277,19 @@ class QActivation(_IRModule):
 
 
 
+def _straight_through(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """The values of ``exact`` (computed without gradient) with the gradients of ``y``."""
+    with torch.no_grad():
+        d = exact.to(y.dtype) - y
+    return y + d
+
+
 class QSoftmax(_IRModule):
     """Softmax over the features of (N, n) activations, in integer arithmetic with an exp table and a reciprocal
-    table (``qfx/ops/softmax.py``). The input is first requantized by ``in_quant`` (``in_width`` bits); train mode
-    is float softmax between the same quantizers."""
+    table (``qfx/ops/softmax.py``). The input is first requantized by ``in_quant`` (``in_width`` bits). Train mode
+    returns the integer algorithm's values (bit-exact with exact mode) with the gradients of float softmax between
+    the same quantizers. The output format is fixed at ``ap_ufixed<out_width, 1>`` (probabilities lie in [0, 1]):
+    calibration leaves it alone."""
 
     def __init__(self, dim: int = -1, *, in_width: int = 8, out_width: int = 8, rounding: str = "RND",
                  overflow: str = "SAT", learn_int_bits: bool = True) -> None:
@@ -288,7 +310,10 @@ class QSoftmax(_IRModule):
             raise BadInputError(f"QSoftmax expects (N, n) input, got shape {tuple(x.shape)}")
         if self.qfx_mode == "exact":
             return self._exact(x)
-        return self.out_quant(torch.softmax(self.in_quant(x), dim=1))
+        q = self.out_quant
+        q._calib, q.calibrating = None, False  # a fixed range: calibration must not move it
+        xq = self.in_quant(x)
+        return _straight_through(q(torch.softmax(xq, dim=1)), self._exact(xq))
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         from qfx.ops.softmax import softmax_tables

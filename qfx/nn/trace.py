@@ -1,9 +1,9 @@
 """The torch.fx front door of ``quantize_model``: every op a float model's ``forward`` computes gets a qfx twin.
 
 Why tracing: swapping ``named_modules`` alone misses what ``forward`` computes with functions and operators
-(``F.relu``, ``x + y``, ``out += x``, ``x.mean((2, 3))``): those trained unquantized, and capture refused them only
-after training. Here ``forward`` is traced once with torch.fx (qfx and torch.nn layers are leaves, user modules are
-traced through) and every node whose value reaches the output is looked up in two tables:
+(``F.relu``, ``x + y``, ``out += x``, ``x.mean((2, 3))``, ``x * 0.5``): those trained unquantized, and capture
+refused them only after training. Here ``forward`` is traced once with torch.fx (qfx and torch.nn layers are
+leaves, user modules are traced through) and every node whose value reaches the output is looked up in two tables:
 
 * ``MODULE_TWINS`` (by class): a float torch.nn layer becomes its qfx twin at the same module path, so
   ``state_dict`` keys and ``config.overrides`` paths stay those of the float model;
@@ -14,36 +14,66 @@ traced through) and every node whose value reaches the output is looked up in tw
 Anything else is collected and refused in one message (each item with its module path or fx node and what qfx
 offers instead) before any training. Modules ``forward`` never calls and results it never uses do not count.
 When nothing but module swaps was needed the model keeps its own class and ``forward``; otherwise it becomes a
-``torch.fx.GraphModule`` whose top-level children are the original (converted) submodules.
+``torch.fx.GraphModule`` whose top-level children are the original (converted) submodules. A ``forward`` with
+several tensor inputs gets one ``QuantInput`` per input inside that GraphModule. ``supported_table()`` renders the
+tables (the README's list of supported layers and functions is generated from it).
 """
 from __future__ import annotations
 
 import copy
 import operator
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from qfx.errors import QfxError, UnsupportedError
-from qfx.nn.extra_layers import QGlobalAvgPool2d
+from qfx.fixed.tables import MAX_TABLE_BITS
+from qfx.nn.extra_layers import (
+    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QPReLU,
+)
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QFlatten, QLinear,
-    QMaxPool1d, QMaxPool2d, QModule, QReLU,
+    QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
+from qfx.nn.op_layers import QActivation, QCat, QMul, QSoftmax, QSub, QUpsample, QZeroPad2d
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.nn.convert import QFXConfig
 
-__all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", "METHOD_TWINS", "hint_for", "describe_target",
-           "SUPPORTED_SUMMARY"]
+__all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", "METHOD_TWINS", "hint_for",
+           "describe_target", "SUPPORTED_SUMMARY", "REFUSED", "supported_table"]
 
-SUPPORTED_SUMMARY = ("qfx converts nn.Linear, nn.Conv1d/2d, nn.BatchNorm1d/2d, ReLU/ReLU6/Hardtanh(0, c)/"
-                     "clamp(0, c), MaxPool1d/2d, AvgPool1d/2d, the global average pool (x.mean((2, 3)), "
-                     "AdaptiveAvgPool2d(1)), x + y, and keeps flatten/view/reshape; Dropout and Identity are dropped")
+SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, BatchNorm1d/2d, PReLU, ReLU/ReLU6/Hardtanh/clamp, the table "
+                     "activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus), "
+                     "Softmax over (N, n), Max/AvgPool1d/2d, adaptive pools whose size divides the input, nearest "
+                     "Upsample, ZeroPad2d, torch.cat, x + y, x - y, x * y, x * c / x / c / x + c with constants, "
+                     "and keeps flatten/view/reshape; Dropout and Identity are dropped")
+
+#: idioms quantize_model refuses (with what to do instead); README lists them
+REFUSED: tuple[tuple[str, str], ...] = (
+    ("x / y, 1 / x, x ** y, sqrt, exp, log, abs, x.max(), torch.sum, where",
+     "no fixed-point op; divide by Python constants only"),
+    ("LayerNorm, GroupNorm, InstanceNorm, BatchNorm without running statistics",
+     "BatchNorm1d/2d with track_running_stats=True (fixed-point scale/shift)"),
+    ("Mish, SELU, CELU, Softsign, GLU, LogSoftmax, Softplus(beta != 1), Softmax over other dims or ranks",
+     "the table activations; Softmax(dim=1) of (N, n)"),
+    ("bilinear/bicubic interpolation, non-integer scale factors, interpolate(size=...)",
+     "nearest Upsample(scale_factor=k) with integer k"),
+    ("reflect/replicate/circular padding, non-zero constant padding, 1-D F.pad",
+     "zero padding (ZeroPad2d, Conv padding)"),
+    ("adaptive pools whose output size does not divide the input, ceil_mode, return_indices",
+     "pools with kernel = stride = input / output"),
+    ("x[...] indexing/slicing, stack, split, chunk, transpose/permute", "no op for them in models yet"),
+    ("parameters or buffers read in forward (get_attr), tensors created in forward",
+     "put the arithmetic in a module qfx converts"),
+    ("data-dependent Python control flow", "torch.fx must trace forward"),
+)
 
 
 # ============================================================================ what a node becomes
@@ -75,18 +105,93 @@ def _relu(c: "QFXConfig") -> QReLU:
     return QReLU(out_width=c.act_width, out_signed=not c.relu_unsigned, **_common(c))
 
 
-def _clip(cap: Any, c: "QFXConfig") -> QClippedReLU:
+def _clip(cap: Any, c: "QFXConfig") -> nn.Module:
     if isinstance(cap, torch.fx.Node) or not isinstance(cap, (int, float)) or cap <= 0:
         raise UnsupportedError(f"clip bound {cap!r} must be a positive constant")
+    if float(np.float32(cap)) != cap:  # a cap like 0.7: the clip at float32(0.7), as torch computes it
+        return QClip(0.0, cap, out_width=c.act_width, out_signed=not c.relu_unsigned, **_common(c))
     return QClippedReLU(float(cap), out_width=c.act_width, out_signed=not c.relu_unsigned, **_common(c))
+
+
+def _clamp(lo: Any, hi: Any, c: "QFXConfig") -> nn.Module:
+    """ReLU (lo = 0, no hi), clipped ReLU (0, hi) or a general clip (any constant bounds)."""
+    for v in (lo, hi):
+        if v is not None and (isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, (int, float))):
+            raise UnsupportedError(f"clamp/clip bounds must be Python constants, got min={lo!r}, max={hi!r}")
+    if lo == 0 and hi is None:
+        return _relu(c)
+    if lo == 0 and hi is not None and hi > 0 and float(np.float32(hi)) == hi:
+        return _clip(hi, c)
+    return QClip(lo, hi, out_width=c.act_width, **_common(c))
 
 
 def _add(c: "QFXConfig") -> QAdd:
     return QAdd(out_width=c.add_width or c.act_width, **_common(c))
 
 
+def _sub(c: "QFXConfig") -> QSub:
+    return QSub(out_width=c.add_width or c.act_width, **_common(c))
+
+
+def _mul(c: "QFXConfig") -> QMul:
+    return QMul(out_width=c.act_width, **_common(c))
+
+
+def _const(scale: float, shift: float, c: "QFXConfig") -> QConstScale:
+    return QConstScale(scale, shift, out_width=c.act_width, **_common(c))
+
+
 def _gap(keepdim: bool, c: "QFXConfig") -> QGlobalAvgPool2d:
     return QGlobalAvgPool2d(bool(keepdim), out_width=c.act_width, **_common(c))
+
+
+def _adaptive(kind: str, size: Any, c: "QFXConfig", keepdim: bool = True, ndim: int | None = None) -> nn.Module:
+    """Adaptive average/max pool to ``size`` (the global average pool for 2-D size 1 stays QGlobalAvgPool2d)."""
+    if isinstance(size, (tuple, list)) and any(s is None for s in size) or size is None:
+        raise UnsupportedError(f"adaptive pool output size {size!r}: None (keep the input size) is not supported")
+    if kind == "max":
+        return QAdaptiveMaxPool2d(size, keepdim, ndim)
+    if ndim == 4 and size in (1, (1, 1), [1, 1]):
+        return _gap(keepdim, c)
+    return QAdaptiveAvgPool2d(size, keepdim, ndim, out_width=c.act_width, **_common(c))
+
+
+def _act(fn: str, c: "QFXConfig") -> QActivation:
+    return QActivation(fn, in_width=max(2, min(c.act_width, MAX_TABLE_BITS)), out_width=c.act_width, **_common(c))
+
+
+def _softmax(dim: Any, c: "QFXConfig") -> QSoftmax:
+    from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
+
+    if dim not in (1, -1):
+        raise UnsupportedError(f"softmax over dim={dim!r}: qfx computes softmax over the features of (N, n) "
+                               "activations (dim=1 or -1)")
+    return QSoftmax(dim, in_width=max(2, min(c.act_width, MAX_SOFTMAX_IN_BITS)), out_width=c.act_width,
+                    **_common(c))
+
+
+def _scale_factor(sf: Any, size: Any, mode: Any, align_corners: Any = None) -> Any:
+    if mode not in ("nearest", "nearest-exact"):
+        raise UnsupportedError(f"upsampling mode={mode!r}: qfx upsamples with mode='nearest' by integer factors")
+    if size is not None or sf is None:
+        raise UnsupportedError("upsampling to a size=: give scale_factor (an integer) instead")
+    vals = sf if isinstance(sf, (tuple, list)) else (sf,)
+    if any(isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, (int, float)) or v < 1 or float(v) != int(v)
+           for v in vals):
+        raise UnsupportedError(f"upsampling scale_factor={sf!r}: qfx upsamples by positive integer factors")
+    return tuple(int(v) for v in vals) if isinstance(sf, (tuple, list)) else int(sf)
+
+
+def _pad(pad: Any) -> tuple[int, int, int, int]:
+    p = tuple(pad) if isinstance(pad, (tuple, list)) else (pad,) * 4
+    if any(isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, int) or v < 0 for v in p):
+        raise UnsupportedError(f"padding {pad!r}: qfx pads with non-negative constant amounts")
+    if len(p) == 2:
+        p = (p[0], p[1], 0, 0)
+    if len(p) != 4:
+        raise UnsupportedError(f"padding {pad!r}: qfx zero-pads H and W of (N, C, H, W) tensors ((left, right, "
+                               "top, bottom))")
+    return p  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- modules
@@ -123,30 +228,56 @@ def _conv(cls: type) -> Callable[[Any, "QFXConfig"], nn.Module]:
 
 
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, c: "QFXConfig") -> nn.Module:
+    """BatchNorm1d/2d; without affine parameters the twin holds gamma = 1, beta = 0 (frozen, not trained)."""
     cls = QBatchNorm1d if isinstance(m, nn.BatchNorm1d) else QBatchNorm2d
-    if not m.affine or not m.track_running_stats:
-        raise UnsupportedError("BatchNorm needs affine=True and track_running_stats=True (its running statistics "
-                               "become fixed-point constants)")
-    return _copy_state(cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats,
-                           scale_width=c.bn_width, shift_width=c.bn_width, out_width=c.act_width, **_common(c)), m)
+    if not m.track_running_stats:
+        raise UnsupportedError("BatchNorm needs track_running_stats=True (its running statistics become "
+                               "fixed-point constants)")
+    q = cls(m.num_features, m.eps, m.momentum, True, True, scale_width=c.bn_width, shift_width=c.bn_width,
+            out_width=c.act_width, **_common(c))
+    _copy_state(q, m)
+    if not m.affine:
+        with torch.no_grad():
+            q.weight.fill_(1.0)
+            q.bias.zero_()
+        q.weight.requires_grad_(False)
+        q.bias.requires_grad_(False)
+    return q
 
 
 def _hardtanh(m: nn.Hardtanh, c: "QFXConfig") -> nn.Module:
-    if m.min_val != 0.0:
-        raise UnsupportedError(f"Hardtanh({m.min_val}, {m.max_val}): only Hardtanh(0, cap) (a clipped ReLU) has a "
-                               "qfx twin")
-    return _clip(m.max_val, c)
+    return _clamp(m.min_val, m.max_val, c)
 
 
-def _adaptive_avg(m: nn.AdaptiveAvgPool2d, c: "QFXConfig") -> nn.Module:
-    if m.output_size not in (1, (1, 1), [1, 1]):
-        raise UnsupportedError(f"AdaptiveAvgPool2d({m.output_size}): only output size 1 (the global average pool) "
-                               "has a qfx twin; use nn.AvgPool2d(kernel) for other sizes")
-    return _gap(True, c)
+def _softplus(beta: Any) -> None:
+    if beta != 1:
+        raise UnsupportedError(f"Softplus(beta={beta!r}): only beta=1 has a table (softplus)")
+
+
+def _prelu(m: nn.PReLU, c: "QFXConfig") -> nn.Module:
+    return _copy_state(QPReLU(m.num_parameters, weight_width=c.weight_width, out_width=c.act_width, **_common(c)), m)
+
+
+def _upsample(m: nn.Upsample, c: "QFXConfig") -> nn.Module:
+    return QUpsample(_scale_factor(m.scale_factor, m.size, m.mode), "nearest")
+
+
+def _constpad(m: nn.modules.padding._ConstantPadNd, c: "QFXConfig") -> nn.Module:
+    if m.value != 0:
+        raise UnsupportedError(f"{type(m).__name__}(value={m.value}): qfx pads with zeros only")
+    if not isinstance(m, nn.ConstantPad2d):
+        raise UnsupportedError(f"{type(m).__name__}: qfx zero-pads the H and W of (N, C, H, W) tensors only "
+                               "(ZeroPad2d)")
+    return QZeroPad2d(_pad(m.padding))
 
 
 def _flatten(m: nn.Flatten, c: "QFXConfig") -> nn.Module:
     return QFlatten(m.start_dim, m.end_dim)
+
+
+def _no_indices(m: nn.Module) -> None:
+    if getattr(m, "return_indices", False):
+        raise UnsupportedError(f"{type(m).__name__}(return_indices=True): qfx pools return values only")
 
 
 #: float torch.nn class -> builder of its qfx twin (None from a builder: the module is dropped). Looked up along
@@ -160,6 +291,17 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.ReLU: lambda m, c: _relu(c),
     nn.ReLU6: lambda m, c: _clip(6.0, c),
     nn.Hardtanh: _hardtanh,
+    nn.PReLU: _prelu,
+    nn.Sigmoid: lambda m, c: _act("sigmoid", c),
+    nn.Tanh: lambda m, c: _act("tanh", c),
+    nn.SiLU: lambda m, c: _act("silu", c),
+    nn.GELU: lambda m, c: _act("gelu", c),
+    nn.Hardsigmoid: lambda m, c: _act("hardsigmoid", c),
+    nn.Hardswish: lambda m, c: _act("hardswish", c),
+    nn.LeakyReLU: lambda m, c: _act(f"leaky_relu({float(m.negative_slope)!r})", c),
+    nn.ELU: lambda m, c: _act(f"elu({float(m.alpha)!r})", c),
+    nn.Softplus: lambda m, c: _softplus(m.beta) or _act("softplus", c),
+    nn.Softmax: lambda m, c: _softmax(m.dim, c),
     nn.MaxPool2d: lambda m, c: QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
                                           m.ceil_mode),
     nn.AvgPool2d: lambda m, c: QAvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
@@ -168,7 +310,12 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
                                           m.ceil_mode),
     nn.AvgPool1d: lambda m, c: QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
                                           out_width=c.act_width, **_common(c)),
-    nn.AdaptiveAvgPool2d: _adaptive_avg,
+    nn.AdaptiveAvgPool2d: lambda m, c: _adaptive("avg", m.output_size, c, ndim=4),
+    nn.AdaptiveAvgPool1d: lambda m, c: _adaptive("avg", m.output_size, c, ndim=3),
+    nn.AdaptiveMaxPool2d: lambda m, c: _no_indices(m) or _adaptive("max", m.output_size, c, ndim=4),
+    nn.AdaptiveMaxPool1d: lambda m, c: _no_indices(m) or _adaptive("max", m.output_size, c, ndim=3),
+    nn.Upsample: _upsample,
+    nn.modules.padding._ConstantPadNd: _constpad,
     nn.Flatten: _flatten,
     nn.Identity: lambda m, c: None,
     nn.modules.dropout._DropoutNd: lambda m, c: None,
@@ -197,10 +344,12 @@ def module_twin(m: nn.Module, c: "QFXConfig") -> tuple[bool, nn.Module | None]:
 # ---------------------------------------------------------------------------- functions and methods
 @dataclass(frozen=True)
 class _FnSpec:
-    """One function family: its parameters (name, default; ``_REQUIRED``) and the builder of what it becomes."""
+    """One function family: its parameters (name, default; ``_REQUIRED``), the builder of what it becomes and the
+    qfx class named in capture's advice (``twin``; empty for shape ops and dropout)."""
 
     params: tuple[tuple[str, Any], ...]
     build: Callable[[dict[str, Any], "QFXConfig"], Any]
+    twin: str = ""
     extra_ok: bool = False  # more arguments than ``params`` are accepted (and ignored)
 
 
@@ -229,6 +378,10 @@ def _is_tensor_node(v: Any) -> bool:
     return isinstance(v, torch.fx.Node)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _b_relu(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(_relu(c), (a["input"],), "relu")
 
@@ -238,30 +391,102 @@ def _b_relu6(a: dict[str, Any], c: "QFXConfig") -> _Replace:
 
 
 def _b_hardtanh(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    if a["min_val"] != 0:
-        raise UnsupportedError(f"hardtanh({a['min_val']}, {a['max_val']}): only hardtanh(x, 0, cap) (a clipped "
-                               "ReLU) has a qfx twin")
-    return _Replace(_clip(a["max_val"], c), (a["input"],), "clip")
+    return _Replace(_clamp(a["min_val"], a["max_val"], c), (a["input"],), "clip")
 
 
 def _b_clamp(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     lo, hi = a["min"], a["max"]
-    if lo != 0 or _is_tensor_node(lo) or _is_tensor_node(hi):
-        raise UnsupportedError(f"clamp(min={lo!r}, max={hi!r}): only clamp(x, 0) (ReLU) and clamp(x, 0, cap) "
-                               "(clipped ReLU) with constant bounds have qfx twins")
-    if hi is None:
-        return _Replace(_relu(c), (a["input"],), "relu")
-    return _Replace(_clip(hi, c), (a["input"],), "clip")
+    if lo is None and hi is None:
+        raise UnsupportedError("clamp without bounds")
+    m = _clamp(lo, hi, c)
+    return _Replace(m, (a["input"],), "relu" if isinstance(m, QReLU) else "clip")
 
 
-def _b_add(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    x, y = a["input"], a["other"]
-    if not (_is_tensor_node(x) and _is_tensor_node(y)):
-        raise UnsupportedError("adding a constant has no qfx op (fold it into the preceding layer's bias); "
-                               "x + y of two tensors becomes QAdd")
-    if a.get("alpha", 1) != 1:
-        raise UnsupportedError(f"add with alpha={a['alpha']!r}: only alpha=1 (x + y) becomes QAdd")
-    return _Replace(_add(c), (x, y), "add")
+def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Drop]:
+    """``x + y``, ``x - y``, ``x * y`` of two tensors (QAdd/QSub/QMul); with a Python constant operand (``x * 0.5``,
+    ``x / 4``, ``x + 1``, ``1 - x``) a QConstScale ``x * scale + shift``. ``rsub`` is ``other - alpha * input``."""
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace | _Drop:
+        x, y = a["input"], a["other"]
+        alpha = a.get("alpha", 1)
+        if a.get("rounding_mode") is not None:
+            raise UnsupportedError(f"division with rounding_mode={a['rounding_mode']!r} has no qfx op")
+        if not _is_number(alpha):
+            raise UnsupportedError(f"alpha={alpha!r} must be a Python constant")
+        tx, ty = _is_tensor_node(x), _is_tensor_node(y)
+        if tx and ty:
+            if kind == "div":
+                raise UnsupportedError("dividing by a tensor has no qfx op; divide by Python constants (x / 4)")
+            if alpha != 1:
+                raise UnsupportedError(f"{kind} with alpha={alpha!r}: only alpha=1 of two tensors has a qfx op")
+            if kind == "rsub":
+                return _Replace(_sub(c), (y, x), "sub")
+            twin = {"add": _add, "sub": _sub, "mul": _mul}[kind](c)
+            return _Replace(twin, (x, y), kind)
+        t, k = (x, y) if tx else (y, x)
+        if not _is_tensor_node(t) or not _is_number(k):
+            raise UnsupportedError(f"operands {x!r}, {y!r}: qfx needs a tensor and a Python constant, or two tensors")
+        if kind == "div" and not tx:
+            raise UnsupportedError("a constant divided by a tensor (1 / x) has no qfx op")
+        if kind == "div" and k == 0:
+            raise UnsupportedError("division by zero")
+        if kind == "add":
+            scale, shift = (1.0, k * alpha) if tx else (alpha, k)
+        elif kind == "sub":
+            scale, shift = (1.0, -k * alpha) if tx else (-alpha, k)
+        elif kind == "rsub":
+            scale, shift = (-alpha, k) if tx else (1.0, -k * alpha)
+        else:
+            scale, shift = (k, 0.0) if kind == "mul" else (1.0 / k, 0.0)
+        if scale == 1 and shift == 0:  # x + 0 (Python's sum() starts there), x * 1: nothing to compute
+            return _Drop(t)
+        return _Replace(_const(float(scale), float(shift), c), (t,), "scale")
+
+    return build
+
+
+def _b_neg(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    return _Replace(_const(-1.0, 0.0, c), (a["input"],), "neg")
+
+
+def _b_act(fn: str, param: str | None = None) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+        if fn == "softplus":
+            _softplus(a["beta"])
+        if param is not None and not _is_number(a[param]):
+            raise UnsupportedError(f"{param}={a[param]!r} must be a Python constant")
+        spec = fn if param is None else f"{fn}({float(a[param])!r})"
+        return _Replace(_act(spec, c), (a["input"],), fn)
+
+    return build
+
+
+def _b_softmax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    if a.get("dtype") is not None:
+        raise UnsupportedError(f"softmax with dtype={a['dtype']!r}: qfx softmax has its own fixed-point output")
+    return _Replace(_softmax(a["dim"], c), (a["input"],), "softmax")
+
+
+def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    xs, dim = a["tensors"], a["dim"]
+    if not isinstance(xs, (list, tuple)) or len(xs) < 2 or not all(_is_tensor_node(t) for t in xs):
+        raise UnsupportedError("torch.cat needs a list of at least two tensors")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
+        raise UnsupportedError(f"torch.cat(dim={dim!r}): qfx concatenates along a per-sample dimension (dim=1 for "
+                               "channels; dim 0 is the batch)")
+    return _Replace(QCat(dim, out_width=c.act_width, **_common(c)), tuple(xs), "cat")
+
+
+def _b_interpolate(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    if a.get("antialias"):
+        raise UnsupportedError("interpolate(antialias=True) has no qfx op")
+    sf = _scale_factor(a["scale_factor"], a["size"], a["mode"])
+    return _Replace(QUpsample(sf, "nearest"), (a["input"],), "upsample")
+
+
+def _b_pad(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    if a["mode"] != "constant" or a["value"] not in (None, 0, 0.0):
+        raise UnsupportedError(f"F.pad(mode={a['mode']!r}, value={a['value']!r}): qfx pads with zeros only")
+    return _Replace(QZeroPad2d(_pad(a["pad"])), (a["input"],), "pad")
 
 
 def _b_maxpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -276,20 +501,38 @@ def _b_avgpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(q, (a["input"],), "avgpool")
 
 
-def _b_adaptive_avg(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    if a["output_size"] not in (1, (1, 1), [1, 1]):
-        raise UnsupportedError(f"adaptive_avg_pool2d(x, {a['output_size']!r}): only output size 1 (the global "
-                               "average pool) has a qfx twin; use avg_pool2d(x, kernel) for other sizes")
-    return _Replace(_gap(True, c), (a["input"],), "avgpool")
+def _b_adaptive(kind: str, ndim: int) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+        if a.get("return_indices"):
+            raise UnsupportedError("adaptive max pool with return_indices=True: qfx pools return values only")
+        return _Replace(_adaptive(kind, a["output_size"], c, ndim=ndim), (a["input"],), f"{kind}pool")
+
+    return build
+
+
+def _spatial(dim: Any, what: str) -> int:
+    """The input rank a reduction over ``dim`` means: (2, 3) / (-2, -1) -> 4 (N, C, H, W); 2 / -1 -> 3 (N, C, L)."""
+    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise UnsupportedError(f"{what} over dim={dim!r}: give the dimensions as constants")
+    if sorted(d % 4 for d in dims) == [2, 3] and all(d in (2, 3, -2, -1) for d in dims):
+        return 4
+    if dims in ((2,), (-1,)):
+        return 3
+    raise UnsupportedError(f"{what} over dim={dim!r}: only the spatial reduction of (N, C, H, W) over (2, 3) or of "
+                           "(N, C, L) over the last dim (a global pool) has a qfx twin")
 
 
 def _b_mean(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    dim = a["dim"]
-    dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
-    if sorted(d % 4 if isinstance(d, int) else -1 for d in dims) != [2, 3] or a.get("dtype") is not None:
-        raise UnsupportedError(f"mean over dim={dim!r}: only the spatial mean x.mean((2, 3)) of an (N, C, H, W) "
-                               "tensor (global average pool) has a qfx twin")
-    return _Replace(_gap(bool(a["keepdim"]), c), (a["input"],), "avgpool")
+    if a.get("dtype") is not None:
+        raise UnsupportedError(f"mean with dtype={a['dtype']!r} has no qfx twin")
+    ndim = _spatial(a["dim"], "mean")
+    return _Replace(_adaptive("avg", 1, c, bool(a["keepdim"]), ndim), (a["input"],), "avgpool")
+
+
+def _b_amax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    ndim = _spatial(a["dim"], "amax")
+    return _Replace(_adaptive("max", 1, c, bool(a["keepdim"]), ndim), (a["input"],), "maxpool")
 
 
 def _b_flatten(a: dict[str, Any], c: "QFXConfig") -> None:
@@ -308,17 +551,46 @@ def _b_keep(a: dict[str, Any], c: "QFXConfig") -> None:
 
 
 _IN = ("input", _REQUIRED)
-_RELU = _FnSpec((_IN, ("inplace", False)), _b_relu)
-_RELU6 = _FnSpec((_IN, ("inplace", False)), _b_relu6)
-_HARDTANH = _FnSpec((_IN, ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)), _b_hardtanh)
-_CLAMP = _FnSpec((_IN, ("min", None), ("max", None)), _b_clamp)
-_ADD = _FnSpec((_IN, ("other", _REQUIRED), ("alpha", 1)), _b_add)
+_INPLACE = ("inplace", False)
+_RELU = _FnSpec((_IN, _INPLACE), _b_relu, "qfx.nn.QReLU")
+_RELU6 = _FnSpec((_IN, _INPLACE), _b_relu6, "qfx.nn.QClippedReLU")
+_HARDTANH = _FnSpec((_IN, ("min_val", -1.0), ("max_val", 1.0), _INPLACE), _b_hardtanh, "qfx.nn.QClip")
+_CLAMP = _FnSpec((_IN, ("min", None), ("max", None)), _b_clamp, "qfx.nn.QReLU/QClippedReLU/QClip")
+_TWO = (_IN, ("other", _REQUIRED))
+_ADD = _FnSpec(_TWO + (("alpha", 1),), _arith("add"), "qfx.nn.QAdd (two tensors) or QConstScale (a constant)")
+_SUB = _FnSpec(_TWO + (("alpha", 1),), _arith("sub"), "qfx.nn.QSub (two tensors) or QConstScale (a constant)")
+_RSUB = _FnSpec(_TWO + (("alpha", 1),), _arith("rsub"), "qfx.nn.QSub or QConstScale")
+_MUL = _FnSpec(_TWO, _arith("mul"), "qfx.nn.QMul (two tensors) or QConstScale (a constant)")
+_DIV = _FnSpec(_TWO + (("rounding_mode", None),), _arith("div"), "qfx.nn.QConstScale (division by a constant)")
+_NEG = _FnSpec((_IN,), _b_neg, "qfx.nn.QConstScale")
+_ACT = "qfx.nn.QActivation"
+_SIGMOID = _FnSpec((_IN,), _b_act("sigmoid"), _ACT)
+_TANH = _FnSpec((_IN,), _b_act("tanh"), _ACT)
+_SILU = _FnSpec((_IN, _INPLACE), _b_act("silu"), _ACT)
+_GELU = _FnSpec((_IN, ("approximate", "none")), _b_act("gelu"), _ACT)
+_HARDSIGMOID = _FnSpec((_IN, _INPLACE), _b_act("hardsigmoid"), _ACT)
+_HARDSWISH = _FnSpec((_IN, _INPLACE), _b_act("hardswish"), _ACT)
+_LEAKY = _FnSpec((_IN, ("negative_slope", 0.01), _INPLACE), _b_act("leaky_relu", "negative_slope"), _ACT)
+_ELU = _FnSpec((_IN, ("alpha", 1.0), _INPLACE), _b_act("elu", "alpha"), _ACT)
+_SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"), _ACT)
+_SOFTMAX = _FnSpec((_IN, ("dim", None), ("_stacklevel", 3), ("dtype", None)), _b_softmax, "qfx.nn.QSoftmax")
+_CAT = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_cat, "qfx.nn.QCat")
+_INTERP = _FnSpec((_IN, ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
+                   ("recompute_scale_factor", None), ("antialias", False)), _b_interpolate, "qfx.nn.QUpsample")
+_PAD = _FnSpec((_IN, ("pad", _REQUIRED), ("mode", "constant"), ("value", None)), _b_pad, "qfx.nn.QZeroPad2d")
 _MAXPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("dilation", 1),
-                    ("ceil_mode", False), ("return_indices", False)), _b_maxpool)
+                    ("ceil_mode", False), ("return_indices", False)), _b_maxpool, "qfx.nn.QMaxPool2d")
 _AVGPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("ceil_mode", False),
-                    ("count_include_pad", True), ("divisor_override", None)), _b_avgpool)
-_ADAPTIVE = _FnSpec((_IN, ("output_size", _REQUIRED)), _b_adaptive_avg)
-_MEAN = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("dtype", None)), _b_mean)
+                    ("count_include_pad", True), ("divisor_override", None)), _b_avgpool, "qfx.nn.QAvgPool2d")
+_POOLS = "qfx.nn.QGlobalAvgPool2d/QAdaptiveAvgPool2d"
+_ADAPTIVE_AVG2 = _FnSpec((_IN, ("output_size", _REQUIRED)), _b_adaptive("avg", 4), _POOLS)
+_ADAPTIVE_AVG1 = _FnSpec((_IN, ("output_size", _REQUIRED)), _b_adaptive("avg", 3), "qfx.nn.QAdaptiveAvgPool2d")
+_ADAPTIVE_MAX2 = _FnSpec((_IN, ("output_size", _REQUIRED), ("return_indices", False)), _b_adaptive("max", 4),
+                         "qfx.nn.QAdaptiveMaxPool2d")
+_ADAPTIVE_MAX1 = _FnSpec((_IN, ("output_size", _REQUIRED), ("return_indices", False)), _b_adaptive("max", 3),
+                         "qfx.nn.QAdaptiveMaxPool2d")
+_MEAN = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("dtype", None)), _b_mean, _POOLS)
+_AMAX = _FnSpec((_IN, ("dim", ()), ("keepdim", False)), _b_amax, "qfx.nn.QAdaptiveMaxPool2d")
 _FLATTEN = _FnSpec((_IN, ("start_dim", 0), ("end_dim", -1)), _b_flatten)
 _DROPOUT = _FnSpec((_IN,), _b_drop, extra_ok=True)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
@@ -330,10 +602,23 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.hardtanh: _HARDTANH, F.hardtanh_: _HARDTANH,
     torch.clamp: _CLAMP, torch.clip: _CLAMP, torch.clamp_: _CLAMP,
     operator.add: _ADD, operator.iadd: _ADD, torch.add: _ADD,
+    operator.sub: _SUB, operator.isub: _SUB, torch.sub: _SUB, torch.subtract: _SUB, torch.rsub: _RSUB,
+    operator.mul: _MUL, operator.imul: _MUL, torch.mul: _MUL, torch.multiply: _MUL,
+    operator.truediv: _DIV, operator.itruediv: _DIV, torch.div: _DIV, torch.divide: _DIV, torch.true_divide: _DIV,
+    operator.neg: _NEG, torch.neg: _NEG, torch.negative: _NEG,
+    torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH, F.silu: _SILU, F.gelu: _GELU,
+    F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
+    F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS,
+    F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
+    torch.cat: _CAT, torch.concat: _CAT, torch.concatenate: _CAT,
+    F.interpolate: _INTERP, F.upsample: _INTERP, F.upsample_nearest: _INTERP,
+    F.pad: _PAD,
     F.max_pool2d: _MAXPOOL, torch.max_pool2d: _MAXPOOL,
     F.avg_pool2d: _AVGPOOL,
-    F.adaptive_avg_pool2d: _ADAPTIVE,
-    torch.mean: _MEAN,
+    F.adaptive_avg_pool2d: _ADAPTIVE_AVG2, F.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
+    torch.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
+    F.adaptive_max_pool2d: _ADAPTIVE_MAX2, F.adaptive_max_pool1d: _ADAPTIVE_MAX1,
+    torch.mean: _MEAN, torch.amax: _AMAX,
     torch.flatten: _FLATTEN, torch.reshape: _SHAPE,
     F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
     F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
@@ -344,11 +629,17 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
 METHOD_TWINS: dict[str, _FnSpec] = {
     "relu": _RELU, "relu_": _RELU,
     "clamp": _CLAMP, "clip": _CLAMP, "clamp_": _CLAMP, "clip_": _CLAMP,
-    "add": _ADD, "add_": _ADD,
-    "mean": _MEAN,
+    "add": _ADD, "add_": _ADD, "sub": _SUB, "sub_": _SUB, "subtract": _SUB, "mul": _MUL, "mul_": _MUL,
+    "multiply": _MUL, "div": _DIV, "div_": _DIV, "divide": _DIV, "true_divide": _DIV, "neg": _NEG,
+    "negative": _NEG,
+    "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
+    "mean": _MEAN, "amax": _AMAX,
     "flatten": _FLATTEN,
     "view": _SHAPE, "reshape": _SHAPE, "size": _SHAPE, "contiguous": _SHAPE, "clone": _SHAPE, "detach": _SHAPE,
 }
+
+_SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
+                              operator.mod, operator.neg})
 
 _OPERATOR_SYMBOLS = {operator.add: "x + y", operator.iadd: "x += y", operator.getitem: "x[...]",
                      operator.sub: "x - y", operator.isub: "x -= y", operator.mul: "x * y", operator.imul: "x *= y",
@@ -357,18 +648,25 @@ _OPERATOR_SYMBOLS = {operator.add: "x + y", operator.iadd: "x += y", operator.ge
 
 #: hint families for what has no twin: (name fragments, what qfx offers instead)
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "prelu", "softmax", "softplus",
-      "hardswish", "hardsigmoid", "mish", "softsign", "glu", "threshold", "rrelu", "logsigmoid"),
-     "qfx activations are ReLU, ReLU6, Hardtanh(0, cap) and clamp(x, 0, cap)"),
-    (("pool",), "qfx pools are MaxPool1d/2d, AvgPool1d/2d and the global average pool (x.mean((2, 3)), "
-                "AdaptiveAvgPool2d(1))"),
+    (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
+    (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
+      "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
+     "qfx activations are ReLU, ReLU6, Hardtanh/clamp (any constant bounds), PReLU, the tables Sigmoid, Tanh, "
+     "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus(beta=1), and Softmax(dim=1) of (N, n)"),
+    (("pool",), "qfx pools are MaxPool1d/2d, AvgPool1d/2d, and adaptive avg/max pools whose output size divides "
+                "the input (x.mean((2, 3)), x.amax((2, 3)), AdaptiveAvgPool2d(k))"),
     (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift)"),
     (("conv",), "qfx convolutions are Conv1d and Conv2d with zero padding"),
     (("linear", "matmul", "mm", "bmm", "einsum", "@"), "qfx dense layers are nn.Linear"),
-    (("cat", "stack", "split", "chunk"), "qfx has no concatenation or splitting op yet (one tensor flows from "
-                                         "input to output, with residual adds)"),
-    (("sub", "mul", "div", "neg", "pow", "sqrt", "exp", "log", "abs", "max", "min", "sum",
-      "where", "-", "*", "/"), "qfx element-wise arithmetic is the residual add x + y (QAdd) only"),
+    (("upsample", "interpolate", "pixel", "resize"), "qfx upsamples with mode='nearest' by integer scale factors "
+                                                     "(nn.Upsample(scale_factor=2))"),
+    (("pad",), "qfx pads with zeros (nn.ZeroPad2d, F.pad(x, (left, right, top, bottom)), conv padding)"),
+    (("cat", "stack", "split", "chunk", "[...]", "transpose", "permute"),
+     "qfx joins tensors with torch.cat along a per-sample dim; indexing, stack, split, chunk and transposes have "
+     "no qfx op"),
+    (("sub", "mul", "div", "neg", "pow", "sqrt", "exp", "log", "abs", "max", "min", "sum", "where", "-", "*", "/"),
+     "qfx element-wise arithmetic is x + y, x - y, x * y of same-shape tensors and x * c, x / c, x + c, x - c "
+     "with Python constants c"),
 )
 
 
@@ -398,13 +696,8 @@ def function_hint(op: str, target: Any) -> str:
     """Capture's advice for a function/method in a qfx model: quantize_model converts it, or what to use instead."""
     spec = (METHOD_TWINS.get(target) if op == "call_method" else
             (FUNCTION_TWINS.get(target) if _hashable(target) else None))
-    if spec is not None and spec.build is not _b_keep:
-        twin = {_b_add: "qfx.nn.QAdd", _b_relu: "qfx.nn.QReLU", _b_relu6: "qfx.nn.QClippedReLU",
-                _b_hardtanh: "qfx.nn.QClippedReLU", _b_clamp: "qfx.nn.QReLU/QClippedReLU",
-                _b_maxpool: "qfx.nn.QMaxPool2d", _b_avgpool: "qfx.nn.QAvgPool2d",
-                _b_adaptive_avg: "qfx.nn.QGlobalAvgPool2d", _b_mean: "qfx.nn.QGlobalAvgPool2d"}.get(spec.build)
-        if twin:
-            return f"it runs unquantized here: pass the model through qfx.quantize_model (which makes it {twin})"
+    if spec is not None and spec.twin:
+        return f"it runs unquantized here: pass the model through qfx.quantize_model (which makes it {spec.twin})"
     return hint_for(describe_target(op, target))
 
 
@@ -414,6 +707,52 @@ def _hashable(v: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+_TWIN_NAME = re.compile(r"(?:qfx[.]nn[.])?(Q[A-Za-z0-9]+)")
+_TICKED = r"`\1`"
+
+
+def supported_table() -> str:
+    """Markdown table of what ``quantize_model`` converts, generated from the twin tables (README's list)."""
+    mods: dict[str, list[str]] = {}
+    for cls, fn in MODULE_TWINS.items():
+        name = cls.__name__.lstrip("_").replace("ConstantPadNd", "ZeroPad2d / ConstantPad2d(p, 0)")
+        name = name.replace("DropoutNd", "Dropout*")
+        mods.setdefault(_MODULE_NOTES.get(cls, "(dropped)" if name in ("Identity", "Dropout*") else ""), []).append(
+            f"`nn.{name}`")
+    funcs: dict[str, list[str]] = {}
+    for target, spec in FUNCTION_TWINS.items():
+        if spec.twin:
+            name = getattr(target, "__name__", "")
+            d = f"F.{name}" if getattr(F, name, None) is target else describe_target("call_function", target)
+            d = d.replace("torch.nn.functional.", "F.")
+            funcs.setdefault(spec.twin, []).append(f"`{d}`")
+    for name, spec in METHOD_TWINS.items():
+        if spec.twin:
+            funcs.setdefault(spec.twin, []).append(f"`.{name}()`")
+    rows = ["| torch | becomes |", "|---|---|"]
+    rows += [f"| {', '.join(v)} | {k} |" for k, v in mods.items()]
+    rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
+    rows.append("| `flatten(x, 1)`, `.view(n, -1)`, `.reshape`, `.size()`, `.shape`, `.contiguous()`, "
+                "F.dropout* | kept as wires / dropped |")
+    return "\n".join(rows)
+
+
+_MODULE_NOTES: dict[type, str] = {
+    nn.Linear: "`QLinear`", nn.Conv2d: "`QConv2d` (any groups, dilation, 'same')", nn.Conv1d: "`QConv1d`",
+    nn.BatchNorm1d: "`QBatchNorm1d` (affine=False: gamma 1, beta 0)", nn.BatchNorm2d: "`QBatchNorm2d`",
+    nn.ReLU: "`QReLU`", nn.ReLU6: "`QClippedReLU(6)`", nn.Hardtanh: "`QClippedReLU` (lo = 0) / `QClip`",
+    nn.PReLU: "`QPReLU` (relu, sub, scale_shift, add ops)",
+    **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
+                                                   nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
+    nn.Softmax: "`QSoftmax` (dim=1 of (N, n))", nn.MaxPool2d: "`QMaxPool2d`", nn.AvgPool2d: "`QAvgPool2d`",
+    nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
+    nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
+    nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",
+    nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`", nn.Upsample: "`QUpsample` (nearest, integer factors)",
+    nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
+}
 
 
 # ============================================================================ tracing and rewriting
@@ -546,11 +885,15 @@ def _free_path(root: nn.Module, scope: str, base: str) -> str:
     return f"{scope}.{name}" if scope else name
 
 
-def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str], "QFXConfig"]) -> nn.Module:
+def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str], "QFXConfig"],
+                  input_quant: Callable[[int], QuantInput] | None = None) -> nn.Module:
     """``body`` (a float model, modified in place) with every op it computes in fixed point; see the module doc.
 
     ``for_path(path)`` gives the config of the module at ``path`` (overrides applied). Raises UnsupportedError
     listing every op qfx cannot quantize, each with its module path or fx node and the alternative.
+    ``input_quant(k)`` builds the QuantInput of input k when ``forward`` takes several tensors (each is quantized
+    inside the returned GraphModule, as ``quant_<name>``); without it several inputs must be quantized by the
+    model itself.
     """
     known, twin = module_twin(body, for_path(""))
     if known:  # the whole model is one layer
@@ -566,17 +909,20 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     problems: list[str] = []
     module_swaps: dict[str, nn.Module | None] = {}  # path -> twin (None: dropped)
     node_actions: dict[torch.fx.Node, Any] = {}  # fx node -> _Replace | _Drop | ("retarget", base)
-    inputs = 0
     shape_nodes: set[torch.fx.Node] = set()
+    derived: set[torch.fx.Node] = set()  # arithmetic on sizes (h * w): refused where it is used
     rewrite = False
+    placeholders = [n for n in graph.nodes if n.op == "placeholder" and n in live]
+    if len(placeholders) > 1 and input_quant is not None:  # one input quantizer per tensor input
+        for k, n in enumerate(placeholders):
+            node_actions[n] = ("input", input_quant(k))
+        rewrite = True
 
     for n in graph.nodes:
         if n not in live:
             continue
         if n.op == "placeholder":
-            inputs += 1
-            if inputs == 2:
-                problems.append(f"forward takes more than one input ('{n.name}'): qfx models take one tensor")
+            pass
         elif n.op == "get_attr":
             problems.append(f"forward reads '{n.target}' directly (fx node '{n.name}'): only layers may hold "
                             "parameters and buffers; put the arithmetic in a module qfx converts")
@@ -604,8 +950,18 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             spec = (METHOD_TWINS.get(str(n.target)) if n.op == "call_method"
                     else FUNCTION_TWINS.get(n.target) if _hashable(n.target) else None)
             where = _where_call(n, modules)
-            if spec is None:
+            if spec is None and not any(a in shape_nodes for a in n.all_input_nodes):
                 problems.append(f"{where}: no fixed-point twin; {hint_for(describe_target(n.op, n.target))}")
+                continue
+            if any(a in derived for a in n.all_input_nodes):
+                problems.append(f"{where}: uses a size computed from tensor sizes in forward; use constant sizes "
+                                "(reshape with -1: x.view(x.size(0), -1))")
+                continue
+            if spec is not _SHAPE and any(a in shape_nodes for a in n.all_input_nodes):
+                if n.target in _SIZE_ARITHMETIC:  # refused where a layer or reshape uses the result
+                    derived.add(n)
+                else:
+                    problems.append(f"{where}: takes a tensor size read in forward; use constant sizes")
                 continue
             if spec is _SHAPE:
                 if n.target in (operator.getitem,) and n.args[0] not in shape_nodes:
@@ -668,6 +1024,12 @@ def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], n
             n.replace_all_uses_with(new)
             done[n] = new
             graph.erase_node(n)
+        elif isinstance(act, tuple) and act[0] == "input":  # quantize a tensor input right where it enters
+            path = _free_path(body, "", f"quant_{n.name}")
+            _set_module(body, path, act[1])
+            with graph.inserting_after(n):
+                new = graph.call_module(path, args=(n,))
+            n.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
         elif isinstance(act, tuple):  # ("retarget", path): a fresh copy of a reused stateless layer
             old = act[1]
             scope, _, base = old.rpartition(".")

@@ -77,7 +77,7 @@ def _check(g: "Graph", n: "Node") -> None:
         raise node_error(n, f"exp_table has {et.size} entries; input format {x.fmt.ap_type()} needs {1 << x.fmt.width}")
     if rt.ndim != 1 or rt.size < 2:
         raise node_error(n, "recip_table must be a vector")
-    s_max = x.size * int(n.consts["exp_table"].fmt.max_code)
+    s_max = x.size * int(et.max())  # exp codes are at most the table's largest entry (exp(0))
     if (s_max >> int(n.attrs.get("shift", 0))) >= rt.size:
         raise node_error(n, f"sum >> shift reaches {s_max >> int(n.attrs.get('shift', 0))}, beyond the "
                             f"{rt.size}-entry recip_table")
