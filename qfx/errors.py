@@ -1,6 +1,7 @@
 """Error types: every failure a user can cause is a QfxError with a one-line message.
 
-The CLI maps the classes to exit codes (see ``exit_code``): 1 mismatch, 2 bad input, 3 missing tool.
+The CLI maps the classes to exit codes (see ``exit_code``): 1 mismatch, 2 bad input (a model, file or generated
+project that cannot be used or built), 3 missing tool (only that).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ __all__ = [
     "OutputExistsError",
     "BuildError",
     "RunError",
+    "HdlBuildError",
     "exit_code",
 ]
 
@@ -58,15 +60,23 @@ class MismatchError(QfxError):
 
 
 class BuildError(QfxError):
-    """A C++ build (g++) failed; the message names the first compiler error and the full log's path."""
+    """A C++ build (g++) of generated code failed; the message names the first compiler error and the full log's
+    path. Exit 2: the project given cannot be built (3 means a missing tool, which is ``MissingToolError``)."""
 
-    exit_code = 3
+    exit_code = 2
 
 
 class RunError(QfxError):
     """A compiled helper program crashed, timed out or wrote unreadable results."""
 
     exit_code = 3
+
+
+class HdlBuildError(RunError):
+    """A design's HDL did not build (Verilator/g++, Icarus or Yosys refused it); the message names the first error
+    and the full log's path. Exit 2: the design given cannot be simulated (never 3, which means a missing tool)."""
+
+    exit_code = 2
 
 
 def exit_code(err: BaseException) -> int:

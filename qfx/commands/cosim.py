@@ -1,4 +1,5 @@
-"""``qfx cosim DIR``: cocotb + Verilator simulation of a generated RTL project, compared bit for bit with qfx."""
+"""``qfx cosim DIR``: cocotb simulation (Verilator or Icarus; RTL or the Yosys gate-level netlist) of a generated RTL
+project, compared bit for bit with qfx."""
 from __future__ import annotations
 
 import argparse
@@ -9,37 +10,58 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "cosim", help="simulate an RTL project (cocotb + Verilator, AXI-Stream) and compare every output bit with qfx",
-        description="Build the project's SystemVerilog with Verilator (cached by content), stream N input vectors "
-        "(edge values first, then random codes) through its AXI4-Stream ports with random tvalid gaps and tready "
-        "stalls, and compare every output code with qfx's golden interpreter. Writes DIR/cosim_report.json. "
+        "cosim", help="simulate an RTL project (cocotb + Verilator or Icarus, AXI-Stream; RTL or gate-level netlist) "
+        "and compare every output bit with qfx",
+        description="Build the project's SystemVerilog with the chosen simulator (cached by content), stream N input "
+        "vectors (edge values first, then random codes) through its AXI4-Stream ports with random tvalid gaps and "
+        "tready stalls, and compare every output code with qfx's golden interpreter. Writes DIR/cosim_report.json. "
+        "--sim icarus runs the same testbench under Icarus Verilog (4-state: X and Z propagate). --netlist first "
+        "synthesizes the RTL with Yosys (generic synth -flatten, cached) and simulates that gate-level netlist, so a "
+        "difference between simulation and synthesis semantics (signedness, widths, X) shows as a mismatch; it runs "
+        "under Icarus unless --sim verilator is given. "
         "With --hls-rtl, DIR is an HLS project instead: Vitis HLS synthesizes its AXI-Stream top "
         "(firmware/<top>_axis.cpp; C synthesis only, skipped when the firmware is unchanged) and the same testbench "
-        "drives that RTL. Exit status: 0 bit-exact, 1 mismatch, 2 bad input, 3 missing Verilator/cocotb/vitis_hls "
-        "or a failed tool run.")
+        "drives that RTL under Verilator. Exit status: 0 bit-exact, 1 mismatch (X/Z outputs included), 2 bad input "
+        "or a design that does not build (the message names the log), 3 missing "
+        "Verilator/Icarus/Yosys/cocotb/vitis_hls.")
     p.add_argument("project", metavar="DIR",
                    help="project folder written by 'qfx export --target rtl' (or --target hls with --hls-rtl)")
     p.add_argument("-n", "--vectors", type=int, default=1000, help="number of input vectors (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the vectors and the stall patterns (default 0)")
     p.add_argument("--no-backpressure", action="store_true", help="no random tvalid gaps or tready stalls")
+    p.add_argument("--sim", choices=("verilator", "icarus"), default=None,
+                   help="simulator: verilator (2-state, compiled, fast) or icarus (4-state, iverilog -g2012 on "
+                   "PATH); default verilator, or icarus with --netlist")
+    p.add_argument("--netlist", action="store_true",
+                   help="simulate the Yosys gate-level netlist (synth -flatten; yosys on PATH) instead of the RTL")
     p.add_argument("--hls-rtl", action="store_true",
                    help="DIR is an HLS project: synthesize its AXI-Stream top with Vitis HLS (vitis_hls on PATH) "
                    "and simulate that RTL")
     p.add_argument("--resynth", action="store_true", help="with --hls-rtl: run Vitis synthesis even if up to date")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
-    p.epilog = "examples: qfx cosim rtl_prj -n 2000 --seed 1;  qfx cosim hls_prj --hls-rtl -n 500"
+    p.epilog = ("examples: qfx cosim rtl_prj -n 2000 --seed 1;  qfx cosim rtl_prj --sim icarus -n 300;  "
+                "qfx cosim rtl_prj --netlist -n 300;  qfx cosim hls_prj --hls-rtl -n 500")
     return p
 
 
 def _summary(rep) -> str:
     lat = rep.latency if rep.latency >= 0 else "unknown"
-    lines = [f"cosim {rep.top}: {rep.vectors} vectors, {rep.outputs_compared} outputs compared, "
+    what = f"{rep.sim}" + (", gate-level netlist" if rep.netlist else "")
+    lines = [f"cosim {rep.top} ({what}): {rep.vectors} vectors, {rep.outputs_compared} outputs compared, "
              f"{rep.mismatches} mismatches ({'bit-exact' if rep.ok else 'MISMATCH'})",
              f"  latency {lat} cycles, one vector per {rep.ii} clock(s), "
              f"back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
              f"build {'cached' if rep.build_cached else f'{rep.build_s:.1f} s'}, simulation {rep.sim_s:.1f} s "
              f"({rep.vectors_per_s:.0f} vectors/s)"]
+    if rep.netlist and "netlist" in rep.extra:
+        n = rep.extra["netlist"]
+        how = "cached" if n["cached"] else f"synthesized in {n['seconds']:.0f} s"
+        lines.append(f"  Yosys netlist {n['path']} ({how})")
+    if rep.extra.get("x_outputs"):
+        lines.append(f"  {rep.extra['x_outputs']} output code(s) held X or Z bits")
+    if rep.x_handshake_cycles:
+        lines.append(f"  {rep.x_handshake_cycles} cycle(s) with X or Z on m_axis_tvalid or s_axis_tready")
     if "synth_cached" in rep.extra:
         x = rep.extra
         how = "synthesis up to date" if x["synth_cached"] else f"synthesized in {x['synth_s']:.0f} s"
@@ -60,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.vectors < 1:
         raise BadInputError(f"-n must be >= 1, got {args.vectors}")
     if args.hls_rtl:
+        if args.netlist or args.sim == "icarus":
+            raise BadInputError("--netlist and --sim icarus apply to qfx RTL projects, not with --hls-rtl")
         from qfx.sim.hls_rtl import find_vitis_hls, run_hls_rtl_cosim
 
         find_vitis_hls()  # the missing tool first: its message says how to get it
@@ -70,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             raise BadInputError("--resynth applies only with --hls-rtl")
         from qfx.sim.cosim import run_cosim
 
-        rep = run_cosim(args.project, n_vectors=args.vectors, seed=args.seed, backpressure=not args.no_backpressure)
+        rep = run_cosim(args.project, n_vectors=args.vectors, seed=args.seed, backpressure=not args.no_backpressure,
+                        sim=args.sim, netlist=args.netlist)
     if not args.quiet:
         print(json.dumps(rep.to_dict(), indent=1) if args.json else _summary(rep))
     return 0 if rep.ok else 1

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +29,8 @@ from typing import Callable, Mapping, Sequence
 from qfx.errors import BadInputError, MissingToolError, QfxError
 from qfx.sim.toolchain import cache_dir, find_yosys
 
-__all__ = ["Resources", "SynthResult", "classify_cells", "parse_stat_json", "part_family", "run_synth"]
+__all__ = ["Resources", "SynthResult", "Netlist", "classify_cells", "parse_stat_json", "part_family", "run_synth",
+           "write_netlist"]
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,51 @@ def _yosys_version(cmd: list[str]) -> str:
         raise MissingToolError(f"cannot run Yosys ({e})") from None
 
 
+def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: Callable[[str], None] | None,
+               top: str | None, log: Path | None = None) -> tuple[int, list[str], str | None, float]:
+    """Run ``cmd -p script`` in ``wd``: (exit status, last 40 log lines, top module Yosys chose, seconds).
+
+    ``progress`` gets the pass Yosys is in; ``log``, when given, receives every line as it comes. Raises
+    MissingToolError when Yosys cannot start and QfxError when it runs past ``timeout`` seconds (it is killed).
+    """
+    t0 = time.monotonic()
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd + ["-p", script], cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace")
+    except OSError as e:
+        raise MissingToolError(f"cannot run Yosys ({e})") from None
+    detected_top = top
+    step = re.compile(r"^\d+(\.\d+)*\. Executing (.*)")
+    assert proc.stdout is not None
+    logf = open(log, "w") if log is not None else None
+    try:
+        for line in proc.stdout:
+            if logf is not None:
+                logf.write(line)
+            tail.append(line.rstrip())
+            if len(tail) > 40:
+                del tail[:-40]
+            mt = re.match(r"^Top module:\s+\\?(\S+)", line.strip())
+            if mt and detected_top is None:
+                detected_top = mt.group(1)
+            if progress is not None:
+                ms = step.match(line)
+                if ms:
+                    progress(ms.group(2).strip().rstrip(".")[:60])
+            if time.monotonic() - t0 > timeout:
+                proc.kill()
+                raise QfxError(f"Yosys synthesis exceeded {timeout:.0f} s" + (f" (log: {log})" if log else ""))
+        rc = proc.wait()
+    finally:
+        if logf is not None:
+            logf.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, tail, detected_top, time.monotonic() - t0
+
+
 def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: str = "xc7", flatten: bool = False,
               dsp: bool = True, timeout: float = 1800, workdir: str | Path | None = None,
               progress: Callable[[str], None] | None = None, use_cache: bool = True,
@@ -249,37 +298,7 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
 
     wd = Path(workdir) if workdir is not None else cdir
     wd.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    tail: list[str] = []
-    try:
-        proc = subprocess.Popen(cmd + ["-p", script], cwd=wd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
-    except OSError as e:
-        raise MissingToolError(f"cannot run Yosys ({e})") from None
-    detected_top = top
-    step = re.compile(r"^\d+(\.\d+)*\. Executing (.*)")
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            if len(tail) > 40:
-                del tail[:-40]
-            mt = re.match(r"^Top module:\s+\\?(\S+)", line.strip())
-            if mt and detected_top is None:
-                detected_top = mt.group(1)
-            if progress is not None:
-                ms = step.match(line)
-                if ms:
-                    progress(ms.group(2).strip().rstrip(".")[:60])
-            if time.monotonic() - t0 > timeout:
-                proc.kill()
-                raise QfxError(f"Yosys synthesis exceeded {timeout:.0f} s")
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    secs = time.monotonic() - t0
+    rc, tail, detected_top, secs = _run_yosys(cmd, script, wd, timeout, progress, top)
     (wd / "yosys.log").write_text("\n".join(tail) + "\n")
     if rc != 0 or not (wd / "stat.json").is_file():
         errs = [t for t in tail if "ERROR" in t] or tail[-1:] or ["(no output)"]
@@ -297,6 +316,87 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
             (cdir / "stat.json").write_text(stat_text)
         (cdir / "meta.json").write_text(json.dumps({"top": detected_top, "seconds": secs}))
     return SynthResult(detected_top, family, mods, inst, total, secs, cached=False, log_tail="\n".join(tail[-10:]))
+
+
+_NETLIST_FORMAT = "qfx-netlist-1"
+
+
+@dataclass
+class Netlist:
+    """A gate-level Verilog netlist written by ``write_netlist``: one flattened module named ``top``."""
+
+    path: Path
+    top: str
+    seconds: float
+    cached: bool
+    log: Path
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "top": self.top, "seconds": round(self.seconds, 2), "cached": self.cached,
+                "log": str(self.log)}
+
+
+def _netlist_script(sources: Sequence[Path], top: str, out: str) -> str:
+    reads = "; ".join(f"read_verilog -sv {json.dumps(str(p))}" for p in sources)
+    return (f"{reads}; hierarchy -check -top {top}; synth -flatten -top {top}; "
+            f"write_verilog -noattr {json.dumps(out)}")
+
+
+def write_netlist(sources: Sequence[str | Path], top: str, *, timeout: float = 1800,
+                  progress: Callable[[str], None] | None = None, use_cache: bool = True) -> Netlist:
+    """Synthesize ``sources`` with Yosys's generic ``synth -flatten`` and write the gate-level netlist
+    (``write_verilog -noattr``): one module ``top`` with the same ports, built from Yosys's internal gates
+    (AND/OR/XOR/MUX/NOT written as ``assign`` expressions, flip-flops as ``always`` blocks), so any Verilog simulator
+    can run it without a cell library.
+
+    Cached by content hash (sources, script, Yosys version) under ``$QFX_CACHE_DIR/netlist``. Raises
+    MissingToolError when Yosys is absent, HdlBuildError (one line, first error, log path) when synthesis fails.
+    """
+    from qfx.errors import HdlBuildError
+
+    cmd = find_yosys()
+    paths = [Path(s).resolve() for s in sources]
+    if not paths:
+        raise BadInputError("no Verilog sources to synthesize")
+    for p in paths:
+        if not p.is_file():
+            raise BadInputError(f"Verilog source not found: {p}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", top):
+        raise BadInputError(f"top module name {top!r} is not a plain Verilog identifier")
+    out_name = f"{top}_netlist.v"
+    h = hashlib.sha256()
+    h.update(f"{_NETLIST_FORMAT}\0{_yosys_version(cmd)}\0".encode())
+    h.update(_netlist_script([Path(p.name) for p in paths], top, out_name).encode())
+    for p in paths:
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    key = h.hexdigest()[:32]
+    root = cache_dir("netlist")
+    dest = root / f"{top[:40]}-{key}"
+    if use_cache and (dest / out_name).is_file() and (dest / "meta.json").is_file():
+        meta = json.loads((dest / "meta.json").read_text())
+        return Netlist(dest / out_name, top, float(meta["seconds"]), True, dest / "yosys.log")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{top[:40]}-", dir=root))
+    try:
+        log = tmp / "yosys.log"
+        rc, tail, _, secs = _run_yosys(cmd, _netlist_script(paths, top, out_name), tmp, timeout, progress, top, log)
+        if rc != 0 or not (tmp / out_name).is_file():
+            errs = [ln for ln in tail if "ERROR" in ln] or tail[-1:] or ["(no output)"]
+            keep = root / f"failed-{top[:40]}-{key}"  # the log outlives the failed build, for the message
+            shutil.rmtree(keep, ignore_errors=True)
+            os.replace(tmp, keep)
+            why = f"killed by signal {-rc}" if rc < 0 else errs[-1].strip()[:300]
+            raise HdlBuildError(f"Yosys synthesis of {top} to a netlist failed: {why} (log: {keep / 'yosys.log'})")
+        (tmp / "meta.json").write_text(json.dumps({"top": top, "seconds": secs, "sources": [p.name for p in paths]}))
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # a concurrent run of the same design won; use it
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Netlist(dest / out_name, top, secs, False, dest / "yosys.log")
 
 
 def stderr_progress(prefix: str = "yosys") -> Callable[[str], None]:

@@ -1,9 +1,17 @@
-"""RTL co-simulation: cocotb + Verilator run of a generated RTL project against the golden interpreter, bit for bit.
+"""RTL co-simulation: cocotb run of a generated RTL project against the golden interpreter, bit for bit.
 
-The Verilator build is cached under ``cache_dir("verilator")`` by a hash of the RTL text, the top name, and the
-Verilator and cocotb versions, so a second run of the same design skips the 10 s+ build. Several projects can share
-one build (``run_cosim_many``: a generated wrapper instantiates every top, the testbench drives all concurrently),
-which is how the test suite checks many random models quickly.
+Two simulators run the same testbench (``tb/qfx_cosim_tb.py``), vectors and report: Verilator (2-state, compiled,
+fast; the default) and Icarus Verilog (4-state, event-driven: X and Z propagate, so reading an undriven or
+uninitialized value shows). With ``netlist=True`` each design is first synthesized by Yosys (generic
+``synth -flatten``, ``qfx.report.yosys.write_netlist``) and the gate-level netlist is simulated instead of the RTL,
+so a difference between simulation and synthesis semantics (signedness, widths, X) is a mismatch; a netlist runs
+under Icarus unless Verilator is asked for.
+
+Builds are cached by a hash of the sources, the top name and the tool versions: the Verilator build under
+``cache_dir("verilator")`` (a second run of the same design skips the 10 s+ build), the Icarus build under
+``cache_dir("icarus")``, netlists under ``cache_dir("netlist")``. Several projects can share one build
+(``run_cosim_many``: a generated wrapper instantiates every top, the testbench drives all concurrently), which is how
+the test suite checks many random models quickly.
 """
 from __future__ import annotations
 
@@ -17,20 +25,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from qfx.errors import BadInputError, MissingToolError, RunError
+from qfx.errors import BadInputError, HdlBuildError, MissingToolError, RunError
 from qfx.ir.graph import Graph
 from qfx.ir.interpret import random_inputs, run
 from qfx.resources import data_dir
-from qfx.sim.toolchain import cache_dir, find_verilator, verilator_env
+from qfx.sim.toolchain import cache_dir, find_iverilog, find_verilator, verilator_env
 
 __all__ = ["compare_outputs", "run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words",
-           "build_verilator", "build_stats", "check_inputs", "load_project"]
+           "build_verilator", "build_icarus", "build_stats", "check_inputs", "load_project", "SIMULATORS",
+           "resolve_sim", "find_simulator", "parse_words"]
+
+SIMULATORS = ("verilator", "icarus")
 
 _CACHE_FORMAT = "qfx-verilator-2"
 # split big generated functions: g++ time grows faster than linearly with function size (one 6 MB eval function
@@ -41,6 +53,32 @@ _BUILD_ARGS = ("-Wno-fatal", "-O3", "--x-assign", "fast", "--x-initial", "fast",
 # "-include" restores them. -O1 instead of -Os: the straight-line adder code compiles much faster, and simulation
 # speed is bound by cocotb anyway
 _MAKE_VARS = ("CFG_CXXFLAGS_PCH_I=-include", "OPT_FAST=-O1")
+_ICARUS_FORMAT = "qfx-icarus-1"
+# the generated RTL carries no `timescale; cocotb's 10 ns clock needs a unit and precision
+_ICARUS_TIMESCALE = ("1ns", "1ps")
+
+
+def resolve_sim(sim: str | None, netlist: bool = False) -> str:
+    """The simulator to use: ``sim`` when given, else Icarus for a gate-level netlist (4-state, so X shows) and
+    Verilator for RTL. BadInputError for an unknown name."""
+    if sim is None:
+        return "icarus" if netlist else "verilator"
+    if sim not in SIMULATORS:
+        raise BadInputError(f"unknown simulator {sim!r} (choose one of: {', '.join(SIMULATORS)})")
+    return sim
+
+
+def find_simulator(sim: str) -> None:
+    """MissingToolError (exit 3, with the install hint) unless ``sim`` and cocotb can run."""
+    if sim == "icarus":
+        find_iverilog()
+    else:
+        find_verilator()
+    try:
+        import cocotb  # noqa: F401
+        import cocotb_tools.runner  # noqa: F401
+    except ImportError as exc:
+        raise MissingToolError(f"{exc.name} is not installed (install it: pip install 'qfx[sim]')") from None
 
 
 @dataclass
@@ -63,11 +101,15 @@ class CosimReport:
     vectors_per_s: float
     timed_out: bool = False
     ii: int = 1  # clock cycles between accepted input beats (cosim.json "ii"; 1 = a vector every cycle)
+    sim: str = "verilator"  # the simulator that ran it
+    netlist: bool = False  # True: the Yosys gate-level netlist was simulated, not the RTL
+    x_handshake_cycles: int = 0  # cycles after reset with X/Z on m_axis_tvalid or s_axis_tready (4-state only)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.mismatches == 0 and self.received == self.vectors and not self.timed_out
+        return (self.mismatches == 0 and self.received == self.vectors and not self.timed_out
+                and self.x_handshake_cycles == 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,16 +142,37 @@ def unpack_words(words: Sequence[int], count: int, width: int, signed: bool) -> 
     return res
 
 
-def compare_outputs(got: np.ndarray, expected: np.ndarray) -> tuple[int, int, dict[str, int] | None]:
+def compare_outputs(got: np.ndarray, expected: np.ndarray, unknown: np.ndarray | None = None
+                    ) -> tuple[int, int, dict[str, Any] | None]:
     """(vectors compared, mismatching outputs, first mismatch) of received vs expected rows of output codes; every
-    output of a missing or extra vector counts as a mismatch."""
+    output of a missing or extra vector counts as a mismatch. ``unknown`` (same shape as ``got``, bool) marks outputs
+    whose bits held X or Z in a 4-state simulation: each is a mismatch, reported as ``"got": "X"``."""
     m = min(len(got), len(expected))
     diff = got[:m] != expected[:m]
+    if unknown is not None:
+        diff = diff | np.asarray(unknown, dtype=bool)[:m]
     first = None
     if diff.any():
         v, j = map(int, np.argwhere(diff)[0])
-        first = {"vector": v, "output_index": j, "expected": int(expected[v, j]), "got": int(got[v, j])}
+        is_x = unknown is not None and bool(unknown[v, j])
+        first = {"vector": v, "output_index": j, "expected": int(expected[v, j]),
+                 "got": "X" if is_x else int(got[v, j])}
     return m, int(diff.sum()) + abs(len(got) - len(expected)) * expected.shape[1], first
+
+
+def parse_words(words: Sequence[str], count: int, width: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Output words as the testbench wrote them (hex, or ``"bits:"`` + bits MSB first when any bit is X/Z) -> (codes,
+    unknown): ``unpack_words`` of each word with X/Z bits read as 0, and which elements had an X/Z bit."""
+    vals, xmask = [], []
+    for w in words:
+        if w.startswith("bits:"):
+            bits = w[5:]
+            vals.append(int("0" + "".join("1" if c == "1" else "0" for c in bits), 2))
+            xmask.append(int("0" + "".join("0" if c in "01" else "1" for c in bits), 2))
+        else:
+            vals.append(int(w, 16))
+            xmask.append(0)
+    return unpack_words(vals, count, width, signed), unpack_words(xmask, count, width, False) != 0
 
 
 def load_project(project_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], Graph]:
@@ -184,7 +247,7 @@ def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what:
         r = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
     if r.returncode != 0:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "%Error" in ln or "error" in ln]
-        raise RunError(f"{what} failed: {(lines[0][:300] if lines else f'exit {r.returncode}')} (log: {log})")
+        raise HdlBuildError(f"{what} failed: {(lines[0][:300] if lines else f'exit {r.returncode}')} (log: {log})")
 
 
 def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = None) -> tuple[Path, bool, float]:
@@ -264,39 +327,85 @@ def build_stats(build_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _prime_runner(runner: Any, sources: Sequence[Path], top: str, build_dir: Path) -> None:
-    """Give a fresh runner the state ``build()`` would have set, so ``test()`` can run a cached build."""
-    from cocotb_tools.runner import get_abs_path
+def _icarus_version() -> str:
+    import cocotb
 
-    runner.build_dir = get_abs_path(build_dir)
-    runner.hdl_library = "top"
-    runner._set_verilog_sources([])
-    runner._set_vhdl_sources([])
-    runner._set_sources([str(s) for s in sources])
-    runner.includes, runner.defines, runner.parameters = [], {}, {}
-    runner._set_build_args(list(_BUILD_ARGS))
-    runner.always, runner.hdl_toplevel, runner.verbose, runner.timescale, runner.waves = False, top, False, None, False
+    exe = find_iverilog()
+    try:
+        ver = subprocess.run([str(exe), "-V"], capture_output=True, text=True, timeout=60).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as e:
+        raise MissingToolError(f"cannot run {exe} ({e})") from None
+    return f"{exe}|{exe.stat().st_size}|{ver[0] if ver else '?'}|cocotb {cocotb.__version__}"
+
+
+def _first_error(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines()
+             if "error" in ln.lower() and "sorry" not in ln.lower()]
+    return lines[0][:300] if lines else ""
+
+
+def build_icarus(sources: Sequence[Path], top: str, log_dir: Path | None = None) -> tuple[Path, bool, float]:
+    """Icarus Verilog build (``sim.vvp``) of ``sources`` with ``top``, by cocotb's runner: (build dir, cache hit,
+    seconds). ``iverilog -g2012`` with timescale 1ns/1ps; cached under ``cache_dir("icarus")`` by content."""
+    from cocotb_tools.runner import get_runner
+
+    h = hashlib.sha256(f"{_ICARUS_FORMAT}\0{top}\0{_icarus_version()}\0{_ICARUS_TIMESCALE}\0".encode())
+    for s in sources:
+        h.update(Path(s).name.encode() + b"\0" + Path(s).read_bytes() + b"\0")
+    key = h.hexdigest()[:32]
+    root = cache_dir("icarus")
+    dest = root / f"{top[:40]}-{key}"
+    if (dest / "sim.vvp").is_file() and (dest / ".qfx-done").is_file():
+        return dest, True, 0.0
+    tmp = Path(tempfile.mkdtemp(prefix=f".{top[:40]}-", dir=root))
+    t0 = time.perf_counter()
+    log = (log_dir or tmp) / "icarus_build.log"
+    try:
+        runner = get_runner("icarus")
+        try:
+            runner.build(sources=[str(s) for s in sources], hdl_toplevel=top, build_dir=str(tmp), always=True,
+                         timescale=_ICARUS_TIMESCALE, log_file=str(log))
+        except (SystemExit, Exception) as exc:
+            why = _first_error(log) if log.is_file() else ""
+            raise HdlBuildError(f"Icarus build of {top} failed: {why or exc} (log: {log})") from None
+        if not (tmp / "sim.vvp").is_file():
+            raise HdlBuildError(f"Icarus build of {top} wrote no sim.vvp (log: {log})")
+        (tmp / ".qfx-done").write_text(key)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # a concurrent build of the same design won; use it
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest, False, time.perf_counter() - t0
 
 
 def run_testbench(sources: Sequence[Path], top: str, test_module: str, env: dict[str, str],
-                  work: Path) -> tuple[Path, bool, float]:
-    """Build (cached) and run the cocotb test module ``test_module`` from ``tb/`` on ``top``: (build dir, cache hit,
-    build s)."""
-    build_dir, cached, build_s = build_verilator(sources, top, work)
+                  work: Path, sim: str = "verilator") -> tuple[Path, bool, float]:
+    """Build (cached) and run the cocotb test module ``test_module`` from ``tb/`` on ``top`` under ``sim``
+    (``"verilator"`` or ``"icarus"``): (build dir, cache hit, build s).
+
+    The build is qfx's own (cached); the run is cocotb's public ``Runner.test`` pointed at that build folder.
+    """
+    sim = resolve_sim(sim)
+    if sim == "icarus":
+        build_dir, cached, build_s = build_icarus(sources, top, work)
+    else:
+        build_dir, cached, build_s = build_verilator(sources, top, work)
     from cocotb_tools.runner import get_runner
 
-    runner = get_runner("verilator")
-    _prime_runner(runner, sources, top, build_dir)
+    runner = get_runner(sim)
     tb = data_dir("tb")
     # the runner passes sys.path as the simulator's PYTHONPATH; the testbench module must be importable there
     if str(tb) not in sys.path:
         sys.path.append(str(tb))
     try:
-        runner.test(test_module=test_module, hdl_toplevel=top, build_dir=str(build_dir), test_dir=str(work),
-                    results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"),
+        runner.test(test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog", build_dir=str(build_dir),
+                    test_dir=str(work), results_xml=str(work / "results.xml"), log_file=str(work / "sim.log"),
                     extra_env={**env, "COCOTB_LOG_LEVEL": "WARNING"})
     except (SystemExit, Exception) as exc:
-        raise RunError(f"cocotb simulation of {top} failed: {exc} (log: {work / 'sim.log'})") from None
+        raise RunError(f"cocotb simulation of {top} ({sim}) failed: {exc} (log: {work / 'sim.log'})") from None
     return build_dir, cached, build_s
 
 
@@ -306,6 +415,21 @@ def _ii(info: dict[str, Any]) -> int:
     if isinstance(ii, bool) or not isinstance(ii, int) or ii < 1:
         raise BadInputError(f"cosim.json: \"ii\" must be a positive integer, got {ii!r}")
     return ii
+
+
+def _netlists(projects: Sequence[tuple[Path, dict[str, Any], Graph]]) -> list[Any]:
+    """Yosys gate-level netlist of each project's RTL (``qfx.report.yosys.write_netlist``, cached), synthesized
+    ``_build_jobs()`` at a time."""
+    from qfx.report.yosys import write_netlist
+
+    def one(pr: tuple[Path, dict[str, Any], Graph]) -> Any:
+        p, info, _ = pr
+        return write_netlist([p / f for f in info["rtl_files"]], info["top"])
+
+    if len(projects) == 1:
+        return [one(projects[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(projects), _build_jobs()))) as pool:
+        return list(pool.map(one, projects))
 
 
 def _wrapper(tops: list[dict[str, Any]]) -> str:
@@ -335,13 +459,17 @@ def check_inputs(graph: Graph, x: Any, what: str = "inputs") -> np.ndarray:
 
 def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: int = 1000, seed: int = 0,
                    backpressure: bool = True, work_dir: str | os.PathLike[str] | None = None,
-                   write_reports: bool = True, inputs: Sequence[Any | None] | None = None) -> list[CosimReport]:
-    """Co-simulate several RTL projects in ONE Verilator build and one simulation (each driven independently).
+                   write_reports: bool = True, inputs: Sequence[Any | None] | None = None,
+                   sim: str | None = None, netlist: bool = False) -> list[CosimReport]:
+    """Co-simulate several RTL projects in ONE simulator build and one simulation (each driven independently).
 
     ``inputs``: None (every project gets ``n_vectors`` edge + random vectors from ``seed``) or one entry per
     project, each None (random as before) or the input codes to stream, shape ``(N, *input_shape)``; then that
     project simulates exactly those N vectors and ``n_vectors`` does not apply to it.
+    ``sim``: ``"verilator"`` or ``"icarus"`` (default: Verilator for RTL, Icarus with ``netlist``). ``netlist``:
+    simulate each project's Yosys gate-level netlist (``synth -flatten``, cached) instead of its RTL.
     """
+    sim = resolve_sim(sim, netlist)
     projects = [load_project(d) for d in project_dirs]
     if isinstance(inputs, np.ndarray):
         raise BadInputError("inputs: pass a list with one array (or None) per project, not one array")
@@ -357,19 +485,19 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     tops = [info["top"] for _, info, _ in projects]
     if len(set(tops)) != len(tops):
         raise BadInputError("projects co-simulated together need distinct top names")
-    find_verilator()
-    try:
-        import cocotb  # noqa: F401
-        import cocotbext.axi  # noqa: F401
-    except ImportError as exc:
-        raise MissingToolError(f"{exc.name} is not installed (install it: pip install 'qfx[sim]')") from None
+    find_simulator(sim)
+    if netlist:
+        from qfx.sim.toolchain import find_yosys
+
+        find_yosys()
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="qfx-cosim-"))
     work.mkdir(parents=True, exist_ok=True)
+    nets = _netlists(projects) if netlist else [None] * len(projects)
     sources: list[Path] = []
     duts, expect = [], []
     single = len(projects) == 1
-    for i, ((p, info, graph), xg, ii) in enumerate(zip(projects, xs_given, iis)):
-        sources += [p / f for f in info["rtl_files"]]
+    for i, ((p, info, graph), xg, ii, net) in enumerate(zip(projects, xs_given, iis, nets)):
+        sources += [p / f for f in info["rtl_files"]] if net is None else [net.path]
         x = random_inputs(graph, n_vectors, seed) if xg is None else xg
         y = np.asarray(run(graph, x)).reshape(len(x), -1)
         expect.append(y)
@@ -392,24 +520,27 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     if results.exists():
         results.unlink()
     t0 = time.perf_counter()
-    build_dir, cached, build_s = run_testbench(sources, top, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)}, work)
+    build_dir, cached, build_s = run_testbench(sources, top, "qfx_cosim_tb", {"QFX_COSIM_CONFIG": str(conf)}, work,
+                                               sim=sim)
     sim_s = time.perf_counter() - t0 - build_s
     if not results.is_file():
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
     res = json.loads(results.read_text())
     reports = []
-    for (p, info, graph), d, y, r, xg in zip(projects, duts, expect, res["duts"], xs_given):
-        got_words = [int(v, 16) for v in r["got"]]
-        got = unpack_words(got_words, info["out_count"], info["out_ew"], info["out_signed"])
-        m, mism, first = compare_outputs(got, y)
+    for (p, info, graph), d, y, r, xg, net in zip(projects, duts, expect, res["duts"], xs_given, nets):
+        got, unknown = parse_words(r["got"], info["out_count"], info["out_ew"], info["out_signed"])
+        m, mism, first = compare_outputs(got, y, unknown)
         rep = CosimReport(project=str(p), top=info["top"], vectors=len(y), outputs_compared=int(m * y.shape[1]),
                           mismatches=mism, received=len(got), first_mismatch=first, backpressure=backpressure,
                           seed=seed, latency=info["latency"], build_s=round(build_s, 3), build_cached=cached,
                           sim_s=round(sim_s, 3), vectors_per_s=round(len(y) / max(r["wall_s"], 1e-9), 1),
-                          timed_out=bool(r["timed_out"]), ii=d["ii"],
+                          timed_out=bool(r["timed_out"]), ii=d["ii"], sim=sim, netlist=net is not None,
+                          x_handshake_cycles=int(r.get("x_handshake_cycles", 0)),
                           extra={"tb_mismatched_vectors": r["mismatched_vectors"],
+                                 "x_outputs": int(unknown.sum()),
                                  "inputs": "given" if xg is not None else "edge + random",
-                                 **({} if cached else {"build": build_stats(build_dir)})})
+                                 **({} if net is None else {"netlist": net.to_dict()}),
+                                 **({} if cached or sim != "verilator" else {"build": build_stats(build_dir)})})
         if write_reports:
             (p / "cosim_report.json").write_text(json.dumps(rep.to_dict(), indent=1))
         reports.append(rep)
@@ -418,11 +549,11 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
 
 def run_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000, seed: int = 0,
               backpressure: bool = True, work_dir: str | os.PathLike[str] | None = None,
-              inputs: Any | None = None) -> CosimReport:
+              inputs: Any | None = None, sim: str | None = None, netlist: bool = False) -> CosimReport:
     """Co-simulate one RTL project against ``qfx.ir.run``; writes ``cosim_report.json`` into the project.
 
     ``inputs``: the input codes to stream, shape ``(N, *input_shape)`` (then N vectors, ``n_vectors`` unused);
-    default ``n_vectors`` edge + random vectors from ``seed``.
+    default ``n_vectors`` edge + random vectors from ``seed``. ``sim`` and ``netlist``: see ``run_cosim_many``.
     """
     return run_cosim_many([project_dir], n_vectors, seed, backpressure, work_dir,
-                          inputs=None if inputs is None else [inputs])[0]
+                          inputs=None if inputs is None else [inputs], sim=sim, netlist=netlist)[0]

