@@ -250,6 +250,16 @@ def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, what:
         raise HdlBuildError(f"{what} failed: {(lines[0][:300] if lines else f'exit {r.returncode}')} (log: {log})")
 
 
+def _publish(tmp: Path, dest: Path, key: str) -> None:
+    """Mark a finished build folder and move it into the cache atomically (a concurrent build of the same design
+    that got there first wins; this one is dropped)."""
+    (tmp / ".qfx-done").write_text(key)
+    try:
+        os.replace(tmp, dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = None) -> tuple[Path, bool, float]:
     """Verilator+cocotb simulation executable for ``sources`` with ``top``: (build dir, cache hit, seconds).
 
@@ -292,11 +302,7 @@ def build_verilator(sources: Sequence[Path], top: str, log_dir: Path | None = No
         (tmp / "qfx_build.json").write_text(json.dumps({
             "verilate_s": round(t1 - t0, 2), "verilate_cpu_s": round(cpu1 - cpu0, 2), "make_s": round(t2 - t1, 2),
             "make_cpu_s": round(cpu2 - cpu1, 2), "runtime_reused": reused, "jobs": _build_jobs()}))
-        (tmp / ".qfx-done").write_text(key)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # a concurrent build of the same design won; use it
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, dest, key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -370,11 +376,7 @@ def build_icarus(sources: Sequence[Path], top: str, log_dir: Path | None = None)
             raise HdlBuildError(f"Icarus build of {top} failed: {why or exc} (log: {log})") from None
         if not (tmp / "sim.vvp").is_file():
             raise HdlBuildError(f"Icarus build of {top} wrote no sim.vvp (log: {log})")
-        (tmp / ".qfx-done").write_text(key)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # a concurrent build of the same design won; use it
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, dest, key)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
