@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
+from qfx.ir.names import UniqueNames
 from qfx.ir.graph import Graph, Node, TensorSpec
 
 __all__ = ["capture", "sanitize"]
@@ -98,16 +99,7 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
         raise UnsupportedError(f"cannot trace {type(model).__name__} with torch.fx: "
                                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     modules = dict(model.named_modules())
-    used: set[str] = set()
-
-    def unique(base: str) -> str:
-        n, i = sanitize(base), 1
-        out = n
-        while out in used:
-            out = f"{n}_{i}"
-            i += 1
-        used.add(out)
-        return out
+    unique = UniqueNames(clean=sanitize)
 
     env: dict[str, Any] = {}  # fx node name -> TensorSpec | ("size", dim) | python value
     tensors: dict[str, TensorSpec] = {}
@@ -198,8 +190,7 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                     if spec.name in tensors:
                         raise BadInputError(f"{where}: tensor name {spec.name!r} is already used")
                     tensors[spec.name] = spec
-                    used.add(spec.name)
-                    used.add(node.name)
+                    unique.taken.update((spec.name, node.name))
                     nodes.append(node if node.source else node.replace(source=path))
                 last = pairs[-1]
                 if last[0].output != out:

@@ -30,6 +30,7 @@ from qfx.errors import BadInputError, FormatError, UnsupportedError
 from qfx.outdir import atomic_output_file
 from qfx.fixed.format import FxFormat
 from qfx.fixed.ops import avgpool_format, scale_shift_format
+from qfx.ir.names import UniqueNames
 from qfx.ir.graph import IR_VERSION, Graph, Node, op_def
 from qfx.ir.passes import acc_is_lossless
 from qfx.onnx.fixedquant import DOMAIN, IR_VERSION_ONNX, OPSET, fixedquant_function, fixedquant_node
@@ -190,23 +191,10 @@ def check_exact_in_double(graph: Graph) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ emission
-class _Names:
-    def __init__(self, taken: set[str]) -> None:
-        self.taken = set(taken)
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.taken:
-            name = f"{base}_{i}"
-            i += 1
-        self.taken.add(name)
-        return name
-
-
 class _Emitter:
     def __init__(self, graph: Graph) -> None:
         self.g = graph
-        self.names = _Names(set(graph.tensors))
+        self.names = UniqueNames(set(graph.tensors))
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
         self.val: dict[str, str] = {t: t for t in graph.tensors}

@@ -48,6 +48,7 @@ from qfx.errors import BadInputError, FormatError, QfxError, UnsupportedError
 from qfx.fixed.format import FxFormat
 from qfx.fixed.kernels import lossless_acc_format
 from qfx.fixed.ops import avgpool_format, conv_out_size, scale_shift_format
+from qfx.ir.names import UniqueNames
 from qfx.ir.graph import IR_VERSION, Constant, Graph, Node, TensorSpec, op_def
 from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
 from qfx.onnx.requant import REQUANT_BITS, dyadic, is_pow2, pow2_exponent, scale_bits_for
@@ -440,6 +441,11 @@ _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc, Gemm/MatMul, Conv, BatchNorma
             "constants, MaxPool/AveragePool, Flatten/Reshape; " + _CUT)
 
 
+def _clean_name(base: str) -> str:
+    b = re.sub(r"[^A-Za-z0-9_]+", "_", base).strip("_") or "t"
+    return "t_" + b if b[0].isdigit() else b
+
+
 class _Converter:
     def __init__(self, model, input_fmt: FxFormat | None, requant_bits: int = REQUANT_BITS,
                  report: list[str] | None = None) -> None:
@@ -452,7 +458,7 @@ class _Converter:
         self.tensors: dict[str, TensorSpec] = {}
         self.nodes: list[Node] = []
         self.inits = {i.name: _array(i) for i in self.g.initializer}
-        self.used_names: set[str] = set()
+        self.used_names = UniqueNames(clean=_clean_name)
         self.consumers: dict[str, int] = {}
         for n in self.g.node:
             for i in n.input:
@@ -463,16 +469,8 @@ class _Converter:
         self.requants: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- naming
-    def _name(self, base: str) -> str:
-        b = re.sub(r"[^A-Za-z0-9_]+", "_", base).strip("_") or "t"
-        if b[0].isdigit():
-            b = "t_" + b
-        name, i = b, 1
-        while name in self.used_names:
-            name = f"{b}_{i}"
-            i += 1
-        self.used_names.add(name)
-        return name
+    def _name(self, base: str) -> str:  # IR tensor and node names from ONNX names (identifier characters only)
+        return self.used_names(base)
 
     def _new_tensor(self, base: str, shape: tuple[int, ...], fmt: FxFormat) -> str:
         t = self._name(base)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from qfx.errors import BadInputError, MissingToolError, QfxError
+from qfx.errors import BadInputError, HdlBuildError, MissingToolError, RunError
 from qfx.sim.toolchain import cache_dir, find_yosys
 
 __all__ = ["Resources", "SynthResult", "Netlist", "classify_cells", "parse_stat_json", "part_family", "run_synth",
@@ -127,7 +127,7 @@ def _load_stat_json(text: str) -> dict:
             raise ValueError("modules is not an object")
         return {"modules": mods}
     except ValueError as e:
-        raise QfxError(f"cannot parse Yosys stat output ({e})") from None
+        raise RunError(f"cannot parse Yosys stat output ({e})") from None
 
 
 def parse_stat_json(text: str, top: str | None = None, blackboxes: Sequence[str] = ()
@@ -223,7 +223,7 @@ def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: 
     """Run ``cmd -p script`` in ``wd``: (exit status, last 40 log lines, top module Yosys chose, seconds).
 
     ``progress`` gets the pass Yosys is in; ``log``, when given, receives every line as it comes. Raises
-    MissingToolError when Yosys cannot start and QfxError when it runs past ``timeout`` seconds (it is killed).
+    MissingToolError when Yosys cannot start and RunError when it runs past ``timeout`` seconds (it is killed).
     """
     t0 = time.monotonic()
     tail: list[str] = []
@@ -252,7 +252,7 @@ def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: 
                     progress(ms.group(2).strip().rstrip(".")[:60])
             if time.monotonic() - t0 > timeout:
                 proc.kill()
-                raise QfxError(f"Yosys synthesis exceeded {timeout:.0f} s" + (f" (log: {log})" if log else ""))
+                raise RunError(f"Yosys synthesis exceeded {timeout:.0f} s" + (f" (log: {log})" if log else ""))
         rc = proc.wait()
     finally:
         if logf is not None:
@@ -271,7 +271,7 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
 
     ``progress`` receives short status strings (the pass Yosys is in) while it runs. ``lib`` files are read as black
     boxes: their modules' instances are counted in ``instances`` but contribute no cells. Raises MissingToolError
-    when Yosys is absent and QfxError (one line, last log line) when synthesis fails.
+    when Yosys is absent and HdlBuildError (one line, last log line) when synthesis fails.
     """
     cmd = find_yosys()
     paths = [Path(s).resolve() for s in sources]
@@ -303,8 +303,8 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
     if rc != 0 or not (wd / "stat.json").is_file():
         errs = [t for t in tail if "ERROR" in t] or tail[-1:] or ["(no output)"]
         if rc < 0:  # killed from outside (out of memory, a stray pkill): say so, not a misleading log line
-            raise QfxError(f"Yosys was killed by signal {-rc} (last log line: {errs[-1].strip()[:120]})")
-        raise QfxError(f"Yosys synthesis failed: {errs[-1].strip()}")
+            raise RunError(f"Yosys was killed by signal {-rc} (last log line: {errs[-1].strip()[:120]})")
+        raise HdlBuildError(f"Yosys synthesis failed: {errs[-1].strip()}")
     stat_text = (wd / "stat.json").read_text()
     mods, inst, total = parse_stat_json(stat_text, detected_top, boxes)
     if detected_top is None:
