@@ -45,6 +45,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _rate(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.3g}"
+
+
 def _summary(rep) -> str:
     lat = rep.latency if rep.latency >= 0 else "unknown"
     what = f"{rep.sim}" + (", gate-level netlist" if rep.netlist else "")
@@ -53,7 +57,7 @@ def _summary(rep) -> str:
              f"  latency {lat} cycles, one vector per {rep.ii} clock(s), "
              f"back-pressure {'on' if rep.backpressure else 'off'}, seed {rep.seed}, "
              f"build {'cached' if rep.build_cached else f'{rep.build_s:.1f} s'}, simulation {rep.sim_s:.1f} s "
-             f"({rep.vectors_per_s:.0f} vectors/s)"]
+             f"({_rate(rep.vectors_per_s)} vectors/s)"]
     if rep.netlist and "netlist" in rep.extra:
         n = rep.extra["netlist"]
         how = "cached" if n["cached"] else f"synthesized in {n['seconds']:.0f} s"

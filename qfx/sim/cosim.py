@@ -419,6 +419,12 @@ def _ii(info: dict[str, Any]) -> int:
     return ii
 
 
+def _rate(n: int, seconds: float) -> float:
+    """Vectors per second, one decimal (three significant digits below 10: gate-level runs are that slow)."""
+    x = n / max(seconds, 1e-9)
+    return round(x, 1) if x >= 10 else float(f"{x:.3g}")
+
+
 def _netlists(projects: Sequence[tuple[Path, dict[str, Any], Graph]]) -> list[Any]:
     """Yosys gate-level netlist of each project's RTL (``qfx.report.yosys.write_netlist``, cached), synthesized
     ``_build_jobs()`` at a time."""
@@ -535,7 +541,7 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
         rep = CosimReport(project=str(p), top=info["top"], vectors=len(y), outputs_compared=int(m * y.shape[1]),
                           mismatches=mism, received=len(got), first_mismatch=first, backpressure=backpressure,
                           seed=seed, latency=info["latency"], build_s=round(build_s, 3), build_cached=cached,
-                          sim_s=round(sim_s, 3), vectors_per_s=round(len(y) / max(r["wall_s"], 1e-9), 1),
+                          sim_s=round(sim_s, 3), vectors_per_s=_rate(len(y), r["wall_s"]),
                           timed_out=bool(r["timed_out"]), ii=d["ii"], sim=sim, netlist=net is not None,
                           x_handshake_cycles=int(r.get("x_handshake_cycles", 0)),
                           extra={"tb_mismatched_vectors": r["mismatched_vectors"],
