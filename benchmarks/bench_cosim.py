@@ -133,7 +133,7 @@ def main() -> None:
                     help="vectors of the gate-level run (default 20: ~100k gates in an event-driven simulator)")
     ap.add_argument("--before-vectors", type=int, default=10,
                     help="vectors of the with/without unused-line runs (default 10: with the lines, Icarus needs "
-                    "~25 CPU s per vector of the digits MLP)")
+                    "~20 CPU s per vector of the digits MLP)")
     ap.add_argument("--no-netlist", action="store_true", help="skip the Yosys netlist and gate-level run")
     ap.add_argument("--no-before", action="store_true", help="skip the unused-line comparison")
     args = ap.parse_args()
