@@ -21,7 +21,7 @@ from qfx.fixed import kernels as K
 from qfx.fixed.csd import csd_digits
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 from qfx.fixed.ops import conv_out_size
-from qfx.ir.graph import Graph, Node, op_def
+from qfx.ir.graph import Graph, Node, TensorSpec, op_def
 from qfx.ops import Categories, emitter_for, with_category
 
 __all__ = ["Sig", "LayerDesign", "design_layer", "FrameSelect", "ConvPixelDesign", "design_conv_pixel", "ADDER_MODES",
@@ -386,6 +386,16 @@ def _layer_dense(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder: 
     return _affine(d, dots, fx.frac_bits + fw.frac_bits, *_bias(n), of)
 
 
+def _conv_window(n: Node, spec: TensorSpec, out: TensorSpec, kh: int, kw: int) -> tuple[int, int, int, int, int, int]:
+    """Stride, padding and output size of a conv node, checked against its output tensor."""
+    (_, h, wd), (ho, wo) = spec.shape, out.shape[1:]
+    sh, sw = n.attr("stride", (1, 1))
+    ph, pw = n.attr("padding", (0, 0))
+    if (ho, wo) != (conv_out_size(h, kh, sh, ph), conv_out_size(wd, kw, sw, pw)):
+        raise UnsupportedError(f"node {n.name!r}: output shape {out.shape} does not match the convolution")
+    return sh, sw, ph, pw, ho, wo
+
+
 def _layer_conv2d(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder: str) -> list[str]:
     """Fully parallel convolution: one adder graph per output pixel (``conv_style="parallel"``)."""
     spec, out = g.tensor(n.inputs[0]), g.tensor(n.output)
@@ -395,11 +405,7 @@ def _layer_conv2d(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder:
     fw = n.consts["weight"].fmt
     o_ch, c, kh, kw = w.shape
     _, h, wd = spec.shape
-    sh, sw = n.attr("stride", (1, 1))
-    ph, pw = n.attr("padding", (0, 0))
-    ho, wo = out.shape[1], out.shape[2]
-    if (ho, wo) != (conv_out_size(h, kh, sh, ph), conv_out_size(wd, kw, sw, pw)):
-        raise UnsupportedError(f"node {n.name!r}: output shape {out.shape} does not match the convolution")
+    sh, sw, ph, pw, ho, wo = _conv_window(n, spec, out, kh, kw)
     zero = d.const(0)
     per_pix: dict[tuple[int, int], list[str]] = {}
     for y in range(ho):
@@ -668,11 +674,7 @@ def design_conv_pixel(g: Graph, n: Node, module: str, adder: str = "cse",
     b = n.consts.get("bias")
     o_ch, c, kh, kw = w.shape
     _, h, wd = spec.shape
-    sh, sw = n.attr("stride", (1, 1))
-    ph, pw = n.attr("padding", (0, 0))
-    ho, wo = out.shape[1], out.shape[2]
-    if (ho, wo) != (conv_out_size(h, kh, sh, ph), conv_out_size(wd, kw, sw, pw)):
-        raise UnsupportedError(f"node {n.name!r}: output shape {out.shape} does not match the convolution")
+    sh, sw, ph, pw, ho, wo = _conv_window(n, spec, out, kh, kw)
     ew = fx.width
     k = LayerDesign(f"{module}_pix", f"per-pixel kernel of {n.op.value} {n.name}", cse_block=cse_block)
     win = k.input_port("win", c * kh * kw, fx)
