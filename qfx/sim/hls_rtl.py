@@ -276,7 +276,6 @@ def run_hls_rtl_cosim(project_dir: str | os.PathLike[str], n_vectors: int = 1000
     find_verilator()
     try:
         import cocotb  # noqa: F401
-        import cocotbext.axi  # noqa: F401
     except ImportError as exc:
         raise MissingToolError(f"{exc.name} is not installed (install it: pip install 'qfx[sim]')") from None
     synth_cached, synth_s, log = synthesize(proj, vitis, synth_timeout, force=resynth)
