@@ -305,14 +305,19 @@ def test_qonnx_datatypes(name, fmt):
 
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("op,domain,what,attrs", [
-    ("Softmax", "", "Softmax", {}), ("MultiThreshold", QD, "FINN", {}), ("FloatQuant", QD, "minifloat", {}),
+    ("Softmax", "", "over a vector", {}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
+    ("FloatQuant", QD, "at most 12 bits", {}), ("Sigmoid", "", "at most 12 bits", {}),
     ("Erf", "", "cut the model", {}), ("LeakyRelu", "", "at most 12 bits", {"alpha": 0.1}),
     ("Resize", "", "integer factors", {"mode": "linear"}), ("DepthToSpace", "", "DepthToSpace", {"blocksize": 3}),
 ])
 def test_unsupported_ops_refused_in_one_line(op, domain, what, attrs, tmp_path, capsys):
     b = B((4, 2, 2))
-    h = b.quant("x", 0.25, 8 if op != "LeakyRelu" else 16)
+    h = b.quant("x", 0.25, 16 if op in ("LeakyRelu", "MultiThreshold", "FloatQuant", "Sigmoid") else 8)
     ins = [h, "", b.c([1.0, 1.0, 1.5, 1.5])] if op == "Resize" else [h]
+    if op == "MultiThreshold":
+        ins.append(b.c(np.array([[0.0, 1.0, 2.0]])))
+    if op == "FloatQuant":
+        ins += [b.c(np.array(1.0)), b.c(np.array(4.0)), b.c(np.array(3.0)), b.c(np.array(7.0)), b.c(np.array(448.0))]
     b.k += 1
     b.nodes.append(helper.make_node(op, ins, ["y"], name=f"my_{op}", domain=domain, **attrs))
     m = b.model("y")
@@ -459,3 +464,84 @@ def test_import_errors_are_one_line_qfx_errors():
     with pytest.raises(QfxError) as ei:
         import_model(b.model(y), input_fmt="ap_fixed<8,3>")
     assert "\n" not in str(ei.value) and "two activations" in str(ei.value)
+
+
+# ---------------------------------------------------------------------------------------------- FINN / minifloat
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_multithreshold_is_an_exact_table(per_channel):
+    """FINN MultiThreshold (count of thresholds <= x, times out_scale plus out_bias) equals QONNX's executor code for
+    code, per-tensor and per-channel thresholds (ties at exact codes included)."""
+    r = _rng(21)
+    b = B((3, 2, 2))
+    h = b.quant("x", 0.25, 5)
+    rows = 3 if per_channel else 1
+    thr = np.sort(r.integers(-16, 16, (rows, 6)) * 0.25 + r.choice([0.0, 0.1], (rows, 6)), axis=1)
+    y = b.op("MultiThreshold", [h, b.c(thr)], domain=QD, out_dtype="UINT3", out_scale=0.5, out_bias=-1.0)
+    x = r.uniform(-4.5, 4.5, (64, 3, 2, 2))
+    x[:8] = thr.ravel()[:1]  # exactly on a threshold
+    g = compare(b.model(y), x)
+    ops = [n.op for n in g.nodes]
+    assert ops.count("lut") == 1
+    assert ("scale_shift" in ops[:ops.index("lut")]) == per_channel  # the row select for per-channel thresholds
+
+
+def test_floatquant_weights_and_activation():
+    """QONNX FloatQuant (fp8 e4m3 with non-power-of-two scales) on a Gemm's weights and on its input."""
+    r = _rng(22)
+    b = B((6,))
+    fq = [b.c(np.array(4.0)), b.c(np.array(3.0)), b.c(np.array(7.0)), b.c(np.array(448.0))]
+    w = b.op("FloatQuant", [b.c(r.normal(0, 0.4, (4, 6))), b.c(np.array(0.0043)), *fq], domain=QD, has_inf=0,
+             has_nan=1, has_subnormal=1, rounding_mode="ROUND", saturation=1)
+    h = b.op("FloatQuant", [b.quant("x", 2.0 ** -5, 8), b.c(np.array(0.0151)), *fq], domain=QD, has_inf=0,
+             has_nan=1, has_subnormal=1, rounding_mode="ROUND", saturation=1)
+    y = b.op("Gemm", [h, w], transB=1)
+    x = r.uniform(-4, 4, (64, 6))
+    g = import_model(b.model(y))
+    got = output_values(g, run(g, input_codes(g, x))).reshape(len(x), -1)
+    ref = qonnx_run(b.model(y), x)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * np.max(np.abs(ref))
+    assert "lut" in [n.op for n in g.nodes]
+
+
+def test_two_inputs_two_outputs():
+    """Several graph inputs (each its own Quant) and outputs import; the interpreter equals QONNX on each output."""
+    r = _rng(23)
+    b = B((4,))
+    a = b.quant("x", 0.25, 6)
+    c = b.quant("x2", 0.125, 6)
+    s = b.quant(b.op("Add", [a, c]), 0.25, 8)
+    d = b.quant(b.op("Gemm", [a, b.quant(b.c(r.normal(0, 0.5, (3, 4))), 0.125, 4)], transB=1), 0.5, 8)
+    m = b.model(s)
+    m.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 4]))
+    m.graph.output.append(helper.make_tensor_value_info(d, TensorProto.FLOAT, None))
+    g = import_model(m)
+    assert len(g.inputs) == 2 and len(g.outputs) == 2
+    x1, x2 = r.uniform(-4, 4, (32, 4)), r.uniform(-2, 2, (32, 4))
+    outs = run(g, {g.inputs[0]: input_codes(g, x1, 0), g.inputs[1]: input_codes(g, x2, 1)})
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.util.cleanup import cleanup_model
+
+    mw = cleanup_model(ModelWrapper(m))
+    for i in range(len(x1)):
+        ins = [v.name for v in mw.graph.input]  # qonnx's clean-up renames them (global_in, global_in_1)
+        ref = execute_onnx(mw, {ins[0]: x1[i:i + 1].astype(np.float32), ins[1]: x2[i:i + 1].astype(np.float32)})
+        for k, o in enumerate(g.outputs):
+            got = output_values(g, outs[o][i:i + 1], k).reshape(-1)
+            np.testing.assert_array_equal(got, np.asarray(ref[mw.graph.output[k].name]).reshape(-1))
+
+
+def test_softmax_after_quant_and_axis_refusal():
+    """A Softmax after a quantized vector is qfx's softmax op (16-bit output, close to the float softmax)."""
+    r = _rng(24)
+    b = B((6,))
+    y = b.op("Softmax", [b.quant("x", 2.0 ** -3, 7)], axis=-1)
+    g = import_model(b.model(y))
+    assert g.nodes[-1].op == "softmax"
+    x = r.uniform(-4, 4, (64, 6))
+    got = output_values(g, run(g, input_codes(g, x)))
+    q = np.clip(np.round(x * 8), -64, 63) / 8
+    ref = np.exp(q - q.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    assert np.max(np.abs(got - ref)) < 2e-3

@@ -34,7 +34,7 @@ QONNX_DOMAIN = "qonnx.custom_op.general"
 CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
 #: domains QONNX ops are found in: older Brevitas wrote Quant into the default domain or ``onnx.brevitas``
 QONNX_DOMAINS = ("", "ai.onnx", "onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "qonnx")
-QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc"})
+QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc", "MultiThreshold", "FloatQuant"})
 _MAX_FOLD_ELEMS = 1 << 22  # never materialize huge constants (e.g. a ConstantOfShape over an image)
 #: element-wise ops a layout Transpose moves through (scalar extra inputs only)
 _UNARY_ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Abs", "Neg", "Elu", "Selu",
@@ -272,6 +272,34 @@ class _Cleaner:
             del self.g.node[:]
             self.g.node.extend(new_nodes)
             self.report.append(f"rewrote {count} channels-last op(s) as Transpose + standard op + Transpose")
+
+    def hardswish(self) -> None:
+        """``x * HardSigmoid(x)`` with alpha 1/6, beta 1/2 (torch's hardswish before opset 14) -> HardSwish(x)."""
+        from onnx import helper
+
+        count = 0
+        for n in list(self.g.node):
+            if n.op_type != "Mul" or n.domain not in ("", "ai.onnx") or len(n.input) != 2:
+                continue
+            for k in (0, 1):
+                hs = self.producer(n.input[k])
+                if hs is None or hs.op_type != "HardSigmoid" or hs.input[0] != n.input[1 - k]:
+                    continue
+                a = _attrs(hs)
+                if abs(float(a.get("alpha", 0.2)) - 1 / 6) > 1e-6 or float(a.get("beta", 0.5)) != 0.5:
+                    continue
+                new = helper.make_node("HardSwish", [hs.input[0]], [n.output[0]], name=n.name or "HardSwish")
+                nodes = list(self.g.node)
+                nodes[nodes.index(n)] = new
+                del self.g.node[:]
+                self.g.node.extend(nodes)
+                count += 1
+                break
+        if count:
+            for o in self.m.opset_import:  # HardSwish is opset 14; 13 -> 14 changes no inference semantics
+                if o.domain in ("", "ai.onnx") and o.version < 14:
+                    o.version = 14
+            self.report.append(f"fused {count} x*HardSigmoid(x) pattern(s) into HardSwish")
 
     def identities(self) -> None:
         outs = self.graph_outputs()
@@ -578,6 +606,7 @@ class _Cleaner:
         self.domains()
         self.channels_last()
         self.identities()
+        self.hardswish()
         self.fold_constants()
         self.transposes()
         self.fold_constants()

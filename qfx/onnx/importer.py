@@ -21,12 +21,29 @@
   - ``Trunc`` (after AveragePool, Brevitas' QuantAvgPool) is a requantization with its rounding mode;
     AveragePool is ``avgpool2d`` (a power-of-two window exactly; otherwise the window sum with 1/(kh*kw) in
     the view).
-  - Gemm/MatMul (+ Add bias), Conv (grouped convolutions expanded to block-diagonal weights), Relu, Add,
-    MaxPool, AveragePool/GlobalAveragePool, Flatten, Reshape as torch exports them. Float initializers are
-    constants when their values are dyadic with a small code width (weights a fixed-point trainer produced).
+  - Gemm/MatMul (+ Add bias), Conv (grouped convolutions expanded to block-diagonal weights; asymmetric
+    padding as a ``zeropad2d`` first), Relu, Add, MaxPool, AveragePool/GlobalAveragePool, ReduceMean over the
+    spatial axes, Pad (zeros), Flatten, Reshape as torch exports them. Float initializers are constants when their
+    values are dyadic with a small code width (weights a fixed-point trainer produced).
+  - **1-D** Conv/MaxPool/AveragePool/GlobalAveragePool on (N, C, L) run as their 2-D form on (C, 1, L) with
+    ``reshape`` nodes around them, so every tensor keeps the shape the ONNX model promises (Keras' channels-last
+    form is the same op between two Transposes, which the clean-up folds); BatchNormalization is per channel.
+  - Float functions of a quantized tensor (Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign,
+    LeakyRelu, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
+    per-tensor view folds into the table); output ``TABLE_OUT_BITS`` (16) bits with the most fractional bits that
+    hold the function's range. Clip with bounds on the grid is the ``clip`` op.
+  - ``Softmax`` over the last axis of a vector of at most 12 bits is the ``softmax`` op with output
+    ``SOFTMAX_OUT`` = ``ap_ufixed<16,1,AP_RND_CONV,AP_SAT>`` (1.0 representable, 15 fractional bits; its tables
+    follow from that width); other axes are refused.
+  - ``MultiThreshold`` (FINN) is a ``lut`` over the input codes whose entries are the threshold counts (exact);
+    per-channel thresholds select one block of the table per distinct row through an exact ``scale_shift``
+    (``MT_TABLE_BITS``); ``out_scale``/``out_bias`` go into the view. ``FloatQuant`` (minifloat) on constants gives
+    their exact dyadic values; on activations of at most 12 bits it is a ``lut`` holding the minifloat values.
+  - Several graph inputs and outputs (each input's format from its Quant, annotation or ``input_fmt``);
+    ``input_codes(graph, x, k)`` for input ``k``. MatMul of two computed tensors (attention) is refused up front.
 
-  Ops qfx has no IR op for (LeakyRelu, Softmax, Concat, Resize, DepthToSpace, MultiThreshold, FloatQuant, ...)
-  are refused with one line naming the op, the node and what to do (``REFUSALS``).
+  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, QDQ models, ...) are refused with one line naming the op,
+  the node and what to do (``REFUSALS``).
 * **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
   (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
   the input. ``input_codes(graph, x)`` turns float model inputs into the IR's input codes (input scale, bipolar,
@@ -391,15 +408,15 @@ def _annotations(graph) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ interface helpers
-def input_codes(graph: Graph, x: Any) -> np.ndarray:
-    """IR input codes for a batch of the ONNX model's float inputs: layout (``input_perm``), bipolar sign or input
-    scale (``input_scale``), then the input format's own rounding and saturation."""
-    meta = graph.meta
+def input_codes(graph: Graph, x: Any, k: int = 0) -> np.ndarray:
+    """IR input codes for a batch of the ONNX model's float input ``k``: layout (``input_perm``), bipolar sign or
+    input scale (``input_scale``), then the input format's own rounding and saturation."""
+    meta = graph.meta["input_meta"][k] if "input_meta" in graph.meta else graph.meta
     v = np.asarray(x, dtype=np.float64)
     perm = meta.get("input_perm")
     if perm:
         v = np.transpose(v, [int(p) for p in perm])
-    fin = graph.tensor(graph.inputs[0]).fmt
+    fin = graph.tensor(graph.inputs[k]).fmt
     if meta.get("input_quant") == "bipolar":
         return fin.to_int(np.where(v >= 0, 1.0, -1.0) * float(meta.get("input_unit", 1.0)))
     s = meta.get("input_scale")
@@ -419,26 +436,60 @@ def output_values(graph: Graph, codes: np.ndarray, k: int = 0) -> np.ndarray:
     return y
 
 
+# ------------------------------------------------------------------------------------------------ tables
+#: output format of an imported Softmax: probabilities in [0, 1] (1.0 included) with 15 fractional bits; the exp
+#: and reciprocal tables follow this width (``softmax_tables``: 19-bit entries, a 2**14-entry reciprocal table)
+SOFTMAX_OUT = FxFormat(16, 1, False, "RND_CONV", "SAT")
+#: width of the output of an imported float function table (Sigmoid, Tanh, ...): the most fractional bits that
+#: hold the function's range over the input format
+TABLE_OUT_BITS = 16
+#: widest table index of a MultiThreshold with per-channel thresholds (input bits + bits of the row number)
+MT_TABLE_BITS = 16
+
+
+def _table_format(y: np.ndarray) -> FxFormat:
+    """The TABLE_OUT_BITS-bit round-to-nearest saturating format with the most fractional bits that holds ``y``."""
+    lo, hi = float(np.min(y)), float(np.max(y))
+    signed = lo < 0
+    big = max(abs(lo), abs(hi), 2.0 ** -TABLE_OUT_BITS)
+    ib = math.floor(math.log2(big)) + 1 + (1 if signed else 0)
+    fmt = FxFormat(TABLE_OUT_BITS, ib, signed, "RND_CONV", "SAT")
+    if np.max(y) > fmt.max:  # hi rounds up past the range by less than one LSB: one more integer bit
+        fmt = FxFormat(TABLE_OUT_BITS, ib + 1, signed, "RND_CONV", "SAT")
+    return fmt
+
+
+def minifloat(x: np.ndarray, e_bits: int, m_bits: int, e_bias: float, max_val: float, rounding: str) -> np.ndarray:
+    """QONNX FloatQuant on unit-scale values (float64): round to ``m_bits`` mantissa bits at each value's binade
+    (subnormals below ``1 - bias``), saturate to ``min(max_val, format max)``. Every result is a dyadic number."""
+    x = np.asarray(x, dtype=np.float64)
+    emin = 1.0 - e_bias - m_bits
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.abs(x) + np.finfo(np.float64).tiny)) - m_bits
+    step = np.exp2(np.maximum(e, emin))
+    r = {"ROUND": np.round, "HALF_EVEN": np.round, "FLOOR": np.floor, "CEIL": np.ceil, "ROUND_TO_ZERO": np.trunc,
+         "DOWN": np.trunc, "UP": lambda v: np.sign(v) * np.ceil(np.abs(v))}[rounding]
+    q = step * r(x / step)
+    top = float(np.sum(2.0 ** np.arange(0, -m_bits - 1, -1.0))) * 2.0 ** (2.0 ** e_bits - 1 - e_bias)
+    top = min(top, max_val)
+    return np.clip(q, -top, top)
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 _CUT = "cut the model before it (run that part on the host) or replace it in the source model"
 #: ONNX ops qfx has no IR op for: what the user can do (the refusal names op and node)
 REFUSALS = {
-    "Softmax": "drop the final Softmax before export (argmax is unchanged) or compute it on the host",
-    "LogSoftmax": "drop the final LogSoftmax before export (argmax is unchanged) or compute it on the host",
-    "LeakyRelu": "qfx has no leaky ReLU op; use ReLU, or " + _CUT,
-    "Concat": "qfx graphs have no concatenation op; " + _CUT,
-    "Resize": "qfx has no upsampling op; " + _CUT,
-    "Upsample": "qfx has no upsampling op; " + _CUT,
-    "DepthToSpace": "qfx has no pixel-shuffle op; " + _CUT,
-    "SpaceToDepth": "qfx has no pixel-shuffle op; " + _CUT,
-    "MultiThreshold": "FINN-streamlined graphs are not imported; export the model before FINN streamlining "
-                      "(QONNX Quant nodes)",
-    "FloatQuant": "minifloat formats are not fixed point; quantize with integer Quant nodes",
-    "Sigmoid": "qfx has no sigmoid op; " + _CUT,
-    "Tanh": "qfx has no tanh op; " + _CUT,
+    "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
+                  "on the host",
+    "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
+    "QuantizeLinear": "ONNX QDQ (QuantizeLinear/DequantizeLinear) models are not imported; export QONNX (Brevitas "
+                      "export_qonnx) or quantize the float model with qfx quantize",
+    "DequantizeLinear": "ONNX QDQ (QuantizeLinear/DequantizeLinear) models are not imported; export QONNX (Brevitas "
+                        "export_qonnx) or quantize the float model with qfx quantize",
 }
-_GENERIC = ("qfx imports Quant/BipolarQuant/Trunc, Gemm/MatMul, Conv, BatchNormalization, Relu, Add/Sub/Mul/Div by "
-            "constants, MaxPool/AveragePool, Flatten/Reshape; " + _CUT)
+_GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, Gemm/MatMul, Conv (1-D, 2-D), "
+            "BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/HardSwish/Elu, Softmax, Add/Sub/Mul/Div "
+            "by constants, MaxPool/AveragePool, Concat, Resize, DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
 def _clean_name(base: str) -> str:
@@ -629,11 +680,12 @@ class _Converter:
             t = self._add("relu", node, [t], self.tensors[t].shape, fmt)
         return t, u
 
-    def _bind_input(self, node, fmt: FxFormat, meta: dict[str, Any]) -> str:
-        shape = self.pending_inputs[self.input_onnx]
-        self.input_tensor = self._new_tensor(self.input_onnx, shape, fmt)
-        self.meta.update(meta)
-        return self.input_tensor
+    def _bind_input(self, node, fmt: FxFormat, meta: dict[str, Any], onnx_name: str) -> str:
+        """Give graph input ``onnx_name`` its IR tensor (format ``fmt``); ``meta``: how float data becomes codes."""
+        t = self._new_tensor(onnx_name, self.pending_inputs[onnx_name], fmt)
+        self.input_tensors[onnx_name] = t
+        self.input_meta[onnx_name].update(meta)
+        return t
 
     # ---------------------------------------------------------------- conversion
     def convert(self) -> Graph:
@@ -645,31 +697,48 @@ class _Converter:
             if shape is None:
                 raise BadInputError(f"graph input {i.name!r} needs a static per-sample shape")
             self.pending_inputs[i.name] = shape
-        if len(self.pending_inputs) != 1:
-            raise UnsupportedError(f"qfx imports single-input models; this one has {len(self.pending_inputs)} inputs "
-                                   f"({', '.join(self.pending_inputs)})")
-        (iname, ishape), = self.pending_inputs.items()
-        self.input_onnx = iname
-        self.input_tensor: str | None = None
+        if not self.pending_inputs:
+            raise BadInputError("the ONNX graph has no data input")
+        self.input_tensors: dict[str, str | None] = {k: None for k in self.pending_inputs}
+        self.input_meta: dict[str, dict[str, Any]] = {k: {} for k in self.pending_inputs}
         props = {p.key: p.value for p in self.m.metadata_props}
-        if props.get("qfx.input_perm"):
-            self.meta["input_perm"] = [int(p) for p in props["qfx.input_perm"].split(",")]
-        ann = _annotations(g).get(iname)
-        fin = self.input_fmt
-        if fin is None and ann is not None:
-            fin = parse_qonnx_datatype(ann)
+        if props.get("qfx.input_perm") and len(self.pending_inputs) == 1:
+            self.input_meta[next(iter(self.pending_inputs))]["input_perm"] = \
+                [int(p) for p in props["qfx.input_perm"].split(",")]
+        live = set(self.pending_inputs)  # tensors computed from the data inputs
+        for n in g.node:  # refuse activation-by-activation products up front: nothing else in the model matters
+            if any(i in live for i in n.input):
+                live.update(n.output)
+            if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx") and len(n.input) > 1 and \
+                    n.input[0] in live and n.input[1] in live:
+                raise UnsupportedError(f"unsupported {n.op_type} of two computed tensors (node {self._where(n)!r}, "
+                                       f"e.g. attention scores Q*K^T): qfx multiplies activations only by constant "
+                                       f"weights; {_CUT}")
+        anns = _annotations(g)
+        for iname, ishape in self.pending_inputs.items():
+            ann = anns.get(iname)
+            fin = self.input_fmt
+            if fin is None and ann is not None:
+                fin = parse_qonnx_datatype(ann)
+                if fin is not None:
+                    self.report.append(f"input {iname!r}: format {fin.ap_type()} from its QONNX datatype {ann}")
             if fin is not None:
-                self.report.append(f"input {iname!r}: format {fin.ap_type()} from its QONNX datatype {ann}")
-        if fin is not None:
-            self.input_tensor = self._new_tensor(iname, ishape, fin)
-            self.vals[iname] = _Val("act", tensor=self.input_tensor)
-        else:
-            self.vals[iname] = _Val("input")
+                self.input_tensors[iname] = self._new_tensor(iname, ishape, fin)
+                self.vals[iname] = _Val("act", tensor=self.input_tensors[iname])
+            else:
+                self.vals[iname] = _Val("input", tensor=iname)
         for n in g.node:
             self._convert_node(n)
-        if self.input_tensor is None:
-            raise BadInputError(f"graph input {iname!r} is a float tensor that no Quant node quantizes; "
-                                f"{INPUT_FORMAT_HINT}, or add a QONNX datatype annotation")
+        for iname, t in self.input_tensors.items():
+            if t is None:
+                raise BadInputError(f"graph input {iname!r} is a float tensor that no Quant node quantizes; "
+                                    f"{INPUT_FORMAT_HINT}, or add a QONNX datatype annotation")
+        ins = tuple(t for t in self.input_tensors.values() if t is not None)
+        metas = [self.input_meta[k] for k in self.input_tensors]
+        if len(ins) == 1:
+            self.meta.update(metas[0])
+        elif any(metas):
+            self.meta["input_meta"] = metas
         outs, scales = [], []
         for o in g.output:
             v = self.vals.get(o.name)
@@ -682,7 +751,7 @@ class _Converter:
             scales.append(None if np.all(v.m == 1) else [float(x) for x in v.m])
         if any(s is not None for s in scales):
             self.meta["output_scale"] = scales
-        used = {t for n in self.nodes for t in (*n.inputs, n.output)} | {self.input_tensor}
+        used = {t for n in self.nodes for t in (*n.inputs, n.output)} | set(ins)
         tensors = {k: v for k, v in self.tensors.items() if k in used}
         name = g.name or "onnx_model"
         approx = [r for r in self.requants if not r["exact"]]
@@ -693,7 +762,7 @@ class _Converter:
         meta = {"imported_from": "onnx", "producer": self.m.producer_name, **self.meta}
         if self.report:
             meta["import_report"] = list(self.report)
-        graph = Graph(name, (self.input_tensor,), tuple(outs), tensors, tuple(self.nodes), meta).validate()
+        graph = Graph(name, ins, tuple(outs), tensors, tuple(self.nodes), meta).validate()
         from qfx.ir.passes import run_flow
 
         return run_flow(graph, ["check_formats"]).graph
@@ -790,14 +859,16 @@ class _Converter:
             sym = narrow and signed and b > 1 and _sat_sym_is_symmetric()
             ovf = "SAT_SYM" if sym else "SAT"
             if is_pow2(s):
-                t = self._bind_input(n, FxFormat(b, b + pow2_exponent(float(s.ravel()[0])), signed, rounding, ovf), {})
+                t = self._bind_input(n, FxFormat(b, b + pow2_exponent(float(s.ravel()[0])), signed, rounding, ovf), {},
+                                     x.tensor)
                 u = np.ones(1)
             else:
-                t = self._bind_input(n, FxFormat(b, b, signed, rounding, ovf), {"input_scale": float(s.ravel()[0])})
+                t = self._bind_input(n, FxFormat(b, b, signed, rounding, ovf), {"input_scale": float(s.ravel()[0])},
+                                     x.tensor)
                 u = _vec(s)
+            self.vals[x.tensor] = _Val("act", tensor=t, m=u)
             if narrow and not sym:
                 t = self._add("clip", n, [t], self.tensors[t].shape, self.tensors[t].fmt, attrs={"lo": lo, "hi": hi})
-            self.vals[self.input_onnx] = _Val("act", tensor=self.input_tensor, m=u)
             self.vals[n.output[0]] = _Val("act", tensor=t, m=u)
             return
         scale = self._chan(s, x, n, "scale") if s.size > 1 else _vec(s)
@@ -851,8 +922,8 @@ class _Converter:
         if x.kind == "input":
             if s.size != 1:
                 raise UnsupportedError(f"BipolarQuant node {self._where(n)!r} quantizes the graph input per channel")
-            t = self._bind_input(n, fmt, {"input_quant": "bipolar", "input_unit": 2.0 ** e})
-            self.vals[self.input_onnx] = _Val("act", tensor=t)
+            t = self._bind_input(n, fmt, {"input_quant": "bipolar", "input_unit": 2.0 ** e}, x.tensor)
+            self.vals[x.tensor] = _Val("act", tensor=t)
             self.vals[n.output[0]] = _Val("act", tensor=t, m=np.ones(1) if pow2 else _vec(s))
             return
         if x.relu:
@@ -1024,14 +1095,59 @@ class _Converter:
             bvals = np.broadcast_to(np.asarray(bias.values, dtype=np.float64).reshape(-1), (w.codes.shape[0],)) * beta
         self._linear(n, x, w, sw * alpha, bvals, "dense", (w.codes.shape[0],), {"khot": 0}, False)
 
+    def _one_d(self, n, handler: Callable[["_Converter", Any], None], const_inputs: tuple[int, ...] = ()) -> bool:
+        """A 1-D op on (C, L) runs as its 2-D form on (C, 1, L): the input is reshaped, constant inputs at
+        ``const_inputs`` (conv weights (O, C/g, k)) get a unit H axis, 1-D attributes become (1, k) ones, and the
+        (C', 1, L') result is reshaped back to (C', L'), the shape the ONNX model promises."""
+        from onnx import helper
+
+        x = self._get(n.input[0], n)
+        if x.kind != "act" or len(self.tensors[x.tensor].shape) != 2:
+            return False
+        xs = self.tensors[x.tensor]
+        base = n.name or n.output[0]
+        t_in = self._add("reshape", _FakeNode(f"{base}_2d_in"), [x.tensor], (xs.shape[0], 1, xs.shape[1]), xs.fmt,
+                         attrs={"shape": (xs.shape[0], 1, xs.shape[1])})
+        ins = list(n.input)
+        tmp_in = f"{base}__qfx2d_in"
+        self.vals[tmp_in] = _Val("act", tensor=t_in, m=x.m, h=x.h, relu=x.relu)
+        ins[0] = tmp_in
+        for k in const_inputs:
+            if len(ins) > k and ins[k]:
+                wv = self._const(ins[k], n, "weight")
+                if np.ndim(wv.values) != 3:
+                    raise BadInputError(f"{n.op_type} node {self._where(n)!r}: weight of shape "
+                                        f"{np.shape(wv.values)} is not (O, C/g, k)")
+                ins[k] = f"{base}__qfx2d_w{k}"
+                self.vals[ins[k]] = self._const_map(wv, lambda z: np.asarray(z)[:, :, None, :])
+        a2: dict[str, Any] = {}
+        for key, v in _attrs(n).items():
+            if key in ("kernel_shape", "strides", "dilations"):
+                v = [1, *[int(e) for e in v]]
+            elif key == "pads":
+                v = [0, int(v[0]), 0, int(v[1])] if len(v) == 2 else v
+            a2[key] = v
+        out = f"{base}__qfx2d_out"
+        node2 = helper.make_node(n.op_type, ins, [out], name=n.name or n.op_type, **a2)
+        handler(self, node2)
+        y = self.vals[out]
+        ys = self.tensors[y.tensor]
+        t = self._add("reshape", _FakeNode(f"{base}_1d_out"), [y.tensor], (ys.shape[0], ys.shape[2]), ys.fmt,
+                      attrs={"shape": (ys.shape[0], ys.shape[2])})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+        return True
+
     def h_conv(self, n) -> None:
+        if self._one_d(n, _Converter.h_conv, (1,)):
+            return
         a = _attrs(n)
         where = self._where(n)
         ins = list(n.input)
         x = self._act(ins[0], n)
         xs = self.tensors[x.tensor]
         if len(xs.shape) != 3:
-            raise UnsupportedError(f"Conv node {where!r}: only 2-D convolutions (C, H, W) are supported")
+            raise UnsupportedError(f"Conv node {where!r}: only 1-D (C, L) and 2-D (C, H, W) convolutions are "
+                                   f"supported, not {len(xs.shape)}-D")
         if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
             raise UnsupportedError(f"Conv node {where!r}: dilation is not supported")
         wv = self._const(ins[1], n, "weight")
@@ -1048,7 +1164,17 @@ class _Converter:
         if w.codes.shape[1] != xs.shape[0]:
             raise BadInputError(f"Conv node {where!r}: weight {w.codes.shape} does not fit input {xs.shape}")
         st = [int(s) for s in a.get("strides", [1, 1])]
-        pads = self._pads(n, a, xs.shape[1:], (kh, kw), st)
+        p4 = self._pads4(n, a, xs.shape[1:], (kh, kw), st)
+        if p4[0] != p4[1] or p4[2] != p4[3]:  # asymmetric (Keras 'same' with an even kernel): zero-pad first
+            if x.relu or np.any(x.h):
+                x = _Val("act", tensor=self._materialize(n, x))
+            shp = (xs.shape[0], xs.shape[1] + p4[0] + p4[1], xs.shape[2] + p4[2] + p4[3])
+            t = self._add("zeropad2d", _FakeNode(f"{where}_pad"), [x.tensor], shp, self.tensors[x.tensor].fmt,
+                          attrs={"pads": p4})
+            x = _Val("act", tensor=t, m=x.m)
+            xs = self.tensors[t]
+            p4 = (0, 0, 0, 0)
+        pads = (p4[0], p4[2])
         bias = self._const(ins[2], n, "bias") if len(ins) > 2 and ins[2] else None
         shape = (o, conv_out_size(xs.shape[1], kh, st[0], pads[0]), conv_out_size(xs.shape[2], kw, st[1], pads[1]))
         self._linear(n, x, w, sw, None if bias is None else np.asarray(bias.values, dtype=np.float64).reshape(-1),
@@ -1072,25 +1198,31 @@ class _Converter:
         return _Val("const", expand(wv.values, False), wv.fmt, None if wv.codes is None else expand(wv.codes, False),
                     None if wv.cscale is None else expand(np.broadcast_to(wv.cscale, np.shape(wv.codes)), True))
 
-    def _pads(self, n, a: dict[str, Any], hw: tuple[int, ...], k: tuple[int, int], st: list[int]) -> tuple[int, int]:
-        where = self._where(n)
+    def _pads4(self, n, a: dict[str, Any], hw: tuple[int, ...], k: tuple[int, int],
+               st: list[int]) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) padding of a 2-D window op (explicit pads or auto_pad)."""
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else str(auto)
         if auto in ("SAME_UPPER", "SAME_LOWER"):
-            pads = []
+            pads: list[int] = []
             for size, kk, s in zip(hw, k, st):
                 total = max((-(-size // s) - 1) * s + kk - size, 0)
-                if total % 2:
-                    raise UnsupportedError(f"{n.op_type} node {where!r}: auto_pad {auto} pads asymmetrically here; "
-                                           f"qfx needs equal padding on both sides")
-                pads.append(total // 2)
-            return pads[0], pads[1]
+                small, big = total // 2, total - total // 2
+                pads += [small, big] if auto == "SAME_UPPER" else [big, small]
+            return pads[0], pads[1], pads[2], pads[3]
         if auto == "VALID":
-            return 0, 0
-        pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-            raise UnsupportedError(f"{n.op_type} node {where!r}: asymmetric padding {pads} is not supported")
-        return pads[0], pads[1]
+            return 0, 0, 0, 0
+        p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+        if len(p) != 4 or min(p) < 0:
+            raise BadInputError(f"{n.op_type} node {self._where(n)!r}: pads {p} are not 4 non-negative values")
+        return p[0], p[2], p[1], p[3]
+
+    def _pads(self, n, a: dict[str, Any], hw: tuple[int, ...], k: tuple[int, int], st: list[int]) -> tuple[int, int]:
+        p = self._pads4(n, a, hw, k, st)
+        if p[0] != p[1] or p[2] != p[3]:
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: asymmetric padding (top, bottom, left, "
+                                   f"right) = {p} is not supported here")
+        return p[0], p[2]
 
     # ---------------------------------------------------------------- handlers: element-wise arithmetic
     def h_add(self, n) -> None:
@@ -1367,6 +1499,253 @@ class _Converter:
             self.report.append(f"LeakyRelu {where!r}: alpha {alpha!r} rounded to {float(da.approx[0])!r}")
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
 
+    # ---------------------------------------------------------------- handlers: tables (lut) and softmax
+    def _per_tensor(self, n, x: _Val) -> _Val:
+        """The view with per-tensor ``m``/``h`` (a per-channel view is materialized first)."""
+        if x.m.size > 1 or x.h.size > 1:
+            return _Val("act", tensor=self._materialize(n, x))
+        return x
+
+    def _table(self, n, x: _Val, fn: Callable[[np.ndarray], np.ndarray], spec: str,
+               out: FxFormat | None = None) -> str:
+        """``fn`` of the view's real values as a ``lut`` over every code of the IR tensor (the per-tensor view and a
+        deferred ReLU fold into the table). ``out=None``: a TABLE_OUT_BITS-bit round-to-nearest, saturating format
+        with the most fractional bits that hold the table's range."""
+        from qfx.fixed.tables import MAX_TABLE_BITS
+
+        x = self._per_tensor(n, x)
+        fx = self.tensors[x.tensor].fmt
+        if fx.width > MAX_TABLE_BITS:
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r} reads {fx.width}-bit values "
+                                   f"({fx.ap_type()}); qfx tables take inputs of at most {MAX_TABLE_BITS} bits: put a "
+                                   f"Quant of <= {MAX_TABLE_BITS} bits before it")
+        codes = np.arange(fx.min_code, fx.max_code + 1, dtype=np.int64)
+        real = fx.from_int(codes) * float(x.m[0]) + float(x.h[0])
+        if x.relu:
+            real = np.maximum(real, 0.0)
+        with np.errstate(all="ignore"):
+            y = np.asarray(fn(real), dtype=np.float64)
+        if not np.all(np.isfinite(y)):
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: the function is not finite on the input "
+                                   f"range of {fx.ap_type()}")
+        if out is None:
+            out = _table_format(y)
+        table = Constant(np.asarray(out.to_int(y), dtype=np.int64), out.with_modes("TRN", "WRAP"))
+        return self._add("lut", n, [x.tensor], self.tensors[x.tensor].shape, out, {"table": table}, {"fn": spec})
+
+    def h_activation(self, n) -> None:
+        """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign: a ``lut`` (see ``_table``)."""
+        a = _attrs(n)
+        op = n.op_type
+        alpha = float(a.get("alpha", {"HardSigmoid": 0.2, "Elu": 1.0, "Selu": 1.6732632423543772}.get(op, 0.0)))
+        beta = float(a.get("beta", 0.5))
+        gamma = float(a.get("gamma", 1.0507009873554805))
+        fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+            "Sigmoid": lambda v: 0.5 * (1.0 + np.tanh(0.5 * v)),
+            "Tanh": np.tanh,
+            "HardSigmoid": lambda v: np.clip(alpha * v + beta, 0.0, 1.0),
+            "HardSwish": lambda v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+            "Elu": lambda v: np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))),
+            "Selu": lambda v: gamma * np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))),
+            "Softplus": lambda v: np.logaddexp(0.0, v),
+            "Softsign": lambda v: v / (1.0 + np.abs(v)),
+        }
+        x = self._act(n.input[0], n)
+        spec = op.lower() if op not in ("HardSigmoid", "Elu", "Selu") else f"{op.lower()}({alpha!r})"
+        t = self._table(n, x, fns[op], f"onnx:{spec}")
+        self.vals[n.output[0]] = _Val("act", tensor=t)
+
+    def h_clip(self, n) -> None:
+        """Clip (ReLU6, hard-tanh): the ``clip`` op when both bounds are codes of the view, else a ``lut``."""
+        a = _attrs(n)
+        ins = list(n.input)
+        def bound(k: int, key: str, default: float) -> float:
+            if len(ins) > k and ins[k]:
+                return float(np.asarray(self._const(ins[k], n, key).values).ravel()[0])
+            return float(a.get(key, default))
+
+        lo, hi = bound(1, "min", -np.inf), bound(2, "max", np.inf)
+        x = self._per_tensor(n, self._act(ins[0], n))
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        fx = self.tensors[x.tensor].fmt
+        m, h = float(x.m[0]), float(x.h[0])
+        bounds = []
+        for b in (lo, hi):
+            c = (b - h) / m * 2.0 ** fx.frac_bits if math.isfinite(b) else b
+            bounds.append(c)
+        if m > 0 and all(not math.isfinite(c) or c == math.floor(c) for c in bounds):
+            clo = int(min(max(bounds[0], fx.min_code), fx.max_code))  # bounds outside the format change nothing
+            chi = int(max(min(bounds[1], fx.max_code), fx.min_code))
+            t = self._add("clip", n, [x.tensor], self.tensors[x.tensor].shape, fx, attrs={"lo": clo, "hi": chi})
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h)
+            return
+        t = self._table(n, x, lambda v: np.clip(v, lo, hi), f"onnx:clip({lo!r},{hi!r})")
+        self.vals[n.output[0]] = _Val("act", tensor=t)
+
+    def h_softmax(self, n) -> None:
+        """Softmax over the last (channel) axis of a vector: the ``softmax`` op with an
+        ``SOFTMAX_OUT`` output (values in [0, 1], 1.0 included). A per-tensor shift of the input cancels."""
+        from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS, softmax_tables
+
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        shape = self.tensors[x.tensor].shape
+        rank = len(shape) + 1
+        ax = int(_attrs(n).get("axis", -1 if self._opset() >= 13 else 1)) % rank
+        if len(shape) != 1 or ax != 1:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: qfx computes softmax over a vector (N, n) along its "
+                                   f"last axis; this one is over axis {ax} of a rank-{rank} tensor; {_CUT}")
+        if x.m.size > 1 or x.h.size > 1 or x.relu or np.any(x.m <= 0):
+            x = _Val("act", tensor=self._materialize(n, x))
+        fx = self.tensors[x.tensor].fmt
+        if fx.width > MAX_SOFTMAX_IN_BITS:
+            raise UnsupportedError(f"{n.op_type} node {where!r} reads {fx.width}-bit values ({fx.ap_type()}); qfx's "
+                                   f"softmax takes at most {MAX_SOFTMAX_IN_BITS}-bit inputs: put a Quant of <= "
+                                   f"{MAX_SOFTMAX_IN_BITS} bits before it")
+        t = x.tensor
+        if x.m[0] != 1:  # real = t * m: requantize to the same width with the scale applied (the shift cancels)
+            lim = max(abs(fx.min), abs(fx.max)) * float(x.m[0])
+            ib = max(1, math.ceil(math.log2(lim)) + 1) if lim > 0 else 1
+            f2 = FxFormat(fx.width, ib, True, "RND_CONV", "SAT")
+            t = self._scale_shift(n, t, x.m, np.zeros(1), f2, "softmax input scale")
+            fx = f2
+        et, rt, shift = softmax_tables(shape[0], fx, SOFTMAX_OUT)
+        out = self._add("softmax", n, [t], shape, SOFTMAX_OUT, {"exp_table": et, "recip_table": rt},
+                        {"shift": shift})
+        self.exact.discard(out)  # table approximations: a following Quant is a second rounding, not a fused cast
+        self.vals[n.output[0]] = _Val("act", tensor=out)
+
+    def _opset(self) -> int:
+        return next((int(o.version) for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    def h_multithreshold(self, n) -> None:
+        """FINN/QONNX MultiThreshold: ``count(x >= thresholds[c, :]) * out_scale + out_bias`` as one ``lut``.
+
+        The count depends on the channel when thresholds do; distinct threshold rows get one block of the table
+        each, selected by a ``scale_shift`` that adds ``row * 2**W`` to the input code (exact integer
+        arithmetic), so the table index is ``W + ceil(log2(rows))`` bits (at most MT_TABLE_BITS)."""
+        from qfx.fixed.tables import MAX_TABLE_BITS
+
+        where = self._where(n)
+        if len(n.input) != 2:
+            raise BadInputError(f"MultiThreshold node {where!r} needs inputs x, thresholds")
+        a = _attrs(n)
+        x = self._act(n.input[0], n)
+        thr = np.asarray(self._const(n.input[1], n, "thresholds").values, dtype=np.float64)
+        xs = self.tensors[x.tensor]
+        rank = len(xs.shape) + 1
+        layout = a.get("data_layout", b"")
+        layout = layout.decode() if isinstance(layout, bytes) else str(layout)
+        if not layout:
+            layout = {2: "NC", 3: "NWC", 4: "NCHW"}.get(rank, "NC")
+        cdim = layout.index("C") if "C" in layout else 1
+        if thr.ndim != 2:
+            raise BadInputError(f"MultiThreshold node {where!r}: thresholds of shape {thr.shape} are not (C, T)")
+        if cdim != 1 and thr.shape[0] > 1:
+            raise UnsupportedError(f"MultiThreshold node {where!r}: per-channel thresholds on a {layout} tensor; qfx "
+                                   f"tensors are channels-first: export the model channels-first")
+        fx = self.tensors[x.tensor].fmt
+        if fx.width > MAX_TABLE_BITS:
+            raise UnsupportedError(f"MultiThreshold node {where!r} reads {fx.width}-bit values ({fx.ap_type()}); qfx "
+                                   f"maps thresholds onto a table over every input code, at most {MAX_TABLE_BITS} bits")
+        c = self._channels(x.tensor) if cdim == 1 else 1
+        if thr.shape[0] not in (1, c):
+            raise BadInputError(f"MultiThreshold node {where!r}: {thr.shape[0]} threshold rows for {c} channels")
+        codes = np.arange(fx.min_code, fx.max_code + 1, dtype=np.int64)
+        m = np.broadcast_to(self._full(x.m, x.tensor), (self._channels(x.tensor),))
+        h = np.broadcast_to(self._full(x.h, x.tensor), (self._channels(x.tensor),))
+        per_chan = thr.shape[0] > 1 or x.m.size > 1 or x.h.size > 1
+        rows_of = range(self._channels(x.tensor)) if per_chan else range(1)
+        tables, row_idx = [], []
+        seen: dict[bytes, int] = {}
+        for ch in rows_of:
+            real = fx.from_int(codes) * m[ch] + h[ch]
+            if x.relu:
+                real = np.maximum(real, 0.0)
+            cnt = np.count_nonzero(real[:, None] >= thr[ch if thr.shape[0] > 1 else 0][None, :], axis=1)
+            key = cnt.astype(np.int64).tobytes()
+            if key not in seen:
+                seen[key] = len(tables)
+                tables.append(cnt.astype(np.int64))
+            row_idx.append(seen[key])
+        rb = (len(tables) - 1).bit_length()
+        if fx.width + rb > MT_TABLE_BITS:
+            raise UnsupportedError(f"MultiThreshold node {where!r}: {len(tables)} distinct threshold rows over "
+                                   f"{fx.width}-bit inputs need a {fx.width + rb}-bit table index (limit "
+                                   f"{MT_TABLE_BITS}); requantize its input to fewer bits")
+        nt = thr.shape[1]
+        of = FxFormat(max(1, nt.bit_length()), max(1, nt.bit_length()), False)
+        src = x.tensor
+        if len(tables) > 1:  # index = (code - min_code) + row * 2**W, unsigned, W + rb bits
+            ix = FxFormat(fx.width + rb, fx.width + rb - fx.frac_bits, False, "TRN", "WRAP")
+            shift = np.asarray(row_idx, dtype=np.int64) * (1 << fx.width) - fx.min_code
+            sf = FxFormat.for_code_range(0, int(shift.max(initial=0)), fx.frac_bits, signed=False)
+            one = Constant(np.ones(len(row_idx), dtype=np.int64), FxFormat(2, 2, True))
+            acc = scale_shift_format(fx, one.fmt, sf)
+            src = self._add("scale_shift", _FakeNode(f"{where}_row"), [x.tensor], xs.shape, ix,
+                            {"scale": one, "shift": Constant(shift, sf)}, acc=acc)
+            full = np.zeros(1 << ix.width, dtype=np.int64)
+            for k, tb in enumerate(tables):
+                full[k << fx.width:(k << fx.width) + tb.size] = tb
+            table_codes = full
+        else:
+            table_codes = tables[0]
+        table = Constant(table_codes, of)
+        t = self._add("lut", n, [src], xs.shape, of, {"table": table}, {"fn": "multithreshold"})
+        scale, bias = float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0))
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=np.array([scale]), h=np.array([bias]))
+
+    def h_floatquant(self, n) -> None:
+        """QONNX FloatQuant (minifloat): on constants the exact dyadic values; on activations of at most
+        MAX_TABLE_BITS bits a ``lut`` whose entries are the minifloat values (exact in a wide fixed format)."""
+        where = self._where(n)
+        if len(n.input) != 6:
+            raise BadInputError(f"FloatQuant node {where!r} needs inputs x, scale, exponent_bitwidth, "
+                                f"mantissa_bitwidth, exponent_bias, max_val")
+        a = _attrs(n)
+        sc, eb, mb, bias, mx = self._quant_params(n, list(n.input[1:6]))
+        rm = a.get("rounding_mode", b"ROUND")
+        rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
+        if rm not in ("ROUND", "HALF_EVEN", "FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
+            raise UnsupportedError(f"FloatQuant node {where!r} has rounding mode {rm!r}")
+        if not int(a.get("saturation", 1)):
+            raise UnsupportedError(f"FloatQuant node {where!r} does not saturate (inf/NaN outputs); qfx needs "
+                                   f"saturation=1")
+        e_bits, m_bits = int(np.asarray(eb).ravel()[0]), int(np.asarray(mb).ravel()[0])
+        e_bias, max_val = float(np.asarray(bias).ravel()[0]), float(np.asarray(mx).ravel()[0])
+        s = np.asarray(sc, dtype=np.float64)
+        if s.size == 0 or np.any(s <= 0) or not np.all(np.isfinite(s)):
+            raise FormatError(f"FloatQuant node {where!r} has a non-positive or non-finite scale")
+        x = self._get(n.input[0], n)
+        if x.kind == "input":
+            self._act(n.input[0], n)
+        if x.kind == "const":
+            v = np.asarray(x.values)
+            dt = v.dtype if v.dtype in (np.float32, np.float64) else np.float64
+            scale = _broadcast_scale(s, v.shape)
+            q = minifloat(np.asarray(v.astype(dt) / scale.astype(dt), dtype=np.float64), e_bits, m_bits, e_bias,
+                          max_val, rm)
+            codes, fmt = _dyadic_codes(q, f"FloatQuant {where!r} values")
+            if s.size == 1 and is_pow2(s):
+                e = pow2_exponent(float(s.ravel()[0]))
+                self.vals[n.output[0]] = _Val("const", q * scale, FxFormat(fmt.width, fmt.int_bits + e, True))
+            else:
+                cs = scale * 2.0 ** -fmt.frac_bits
+                self.vals[n.output[0]] = _Val("const", q * scale, None, codes, np.ascontiguousarray(cs))
+            return
+        if s.size != 1:
+            raise UnsupportedError(f"FloatQuant node {where!r} quantizes an activation per channel")
+        s0 = float(s.ravel()[0])
+        fn = lambda r: minifloat(r / s0, e_bits, m_bits, e_bias, max_val, rm)  # noqa: E731
+        xv = self._per_tensor(n, x)
+        fx = self.tensors[xv.tensor].fmt
+        codes = np.arange(fx.min_code, fx.max_code + 1, dtype=np.int64) if fx.width <= 12 else np.zeros(1, np.int64)
+        real = fx.from_int(codes) * float(xv.m[0]) + float(xv.h[0])
+        _, of = _dyadic_codes(fn(np.maximum(real, 0.0) if xv.relu else real), f"FloatQuant {where!r} values")
+        t = self._table(n, xv, fn, f"onnx:floatquant(e{e_bits}m{m_bits})", of.with_modes("RND_CONV", "SAT"))
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=np.array([s0]))
+
     # ---------------------------------------------------------------- handlers: pooling and shapes
     def _pool_attrs(self, n, xs: TensorSpec) -> tuple[list[int], list[int], tuple[int, int]]:
         a = _attrs(n)
@@ -1378,13 +1757,15 @@ class _Converter:
         return k, st, self._pads(n, a, xs.shape[1:], (k[0], k[1]), st)
 
     def h_maxpool(self, n) -> None:
+        if self._one_d(n, _Converter.h_maxpool):
+            return
         where = self._where(n)
         x = self._act(n.input[0], n)
         if np.any(x.m <= 0):
             x = _Val("act", tensor=self._materialize(n, x))
         xs = self.tensors[x.tensor]
         if len(xs.shape) != 3 or len(n.output) > 1 and n.output[1]:
-            raise UnsupportedError(f"MaxPool node {where!r}: only 2-D pooling without indices is supported")
+            raise UnsupportedError(f"MaxPool node {where!r}: only 1-D and 2-D pooling without indices is supported")
         k, st, pads = self._pool_attrs(n, xs)
         shape = (xs.shape[0], conv_out_size(xs.shape[1], k[0], st[0], pads[0]),
                  conv_out_size(xs.shape[2], k[1], st[1], pads[1]))
@@ -1393,11 +1774,14 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
 
     def h_avgpool(self, n) -> None:
+        if self._one_d(n, _Converter.h_avgpool):
+            return
         where = self._where(n)
         x = self._act(n.input[0], n)
         xs0 = self.tensors[x.tensor]
         if len(xs0.shape) != 3:
-            raise UnsupportedError(f"{n.op_type} node {where!r}: only 2-D pooling over (C, H, W) is supported")
+            raise UnsupportedError(f"{n.op_type} node {where!r}: only 1-D (C, L) and 2-D (C, H, W) pooling is "
+                                   f"supported")
         if n.op_type == "GlobalAveragePool":
             k, st, pads = [xs0.shape[1], xs0.shape[2]], [1, 1], (0, 0)
         else:
@@ -1420,6 +1804,72 @@ class _Converter:
         t = self._add("avgpool2d", n, [x.tensor], shape, acc, {"recip": recip},
                       {"kernel": tuple(k), "stride": tuple(st), "padding": pads}, acc)
         self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=x.h)
+
+    def h_reduce_mean(self, n) -> None:
+        """ReduceMean over every spatial axis (``x.mean((2, 3))``): a global average pool (+ flatten)."""
+        from onnx import helper
+
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        rank = len(self.tensors[x.tensor].shape) + 1
+        a = _attrs(n)
+        axes = a.get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = self._int_list(n.input[1], n)
+        axes = sorted({int(v) % rank for v in axes}) if axes is not None else list(range(rank))
+        if rank not in (3, 4) or axes != list(range(2, rank)):
+            raise UnsupportedError(f"ReduceMean node {where!r} over axes {axes} of a rank-{rank} tensor: qfx averages "
+                                   f"over all spatial axes only (global average pooling); {_CUT}")
+        tmp = f"{n.name or n.output[0]}__qfx_gap"
+        self.h_avgpool(helper.make_node("GlobalAveragePool", [n.input[0]], [tmp], name=n.name or "ReduceMean"))
+        y = self.vals[tmp]
+        if int(a.get("keepdims", 1)):
+            self.vals[n.output[0]] = y
+            return
+        ys = self.tensors[y.tensor]
+        t = self._add("flatten", n, [y.tensor], (ys.shape[0],), ys.fmt)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+
+    def h_pad(self, n) -> None:
+        """Pad with zeros over the spatial axes of (C, L) or (C, H, W): ``zeropad2d``."""
+        where = self._where(n)
+        a = _attrs(n)
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        x = self._act(n.input[0], n)
+        xs = self.tensors[x.tensor]
+        rank = len(xs.shape) + 1
+        pads = self._int_list(n.input[1], n) if len(n.input) > 1 and n.input[1] else [int(v) for v in a["pads"]]
+        value = float(np.asarray(self._const(n.input[2], n, "value").values).ravel()[0]) \
+            if len(n.input) > 2 and n.input[2] else float(a.get("value", 0.0))
+        if len(n.input) > 3 and n.input[3]:
+            ax = [int(v) % rank for v in self._int_list(n.input[3], n)]
+            full = [0] * (2 * rank)
+            for k, axis in enumerate(ax):
+                full[axis], full[rank + axis] = pads[k], pads[len(ax) + k]
+            pads = full
+        if mode != "constant" or value != 0 or rank not in (3, 4) or len(pads) != 2 * rank or \
+                any(pads[k] or pads[rank + k] for k in (0, 1)) or min(pads) < 0:
+            raise UnsupportedError(f"Pad node {where!r}: qfx pads H and W (or L) of (C, H, W) / (C, L) tensors with "
+                                   f"zeros (mode {mode!r}, value {value}, pads {pads}); {_CUT}")
+        if x.relu or np.any(x.h):
+            x = _Val("act", tensor=self._materialize(n, x))
+        fmt = self.tensors[x.tensor].fmt
+        t = x.tensor
+        if rank == 3:
+            c, length = xs.shape
+            t = self._add("reshape", _FakeNode(f"{where}_2d_in"), [t], (c, 1, length), fmt,
+                          attrs={"shape": (c, 1, length)})
+            p4 = (0, 0, pads[2], pads[5])
+        else:
+            p4 = (pads[2], pads[6], pads[3], pads[7])
+        s3 = self.tensors[t].shape
+        shp = (s3[0], s3[1] + p4[0] + p4[1], s3[2] + p4[2] + p4[3])
+        t = self._add("zeropad2d", n, [t], shp, fmt, attrs={"pads": p4})
+        if rank == 3:
+            t = self._add("reshape", _FakeNode(f"{where}_1d_out"), [t], (shp[0], shp[2]), fmt,
+                          attrs={"shape": (shp[0], shp[2])})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
 
     def _flat_view(self, x: _Val, size: int) -> tuple[np.ndarray, np.ndarray]:
         shape = self.tensors[x.tensor].shape
@@ -1504,4 +1954,8 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "Squeeze": _Converter.h_squeeze, "Unsqueeze": _Converter.h_squeeze,
     "Resize": _Converter.h_resize, "Upsample": _Converter.h_resize, "Concat": _Converter.h_concat,
     "DepthToSpace": _Converter.h_depth_to_space, "LeakyRelu": _Converter.h_leaky_relu,
+    "Softmax": _Converter.h_softmax, "Clip": _Converter.h_clip, "MultiThreshold": _Converter.h_multithreshold,
+    "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
+    **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
+                                              "Softsign")},
 }

@@ -10,9 +10,11 @@ inserts QONNX ``Quant`` nodes with **power-of-two scales** (fixed-point binary p
 * weights (``weight_bits``) and biases (``bias_bits``) as per-tensor Quant nodes on their initializers.
 
 Binary points come from the calibration range: the smallest power-of-two scale for which the largest |value| seen
-fits ``bits`` (unsigned when nothing negative was seen). A trailing Softmax/LogSoftmax is dropped (argmax is
-unchanged; qfx has no softmax op). The model is first cleaned (``qfx.onnx.cleanup``), so the written file is the
-cleaned graph; a layout transpose folded at the input is recorded as ``qfx.input_perm`` and applied to the
+fits ``bits`` (unsigned when nothing negative was seen). A Softmax stays (its input is quantized to the activation
+width; the importer makes it qfx's ``softmax`` op with a 16-bit output); a trailing LogSoftmax is dropped (argmax is
+unchanged; qfx has no log-softmax op). Float functions (Sigmoid, Tanh, HardSwish, ...) read a quantized tensor and
+become tables; their outputs are quantized like any activation. The model is first cleaned (``qfx.onnx.cleanup``),
+so the written file is the cleaned graph; a layout transpose folded at the input is recorded as ``qfx.input_perm`` and applied to the
 calibration data. The result runs in QONNX's executor as it is and imports into qfx without options.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 
 #: ops whose output is (the end of a chain that is) quantized
 QUANTIZED_OPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
-                           "AveragePool", "GlobalAveragePool", "Clip"})
+                           "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "Sigmoid", "Tanh",
+                           "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign"})
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
 _WEIGHT_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
@@ -102,7 +105,7 @@ class _Quantizer:
     def drop_softmax(self) -> None:
         outs = {o.name for o in self.g.output}
         for n in list(self.g.node):
-            if n.op_type in ("Softmax", "LogSoftmax") and n.output[0] in outs and not self._consumers(n.output[0]):
+            if n.op_type == "LogSoftmax" and n.output[0] in outs and not self._consumers(n.output[0]):
                 src = n.input[0]
                 prod = next((p for p in self.g.node if src in p.output), None)
                 if prod is None or len(self._consumers(src)) != 1:
@@ -110,7 +113,7 @@ class _Quantizer:
                 prod.output[list(prod.output).index(src)] = n.output[0]
                 self.g.node.remove(n)
                 self.report.append(f"dropped the final {n.op_type} {n.name or n.output[0]!r} (argmax unchanged; "
-                                   f"qfx has no softmax op)")
+                                   f"qfx has no log-softmax op)")
 
     def candidates(self) -> list[str]:
         consts = {i.name for i in self.g.initializer}

@@ -1,0 +1,198 @@
+"""Float models written the usual way (torch layers, torch.onnx.export) go through ``qfx quantize`` and import.
+
+Each model is exported at opset 13 and 17 (the TorchScript exporter, ``dynamo=False``), quantized with 8-bit
+weights/activations on calibration data, imported, and run by the golden interpreter; the result must follow
+onnxruntime's float output of the original model (small relative error, same argmax) and the exported qfx ONNX
+must compute the interpreter's bits. Two models also run through g++ C simulation.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+nn = torch.nn
+F = torch.nn.functional
+
+from qfx.ir.interpret import run  # noqa: E402
+from qfx.onnx.export import to_onnx_model  # noqa: E402
+from qfx.onnx.importer import import_model, input_codes, output_values  # noqa: E402
+from qfx.onnx.quantize import quantize_onnx  # noqa: E402
+from qfx.onnx.runtime import run_onnx_codes  # noqa: E402
+
+
+class MLPBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f1, self.bn, self.f2 = nn.Linear(12, 16), nn.BatchNorm1d(16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        return torch.softmax(self.f2(F.relu(self.bn(self.f1(x)))), dim=-1)
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.c2 = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3)
+        self.pool, self.gap, self.fc = nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.pool(F.relu(self.bn(self.c1(x))))
+        h = self.gap(F.relu(self.c2(h)))
+        return self.fc(h.view(h.size(0), -1))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.c2 = nn.Conv1d(3, 4, 3, padding=1), nn.BatchNorm1d(4), nn.Conv1d(4, 4, 3)
+        self.mp, self.ap, self.fc = nn.MaxPool1d(2), nn.AvgPool1d(2), nn.Linear(4 * 3, 4)
+
+    def forward(self, x):
+        h = self.mp(F.relu(self.bn(self.c1(x))))  # (4, 8)
+        h = self.ap(F.relu(self.c2(h)))  # (4, 3)
+        return self.fc(torch.flatten(h, 1))
+
+
+class ChannelsLast1d(nn.Module):
+    """The Keras layout: (N, L, C) data, transposed around a channels-first convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv1d(3, 4, 4, padding=2), nn.Linear(9 * 4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.c(x.permute(0, 2, 1))).permute(0, 2, 1)
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dw, self.pw = nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.Conv2d(4, 6, 1)
+
+    def forward(self, x):
+        return F.relu6(self.pw(F.relu6(self.dw(x)))).mean((2, 3))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(x + self.c2(F.relu(self.c1(x))))
+
+
+class ConcatUpsample(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.up = nn.Conv2d(2, 3, 1), nn.Conv2d(2, 2, 3, padding=1), nn.Upsample(scale_factor=2)
+
+    def forward(self, x):
+        return self.up(F.relu(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+class Heads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f, self.g = nn.Linear(6, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.f(x), 0.125)
+        h = F.hardswish(self.g(h))
+        return torch.sigmoid(h) + torch.tanh(h)
+
+
+class PadNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x):
+        return torch.clamp(self.c(F.pad(x, (1, 1, 1, 1))), -1.0, 1.0)
+
+
+MODELS = {  # name: (module, per-sample input shape)
+    "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
+    "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
+    "residual_add": (Residual, (3, 5, 5)), "concat_upsample": (ConcatUpsample, (2, 4, 4)),
+    "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)),
+}
+
+
+def _export(name: str, opset: int):
+    cls, shape = MODELS[name]
+    torch.manual_seed(0)
+    m = cls().eval()
+    for mod in m.modules():  # non-trivial BatchNorm statistics
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-0.3, 0.3)
+            mod.running_var.uniform_(0.5, 2.0)
+    buf = io.BytesIO()
+    torch.onnx.export(m, torch.zeros(1, *shape), buf, opset_version=opset, dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    return onnx.load_from_string(buf.getvalue()), shape
+
+
+def _float_out(model, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+def quantize_and_check(name: str, opset: int, tol: float = 0.08):
+    """Quantize, import, run; returns (graph, codes). Asserts the agreement with onnxruntime's float output."""
+    model, shape = _export(name, opset)
+    r = np.random.default_rng(1)
+    calib = r.uniform(-1, 1, (128, *shape)).astype(np.float32)
+    qm, _ = quantize_onnx(model, calib)
+    g = import_model(qm)
+    x = r.uniform(-1, 1, (48, *shape)).astype(np.float32)
+    codes = input_codes(g, x)
+    got = output_values(g, run(g, codes)).reshape(len(x), -1)
+    ref = _float_out(model, x).reshape(len(x), -1)
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-9))
+    assert err < tol, f"{name} opset {opset}: max error {err:.3f} of the largest output"
+    if ref.shape[1] > 1 and ref.ndim == 2 and name in ("mlp_bn_softmax", "cnn_bn_pool_gap", "conv1d"):
+        assert np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
+    return g, codes
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_float_model_quantizes_and_imports(name, opset):
+    g, codes = quantize_and_check(name, opset)
+    if opset == 13:  # every qfx executor computes the same bits: exported ONNX under onnxruntime == interpreter
+        np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes),
+                                      run(g, codes))
+
+
+def test_softmax_tail_is_the_softmax_op():
+    g, codes = quantize_and_check("mlp_bn_softmax", 13)
+    assert g.nodes[-1].op == "softmax"
+    assert g.tensor(g.outputs[0]).fmt.ap_type().startswith("ap_ufixed<16,1")
+
+
+def test_conv1d_keeps_the_promised_shape():
+    g, _ = quantize_and_check("conv1d", 17)
+    convs = [n for n in g.nodes if n.op == "conv2d"]
+    assert len(convs) == 2 and all(g.tensor(n.output).shape[1] == 1 for n in convs)
+    # the (C, L) tensors the ONNX model promises sit between the 2-D convolutions
+    assert any(len(g.tensor(n.output).shape) == 2 for n in g.nodes if n.op == "reshape")
+
+
+@pytest.mark.gxx
+@pytest.mark.parametrize("name", ["conv1d", "activation_heads"])
+def test_float_model_csim(name, tmp_path):
+    from qfx.commands.export import export_graph
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.sim.csim import run_csim
+
+    g, _ = quantize_and_check(name, 13)
+    g = run_flow(g, DEFAULT_FLOW).graph
+    rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=64)
+    assert rep.mismatches == 0 and rep.outputs_compared > 0
