@@ -18,7 +18,7 @@ import numpy as np
 from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
 
-__all__ = ["FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table"]
+__all__ = ["FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table"]
 
 #: widest input format a table covers (2**12 entries); wider inputs are requantized first by the layer
 MAX_TABLE_BITS = 12
@@ -49,23 +49,36 @@ FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = 
     "sqrt": (lambda x, _: np.sqrt(np.maximum(x, 0.0)), 0.0),
 }
 
+#: tables only qfx's composite layers use (log_softmax's log(max(p, floor)), LayerNorm's 1 / sqrt(var + eps)); kept
+#: out of FUNCTIONS so the random op and graph samplers, which draw from FUNCTIONS, make the same graphs as before
+COMPOSITE_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = {
+    "log": (lambda x, a: np.log(np.maximum(x, a)), 2.0 ** -24),
+    "rsqrt": (lambda x, e: 1.0 / np.sqrt(np.maximum(x, 0.0) + e), 1e-5),
+}
+
+
+def _function(name: str) -> tuple[Callable[[np.ndarray, float], np.ndarray], float] | None:
+    return FUNCTIONS.get(name) or COMPOSITE_FUNCTIONS.get(name)
+
+
 _SPEC = re.compile(r"^([a-z_]+)(?:\(([-+0-9.eE]+)\))?$")
 
 
 def parse_fn(spec: str) -> tuple[str, float]:
     """``"leaky_relu(0.1)"`` -> ("leaky_relu", 0.1); one-line BadInputError for an unknown name."""
     m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
-    if not m or m.group(1) not in FUNCTIONS:
-        raise BadInputError(f"unknown table function {spec!r}; known: {', '.join(sorted(FUNCTIONS))}")
+    if not m or _function(m.group(1)) is None:
+        raise BadInputError(f"unknown table function {spec!r}; known: "
+                            f"{', '.join(sorted(FUNCTIONS) + sorted(COMPOSITE_FUNCTIONS))}")
     name = m.group(1)
-    return name, float(m.group(2)) if m.group(2) is not None else FUNCTIONS[name][1]
+    return name, float(m.group(2)) if m.group(2) is not None else _function(name)[1]  # type: ignore[index]
 
 
 def evaluate(spec: str, values: np.ndarray) -> np.ndarray:
     """The float64 function the table samples (also the reference for error measurements)."""
     name, p = parse_fn(spec)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        return FUNCTIONS[name][0](np.asarray(values, dtype=np.float64), p)
+        return _function(name)[0](np.asarray(values, dtype=np.float64), p)  # type: ignore[index]
 
 
 def build_table(spec: str, in_fmt: FxFormat, out_fmt: FxFormat) -> np.ndarray:

@@ -5,8 +5,8 @@ Contract with ``qfx.nn``: every qfx module has ``ir_nodes(name, inputs, output) 
 format) and returns no nodes. qfx modules are fx leaves, so their ``forward`` is never traced into.
 
 Besides qfx modules, capture understands what carries no arithmetic: ``nn.Flatten``, ``torch.flatten``,
-``Tensor.flatten/view/reshape`` (batch dimension first, sizes from ``x.size(0)``/``x.shape[0]``), ``nn.Identity``
-and dropout (inference). Anything else raises ``UnsupportedError`` naming the module path or fx node, its type,
+``Tensor.flatten/view/reshape/squeeze/unsqueeze`` (batch dimension first, sizes from ``x.size(0)``/``x.shape[0]``),
+``nn.Identity`` and dropout (inference). Anything else raises ``UnsupportedError`` naming the module path or fx node, its type,
 and what to do (``qfx.quantize_model`` converts float layers, functions and operators; see ``qfx.nn.trace``).
 Calls whose results never reach the output are ignored.
 """
@@ -71,6 +71,29 @@ def _live_nodes(fx_graph: Any) -> set[Any]:
     return seen
 
 
+def _squeezed(op: str, shape: tuple[int, ...], args: Sequence[Any], kwargs: dict[str, Any],
+              where: str) -> tuple[int, ...]:
+    """The per-sample shape after ``squeeze``/``unsqueeze`` (dims count the batch as 0, which must stay)."""
+    dim = args[0] if args else kwargs.get("dim")
+    if isinstance(dim, (tuple, list)) and op == "squeeze":
+        dims = tuple(dim)
+    elif dim is None and op == "squeeze":  # every size-1 dim except the batch
+        return tuple(d for d in shape if d != 1) or (1,)
+    else:
+        dims = (dim,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise UnsupportedError(f"{where}: give {op}'s dim as a constant")
+    rank = len(shape) + 1 + (op == "unsqueeze")
+    full = [d + rank if d < 0 else d for d in dims]
+    if any(d <= 0 or d >= rank for d in full):
+        raise UnsupportedError(f"{where}: {op}(dim={dim!r}) must name a per-sample dimension (dim 0 is the batch)")
+    if op == "unsqueeze":
+        out = list(shape)
+        out.insert(full[0] - 1, 1)
+        return tuple(out)
+    return tuple(s for i, s in enumerate(shape) if not (i + 1 in full and s == 1)) or (1,)
+
+
 def capture(model: "Any", example_input: "Any | None" = None, name: str | None = None) -> Graph:
     """Trace ``model`` (qfx layers) into a validated ``Graph``.
 
@@ -108,6 +131,8 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
     outputs: list[str] = []
     placeholders: list[str] = []  # several tensor inputs: each gets its own QuantInput (quantize_model adds them)
     quantized: set[str] = set()
+    called: set[str] = set()  # qfx modules already emitted (by sanitized path)
+    scalars: set[str] = set()  # tensors torch holds as (N,) (the IR's per-sample shape (1,))
     examples = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
     pending: list[tuple[int, ...] | None] = [None if e is None else tuple(int(s) for s in e.shape[1:])
                                              for e in examples]
@@ -183,7 +208,9 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 if fxn.kwargs:
                     raise UnsupportedError(f"{where}: keyword arguments are not supported")
                 out = unique(path)
-                pairs = m.ir_nodes(sanitize(path), ins, out)
+                base = sanitize(path)  # a layer called again (shared weights) names its nodes after the new output
+                pairs = m.ir_nodes(base if base not in called else out, ins, out)
+                called.add(base)
                 if not pairs:
                     raise UnsupportedError(f"{where}: produced no IR nodes")
                 for node, spec in pairs:
@@ -196,6 +223,8 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 if last[0].output != out:
                     raise BadInputError(f"{where}: ir_nodes must write its output tensor {out!r} last")
                 env[fxn.name] = last[1]
+                if getattr(m, "scalar_output", lambda xs: False)(ins):  # torch (N,): one value per sample
+                    scalars.add(last[1].name)
             elif tname in _PASS_THROUGH:
                 env[fxn.name] = spec_of(fxn.args[0], where)
             elif isinstance(m, torch.nn.Flatten):
@@ -233,6 +262,10 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
             elif fxn.op == "call_function" and tname == "reshape":
                 x = spec_of(fxn.args[0], where)
                 add_reshape(fxn, x, dims_after_batch(fxn.args[1:], x, where), where)
+            elif tname in ("squeeze", "unsqueeze"):
+                x = spec_of(fxn.args[0], where)
+                shape = () if x.name in scalars else x.shape
+                add_reshape(fxn, x, _squeezed(tname, shape, fxn.args[1:], fxn.kwargs, where), where)
             elif tname in ("contiguous", "clone", "dropout") or (fxn.op == "call_method" and tgt == "detach"):
                 env[fxn.name] = spec_of(fxn.args[0], where)
             else:

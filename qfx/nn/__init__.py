@@ -2,7 +2,7 @@
 from qfx.nn.convert import QFXConfig, calibrate, calibration, fold_bn, format_table, quantize_model, report_formats
 from qfx.nn.exact import get_mode, mode, set_mode
 from qfx.nn.extra_layers import (
-    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QPReLU,
+    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QLayerNorm, QPReLU,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv2d, QFlatten, QLinear, QMaxPool2d, QModule,
@@ -16,5 +16,5 @@ __all__ = [
     "QClippedReLU", "QAdd", "QMaxPool2d", "QAvgPool2d", "QGlobalAvgPool2d", "QFlatten", "QModule", "set_mode", "get_mode", "mode",
     "QFXConfig", "quantize_model", "calibrate", "calibration", "fold_bn", "report_formats", "format_table",
     "QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "QSoftmax", "QConstScale", "QClip", "QPReLU",
-    "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d",
+    "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QLayerNorm",
 ]

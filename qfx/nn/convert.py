@@ -191,7 +191,23 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     link_chains(q)  # train mode: layer output + ReLU roundings in one pass (same bits; qfx.nn.quant.link_chains)
     if calib_data is not None:
         calibrate(q, calib_data, config.calib_method)
+        _check_capture(q, calib_data)
     return q
+
+
+def _check_capture(q: nn.Module, calib_data: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
+    """Capture the calibrated model once, so what only the IR refuses (a broadcast qfx has no op for, a shape a
+    layer cannot take) is refused here, before any training, not at export."""
+    from qfx.api import capture_model
+    from qfx.errors import QfxError
+
+    example = tuple(t[:1] for t in calib_data) if isinstance(calib_data, (tuple, list)) else calib_data[:1]
+    try:
+        capture_model(q, example)
+    except QfxError as exc:
+        from qfx.ir.from_torch import _model_class
+
+        raise type(exc)(f"cannot quantize {_model_class(q)}: {exc}") from None
 
 
 # ============================================================================ calibration

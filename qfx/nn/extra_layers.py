@@ -36,7 +36,7 @@ from qfx.nn.op_layers import _IRModule
 from qfx.nn.quant import FixedQuant
 
 __all__ = ["QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
-           "const_code"]
+           "QLayerNorm", "const_code"]
 
 
 class QGlobalAvgPool2d(QModule):
@@ -126,6 +126,11 @@ def _size_pair(v: Any, what: str) -> tuple[int, int]:
     return int(t[0]), int(t[1])
 
 
+#: input rank (batch included) a call was written for -> per-sample ranks it takes; 0: "the last dim" (x.mean(-1)
+#: of (N, C, L) or (N, n)); None: an nn.Adaptive*Pool module of unknown rank
+_POOL_RANKS: dict[int | None, tuple[int, ...]] = {None: (2, 3), 0: (1, 2), 2: (1,), 3: (2,), 4: (3,)}
+
+
 class _AdaptivePool(_IRModule):
     """Pool to a fixed output size over (N, C, H, W) or (N, C, L) inputs (L as a 1 x L plane); the window
     (input size / output size, which must divide) is read from every input, then it is the op's kernel and stride.
@@ -155,9 +160,15 @@ class _AdaptivePool(_IRModule):
 
     def window(self, shape: Sequence[int]) -> tuple[int, int]:
         """Kernel = stride of the pool over a per-sample input ``shape`` ((C, H, W) or (C, L))."""
-        if len(shape) not in (2, 3) or (self.ndim is not None and len(shape) + 1 != self.ndim):
-            want = {3: "(N, C, L)", 4: "(N, C, H, W)"}.get(self.ndim or 0, "(N, C, L) or (N, C, H, W)")
+        ranks = _POOL_RANKS.get(self.ndim, (2, 3))
+        if len(shape) == 1 and len(shape) in ranks and self.output_size not in (1, (1,), [1]):
+            raise UnsupportedError(f"{type(self).__name__}: a reduction over the features of (N, n) has output "
+                                   f"size 1, got {self.output_size!r}")
+        if len(shape) not in ranks:
+            want = " or ".join({1: "(N, n)", 2: "(N, C, L)", 3: "(N, C, H, W)"}[r] for r in ranks)
             raise BadInputError(f"{type(self).__name__} expects {want} input, got per-sample shape {tuple(shape)}")
+        if len(shape) == 1:
+            return 1, shape[0]
         oh, ow = self._out_hw(len(shape))
         h, w = (1, shape[1]) if len(shape) == 2 else (shape[1], shape[2])
         if h % oh or w % ow:
@@ -170,6 +181,9 @@ class _AdaptivePool(_IRModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.window(tuple(x.shape[1:]))
+        if x.ndim == 2:  # features of (N, n): (N, 1) with keepdim, else (N,)
+            y = self._exact(x) if self.qfx_mode == "exact" else self._pool_train(x[:, None, None, :], k).flatten(1)
+            return y if self.keepdim else y.reshape(-1)
         if self.qfx_mode == "exact":
             return self._exact(x)
         y = self._pool_train(x.unsqueeze(2) if x.ndim == 3 else x, k)
@@ -180,6 +194,10 @@ class _AdaptivePool(_IRModule):
     def _pool_node(self, name: str, src: str, out: str, k: tuple[int, int], x: TensorSpec) -> tuple[Node, FxFormat]:
         raise NotImplementedError  # pragma: no cover
 
+    def scalar_output(self, inputs: Sequence[TensorSpec]) -> bool:
+        """Torch gives (N,) (capture's per-sample (1,)): keepdim=False over the features of (N, n)."""
+        return not self.keepdim and len(inputs) == 1 and len(inputs[0].shape) == 1
+
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 1:
             raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
@@ -187,10 +205,11 @@ class _AdaptivePool(_IRModule):
         k = self.window(x.shape)
         items: list[IRItem] = []
         src = x
-        if len(x.shape) == 2:  # (C, L) -> (C, 1, L): a wire
+        if len(x.shape) < 3:  # (C, L) -> (C, 1, L), (n,) -> (1, 1, n): a wire
+            s3 = (x.shape[0], 1, x.shape[1]) if len(x.shape) == 2 else (1, 1, x.shape[0])
             mid = f"{output}.2d"
-            items.append((Node(f"{name}.to2d", "reshape", (x.name,), mid, attrs={"shape": (x.shape[0], 1, x.shape[1])},
-                               source=name), TensorSpec(mid, (x.shape[0], 1, x.shape[1]), x.fmt)))
+            items.append((Node(f"{name}.to2d", "reshape", (x.name,), mid, attrs={"shape": s3}, source=name),
+                          TensorSpec(mid, s3, x.fmt)))
             src = items[-1][1]
         c, h, w = src.shape
         shape = (c, h // k[0], w // k[1])
@@ -199,7 +218,7 @@ class _AdaptivePool(_IRModule):
         node, fmt = self._pool_node(name, src.name, pooled, k, src)
         items.append((node, TensorSpec(pooled, shape, fmt)))
         if not last:
-            final = (c,) if not self.keepdim else (c, shape[2])
+            final = (c,) if not self.keepdim or len(x.shape) == 1 else (c, shape[2])
             op = "flatten" if len(final) == 1 else "reshape"
             items.append((Node(f"{name}.{op}", op, (pooled,), output, attrs={} if op == "flatten" else {"shape": final},
                                source=name), TensorSpec(output, final, fmt)))
@@ -452,3 +471,95 @@ class QPReLU(_IRModule):
                   source=name), TensorSpec(t, x.shape, acc)),
             (Node(name, "add", (p, t), output, source=name), TensorSpec(output, x.shape, out)),
         ]
+
+
+def _affine_bn(n: int, **kw: Any) -> nn.Module:
+    from qfx.nn.layers import QBatchNorm1d, quantize_pair
+
+    class _LNAffine(QBatchNorm1d):
+        """LayerNorm's elementwise affine: scale = gamma, shift = beta (running statistics unused)."""
+
+        def scale_shift(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.weight, self.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.qfx_mode == "exact":
+                return self._forward_exact(x)
+            ss = quantize_pair(self.scale_quant, self.weight, self.shift_quant, self.bias)
+            if ss is None:
+                hq = self.shift_quant(self.bias)
+                ss = self.scale_quant(self.weight), hq
+            return self._out_train(torch.addcmul(ss[1].reshape(1, -1), x, ss[0].reshape(1, -1)))
+
+    return _LNAffine(n, **kw)
+
+
+class QLayerNorm(QModule):
+    """``nn.LayerNorm(n)`` over (N, n) vectors from qfx ops, each rounding once to a learned format:
+    mean (an average pool over the features), ``d = x - mean`` (sub, the mean broadcast), ``v = mean(d * d)``
+    (mul, average pool), ``r = 1 / sqrt(v + eps)`` (a lookup table over v's format), ``y = d * r`` (mul) and
+    ``y * gamma + beta`` (scale_shift). Every step is an existing qfx module, so train mode, exact mode and every
+    backend agree bit for bit; the precision is that of ``width``-bit intermediates (v and r most of all)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 *, width: int = 8, param_width: int = 8, out_width: int = 8, rounding: str = "RND",
+                 overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+        super().__init__()
+        from qfx.fixed.tables import MAX_TABLE_BITS
+        from qfx.nn.op_layers import QActivation, QMul, QSub
+
+        self.normalized_shape = int(normalized_shape)
+        self.eps = float(eps)
+        kw = dict(rounding=rounding, overflow=overflow, learn_int_bits=learn_int_bits)
+        self.mean = QAdaptiveAvgPool2d(1, True, 2, out_width=width, **kw)
+        self.center = QSub(out_width=width, **kw)
+        self.square = QMul(out_width=width, out_signed=False, **kw)
+        self.var = QAdaptiveAvgPool2d(1, True, 2, out_width=min(width, MAX_TABLE_BITS), out_signed=False, **kw)
+        self.rstd = QActivation(f"rsqrt({self.eps!r})", in_width=None, out_width=width, out_signed=False, **kw)
+        self.scale = QMul(out_width=width if elementwise_affine else out_width, **kw)
+        self.affine = (_affine_bn(self.normalized_shape, scale_width=param_width, shift_width=param_width,
+                                  out_width=out_width, **kw) if elementwise_affine else None)
+        if self.affine is not None and not bias:
+            with torch.no_grad():
+                self.affine.bias.zero_()
+            self.affine.bias.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+    @property
+    def out_quant(self) -> FixedQuant | None:  # type: ignore[override]
+        return self.affine.out_quant if self.affine is not None else self.scale.out_quant
+
+    def _check(self, shape: Sequence[int], where: str) -> None:
+        if tuple(shape) != (self.normalized_shape,):
+            raise UnsupportedError(f"{where}: qfx LayerNorm normalizes (N, {self.normalized_shape}) vectors, got "
+                                   f"per-sample shape {tuple(shape)} (LayerNorm over the last dim of a sequence "
+                                   "has no qfx op)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(tuple(x.shape[1:]), "QLayerNorm")
+        d = self.center(x, self.mean(x))
+        y = self.scale(d, self.rstd(self.var(self.square(d, d))))
+        return self.affine(y) if self.affine is not None else y
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        self._check(x.shape, name)
+        items: list[IRItem] = []
+
+        def step(m: nn.Module, part: str, ins: Sequence[TensorSpec], out: str | None = None) -> TensorSpec:
+            items.extend(m.ir_nodes(f"{name}.{part}", list(ins), out or f"{output}.{part}"))
+            return items[-1][1]
+
+        mean = step(self.mean, "mean", [x])
+        d = step(self.center, "center", [x, mean])
+        sq = step(self.square, "square", [d, d])
+        r = step(self.rstd, "rstd", [step(self.var, "var", [sq])])
+        if self.affine is None:
+            step(self.scale, "scale", [d, r], output)
+        else:
+            step(self.affine, "affine", [step(self.scale, "scale", [d, r])], output)
+        return items

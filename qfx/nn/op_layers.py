@@ -82,11 +82,48 @@ class _Binary(_IRModule):
         if len(inputs) != 2:
             raise UnsupportedError(f"{name}: {self.op} takes two inputs, got {len(inputs)}")
         a, b = inputs
-        if a.shape != b.shape:
-            raise UnsupportedError(f"{name}: {self.op} inputs differ in shape: {a.shape} vs {b.shape} (broadcasting "
-                                   "is not supported)")
+        items: list[IRItem] = []
+        if a.shape != b.shape:  # one value per channel (SE gates: x * sigmoid(fc(pool(x)))) or per sample
+            if _broadcasts(b.shape, a.shape):
+                items, b = _broadcast(f"{name}.bcast_b", b, a.shape)
+            elif _broadcasts(a.shape, b.shape):
+                items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
+            else:
+                raise UnsupportedError(f"{name}: {self.op} inputs differ in shape: {a.shape} vs {b.shape} (qfx "
+                                       "broadcasts only one value per channel, (C, 1, 1) / (C, 1), or per sample)")
         node = Node(name, self.op, (a.name, b.name), output, source=name)
-        return [(node, TensorSpec(output, a.shape, self._spec_fmt(self._exact_fmt(a.fmt, b.fmt))))]
+        return items + [(node, TensorSpec(output, a.shape, self._spec_fmt(self._exact_fmt(a.fmt, b.fmt))))]
+
+
+def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """``small`` repeats to ``big`` by qfx's broadcasts: (C, 1, ...) to (C, ...), or (1,) to any vector."""
+    if len(small) != len(big) or len(big) > 3 or small == big:
+        return False
+    return (len(big) == 1 and small == (1,)) or (len(big) > 1 and small[0] == big[0] and set(small[1:]) == {1})
+
+
+def _broadcast(name: str, x: TensorSpec, shape: tuple[int, ...]) -> tuple[list[IRItem], TensorSpec]:
+    """IR nodes repeating ``x`` to ``shape``: a nearest upsampling (an exact gather in every backend), with
+    reshapes around it for (C, 1) and (1,) operands."""
+    items: list[IRItem] = []
+
+    def add(op: str, src: str, out: str, out_shape: tuple[int, ...], attrs: dict[str, Any]) -> str:
+        items.append((Node(f"{name}.{op}", op, (src,), out, attrs=attrs, source=name),
+                      TensorSpec(out, out_shape, x.fmt)))
+        return out
+
+    if len(shape) == 3:
+        add("upsample2d", x.name, f"{name}.out", shape, {"scale": (shape[1], shape[2])})
+    else:
+        c = x.shape[0]
+        mid = add("reshape", x.name, f"{name}.3d", (c, 1, 1), {"shape": (c, 1, 1)})
+        up = add("upsample2d", mid, f"{name}.up", (c, 1, shape[-1]), {"scale": (1, shape[-1])})
+        if len(shape) == 1:
+            add("flatten", up, f"{name}.out", shape, {})
+        else:
+            items.append((Node(f"{name}.back", "reshape", (up,), f"{name}.out", attrs={"shape": shape}, source=name),
+                          TensorSpec(f"{name}.out", shape, x.fmt)))
+    return items, items[-1][1]
 
 
 class QSub(_Binary):
@@ -222,10 +259,12 @@ TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "exp": lambda x, _: torch.exp(x),
     "reciprocal": lambda x, _: torch.reciprocal(x),
     "sqrt": lambda x, _: torch.sqrt(torch.clamp(x, min=0.0)),
+    "log": lambda x, a: torch.log(torch.clamp(x, min=a)),
+    "rsqrt": lambda x, e: torch.rsqrt(torch.clamp(x, min=0.0) + e),
 }
 
 #: output value range of each function over any input (for the default output format's sign)
-_NON_NEGATIVE = {"sigmoid", "hardsigmoid", "softplus", "exp", "sqrt"}
+_NON_NEGATIVE = {"sigmoid", "hardsigmoid", "softplus", "exp", "sqrt", "rsqrt"}
 
 
 class QActivation(_IRModule):
@@ -239,15 +278,17 @@ class QActivation(_IRModule):
     from the table near rounding ties).
     """
 
-    def __init__(self, fn: str, *, in_width: int = 8, out_width: int = 8, out_signed: bool | None = None,
+    def __init__(self, fn: str, *, in_width: int | None = 8, out_width: int = 8, out_signed: bool | None = None,
                  rounding: str = "RND", overflow: str = "SAT", learn_int_bits: bool = True) -> None:
         super().__init__()
         name, param = parse_fn(fn)
-        if not 2 <= in_width <= MAX_TABLE_BITS:
+        if in_width is not None and not 2 <= in_width <= MAX_TABLE_BITS:
             raise BadInputError(f"QActivation({fn!r}): in_width must be 2..{MAX_TABLE_BITS}, got {in_width}")
         self.fn = fn
         self._name, self._param = name, param
-        self.in_quant = FixedQuant(in_width, None, True, "RND", "SAT", learn_int_bits=learn_int_bits)
+        # in_width=None: the table covers the input's own format (already narrow, e.g. softmax's probabilities)
+        self.in_quant = (None if in_width is None else
+                         FixedQuant(in_width, None, True, "RND", "SAT", learn_int_bits=learn_int_bits))
         signed = (name not in _NON_NEGATIVE) if out_signed is None else out_signed
         self.out_quant = FixedQuant(out_width, None, signed, rounding, overflow, learn_int_bits=learn_int_bits)
 
@@ -257,7 +298,7 @@ class QActivation(_IRModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qfx_mode == "exact":
             return self._exact(x)
-        xq = self.in_quant(x)
+        xq = x if self.in_quant is None else self.in_quant(x)
         return _straight_through(self.out_quant(TORCH_FUNCTIONS[self._name](xq, self._param)), self._exact(xq))
 
     def reference(self, x: np.ndarray) -> np.ndarray:
@@ -266,10 +307,15 @@ class QActivation(_IRModule):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         (x,) = inputs
-        fin, fout = self.in_quant.fmt, self.out_quant.fmt
-        mid = f"{output}.in"
-        items: list[IRItem] = [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name),
-                                TensorSpec(mid, x.shape, fin))]
+        fout = self.out_quant.fmt
+        if self.in_quant is None:
+            if x.fmt.width > MAX_TABLE_BITS:
+                raise UnsupportedError(f"{name}: a {self.fn} table over {x.fmt.ap_type()} needs more than "
+                                       f"2**{MAX_TABLE_BITS} entries; give QActivation an in_width")
+            fin, mid, items = x.fmt, x.name, []
+        else:
+            fin, mid = self.in_quant.fmt, f"{output}.in"
+            items = [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name), TensorSpec(mid, x.shape, fin))]
         table = Constant(build_table(self.fn, fin, fout), fout.with_modes("TRN", "WRAP"))
         node = Node(name, "lut", (mid,), output, {"table": table}, {"fn": self.fn}, source=name)
         items.append((node, TensorSpec(output, x.shape, fout)))

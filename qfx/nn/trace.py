@@ -35,7 +35,7 @@ from torch import nn
 from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
-    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QPReLU,
+    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QLayerNorm, QPReLU,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QFlatten, QLinear,
@@ -59,9 +59,9 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, BatchNorm1d/2d, PReLU, ReL
 REFUSED: tuple[tuple[str, str], ...] = (
     ("x / y, 1 / x, x ** y, sqrt, exp, log, abs, x.max(), torch.sum, where",
      "no fixed-point op; divide by Python constants only"),
-    ("LayerNorm, GroupNorm, InstanceNorm, BatchNorm without running statistics",
+    ("LayerNorm over more than the last dim of (N, n), GroupNorm, InstanceNorm, BatchNorm without running statistics",
      "BatchNorm1d/2d with track_running_stats=True (fixed-point scale/shift)"),
-    ("Mish, SELU, CELU, Softsign, GLU, LogSoftmax, Softplus(beta != 1), Softmax over other dims or ranks",
+    ("Mish, SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over other dims or ranks",
      "the table activations; Softmax(dim=1) of (N, n)"),
     ("bilinear/bicubic interpolation, non-integer scale factors, interpolate(size=...)",
      "nearest Upsample(scale_factor=k) with integer k"),
@@ -70,6 +70,11 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("adaptive pools whose output size does not divide the input, ceil_mode, return_indices",
      "pools with kernel = stride = input / output"),
     ("x[...] indexing/slicing, stack, split, chunk, transpose/permute", "no op for them in models yet"),
+    ("ConvTranspose1d/2d", "nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
+    ("LSTM, GRU, RNN, MultiheadAttention, Transformer layers, Embedding",
+     "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations)"),
+    ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)) or per sample ((N, 1))",
+     "tensors of the same shape"),
     ("parameters or buffers read in forward (get_attr), tensors created in forward",
      "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
@@ -160,13 +165,13 @@ def _act(fn: str, c: "QFXConfig") -> QActivation:
     return QActivation(fn, in_width=max(2, min(c.act_width, MAX_TABLE_BITS)), out_width=c.act_width, **_common(c))
 
 
-def _softmax(dim: Any, c: "QFXConfig") -> QSoftmax:
+def _softmax(dim: Any, c: "QFXConfig", out_width: int | None = None) -> QSoftmax:
     from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
 
     if dim not in (1, -1):
         raise UnsupportedError(f"softmax over dim={dim!r}: qfx computes softmax over the features of (N, n) "
                                "activations (dim=1 or -1)")
-    return QSoftmax(dim, in_width=max(2, min(c.act_width, MAX_SOFTMAX_IN_BITS)), out_width=c.act_width,
+    return QSoftmax(dim, in_width=max(2, min(c.act_width, MAX_SOFTMAX_IN_BITS)), out_width=out_width or c.act_width,
                     **_common(c))
 
 
@@ -245,6 +250,21 @@ def _batchnorm(m: nn.modules.batchnorm._BatchNorm, c: "QFXConfig") -> nn.Module:
     return q
 
 
+def _layernorm(m: nn.LayerNorm, c: "QFXConfig") -> nn.Module:
+    """LayerNorm over the features of (N, n): qfx ops with act_width-bit intermediates (QLayerNorm)."""
+    if len(m.normalized_shape) != 1:
+        raise UnsupportedError(f"LayerNorm{tuple(m.normalized_shape)}: qfx normalizes the last dim of (N, n) vectors "
+                               "only (normalized_shape=n)")
+    q = QLayerNorm(m.normalized_shape[0], m.eps, m.elementwise_affine, getattr(m, "bias", None) is not None,
+                   width=c.act_width, param_width=c.bn_width, out_width=c.act_width, **_common(c))
+    if q.affine is not None:
+        with torch.no_grad():
+            q.affine.weight.copy_(m.weight)
+            if m.bias is not None:
+                q.affine.bias.copy_(m.bias)
+    return q
+
+
 def _hardtanh(m: nn.Hardtanh, c: "QFXConfig") -> nn.Module:
     return _clamp(m.min_val, m.max_val, c)
 
@@ -291,6 +311,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.ReLU: lambda m, c: _relu(c),
     nn.ReLU6: lambda m, c: _clip(6.0, c),
     nn.Hardtanh: _hardtanh,
+    nn.LayerNorm: _layernorm,
     nn.PReLU: _prelu,
     nn.Sigmoid: lambda m, c: _act("sigmoid", c),
     nn.Tanh: lambda m, c: _act("tanh", c),
@@ -302,6 +323,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.ELU: lambda m, c: _act(f"elu({float(m.alpha)!r})", c),
     nn.Softplus: lambda m, c: _softplus(m.beta) or _act("softplus", c),
     nn.Softmax: lambda m, c: _softmax(m.dim, c),
+    nn.LogSoftmax: lambda m, c: _b_log_softmax({"dim": m.dim, "input": None}, c).module,
     nn.MaxPool2d: lambda m, c: QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
                                           m.ceil_mode),
     nn.AvgPool2d: lambda m, c: QAvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
@@ -466,6 +488,19 @@ def _b_softmax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(_softmax(a["dim"], c), (a["input"],), "softmax")
 
 
+def _b_log_softmax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    """``log_softmax`` (the MNIST examples' output with ``F.nll_loss``) as QSoftmax then a log table over its
+    probabilities: log(p) of the fixed-point p, so classes whose p rounds to 0 share the table's lowest value
+    (log of half an LSB of p)."""
+    if a.get("dtype") is not None:
+        raise UnsupportedError(f"log_softmax with dtype={a['dtype']!r}: qfx has its own fixed-point output")
+    w = min(c.act_width, MAX_TABLE_BITS)
+    sm = _softmax(a["dim"], c, out_width=w)
+    # a table over p's own format ap_ufixed<w, 1>; p = 0 reads as half its LSB (log 0 has no fixed-point value)
+    log = QActivation(f"log({2.0 ** -w!r})", in_width=None, out_width=c.act_width, **_common(c))
+    return _Replace(nn.Sequential(sm, log), (a["input"],), "log_softmax")
+
+
 def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     xs, dim = a["tensors"], a["dim"]
     if not isinstance(xs, (list, tuple)) or len(xs) < 2 or not all(_is_tensor_node(t) for t in xs):
@@ -501,6 +536,18 @@ def _b_avgpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(q, (a["input"],), "avgpool")
 
 
+def _b_maxpool1d(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    q = QMaxPool1d(a["kernel_size"], a["stride"] or None, a["padding"], a["dilation"], a["return_indices"],
+                   a["ceil_mode"])
+    return _Replace(q, (a["input"],), "maxpool")
+
+
+def _b_avgpool1d(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    q = QAvgPool1d(a["kernel_size"], a["stride"] or None, a["padding"], a["ceil_mode"], a["count_include_pad"],
+                   out_width=c.act_width, **_common(c))
+    return _Replace(q, (a["input"],), "avgpool")
+
+
 def _b_adaptive(kind: str, ndim: int) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
     def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
         if a.get("return_indices"):
@@ -511,16 +558,22 @@ def _b_adaptive(kind: str, ndim: int) -> Callable[[dict[str, Any], "QFXConfig"],
 
 
 def _spatial(dim: Any, what: str) -> int:
-    """The input rank a reduction over ``dim`` means: (2, 3) / (-2, -1) -> 4 (N, C, H, W); 2 / -1 -> 3 (N, C, L)."""
+    """The input rank a reduction over ``dim`` means: (2, 3) / (-2, -1) -> 4 (N, C, H, W); 2 -> 3 (N, C, L);
+    1 -> 2 (N, n); -1 -> 0 (either of the last two)."""
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         raise UnsupportedError(f"{what} over dim={dim!r}: give the dimensions as constants")
     if sorted(d % 4 for d in dims) == [2, 3] and all(d in (2, 3, -2, -1) for d in dims):
         return 4
-    if dims in ((2,), (-1,)):
+    if dims == (2,):
         return 3
-    raise UnsupportedError(f"{what} over dim={dim!r}: only the spatial reduction of (N, C, H, W) over (2, 3) or of "
-                           "(N, C, L) over the last dim (a global pool) has a qfx twin")
+    if dims == (-1,):  # (N, C, L) or the features of (N, n)
+        return 0
+    if dims == (1,):
+        return 2
+    raise UnsupportedError(f"{what} over dim={dim!r}: only the spatial reduction of (N, C, H, W) over (2, 3), of "
+                           "(N, C, L) over the last dim (a global pool) and of (N, n) over its features has a qfx "
+                           "twin")
 
 
 def _b_mean(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -556,6 +609,8 @@ _RELU = _FnSpec((_IN, _INPLACE), _b_relu, "qfx.nn.QReLU")
 _RELU6 = _FnSpec((_IN, _INPLACE), _b_relu6, "qfx.nn.QClippedReLU")
 _HARDTANH = _FnSpec((_IN, ("min_val", -1.0), ("max_val", 1.0), _INPLACE), _b_hardtanh, "qfx.nn.QClip")
 _CLAMP = _FnSpec((_IN, ("min", None), ("max", None)), _b_clamp, "qfx.nn.QReLU/QClippedReLU/QClip")
+_CLAMP_MIN = _FnSpec((_IN, ("min", _REQUIRED), ("max", None)), _b_clamp, "qfx.nn.QReLU/QClip")
+_CLAMP_MAX = _FnSpec((_IN, ("max", _REQUIRED), ("min", None)), _b_clamp, "qfx.nn.QClip")
 _TWO = (_IN, ("other", _REQUIRED))
 _ADD = _FnSpec(_TWO + (("alpha", 1),), _arith("add"), "qfx.nn.QAdd (two tensors) or QConstScale (a constant)")
 _SUB = _FnSpec(_TWO + (("alpha", 1),), _arith("sub"), "qfx.nn.QSub (two tensors) or QConstScale (a constant)")
@@ -574,6 +629,7 @@ _LEAKY = _FnSpec((_IN, ("negative_slope", 0.01), _INPLACE), _b_act("leaky_relu",
 _ELU = _FnSpec((_IN, ("alpha", 1.0), _INPLACE), _b_act("elu", "alpha"), _ACT)
 _SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"), _ACT)
 _SOFTMAX = _FnSpec((_IN, ("dim", None), ("_stacklevel", 3), ("dtype", None)), _b_softmax, "qfx.nn.QSoftmax")
+_LOG_SOFTMAX = _FnSpec(_SOFTMAX.params, _b_log_softmax, "qfx.nn.QSoftmax + QActivation('log')")
 _CAT = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_cat, "qfx.nn.QCat")
 _INTERP = _FnSpec((_IN, ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
                    ("recompute_scale_factor", None), ("antialias", False)), _b_interpolate, "qfx.nn.QUpsample")
@@ -582,6 +638,9 @@ _MAXPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding
                     ("ceil_mode", False), ("return_indices", False)), _b_maxpool, "qfx.nn.QMaxPool2d")
 _AVGPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("ceil_mode", False),
                     ("count_include_pad", True), ("divisor_override", None)), _b_avgpool, "qfx.nn.QAvgPool2d")
+_MAXPOOL1 = _FnSpec(_MAXPOOL.params, _b_maxpool1d, "qfx.nn.QMaxPool1d")
+_AVGPOOL1 = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("ceil_mode", False),
+                     ("count_include_pad", True)), _b_avgpool1d, "qfx.nn.QAvgPool1d")
 _POOLS = "qfx.nn.QGlobalAvgPool2d/QAdaptiveAvgPool2d"
 _ADAPTIVE_AVG2 = _FnSpec((_IN, ("output_size", _REQUIRED)), _b_adaptive("avg", 4), _POOLS)
 _ADAPTIVE_AVG1 = _FnSpec((_IN, ("output_size", _REQUIRED)), _b_adaptive("avg", 3), "qfx.nn.QAdaptiveAvgPool2d")
@@ -600,7 +659,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.relu: _RELU, torch.relu: _RELU, torch.relu_: _RELU,
     F.relu6: _RELU6,
     F.hardtanh: _HARDTANH, F.hardtanh_: _HARDTANH,
-    torch.clamp: _CLAMP, torch.clip: _CLAMP, torch.clamp_: _CLAMP,
+    torch.clamp: _CLAMP, torch.clip: _CLAMP, torch.clamp_: _CLAMP, torch.clamp_min: _CLAMP_MIN,
+    torch.clamp_max: _CLAMP_MAX,
     operator.add: _ADD, operator.iadd: _ADD, torch.add: _ADD,
     operator.sub: _SUB, operator.isub: _SUB, torch.sub: _SUB, torch.subtract: _SUB, torch.rsub: _RSUB,
     operator.mul: _MUL, operator.imul: _MUL, torch.mul: _MUL, torch.multiply: _MUL,
@@ -610,16 +670,18 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS,
     F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
+    F.log_softmax: _LOG_SOFTMAX, torch.log_softmax: _LOG_SOFTMAX,
     torch.cat: _CAT, torch.concat: _CAT, torch.concatenate: _CAT,
     F.interpolate: _INTERP, F.upsample: _INTERP, F.upsample_nearest: _INTERP,
     F.pad: _PAD,
     F.max_pool2d: _MAXPOOL, torch.max_pool2d: _MAXPOOL,
     F.avg_pool2d: _AVGPOOL,
+    F.max_pool1d: _MAXPOOL1, torch.max_pool1d: _MAXPOOL1, F.avg_pool1d: _AVGPOOL1, torch.avg_pool1d: _AVGPOOL1,
     F.adaptive_avg_pool2d: _ADAPTIVE_AVG2, F.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
     torch.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
     F.adaptive_max_pool2d: _ADAPTIVE_MAX2, F.adaptive_max_pool1d: _ADAPTIVE_MAX1,
     torch.mean: _MEAN, torch.amax: _AMAX,
-    torch.flatten: _FLATTEN, torch.reshape: _SHAPE,
+    torch.flatten: _FLATTEN, torch.reshape: _SHAPE, torch.squeeze: _SHAPE, torch.unsqueeze: _SHAPE,
     F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
     F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
     operator.getitem: _SHAPE, getattr: _SHAPE,
@@ -628,14 +690,17 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
 #: Tensor method name -> what it becomes
 METHOD_TWINS: dict[str, _FnSpec] = {
     "relu": _RELU, "relu_": _RELU,
-    "clamp": _CLAMP, "clip": _CLAMP, "clamp_": _CLAMP, "clip_": _CLAMP,
+    "clamp": _CLAMP, "clip": _CLAMP, "clamp_": _CLAMP, "clip_": _CLAMP, "clamp_min": _CLAMP_MIN,
+    "clamp_min_": _CLAMP_MIN, "clamp_max": _CLAMP_MAX, "clamp_max_": _CLAMP_MAX,
     "add": _ADD, "add_": _ADD, "sub": _SUB, "sub_": _SUB, "subtract": _SUB, "mul": _MUL, "mul_": _MUL,
     "multiply": _MUL, "div": _DIV, "div_": _DIV, "divide": _DIV, "true_divide": _DIV, "neg": _NEG,
     "negative": _NEG,
     "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
+    "log_softmax": _LOG_SOFTMAX,
     "mean": _MEAN, "amax": _AMAX,
     "flatten": _FLATTEN,
     "view": _SHAPE, "reshape": _SHAPE, "size": _SHAPE, "contiguous": _SHAPE, "clone": _SHAPE, "detach": _SHAPE,
+    "squeeze": _SHAPE, "unsqueeze": _SHAPE,
 }
 
 _SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
@@ -648,6 +713,13 @@ _OPERATOR_SYMBOLS = {operator.add: "x + y", operator.iadd: "x += y", operator.ge
 
 #: hint families for what has no twin: (name fragments, what qfx offers instead)
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("convtranspose", "conv_transpose"), "qfx has no transposed convolution: upsample with "
+                                          "nn.Upsample(scale_factor=k) (nearest) and follow it with a Conv2d"),
+    (("lstm", "gru", "rnn", "attention", "transformer", "embedding"),
+     "qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations); recurrent, attention and embedding "
+     "layers have no fixed-point twin"),
+    (("sum",), "a sum over dimensions has no qfx op; use the mean (x.mean((2, 3)), x.mean(-1): a global average "
+               "pool) and let the next layer's weights absorb the constant factor"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
     (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
       "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
@@ -734,19 +806,22 @@ def supported_table() -> str:
     rows = ["| torch | becomes |", "|---|---|"]
     rows += [f"| {', '.join(v)} | {k} |" for k, v in mods.items()]
     rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
-    rows.append("| `flatten(x, 1)`, `.view(n, -1)`, `.reshape`, `.size()`, `.shape`, `.contiguous()`, "
-                "F.dropout* | kept as wires / dropped |")
+    rows.append("| `flatten(x, 1)`, `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
+                "`.shape`, `.contiguous()`, F.dropout* | kept as wires / dropped |")
     return "\n".join(rows)
 
 
 _MODULE_NOTES: dict[type, str] = {
     nn.Linear: "`QLinear`", nn.Conv2d: "`QConv2d` (any groups, dilation, 'same')", nn.Conv1d: "`QConv1d`",
     nn.BatchNorm1d: "`QBatchNorm1d` (affine=False: gamma 1, beta 0)", nn.BatchNorm2d: "`QBatchNorm2d`",
+    nn.LayerNorm: "`QLayerNorm` (over the features of (N, n): mean, sub, mul, rsqrt table, scale_shift ops)",
     nn.ReLU: "`QReLU`", nn.ReLU6: "`QClippedReLU(6)`", nn.Hardtanh: "`QClippedReLU` (lo = 0) / `QClip`",
     nn.PReLU: "`QPReLU` (relu, sub, scale_shift, add ops)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
-    nn.Softmax: "`QSoftmax` (dim=1 of (N, n))", nn.MaxPool2d: "`QMaxPool2d`", nn.AvgPool2d: "`QAvgPool2d`",
+    nn.Softmax: "`QSoftmax` (dim=1 of (N, n))",
+    nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (dim=1 of (N, n))",
+    nn.MaxPool2d: "`QMaxPool2d`", nn.AvgPool2d: "`QAvgPool2d`",
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
     nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",

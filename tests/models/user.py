@@ -1,0 +1,278 @@
+"""More models written the usual PyTorch way (plain torch.nn, no qfx), each with an idiom that once broke
+``quantize_model`` -> train -> exact mode -> export: ``F.log_softmax`` / ``nn.LogSoftmax`` (the pytorch/examples
+MNIST net), functional 1-D pools, ``squeeze``/``unsqueeze``, a squeeze-and-excitation gate (``x * w`` with w of
+shape (N, C, 1, 1)), ``clamp_min``/``clamp_max``, a mean over the features of (N, n), a Linear called twice, a list
+of outputs, a torchvision-style ResNet block with ``downsample=None``, LayerNorm. ``USER`` maps a name to (class,
+per-sample input shape or shapes)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["USER"]
+
+
+class MnistExample(nn.Module):
+    """pytorch/examples' MNIST net (smaller): F.relu, F.max_pool2d, Dropout, torch.flatten, F.log_softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, 1)
+        self.conv2 = nn.Conv2d(4, 4, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(4 * 2 * 2, 8)
+        self.fc2 = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        output = F.log_softmax(x, dim=1)
+        return output
+
+
+class LogSoftmaxMLP(nn.Module):
+    """nn.Sequential ending in nn.LogSoftmax (one nn.ReLU module called twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.out = nn.Sequential(nn.Linear(8, 4), nn.LogSoftmax(dim=1))
+
+    def forward(self, x):
+        x = self.relu(self.fc1(x))
+        x = self.relu(self.fc2(x) * 4.0)
+        return self.out(x)
+
+
+class Conv1dFunctionalPools(nn.Module):
+    """F.max_pool1d after Conv1d-BatchNorm1d, unsqueeze(1) of a vector into a 1-channel sequence, torch.avg_pool1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 16)
+        self.c1 = nn.Conv1d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm1d(4)
+        self.c2 = nn.Conv1d(4, 4, 3)
+        self.out = nn.Linear(4 * 3, 3)
+
+    def forward(self, x):
+        h = F.relu(self.fc(x)).unsqueeze(1)
+        h = F.max_pool1d(F.relu(self.bn(self.c1(h))), 2)
+        h = F.avg_pool1d(F.relu(self.c2(h)), kernel_size=2)
+        return self.out(h.view(h.size(0), -1))
+
+
+class SqueezeHead(nn.Module):
+    """Conv1d-BN-ReLU, AdaptiveAvgPool1d(1).squeeze(-1), Linear-BatchNorm1d, a sigmoid output .squeeze(1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 5, padding=2, bias=False)
+        self.bn = nn.BatchNorm1d(4)
+        self.gap = nn.AdaptiveAvgPool1d(1)
+        self.fc1 = nn.Linear(4, 8, bias=False)
+        self.bn1 = nn.BatchNorm1d(8)
+        self.fc2 = nn.Linear(8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        x = self.gap(x).squeeze(-1)
+        x = F.relu(self.bn1(self.fc1(x)))
+        return torch.sigmoid(self.fc2(x)).squeeze(1)
+
+
+class SE(nn.Module):
+    def __init__(self, c: int, r: int = 2) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, c // r, 1)
+        self.fc2 = nn.Conv2d(c // r, c, 1)
+
+    def forward(self, x):
+        w = F.adaptive_avg_pool2d(x, 1)
+        w = torch.sigmoid(self.fc2(F.relu(self.fc1(w))))
+        return x * w
+
+
+class SENet(nn.Module):
+    """A squeeze-and-excitation block: x * sigmoid(conv(pool(x))) broadcasts (N, C, 1, 1) over H x W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3, padding=1)
+        self.se = SE(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.se(F.relu(self.c(x)))
+        return self.fc(x.mean(dim=[2, 3]))
+
+
+class ClampVariants(nn.Module):
+    """clamp_min / clamp(max=) / torch.clamp(min=) and torch.cat of a tuple, then x * 0.5 + 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(16, 3)
+
+    def forward(self, x):
+        p = self.a(x).clamp_min(0)
+        q = self.b(x).clamp(max=1.5)
+        q = torch.clamp(q, min=-1.0)
+        h = torch.cat((p, q), dim=1)
+        return self.c(h * 0.5 + 0.5)
+
+
+class FeatureMean(nn.Module):
+    """The mean over the features of (N, n): x.mean(dim=1).unsqueeze(1) and x.mean(-1, keepdim=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.out = nn.Linear(2, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        m = h.mean(dim=1).unsqueeze(1)
+        s = torch.tanh(h).mean(-1, keepdim=True)
+        return self.out(torch.cat([m, s], 1))
+
+
+class SharedGate(nn.Module):
+    """One Linear called twice (shared weights) and a per-sample gate: (N, 1) * (N, n)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.g, self.o = nn.Linear(6, 8), nn.Linear(6, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.o(torch.sigmoid(self.g(x)) * torch.relu(self.a(x)) - self.g(x))
+
+
+class TVBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's BasicBlock (downsample=None or a Conv-BN Sequential), one nn.ReLU per block called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        ds = nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.layer1 = nn.Sequential(TVBlock(4, 4), TVBlock(4, 8, 2, ds))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+class ThreeHeads(nn.Module):
+    """A list of outputs from a ModuleList of heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.heads = nn.ModuleList([nn.Linear(8, 2) for _ in range(3)])
+
+    def forward(self, x):
+        h = F.relu(self.body(x))
+        return [head(h) for head in self.heads]
+
+
+class VGGConfig(nn.Module):
+    """VGG built from a config list in a loop, AdaptiveAvgPool2d((2, 2)), a classifier with Dropout."""
+
+    cfg = [4, "M", 6, "M"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = 1
+        for v in self.cfg:
+            if v == "M":
+                layers += [nn.MaxPool2d(kernel_size=2, stride=2)]
+            else:
+                layers += [nn.Conv2d(c, int(v), kernel_size=3, padding=1), nn.BatchNorm2d(int(v)),
+                           nn.ReLU(inplace=True)]
+                c = int(v)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(OrderedDict([("fc1", nn.Linear(6 * 2 * 2, 16)), ("relu", nn.ReLU(True)),
+                                                     ("drop", nn.Dropout()), ("fc2", nn.Linear(16, 5))]))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class LayerNormMLP(nn.Module):
+    """Linear-LayerNorm-GELU, then a LayerNorm without affine parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(10, 16)
+        self.ln1 = nn.LayerNorm(16)
+        self.fc2 = nn.Linear(16, 8)
+        self.ln2 = nn.LayerNorm(8, elementwise_affine=False)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.gelu(self.ln1(self.fc1(x)))
+        x = F.relu(self.ln2(self.fc2(x)))
+        return self.out(x)
+
+
+USER: dict[str, tuple[type, Any]] = {
+    "mnist_example": (MnistExample, (1, 8, 8)),
+    "logsoftmax_mlp": (LogSoftmaxMLP, (8,)),
+    "conv1d_functional_pools": (Conv1dFunctionalPools, (12,)),
+    "squeeze_head": (SqueezeHead, (2, 12)),
+    "se_net": (SENet, (1, 4, 4)),
+    "clamp_variants": (ClampVariants, (8,)),
+    "feature_mean": (FeatureMean, (6,)),
+    "shared_gate": (SharedGate, (6,)),
+    "torchvision_resnet": (TorchvisionResNet, (1, 8, 8)),
+    "three_heads": (ThreeHeads, (6,)),
+    "vgg_config": (VGGConfig, (1, 8, 8)),
+    "layernorm_mlp": (LayerNormMLP, (10,)),
+}
