@@ -1,8 +1,9 @@
 """What the random-model test sweeps exercise with non-degenerate data: op x rounding x overflow x signedness, conv and
 pool windows (kernel, stride, padding) by RTL conv style, K-hot on/off, and the interpreter-level mutation rates.
 
-    python benchmarks/bench_coverage.py            # CI sweeps and slow sweeps, Markdown tables
-    python benchmarks/bench_coverage.py --ci-only  # only what the default (CI) run exercises
+    python benchmarks/bench_coverage.py            # CI sweeps and slow sweeps, then the targeted sweep, Markdown
+    python benchmarks/bench_coverage.py --ci-only  # only what the default (CI) run exercises (+ targeted sweep)
+    python benchmarks/bench_coverage.py --no-targeted  # the test sweeps only
     python benchmarks/bench_coverage.py --compare  # seed-compatible vs informative graphs on the cosim seeds
 
 The sweeps are read from the tests themselves (``designs()`` / seed lists of tests/test_cosim_random.py,
@@ -11,6 +12,10 @@ seed), so the tables describe exactly what those tests simulate. A node counts a
 not degenerate on those vectors (at most 10 % overflowed codes, at most 75 % zeros, no element stuck at one code);
 "rounded" means at least one of its casts dropped non-zero bits, "tie" at least one exact rounding tie,
 "overflowed" at least one value outside the format (saturated or wrapped).
+
+The targeted sweep then aims informative graphs (``random_graph(..., focus=Focus(...))``) at every op x rounding
+and op x overflow x sign cell the test sweeps left empty, checks each against onnxruntime, and prints what it filled
+(``+n`` in the tables) and any cell still empty with the reason.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from qfx.errors import QfxError  # noqa: E402
 from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES  # noqa: E402
 from qfx.ir.graph import op_def  # noqa: E402
 from qfx.ir.informative import (MUTATION_KINDS, TARGETS, design_mutations, detects, excites,  # noqa: E402
@@ -72,11 +78,36 @@ def _degenerate(g, n, st) -> bool:
             or (st.constant_elements > 0 and not op_def(n.op).is_(Categories.GATHER)))
 
 
-def collect(ci_only: bool) -> dict:
-    data = {"rounded": Counter(), "tie": Counter(), "overflowed": Counter(), "combo": defaultdict(set),
+def _new_data() -> dict:
+    return {"rounded": Counter(), "tie": Counter(), "overflowed": Counter(), "combo": defaultdict(set),
             "nodes": Counter(), "degenerate": Counter(), "window": Counter(), "khot": Counter(), "io": Counter(),
             "designs": Counter(), "mut": Counter(), "mut_det": Counter(), "sites": Counter(), "sites_det": Counter(),
             "sweeps": []}
+
+
+def _cells(data, g, rep) -> None:
+    """Count the op x mode cells the non-degenerate nodes of ``g`` exercise (``rep``: its informativeness)."""
+    for n in g.nodes:
+        st = rep.tensors[n.output]
+        op = n.op.value
+        data["nodes"][op] += 1
+        if _degenerate(g, n, st):
+            data["degenerate"][op] += 1
+            continue
+        f = st.fmt
+        sg = "s" if f.signed else "u"
+        if st.inexact > 0:
+            data["rounded"][(op, f.rounding)] += 1
+        if st.ties > 0:
+            data["tie"][(op, f.rounding)] += 1
+        if st.overflow > 0:
+            data["overflowed"][(op, f.overflow, sg)] += 1
+        if st.inexact > 0 and st.overflow > 0:
+            data["combo"][op].add((f.rounding, f.overflow, sg))
+
+
+def collect(ci_only: bool) -> dict:
+    data = _new_data()
     for name, slow, items, nvec, vseed, backend in sweeps(ci_only):
         data["sweeps"].append((name, slow, len(items), nvec, vseed, backend))
         for g, opts in items:
@@ -87,23 +118,12 @@ def collect(ci_only: bool) -> dict:
                 data["io"][("hls", opts.get("io", "parallel"))] += 1
             if backend in ("rtl", "all"):
                 data["io"][("rtl", opts.get("conv_style", "pixel"))] += 1
+            _cells(data, g, rep)
             for n in g.nodes:
                 st = rep.tensors[n.output]
                 op = n.op.value
-                data["nodes"][op] += 1
                 if _degenerate(g, n, st):
-                    data["degenerate"][op] += 1
                     continue
-                f = st.fmt
-                sg = "s" if f.signed else "u"
-                if st.inexact > 0:
-                    data["rounded"][(op, f.rounding)] += 1
-                if st.ties > 0:
-                    data["tie"][(op, f.rounding)] += 1
-                if st.overflow > 0:
-                    data["overflowed"][(op, f.overflow, sg)] += 1
-                if st.inexact > 0 and st.overflow > 0:
-                    data["combo"][op].add((f.rounding, f.overflow, sg))
                 d = op_def(n.op)
                 if d.is_(Categories.CONV) or d.is_(Categories.POOL):
                     k = n.consts["weight"].codes.shape[2:] if "weight" in n.consts else d.attr(n, "kernel")
@@ -129,12 +149,75 @@ def collect(ci_only: bool) -> dict:
     return data
 
 
+def gap_cells(data) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """(op, rounding) cells without a rounded node with a tie, (op, overflow, sign) cells without an overflowed
+    node, over the ops that have a random-graph generator."""
+    from qfx.ir.random_graph import _available
+
+    ops = sorted(_available())
+    rnd = [(op, r) for op in ops for r in ROUNDING_MODES if not data["tie"][(op, r)]]
+    ovf = [(op, o, s) for op in ops for o in OVERFLOW_MODES for s in ("s", "u") if not data["overflowed"][(op, o, s)]]
+    return rnd, ovf
+
+
+#: seeds tried per empty cell by the targeted sweep before the cell counts as not reachable
+TARGET_SEEDS = 6
+TARGET_VECTORS, TARGET_VECTOR_SEED = 300, 7
+
+
+def targeted(data) -> dict:
+    """The targeted sweep: for every cell the test sweeps left empty, informative graphs aimed at it
+    (``random_graph(..., focus=Focus(op, rounding, overflow, signed))``, seeds 0.. until the cell is hit on
+    fresh vectors), each checked against onnxruntime (its exported ONNX model, bit for bit) so the filled cells are
+    cells two executors agree on. Returns its own counters; cells still empty are listed with the reason
+    (``GenerationError``/op refusal or data that never reached the cell)."""
+    from qfx.ir.random_graph import Focus, random_graph
+    from qfx.onnx.export import to_onnx_model
+    from qfx.onnx.runtime import run_onnx_codes
+
+    import numpy as np
+
+    tdata = _new_data()
+    rnd, ovf = gap_cells(data)
+    aims = [((op, r), lambda s, op=op, r=r: Focus(op, r, OVERFLOW_MODES[s % 4], s % 3 != 1)) for op, r in rnd]
+    aims += [((op, o, sg), lambda s, op=op, o=o, sg=sg: Focus(op, ROUNDING_MODES[s % 7], o, sg == "s"))
+             for op, o, sg in ovf]
+    designs = mismatches = 0
+    errors: dict[tuple, str] = {}
+    for cell, make in aims:
+        hit = (tdata["tie"] if len(cell) == 2 else tdata["overflowed"])
+        for seed in range(TARGET_SEEDS):
+            if hit[cell]:
+                break
+            try:
+                g = random_graph(seed, "any", max_layers=4, informative=True, focus=make(seed), max_attempts=60)
+            except QfxError as e:
+                errors[cell] = f"{type(e).__name__}: {str(e)[:120]}"
+                continue
+            x = random_inputs(g, TARGET_VECTORS, seed=TARGET_VECTOR_SEED)
+            designs += 1
+            gold = np.asarray(run(g, x))
+            got = run_onnx_codes(to_onnx_model(g).SerializeToString(), g, x)
+            if not np.array_equal(got, gold):
+                mismatches += 1
+                errors[cell] = f"onnxruntime differs from the interpreter on {g.name}"
+                continue
+            _cells(tdata, g, informativeness(g, x))
+    tdata["targeted"] = {"designs": designs, "mismatches": mismatches, "errors": errors}
+    return tdata
+
+
 def _ops(data) -> list[str]:
     return sorted(data["nodes"])
 
 
-def report(data, elapsed: float) -> str:
+def _cell(tests: str, extra: str | None) -> str:
+    return tests if extra is None else f"{tests} +{extra}"
+
+
+def report(data, elapsed: float, tdata: dict | None = None) -> str:
     lines = []
+    tdata = tdata or _new_data()
     ci, slow = data["designs"]["ci"], data["designs"]["slow"]
     lines.append(f"Sweeps: {len(data['sweeps'])} batches, {ci} designs in CI + {slow} in slow sweeps "
                  f"({elapsed:.0f} s to generate and analyse).\n")
@@ -151,8 +234,11 @@ def report(data, elapsed: float) -> str:
     lines.append("\n**Rounding modes** (nodes whose cast rounded / hit an exact tie):\n")
     lines.append("| op | " + " | ".join(_SHORT_R[r] for r in ROUNDING_MODES) + " |")
     lines.append("|---|" + "---|" * len(ROUNDING_MODES))
+    ops = sorted(set(ops) | set(tdata["nodes"]))
     for op in ops:
-        cells = [f"{data['rounded'][(op, r)]}/{data['tie'][(op, r)]}" for r in ROUNDING_MODES]
+        cells = [_cell(f"{data['rounded'][(op, r)]}/{data['tie'][(op, r)]}",
+                       f"{tdata['rounded'][(op, r)]}/{tdata['tie'][(op, r)]}" if tdata["tie"][(op, r)] else None)
+                 for r in ROUNDING_MODES]
         lines.append(f"| {op} | " + " | ".join(cells) + " |")
     lines.append("\n**Overflow modes x signedness** (nodes with at least one overflowed value; s signed, "
                  "u unsigned):\n")
@@ -160,7 +246,10 @@ def report(data, elapsed: float) -> str:
     lines.append("| op | " + " | ".join(f"{o} {s}" for o, s in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for op in ops:
-        lines.append(f"| {op} | " + " | ".join(str(data["overflowed"][(op, o, s)]) for o, s in cols) + " |")
+        lines.append(f"| {op} | " + " | ".join(
+            _cell(str(data["overflowed"][(op, o, s)]),
+                  str(tdata["overflowed"][(op, o, s)]) if tdata["overflowed"][(op, o, s)] else None)
+            for o, s in cols) + " |")
     lines.append("\n**Windows** (conv / pool nodes by kernel, stride, padding; RTL conv style where an RTL sweep "
                  "exported it, - otherwise):\n")
     lines.append("| op | kernel | stride | padding | RTL style | nodes |")
@@ -183,12 +272,21 @@ def report(data, elapsed: float) -> str:
             cells = [f"{data['sites_det'][(op, k)]}/{data['sites'][(op, k)]}" if data["sites"][(op, k)] else "n/a"
                      for k in MUTATION_KINDS]
             lines.append(f"| {op} | " + " | ".join(cells) + " |")
-    gaps = [f"{op} {_SHORT_R[r]} (no tie)" for op in ops for r in ROUNDING_MODES
-            if data["rounded"][(op, r)] and not data["tie"][(op, r)]]
-    gaps += [f"{op} {_SHORT_R[r]} (never rounded)" for op in ops for r in ROUNDING_MODES
-             if not data["rounded"][(op, r)]]
-    gaps += [f"{op} {o} {s}" for op in ops for o, s in cols if not data["overflowed"][(op, o, s)]]
-    lines.append(f"\n**Gaps** ({len(gaps)}): " + ("; ".join(gaps) if gaps else "none") + "\n")
+    rnd, ovf = gap_cells(data)
+    lines.append(f"\n**Gaps of the test sweeps** ({len(rnd) + len(ovf)} of "
+                 f"{len(ops) * (len(ROUNDING_MODES) + len(cols))} cells: no rounded node with a tie, or no overflowed "
+                 "node): " + ("; ".join([f"{op} {_SHORT_R[r]}" for op, r in rnd] + [" ".join(c) for c in ovf])
+                             or "none") + "\n")
+    if "targeted" in tdata:
+        t = tdata["targeted"]
+        left = [c for c in rnd if not tdata["tie"][c]] + [c for c in ovf if not tdata["overflowed"][c]]
+        lines.append(f"**Targeted sweep** (coverage run only: `random_graph(seed, focus=Focus(op, rounding, overflow, "
+                     f"signed))`, up to {TARGET_SEEDS} seeds per empty cell, {TARGET_VECTORS} vectors seed "
+                     f"{TARGET_VECTOR_SEED}, each design also through onnxruntime): {t['designs']} designs, "
+                     f"{t['mismatches']} onnxruntime mismatches; cells filled shown as `+n` above; "
+                     f"{len(left)} cells left" + (": " + "; ".join(
+                         f"{' '.join(c)} ({t['errors'].get(c, 'generated, never reached')})" for c in left)
+                         if left else "") + "\n")
     return "\n".join(lines)
 
 
@@ -232,13 +330,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ci-only", action="store_true", help="only the sweeps the default (CI) test run executes")
     ap.add_argument("--compare", action="store_true", help="only the before/after table on the cosim seeds")
+    ap.add_argument("--no-targeted", action="store_true", help="skip the targeted sweep of the cells the tests miss")
     args = ap.parse_args()
     if args.compare:
         print(compare())
         return
     t0 = time.time()
     data = collect(args.ci_only)
-    print(report(data, time.time() - t0))
+    tdata = None if args.no_targeted else targeted(data)
+    print(report(data, time.time() - t0, tdata))
 
 
 if __name__ == "__main__":

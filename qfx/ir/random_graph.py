@@ -18,13 +18,16 @@ Two streams:
   is redrawn until ``qfx.ir.informative`` finds no violated target (``Targets``: at most 10 % overflowed codes per
   tensor, at most 75 % zeros, every output element at least min(50, 2**(W-1)) distinct codes over the vectors).
   These graphs also ask for the extended edge vectors (``meta["edge_inputs"] = "full"``, see ``edge_inputs``).
+* ``informative=True, focus=Focus(op, rounding, overflow, signed)``: an informative graph aimed at one coverage cell
+  (``benchmarks/bench_coverage.py``'s targeted sweep): that op at the first layer it fits, its output cast in those
+  modes with some overflow and rounding ties. Graphs without ``focus`` are unaffected (their own rng stream).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -37,7 +40,8 @@ from qfx.ir.graph import Constant, Graph, Node, TensorSpec, op_def
 from qfx.ir.interpret import FULL_EDGES, random_inputs
 from qfx.ops import REGISTRY, Categories as C
 
-__all__ = ["random_graph", "random_format", "Generator", "GENERATORS", "N_CALIBRATION", "GenerationError"]
+__all__ = ["random_graph", "random_format", "Generator", "GENERATORS", "N_CALIBRATION", "GenerationError",
+           "Focus"]
 
 #: test vectors the informative stream calibrates formats on and checks its targets over
 N_CALIBRATION = 300
@@ -77,6 +81,16 @@ class Generator:
     legacy_slots: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     #: turns a (C, H, W) tensor into a vector (closes a CNN front end)
     to_vector: bool = False
+
+
+class Focus(NamedTuple):
+    """A targeted informative graph (coverage sweeps): generator ``op`` is drawn at the first layer it fits and
+    its output cast gets these modes and signedness, with some overflow and rounding (``_Informed.pick``)."""
+
+    op: str
+    rounding: str
+    overflow: str
+    signed: bool
 
 
 # ================================================================================================ legacy stream
@@ -241,8 +255,9 @@ class _Informed:
     format chosen from its exact values, and its output checked."""
 
     def __init__(self, rng: np.random.Generator, max_width: int, khot_prob: float, shape: tuple[int, ...],
-                 fin: FxFormat) -> None:
+                 fin: FxFormat, focus: "Focus | None" = None) -> None:
         self.rng = rng
+        self.focus = focus
         self.max_width = max_width
         self.khot_prob = khot_prob
         self.tensors: dict[str, TensorSpec] = {}
@@ -310,7 +325,7 @@ class _Informed:
             raise _Reject(op)
         if fmt is None:
             v, f = self.exact(op, inputs, shape, consts, attrs, acc)
-            fmt = self.pick(v, final=final, signed=signed, exact=f)
+            fmt = self.pick(v, final=final, signed=signed, exact=f, op=op)
         out = self.tensor(shape, fmt)
         idx = len(self.nodes)
         node = Node(f"n{idx}_{op}", op, tuple(inputs), out, consts or {}, attrs or {}, acc, source=f"layer{idx}")
@@ -339,19 +354,29 @@ class _Informed:
     def modes(self) -> tuple[str, str]:
         return str(self.rng.choice(ROUNDING_MODES)), str(self.rng.choice(OVERFLOW_MODES))
 
+    def keep(self, op: str, final: bool) -> bool:
+        """Whether an element-moving layer keeps its input format (never for the focus op: it must cast)."""
+        keep = not final and self.rng.random() < _KEEP_FORMAT
+        return keep and not (self.focus is not None and self.focus.op == op)
+
     def pick(self, v: np.ndarray, final: bool = False, signed: bool | None = None, exact: int | None = None,
-             wmin: int = 2, wmax: int | None = None) -> FxFormat:
+             wmin: int = 2, wmax: int | None = None, op: str | None = None) -> FxFormat:
         """A format for values ``v``: the integer bits chosen so that a random small share (none, up to 3 %, up to
         8 %) overflows, signed unless at most 6 % of the values are negative, width random (sometimes just 1-2 bits
-        short of exact, so rounding ties are frequent; 2-3 bits rarely), modes random."""
+        short of exact, so rounding ties are frequent; 2-3 bits rarely), modes random. The output of the focus op
+        (``Focus``) gets the focus's modes and signedness, a non-zero overflow share and, where the exact
+        fraction bits are known, a width one bit short of the values' own resolution (rounding with ties)."""
         rng = self.rng
+        forced = self.focus if self.focus is not None and op == self.focus.op else None
         wmax = min(wmax or self.max_width, self.max_width)
         wmin = min(max(wmin, 7 if final else 2), wmax)
         v = np.asarray(v, dtype=np.float64).reshape(-1)
         neg = float(np.mean(v < 0)) if v.size else 0.0
+        if forced is not None:
+            signed = forced.signed
         if signed is None:  # unsigned when (almost) all values are >= 0; the few negatives then overflow
             signed = True if neg > 0.06 else bool(rng.random() < 0.4)
-        q = float(rng.choice(_OVERFLOW_TARGETS))
+        q = float(rng.choice(_OVERFLOW_TARGETS[1:] if forced is not None else _OVERFLOW_TARGETS))
         if not signed:
             q = max(q, neg)
         lo_i, hi_i = -60, 60
@@ -364,14 +389,19 @@ class _Informed:
             else:
                 lo_i = mid + 1
         ib = lo_i
-        if exact is not None and rng.random() < 0.3:
+        if forced is not None and exact is not None:
+            f = exact  # the values' own resolution (may be coarser than the exact fraction bits): one bit short
+            while f > -60 and v.size and np.all(np.ldexp(v, f - 1) == np.round(np.ldexp(v, f - 1))):
+                f -= 1
+            w = max(ib + f - 1, 1)
+        elif exact is not None and rng.random() < 0.3:
             w = ib + exact - int(rng.integers(1, 2, endpoint=True))
         elif wmin <= 3 and (rng.random() < 0.15 or wmax < 4):  # tiny formats, rarely: each is a bottleneck
             w = int(rng.integers(wmin, min(3, wmax), endpoint=True))
         else:
             w = int(rng.integers(max(wmin, 4), wmax, endpoint=True))
         w = max(wmin, min(wmax, w, 63 if not signed else 64))
-        r, o = self.modes()
+        r, o = self.modes() if forced is None else (forced.rounding, forced.overflow)
         return FxFormat(w, ib, signed, r, o)
 
     def offsets(self, v: np.ndarray, axis_size: int) -> np.ndarray:
@@ -484,8 +514,11 @@ def _gen_relu(b: _Informed, x: str, op: str, final: bool = False, **_: object) -
 
 def _gen_clip(b: _Informed, x: str, op: str, final: bool = False, **_: object) -> str | None:
     c = b.codes(x).reshape(-1)
-    lo = int(np.quantile(c, b.rng.uniform(0.01, 0.2)))  # plateaus of 1-20 %: a calibrated output range may cut them
-    hi = int(np.quantile(c, b.rng.uniform(0.8, 0.99)))
+    # plateaus of 1-20 %: a calibrated output range may cut them; aimed at (a Focus), 1-3 %, which a calibrated range
+    # with a few % overflow can leave outside (a wide plateau at a bound makes overflow all or nothing)
+    aimed = b.focus is not None and b.focus.op == op
+    lo = int(np.quantile(c, b.rng.uniform(0.01, 0.03 if aimed else 0.2)))
+    hi = int(np.quantile(c, b.rng.uniform(0.97 if aimed else 0.8, 0.99)))
     if lo >= hi:
         return None
     return b.emit(op, [x], b.spec(x).shape, attrs={"lo": lo, "hi": hi}, final=final)
@@ -520,7 +553,7 @@ def _gen_maxpool(b: _Informed, x: str, op: str, final: bool = False, **_: object
         return None
     shape = (c, conv_out_size(h, k[0], st[0], pd[0]), conv_out_size(w, k[1], st[1], pd[1]))
     attrs = {"kernel": k, "stride": st, "padding": pd}
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], shape, {}, attrs, fmt=spec.fmt if keep else None, final=final)
 
 
@@ -581,7 +614,7 @@ def _gen_flatten(b: _Informed, x: str, op: str, final: bool = False, **_: object
     spec = b.spec(x)
     if len(spec.shape) != 3:
         return None
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], (spec.size,), fmt=spec.fmt if keep else None, final=final)
 
 
@@ -602,7 +635,7 @@ def _gen_reshape(b: _Informed, x: str, op: str, final: bool = False, **_: object
     if not cands:
         return None
     shape = cands[int(b.rng.integers(len(cands)))]
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], shape, {}, {"shape": shape}, fmt=spec.fmt if keep else None, final=final)
 
 
@@ -628,7 +661,7 @@ def _gen_upsample(b: _Informed, x: str, op: str, final: bool = False, **_: objec
     if not opts:
         return None
     s = opts[int(b.rng.integers(len(opts)))]
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], (c, h * s[0], w * s[1]), {}, {"scale": s}, fmt=spec.fmt if keep else None, final=final)
 
 
@@ -640,7 +673,7 @@ def _gen_zeropad(b: _Informed, x: str, op: str, final: bool = False, **_: object
     p = tuple(int(v) for v in b.rng.integers(0, 1, size=4, endpoint=True))
     if not any(p):
         p = (1, 0, 0, 1)
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], (c, h + p[0] + p[1], w + p[2] + p[3]), {}, {"pads": p},
                   fmt=spec.fmt if keep else None, final=final)
 
@@ -651,7 +684,7 @@ def _gen_transpose(b: _Informed, x: str, op: str, final: bool = False, **_: obje
         return None
     perms = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
     p = perms[int(b.rng.integers(len(perms)))]
-    keep = not final and b.rng.random() < _KEEP_FORMAT
+    keep = b.keep(op, final)
     return b.emit(op, [x], tuple(spec.shape[i] for i in p), {}, {"perm": p}, fmt=spec.fmt if keep else None,
                   final=final)
 
@@ -681,7 +714,7 @@ def _gen_softmax(b: _Informed, x: str, op: str, final: bool = False, **_: object
         return None
     v = b.values(x)
     e = np.exp(v - v.max(axis=1, keepdims=True))
-    of = b.pick(e / e.sum(axis=1, keepdims=True), final=final, signed=False, wmin=6)
+    of = b.pick(e / e.sum(axis=1, keepdims=True), final=final, signed=False, wmin=6, op=op)
     et, rt, shift = softmax_tables(spec.size, spec.fmt, of)
     return b.emit(op, [x], spec.shape, {"exp_table": et, "recip_table": rt}, {"shift": shift}, fmt=of, final=final)
 
@@ -759,28 +792,37 @@ def _vectorizer() -> Generator:
 
 
 def _informed_graph(seed: int, kind: str, attempt: int, max_layers: int, khot_prob: float,
-                    max_width: int) -> Graph | None:
-    rng = np.random.default_rng([seed, attempt, 0x1F0])
+                    max_width: int, focus: Focus | None = None) -> Graph | None:
+    rng = np.random.default_rng([seed, attempt, 0x1F0] if focus is None else [seed, attempt, 0x1F1])
     if kind == "cnn":
         shape: tuple[int, ...] = (int(rng.integers(1, 3, endpoint=True)), int(rng.integers(4, 7)),
                                   int(rng.integers(4, 7)))
     else:
         shape = (int(rng.integers(3, 16, endpoint=True)),)
     fin = random_format(rng, 3, min(8, max(3, max_width)))
-    b = _Informed(rng, max(max_width, 4), khot_prob, shape, fin)
+    b = _Informed(rng, max(max_width, 4), khot_prob, shape, fin, focus)
     x = b.inp
-    layers = int(rng.integers(1, max_layers, endpoint=True))
+    layers = int(rng.integers(1, max_layers, endpoint=True) if focus is None else rng.integers(2, max(max_layers, 2),
+                                                                                              endpoint=True))
     gens = _available()
     conv = {n: g for n, g in gens.items() if op_def(g.op).is_(C.CONV)}
+    aim = {focus.op: gens[focus.op]} if focus is not None and focus.op in gens else {}
+    placed = focus is None
     for i in range(layers):
         final = i == layers - 1 and kind == "mlp"
         first = i == 0 and kind == "cnn" and rng.random() < 0.5  # a CNN starts with a convolution half the time
-        x_new = _draw_layer(b, x, conv if first else gens, final)
+        menu = conv if first else gens
+        if not placed and not first and not final and len(b.spec(x).shape) in aim[focus.op].ranks:
+            menu = aim  # the focus op, at the first layer it fits (not the head: the head casts to >= 7 bits)
+        x_new = _draw_layer(b, x, menu, final)
         if x_new is None:
             return None
+        placed = placed or menu is aim
         x = x_new
         if kind == "mlp" and len(b.spec(x).shape) == 3 and final:
             return None
+    if not placed:
+        return None
     if kind == "cnn" and not any(op_def(n.op).is_(C.CONV) for n in b.nodes):
         return None  # a "cnn" has at least one convolution
     if len(b.spec(x).shape) == 3 or kind == "cnn":
@@ -798,7 +840,11 @@ def _informed_graph(seed: int, kind: str, attempt: int, max_layers: int, khot_pr
             return None
     meta = {"generator": "qfx.ir.random_graph", "seed": seed, "informative": True, "attempt": attempt,
             "edge_inputs": FULL_EDGES}
-    g = Graph(f"info_{kind}_{seed}", (b.inp,), (x,), dict(b.tensors), tuple(b.nodes), meta)
+    name = f"info_{kind}_{seed}"
+    if focus is not None:
+        meta["focus"] = list(focus)
+        name += f"_{focus.op}_{focus.rounding}_{focus.overflow}_{'s' if focus.signed else 'u'}".lower()
+    g = Graph(name, (b.inp,), (x,), dict(b.tensors), tuple(b.nodes), meta)
     return g.validate()
 
 
@@ -820,32 +866,46 @@ def _draw_layer(b: _Informed, x: str, gens: dict[str, Generator], final: bool) -
 
 
 def random_graph(seed: int, kind: str = "any", max_layers: int = 4, khot_prob: float = 0.3,
-                 max_width: int = 12, informative: bool = False, max_attempts: int = 400) -> Graph:
+                 max_width: int = 12, informative: bool = False, max_attempts: int = 400,
+                 focus: Focus | None = None) -> Graph:
     """A random, valid graph. ``kind``: ``mlp`` (dense stacks), ``cnn`` (conv front end), or ``any``.
 
     ``informative=True``: formats, biases, shifts and bounds calibrated on data and the graph redrawn until it meets
     ``qfx.ir.informative.TARGETS`` over its ``N_CALIBRATION`` test vectors (``random_inputs(g, 300, seed=0)``,
     extended edges); the graph is named ``info_<kind>_<seed>`` and ``meta["informative"]`` records the figures.
+    ``focus`` (informative only): a graph aimed at one op x rounding x overflow x signedness cell (``Focus``; the
+    graphs of other seeds and of ``focus=None`` are unaffected); ``kind`` "any" then follows the op's input rank.
     """
     if not informative:
+        if focus is not None:
+            raise BadInputError("focus needs informative=True")
         return _legacy_graph(seed, kind, max_layers, khot_prob, max_width)
+    if focus is not None:
+        focus = Focus(str(focus[0]), str(focus[1]), str(focus[2]), bool(focus[3]))
+        if focus.op not in _available():
+            raise BadInputError(f"focus: no generator {focus.op!r} (registered: {', '.join(sorted(_available()))})")
+        if focus.rounding not in ROUNDING_MODES or focus.overflow not in OVERFLOW_MODES:
+            raise BadInputError(f"focus: unknown modes {focus.rounding!r}, {focus.overflow!r}")
     return _informative_graph(int(seed), str(kind), int(max_layers), float(khot_prob), int(max_width),
-                              int(max_attempts))
+                              int(max_attempts), focus)
 
 
 @functools.lru_cache(maxsize=512)
 def _informative_graph(seed: int, kind: str, max_layers: int, khot_prob: float, max_width: int,
-                       max_attempts: int) -> Graph:
+                       max_attempts: int, focus: Focus | None = None) -> Graph:
     """The informative stream (cached: graphs are immutable and tests and sweeps ask for the same seeds often)."""
     from qfx.ir.informative import GENERATION_TARGETS, MUTATION_KINDS, design_mutations, detects, informativeness
     from qfx.ir.interpret import run
 
+    if kind == "any" and focus is not None:
+        ranks = _available()[focus.op].ranks
+        kind = "mlp" if 3 not in ranks else ("cnn" if 1 not in ranks or seed % 2 else "mlp")
     if kind == "any":
         kind = "cnn" if np.random.default_rng(seed).random() < 0.5 else "mlp"
     if kind not in ("cnn", "mlp"):
         raise BadInputError(f"kind must be 'cnn', 'mlp' or 'any', got {kind!r}")
     for attempt in range(max_attempts):
-        g = _informed_graph(seed, kind, attempt, max_layers, khot_prob, max_width)
+        g = _informed_graph(seed, kind, attempt, max_layers, khot_prob, max_width, focus)
         if g is None:
             continue
         x = random_inputs(g, N_CALIBRATION, seed=0)
@@ -857,4 +917,5 @@ def _informative_graph(seed: int, kind: str, max_layers: int, khot_prob: float, 
         if len(muts) == len(MUTATION_KINDS) - (not any(n.consts for n in g.nodes)) and \
                 all(detects(g, x, m, ref) for m in muts.values()):
             return g.replace(meta=dict(g.meta) | {"informativeness": rep.summary()})
-    raise GenerationError(f"no informative {kind} graph for seed {seed} in {max_attempts} attempts")
+    what = f" aimed at {tuple(focus)}" if focus is not None else ""
+    raise GenerationError(f"no informative {kind} graph{what} for seed {seed} in {max_attempts} attempts")

@@ -247,6 +247,16 @@ inline void scales_of(float p, int width, float* inv, float* step) {
 
 constexpr int64_t kChunk = 2048;
 
+// The value of a one-element binary point: read directly for a plain CPU float32 tensor (what `item` returns,
+// without its dispatch: a dozen of these run per training step), else through `item`.
+inline float scalar_of(const Tensor& p) {
+  if (p.device().is_cpu() && p.scalar_type() == at::kFloat && p.layout() == at::kStrided && !p.is_neg() &&
+      p.numel() == 1) {
+    return *p.const_data_ptr<float>();
+  }
+  return p.item<float>();
+}
+
 // The binary point(s) as (2, C) float: row 0 = 2**(W-I), row 1 = 2**(I-W); C = 1 per tensor. Computed once in the
 // forward and kept for the backward, which recomputes mask and d from the saved input with the same element
 // function instead of storing them (less memory traffic: y is all the forward writes).
@@ -260,7 +270,7 @@ Tensor scales_tensor(const Tensor& x, const Tensor& p, const Spec& sp, int64_t a
   Tensor sc = at::empty({2, c}, x.options().dtype(at::kFloat));
   float* o = sc.data_ptr<float>();
   if (axis < 0) {
-    const float pv = p.item<float>();
+    const float pv = scalar_of(p);
     TORCH_CHECK_VALUE(std::isfinite(pv), "integer bits must be finite, got ", pv);
     scales_of(pv, sp.width, o, o + 1);
   } else {
@@ -365,7 +375,7 @@ Tensor grad_x(const Tensor& g, const Tensor& mask) {
 Tensor grad_p(const Tensor& g, const Tensor& d, int64_t axis, at::IntArrayRef pshape) {
   if (axis < 0) {
     // `dot(g, d) * ln2` as in the tensor-op path (a float32 product of the float32 dot), without a second dispatch
-    const float v = at::dot(g.reshape(-1), d.view(-1)).item<float>() * kLn2;
+    const float v = scalar_of(at::dot(g.reshape(-1), d.view(-1))) * kLn2;
     Tensor gp = at::scalar_tensor(v, g.options().dtype(at::kFloat));
     return pshape.empty() ? gp : gp.reshape(pshape);
   }
@@ -373,7 +383,18 @@ Tensor grad_p(const Tensor& g, const Tensor& d, int64_t axis, at::IntArrayRef ps
   for (int64_t k = 0; k < g.dim(); ++k) {
     if (k != axis) dims.push_back(k);
   }
-  if (dims.empty()) return at::mul(g, d).mul_(static_cast<double>(kLn2)).reshape(pshape);
+  if (dims.empty()) {  // one binary point per element (a BatchNorm's per-channel scale / shift)
+    if (g.is_contiguous() && d.is_contiguous() && g.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat &&
+        g.sizes() == d.sizes() && c10::multiply_integers(pshape) == g.numel()) {
+      // `mul(g, d).mul_(ln2)` as one loop: the same two float32 roundings, no dispatch
+      Tensor gp = at::empty(pshape, g.options());
+      const float *gp_in = g.const_data_ptr<float>(), *dp = d.const_data_ptr<float>();
+      float* op = gp.data_ptr<float>();
+      for (int64_t k = 0; k < g.numel(); ++k) op[k] = (gp_in[k] * dp[k]) * kLn2;
+      return gp;
+    }
+    return at::mul(g, d).mul_(static_cast<double>(kLn2)).reshape(pshape);
+  }
   Tensor gd;
   if (g.is_contiguous() && d.is_contiguous() && g.scalar_type() == at::kFloat && g.sizes() == d.sizes()) {
     gd = scratch(S_GD, g);  // the layout at::mul(g, d) would give (both contiguous): the same sum
@@ -477,7 +498,7 @@ struct Scales {
 
 Scales tensor_scales(const Tensor& p, int width) {
   TORCH_CHECK(p.numel() == 1, "qfx fused quantizer: per-tensor binary point must have one element");
-  const float pv = p.item<float>();
+  const float pv = scalar_of(p);
   TORCH_CHECK_VALUE(std::isfinite(pv), "integer bits must be finite, got ", pv);
   Scales sc;
   scales_of(pv, width, &sc.inv, &sc.step);
@@ -733,6 +754,17 @@ void bn_grad_x(const float* gt, const float* x, const float* s, const float* k, 
   });
 }
 
+// Per-channel vectors the plain loops of BNTrain may read: float32, contiguous, C elements, one dimension.
+bool channel_vectors_ok(std::initializer_list<Tensor> ts, int64_t c) {
+  for (const Tensor& t : ts) {
+    if (!t.defined() || t.scalar_type() != at::kFloat || !t.is_contiguous() || t.dim() != 1 || t.size(0) != c ||
+        !t.device().is_cpu() || t.is_neg() || t.is_conj()) {
+      return false;
+    }
+  }
+  return true;
+}
+
 struct BNTrain : public torch::autograd::Function<BNTrain> {
   // ps/ph per channel (axis 0 of the C-vectors) or per tensor; po, p2 per tensor (so / s2 < 0: none).
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& bias,
@@ -745,7 +777,23 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
     for (int64_t k = 2; k < nd; ++k) dims.push_back(k);
     // _BatchStats.forward
     Tensor mean = at::mean(x, dims);
-    Tensor var = at::sub(at::mean(at::mul(x, x), dims), at::mul(mean, mean)).clamp_min_(0.0);
+    Tensor ex2 = at::mean(at::mul(x, x), dims);
+    // the per-channel arithmetic in plain loops where the vectors are simple (the same IEEE float32 operations as
+    // the ATen calls of the else branches, minus a dispatch each); rsqrt and lerp stay ATen calls (their
+    // vectorized and scalar CPU kernels round differently from 1/sqrt and from the textbook formula)
+    const bool plain = channel_vectors_ok({mean, ex2, weight, bias}, c);
+    Tensor var;
+    if (plain) {
+      var = at::empty_like(mean);
+      const float *mp = mean.const_data_ptr<float>(), *ep = ex2.const_data_ptr<float>();
+      float* vp = var.data_ptr<float>();
+      for (int64_t k = 0; k < c; ++k) {
+        const float v = ep[k] - mp[k] * mp[k];
+        vp[k] = v < 0.0f ? 0.0f : v;  // clamp_min_(0): NaN stays NaN
+      }
+    } else {
+      var = at::sub(ex2, at::mul(mean, mean)).clamp_min_(0.0);
+    }
     const int64_t n = total / c;
     {  // running statistics, as `scale_shift`
       nbt.add_(1);
@@ -753,9 +801,28 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
       running_mean.lerp_(mean, mom);
       running_var.lerp_(at::mul(var, static_cast<double>(n) / static_cast<double>(std::max<int64_t>(n - 1, 1))), mom);
     }
-    Tensor r = at::rsqrt(at::add(var, eps));
-    Tensor scale = at::mul(weight, r).contiguous();
-    Tensor shift = at::sub(bias, at::mul(mean, scale)).contiguous();
+    Tensor r, scale, shift;
+    if (plain) {
+      Tensor vpe = at::empty_like(var);
+      const float eps_f = static_cast<float>(eps);  // a double Scalar meets a float tensor as a float
+      const float* vp = var.const_data_ptr<float>();
+      float* ve = vpe.data_ptr<float>();
+      for (int64_t k = 0; k < c; ++k) ve[k] = vp[k] + eps_f;
+      r = at::rsqrt(vpe);
+      scale = at::empty_like(var);
+      shift = at::empty_like(var);
+      const float *rp = r.const_data_ptr<float>(), *wp = weight.const_data_ptr<float>(),
+                  *bp = bias.const_data_ptr<float>(), *mp = mean.const_data_ptr<float>();
+      float *scp = scale.data_ptr<float>(), *shp = shift.data_ptr<float>();
+      for (int64_t k = 0; k < c; ++k) {
+        scp[k] = wp[k] * rp[k];
+        shp[k] = bp[k] - mp[k] * scp[k];
+      }
+    } else {
+      r = at::rsqrt(at::add(var, eps));
+      scale = at::mul(weight, r).contiguous();
+      shift = at::sub(bias, at::mul(mean, scale)).contiguous();
+    }
     Tensor scs = scales_tensor(scale, ps, spec_of(ss), axs), sch = scales_tensor(shift, ph, spec_of(sh), axh);
     Tensor sq = quant_forward(scale, scs, spec_of(ss), axs);
     Tensor hq = quant_forward(shift, sch, spec_of(sh), axh);
@@ -872,17 +939,43 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
     if (ctx->needs_input_grad(3)) out[3] = rs.second;
     if (ctx->needs_input_grad(4)) out[4] = rh.second;
     // shift = bias - mean * scale; scale = weight * r; r = rsqrt(var + eps)
-    Tensor ngh = at::neg(gh);
-    Tensor gmean = at::mul(ngh, scale);
-    Tensor gscale = at::add(gs, at::mul(ngh, mean));
-    if (ctx->needs_input_grad(2)) out[2] = gh;
-    if (ctx->needs_input_grad(1)) out[1] = at::mul(gscale, r);
-    if (ctx->needs_input_grad(0)) {
+    Tensor gw, k, cc;
+    if (channel_vectors_ok({gs, gh, scale, mean, r, weight}, c)) {
+      // the ATen calls of the else branch as float32 loops: neg, mul, add, mul; pow(r, 3) is (r * r) * r in ATen;
+      // double / integer Scalars meet float tensors as floats
+      gw = at::empty_like(r);
+      k = at::empty_like(r);
+      cc = at::empty_like(r);
+      const float *gsp = gs.const_data_ptr<float>(), *ghp = gh.const_data_ptr<float>(),
+                  *scp = scale.const_data_ptr<float>(), *mp = mean.const_data_ptr<float>(),
+                  *rp = r.const_data_ptr<float>(), *wp = weight.const_data_ptr<float>();
+      float *gwp = gw.data_ptr<float>(), *kp = k.data_ptr<float>(), *ccp = cc.data_ptr<float>();
+      const float two_n = static_cast<float>(2.0 / static_cast<double>(n)), nf = static_cast<float>(n);
+      for (int64_t j = 0; j < c; ++j) {
+        const float ngh = -ghp[j];
+        const float gmean = ngh * scp[j];
+        const float gscale = gsp[j] + ngh * mp[j];
+        gwp[j] = gscale * rp[j];
+        const float gr = gscale * wp[j];
+        const float r3 = rp[j] * rp[j] * rp[j];
+        const float gvar = (gr * -0.5f) * r3;
+        kp[j] = gvar * two_n;
+        ccp[j] = gmean / nf - kp[j] * mp[j];
+      }
+    } else {
+      Tensor ngh = at::neg(gh);
+      Tensor gmean = at::mul(ngh, scale);
+      Tensor gscale = at::add(gs, at::mul(ngh, mean));
+      gw = at::mul(gscale, r);
       Tensor gr = at::mul(gscale, weight);
       Tensor gvar = at::mul(at::mul(gr, -0.5), at::pow(r, 3));
       // _BatchStats.backward
-      Tensor k = at::mul(gvar, 2.0 / static_cast<double>(n));
-      Tensor cc = at::sub(at::div(gmean, n), at::mul(k, mean));
+      k = at::mul(gvar, 2.0 / static_cast<double>(n));
+      cc = at::sub(at::div(gmean, n), at::mul(k, mean));
+    }
+    if (ctx->needs_input_grad(2)) out[2] = gh;
+    if (ctx->needs_input_grad(1)) out[1] = gw;
+    if (ctx->needs_input_grad(0)) {
       Tensor gtc = gt.contiguous();
       if (gtc.scalar_type() == at::kFloat) {
         Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
