@@ -234,18 +234,68 @@ def test_not_an_hls_project_exit_2(tmp_path, capsys, fake_vitis):
 
 
 def test_graph_without_axis_top_exit_2(tmp_path, capsys, fake_vitis):
-    """Two outputs: the HLS project has no AXI-Stream top; the error says why."""
-    g = _dense()
-    fx = g.tensor("y").fmt
-    t = dict(g.tensors) | {"z": TensorSpec("z", (4,), fx)}
-    relu = Node("act", Op.RELU, ("y",), "z", {}, {}, None)
-    g2 = Graph("two_out", ("x",), ("y", "z"), t, (*g.nodes, relu)).validate()
-    d = _hls_project(tmp_path, g2)
-    assert not (d / "firmware" / "two_out_axis.cpp").exists()
+    """A 4104-bit input word: the HLS project has no AXI-Stream top; the error says why."""
+    d = _hls_project(tmp_path, _dense(n_in=AXIS_MAX_BITS // 8 + 1, fx=FxFormat(8, 2)))
+    assert not (d / "firmware" / "vdense_axis.cpp").exists()
     assert "axis_csynth" not in (d / "build_prj.tcl").read_text()
     assert main(["cosim", str(d), "--hls-rtl"]) == 2
-    assert "exactly one input and one output" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no AXI-Stream top" in err and "at most 4096 bits" in err and "Traceback" not in err
     assert fake_vitis() == []
+
+
+def _two_out() -> Graph:
+    """One input forked to two outputs of different formats (dense, then relu of it)."""
+    g = _dense()
+    t = dict(g.tensors) | {"z": TensorSpec("z", (4,), FxFormat(5, 3, signed=False))}
+    relu = Node("act", Op.RELU, ("y",), "z", {}, {}, None)
+    return Graph("two_out", ("x",), ("y", "z"), t, (*g.nodes, relu)).validate()
+
+
+def test_several_outputs_one_vitis_port_each(tmp_path):
+    """Two outputs: ports s0_axis, m0_axis, m1_axis in the C++ top, the adapter's checks, the adapter itself and
+    the testbench entry (one driver / checker per port, words that unpack to the codes), all without Vitis."""
+    from qfx.errors import RunError
+    from qfx.sim.cosim import unpack_port
+    from qfx.sim.hls_rtl import dut_config, read_vitis_top, render_wrapper
+
+    g = _two_out()
+    d = _hls_project(tmp_path, g)
+    src = (d / "firmware" / "two_out_axis.cpp").read_text()
+    for q in ("s0_axis", "m0_axis", "m1_axis"):
+        assert f"HLS INTERFACE axis port={q})" in src
+    assert "two_out(xs0, ys0, ys1);" in src and "s_axis" not in src.replace("s0_axis", "")
+    proj = load_hls_project(d)
+    assert [(q.prefix, q.tensor, q.tw) for q in proj.in_ports + proj.out_ports] == [
+        ("s0_axis", "x", 40), ("m0_axis", "y", proj.out_ports[0].tw), ("m1_axis", "z", 24)]
+    decl = ["input ap_clk;", "input ap_rst_n;", "input [39:0] s0_axis_TDATA;", "input s0_axis_TVALID;",
+            "output s0_axis_TREADY;"]
+    for q in proj.out_ports:
+        decl += [f"output [{q.tw - 1}:0] {q.prefix}_TDATA;", f"output {q.prefix}_TVALID;", f"input {q.prefix}_TREADY;"]
+    proj.verilog_dir.mkdir(parents=True)
+    top_v = proj.verilog_dir / "two_out_axis.v"
+
+    def write(lines: list[str]) -> None:
+        names = [re.findall(r"(\w+);", x)[0] for x in lines]
+        top_v.write_text("module two_out_axis (%s);\n%s\nendmodule\n" % (", ".join(names), "\n".join(lines)))
+
+    write([x for x in decl if "m1_axis_TREADY" not in x])
+    with pytest.raises(RunError, match="no port m1_axis_TREADY"):
+        read_vitis_top(proj)
+    write(decl)
+    vt = read_vitis_top(proj)
+    wrap = render_wrapper(vt, proj, "wrap")
+    for q in ("s0_axis", "m0_axis", "m1_axis"):
+        assert f".{q}_TDATA({q}_tdata)" in wrap and f"{q}_tready" in wrap
+    assert "input  logic m1_axis_tready\n);" in wrap and ".m1_axis_TREADY(m1_axis_tready)\n    );" in wrap
+    x = random_inputs(g, 7, seed=1)
+    y = run(g, x)
+    conf = dut_config(proj, "wrap", 3, 1, {"x": x}, y)
+    assert [q["prefix"] for q in conf["in_ports"]] == ["s0_axis"]
+    assert [q["prefix"] for q in conf["out_ports"]] == ["m0_axis", "m1_axis"]
+    for q, c in zip(proj.out_ports, conf["out_ports"]):
+        assert c["width"] == q.tw and len(c["words"]) == 7
+        np.testing.assert_array_equal(unpack_port(c["words"], q.facts())[0], np.asarray(y[q.tensor]).reshape(7, -1))
 
 
 @pytest.mark.parametrize("mode, text", [("fail", "ERROR: [HLS 207-812] fake synthesis failure"),

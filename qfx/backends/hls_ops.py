@@ -32,9 +32,10 @@ from qfx.ops import Categories, with_category
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.backends.hls import _Ctx
-    from qfx.ir.graph import Node
+    from qfx.ir.graph import Graph, Node
 
-__all__ = ["HLS_EMITTERS", "HlsEmitter", "exact_literal", "khot_term_format", "khot_table"]
+__all__ = ["HLS_EMITTERS", "HlsEmitter", "exact_literal", "khot_term_format", "khot_table", "STREAM_WINDOW_PAD",
+           "stream_form"]
 
 #: (context, node, common layer fields) -> the op's own layer fields (see the module docstring)
 HlsEmitter = Callable[["_Ctx", "Node", dict[str, Any]], dict[str, Any]]
@@ -365,3 +366,24 @@ HLS_EMITTERS: dict[str, HlsEmitter] = {
     "reshape": emit_cast,
     **{name: emit_gather for name in with_category(Categories.GATHER)},
 }
+
+
+# ------------------------------------------------------------------------------------------------ io=stream forms
+#: io=stream: ops that run as a sliding window over a pixel stream (``hls/qfx_window_stream.h``), and what a padded
+#: window position holds: ``zero`` (convolution, average pooling count it as zero) or ``edge`` (max pooling ignores
+#: padding; repeating a frame position of the same window leaves the maximum unchanged). The window's own kernel is
+#: the op's io_parallel kernel on a one-output-pixel configuration.
+STREAM_WINDOW_PAD: dict[str, str] = {"conv2d": "zero", "avgpool2d": "zero", "maxpool2d": "edge"}
+
+
+def stream_form(graph: "Graph", n: "Node") -> str:
+    """How node ``n`` runs in io=stream: ``window`` (line buffers, one output pixel per window), ``pixel`` (an
+    element-wise or binary op on equal shapes: its kernel on each pixel's channel vector) or ``tensor`` (any other
+    op: its io_parallel kernel on the gathered tensor, converted back to pixels at the boundary)."""
+    d = op_def(n.op)
+    shapes = {tuple(graph.tensor(t).shape) for t in n.inputs} | {tuple(graph.tensor(n.output).shape)}
+    if n.op.value in STREAM_WINDOW_PAD and len(graph.tensor(n.inputs[0]).shape) == 3:
+        return "window"
+    if (d.is_(Categories.ELEMENTWISE) or d.is_(Categories.BINARY)) and len(shapes) == 1:
+        return "pixel"
+    return "tensor"

@@ -18,16 +18,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the input vectors (default 0)")
     p.add_argument("--ap-include", metavar="PATH", default=None,
                    help="folder holding ap_fixed.h (default: $QFX_AP_INCLUDE, $XILINX_HLS/include, hls4ml's copy)")
+    p.add_argument("--inputs", metavar="NPZ", default=None,
+                   help="input codes to run instead of random ones: an .npz with one int array (N, *shape) per "
+                   "graph input name (np.savez(path, **{name: codes})); a graph with one input also takes a .npy")
+    p.add_argument("--axis", action="store_true",
+                   help="drive the AXI4-Stream top (firmware/<top>_axis.cpp: packed words, one port per graph input "
+                   "and output) instead of the plain top")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; only the exit status tells")
-    p.epilog = "example: qfx csim hls_prj -n 5000 --seed 3"
+    p.epilog = "examples: qfx csim hls_prj -n 5000 --seed 3;  qfx csim hls_prj --axis --inputs codes.npz"
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from qfx.commands.cosim import load_inputs
+    from qfx.errors import BadInputError
     from qfx.sim.csim import run_csim
 
-    rep = run_csim(args.project, n_vectors=args.vectors, seed=args.seed, ap_include=args.ap_include)
+    if args.vectors < 1:
+        raise BadInputError(f"-n must be >= 1, got {args.vectors}")
+    rep = run_csim(args.project, n_vectors=args.vectors, seed=args.seed, ap_include=args.ap_include,
+                   inputs=None if args.inputs is None else load_inputs(args.inputs), axis=args.axis)
     if not args.quiet:
         print(json.dumps(rep.to_dict(), indent=1) if args.json else rep.summary())
     return 0 if rep.passed else 1

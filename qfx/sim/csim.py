@@ -19,7 +19,7 @@ from qfx.errors import BadInputError
 from qfx.ir.graph import Graph
 from qfx.ir.interpret import random_inputs, run
 
-__all__ = ["CsimReport", "run_csim", "run_csim_batch", "project_top", "make_inputs", "REPORT_NAME"]
+__all__ = ["CsimReport", "run_csim", "run_csim_batch", "project_top", "make_inputs", "axis_driver", "REPORT_NAME"]
 
 REPORT_NAME = "csim_report.json"
 NDEBUG = {"NDEBUG": ""}
@@ -42,6 +42,7 @@ class CsimReport:
     seed: int
     executable: str
     per_output_mismatches: dict[str, int] = field(default_factory=dict)
+    inputs: str = "edge + random"
 
     @property
     def passed(self) -> bool:
@@ -92,29 +93,102 @@ def _flat(graph: Graph, arrays: dict[str, np.ndarray] | np.ndarray, names: Seque
 
 
 def run_csim(project_dir: str | Path, n_vectors: int = 1000, seed: int = 0, ap_include: str | Path | None = None,
-             *, flags: Sequence[str] = (), write_report: bool = True, timeout: float = 600.0) -> CsimReport:
+             *, flags: Sequence[str] = (), write_report: bool = True, timeout: float = 600.0,
+             inputs: Any | None = None, axis: bool = False) -> CsimReport:
     """Build the project's testbench (cached), run ``n_vectors`` vectors through it in one process and compare every
-    output code with ``qfx.ir.run`` on the project's ``model.json``. Writes ``csim_report.json`` into the project."""
+    output code with ``qfx.ir.run`` on the project's ``model.json``. Writes ``csim_report.json`` into the project.
+
+    ``inputs``: input codes to run instead of edge + random ones (one int array ``(N, *shape)`` per graph input
+    name, or the array of a one-input graph; ``n_vectors`` then does not apply). ``axis``: drive the AXI4-Stream
+    top ``firmware/<top>_axis.cpp`` (packed words on every port, what Vitis synthesizes) instead of the plain top.
+    """
     from qfx.sim.build import compile_cxx
 
     d = Path(project_dir)
     _check_project(d)
     n = int(n_vectors)
-    if n < 1:
+    if n < 1 and inputs is None:
         raise BadInputError(f"number of vectors must be >= 1, got {n}")
     graph = Graph.load(d / "model.json")
+    xs = None
+    if inputs is not None:
+        from qfx.sim.cosim import check_input_dict
+
+        xs = check_input_dict(graph, inputs)
+        n = len(next(iter(xs.values())))
     top, tb, src = project_top(d)
     t0 = time.perf_counter()
     # NDEBUG: the 2019 ap_types snapshot asserts ("Attempting to read bit beyond MSB") inside valid conversions
     # that drop more fraction bits than the source has; the guarded read returns the sign extension, which is the
     # right bit (the csim tests check the result against qfx.fixed bit for bit).
     # One translation unit (the design, then the testbench): the ap_types headers are parsed once, not twice.
-    drv = _driver(f"// qfx csim driver for {top}: design and testbench in one translation unit\n"
-                  f'#include "{src.resolve()}"\n#include "{tb.resolve()}"\n', "single")
+    if axis:
+        top, text = axis_driver(d, graph, top, src)
+        drv = _driver(text, "axis")
+    else:
+        drv = _driver(f"// qfx csim driver for {top}: design and testbench in one translation unit\n"
+                      f'#include "{src.resolve()}"\n#include "{tb.resolve()}"\n', "single")
     exe = compile_cxx([drv], include_dirs=[d / "firmware"], ap_include=ap_include, flags=flags, defines=NDEBUG,
                       name=f"csim_{top}", timeout=timeout)
     build_s = time.perf_counter() - t0
-    return _simulate(d, graph, top, exe, [], n, seed, build_s, write_report, timeout)
+    return _simulate(d, graph, top, exe, [], n, seed, build_s, write_report, timeout, xs)
+
+
+def axis_driver(d: Path, graph: Graph, top: str, src: Path) -> tuple[str, str]:
+    """(AXI top name, C++ source) of a testbench for ``firmware/<top>_axis.cpp`` with the plain testbench's command
+    line (inputs.bin expected.bin got.bin): it packs each vector's input codes into one word per input port, calls
+    the AXI top once and unpacks one word per output port, so the C++ packing is checked, not only the layers."""
+    from qfx.backends.hls import axis_ports
+    from qfx.errors import UnsupportedError
+
+    name = f"{top}_axis"
+    axis_src = d / "firmware" / f"{name}.cpp"
+    if not axis_src.is_file():
+        try:
+            axis_ports(graph)
+        except UnsupportedError as exc:
+            raise UnsupportedError(f"{d} has no AXI-Stream top: {exc}") from None
+        raise BadInputError(f"{d} has no AXI-Stream top firmware/{name}.cpp; re-export it with this qfx version")
+    ins, outs = axis_ports(graph)
+    n_in, n_out = sum(q.count for q in ins), sum(q.count for q in outs)
+    body, off = [], 0
+    for k, q in enumerate(ins):
+        body += [f"        {{ ap_uint<{q.tw}> w = 0;",
+                 f"          for (unsigned i = 0; i < {q.count}; i++) w.range(i * {q.ew} + {q.ew - 1}, i * {q.ew}) = "
+                 f"ap_uint<{q.ew}>(src[{off} + i]);",
+                 f"          in{k}.write(w); }}"]
+        off += q.count
+    call = ", ".join([f"in{k}" for k in range(len(ins))] + [f"out{k}" for k in range(len(outs))])
+    body.append(f"        {name}({call});")
+    off = 0
+    for k, q in enumerate(outs):
+        t = f"ap_int<{q.ew}>" if q.signed else f"ap_uint<{q.ew}>"
+        get = "to_int64" if q.signed else "to_uint64"
+        body += [f"        {{ if (out{k}.empty()) {{ std::fprintf(stderr, \"{name}: no word on {q.prefix}\\n\"); return 3; }}",
+                 f"          const ap_uint<{q.tw}> w = out{k}.read();",
+                 f"          for (unsigned i = 0; i < {q.count}; i++) {{ {t} c; c.range({q.ew - 1}, 0) = "
+                 f"w.range(i * {q.ew} + {q.ew - 1}, i * {q.ew}); dst[{off} + i] = (long long)c.{get}(); }} }}"]
+        off += q.count
+    left = " || ".join([f"!in{k}.empty()" for k in range(len(ins))] + [f"!out{k}.empty()" for k in range(len(outs))])
+    decl = [f"    hls::stream<ap_uint<{q.tw}> > in{k}(\"in{k}\");" for k, q in enumerate(ins)]
+    decl += [f"    hls::stream<ap_uint<{q.tw}> > out{k}(\"out{k}\");" for k, q in enumerate(outs)]
+    lines = [f"// qfx csim driver for the AXI-Stream top {name}: the axis top first (it may define AP_INT_MAX_W,",
+             "// which must precede the first ap_int.h include), then the design, then a packing testbench.",
+             f'#include "{axis_src.resolve()}"', f'#include "{src.resolve()}"', "#include <cstdio>",
+             "#include <vector>", '#include "qfx_io.h"', "int main(int argc, char **argv) {",
+             "    if (argc < 4) return 2;", "    std::vector<long long> in;",
+             f"    if (!qfx::read_codes(argv[1], in) || in.size() % {n_in} != 0) {{",
+             f'        std::fprintf(stderr, "{name}: cannot read input codes from %s\\n", argv[1]);',
+             "        return 2;", "    }", f"    const unsigned long n_vec = in.size() / {n_in};",
+             f"    std::vector<long long> got(n_vec * {n_out});", *decl,
+             "    for (unsigned long vec = 0; vec < n_vec; vec++) {",
+             f"        const long long *src = &in[vec * {n_in}];", f"        long long *dst = &got[vec * {n_out}];",
+             *body,
+             f'        if ({left}) {{ std::fprintf(stderr, "{name}: words left on a port\\n"); return 3; }}',
+             "    }",
+             f'    if (!qfx::write_codes(argv[3], got)) {{ std::fprintf(stderr, "{name}: cannot write %s\\n", argv[3]); return 2; }}',
+             "    return 0;", "}", ""]
+    return name, "\n".join(lines)
 
 
 def _driver(text: str, kind: str) -> Path:
@@ -184,10 +258,10 @@ def _check_project(d: Path) -> None:
 
 
 def _simulate(d: Path, graph: Graph, top: str, exe: Path, prefix: list[str], n: int, seed: int, build_s: float,
-              write_report: bool, timeout: float) -> CsimReport:
+              write_report: bool, timeout: float, given: dict[str, np.ndarray] | None = None) -> CsimReport:
     from qfx.sim.build import read_codes, run_binary, write_codes
 
-    xs = make_inputs(graph, n, seed)
+    xs = make_inputs(graph, n, seed) if given is None else given
     y = run(graph, xs if len(xs) > 1 else xs[graph.inputs[0]])
     x_flat = _flat(graph, xs, graph.inputs, n)
     y_flat = _flat(graph, y, graph.outputs, n)
@@ -225,7 +299,7 @@ def _simulate(d: Path, graph: Graph, top: str, exe: Path, prefix: list[str], n: 
     rep = CsimReport(project=str(d.resolve()), model=graph.name, top=top, vectors=n, outputs_compared=int(y_flat.size),
                      mismatches=mism, first_mismatch=first, build_s=round(build_s, 3), run_s=round(run_s, 4),
                      vectors_per_s=round(n / max(run_s, 1e-9), 1), seed=int(seed), executable=str(exe),
-                     per_output_mismatches=per_out)
+                     per_output_mismatches=per_out, inputs="edge + random" if given is None else "given")
     if write_report:
         try:
             (d / REPORT_NAME).write_text(json.dumps(rep.to_dict(), indent=1) + "\n")
