@@ -82,3 +82,51 @@ def test_quantize_cli_and_refusals(tmp_path, capsys):
         quantize_onnx(float_cnn(), np.zeros((2, 2, 6, 6)), weight_bits=1)
     with pytest.raises(UnsupportedError, match="already quantized"):
         quantize_onnx(onnx.load(out), np.zeros((2, 2, 6, 6)))
+
+
+def two_input_float_model(seed: int = 3):
+    """Image input in channels-last layout (a Transpose the clean-up folds into the interface) and a vector input."""
+    r = np.random.default_rng(seed)
+    inits = {"w": r.normal(0, 0.4, (4, 2, 3, 3)), "b": r.normal(0, 0.1, 4), "fc": r.normal(0, 0.5, (4, 5)),
+             "fb": r.normal(0, 0.1, 4)}
+    nodes = [helper.make_node("Transpose", ["img"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("Gemm", ["vec", "fc", "fb"], ["v"], transB=1),
+             helper.make_node("Add", ["f", "v"], ["y"])]
+    g = helper.make_graph(nodes, "two_in", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 4, 4, 2]),
+                                            helper.make_tensor_value_info("vec", TensorProto.FLOAT, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_quantize_several_inputs_with_npz_and_folded_input_transpose(tmp_path, capsys):
+    from qfx.cli import main
+
+    m = two_input_float_model()
+    r = np.random.default_rng(4)
+    calib = {"img": r.normal(0, 1, (128, 4, 4, 2)).astype(np.float32),
+             "vec": r.normal(0, 1, (128, 5)).astype(np.float32)}
+    with pytest.raises(BadInputError, match="npz"):
+        quantize_onnx(m, calib["img"])  # one array for two inputs
+    with pytest.raises(BadInputError, match="inputs are"):
+        quantize_onnx(m, {"img": calib["img"]})
+    q, report = quantize_onnx(m, calib, weight_bits=8, act_bits=10)
+    assert sum(line.startswith("input '") and "bits, scale" in line for line in report) == 2
+    g = import_model(q)
+    assert len(g.inputs) == 2
+    assert g.meta["input_meta"][0].get("input_perm") == [0, 3, 1, 2]  # channels-last image laid out channels-first
+    x = {k: v[:100] for k, v in calib.items()}  # inside the calibrated ranges (nothing saturates)
+    y = run(g, {g.inputs[0]: input_codes(g, x["img"], 0), g.inputs[1]: input_codes(g, x["vec"], 1)})
+    got = output_values(g, y[g.outputs[0]] if isinstance(y, dict) else y)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    src, npz, out = tmp_path / "f.onnx", tmp_path / "c.npz", tmp_path / "q.onnx"
+    onnx.save(m, src)
+    np.savez(npz, **calib)
+    assert main(["quantize", str(src), "--calib", str(npz), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on 128 calibration inputs: argmax equal" in text and "max |diff|" in text

@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="float ONNX model (torch or Keras export)")
     p.add_argument("--calib", required=True, metavar="NPY",
-                   help="calibration inputs: a .npy array of shape (N, ...) laid out as the model's input")
+                   help="calibration inputs: a .npy array of shape (N, ...) laid out as the model's input, or an "
+                        ".npz with one array per input name (several inputs)")
     p.add_argument("-o", "--output", required=True, help="QONNX model to write (.onnx)")
     p.add_argument("--weight-bits", type=int, default=8, help="weight width (default 8)")
     p.add_argument("--act-bits", type=int, default=8, help="activation width (default 8)")
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"[quantize] {line}")
         agree = float_agreement(model, graph, calib)
         if agree:
-            print(f"[quantize] vs the float model on {len(calib)} calibration inputs: {agree}")
+            n = len(calib[calib.files[0]]) if hasattr(calib, "files") else len(calib)
+            print(f"[quantize] vs the float model on {n} calibration inputs: {agree}")
         print(f"wrote {out} ({len(graph.nodes)} qfx nodes after import)")
     return 0
 
@@ -77,7 +79,10 @@ def float_agreement(model, graph, calib) -> str:
     from qfx.ir import run
     from qfx.onnx.importer import input_codes, output_values
 
-    from qfx.onnx.quantize import free_batch, run_batches
+    from qfx.onnx.quantize import free_batch, multi_input_agreement, run_batches
+
+    if hasattr(calib, "files"):  # an .npz: one array per graph input
+        return multi_input_agreement(model, graph, calib)
 
     try:
         sess = ort.InferenceSession(free_batch(model).SerializeToString(), providers=["CPUExecutionProvider"])

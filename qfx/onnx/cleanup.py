@@ -9,7 +9,8 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
 * ``qonnx.custom_op.channels_last`` Conv/MaxPool become Transpose -> standard op -> Transpose; Transposes are then
   moved through element-wise ops (Relu, per-tensor Quant) and inverse pairs cancel. A Transpose that reads the
   graph input (or writes the graph output) is folded into the interface: the IR input is the transposed tensor and
-  ``qfx.input_perm`` (``qfx.output_perm``) in the model metadata says how to lay data out. A Transpose followed by
+  ``qfx.input_perm:<input>`` (``qfx.output_perm``) in the model metadata says how to lay data out (each input of a
+  multi-input graph; ``qfx.input_perm`` too when there is one). A Transpose followed by
   Flatten/Reshape into a MatMul/Gemm with constant weights is folded into the weight rows.
 * Identity and Dropout are removed.
 * Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
@@ -469,13 +470,14 @@ class _Cleaner:
         self._transpose_into_weights()
 
     def _interface_transposes(self) -> None:
-        """A Transpose of the graph input (after element-wise ops) becomes the input layout itself."""
+        """A Transpose of a graph input (after element-wise ops) becomes the input layout itself (each input)."""
+        ins = self.data_inputs()
+        for inp in ins:
+            self._interface_transpose(inp, len(ins) == 1)
+
+    def _interface_transpose(self, inp, only: bool) -> None:
         from onnx import helper
 
-        ins = self.data_inputs()
-        if len(ins) != 1:
-            return
-        inp = ins[0]
         consts = self.consts()
         # hoist: a Transpose reached from the input through element-wise ops moves next to the input
         for _ in range(len(self.g.node)):
@@ -516,7 +518,9 @@ class _Cleaner:
                     if a.tensor_name == inp.name:
                         a.tensor_name = t.output[0]
                 self.remove(t)
-                self.meta["qfx.input_perm"] = ",".join(str(p) for p in perm)
+                self.meta[f"qfx.input_perm:{t.output[0]}"] = ",".join(str(p) for p in perm)  # per IR input
+                if only:  # the single-input key older readers know
+                    self.meta["qfx.input_perm"] = ",".join(str(p) for p in perm)
                 self.report.append(f"input {inp.name!r} is transposed by {perm} on the way in: the IR input is "
                                    f"{t.output[0]!r} (qfx.input_perm)")
 

@@ -42,8 +42,22 @@
   - Several graph inputs and outputs (each input's format from its Quant, annotation or ``input_fmt``);
     ``input_codes(graph, x, k)`` for input ``k``. MatMul of two computed tensors (attention) is refused up front.
 
-  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, QDQ models, ...) are refused with one line naming the op,
-  the node and what to do (``REFUSALS``).
+  - **ONNX QDQ** (onnxruntime ``quantize_static``, TensorRT/PyTorch QAT exports, ONNX-zoo int8 models): a
+    ``QuantizeLinear -> DequantizeLinear`` pair is a Quant whose codes are ``q - zp``: round half to even (RND_CONV),
+    saturation to the integer type's range shifted by the zero point (``[qmin - zp, qmax - zp]``, a ``clip`` where
+    that is narrower than the code format, e.g. uint8 with zp 131 -> 9-bit signed codes in [-131, 124]); per-tensor
+    or per-channel (axis 1) scales, non-power-of-two ones requantized with the same dyadic constants as Quant.
+    ``DequantizeLinear`` of an int8/int32 initializer (weights per axis, biases) is a constant kept as codes and
+    scales. Brevitas' QCDQ (a ``Clip`` of the integer codes between Q and DQ) is a ``clip`` of the codes.
+    QOperator ``QLinearConv``/``QLinearMatMul``/com.microsoft ``QGemm`` are the float op between a dequantized
+    input/weights and a QuantizeLinear (MaxPool/Reshape/Flatten on their integer codes keep scale and zero point);
+    other QOperator ops (QLinearAdd, ConvInteger, ...) are refused. Constant graph outputs (Brevitas
+    ``return_quant_tensor=True`` exports the output's scale and zero point) are dropped with a report line.
+  - A ``Quant`` right after a table (Sigmoid/Tanh/... ``lut``) is folded into the table: its entries are the
+    Quant's output codes of the function (one rounding, as QONNX computes it, not two).
+
+  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, QLinearAdd, ...) are refused with one line naming the
+  op, the node and what to do (``REFUSALS``).
 * **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
   (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
   the input. ``input_codes(graph, x)`` turns float model inputs into the IR's input codes (input scale, bipolar,
@@ -319,6 +333,13 @@ class _Val:
                     h=np.atleast_1d(np.asarray(h, dtype=np.float64)), relu=self.relu if relu is None else relu)
 
 
+def _natural_range(bits: int, signed: bool, sym: bool) -> tuple[int, int]:
+    """The code range of a ``bits``-bit format (SAT_SYM: symmetric)."""
+    if not signed:
+        return 0, (1 << bits) - 1
+    return -(1 << (bits - 1)) + int(sym), (1 << (bits - 1)) - 1
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
 
@@ -482,14 +503,16 @@ REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
                   "on the host",
     "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
-    "QuantizeLinear": "ONNX QDQ (QuantizeLinear/DequantizeLinear) models are not imported; export QONNX (Brevitas "
-                      "export_qonnx) or quantize the float model with qfx quantize",
-    "DequantizeLinear": "ONNX QDQ (QuantizeLinear/DequantizeLinear) models are not imported; export QONNX (Brevitas "
-                        "export_qonnx) or quantize the float model with qfx quantize",
+    **{op: "of the QOperator integer ops qfx maps QLinearConv, QLinearMatMul and QGemm only; re-quantize in the QDQ "
+           "format (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ)) or export QONNX"
+       for op in ("MatMulInteger", "ConvInteger", "QLinearAdd",
+                  "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
+                  "QLinearGlobalAveragePool", "DynamicQuantizeLinear")},
 }
-_GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, Gemm/MatMul, Conv (1-D, 2-D), "
-            "BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/HardSwish/Elu, Softmax, Add/Sub/Mul/Div "
-            "by constants, MaxPool/AveragePool, Concat, Resize, DepthToSpace, Flatten/Reshape; " + _CUT)
+_GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
+            "(QDQ), Gemm/MatMul, Conv (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/"
+            "HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, MaxPool/AveragePool, Concat, Resize, "
+            "DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
 def _clean_name(base: str) -> str:
@@ -518,6 +541,8 @@ class _Converter:
         self.exact: set[str] = set()
         self.meta: dict[str, Any] = {}
         self.requants: list[dict[str, Any]] = []
+        self.qdq: dict[str, tuple[np.ndarray, int]] = {}  # QuantizeLinear output -> (scale, zero point)
+        self.tables: dict[str, np.ndarray] = {}  # lut output tensor -> the function's float values per input code
 
     # ---------------------------------------------------------------- naming
     def _name(self, base: str) -> str:  # IR tensor and node names from ONNX names (identifier characters only)
@@ -658,8 +683,9 @@ class _Converter:
         return t
 
     def _requant(self, node, v: _Val, scale: np.ndarray, bits: int, signed: bool, narrow: bool,
-                 rounding: str) -> tuple[str, np.ndarray]:
-        """Round and clamp the view to ``bits``-bit codes of ``scale``: (IR tensor, u) with ``code*scale = IR*u``."""
+                 rounding: str, lohi: tuple[int, int] | None = None) -> tuple[str, np.ndarray]:
+        """Round and clamp the view to ``bits``-bit codes of ``scale``: (IR tensor, u) with ``code*scale = IR*u``;
+        ``lohi``: a code range narrower than the format's (QDQ zero points), kept by a ``clip``."""
         s = _vec(scale)
         if is_pow2(s) and np.all(s == s[0]):
             e, u = pow2_exponent(float(s[0])), np.ones(1)
@@ -668,14 +694,18 @@ class _Converter:
         sym = narrow and signed and bits > 1 and _sat_sym_is_symmetric()
         fmt = FxFormat(bits, bits + e, signed, rounding, "SAT_SYM" if sym else "SAT")  # value = code * 2**e
         mult, shift = v.m / u, v.h / u
-        if np.all(mult == 1) and not np.any(shift):
+        src = self.tensors[v.tensor].fmt
+        if np.all(mult == 1) and not np.any(shift) and src.frac_bits == fmt.frac_bits and src.signed == fmt.signed \
+                and src.width <= fmt.width and (fmt.overflow != "SAT_SYM" or src.overflow == "SAT_SYM"):
+            t = v.tensor  # already codes of fmt (the same scale re-quantized after MaxPool/Flatten): no cast
+        elif np.all(mult == 1) and not np.any(shift):
             t = self._cast(node, v.tensor, fmt)
         else:
             t = self._scale_shift(node, v.tensor, mult, shift, fmt, "requantize")
-        if narrow and not sym:  # unsigned narrow range [0, 2**b - 2]: an explicit clip
-            lo = -(1 << (bits - 1)) + 1 if signed else 0
-            hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 2
-            t = self._add("clip", node, [t], self.tensors[t].shape, fmt, attrs={"lo": lo, "hi": hi})
+        if lohi is None and narrow and not sym:  # unsigned narrow range [0, 2**b - 2]: an explicit clip
+            lohi = (-(1 << (bits - 1)) + 1 if signed else 0, (1 << (bits - 1)) - 1 if signed else (1 << bits) - 2)
+        if lohi is not None and tuple(lohi) != _natural_range(bits, signed, sym):
+            t = self._add("clip", node, [t], self.tensors[t].shape, fmt, attrs={"lo": lohi[0], "hi": lohi[1]})
         if v.relu:  # relu(round(y)) == round(relu(y)): the deferred ReLU runs on the codes
             t = self._add("relu", node, [t], self.tensors[t].shape, fmt)
         return t, u
@@ -702,9 +732,11 @@ class _Converter:
         self.input_tensors: dict[str, str | None] = {k: None for k in self.pending_inputs}
         self.input_meta: dict[str, dict[str, Any]] = {k: {} for k in self.pending_inputs}
         props = {p.key: p.value for p in self.m.metadata_props}
-        if props.get("qfx.input_perm") and len(self.pending_inputs) == 1:
-            self.input_meta[next(iter(self.pending_inputs))]["input_perm"] = \
-                [int(p) for p in props["qfx.input_perm"].split(",")]
+        for name in self.pending_inputs:
+            perm = props.get(f"qfx.input_perm:{name}") or \
+                (props.get("qfx.input_perm") if len(self.pending_inputs) == 1 else None)
+            if perm:
+                self.input_meta[name]["input_perm"] = [int(p) for p in perm.split(",")]
         live = set(self.pending_inputs)  # tensors computed from the data inputs
         for n in g.node:  # refuse activation-by-activation products up front: nothing else in the model matters
             if any(i in live for i in n.input):
@@ -741,7 +773,12 @@ class _Converter:
             self.meta["input_meta"] = metas
         outs, scales = [], []
         for o in g.output:
-            v = self.vals.get(o.name)
+            v = self.vals.get(o.name) or (_Val("const", self.inits[o.name]) if o.name in self.inits else None)
+            if v is not None and v.kind == "const" and any(self.vals.get(p.name, _Val("const")).kind == "act"
+                                                           for p in g.output):
+                # Brevitas return_quant_tensor=True exports the output's scale/zero point/bit width as outputs
+                self.report.append(f"constant graph output {o.name!r} dropped (qfx outputs computed tensors)")
+                continue
             if v is None or v.kind != "act":
                 raise BadInputError(f"graph output {o.name!r} is not computed from the input")
             if v.relu or np.any(v.h):
@@ -772,10 +809,14 @@ class _Converter:
         where = self._where(n)
         if len(n.output) < 1:
             raise BadInputError(f"node {where!r} has no output")
-        if n.domain == QONNX_DOMAIN and op in QONNX_OPS or n.domain in ("", "ai.onnx") and op not in QONNX_OPS:
+        if n.domain == QONNX_DOMAIN and op in QONNX_OPS or n.domain in ("", "ai.onnx") and op not in QONNX_OPS or \
+                n.domain == "com.microsoft" and op in ("QuantizeLinear", "DequantizeLinear", "QGemm"):  # ORT's own
             handler = HANDLERS.get(op)
             if handler is not None:
-                return handler(self, n)
+                handler(self, n)
+                if op in self._INT_MOVES and n.input and n.input[0] in self.qdq:  # codes moved: same scale
+                    self.qdq[n.output[0]] = self.qdq[n.input[0]]
+                return
         hint = REFUSALS.get(op, _GENERIC)
         full = f"{n.domain}.{op}" if n.domain not in ("", "ai.onnx") else op
         raise UnsupportedError(f"unsupported ONNX op {full!r} (node {where!r}): {hint}")
@@ -848,6 +889,14 @@ class _Converter:
         rounding = _ROUNDING[rm]
         lo = -(1 << (b - 1)) + narrow if signed else 0
         hi = (1 << (b - 1)) - 1 if signed else (1 << b) - 1 - narrow
+        self._quantize(n, sc, b, signed, narrow, rounding, lo, hi)
+
+    def _quantize(self, n, sc: np.ndarray, b: int, signed: bool, narrow: bool, rounding: str, lo: int,
+                  hi: int) -> None:
+        """``clip(round(x / sc), lo, hi) * sc`` into ``n.output[0]`` (QONNX Quant, QDQ pairs): constants folded,
+        the graph input bound to a format, activations requantized (codes are ``b``-bit, signed or not)."""
+        where = self._where(n)
+        s = np.asarray(sc, dtype=np.float64)
         x = self._get(n.input[0], n)
         if x.kind == "const":
             self.vals[n.output[0]] = self._quant_const(n, x, sc, b, signed, rounding, lo, hi)
@@ -867,12 +916,16 @@ class _Converter:
                                      x.tensor)
                 u = _vec(s)
             self.vals[x.tensor] = _Val("act", tensor=t, m=u)
-            if narrow and not sym:
+            if (lo, hi) != _natural_range(b, signed, sym):
                 t = self._add("clip", n, [t], self.tensors[t].shape, self.tensors[t].fmt, attrs={"lo": lo, "hi": hi})
             self.vals[n.output[0]] = _Val("act", tensor=t, m=u)
             return
+        if x.kind == "act" and x.pure and x.tensor in self.tables and s.size == 1 and self._single_use(x.tensor):
+            self.vals[n.output[0]] = self._refit_table(n, x.tensor, float(s.ravel()[0]), b, signed, narrow, rounding,
+                                                       lo, hi)
+            return
         scale = self._chan(s, x, n, "scale") if s.size > 1 else _vec(s)
-        t, u = self._requant(n, x, scale, b, signed, narrow, rounding)
+        t, u = self._requant(n, x, scale, b, signed, narrow, rounding, (lo, hi))
         self.vals[n.output[0]] = _Val("act", tensor=t, m=u)
 
     def _quant_const(self, n, x: _Val, sc: np.ndarray, b: int, signed: bool, rounding: str, lo: int,
@@ -891,6 +944,217 @@ class _Converter:
             fmt = FxFormat(b, b + pow2_exponent(float(s.ravel()[0])), signed)
             return _Val("const", vals, fmt)
         return _Val("const", vals, None, codes, np.ascontiguousarray(scale))
+
+    # ---------------------------------------------------------------- handlers: ONNX QDQ
+    _QDQ_RANGES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255), np.dtype(np.int16): (-32768, 32767),
+                   np.dtype(np.uint16): (0, 65535), np.dtype(np.int32): (-(1 << 31), (1 << 31) - 1)}
+
+    def _qdq_params(self, n) -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+        """(scale, zero point, integer range, axis) of a QuantizeLinear/DequantizeLinear node."""
+        where = self._where(n)
+        if len(n.input) < 2:
+            raise BadInputError(f"{n.op_type} node {where!r} needs inputs x, scale")
+        a = _attrs(n)
+        (sc,) = self._quant_params(n, [n.input[1]])
+        if len(n.input) > 2 and n.input[2]:
+            (zp,) = self._quant_params(n, [n.input[2]])
+            dt = np.asarray(zp).dtype
+        else:
+            zp = np.zeros(1, dtype=np.int64)
+            if n.op_type == "DequantizeLinear":
+                dt = np.dtype(np.uint8)  # the default type; an integer constant input says its own below
+            else:
+                from onnx import helper
+
+                dt = np.dtype(helper.tensor_dtype_to_np_dtype(int(a.get("output_dtype", 0)) or 2))
+        if n.op_type == "DequantizeLinear" and n.input[0] not in self.qdq:
+            v = self._get(n.input[0], n)
+            if v.kind == "const" and np.issubdtype(np.asarray(v.values).dtype, np.integer):
+                dt = np.asarray(v.values).dtype
+        if dt not in self._QDQ_RANGES:
+            raise UnsupportedError(f"{n.op_type} node {where!r} uses integer type {dt}; qfx maps int8/uint8/int16/"
+                                   f"uint16/int32 QDQ (not float8/int4)")
+        s = np.asarray(sc, dtype=np.float64)
+        if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise FormatError(f"{n.op_type} node {where!r} has a non-positive or non-finite scale")
+        if int(a.get("block_size", 0)):
+            raise UnsupportedError(f"{n.op_type} node {where!r} uses blocked quantization; qfx takes per-tensor or "
+                                   f"per-axis scales")
+        return s, np.asarray(zp, dtype=np.int64), self._QDQ_RANGES[dt], int(a.get("axis", 1))
+
+    @staticmethod
+    def _along(v: np.ndarray, axis: int, rank: int) -> np.ndarray:
+        """A per-axis vector shaped to broadcast along ``axis`` of a rank-``rank`` tensor (scalars unchanged)."""
+        v = np.asarray(v)
+        if v.size == 1 or rank == 0:
+            return v.reshape(()) if v.size == 1 else v
+        ax = axis % rank
+        return v.reshape([-1 if i == ax else 1 for i in range(rank)])
+
+    def h_quantize_linear(self, n, check_readers: bool = True) -> None:
+        """QuantizeLinear (read only by DequantizeLinear): ``clip(round_half_even(x / s) + zp) - zp`` codes of
+        scale ``s``, i.e. a Quant whose code range is ``[qmin - zp, qmax - zp]`` (a clip where that is narrower
+        than the format); non-power-of-two scales requantize with dyadic constants as for QONNX Quant."""
+        where = self._where(n)
+        out = n.output[0]
+        bad = self._int_misuse(out) if check_readers else None
+        if bad is not None:
+            raise UnsupportedError(f"QuantizeLinear node {where!r}: its integer codes reach {bad}; qfx maps QDQ pairs "
+                                   f"and QLinearConv/QLinearMatMul/QGemm: quantize with quant_format=QuantFormat.QDQ")
+        s, zp, (qmin, qmax), axis = self._qdq_params(n)
+        if zp.size > 1 and not np.all(zp == zp.ravel()[0]):
+            raise UnsupportedError(f"QuantizeLinear node {where!r} has per-axis zero points; qfx takes one zero "
+                                   f"point for a computed tensor")
+        z = int(zp.ravel()[0])
+        lo, hi = qmin - z, qmax - z
+        if lo > 0 or hi < 0:
+            raise UnsupportedError(f"QuantizeLinear node {where!r}: zero point {z} lies outside the integer range")
+        signed = lo < 0
+        bits = max((-lo - 1).bit_length(), hi.bit_length()) + 1 if signed else max(1, hi.bit_length())
+        x = self._get(n.input[0], n)
+        if x.kind == "const" and s.size > 1:
+            s = self._along(s, axis, np.ndim(x.values))
+        elif s.size > 1 and axis not in (1, -len(self.tensors[x.tensor].shape) - 1 if x.kind == "act" else 1):
+            raise UnsupportedError(f"QuantizeLinear node {where!r} quantizes a computed tensor per axis {axis}; qfx "
+                                   f"takes per-channel (axis 1) scales")
+        self._quantize(n, s, bits, signed, False, "RND_CONV", lo, hi)
+        self.qdq[out] = (np.asarray(s).ravel(), z)
+
+    #: ops that move integer codes without arithmetic (their output keeps the input's scale and zero point)
+    _INT_MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+    #: integer (QOperator) ops qfx maps: they read codes of a known scale and zero point
+    _INT_READERS = frozenset({"DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"})
+
+    def _int_misuse(self, t: str) -> str | None:
+        """What reads integer tensor ``t`` other than DequantizeLinear or QLinearConv/QLinearMatMul/QGemm (directly
+        or through a Clip (QCDQ) or ops that only move codes: MaxPool, Reshape, ...); None when nothing does."""
+        if any(o.name == t for o in self.g.output):
+            return "the graph output"
+        for nd in self.g.node:
+            if t not in nd.input or nd.op_type in self._INT_READERS:
+                continue
+            if nd.input[0] == t and (nd.op_type == "Clip" or nd.op_type in self._INT_MOVES):
+                bad = self._int_misuse(nd.output[0])
+                if bad is None:
+                    continue
+                return bad
+            full = f"{nd.domain}.{nd.op_type}" if nd.domain not in ("", "ai.onnx") else nd.op_type
+            return f"{full} node {self._where(nd)!r}"
+        return None
+
+    def _qlinear_input(self, n, k: int) -> None:
+        """Input ``k`` (with its scale and zero point at k+1, k+2) of a QLinear op must be codes of that scale."""
+        rec = self.qdq.get(n.input[k])
+        (s,) = self._quant_params(n, [n.input[k + 1]])
+        (z,) = self._quant_params(n, [n.input[k + 2]]) if len(n.input) > k + 2 and n.input[k + 2] else (0,)
+        if rec is None or not (np.array_equal(rec[0], np.asarray(s, np.float64).ravel()) and
+                               np.all(np.asarray(z) == rec[1])):
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: input {n.input[k]!r} is not the output of "
+                                   f"a QuantizeLinear/QLinear op with this scale and zero point")
+
+    def _qlinear_const(self, n, k: int, name: str, axis: int = 0) -> str:
+        """Integer constant input ``k`` with scale/zero point at k+1, k+2, dequantized (per ``axis``) into a
+        synthetic value ``name``."""
+        from onnx import helper
+
+        dq = helper.make_node("DequantizeLinear", [n.input[k], n.input[k + 1], n.input[k + 2]], [name],
+                              name=f"{self._where(n)}_{name}", axis=axis)
+        self.h_dequantize_linear(dq)
+        return name
+
+    def h_qlinear(self, n) -> None:
+        """QOperator QLinearConv / QLinearMatMul: dequantized input and weights (codes and scales, as a QDQ model
+        writes them), the float op, then a QuantizeLinear to ``y_scale``/``y_zero_point`` (same requantizer)."""
+        from onnx import helper
+
+        where = self._where(n)
+        conv, gemm = n.op_type == "QLinearConv", n.op_type == "QGemm"
+        if len(n.input) < (6 if gemm else 8):
+            raise BadInputError(f"{n.op_type} node {where!r} needs {6 if gemm else 8} inputs")
+        self._qlinear_input(n, 0)
+        if n.input[3] in self.qdq or self._get(n.input[3], n).kind != "const":
+            raise UnsupportedError(f"{n.op_type} node {where!r} multiplies two computed tensors; qfx needs constant "
+                                   f"weights")
+        base = _clean_name(where)
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        w = self._qlinear_const(n, 3, f"{base}__w", axis=0 if conv or gemm and attrs.get("transB", 0) else 1)
+        ins = [n.input[0], w]
+        bias_at = 8 if conv else 6 if gemm else None
+        if bias_at is not None and len(n.input) > bias_at and n.input[bias_at]:
+            # int32 bias of scale x_scale * w_scale, zero point 0
+            (sx,) = self._quant_params(n, [n.input[1]])
+            (sw,) = self._quant_params(n, [n.input[4]])
+            b = np.asarray(self._get(n.input[bias_at], n).values).astype(np.int64)
+            sb = np.broadcast_to(np.asarray(sx, np.float64).ravel()[0] * np.asarray(sw, np.float64).ravel(), b.shape)
+            self.vals[f"{base}__b"] = _Val("const", b * sb, None, b, np.ascontiguousarray(sb))
+            ins.append(f"{base}__b")
+        ys = 7 if gemm else 6
+        if gemm and (len(n.input) <= ys or not n.input[ys]):  # QGemm without y_scale: a float output
+            mid = n.output[0]
+        else:
+            mid = f"{base}__acc"
+            self.consumers[mid] = 1
+        kind = "Conv" if conv else "Gemm" if gemm else "MatMul"
+        fl = helper.make_node(kind, ins, [mid], name=where, **attrs)
+        {"Conv": self.h_conv, "Gemm": self.h_gemm, "MatMul": self.h_matmul}[kind](fl)
+        if mid != n.output[0]:
+            zp = [n.input[ys + 1]] if len(n.input) > ys + 1 and n.input[ys + 1] else []
+            q = helper.make_node("QuantizeLinear", [mid, n.input[ys], *zp], [n.output[0]], name=where)
+            self.h_quantize_linear(q, check_readers=False)
+
+    def _qdq_clip(self, n, lo: float, hi: float) -> None:
+        """Clip of QuantizeLinear's integer output ``q`` (bounds in q's units): the codes ``q - zp`` clipped."""
+        src = n.input[0]
+        s, z = self.qdq[src]
+        if not all(not math.isfinite(b) or b == math.floor(b) for b in (lo, hi)):
+            raise UnsupportedError(f"Clip node {self._where(n)!r} clips integer codes by non-integer bounds")
+        clo = -(1 << 62) if not math.isfinite(lo) else int(lo) - z
+        chi = (1 << 62) if not math.isfinite(hi) else int(hi) - z
+        x = self._get(src, n)
+        if x.kind == "const":
+            sc = np.broadcast_to(x.cscale, np.shape(x.codes)) if x.codes is not None else None
+            if x.codes is not None:
+                codes = np.clip(x.codes, clo, chi)
+                self.vals[n.output[0]] = _Val("const", codes * sc, None, codes, np.ascontiguousarray(sc))
+            else:
+                step = float(s[0])
+                self.vals[n.output[0]] = _Val("const", np.clip(x.values, clo * step, chi * step), x.fmt)
+        else:
+            fx = self.tensors[x.tensor].fmt
+            clo, chi = max(clo, fx.min_code), min(chi, fx.max_code)
+            t = self._add("clip", n, [x.tensor], self.tensors[x.tensor].shape, fx, attrs={"lo": clo, "hi": chi})
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
+        self.qdq[n.output[0]] = (s, z)
+
+    def h_dequantize_linear(self, n) -> None:
+        """DequantizeLinear: of an integer initializer, the constant ``(q - zp) * s`` (weights, int32 biases) kept
+        as codes and scales; of a QuantizeLinear output, that Quant's real values (same scale and zero point)."""
+        where = self._where(n)
+        s, zp, _, axis = self._qdq_params(n)
+        src = n.input[0]
+        v = self._get(src, n)
+        if v.kind == "const" and src not in self.qdq:
+            q = np.asarray(v.values)
+            if not np.issubdtype(q.dtype, np.integer) and not np.array_equal(q, np.round(q)):
+                raise UnsupportedError(f"DequantizeLinear node {where!r} reads non-integer constants")
+            q = q.astype(np.int64)
+            rank = q.ndim
+            codes = q - self._along(zp, axis, rank)
+            scale = np.broadcast_to(self._along(s, axis, rank), q.shape).astype(np.float64)
+            vals = codes * scale
+            if s.size == 1 and is_pow2(s):  # power-of-two scale: the values are exact dyadics
+                self.vals[n.output[0]] = _Val("const", vals, _dyadic_codes(vals, f"DequantizeLinear {where!r}")[1])
+                return
+            self.vals[n.output[0]] = _Val("const", vals, None, np.ascontiguousarray(codes), np.ascontiguousarray(scale))
+            return
+        rec = self.qdq.get(src)
+        if rec is None:
+            raise UnsupportedError(f"DequantizeLinear node {where!r} reads {src!r}, which no QuantizeLinear or integer "
+                                   f"initializer gives; qfx imports QDQ pairs")
+        if not (np.array_equal(rec[0], s.ravel()) and np.all(zp == rec[1])):
+            raise UnsupportedError(f"DequantizeLinear node {where!r} uses another scale or zero point than its "
+                                   f"QuantizeLinear; qfx imports matching QDQ pairs")
+        self.vals[n.output[0]] = self._get(src, n)
 
     def h_bipolar(self, n) -> None:
         if len(n.input) != 2:
@@ -1531,7 +1795,29 @@ class _Converter:
         if out is None:
             out = _table_format(y)
         table = Constant(np.asarray(out.to_int(y), dtype=np.int64), out.with_modes("TRN", "WRAP"))
-        return self._add("lut", n, [x.tensor], self.tensors[x.tensor].shape, out, {"table": table}, {"fn": spec})
+        t = self._add("lut", n, [x.tensor], self.tensors[x.tensor].shape, out, {"table": table}, {"fn": spec})
+        self.tables[t] = y
+        return t
+
+    def _refit_table(self, n, t: str, scale: float, b: int, signed: bool, narrow: bool, rounding: str, lo: int,
+                     hi: int) -> _Val:
+        """A Quant right after a table: the table holds the Quant's output codes of the function's values, so the
+        function is rounded once (as QONNX does, float32 ``y / scale``), not first to TABLE_OUT_BITS bits."""
+        from qfx.fixed.kernels import codes_from_double
+
+        y = self.tables.pop(t)
+        q = (y.astype(np.float32) / np.float32(scale)).astype(np.float64)
+        codes = np.clip(codes_from_double(q, FxFormat(62, 62, True, rounding, "SAT")), lo, hi)
+        pow2 = is_pow2(np.asarray([scale]))
+        e = pow2_exponent(scale) if pow2 else 0
+        sym = narrow and signed and b > 1 and _sat_sym_is_symmetric()
+        fmt = FxFormat(b, b + e, signed, rounding, "SAT_SYM" if sym else "SAT")
+        k = next(i for i, nd in enumerate(self.nodes) if nd.output == t)
+        table = Constant(np.asarray(codes, dtype=np.int64), fmt.with_modes("TRN", "WRAP"))
+        self.nodes[k] = self.nodes[k].replace(consts={**self.nodes[k].consts, "table": table})
+        self.tensors[t] = TensorSpec(t, self.tensors[t].shape, fmt)
+        self.exact.discard(t)
+        return _Val("act", tensor=t, m=np.ones(1) if pow2 else np.asarray([scale]))
 
     def h_activation(self, n) -> None:
         """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign: a ``lut`` (see ``_table``)."""
@@ -1565,6 +1851,13 @@ class _Converter:
             return float(a.get(key, default))
 
         lo, hi = bound(1, "min", -np.inf), bound(2, "max", np.inf)
+        if ins[0] in self.qdq:  # QCDQ (Brevitas export_onnx_qcdq): a clip of the integer q between Q and DQ
+            return self._qdq_clip(n, lo, hi)
+        v0 = self._get(ins[0], n)
+        if v0.kind == "const" and v0.fmt is None and v0.codes is None:  # e.g. QCDQ int8 weights: folded
+            vals = np.asarray(v0.values)
+            self.vals[n.output[0]] = _Val("const", np.clip(vals, lo, hi).astype(vals.dtype))
+            return
         x = self._per_tensor(n, self._act(ins[0], n))
         if x.relu:
             x = _Val("act", tensor=self._materialize(n, x))
@@ -1955,6 +2248,8 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "Resize": _Converter.h_resize, "Upsample": _Converter.h_resize, "Concat": _Converter.h_concat,
     "DepthToSpace": _Converter.h_depth_to_space, "LeakyRelu": _Converter.h_leaky_relu,
     "Softmax": _Converter.h_softmax, "Clip": _Converter.h_clip, "MultiThreshold": _Converter.h_multithreshold,
+    "QuantizeLinear": _Converter.h_quantize_linear, "DequantizeLinear": _Converter.h_dequantize_linear,
+    "QLinearConv": _Converter.h_qlinear, "QLinearMatMul": _Converter.h_qlinear, "QGemm": _Converter.h_qlinear,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
                                               "Softsign")},

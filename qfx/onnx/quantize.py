@@ -14,12 +14,15 @@ fits ``bits`` (unsigned when nothing negative was seen). A Softmax stays (its in
 width; the importer makes it qfx's ``softmax`` op with a 16-bit output); a trailing LogSoftmax is dropped (argmax is
 unchanged; qfx has no log-softmax op). Float functions (Sigmoid, Tanh, HardSwish, ...) read a quantized tensor and
 become tables; their outputs are quantized like any activation. The model is first cleaned (``qfx.onnx.cleanup``),
-so the written file is the cleaned graph; a layout transpose folded at the input is recorded as ``qfx.input_perm`` and applied to the
-calibration data. The result runs in QONNX's executor as it is and imports into qfx without options.
+so the written file is the cleaned graph; a layout transpose folded at an input is recorded as
+``qfx.input_perm:<input>`` and applied to the calibration data. Several graph inputs: calibration data is one array
+per input name (a dict, or an ``.npz`` on the command line). The result runs in QONNX's executor as it is and imports
+into qfx without options.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -63,6 +66,17 @@ def run_batches(sess, iname: str, x: np.ndarray) -> list[np.ndarray]:
         return [np.concatenate(v) for v in zip(*(sess.run(None, {iname: x[i:i + 1]}) for i in range(len(x))))]
 
 
+def run_feeds(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``run_batches`` for several graph inputs (``feeds``: one array per input name, the same N)."""
+    n = len(next(iter(feeds.values())))
+    try:
+        return [np.concatenate(v) for v in zip(*(sess.run(None, {k: a[i:i + 256] for k, a in feeds.items()})
+                                                 for i in range(0, n, 256)))]
+    except Exception:
+        return [np.concatenate(v) for v in zip(*(sess.run(None, {k: a[i:i + 1] for k, a in feeds.items()})
+                                                 for i in range(n)))]
+
+
 def _pow2_scale(lo: float, hi: float, bits: int) -> tuple[float, bool]:
     """(power-of-two scale, signed) so that [lo, hi] fits ``bits``-bit codes."""
     signed = lo < 0
@@ -74,7 +88,7 @@ def _pow2_scale(lo: float, hi: float, bits: int) -> tuple[float, bool]:
 
 
 class _Quantizer:
-    def __init__(self, model, calib: np.ndarray, weight_bits: int, act_bits: int, bias_bits: int,
+    def __init__(self, model, calib: dict[str, np.ndarray], weight_bits: int, act_bits: int, bias_bits: int,
                  input_bits: int | None) -> None:
         for n in model.graph.node:
             if n.op_type in QONNX_OPS or n.op_type in ("QuantizeLinear", "MultiThreshold"):
@@ -88,7 +102,19 @@ class _Quantizer:
         self.g = self.m.graph
         self.wb, self.ab, self.bb = int(weight_bits), int(act_bits), int(bias_bits)
         self.ib = int(input_bits or act_bits)
-        self.calib = np.asarray(calib, dtype=np.float32)
+        # calibration arrays by the cleaned graph's input names (the clean-up may rename a transposed input; it keeps
+        # the inputs' positions), laid out as the cleaned inputs (qfx.input_perm:<input>)
+        inits = {i.name for i in model.graph.initializer}
+        before = [i.name for i in model.graph.input if i.name not in inits]
+        after = [i.name for i in self.g.input if i.name not in {t.name for t in self.g.initializer}]
+        if set(calib) != set(before):
+            raise BadInputError(f"calibration data names {sorted(calib)} but the model's inputs are {before}")
+        props = {p.key: p.value for p in self.m.metadata_props}
+        self.calib: dict[str, np.ndarray] = {}
+        for old, new in zip(before, after):
+            x = np.asarray(calib[old], dtype=np.float32)
+            perm = props.get(f"qfx.input_perm:{new}") or (props.get("qfx.input_perm") if len(after) == 1 else None)
+            self.calib[new] = np.transpose(x, [int(p) for p in perm.split(",")]) if perm else x
         self.k = 0
 
     def _consumers(self, t: str) -> list[Any]:
@@ -144,24 +170,21 @@ class _Quantizer:
         except Exception as exc:
             raise BadInputError(f"onnxruntime cannot run the float model for calibration: "
                                 f"{(str(exc).splitlines() or [''])[0][:160]}") from None
-        iname = sess.get_inputs()[0].name
         names = [o.name for o in sess.get_outputs()]
-        x = self.calib
-        props = {p.key: p.value for p in self.m.metadata_props}
-        if props.get("qfx.input_perm"):
-            x = np.transpose(x, [int(p) for p in props["qfx.input_perm"].split(",")])
         lo = {t: math.inf for t in names}
         hi = {t: -math.inf for t in names}
         try:
-            outs = run_batches(sess, iname, x)
+            outs = run_feeds(sess, self.calib)
         except Exception as exc:
-            raise BadInputError(f"calibration data of shape {self.calib.shape} does not run through the model: "
+            shapes = {k: v.shape for k, v in self.calib.items()}
+            raise BadInputError(f"calibration data of shape(s) {shapes} does not run through the model: "
                                 f"{(str(exc).splitlines() or [''])[0][:160]}") from None
         for t, v in zip(names, outs):
             if v.size:
                 lo[t], hi[t] = float(v.min()), float(v.max())
-        lo[iname], hi[iname] = float(x.min()), float(x.max())
-        return {t: (lo[t], hi[t]) for t in [*tensors, iname]}
+        for k, x in self.calib.items():
+            lo[k], hi[k] = float(x.min()), float(x.max())
+        return {t: (lo[t], hi[t]) for t in [*tensors, *self.calib]}
 
     def _quant_node(self, src: str, scale: float, bits: int, signed: bool, what: str) -> str:
         from onnx import helper, numpy_helper
@@ -184,13 +207,12 @@ class _Quantizer:
         rng = self.ranges(cands)
         inits = {i.name: numpy_helper.to_array(i) for i in self.g.initializer}
         new_nodes: list[Any] = []
-        iname = next(i.name for i in self.g.input if i.name not in inits)
-        # input
-        s, signed = _pow2_scale(*rng[iname], self.ib)
-        q_in, node = self._quant_node(iname, s, self.ib, signed, "input")
-        new_nodes.append(node)
-        self._rename_uses(iname, q_in, skip=node)
-        self.report.append(f"input {iname!r}: {self.ib} bits, scale 2**{int(math.log2(s))}")
+        for iname in self.calib:  # every data input
+            s, signed = _pow2_scale(*rng[iname], self.ib)
+            q_in, node = self._quant_node(iname, s, self.ib, signed, "input")
+            new_nodes.append(node)
+            self._rename_uses(iname, q_in, skip=node)
+            self.report.append(f"input {iname!r}: {self.ib} bits, scale 2**{int(math.log2(s))}")
         count = {"weights": 0, "activations": 0}
         for n in list(self.g.node):
             # weights and biases of linear layers
@@ -240,12 +262,51 @@ class _Quantizer:
         return self.m, self.report
 
 
-def quantize_onnx(model, calib: np.ndarray, weight_bits: int = 8, act_bits: int = 8, bias_bits: int = 16,
-                  input_bits: int | None = None) -> tuple[Any, list[str]]:
-    """A QONNX copy of float ``model`` with power-of-two Quant nodes calibrated on ``calib`` (see the module doc);
-    returns (model, report lines)."""
-    calib = np.asarray(calib)
-    if calib.ndim < 2 or calib.shape[0] < 1 or not np.all(np.isfinite(calib)):
-        raise BadInputError(f"calibration data must be a finite (N, ...) array of model inputs, got shape "
-                            f"{calib.shape}")
-    return _Quantizer(model, calib, weight_bits, act_bits, bias_bits, input_bits).run()
+def quantize_onnx(model, calib: np.ndarray | Mapping[str, np.ndarray], weight_bits: int = 8, act_bits: int = 8,
+                  bias_bits: int = 16, input_bits: int | None = None) -> tuple[Any, list[str]]:
+    """A QONNX copy of float ``model`` with power-of-two Quant nodes calibrated on ``calib`` (see the module doc):
+    one (N, ...) array for a single-input model, or one array per input name (an ``.npz``); returns (model, report
+    lines)."""
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if isinstance(calib, Mapping) or hasattr(calib, "files"):  # dict or numpy's NpzFile
+        data = {str(k): np.asarray(calib[k]) for k in (calib.files if hasattr(calib, "files") else calib)}
+    else:
+        if len(names) != 1:
+            raise BadInputError(f"the model has {len(names)} inputs {names}: give calibration data as an .npz (a dict) "
+                                f"with one array per input name")
+        data = {names[0]: np.asarray(calib)}
+    ns = {len(v) if v.ndim else 0 for v in data.values()}
+    for k, v in data.items():
+        if v.ndim < 2 or v.shape[0] < 1 or not np.all(np.isfinite(v)):
+            raise BadInputError(f"calibration data for {k!r} must be a finite (N, ...) array, got shape {v.shape}")
+    if len(ns) != 1:
+        raise BadInputError(f"calibration arrays have different sample counts {sorted(ns)}")
+    return _Quantizer(model, data, weight_bits, act_bits, bias_bits, input_bits).run()
+
+
+def multi_input_agreement(model, graph, calib: Mapping[str, np.ndarray]) -> str:
+    """Largest difference (and argmax agreement) of qfx's interpreter vs the float model on output 0, for
+    calibration data given per input name (several graph inputs); '' when the float model does not run."""
+    import onnxruntime as ort
+
+    from qfx.ir import run
+    from qfx.onnx.importer import input_codes, output_values
+
+    try:
+        sess = ort.InferenceSession(free_batch(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.asarray(calib[i.name], dtype=np.float32) for i in sess.get_inputs()}
+        ref = run_feeds(sess, feeds)[0]
+    except Exception:  # custom ops or names that do not match: no comparison
+        return ""
+    n = len(next(iter(feeds.values())))
+    codes = {t: input_codes(graph, feeds[name], k) for k, (t, name) in enumerate(zip(graph.inputs, feeds))}
+    y = run(graph, codes)
+    got = output_values(graph, y[graph.outputs[0]] if isinstance(y, dict) else y).reshape(n, -1)
+    ref = np.asarray(ref, dtype=np.float64).reshape(n, -1)
+    if got.shape != ref.shape:
+        return ""
+    txt = f"max |diff| {np.abs(got - ref).max():.3g} (largest |output| {np.abs(ref).max():.3g})"
+    if ref.shape[1] > 1:
+        txt = f"argmax equal {100 * np.mean(got.argmax(1) == ref.argmax(1)):.1f} %, " + txt
+    return txt
