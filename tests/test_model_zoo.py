@@ -92,15 +92,22 @@ def test_onnxruntime_matches_the_interpreter(zoo, name):
     assert onnx_check(b, n=300) == 0
 
 
-def test_two_input_model_stops_at_hls(zoo, tmp_path):
-    """The RTL top has one AXI4-Stream input; the HLS project, onnxruntime and the interpreter take two."""
+@pytest.mark.verilator
+def test_two_input_model_rtl_cosim(zoo, tmp_path):
+    """The two-input model through ``qfx.export(..., "rtl")``: one AXI4-Stream port per input (s0_axis, s1_axis),
+    co-simulated with independent random stalls on each, 0 mismatches."""
+    import json
+
     import qfx
-    from qfx.errors import UnsupportedError
+    from qfx.sim.cosim import run_cosim
 
     b = zoo.get("two_input")
-    assert len(b.graph.inputs) == 2 and b.hls is not None and b.onnx is not None and b.rtl is None
-    with pytest.raises(UnsupportedError, match="exactly one input"):
-        qfx.export(b.model, tuple(torch.zeros(1, *s) for s in ZOO["two_input"].shape), "rtl", tmp_path / "r")
+    assert len(b.graph.inputs) == 2 and b.hls is not None and b.onnx is not None
+    out = qfx.export(b.model, tuple(torch.zeros(1, *s) for s in ZOO["two_input"].shape), "rtl", tmp_path / "r")
+    info = json.loads((out / "cosim.json").read_text())
+    assert [q["prefix"] for q in info["in_ports"]] == ["s0_axis", "s1_axis"]
+    rep = run_cosim(out, n_vectors=60, work_dir=tmp_path / "w")
+    assert rep.ok and rep.mismatches == 0 and rep.received == 60
 
 
 @pytest.mark.gxx

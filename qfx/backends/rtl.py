@@ -8,9 +8,10 @@ all advance on ``ce = !m_axis_tvalid || m_axis_tready`` (nothing lost or duplica
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jinja2
 
@@ -19,8 +20,9 @@ from qfx.backends.axis import pad8
 from qfx.backends.naming import sanitize_one
 from qfx.backends.rtl_design import (ADDER_MODES, CONV_STYLES, LayerDesign, design_conv_pixel, design_layer,
                                      layer_ports)
+from qfx.backends.rtl_folded import design_folded_dense, reuse_map
 from qfx.backends.templating import template_env as _template_env
-from qfx.errors import BadInputError, UnsupportedError
+from qfx.errors import BadInputError
 from qfx.ir.graph import Graph, Node, op_def
 from qfx.ops import Categories
 
@@ -101,14 +103,18 @@ def _fusions(graph: Graph, folded: dict[str, int]) -> dict[str, tuple[Node, ...]
 
 
 def build_project(graph: Graph, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK) -> RtlProject:
+                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK,
+                  reuse_factor: int | Mapping[str, int] = 1, target_ii: int | None = None,
+                  progress: Callable[[str, float], None] | None = None) -> RtlProject:
     """Render the design for ``graph`` without writing anything.
 
     With ``conv_style="pixel"`` every Conv2d computes one output pixel per clock, so the whole pipeline advances one
     step every ``ii`` = (largest conv output height x width) clocks; without convolutions (or with ``"parallel"``)
     it accepts one vector per clock. ``cse_block`` bounds the adder graphs' sharing search so that generation time
     grows near-linearly with the weights (``qfx.backends.adder_graph.build_adder_graph``; None: unbounded, quadratic
-    in the row length, a few percent fewer adders on wide layers).
+    in the row length, a few percent fewer adders on wide layers). ``reuse_factor`` / ``target_ii`` fold dense
+    layers (``qfx.backends.rtl_folded``): a layer folded by R takes R clocks, and ``ii`` is the largest R or conv
+    pixel count. ``progress(line, seconds)`` is called after each layer (the CLI prints those over 2 s).
     """
     graph.validate()
     if adder not in ADDER_MODES:
@@ -117,9 +123,6 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         raise BadInputError(f"conv_style must be one of {', '.join(CONV_STYLES)}, got {conv_style!r}")
     if cse_block is not None and (isinstance(cse_block, bool) or not isinstance(cse_block, int) or cse_block < 2):
         raise BadInputError(f"cse_block must be an integer >= 2 or None, got {cse_block!r}")
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise UnsupportedError(f"the RTL backend needs exactly one input and one output; graph {graph.name!r} has "
-                               f"{len(graph.inputs)} and {len(graph.outputs)}")
     top = sanitize_one(top_name or graph.name or "qfx_top")
     if top_name is not None and top != top_name:
         raise BadInputError(f"top_name {top_name!r} is not a valid SystemVerilog identifier (try {top!r})")
@@ -130,13 +133,16 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     layer_tpl = env.get_template("layer.sv.j2")
     conv_tpl = env.get_template("conv_pixel.sv.j2")
     folded = _folded(graph, conv_style)
-    ii = max(folded.values(), default=1)
+    reuse = reuse_map(graph, reuse_factor, target_ii)
+    fold_tpl = env.get_template("folded_dense.sv.j2") if reuse else None
+    ii = max([*folded.values(), *reuse.values()], default=1)
     fusions = _fusions(graph, folded)
     fused_into = {m.name: c for c, ms in fusions.items() for m in ms}
     regs: list[dict[str, Any]] = []
     layers: list[dict[str, Any]] = []
-    stage: dict[str, int] = {graph.inputs[0]: 0}
-    sig: dict[tuple[str, int], str] = {(graph.inputs[0], 0): "x_in"}
+    multi = len(graph.inputs) != 1 or len(graph.outputs) != 1
+    stage: dict[str, int] = {t: 0 for t in graph.inputs}
+    sig: dict[tuple[str, int], str] = {(t, 0): f"x_in{k}" if multi else "x_in" for k, t in enumerate(graph.inputs)}
     bits: dict[str, int] = {t.name: t.size * t.fmt.width for t in graph.tensors.values()}
     ids = {t: i for i, t in enumerate(graph.tensors)}
 
@@ -159,7 +165,18 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         chain = fusions.get(n.name, ())
         lay_out = chain[-1].output if chain else n.output
         comment = " + ".join(f"{m.op.value} {sanitize_one(m.name)}" for m in (n, *chain))
-        if n.name in folded:
+        t0 = time.perf_counter()
+        if n.name in reuse:  # a folded dense layer: R steps through MAC units, weights in ROMs
+            fd = design_folded_dense(graph, n, mod, reuse[n.name], cse_block)
+            d = fd.tail
+            files[f"{d.module}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
+            files[f"{mod}.sv"] = fold_tpl.render(f=fd, header=header, module=mod, tail=d.module, comment=comment)
+            out_bits = fd.out_bits
+            s_in = max(s_in, 1)  # reads its input for R clocks: it must come from registers
+            extra = [{"port": "ap_clk", "sig": "ap_clk"}, {"port": "ap_rst_n", "sig": "ap_rst_n"},
+                     {"port": "en", "sig": "en"}, {"port": "step", "sig": "step"}]
+            mults += fd.n_mults
+        elif n.name in folded:
             p = design_conv_pixel(graph, n, mod, adder, chain, cse_block)
             d: LayerDesign = p.kernel
             files[f"{d.module}.sv"] = layer_tpl.render(d=d, header=header, requant=requant)
@@ -189,7 +206,7 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         # ops that only move elements (WIRING; GATHER by an index map) are wires when no format changes: no register
         wiring = ((op_def(n.op).is_(Categories.WIRING) or op_def(n.op).is_(Categories.GATHER))
                   and all(graph.tensor(t).fmt == graph.tensor(n.output).fmt for t in n.inputs))
-        if (register_stages and not wiring) or n.name in folded:
+        if (register_stages and not wiring) or n.name in folded or n.name in reuse:
             name = f"r{i}"
             regs.append({"name": name, "bits": out_bits, "src": comb})
             stage[lay_out] = s_in + 1
@@ -200,6 +217,19 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
         per_layer.append({"node": "+".join(m.name for m in (n, *chain)), "op": "+".join(m.op.value for m in (n, *chain)),
                           "module": mod, "adders": d.n_adders, "out_stage": stage[lay_out],
                           "folded_pixels": folded.get(n.name, 0), "nodes": [m.name for m in (n, *chain)]})
+        if n.name in reuse:  # only on folded layers, so unfolded designs' cosim.json stays as it was
+            per_layer[-1].update(reuse=reuse[n.name], steps=fd.steps, macs=fd.n_out * fd.block,
+                                 multipliers=fd.n_mults, shifters=fd.n_shifters)
+        if progress is not None:
+            dt = time.perf_counter() - t0
+            progress(f"[rtl] layer {i + 1}/{len(graph.nodes)} {comment}: {dt:.1f} s", dt)
+    if multi:
+        info = _multi_io_top(graph, files, env, at, stage, bits, header=header, top=top, layers=layers, regs=regs,
+                             ii=ii)
+        info.update({"top": top, "conv_style": conv_style, "adder": adder, "cse_block": cse_block,
+                     "register_stages": bool(register_stages), "adders": adders, "layers": per_layer,
+                     "rtl_files": [f"rtl/{f}" for f in files]})
+        return RtlProject(top, files, info, mults)
     out_t = graph.outputs[0]
     stages = stage[out_t]
     if stages == 0:
@@ -226,21 +256,57 @@ def build_project(graph: Graph, *, register_stages: bool | int = True, top_name:
     return RtlProject(top, files, info, mults)
 
 
+def _multi_io_top(graph: Graph, files: dict[str, str], env: jinja2.Environment, at: Any, stage: dict[str, int],
+                  bits: dict[str, int], *, header: str, top: str, layers: list[dict[str, Any]],
+                  regs: list[dict[str, Any]], ii: int) -> dict[str, Any]:
+    """Render the top of a graph with several inputs or outputs into ``files``; returns its interface facts.
+
+    One AXI4-Stream port per graph input (``s<k>_axis``) and per output (``m<k>_axis``), k = its position in
+    ``graph.inputs`` / ``graph.outputs``. Every output is delayed to the deepest output's stage (``at`` adds the
+    registers), so one valid pipeline serves all of them (``templates/rtl/top_multi_io.sv.j2``: join and fork).
+    """
+    stages = max(1, max(stage[t] for t in graph.outputs))
+
+    def port(t: str, prefix: str, sig: str) -> dict[str, Any]:
+        spec = graph.tensor(t)
+        return {"tensor": t, "prefix": prefix, "sig": sig, "note": sanitize_one(t), "count": spec.size,
+                "ew": spec.fmt.width, "signed": spec.fmt.signed, "fmt": spec.fmt.ap_type(), "bits": bits[t],
+                "tw": pad8(bits[t]), "shape": list(spec.shape), "beats": 1, "order": "flat", "tlast": False}
+
+    in_ports = [port(t, f"s{k}_axis", f"x_in{k}") for k, t in enumerate(graph.inputs)]
+    out_ports = [port(t, f"m{k}_axis", at(t, stages)) for k, t in enumerate(graph.outputs)]
+    latency = (stages - 1) * ii + 1
+    files[f"{top}.sv"] = env.get_template("top_multi_io.sv.j2").render(
+        header=header, top=top, layers=layers, regs=regs, in_ports=in_ports, out_ports=out_ports, latency=latency,
+        stages=stages, ii=ii)
+    return {"latency": latency, "stages": stages, "ii": ii,
+            "in_ports": [{k: v for k, v in q.items() if k != "sig"} for q in in_ports],
+            "out_ports": [{k: v for k, v in q.items() if k != "sig"} for q in out_ports]}
+
+
 def write_project(graph: Graph, outdir: Path, *, register_stages: bool | int = True, top_name: str | None = None,
-                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK) -> None:
+                  adder: str = "cse", conv_style: str = "pixel", cse_block: int | None = CSE_BLOCK,
+                  reuse_factor: int | Mapping[str, int] = 1, target_ii: int | None = None,
+                  progress: Callable[[str, float], None] | None = None, io: str = "vector") -> None:
     """Write ``rtl/*.sv``, ``model.json``, ``cosim.json`` and ``README.md`` into ``outdir`` (created if missing; an
-    existing one must be empty)."""
+    existing one must be empty). ``io="stream"``: one pixel per beat (``qfx.backends.rtl_stream``)."""
+    from qfx.backends.rtl_stream import IO_MODES, build_stream_project
+
+    if io not in IO_MODES:
+        raise BadInputError(f"io must be one of {', '.join(IO_MODES)}, got {io!r}")
     outdir = Path(outdir)
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
         raise BadInputError(f"output {outdir} is not an empty folder")
-    proj = build_project(graph, register_stages=register_stages, top_name=top_name, adder=adder,
-                         conv_style=conv_style, cse_block=cse_block)
+    proj = (build_stream_project if io == "stream" else build_project)(
+        graph, register_stages=register_stages, top_name=top_name, adder=adder, conv_style=conv_style,
+        cse_block=cse_block, reuse_factor=reuse_factor, target_ii=target_ii, progress=progress)
     (outdir / "rtl").mkdir(parents=True, exist_ok=True)
     for name, text in proj.files.items():
         (outdir / "rtl" / name).write_text(text)
     graph.save(outdir / "model.json")
     (outdir / "cosim.json").write_text(json.dumps({"qfx_rtl_version": 1, **proj.info}, indent=1))
-    readme = template_env().get_template("README.md.j2").render(info=proj.info, version=_version(),
+    readme_tpl = "stream_readme.md.j2" if proj.info.get("io") == "stream" else "README.md.j2"
+    readme = template_env().get_template(readme_tpl).render(info=proj.info, version=_version(),
                                                                 model=sanitize_one(graph.name),
                                                                 multipliers=proj.multipliers)
     (outdir / "README.md").write_text(readme)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 __all__ = ["add_parser", "run"]
 
@@ -21,13 +22,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "under Icarus unless --sim verilator is given. "
         "With --hls-rtl, DIR is an HLS project instead: Vitis HLS synthesizes its AXI-Stream top "
         "(firmware/<top>_axis.cpp; C synthesis only, skipped when the firmware is unchanged) and the same testbench "
-        "drives that RTL under Verilator. Exit status: 0 bit-exact, 1 mismatch (X/Z outputs included), 2 bad input "
+        "drives that RTL under Verilator. A design with several inputs or outputs has one AXI4-Stream port per "
+        "graph input (s0_axis, s1_axis, ...) and output (m0_axis, ...); each port gets its own random stalls and "
+        "random input codes (or --inputs). Exit status: 0 bit-exact, 1 mismatch (X/Z outputs included), 2 bad input "
         "or a design that does not build (the message names the log), 3 missing "
         "Verilator/Icarus/Yosys/cocotb/vitis_hls.")
     p.add_argument("project", metavar="DIR",
                    help="project folder written by 'qfx export --target rtl' (or --target hls with --hls-rtl)")
     p.add_argument("-n", "--vectors", type=int, default=1000, help="number of input vectors (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the vectors and the stall patterns (default 0)")
+    p.add_argument("--inputs", metavar="NPZ", default=None,
+                   help="input codes to stream instead of random ones: an .npz with one int array (N, *shape) per "
+                   "graph input name (np.savez(path, **{name: codes})); a graph with one input also takes a .npy")
     p.add_argument("--no-backpressure", action="store_true", help="no random tvalid gaps or tready stalls")
     p.add_argument("--sim", choices=("verilator", "icarus"), default=None,
                    help="simulator: verilator (2-state, compiled, fast) or icarus (4-state, iverilog -g2012 on "
@@ -66,6 +72,8 @@ def _summary(rep) -> str:
         lines.append(f"  {rep.extra['x_outputs']} output code(s) held X or Z bits")
     if rep.x_handshake_cycles:
         lines.append(f"  {rep.x_handshake_cycles} cycle(s) with X or Z on m_axis_tvalid or s_axis_tready")
+    if getattr(rep, "tlast_errors", 0):
+        lines.append(f"  {rep.tlast_errors} output beat(s) with tlast not on a vector's last beat")
     if "synth_cached" in rep.extra:
         x = rep.extra
         how = "synthesis up to date" if x["synth_cached"] else f"synthesized in {x['synth_s']:.0f} s"
@@ -80,12 +88,31 @@ def _summary(rep) -> str:
     return "\n".join(lines)
 
 
+def load_inputs(path: str) -> Any:
+    """Input codes from ``--inputs``: a ``.npy`` array, or an ``.npz`` mapping of input name -> array (a mapping the
+    simulators check against the graph's input names); BadInputError when the file cannot be read."""
+    import numpy as np
+
+    from qfx.errors import BadInputError
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise BadInputError(f"--inputs {path}: cannot read it as .npy or .npz ({type(exc).__name__})") from None
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        return {k: data[k] for k in data.files}
+
+
 def run(args: argparse.Namespace) -> int:
     from qfx.errors import BadInputError
 
     if args.vectors < 1:
         raise BadInputError(f"-n must be >= 1, got {args.vectors}")
     if args.hls_rtl:
+        if args.inputs is not None:
+            raise BadInputError("--inputs applies to qfx RTL projects, not with --hls-rtl")
         if args.netlist or args.sim == "icarus":
             raise BadInputError("--netlist and --sim icarus apply to qfx RTL projects, not with --hls-rtl")
         from qfx.sim.hls_rtl import find_vitis_hls, run_hls_rtl_cosim
@@ -99,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         from qfx.sim.cosim import run_cosim
 
         rep = run_cosim(args.project, n_vectors=args.vectors, seed=args.seed, backpressure=not args.no_backpressure,
-                        sim=args.sim, netlist=args.netlist)
+                        sim=args.sim, netlist=args.netlist,
+                        inputs=None if args.inputs is None else load_inputs(args.inputs))
     if not args.quiet:
         print(json.dumps(rep.to_dict(), indent=1) if args.json else _summary(rep))
     return 0 if rep.ok else 1

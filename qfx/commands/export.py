@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     h = p.add_argument_group("hls options")
     h.add_argument("--part", help="FPGA part (HLS project)")
     h.add_argument("--clock-ns", type=float, help="clock period in ns (HLS project)")
-    h.add_argument("--reuse-factor", type=int, help="multiplier reuse factor (HLS)")
+    h.add_argument("--reuse-factor", type=int, help="multiplier reuse factor (HLS; RTL: dense layers fold by it, "
+                   "capped at each layer's input count)")
     h.add_argument("--io", choices=("parallel", "stream"), help="HLS interface style")
     r = p.add_argument_group("rtl options")
     r.add_argument("--register-stages", type=int, help="pipeline register stages (RTL)")
@@ -53,12 +54,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="RTL convolutions: 'pixel' (default) computes one output pixel per clock with one adder "
                    "graph per layer (one vector every H*W clocks); 'parallel' unrolls every pixel (one vector per "
                    "clock, size grows with the image)")
+    r.add_argument("--target-ii", type=int, metavar="N",
+                   help="RTL: fold each dense layer by the largest reuse factor R <= N that divides its input count")
+    r.add_argument("--rtl-io", choices=("vector", "stream"),
+                   help="RTL interface: 'vector' (default) one whole tensor per beat; 'stream' one pixel per beat "
+                   "through line buffers (convolutional models)")
+    r.add_argument("--verbose", "-v", action="store_true", help="RTL: one progress line per layer on stderr")
     return p
 
 
 def _options(args: argparse.Namespace) -> dict:
-    given = {k: getattr(args, k) for k in ("part", "clock_ns", "reuse_factor", "io", "register_stages", "conv_style")
-             if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in ("part", "clock_ns", "reuse_factor", "io", "register_stages", "conv_style",
+                                           "target_ii") if getattr(args, k, None) is not None}
+    if getattr(args, "rtl_io", None) is not None:  # the RTL writer's ``io``; other targets refuse it by name
+        given["io" if args.target == "rtl" else "rtl_io"] = args.rtl_io
     options = check_options(args.target, given, cli=True)
     check_output(args.target, Path(args.output).expanduser().absolute(), args.force)
     return options
@@ -68,7 +77,7 @@ def _options(args: argparse.Namespace) -> dict:
 TARGET_OPTIONS: dict[str, tuple[str, ...]] = {
     "onnx": (),
     "hls": ("part", "clock_ns", "reuse_factor", "io", "top_name", "tb_vectors"),
-    "rtl": ("register_stages", "conv_style", "top_name", "adder"),
+    "rtl": ("register_stages", "conv_style", "top_name", "adder", "reuse_factor", "target_ii", "progress", "io"),
 }
 
 
@@ -100,7 +109,7 @@ def check_options(target: str, options: Mapping[str, Any], cli: bool = False) ->
             bad = "an integer >= 1 (or, in Python, a dict of node name -> integer >= 1)"
         elif k == "register_stages" and v not in (0, 1):
             bad = "0 (combinational) or 1 (one register stage per layer)"
-        elif k == "tb_vectors" and not (is_int(v) and v >= 1):
+        elif k in ("tb_vectors", "target_ii") and not (is_int(v) and v >= 1):
             bad = "an integer >= 1"
         elif k == "part" and (not isinstance(v, str) or not v or any(ch.isspace() or ch in "{}[]$\\\";" for ch in v)):
             bad = "an FPGA part name (no spaces or shell/Tcl characters)"
@@ -110,7 +119,10 @@ def check_options(target: str, options: Mapping[str, Any], cli: bool = False) ->
             from qfx.backends.hls import IO_MODES
             from qfx.backends.rtl_design import ADDER_MODES, CONV_STYLES
 
-            choices = {"io": IO_MODES, "conv_style": CONV_STYLES, "adder": ADDER_MODES}[k]
+            from qfx.backends.rtl_stream import IO_MODES as RTL_IO_MODES
+
+            choices = {"io": RTL_IO_MODES if target == "rtl" else IO_MODES, "conv_style": CONV_STYLES,
+                       "adder": ADDER_MODES}[k]
             if v not in choices:
                 bad = f"one of {', '.join(choices)}"
         if bad:
@@ -193,8 +205,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"[onnx import] {line}")
         print(res.text())
         print(summary(res.graph))
+    if args.target == "rtl" and (getattr(args, "verbose", False) or not args.quiet):
+        # --verbose: a line per layer; otherwise (not --quiet) only layers that took over 2 s
+        options["progress"] = _progress if getattr(args, "verbose", False) else _slow_progress
     path = export_graph(res.graph, args.target, out, force=args.force, **options)
     print(f"wrote {args.target} export of {res.graph.name!r} to {path}", file=sys.stdout)
     return 0
 
 
+def _progress(line: str, seconds: float) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _slow_progress(line: str, seconds: float) -> None:
+    """Only layers that took over 2 s: small models export quietly, big ones show they are alive."""
+    if seconds > 2.0:
+        print(line, file=sys.stderr, flush=True)

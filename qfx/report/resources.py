@@ -104,8 +104,8 @@ def _parts(info: dict[str, Any], files: list[Path], top: str) -> list[tuple[str,
     if top not in by_stem or not layers or any(m not in by_stem for m in layers):
         return None
     common = [by_stem[f"{top}_requant"]] if f"{top}_requant" in by_stem else []
-    parts = [(m, [by_stem[m], *([by_stem[f"{m}_pix"]] if f"{m}_pix" in by_stem else []), *common], [])
-             for m in layers]
+    parts = [(m, [by_stem[m], *[by_stem[f"{m}{s}"] for s in ("_pix", "_out") if f"{m}{s}" in by_stem], *common], [])
+             for m in layers]  # a layer's own submodules: a folded conv's kernel (_pix), a folded dense tail (_out)
     return parts + [(top, [by_stem[top]], [by_stem[m] for m in layers])]
 
 

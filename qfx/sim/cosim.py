@@ -34,13 +34,15 @@ import numpy as np
 
 from qfx.errors import BadInputError, HdlBuildError, MissingToolError, RunError
 from qfx.ir.graph import Graph
-from qfx.ir.interpret import random_inputs, run
+from qfx.ir.interpret import run
 from qfx.resources import data_dir
+from qfx.sim.csim import make_inputs
 from qfx.sim.toolchain import cache_dir, find_iverilog, find_verilator, verilator_env
 
 __all__ = ["compare_outputs", "run_testbench", "CosimReport", "run_cosim", "run_cosim_many", "pack_words", "unpack_words",
            "build_verilator", "build_icarus", "build_stats", "check_inputs", "load_project", "SIMULATORS",
-           "resolve_sim", "find_simulator", "parse_words"]
+           "resolve_sim", "find_simulator", "parse_words", "project_ports", "pack_port", "unpack_port",
+           "check_input_dict"]
 
 SIMULATORS = ("verilator", "icarus")
 
@@ -104,12 +106,13 @@ class CosimReport:
     sim: str = "verilator"  # the simulator that ran it
     netlist: bool = False  # True: the Yosys gate-level netlist was simulated, not the RTL
     x_handshake_cycles: int = 0  # cycles after reset with X/Z on m_axis_tvalid or s_axis_tready (4-state only)
+    tlast_errors: int = 0  # output beats whose tlast was not 1 exactly on a vector's last beat (ports with tlast)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return (self.mismatches == 0 and self.received == self.vectors and not self.timed_out
-                and self.x_handshake_cycles == 0)
+                and self.x_handshake_cycles == 0 and self.tlast_errors == 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -175,6 +178,74 @@ def parse_words(words: Sequence[str], count: int, width: int, signed: bool) -> t
     return unpack_words(vals, count, width, signed), unpack_words(xmask, count, width, False) != 0
 
 
+def project_ports(info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(input ports, output ports) of a project's cosim.json facts, in graph input / output order.
+
+    Each port: ``tensor`` (None: the graph's only input / output), ``prefix`` (its signals are ``<prefix>_tdata``,
+    ``_tvalid``, ``_tready`` and, with ``tlast``, ``_tlast``), ``count`` elements of ``ew`` bits (``signed``), ``tw``
+    TDATA bits per beat, ``beats`` per vector and ``order`` (``"flat"``: beat b carries flat elements
+    ``[b*count/beats, (b+1)*count/beats)``; ``"pixel"``: a CHW ``shape``, beat ``h*W + w`` carries that pixel's
+    channels). Projects that name no ``in_ports``/``out_ports`` have one port each side from the ``in_*``/``out_*``
+    keys (``s_axis``/``m_axis``, one beat per vector). KeyError/TypeError/ValueError on malformed facts."""
+    if "in_ports" in info or "out_ports" in info:
+        sides = (info["in_ports"], info["out_ports"])
+    else:
+        sides = tuple([{"tensor": None, "prefix": f"{d}_axis", "count": info[f"{k}_count"], "ew": info[f"{k}_ew"],
+                        "signed": info.get(f"{k}_signed", True), "tw": info[f"{k}_tw"]}] for k, d in
+                      (("in", "s"), ("out", "m")))
+    res: list[list[dict[str, Any]]] = []
+    for ports in sides:
+        if not isinstance(ports, list) or not ports:
+            raise ValueError("in_ports/out_ports must be non-empty lists")
+        side = []
+        for q in ports:
+            q = {"beats": 1, "order": "flat", "tlast": False, "tensor": None, "signed": True, **q}
+            count, ew, beats, tw = (int(q[k]) for k in ("count", "ew", "beats", "tw"))
+            if min(count, ew, beats, tw) < 1 or count % beats or (count // beats) * ew > tw:
+                raise ValueError(f"port {q['prefix']}: {count} elements of {ew} bits in {beats} beats of {tw} bits")
+            if q["order"] not in ("flat", "pixel"):
+                raise ValueError(f"port {q['prefix']}: order {q['order']!r}")
+            if q["order"] == "pixel" and (len(q["shape"]) != 3 or q["shape"][1] * q["shape"][2] != beats):
+                raise ValueError(f"port {q['prefix']}: pixel order needs shape [C, H, W] with H*W = beats")
+            side.append(q)
+        res.append(side)
+    return res[0], res[1]
+
+
+def _order(port: dict[str, Any]) -> np.ndarray | None:
+    """Flat element index of each position in beat order (None: flat order as it is)."""
+    if port.get("order", "flat") != "pixel":
+        return None
+    c, h, w = port["shape"]
+    return np.arange(c * h * w).reshape(c, h * w).T.ravel()
+
+
+def pack_port(codes: np.ndarray, port: dict[str, Any]) -> list[int]:
+    """Rows of flat (C-order) codes ``(N, count)`` -> the port's beats in order, ``beats`` per vector (see
+    ``project_ports`` for the element order), element 0 of each beat in the LSBs."""
+    arr = np.asarray(codes, dtype=np.int64).reshape(len(codes), -1)
+    order = _order(port)
+    if order is not None:
+        arr = arr[:, order]
+    beats = int(port.get("beats", 1))
+    return pack_words(arr.reshape(len(arr) * beats, -1), int(port["ew"]))
+
+
+def unpack_port(words: Sequence[str], port: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``pack_port`` on beats as the testbench wrote them (``parse_words``): (codes, unknown), one row
+    per complete vector (a trailing partial vector is dropped)."""
+    beats = int(port.get("beats", 1))
+    count = int(port["count"])
+    words = list(words)[:len(words) // beats * beats]
+    codes, unknown = parse_words(words, count // beats, int(port["ew"]), bool(port["signed"]))
+    codes, unknown = codes.reshape(-1, count), unknown.reshape(-1, count)
+    order = _order(port)
+    if order is not None:
+        inv = np.argsort(order)
+        codes, unknown = codes[:, inv], unknown[:, inv]
+    return codes, unknown
+
+
 def load_project(project_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], Graph]:
     """(folder, cosim.json facts, graph) of an RTL project written by ``qfx export --target rtl``."""
     p = Path(project_dir).expanduser().absolute()
@@ -186,8 +257,9 @@ def load_project(project_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, A
     try:
         info = json.loads(cj.read_text())
         files = [p / f for f in info["rtl_files"]]
-        info["top"], info["latency"], info["in_tw"], info["out_tw"]  # noqa: B018 - presence check
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        info["top"], info["latency"]  # noqa: B018 - presence check
+        project_ports(info)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BadInputError(f"{cj}: malformed cosim.json ({type(exc).__name__}: {exc})") from None
     for f in files:
         if not f.is_file():
@@ -446,9 +518,10 @@ def _wrapper(tops: list[dict[str, Any]]) -> str:
     return template_env().get_template("multi_top.sv.j2").render(duts=tops)
 
 
-def check_inputs(graph: Graph, x: Any, what: str = "inputs") -> np.ndarray:
-    """Given input codes as int64 ``(N, *input_shape)``; BadInputError (one line) unless every code fits the format."""
-    spec = graph.tensor(graph.inputs[0])
+def check_inputs(graph: Graph, x: Any, what: str = "inputs", name: str | None = None) -> np.ndarray:
+    """Given input codes as int64 ``(N, *input_shape)`` of graph input ``name`` (default: the first); BadInputError
+    (one line) unless every code fits the format."""
+    spec = graph.tensor(name or graph.inputs[0])
     arr = np.asarray(x)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
         raise BadInputError(f"{what} must be integer codes of {spec.fmt.ap_type()}, got dtype {arr.dtype}")
@@ -463,6 +536,25 @@ def check_inputs(graph: Graph, x: Any, what: str = "inputs") -> np.ndarray:
         raise BadInputError(f"{what} hold code {bad} outside {spec.fmt.ap_type()} "
                             f"[{spec.fmt.min_code}, {spec.fmt.max_code}]")
     return arr.astype(np.int64, copy=False)
+
+
+def check_input_dict(graph: Graph, x: Any, what: str = "inputs") -> dict[str, np.ndarray]:
+    """Given input codes -> one checked int64 array per graph input name. A graph with one input takes its array
+    or a one-entry mapping; several inputs need a mapping with exactly their names and the same vector count."""
+    if not hasattr(x, "keys"):
+        if len(graph.inputs) != 1:
+            raise BadInputError(f"{what}: the graph has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); give "
+                                f"one array per input name")
+        return {graph.inputs[0]: check_inputs(graph, x, what)}
+    keys = set(x.keys())
+    if keys != set(graph.inputs):
+        raise BadInputError(f"{what} name {', '.join(sorted(map(str, keys))) or 'nothing'}; the graph's inputs are "
+                            f"{', '.join(graph.inputs)}")
+    res = {t: check_inputs(graph, x[t], f"{what}[{t!r}]", t) for t in graph.inputs}
+    if len({len(a) for a in res.values()}) > 1:
+        raise BadInputError(f"{what}: the inputs hold different numbers of vectors "
+                            f"({', '.join(f'{t}: {len(a)}' for t, a in res.items())})")
+    return res
 
 
 def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: int = 1000, seed: int = 0,
@@ -487,7 +579,7 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     given = list(inputs) if inputs is not None else [None] * len(projects)
     if n_vectors < 1 and any(g is None for g in given):
         raise BadInputError(f"number of vectors must be >= 1, got {n_vectors}")
-    xs_given = [None if g is None else check_inputs(graph, g, "inputs" if len(projects) == 1 else f"inputs[{i}]")
+    xs_given = [None if g is None else check_input_dict(graph, g, "inputs" if len(projects) == 1 else f"inputs[{i}]")
                 for i, (g, (_, _, graph)) in enumerate(zip(given, projects))]
     iis = [_ii(info) for _, info, _ in projects]
     tops = [info["top"] for _, info, _ in projects]
@@ -504,23 +596,29 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
     sources: list[Path] = []
     duts, expect = [], []
     single = len(projects) == 1
-    for i, ((p, info, graph), xg, ii, net) in enumerate(zip(projects, xs_given, iis, nets)):
+    ports = [project_ports(info) for _, info, _ in projects]
+    for i, ((p, info, graph), xg, ii, net, (pin, pout)) in enumerate(zip(projects, xs_given, iis, nets, ports)):
         sources += [p / f for f in info["rtl_files"]] if net is None else [net.path]
-        x = random_inputs(graph, n_vectors, seed) if xg is None else xg
-        y = np.asarray(run(graph, x)).reshape(len(x), -1)
-        expect.append(y)
+        xs = make_inputs(graph, n_vectors, seed) if xg is None else xg
+        n = len(next(iter(xs.values())))
+        y = run(graph, xs if len(graph.inputs) > 1 else xs[graph.inputs[0]])
+        ys = {o: np.asarray(y[o] if isinstance(y, dict) else y).reshape(n, -1) for o in graph.outputs}
+        expect.append(ys)
         pre = "" if single else f"d{i}_"
-        duts.append({"name": info["top"], "s_prefix": f"{pre}s_axis", "m_prefix": f"{pre}m_axis",
-                     "in_tw": info["in_tw"], "out_tw": info["out_tw"], "latency": info["latency"], "ii": ii,
-                     "inputs": [format(v, "x") for v in pack_words(x, info["in_ew"])],
-                     "expected": [format(v, "x") for v in pack_words(y, info["out_ew"])]})
+        duts.append({"name": info["top"], "latency": info["latency"], "ii": ii,
+                     "in_ports": [{"prefix": pre + q["prefix"], "width": q["tw"], "beats": q["beats"],
+                                   "words": [format(v, "x") for v in pack_port(xs[q["tensor"] or graph.inputs[0]]
+                                                                               .reshape(n, -1), q)]} for q in pin],
+                     "out_ports": [{"prefix": pre + q["prefix"], "width": q["tw"], "beats": q["beats"],
+                                    "words": [format(v, "x") for v in pack_port(ys[q["tensor"] or graph.outputs[0]],
+                                                                                q)]} for q in pout]})
     if single:
         top = tops[0]
     else:
         top = "qfx_multi_top"
         wrap = work / f"{top}.sv"
-        wrap.write_text(_wrapper([{"top": info["top"], "in_tw": info["in_tw"], "out_tw": info["out_tw"], "i": i}
-                                  for i, (_, info, _) in enumerate(projects)]))
+        wrap.write_text(_wrapper([{"top": info["top"], "i": i, "in_ports": pin, "out_ports": pout}
+                                  for i, ((_, info, _), (pin, pout)) in enumerate(zip(projects, ports))]))
         sources.append(wrap)
     results = work / "results.json"
     conf = work / "cosim_config.json"
@@ -535,15 +633,29 @@ def run_cosim_many(project_dirs: Sequence[str | os.PathLike[str]], n_vectors: in
         raise RunError(f"the testbench wrote no results (log: {work / 'sim.log'})")
     res = json.loads(results.read_text())
     reports = []
-    for (p, info, graph), d, y, r, xg, net in zip(projects, duts, expect, res["duts"], xs_given, nets):
-        got, unknown = parse_words(r["got"], info["out_count"], info["out_ew"], info["out_signed"])
+    for (p, info, graph), d, ys, r, xg, net, (_, pout) in zip(projects, duts, expect, res["duts"], xs_given, nets,
+                                                              ports):
+        parts = [unpack_port(rp["got"], q) for rp, q in zip(r["out_ports"], pout)]
+        k = min(len(c) for c, _ in parts)
+        # every output port side by side, one row per vector (output_index counts across the outputs in order)
+        got = np.concatenate([c[:k] for c, _ in parts], axis=1)
+        unknown = np.concatenate([u[:k] for _, u in parts], axis=1)
+        y = np.concatenate([ys[q["tensor"] or graph.outputs[0]] for q in pout], axis=1)
         m, mism, first = compare_outputs(got, y, unknown)
+        if first is not None and len(pout) > 1:  # name the output port and the index inside it
+            j, off = first["output_index"], 0
+            for q in pout:
+                if j < off + q["count"]:
+                    first.update(port=q["prefix"], tensor=q["tensor"], index_in_port=j - off)
+                    break
+                off += q["count"]
         rep = CosimReport(project=str(p), top=info["top"], vectors=len(y), outputs_compared=int(m * y.shape[1]),
                           mismatches=mism, received=len(got), first_mismatch=first, backpressure=backpressure,
                           seed=seed, latency=info["latency"], build_s=round(build_s, 3), build_cached=cached,
                           sim_s=round(sim_s, 3), vectors_per_s=_rate(len(y), r["wall_s"]),
                           timed_out=bool(r["timed_out"]), ii=d["ii"], sim=sim, netlist=net is not None,
                           x_handshake_cycles=int(r.get("x_handshake_cycles", 0)),
+                          tlast_errors=int(r.get("tlast_errors", 0)),
                           extra={"tb_mismatched_vectors": r["mismatched_vectors"],
                                  "x_outputs": int(unknown.sum()),
                                  "inputs": "given" if xg is not None else "edge + random",

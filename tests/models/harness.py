@@ -128,9 +128,9 @@ def exact_check(q: nn.Module, x: Any) -> tuple[Graph, int, int]:
 
 
 def rtl_supported(e: ZooEntry, full: bool = False) -> bool:
-    """The RTL top has one AXI4-Stream input: several-input models stop at HLS C-sim; ``full_rtl=False`` entries
-    (LeNet-5 at 28x28: 68k adders) are not built as RTL at their full size."""
-    return e.inputs == 1 and (e.full_rtl or not full)
+    """Whether the entry is built as RTL: every entry at its CI size (a several-input model gets one AXI4-Stream port
+    per input); ``full_rtl=False`` entries (LeNet-5 at 28x28: 68k adders) are not built at their full size."""
+    return e.full_rtl or not full
 
 
 @dataclass
