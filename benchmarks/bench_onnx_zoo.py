@@ -91,27 +91,46 @@ def quantize_float(path: Path, out_dir: Path) -> Path:
     return dest
 
 
-def random_codes(graph, n: int, seed: int) -> np.ndarray:
-    fin = graph.tensor(graph.inputs[0]).fmt
-    shape = (n, *graph.tensor(graph.inputs[0]).shape)
+def _meta(graph, k: int) -> dict[str, Any]:
+    return graph.meta["input_meta"][k] if "input_meta" in graph.meta else graph.meta
+
+
+def random_codes(graph, n: int, seed: int) -> list[np.ndarray]:
+    """Random IR input codes, one batch per graph input (every input is fed, not only the first)."""
     rng = np.random.default_rng(seed)
-    if graph.meta.get("input_quant") == "bipolar":
-        return rng.choice(np.array([-1, 1]), size=shape)
-    return rng.integers(fin.min_code, fin.max_code, size=shape, endpoint=True)
+    out = []
+    for k, name in enumerate(graph.inputs):
+        spec = graph.tensor(name)
+        shape = (n, *spec.shape)
+        if _meta(graph, k).get("input_quant") == "bipolar":
+            out.append(rng.choice(np.array([-1, 1]), size=shape))
+        else:
+            out.append(rng.integers(spec.fmt.min_code, spec.fmt.max_code, size=shape, endpoint=True))
+    return out
 
 
-def float_inputs(graph, codes: np.ndarray) -> np.ndarray:
-    """The ONNX model's float inputs whose IR codes are ``codes`` (inverse of ``input_codes``)."""
-    fin = graph.tensor(graph.inputs[0]).fmt
-    meta = graph.meta
-    if meta.get("input_quant") == "bipolar":
-        x = codes.astype(np.float64)
-    else:
-        x = fin.from_int(codes) * float(meta.get("input_scale", 1.0))
-    perm = meta.get("input_perm")
-    if perm:
-        x = np.transpose(x, np.argsort(perm))
-    return x
+def float_inputs(graph, codes: list[np.ndarray]) -> list[np.ndarray]:
+    """The ONNX model's float inputs whose IR codes are ``codes`` (inverse of ``input_codes``), one per input."""
+    xs = []
+    for k, c in enumerate(codes):
+        meta = _meta(graph, k)
+        if meta.get("input_quant") == "bipolar":
+            x = c.astype(np.float64)
+        else:
+            x = graph.tensor(graph.inputs[k]).fmt.from_int(c) * float(meta.get("input_scale", 1.0))
+        perm = meta.get("input_perm")
+        xs.append(np.transpose(x, np.argsort(perm)) if perm else x)
+    return xs
+
+
+def _ir_codes(graph, xs: list[np.ndarray], codes: list[np.ndarray]) -> Any:
+    """Interpreter inputs from the float inputs (None when a code does not round-trip through float32)."""
+    from qfx.onnx.importer import input_codes
+
+    cin = [input_codes(graph, x.astype(np.float64), k) for k, x in enumerate(xs)]
+    if not all(np.array_equal(a, b) for a, b in zip(cin, codes)):
+        return None
+    return cin[0] if len(cin) == 1 else dict(zip(graph.inputs, cin))
 
 
 def qonnx_agreement(path: Path, graph, n: int, seed: int) -> dict[str, Any]:
@@ -123,7 +142,7 @@ def qonnx_agreement(path: Path, graph, n: int, seed: int) -> dict[str, Any]:
     except ImportError:
         return {"note": "qonnx not installed (pip install qonnx)"}
     from qfx.ir import run
-    from qfx.onnx.importer import input_codes, output_values
+    from qfx.onnx.importer import output_values
 
     t0 = time.perf_counter()
     import onnx
@@ -142,24 +161,26 @@ def qonnx_agreement(path: Path, graph, n: int, seed: int) -> dict[str, Any]:
         from qonnx.transformation.infer_shapes import InferShapes
 
         mw = ModelWrapper(str(path)).transform(InferShapes())
-    iname = [i.name for i in mw.graph.input if i.name not in {t.name for t in mw.graph.initializer}][0]
-    ishape = [1] + [d.dim_value or 1 for d in mw.graph.input[0].type.tensor_type.shape.dim][1:]
+    inits = {t.name for t in mw.graph.initializer}
+    gins = [i for i in mw.graph.input if i.name not in inits]
+    ishapes = [[1] + [d.dim_value or 1 for d in i.type.tensor_type.shape.dim][1:] for i in gins]
     oname = mw.graph.output[0].name
     prod = next((nd for nd in mw.graph.node if oname in nd.output), None)
     while prod is not None and prod.op_type in _MOVES:  # ops that only move (or max) quantized values
         prod = next((nd for nd in mw.graph.node if prod.input[0] in nd.output), None)
     quantized = prod is not None and prod.op_type in ("Quant", "BipolarQuant", "Trunc")
     codes = random_codes(graph, n, seed)
-    x = float_inputs(graph, codes).astype(np.float32)
-    cin = input_codes(graph, x.astype(np.float64))
-    if not np.array_equal(cin, codes):
+    xs = [x.astype(np.float32) for x in float_inputs(graph, codes)]
+    cin = _ir_codes(graph, xs, codes)
+    if cin is None:
         return {"note": "input codes do not round-trip through float32"}
-    perm = graph.meta.get("input_perm")
-    if perm and any(p.key == "qfx.input_perm" for p in mw.model.metadata_props):
-        x = np.transpose(x, perm)  # a qfx quantize output: the file's input is already the IR's layout
+    for k, x in enumerate(xs):
+        perm = _meta(graph, k).get("input_perm")
+        if perm and any(p.key == "qfx.input_perm" for p in mw.model.metadata_props):
+            xs[k] = np.transpose(x, perm)  # a qfx quantize output: the file's input is already the IR's layout
     ys = []
     for i in range(n):
-        out = execute_onnx(mw, {iname: x[i:i + 1].reshape(ishape)})
+        out = execute_onnx(mw, {gi.name: x[i:i + 1].reshape(sh) for gi, x, sh in zip(gins, xs, ishapes)})
         ys.append(np.asarray(out[oname], dtype=np.float64).reshape(-1))
     ref = np.stack(ys)
     got = output_values(graph, run(graph, cin)).reshape(n, -1)
@@ -188,17 +209,18 @@ def ort_agreement(model, graph, n: int, seed: int, t0: float) -> dict[str, Any]:
     import onnxruntime as ort
 
     from qfx.ir import run
-    from qfx.onnx.importer import input_codes, output_values
+    from qfx.onnx.importer import output_values
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    iname = sess.get_inputs()[0].name
-    ishape = [1] + [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape][1:]
+    sins = sess.get_inputs()
+    ishapes = [[1] + [d if isinstance(d, int) else 1 for d in si.shape][1:] for si in sins]
     codes = random_codes(graph, n, seed)
-    x = float_inputs(graph, codes).astype(np.float32)
-    cin = input_codes(graph, x.astype(np.float64))
-    if not np.array_equal(cin, codes):
+    xs = [x.astype(np.float32) for x in float_inputs(graph, codes)]
+    cin = _ir_codes(graph, xs, codes)
+    if cin is None:
         return {"note": "input codes do not round-trip through float32"}
-    ref = np.stack([np.asarray(sess.run(None, {iname: x[i:i + 1].reshape(ishape)})[0], np.float64).reshape(-1)
+    ref = np.stack([np.asarray(sess.run(None, {si.name: x[i:i + 1].reshape(sh) for si, x, sh in
+                                                zip(sins, xs, ishapes)})[0], np.float64).reshape(-1)
                     for i in range(n)])
     got = output_values(graph, run(graph, cin)).reshape(n, -1)
     oname = model.graph.output[0].name

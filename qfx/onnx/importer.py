@@ -510,8 +510,8 @@ REFUSALS = {
                   "QLinearGlobalAveragePool", "DynamicQuantizeLinear")},
 }
 _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
-            "(QDQ), Gemm/MatMul, Conv (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/"
-            "HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, MaxPool/AveragePool, Concat, Resize, "
+            "(QDQ), Gemm/MatMul, Conv/ConvTranspose (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/"
+            "HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Concat, Resize, "
             "DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
@@ -1390,6 +1390,10 @@ class _Converter:
                 v = [1, *[int(e) for e in v]]
             elif key == "pads":
                 v = [0, int(v[0]), 0, int(v[1])] if len(v) == 2 else v
+            elif key == "output_padding":
+                v = [0, *[int(e) for e in v]]
+            elif key == "output_shape":
+                v = [1, *[int(e) for e in v]]
             a2[key] = v
         out = f"{base}__qfx2d_out"
         node2 = helper.make_node(n.op_type, ins, [out], name=n.name or n.op_type, **a2)
@@ -1444,6 +1448,86 @@ class _Converter:
         self._linear(n, x, w, sw, None if bias is None else np.asarray(bias.values, dtype=np.float64).reshape(-1),
                      "conv2d", shape, {"stride": tuple(st), "padding": (pads[0], pads[1]), "khot": 0},
                      padded=any(pads))
+
+    def _transposed_pads(self, n, a: dict[str, Any], hw: tuple[int, int], k: tuple[int, int],
+                         st: list[int], outpad: list[int]) -> tuple[int, int, int, int]:
+        """ConvTranspose (top, bottom, left, right) cropping pads: explicit, or from output_shape / auto_pad as the
+        ONNX spec derives them."""
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
+            shape = [int(v) for v in a["output_shape"]][-2:] if "output_shape" in a else [s * x for s, x in zip(st, hw)]
+            p: list[int] = []
+            for size, kk, s, op, want in zip(hw, k, st, outpad, shape):
+                total = s * (size - 1) + op + kk - want
+                p += [total // 2, total - total // 2] if auto == "SAME_UPPER" else [total - total // 2, total // 2]
+            return p[0], p[1], p[2], p[3]
+        if auto == "VALID":
+            return 0, 0, 0, 0
+        q = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
+        if len(q) != 4:
+            raise BadInputError(f"ConvTranspose node {self._where(n)!r}: pads {q} are not 4 values")
+        return q[0], q[2], q[1], q[3]
+
+    def h_conv_transpose(self, n) -> None:
+        """ConvTranspose as zero insertion (``zeropad2d`` with a stride) then a stride-1 ``conv2d`` with the kernel's
+        channel axes swapped (per group) and its taps flipped: exact, as the torch QConvTranspose2d twin."""
+        if self._one_d(n, _Converter.h_conv_transpose, (1,)):
+            return
+        a = _attrs(n)
+        where = self._where(n)
+        ins = list(n.input)
+        x = self._act(ins[0], n)
+        xs = self.tensors[x.tensor]
+        if len(xs.shape) != 3:
+            raise UnsupportedError(f"ConvTranspose node {where!r}: only 1-D (C, L) and 2-D (C, H, W) inputs are "
+                                   f"supported, not {len(xs.shape)}-D")
+        if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
+            raise UnsupportedError(f"ConvTranspose node {where!r}: dilation is not supported")
+        wv = self._const(ins[1], n, "weight")
+        if np.ndim(wv.values) != 4:
+            raise BadInputError(f"ConvTranspose node {where!r}: weight of shape {np.shape(wv.values)} is not "
+                                f"(C, O/g, kh, kw)")
+        group = int(a.get("group", 1))
+        cin, og, kh, kw = np.shape(wv.values)
+        if cin != xs.shape[0] or group < 1 or cin % group:
+            raise BadInputError(f"ConvTranspose node {where!r}: weight {np.shape(wv.values)} with {group} group(s) "
+                                f"does not fit input {xs.shape}")
+        cg = cin // group
+
+        def swap(z: np.ndarray) -> np.ndarray:  # (C, O/g, kh, kw) -> grouped (O, C/g, kh, kw), taps flipped
+            z = np.asarray(z).reshape(group, cg, og, kh, kw).transpose(0, 2, 1, 3, 4)
+            return np.ascontiguousarray(z.reshape(group * og, cg, kh, kw)[:, :, ::-1, ::-1])
+
+        wv = self._const_map(wv, swap)
+        if group != 1:
+            wv = self._expand_groups(wv, group, cin)
+        w, sw = self._weight(wv, n, f"weight {ins[1]!r}")
+        st = [int(s) for s in a.get("strides", [1, 1])]
+        outpad = [int(v) for v in a.get("output_padding", [0, 0])]
+        if len(st) != 2 or min(st) < 1 or len(outpad) != 2 or min(outpad) < 0:
+            raise BadInputError(f"ConvTranspose node {where!r}: strides {st} / output_padding {outpad} are invalid")
+        p = self._transposed_pads(n, a, xs.shape[1:], (kh, kw), st, outpad)
+        z4 = (kh - 1 - p[0], kh - 1 - p[1] + outpad[0], kw - 1 - p[2], kw - 1 - p[3] + outpad[1])
+        if min(z4) < 0:
+            raise UnsupportedError(f"ConvTranspose node {where!r}: pads {p} above kernel - 1 need an output crop, "
+                                   f"which qfx does not do")
+        if x.relu or np.any(x.h):  # inserted and border zeros must be real zeros
+            x = _Val("act", tensor=self._materialize(n, x))
+        t = x.tensor
+        c, h, wd = self.tensors[t].shape
+        h, wd = (h - 1) * st[0] + 1 + z4[0] + z4[1], (wd - 1) * st[1] + 1 + z4[2] + z4[3]
+        if z4 != (0, 0, 0, 0) or st != [1, 1]:
+            attrs: dict[str, Any] = {"pads": z4}
+            if st != [1, 1]:
+                attrs["stride"] = (st[0], st[1])
+            t = self._add("zeropad2d", _FakeNode(f"{where}_zeros"), [t], (c, h, wd), self.tensors[t].fmt,
+                          attrs=attrs)
+        bias = self._const(ins[2], n, "bias") if len(ins) > 2 and ins[2] else None
+        self._linear(n, _Val("act", tensor=t, m=x.m), w, sw,
+                     None if bias is None else np.asarray(bias.values, dtype=np.float64).reshape(-1), "conv2d",
+                     (group * og, h - kh + 1, wd - kw + 1), {"stride": (1, 1), "padding": (0, 0), "khot": 0},
+                     padded=False)
 
     @staticmethod
     def _expand_groups(wv: _Val, group: int, cin: int) -> _Val:
@@ -1560,6 +1644,42 @@ class _Converter:
         if b.relu:
             b = _Val("act", tensor=self._materialize(n, b))
         self.vals[n.output[0]] = b.view(-b.m, c - b.h)
+
+    def h_neg(self, n) -> None:
+        x = self._act(n.input[0], n)
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        self.vals[n.output[0]] = x.view(-x.m, -x.h)
+
+    def h_max_min(self, n) -> None:
+        """Max / Min of two activations as ``b + relu(a - b)`` / ``a - relu(a - b)`` on codes: exact ``sub``,
+        ``relu`` and ``add``/``sub`` nodes over operands on one grid (same view, or both exactly materialized)."""
+        where = self._where(n)
+        if len(n.input) != 2 or not all(n.input):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: qfx takes {n.op_type} of exactly two tensors")
+        a, b = self._act(n.input[0], n), self._act(n.input[1], n)
+        ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
+        if ta.shape != tb.shape:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: operand shapes {ta.shape} and {tb.shape} differ "
+                                   f"(no broadcasting)")
+        same = a.relu == b.relu and a.m.size == b.m.size and np.array_equal(a.m, b.m) and \
+            a.h.size == b.h.size and np.array_equal(a.h, b.h) and bool(np.all(a.m > 0))
+        if not same:  # put both on one grid; only exact (dyadic) rescalings are allowed
+            k = len(self.requants)
+            a = _Val("act", tensor=self._materialize(n, a))
+            b = _Val("act", tensor=self._materialize(n, b))
+            if not all(r["exact"] for r in self.requants[k:]):
+                raise UnsupportedError(f"{n.op_type} node {where!r}: the operands' scales do not put them on one "
+                                       f"exact grid (non-dyadic ratio); requantize both with one scale first")
+            ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
+        d = self._add("sub", _FakeNode(f"{where}_diff"), [a.tensor, b.tensor], ta.shape, ta.fmt.sub_format(tb.fmt))
+        r = self._add("relu", _FakeNode(f"{where}_relu"), [d], ta.shape, self.tensors[d].fmt)
+        fr = self.tensors[r].fmt
+        if n.op_type == "Max":
+            t = self._add("add", n, [b.tensor, r], ta.shape, tb.fmt.add_format(fr))
+        else:
+            t = self._add("sub", n, [a.tensor, r], ta.shape, ta.fmt.sub_format(fr))
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=a.m, h=a.h, relu=a.relu)
 
     def _scale_view(self, n, div: bool) -> None:
         a, b = self._get(n.input[0], n), self._get(n.input[1], n)
@@ -2141,11 +2261,12 @@ class _Converter:
             for k, axis in enumerate(ax):
                 full[axis], full[rank + axis] = pads[k], pads[len(ax) + k]
             pads = full
-        if mode != "constant" or value != 0 or rank not in (3, 4) or len(pads) != 2 * rank or \
+        edge = {"edge": "replicate", "reflect": "reflect"}.get(mode)
+        if (mode != "constant" and edge is None) or value != 0 and edge is None or rank not in (3, 4) or len(pads) != 2 * rank or \
                 any(pads[k] or pads[rank + k] for k in (0, 1)) or min(pads) < 0:
             raise UnsupportedError(f"Pad node {where!r}: qfx pads H and W (or L) of (C, H, W) / (C, L) tensors with "
                                    f"zeros (mode {mode!r}, value {value}, pads {pads}); {_CUT}")
-        if x.relu or np.any(x.h):
+        if edge is None and (x.relu or np.any(x.h)):  # edge modes copy values: the per-channel view survives
             x = _Val("act", tensor=self._materialize(n, x))
         fmt = self.tensors[x.tensor].fmt
         t = x.tensor
@@ -2158,11 +2279,14 @@ class _Converter:
             p4 = (pads[2], pads[6], pads[3], pads[7])
         s3 = self.tensors[t].shape
         shp = (s3[0], s3[1] + p4[0] + p4[1], s3[2] + p4[2] + p4[3])
-        t = self._add("zeropad2d", n, [t], shp, fmt, attrs={"pads": p4})
+        if edge == "reflect" and (max(p4[:2]) >= s3[1] or max(p4[2:]) >= s3[2]):
+            raise UnsupportedError(f"Pad node {where!r}: reflect pads {p4} must be below the padded sizes {s3[1:]}")
+        t = self._add("zeropad2d", n, [t], shp, fmt, attrs={"pads": p4} | ({"mode": edge} if edge else {}))
         if rank == 3:
             t = self._add("reshape", _FakeNode(f"{where}_1d_out"), [t], (shp[0], shp[2]), fmt,
                           attrs={"shape": (shp[0], shp[2])})
-        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h if edge else np.zeros(1),
+                                      relu=x.relu if edge else False)
 
     def _flat_view(self, x: _Val, size: int) -> tuple[np.ndarray, np.ndarray]:
         shape = self.tensors[x.tensor].shape
@@ -2251,6 +2375,8 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "QuantizeLinear": _Converter.h_quantize_linear, "DequantizeLinear": _Converter.h_dequantize_linear,
     "QLinearConv": _Converter.h_qlinear, "QLinearMatMul": _Converter.h_qlinear, "QGemm": _Converter.h_qlinear,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
+    "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
+    "Neg": _Converter.h_neg,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
                                               "Softsign")},
 }

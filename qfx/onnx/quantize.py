@@ -33,12 +33,12 @@ from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
 __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 
 #: ops whose output is (the end of a chain that is) quantized
-QUANTIZED_OPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
+QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
                            "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "Sigmoid", "Tanh",
                            "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign"})
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
-_WEIGHT_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
+_WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
 
 
 def free_batch(model):
