@@ -409,3 +409,146 @@ def test_failed_build_falls_back_and_is_remembered(tmp_path):
         assert first.startswith("None | tensor-op path (fused kernels unavailable") and "build.log" in first
         assert ("to retry" in first) == (attempt == 1)
         assert second == "[0.296875]"  # 19/64
+
+
+# ------------------------------------------------------------------ conv -> BatchNorm: one node (conv_bn_train)
+def conv_bn_case(rounding: str, overflow: str, relu: bool, momentum, seed: int):
+    from qfx.nn.layers import QConv2d
+
+    gen = torch.Generator().manual_seed(seed)
+    conv = QConv2d(3, 5, 3, padding=1, bias=seed % 2 == 0, weight_width=6, out_width=7, rounding=rounding,
+                   overflow=overflow)
+    bn = QBatchNorm2d(5, momentum=momentum, rounding=rounding, overflow=overflow, per_channel=seed % 3 != 0)
+    mods = [conv, bn] + ([QReLU()] if relu else [])
+    seq = nn.Sequential(*mods)
+    with torch.no_grad():
+        for q in [m for m in seq.modules() if isinstance(m, FixedQuant)]:
+            q.int_bits_param.copy_(torch.randint(-1, 3, q.int_bits_param.shape, generator=gen).float())
+        conv.out_quant.int_bits_param.fill_(float(seed % 3))  # some outputs saturate / wrap
+        bn.weight.copy_(torch.randn(5, generator=gen))
+        bn.bias.copy_(torch.randn(5, generator=gen))
+    assert link_chains(copy.deepcopy(seq)) == (1 if relu else 0)  # opt-in
+    assert link_chains(seq, conv_bn=True) == (2 if relu else 1)
+    assert seq[0].__dict__["_qfx_bn"] is seq[1]
+    x = torch.round(torch.randn(4, 3, 6, 7, generator=gen) * 32) / 16
+    g = torch.randn(4, 5, 6, 7, generator=gen)
+    return seq, x, g
+
+
+@pytest.mark.parametrize("mode", range(len(ROUNDING_MODES)))
+@pytest.mark.parametrize("relu,momentum", [(True, 0.1), (False, None)])
+def test_conv_bn_one_node_equals_tensor_op_path(mode, relu, momentum):
+    """Conv output quantizer folded into the BatchNorm node: forward values, every gradient (input, weights, binary
+    points of conv, BN and ReLU) and the running statistics equal the two-node tensor-op path bit for bit, over
+    every rounding mode and every overflow mode."""
+    rounding = ROUNDING_MODES[mode]
+    for seed in range(3):
+        overflow = OVERFLOW_MODES[(mode + seed) % len(OVERFLOW_MODES)]
+        seq, x0, g = conv_bn_case(rounding, overflow, relu, momentum, seed)
+        seq2 = copy.deepcopy(seq)
+        res = []
+        for model, fused in ((seq, True), (seq2, False)):
+            x = x0.clone().requires_grad_()
+            for _ in range(3):  # running statistics and num_batches_tracked move
+                model.zero_grad(set_to_none=True)
+                x.grad = None
+                if fused:
+                    y = model(x)
+                else:
+                    with tensor_op_path():
+                        y = model(x)
+                y.backward(g)
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            res.append((y.detach(), x.grad, grads, {k: v.clone() for k, v in model.state_dict().items()}))
+        (ya, gxa, pa, sa), (yb, gxb, pb, sb) = res
+        assert same(ya, yb) and same(gxa, gxb)
+        assert set(pa) == set(pb)
+        for n in pa:
+            assert same(pa[n], pb[n]), (n, overflow, seed)
+        assert pa["0.out_quant.int_bits_param"] is not None
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+
+
+def test_conv_bn_one_node_really_runs_and_conv_alone_changes_nothing():
+    seq, x, g = conv_bn_case("RND", "SAT", True, 0.1, 1)
+    conv, bn = seq[0], seq[1]
+    state = {k: v.clone() for k, v in bn.state_dict().items()}
+    h = conv(x)  # the conv on its own: its quantized output, the BN's running statistics untouched
+    assert "BNTrain" in h.grad_fn.name()
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with tensor_op_path():
+        ref = conv(x)
+    assert same(h.detach(), ref.detach())
+    # the BN called on another tensor does not take the conv's result
+    other = h.detach() + 1
+    with tensor_op_path():
+        want = copy.deepcopy(bn)(other)
+    assert same(bn(other).detach(), want.detach())
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_conv_output_read_twice_gradients_add():
+    """The conv's quantized output feeds the BN and a second consumer: its gradients sum before the conv output
+    quantizer's backward, as with two fused nodes (the conv unlinked). The tensor-op path is not the reference here:
+    there the BN's input gradient is two autograd terms (statistics, apply) that the engine adds to the third in its
+    own order, while the fused BN node adds its two first (a last-bit difference, as before this merge)."""
+    for seed in range(3):
+        seq, x0, g = conv_bn_case("RND_CONV", OVERFLOW_MODES[seed], True, 0.1, seed)
+        seq2 = copy.deepcopy(seq)
+        del seq2[0].__dict__["_qfx_bn"]
+        outs = []
+        for model in (seq, seq2):
+            x = x0.clone().requires_grad_()
+            h = model[0](x)
+            assert ("BNTrain" in h.grad_fn.name()) == (model is seq)
+            y = model[2](model[1](h)) * 3 + h
+            y.backward(g)
+            outs.append([y.detach(), x.grad] + [p.grad for p in model.parameters()]
+                        + list(model.state_dict().values()))
+        for u, v in zip(*outs):
+            assert same(u, v)
+
+
+def test_pow2_exact_equals_exp2():
+    """The powers of two the tensor-op path builds off the CPU (``pow2_exact``) are the CPU's exp2 values."""
+    from qfx.nn.quant import pow2_exact
+
+    e = torch.arange(-126, 128, dtype=torch.float32)
+    assert torch.equal(pow2_exact(e), torch.exp2(e))
+    assert torch.equal(pow2_exact(e.reshape(2, -1)), torch.exp2(e).reshape(2, -1))
+    assert pow2_exact(torch.tensor([float("nan")])).isnan().all()
+    assert not torch.equal(pow2_exact(e), torch.exp2(e + 1))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_max_pool_fused_equals_aten(k):
+    """The fused max pooling (non-overlapping windows) against F.max_pool2d: values (signed zeros included), input
+    gradients, on ties (quantized values, ReLU zeros), NaN, -inf windows and sizes that leave a remainder."""
+    from qfx.nn.layers import QMaxPool2d
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.round(torch.randn(6, 3, 3 * k + 1, 2 * k + 2, generator=gen) * 2).clamp_min(0) / 2  # many ties
+    x[0, 0, 0, 0] = float("nan")
+    x[0, 1, :k, :k] = float("-inf")
+    x[1, 0, :k, :k] = -0.0
+    x[1, 0, 0, 1] = 0.0
+    x[2, 2, :k, :k] = torch.tensor([float("nan")] * (k * k)).reshape(k, k)
+    g = torch.randn(6, 3, (3 * k + 1) // k, (2 * k + 2) // k, generator=gen)
+    g[1, 0, 0, 0] = -0.0
+    pool = QMaxPool2d(k)
+    res = []
+    for fused in (True, False):
+        xr = x.clone().requires_grad_()
+        if fused:
+            y = pool(xr)
+            assert "MaxPool" in y.grad_fn.name() and "WithIndices" not in y.grad_fn.name()
+        else:
+            with tensor_op_path():
+                y = pool(xr)
+        y.backward(g)
+        res.append((y.detach(), xr.grad))
+    (ya, ga), (yb, gb) = res
+    assert same(ya, yb) and same(ga, gb)
+    assert torch.equal(torch.signbit(ya), torch.signbit(yb)) and torch.equal(torch.signbit(ga), torch.signbit(gb))

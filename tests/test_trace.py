@@ -131,7 +131,7 @@ class Everything(nn.Module):
         super().__init__()
         self.fc = nn.Linear(4, 4)
         self.act = nn.Mish()
-        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")
+        self.conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular")
         self.sp = nn.Softplus(beta=2)
         self.unused = nn.LayerNorm(4)
 
@@ -140,7 +140,7 @@ class Everything(nn.Module):
         x = torch.sigmoid(x) * x / (x - 1)  # converts, except the division by a tensor
         x = torch.cat([x, x], 0)[:, :4]
         x = self.conv(x.view(-1, 1, 2, 2))
-        x = F.interpolate(x, scale_factor=2, mode="bilinear") + F.pad(x, (1, 1, 1, 1), mode="reflect").exp()
+        x = F.interpolate(x, scale_factor=2, mode="bicubic") + F.pad(x, (1, 1, 1, 1), mode="circular").exp()
         return self.sp(torch.flatten(x, 1)).softmax(0)
 
 
@@ -150,8 +150,8 @@ def test_every_unsupported_op_refused_in_one_message():
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("cannot quantize Everything: 10 unsupported operations"), msg
     for part in ("module 'act' (torch.nn.modules.activation.Mish)", "x / y (fx node 'truediv'",
-                 "dividing by a tensor", "torch.cat(dim=0)", "x[...]", "module 'conv'", "padding_mode='reflect'",
-                 "mode='bilinear'", "mode='reflect'", "Tensor.exp", "Softplus(beta=2)", "softmax over dim=0",
+                 "dividing by a tensor", "torch.cat(dim=0)", "x[...]", "module 'conv'", "padding_mode='circular'",
+                 "mode='bicubic'", "mode='circular'", "Tensor.exp", "Softplus(beta=2)", "softmax over dim=0",
                  "qfx activations are ReLU", "element-wise arithmetic is x + y, x - y, x * y"):
         assert part in msg, part
     assert "unused" not in msg and "LayerNorm" not in msg and "node 'sigmoid'" not in msg and "node 'mul'" not in msg
@@ -363,10 +363,21 @@ CASES = {  # id: (forward(self, a, b), per-sample input shape, {name: module}, q
     "cat_last": (lambda s, a, b: torch.cat((a, b), dim=-1), V, None, {"QCat"}),
     "upsample": (lambda s, a, b: s.m["up"](a) + F.interpolate(b, scale_factor=2), IMG,
                  {"up": nn.Upsample(scale_factor=2)}, {"QUpsample"}),
+    "group_instance_norm": (lambda s, a, b: s.m["gn"](torch.cat([a, b], 1)) + s.m["inn"](torch.cat([b, a], 1))
+                            + s.m["in0"](torch.cat([a, a], 1)), IMG,
+                            {"gn": nn.GroupNorm(2, 6), "inn": nn.InstanceNorm2d(6, affine=True),
+                             "in0": nn.InstanceNorm2d(6)}, {"QGroupNorm"}),
+    "bilinear": (lambda s, a, b: s.m["up"](a) + F.interpolate(b, scale_factor=(2, 3), mode="bilinear"), IMG,
+                 {"up": nn.Upsample(scale_factor=(2, 3), mode="bilinear", align_corners=False)}, {"QUpsampleBilinear"}),
     "upsample_2x1": (lambda s, a, b: F.interpolate(a, scale_factor=(2, 1), mode="nearest-exact"), IMG, None,
                      {"QUpsample"}),
     "zeropad": (lambda s, a, b: s.m["p"](a) + F.pad(b, (1, 0, 2, 1)), IMG, {"p": nn.ZeroPad2d((1, 0, 2, 1))},
                 {"QZeroPad2d"}),
+    "edge_pads": (lambda s, a, b: s.m["rp"](a) + F.pad(b, (1, 0, 2, 1), mode="reflect") + s.m["c"](a)
+                  + F.pad(s.m["c1"](b), (1, 0, 2, 1), mode="replicate") + s.m["fp"](a), IMG,
+                  {"rp": nn.ReplicationPad2d((1, 0, 2, 1)), "fp": nn.ReflectionPad2d((1, 0, 2, 1)),
+                   "c": nn.Conv2d(3, 3, 2, padding=(2, 1), padding_mode="reflect"),
+                   "c1": nn.Conv2d(3, 3, 3, padding=1, padding_mode="replicate")}, {"QZeroPad2d", "QConv2d"}),
     "activations": (lambda s, a, b: sum(m(a) for m in s.m.values()), V,
                     {"sig": nn.Sigmoid(), "tanh": nn.Tanh(), "silu": nn.SiLU(), "gelu": nn.GELU(),
                      "hs": nn.Hardsigmoid(), "hw": nn.Hardswish(), "lr": nn.LeakyReLU(0.2), "elu": nn.ELU(0.5),
@@ -391,6 +402,27 @@ CASES = {  # id: (forward(self, a, b), per-sample input shape, {name: module}, q
     "prelu": (lambda s, a, b: s.m["p1"](a) + s.m["pc"](b), IMG, {"p1": nn.PReLU(), "pc": nn.PReLU(3, 0.1)},
               {"QPReLU"}),
     "prelu_vector": (lambda s, a, b: s.m["p"](a) - b, V, {"p": nn.PReLU(6)}, {"QPReLU", "QSub"}),
+    "conv_transpose": (lambda s, a, b: s.m["ct"](a) + s.m["dw"](b), IMG,
+                       {"ct": nn.ConvTranspose2d(3, 2, 3, 2, 1, output_padding=1),
+                        "dw": nn.ConvTranspose2d(3, 2, 2, 2, 1, groups=1, dilation=3, bias=False)},
+                       {"QConvTranspose2d"}),
+    "conv_transpose_groups": (lambda s, a, b: s.m["g"](a - b), IMG, {"g": nn.ConvTranspose2d(3, 6, (3, 2), (1, 2), 1,
+                                                                                            groups=3)},
+                              {"QConvTranspose2d"}),
+    "conv_transpose1d": (lambda s, a, b: s.m["ct"](a).flatten(1) + s.m["ct2"](b).flatten(1), SEQ,
+                         {"ct": nn.ConvTranspose1d(3, 2, 4, 2, 1), "ct2": nn.ConvTranspose1d(3, 2, 2, 2)},
+                         {"QConvTranspose1d"}),
+    "sum_max_min": (lambda s, a, b: a.sum((2, 3)) + torch.max(b.flatten(2), 2)[0] + a.amin((-2, -1))
+                    + torch.min(b.flatten(2), dim=-1).values,
+                    IMG, None, {"QSum", "QAdaptiveMaxPool2d"}),
+    "channel_reductions": (lambda s, a, b: torch.cat([torch.mean(a, dim=1, keepdim=True),
+                                                      torch.max(b, dim=1, keepdim=True)[0],
+                                                      a.sum(1).unsqueeze(1), b.amin(1, keepdim=True),
+                                                      s.m["c"](a.flatten(2).max(1)[0].unsqueeze(1)).view(-1, 1, 4, 4)],
+                                                     1), IMG,
+                           {"c": nn.Conv1d(1, 1, 3, padding=1)}, {"QAdaptiveAvgPool2d", "QSum"}),
+    "feature_sum": (lambda s, a, b: a * torch.sum(b, 1, keepdim=True) - a.max(dim=1, keepdim=True)[0], V, None,
+                    {"QSum", "QAdaptiveMaxPool2d", "QMul"}),
 }
 
 
@@ -483,9 +515,8 @@ def test_two_input_model_gets_one_quantizer_per_input(tmp_path):
         opt.step()
     g = _check_exact(q, (x, y))
     assert len(g.inputs) == 2 and [g.tensor(t).shape for t in g.inputs] == [(5,), (3,)]
-    with pytest.raises(UnsupportedError, match="exactly one input"):  # the RTL top has one AXI4-Stream input
-        qfx.export(q, (x[:1], y[:1]), "rtl", tmp_path / "r")
-    assert not (tmp_path / "r").exists()
+    qfx.export(q, (x[:1], y[:1]), "rtl", tmp_path / "r")  # one AXI4-Stream port per input
+    assert "s1_axis_tdata" in (tmp_path / "r" / "README.md").read_text()
 
 
 def test_supported_table_lists_every_twin():
@@ -528,3 +559,42 @@ def test_sizes_computed_in_forward_are_refused():
     assert "adaptive_avg_pool2d (fx node 'adaptive_avg_pool2d' in forward): uses a size computed" in msg
     assert "adaptive_max_pool2d' in forward): takes a tensor size read in forward" in msg
     assert "Tensor.view (fx node 'view' in forward): uses a size computed" in msg
+
+
+def test_max_min_of_two_tensors_are_exact():
+    """torch.maximum / torch.max(x, y) / .minimum: y + relu(x - y) and x - relu(x - y) with lossless QSub/QReLU/QAdd:
+    the exact-mode result is the max/min of the operands' values, and train == exact == interpreter."""
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            a, b = self.c1(x), F.relu(self.c2(x))
+            return torch.cat([torch.maximum(a, b), torch.max(b, a), a.minimum(b), torch.min(a, other=b)], 1)
+
+    torch.manual_seed(0)
+    x = _data(16)
+    q = qfx.quantize_model(M(), qfx.QFXConfig(weight_width=6, act_width=6), x)
+    gm = q.net
+    kinds = [type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"]
+    assert kinds.count("QSub") == 6 and kinds.count("QAdd") == 2 and kinds.count("QReLU") == 5
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    outs: list[torch.Tensor] = []
+    mods = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith(("max", "min"))]
+    hooks = [gm.get_submodule(t).register_forward_hook(
+        (lambda m, i, o: seen.append((i[0], i[1]))) if "_diff" in t else
+        (lambda m, i, o: outs.append(o)) if "_relu" not in t else (lambda m, i, o: None)) for t in mods]
+    q.eval()
+    with qn.mode(q, "exact"):
+        q(x)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 4 and len(outs) == 4
+    want = [torch.maximum(*seen[0]), torch.maximum(*seen[1]), torch.minimum(*seen[2]), torch.minimum(*seen[3])]
+    for got, w in zip(outs, want):
+        assert torch.equal(got, w)
+    assert not torch.equal(want[0], want[2])  # the operands differ somewhere: max and min do not coincide
+    g = _assert_three_way(q, x)
+    ops = [n.op.value for n in g.nodes]
+    assert ops.count("sub") == 6 and ops.count("add") == 2

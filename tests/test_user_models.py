@@ -37,6 +37,12 @@ IR_OPS = {
     "three_heads": {"dense", "relu"},
     "vgg_config": {"conv2d", "maxpool2d", "avgpool2d", "dense"},
     "layernorm_mlp": {"avgpool2d", "sub", "mul", "lut", "scale_shift", "upsample2d"},
+    "dcgan_generator": {"dense", "zeropad2d", "conv2d", "scale_shift", "lut"},
+    "transpose_unet": {"zeropad2d", "conv2d", "concat", "avgpool2d", "maxpool2d"},
+    "kws_transposed": {"zeropad2d", "conv2d", "maxpool2d", "scale_shift", "avgpool2d"},
+    "bilinear_unet": {"zeropad2d", "conv2d", "concat", "maxpool2d", "lut"},
+    "norm_autoencoder": {"conv2d", "reshape", "avgpool2d", "sub", "mul", "lut", "scale_shift", "zeropad2d"},
+    "cbam_net": {"conv2d", "transpose", "avgpool2d", "maxpool2d", "upsample2d", "mul", "lut", "dense"},
 }
 
 
@@ -154,7 +160,8 @@ def test_user_models_have_no_qfx_inside():
     assert "qfx" not in inspect.getsource(mod).replace("no qfx", "")
 
 
-CSIM = ("mnist_example", "se_net", "feature_mean", "three_heads", "layernorm_mlp")
+CSIM = ("mnist_example", "se_net", "feature_mean", "three_heads", "layernorm_mlp", "transpose_unet", "kws_transposed",
+        "bilinear_unet", "norm_autoencoder", "cbam_net")
 
 
 @pytest.mark.gxx
@@ -194,16 +201,21 @@ class _Fwd(nn.Module):
 
 
 @pytest.mark.parametrize("fwd, mods, shape, expect", [
-    (lambda s, x: s.up(x), {"up": nn.ConvTranspose2d(2, 2, 2, 2)}, (2, 4, 4),
-     r"module 'up' \(torch.nn.modules.conv.ConvTranspose2d\): no fixed-point twin; .*nn.Upsample"),
+    (lambda s, x: s.up(x), {"up": nn.ConvTranspose2d(2, 2, 2, 2, padding=2)}, (2, 4, 4),
+     r"module 'up' \(torch.nn.modules.conv.ConvTranspose2d\): QConvTranspose2d: padding 2 above dilation \* "
+     r"\(kernel - 1\) = 1"),
     (lambda s, x: s.rnn(x)[0], {"rnn": nn.LSTM(4, 4, batch_first=True)}, (3, 4),
      r"module 'rnn' \(torch.nn.modules.rnn.LSTM\): no fixed-point twin; qfx maps feed-forward models"),
-    (lambda s, x: s.c(x).sum((2, 3)), {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),
-     r"Tensor.sum \(fx node 'sum_1' in forward\): .*x.mean\(\(2, 3\)\)"),
+    (lambda s, x: s.c(x).sum(), {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),
+     r"Tensor.sum \(fx node 'sum_1' in forward\): a sum over all elements has no qfx op"),
+    (lambda s, x: torch.max(s.c(x), x), {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),
+     r"torch.max \(fx node 'max_1' in forward\): the element-wise torch.max\(x, y\) of two tensors"),
+    (lambda s, x: s.c(x).flatten(2).max(2)[1], {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),
+     r"x\[...\] \(fx node 'getitem' in forward\): reads the indices of a max/min"),
     (lambda s, x: s.fc(x).unsqueeze(0), {"fc": nn.Linear(4, 4)}, (4,),
      r"unsqueeze.*dim 0 is the batch"),
-    (lambda s, x: s.c(x) * torch.sigmoid(s.g(x)), {"c": nn.Conv2d(2, 4, 1), "g": nn.Conv2d(2, 1, 1)}, (2, 4, 4),
-     r"cannot quantize _Fwd: .*mul inputs differ in shape: \(4, 4, 4\) vs \(1, 4, 4\)"),
+    (lambda s, x: s.c(x) * torch.sigmoid(s.g(x)), {"c": nn.Conv2d(2, 4, 1), "g": nn.Conv2d(2, 4, (4, 1))}, (2, 4, 4),
+     r"cannot quantize _Fwd: .*mul inputs differ in shape: \(4, 4, 4\) vs \(4, 1, 4\)"),
 ])
 def test_refused_in_quantize_model_in_one_line(fwd, mods, shape, expect):
     with pytest.raises(UnsupportedError, match=expect) as ei:

@@ -253,9 +253,12 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 start = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("start_dim", 0 if fxn.op == "call_function"
                                                                                else 0)
                 end = fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("end_dim", -1)
-                if start != 1 or end != -1:
-                    raise UnsupportedError(f"{where}: only flatten(start_dim=1) is supported (the batch stays first)")
-                add_reshape(fxn, x, (x.size,), where)
+                r = len(x.shape) + 1  # torch rank, batch included
+                if not isinstance(start, int) or not isinstance(end, int) or not 1 <= start % r <= end % r:
+                    raise UnsupportedError(f"{where}: only flatten(start_dim >= 1) is supported (the batch stays "
+                                           "first)")
+                s0, e0 = start % r - 1, end % r - 1  # per-sample dims merged
+                add_reshape(fxn, x, x.shape[:s0] + (int(np.prod(x.shape[s0:e0 + 1])),) + x.shape[e0 + 1:], where)
             elif fxn.op == "call_method" and tgt in ("view", "reshape"):
                 x = spec_of(fxn.args[0], where)
                 add_reshape(fxn, x, dims_after_batch(fxn.args[1:], x, where), where)

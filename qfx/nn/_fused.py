@@ -9,6 +9,9 @@ the same bits, so switching mid-training changes nothing but speed. The compiler
 when the process that started it exits first (the next process then finds it built). Without g++ (or when the build fails, or with
 ``QFX_FUSED=0``) the tensor-op path simply stays in use; ``status()`` says which path runs and why.
 
+The kernels are CPU-only: CUDA (or any non-CPU, non-float32, non-contiguous) tensors make every entry point answer
+"not applicable" and the tensor-op path runs for them, on whatever device they live.
+
 ``wait()`` blocks until the build is done (benchmarks and tests call it); ``QFX_FUSED=wait`` makes the first
 quantizer call wait instead of starting in the background.
 """

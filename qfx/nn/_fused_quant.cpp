@@ -16,6 +16,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -341,7 +342,7 @@ void quant_recompute(const Tensor& x, const Tensor& sc, const Spec& sp, int64_t 
 // fresh allocation of that size per call is served by mmap and costs more in page faults than the arithmetic.
 // Tensors over them never leave the function that made them (each use site has its own slot).
 enum ScratchSlot : int { S_D = 0, S_GD, S_BN_G1, S_BN_GT, S_BN_PROD, S_BN_DOUT, S_BN_D2, S_CH_D1, S_CH_D2, S_CH_G1,
-                         S_COUNT };
+                         S_BN_GQ, S_BN_X2, S_COUNT };
 
 Tensor scratch(int slot, const Tensor& like) {
   thread_local std::vector<float> bufs[S_COUNT];
@@ -765,19 +766,61 @@ bool channel_vectors_ok(std::initializer_list<Tensor> ts, int64_t c) {
   return true;
 }
 
+// The producer quantizer's backward inside BNTrain: (dL/dx_in, dL/dI) from dL/dxq into out[0] and out[19]
+// (needs_input_grad counts tensor arguments: pc is the 11th).
+void bn_pre_backward(AutogradContext* ctx, const Tensor& x_in, const Tensor& g, const std::vector<double>& cv,
+                     int64_t sc, variable_list& out) {
+  Tensor scl = at::empty({2, 1}, x_in.options());
+  scl.data_ptr<float>()[0] = static_cast<float>(cv[4]);
+  scl.data_ptr<float>()[1] = static_cast<float>(cv[5]);
+  auto r = quant_backward(g, x_in, scl, spec_of(sc), -1, ctx->needs_input_grad(0), ctx->needs_input_grad(10),
+                          ctx->saved_data["pc"].toIntVector());
+  if (ctx->needs_input_grad(0)) out[0] = r.first;
+  if (ctx->needs_input_grad(10)) out[19] = r.second;
+}
+
+// `_QBatchNorm.scale_shift`'s running-statistics update (momentum < 0: cumulative average).
+void update_running_stats(Tensor running_mean, Tensor running_var, Tensor nbt, const Tensor& mean, const Tensor& var,
+                          double momentum, int64_t n) {
+  at::NoGradGuard no_grad;
+  nbt.add_(1);
+  const double mom = momentum >= 0.0 ? momentum : 1.0 / static_cast<double>(nbt.item<int64_t>());
+  running_mean.lerp_(mean, mom);
+  running_var.lerp_(at::mul(var, static_cast<double>(n) / static_cast<double>(std::max<int64_t>(n - 1, 1))), mom);
+}
+
 struct BNTrain : public torch::autograd::Function<BNTrain> {
   // ps/ph per channel (axis 0 of the C-vectors) or per tensor; po, p2 per tensor (so / s2 < 0: none).
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& bias,
+  static variable_list forward(AutogradContext* ctx, const Tensor& x_in, const Tensor& weight, const Tensor& bias,
                                const Tensor& ps, const Tensor& ph, const Tensor& po, const Tensor& p2,
                                Tensor running_mean, Tensor running_var, Tensor nbt, double momentum, double eps,
-                               int64_t ss, int64_t sh, int64_t so, int64_t s2, int64_t axs, int64_t axh, int64_t mode) {
-    const int64_t nd = x.dim(), c = x.size(1), total = x.numel();
+                               int64_t ss, int64_t sh, int64_t so, int64_t s2, int64_t axs, int64_t axh, int64_t mode,
+                               const Tensor& pc, int64_t sc) {
+    const int64_t nd = x_in.dim(), c = x_in.size(1), total = x_in.numel();
+    // the producer's (a conv's) output quantizer first, when given: x = qc(x_in), written once, an output of this node
+    const bool has_c = sc >= 0;
+    Scales cq{1.0f, 1.0f};
+    Tensor x = x_in;
+    if (has_c) {
+      cq = tensor_scales(pc, spec_of(sc).width);
+      x = at::empty_like(x_in, at::MemoryFormat::Contiguous);
+      const float* xip = x_in.const_data_ptr<float>();
+      float* xqp = x.data_ptr<float>();
+      const BlockFn fc = pick(spec_of(sc), false, false);
+      const Consts kc = consts_of(spec_of(sc));
+      at::parallel_for(0, total, kGrain, [&](int64_t b, int64_t e) {
+        for (int64_t o = b; o < e; o += kChunk) fc(xip + o, xqp + o, nullptr, nullptr, std::min(kChunk, e - o), cq.inv,
+                                                   cq.step, kc);
+      });
+    }
     const int64_t inner = total / std::max<int64_t>(x.size(0) * c, 1);
     std::vector<int64_t> dims{0};
     for (int64_t k = 2; k < nd; ++k) dims.push_back(k);
     // _BatchStats.forward
     Tensor mean = at::mean(x, dims);
-    Tensor ex2 = at::mean(at::mul(x, x), dims);
+    Tensor x2 = scratch(S_BN_X2, x);  // x * x into a reused buffer (a fresh full-size array page-faults): same mean
+    at::mul_out(x2, x, x);
+    Tensor ex2 = at::mean(x2, dims);
     // the per-channel arithmetic in plain loops where the vectors are simple (the same IEEE float32 operations as
     // the ATen calls of the else branches, minus a dispatch each); rsqrt and lerp stay ATen calls (their
     // vectorized and scalar CPU kernels round differently from 1/sqrt and from the textbook formula)
@@ -795,12 +838,8 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
       var = at::sub(ex2, at::mul(mean, mean)).clamp_min_(0.0);
     }
     const int64_t n = total / c;
-    {  // running statistics, as `scale_shift`
-      nbt.add_(1);
-      const double mom = momentum >= 0.0 ? momentum : 1.0 / static_cast<double>(nbt.item<int64_t>());
-      running_mean.lerp_(mean, mom);
-      running_var.lerp_(at::mul(var, static_cast<double>(n) / static_cast<double>(std::max<int64_t>(n - 1, 1))), mom);
-    }
+    // running statistics, as `scale_shift` (with a producer quantizer: by the caller, when it takes y)
+    if (!has_c) update_running_stats(running_mean, running_var, nbt, mean, var, momentum, n);
     Tensor r, scale, shift;
     if (plain) {
       Tensor vpe = at::empty_like(var);
@@ -851,15 +890,24 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
       bn_apply<false>(xp, sqp, hqp, total, c, inner, yp, fo, co, ko, f2, c2, k2, y2p);
     }
     ctx->set_materialize_grads(false);
-    ctx->saved_data["i"] = std::vector<int64_t>{axs, axh, mode, n, ss, sh, so, s2};
-    ctx->saved_data["c"] = std::vector<double>{co.inv, co.step, c2.inv, c2.step};
+    ctx->saved_data["i"] = std::vector<int64_t>{axs, axh, mode, n, ss, sh, so, s2, sc};
+    ctx->saved_data["c"] = std::vector<double>{co.inv, co.step, c2.inv, c2.step, cq.inv, cq.step};
+    ctx->saved_data["pc"] = has_c ? pc.sizes().vec() : std::vector<int64_t>{};
     ctx->saved_data["ps"] = ps.sizes().vec();
     ctx->saved_data["ph"] = ph.sizes().vec();
     ctx->saved_data["po"] = has_o ? po.sizes().vec() : std::vector<int64_t>{};
     ctx->saved_data["p2"] = has_2 ? p2.sizes().vec() : std::vector<int64_t>{};
-    ctx->save_for_backward({x, weight, mean, r, scale, shift, sq, hq, scs, sch});
-    if (has_2) return {y, y2};
-    return {y};
+    ctx->save_for_backward({x, weight, mean, r, scale, shift, sq, hq, scs, sch, has_c ? x_in : Tensor()});
+    variable_list res{y};
+    if (has_2) res.push_back(y2);
+    if (has_c) {  // xq (a differentiable output: other consumers' gradients add in), then the batch statistics
+      Tensor mo = mean.clone();
+      ctx->mark_non_differentiable({mo, var});
+      res.push_back(x);
+      res.push_back(mo);
+      res.push_back(var);
+    }
+    return res;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -869,12 +917,17 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
     const std::vector<int64_t> info = ctx->saved_data["i"].toIntVector();
     const std::vector<double> cv = ctx->saved_data["c"].toDoubleVector();
     const int64_t axs = info[0], axh = info[1], mode = info[2], n = info[3], ss = info[4], sh = info[5], so = info[6],
-                  s2 = info[7];
-    const bool has_o = so >= 0, has_2 = s2 >= 0;
+                  s2 = info[7], sc = info[8];
+    const bool has_o = so >= 0, has_2 = s2 >= 0, has_c = sc >= 0;
     const Tensor gy = grads[0];
     const Tensor gy2 = has_2 && grads.size() > 1 ? grads[1] : Tensor();
-    variable_list out(19);
-    if (!gy.defined() && !gy2.defined()) return out;
+    const Tensor gxq = has_c ? grads[has_2 ? 2 : 1] : Tensor();  // xq's other consumers
+    variable_list out(21);
+    const bool want_c = has_c && (ctx->needs_input_grad(0) || ctx->needs_input_grad(10));
+    if (!gy.defined() && !gy2.defined()) {
+      if (want_c && gxq.defined()) bn_pre_backward(ctx, sv[10], gxq, cv, sc, out);
+      return out;
+    }
     const int64_t nd = x.dim(), c = x.size(1), total = x.numel();
     const int64_t inner = total / std::max<int64_t>(x.size(0) * c, 1);
     std::vector<int64_t> cshape(nd, 1);
@@ -975,10 +1028,11 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
     }
     if (ctx->needs_input_grad(2)) out[2] = gh;
     if (ctx->needs_input_grad(1)) out[1] = gw;
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) || want_c) {
       Tensor gtc = gt.contiguous();
       if (gtc.scalar_type() == at::kFloat) {
-        Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+        // dL/dxq only feeds the producer quantizer's backward: a scratch buffer, not a fresh (page-faulting) array
+        Tensor gx = has_c && !gxq.defined() ? scratch(S_BN_GQ, x) : at::empty_like(x, at::MemoryFormat::Contiguous);
         Tensor kc = k.contiguous(), ccc = cc.contiguous();
         if (mode == 1) {
           bn_grad_x<true>(gtc.const_data_ptr<float>(), xp, sqp, kc.const_data_ptr<float>(),
@@ -994,10 +1048,113 @@ struct BNTrain : public torch::autograd::Function<BNTrain> {
         out[0] = at::add(at::mul(gt, at::mul(sq.reshape(vshape), 1)),
                          at::addcmul(cc.reshape(vshape), x, k.reshape(vshape)));
       }
+      if (has_c) {  // through the producer's quantizer: its input buffer sums xq's gradients first
+        Tensor gq = gxq.defined() ? at::add(out[0], gxq) : out[0];
+        out[0] = Tensor();
+        bn_pre_backward(ctx, sv[10], gq, cv, sc, out);
+      }
     }
     return out;
   }
 };
+
+// ------------------------------------------------------------------------------------- max pooling, train mode
+// F.max_pool2d(x, k) with stride k, no padding, no dilation (non-overlapping windows), float32, as ATen's CPU kernel
+// computes it: per window the first strict maximum in row-major order, a NaN replacing it (`val > max || isnan(val)`),
+// index 0 for a window of -inf; backward adds each output gradient onto zeros at its window's index. ATen's
+// general kernel costs ~200-300 us on a 64x16x8x8 batch here; this loop a small fraction of that.
+// One plane of max pooling; K > 0 fixes the window at compile time (unrolled), K = 0 reads it from `kr`.
+template <int K>
+void pool_plane(const float* __restrict xpl, float* __restrict ypl, uint8_t* __restrict ipl, int64_t w, int64_t oh,
+                int64_t ow, int64_t kr) {
+  const int64_t k = K > 0 ? K : kr;
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const float* rows = xpl + oy * k * w;
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      float mv = -std::numeric_limits<float>::infinity();
+      int mi = 0;
+      for (int64_t dy = 0; dy < k; ++dy) {
+        for (int64_t dx = 0; dx < k; ++dx) {
+          const float v = rows[dy * w + ox * k + dx];
+          const bool take = (v > mv) | (v != v);  // branch-free `val > maxval || isnan(val)`
+          mv = take ? v : mv;
+          mi = take ? static_cast<int>(dy * k + dx) : mi;
+        }
+      }
+      ypl[oy * ow + ox] = mv;
+      ipl[oy * ow + ox] = static_cast<uint8_t>(mi);
+    }
+  }
+}
+
+struct MaxPool : public torch::autograd::Function<MaxPool> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, int64_t k) {
+    const int64_t planes = x.size(0) * x.size(1), h = x.size(2), w = x.size(3);
+    const int64_t oh = (h - k) / k + 1, ow = (w - k) / k + 1;
+    Tensor y = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+    Tensor idx = at::empty(y.sizes(), x.options().dtype(at::kByte));
+    const float* xp = x.const_data_ptr<float>();
+    float* yp = y.data_ptr<float>();
+    uint8_t* ip = idx.data_ptr<uint8_t>();
+    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(h * w, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const float* xpl = xp + pl * h * w;
+        float* ypl = yp + pl * oh * ow;
+        uint8_t* ipl = ip + pl * oh * ow;
+        if (k == 2) {
+          pool_plane<2>(xpl, ypl, ipl, w, oh, ow, k);
+        } else if (k == 3) {
+          pool_plane<3>(xpl, ypl, ipl, w, oh, ow, k);
+        } else {
+          pool_plane<0>(xpl, ypl, ipl, w, oh, ow, k);
+        }
+      }
+    });
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["s"] = std::vector<int64_t>{h, w, k};
+    ctx->save_for_backward({idx});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    const std::vector<int64_t> s = ctx->saved_data["s"].toIntVector();
+    const int64_t h = s[0], w = s[1], k = s[2];
+    const Tensor idx = ctx->get_saved_variables()[0];
+    const Tensor g = grads[0].to(at::kFloat).contiguous();
+    const int64_t oh = idx.size(2), ow = idx.size(3), planes = idx.size(0) * idx.size(1);
+    Tensor gx = at::zeros({idx.size(0), idx.size(1), h, w}, g.options());
+    const float* gp = g.const_data_ptr<float>();
+    const uint8_t* ip = idx.const_data_ptr<uint8_t>();
+    float* op = gx.data_ptr<float>();
+    std::vector<int64_t> off(static_cast<size_t>(k * k));  // window index -> offset from the window's corner
+    for (int64_t j = 0; j < k * k; ++j) off[j] = (j / k) * w + j % k;
+    const int64_t* offp = off.data();
+    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(h * w, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t pl = b; pl < e; ++pl) {
+        const uint8_t* ipl = ip + pl * oh * ow;
+        const float* gpl = gp + pl * oh * ow;
+        float* opl = op + pl * h * w;
+        for (int64_t oy = 0; oy < oh; ++oy) {
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            float& dst = opl[oy * k * w + ox * k + offp[ipl[oy * ow + ox]]];
+            dst = dst + gpl[oy * ow + ox];  // onto zeros, as ATen's backward (0 + -0 = +0 included)
+          }
+        }
+      }
+    });
+    return {gx, Tensor()};
+  }
+};
+
+// Undefined (None) where the fused path does not apply: not a CPU float32 contiguous 4-D input, a window of 1 or
+// over 15, or smaller than the window.
+Tensor max_pool(const Tensor& x, int64_t k) {
+  if (!usable(x, x) || x.dim() != 4 || k < 2 || k > 15 || x.size(2) < k || x.size(3) < k || x.numel() == 0) {
+    return Tensor();
+  }
+  return MaxPool::apply(x, k);
+}
 
 // Function::apply needs every tensor argument defined: an absent quantizer passes an empty placeholder (no grad).
 Tensor or_placeholder(const std::optional<Tensor>& t) {
@@ -1008,15 +1165,17 @@ Tensor or_placeholder(const std::optional<Tensor>& t) {
 variable_list bn_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
                        Tensor running_var, Tensor nbt, double momentum, double eps, const Tensor& ps, int64_t ss,
                        int64_t axs, const Tensor& ph, int64_t sh, int64_t axh, const std::optional<Tensor>& po,
-                       int64_t so, const std::optional<Tensor>& p2, int64_t s2) {
+                       int64_t so, const std::optional<Tensor>& p2, int64_t s2, const std::optional<Tensor>& pc,
+                       int64_t sc) {
   if (x.dim() < 2 || x.size(1) == 0 || x.numel() == 0 || !usable(x, ps) || !usable(x, ph)) return {};
+  if (pc.has_value() && (!usable(x, *pc) || pc->numel() != 1)) return {};
   if (weight.scalar_type() != at::kFloat || bias.scalar_type() != at::kFloat || !weight.device().is_cpu()) return {};
   if ((po.has_value() && !usable(x, *po)) || (p2.has_value() && !usable(x, *p2))) return {};
   const int mode = addcmul_mode(x.dim());
   if (mode < 0) return {};
   return BNTrain::apply(x, weight, bias, ps, ph, or_placeholder(po), or_placeholder(p2), running_mean,
                         running_var, nbt, momentum, eps, ss, sh, po.has_value() ? so : -1, p2.has_value() ? s2 : -1,
-                        axs, axh, static_cast<int64_t>(mode));
+                        axs, axh, static_cast<int64_t>(mode), or_placeholder(pc), pc.has_value() ? sc : -1);
 }
 
 // The entry points return undefined tensors (None in Python) where the fused path does not apply (not CPU float32,
@@ -1054,4 +1213,6 @@ PYBIND11_MODULE(_qfx_fused, m) {
   m.def("fq_chain", &fq_chain);
   m.def("bn_train", &bn_train);
   m.def("addcmul_mode", &addcmul_mode);
+  m.def("update_running_stats", &update_running_stats);
+  m.def("max_pool", &max_pool);
 }

@@ -13,7 +13,7 @@ from torch import nn
 
 from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
-from qfx.nn.layers import QAdd, QAvgPool2d, QModule, QuantInput, _WeightLayer, _QBatchNorm
+from qfx.nn.layers import QAdd, QAvgPool2d, QConvTranspose2d, QModule, QuantInput, _WeightLayer, _QBatchNorm
 from qfx.nn.quant import FixedQuant, link_chains
 
 __all__ = ["QFXConfig", "quantize_model", "calibrate", "calibration", "report_formats", "format_table", "fold_bn"]
@@ -274,7 +274,7 @@ def fold_bn(model: nn.Module, calib_method: str = "mse") -> nn.Module:
     out: list[tuple[str, nn.Module]] = []
     for name, child in items:
         prev = out[-1][1] if out else None
-        if isinstance(child, _QBatchNorm) and isinstance(prev, _WeightLayer):
+        if isinstance(child, _QBatchNorm) and isinstance(prev, _WeightLayer) and not isinstance(prev, QConvTranspose2d):
             out[-1] = (out[-1][0], _fold_pair(prev, child, calib_method))
             continue
         out.append((name, child))
@@ -287,7 +287,8 @@ def _fold_bn_graph(gm: torch.fx.GraphModule, calib_method: str) -> torch.fx.Grap
     from qfx.nn.trace import _set_module, layer_bn_pairs
 
     modules = dict(gm.named_modules())
-    pairs = layer_bn_pairs(gm.graph, modules, (_WeightLayer,), (_QBatchNorm,))
+    # transposed convolutions keep their BN (their output channels are not the kernel's first axis)
+    pairs = layer_bn_pairs(gm.graph, modules, (_WeightLayer,), (_QBatchNorm,), exclude=(QConvTranspose2d,))
     for layer_n, bn_n in pairs:
         _set_module(gm, str(layer_n.target),
                     _fold_pair(modules[str(layer_n.target)], modules[str(bn_n.target)], calib_method))

@@ -36,7 +36,7 @@ from qfx.nn.op_layers import _IRModule
 from qfx.nn.quant import FixedQuant
 
 __all__ = ["QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
-           "QLayerNorm", "const_code"]
+           "QLayerNorm", "QSum", "QGroupNorm", "const_code"]
 
 
 class QGlobalAvgPool2d(QModule):
@@ -179,7 +179,19 @@ class _AdaptivePool(_IRModule):
     def _pool_train(self, x4: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def _over_channels(self, rank: int) -> bool:
+        """A reduction over dim 1 (``ndim`` 2) of (N, C, H, W) or (N, C, L): over the channels (CBAM-style maps)."""
+        return self.ndim == 2 and rank in (2, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._over_channels(x.ndim - 1):  # channels last (a transpose in the IR), then a (1, C) window
+            if self.qfx_mode == "exact":
+                return self._exact(x)
+            c = x.shape[1]
+            xl = x.movedim(1, -1)
+            y = self._pool_train(xl if x.ndim == 4 else xl.unsqueeze(2), (1, c))  # (N, H, W, 1) / (N, L, 1, 1)
+            y = y.reshape(x.shape[0], *x.shape[2:])
+            return y.unsqueeze(1) if self.keepdim else y
         k = self.window(tuple(x.shape[1:]))
         if x.ndim == 2:  # features of (N, n): (N, 1) with keepdim, else (N,)
             y = self._exact(x) if self.qfx_mode == "exact" else self._pool_train(x[:, None, None, :], k).flatten(1)
@@ -202,6 +214,8 @@ class _AdaptivePool(_IRModule):
         if len(inputs) != 1:
             raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
         x = inputs[0]
+        if self._over_channels(len(x.shape)):
+            return self._channel_nodes(name, x, output)
         k = self.window(x.shape)
         items: list[IRItem] = []
         src = x
@@ -222,6 +236,29 @@ class _AdaptivePool(_IRModule):
             op = "flatten" if len(final) == 1 else "reshape"
             items.append((Node(f"{name}.{op}", op, (pooled,), output, attrs={} if op == "flatten" else {"shape": final},
                                source=name), TensorSpec(output, final, fmt)))
+        return items
+
+
+    def _channel_nodes(self, name: str, x: TensorSpec, output: str) -> list[IRItem]:
+        """(C, H, W) -> transpose (H, W, C) -> pool (1, C) -> (H, W, 1) -> reshape (1, H, W) (or (H, W)); (C, L) ->
+        transpose (L, C) -> reshape (L, 1, C) -> pool -> (L, 1, 1) -> reshape (1, L) (or (L,))."""
+        c, rest = x.shape[0], tuple(x.shape[1:])
+        perm = (1, 2, 0) if len(x.shape) == 3 else (1, 0)
+        t = f"{output}.last"
+        items: list[IRItem] = [(Node(f"{name}.last", "transpose", (x.name,), t, attrs={"perm": perm}, source=name),
+                                TensorSpec(t, rest + (c,), x.fmt))]
+        src = items[-1][1]
+        if len(x.shape) == 2:
+            items.append((Node(f"{name}.to2d", "reshape", (t,), f"{output}.2d", attrs={"shape": (rest[0], 1, c)},
+                               source=name), TensorSpec(f"{output}.2d", (rest[0], 1, c), x.fmt)))
+            src = items[-1][1]
+        pooled = f"{output}.pool"
+        node, fmt = self._pool_node(name, src.name, pooled, (1, c), src)
+        items.append((node, TensorSpec(pooled, src.shape[:2] + (1,), fmt)))
+        final = ((1,) if self.keepdim else ()) + rest
+        op = "flatten" if len(final) == 1 else "reshape"
+        items.append((Node(f"{name}.{op}", op, (pooled,), output, attrs={} if op == "flatten" else {"shape": final},
+                           source=name), TensorSpec(output, final, fmt)))
         return items
 
 
@@ -277,6 +314,15 @@ class QAdaptiveMaxPool2d(_AdaptivePool):
     def _pool_node(self, name: str, src: str, out: str, k: tuple[int, int], x: TensorSpec) -> tuple[Node, FxFormat]:
         node = Node(name, "maxpool2d", (src,), out, attrs={"kernel": k, "stride": k, "padding": (0, 0)}, source=name)
         return node, self._spec_fmt(x.fmt)
+
+
+class QSum(QAdaptiveAvgPool2d):
+    """``x.sum((2, 3))``, ``x.sum(-1)``, ``torch.sum(x, 1)`` of (N, n): the same ``avgpool2d`` as the mean with recip
+    exactly 1 (code 1 of ap_ufixed<1,1>), so the window's sum is exact and the output cast is the only rounding
+    (a dense/conv with all-ones weights would give the same values with a weight table and adders per output)."""
+
+    def recip(self, window: int) -> tuple[int, FxFormat]:
+        return 1, FxFormat(1, 1, signed=False)
 
 
 # ============================================================================ constants
@@ -473,10 +519,10 @@ class QPReLU(_IRModule):
         ]
 
 
-def _affine_bn(n: int, **kw: Any) -> nn.Module:
-    from qfx.nn.layers import QBatchNorm1d, quantize_pair
+def _affine_bn(n: int, two_d: bool = False, **kw: Any) -> nn.Module:
+    from qfx.nn.layers import QBatchNorm1d, QBatchNorm2d, quantize_pair
 
-    class _LNAffine(QBatchNorm1d):
+    class _LNAffine(QBatchNorm2d if two_d else QBatchNorm1d):  # type: ignore[misc,valid-type]
         """LayerNorm's elementwise affine: scale = gamma, shift = beta (running statistics unused)."""
 
         def scale_shift(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -489,7 +535,8 @@ def _affine_bn(n: int, **kw: Any) -> nn.Module:
             if ss is None:
                 hq = self.shift_quant(self.bias)
                 ss = self.scale_quant(self.weight), hq
-            return self._out_train(torch.addcmul(ss[1].reshape(1, -1), x, ss[0].reshape(1, -1)))
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            return self._out_train(torch.addcmul(ss[1].reshape(shape), x, ss[0].reshape(shape)))
 
     return _LNAffine(n, **kw)
 
@@ -562,4 +609,86 @@ class QLayerNorm(QModule):
             step(self.scale, "scale", [d, r], output)
         else:
             step(self.affine, "affine", [step(self.scale, "scale", [d, r])], output)
+        return items
+
+
+class QGroupNorm(QModule):
+    """``nn.GroupNorm(G, C)`` and ``nn.InstanceNorm2d(C)`` (G = C) over (N, C, H, W), built like QLayerNorm from
+    existing qfx modules: (C, H, W) is viewed as (G, C/G * H, W) (a reshape: the channels of a group are
+    contiguous), then per group ``mean`` (average pool), ``d = x - mean`` (sub, broadcast per group),
+    ``v = mean(d * d)``, ``r = 1 / sqrt(v + eps)`` (table over v's format), ``y = d * r``, the view back to
+    (C, H, W) and the per-channel affine (scale_shift). Every step rounds once to a learned ``width``-bit format,
+    so train mode, exact mode and every backend agree bit for bit."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 width: int = 8, param_width: int = 8, out_width: int = 8, rounding: str = "RND",
+                 overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+        super().__init__()
+        from qfx.fixed.tables import MAX_TABLE_BITS
+        from qfx.nn.op_layers import QActivation, QMul, QSub
+
+        if num_groups < 1 or num_channels % num_groups:
+            raise UnsupportedError(f"QGroupNorm: {num_channels} channels do not split into {num_groups} groups")
+        self.num_groups, self.num_channels, self.eps = int(num_groups), int(num_channels), float(eps)
+        kw = dict(rounding=rounding, overflow=overflow, learn_int_bits=learn_int_bits)
+        self.mean = QAdaptiveAvgPool2d(1, True, 4, out_width=width, **kw)
+        self.center = QSub(out_width=width, **kw)
+        self.square = QMul(out_width=width, out_signed=False, **kw)
+        self.var = QAdaptiveAvgPool2d(1, True, 4, out_width=min(width, MAX_TABLE_BITS), out_signed=False, **kw)
+        self.rstd = QActivation(f"rsqrt({self.eps!r})", in_width=None, out_width=width, out_signed=False, **kw)
+        self.scale = QMul(out_width=width if affine else out_width, **kw)
+        self.affine = (_affine_bn(self.num_channels, True, scale_width=param_width, shift_width=param_width,
+                                  out_width=out_width, **kw) if affine else None)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+    @property
+    def out_quant(self) -> FixedQuant | None:  # type: ignore[override]
+        return self.affine.out_quant if self.affine is not None else self.scale.out_quant
+
+    def _grouped(self, shape: Sequence[int], where: str) -> tuple[int, int, int]:
+        if len(shape) != 3 or shape[0] != self.num_channels:
+            raise UnsupportedError(f"{where}: qfx GroupNorm/InstanceNorm normalizes (N, {self.num_channels}, H, W) "
+                                   f"tensors, got per-sample shape {tuple(shape)}")
+        c, h, w = shape
+        return self.num_groups, c // self.num_groups * h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self._grouped(tuple(x.shape[1:]), "QGroupNorm")
+        xg = x.reshape(x.shape[0], *g)
+        d = self.center(xg, self.mean(xg))
+        y = self.scale(d, self.rstd(self.var(self.square(d, d)))).reshape(x.shape)
+        return self.affine(y) if self.affine is not None else y
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise UnsupportedError(f"{name}: expected one input tensor, got {len(inputs)}")
+        x = inputs[0]
+        g = self._grouped(x.shape, name)
+        items: list[IRItem] = []
+
+        def step(m: nn.Module, part: str, ins: Sequence[TensorSpec], out: str | None = None) -> TensorSpec:
+            items.extend(m.ir_nodes(f"{name}.{part}", list(ins), out or f"{output}.{part}"))
+            return items[-1][1]
+
+        def reshape(t: TensorSpec, shape: tuple[int, ...], part: str, out: str | None = None) -> TensorSpec:
+            if t.shape == shape and out is None:
+                return t
+            o = out or f"{output}.{part}"
+            items.append((Node(f"{name}.{part}", "reshape", (t.name,), o, attrs={"shape": shape}, source=name),
+                          TensorSpec(o, shape, t.fmt)))
+            return items[-1][1]
+
+        xg = reshape(x, g, "group")
+        d = step(self.center, "center", [xg, step(self.mean, "mean", [xg])])
+        r = step(self.rstd, "rstd", [step(self.var, "var", [step(self.square, "square", [d, d])])])
+        if self.affine is None:
+            if g == x.shape:
+                step(self.scale, "scale", [d, r], output)
+            else:
+                reshape(step(self.scale, "scale", [d, r]), x.shape, "ungroup", output)
+        else:
+            y = reshape(step(self.scale, "scale", [d, r]), x.shape, "ungroup")
+            step(self.affine, "affine", [y], output)
         return items

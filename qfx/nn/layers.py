@@ -28,12 +28,14 @@ from qfx.ir.graph import Constant, Node, TensorSpec
 from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.exact import _frac_bits_needed
 from qfx.nn.quant import (
-    _CHAINED, FixedQuant, _take_chained, attr, batch_norm_train, chain_target, quantize_chain, quantize_pair,
+    _CHAINED, FixedQuant, _take_chained, attr, batch_norm_train, chain_target, conv_bn_train, max_pool_train,
+    quantize_chain, quantize_pair,
 )
 
 __all__ = [
     "QModule", "QuantInput", "QLinear", "QConv2d", "QBatchNorm1d", "QBatchNorm2d", "QReLU", "QClippedReLU", "QAdd",
-    "QMaxPool2d", "QAvgPool2d", "QFlatten", "IRItem", "QConv1d", "QMaxPool1d", "QAvgPool1d",
+    "QMaxPool2d", "QAvgPool2d", "QFlatten", "IRItem", "QConv1d", "QMaxPool1d", "QAvgPool1d", "QConvTranspose2d",
+    "QConvTranspose1d",
 ]
 
 IRItem = tuple[Node, TensorSpec]
@@ -279,8 +281,9 @@ class QConv2d(nn.Conv2d, _WeightLayer):
                  khot: int | None = None, out_signed: bool = True, weight_quant: FixedQuant | None = None,
                  bias_quant: FixedQuant | None = None, out_quant: FixedQuant | None = None,
                  learn_int_bits: bool = True) -> None:
-        if padding_mode != "zeros":
-            raise UnsupportedError(f"QConv2d supports zero padding only (padding_mode='zeros'), got {padding_mode!r}")
+        if padding_mode not in ("zeros", "replicate", "reflect"):
+            raise UnsupportedError(f"QConv2d pads with padding_mode 'zeros', 'replicate' or 'reflect', got "
+                                   f"{padding_mode!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         self._init_quant(out_channels, weight_width, bias_width, out_width, rounding, overflow, per_channel, khot,
@@ -290,7 +293,12 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
         w, b = self._weight_bias_train()
-        y = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        x, pad = self._edge_padded(x)
+        y = F.conv2d(x, w, b, self.stride, pad, self.dilation, self.groups)
+        if "_qfx_bn" in self.__dict__:  # linked to a following QBatchNorm (quant.link_chains): one node for both
+            yq = conv_bn_train(self, y)
+            if yq is not None:
+                return yq
         return self._out_train(y)
 
     def weight_codes(self) -> tuple[np.ndarray, FxFormat]:
@@ -299,6 +307,13 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         then compute grouped and dilated convolutions exactly (zero products are skipped by the RTL adder graphs)."""
         w, fw = _WeightLayer.weight_codes(self)
         return _dense_kernel(w, self.groups, _pair(self.dilation)), fw
+
+    def _edge_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Train mode's (input, conv padding): replicate/reflect padding applied first (as nn.Conv2d does)."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        t, bo, le, r = self._pads(x.shape[2], x.shape[3])
+        return F.pad(x, (le, r, t, bo), mode=self.padding_mode), 0
 
     def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) zero padding, also for padding='same'/'valid'."""
@@ -319,8 +334,9 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         b, fb = self.bias_codes()
         out = self.out_fmt if self.out_fmt is not None else lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, b, fb)
         t, bo, le, r = self._pads(xc.shape[2], xc.shape[3])
-        if (t, le) != (bo, r):  # asymmetric ('same' with an even kernel): pad first, as the IR does
-            xc = np.pad(xc, ((0, 0), (0, 0), (t, bo), (le, r)))
+        if (t, le) != (bo, r) or self.padding_mode != "zeros":  # asymmetric or edge padding: first, as the IR does
+            mode = {"zeros": "constant", "replicate": "edge", "reflect": "reflect"}[self.padding_mode]
+            xc = np.pad(xc, ((0, 0), (0, 0), (t, bo), (le, r)), mode=mode)
             t = le = 0
         y = ops.conv2d(xc, fx, w, fw, out, b, fb, _pair(self.stride), (t, le))
         return codes_to_values(y, out, x.device)
@@ -338,15 +354,125 @@ class QConv2d(nn.Conv2d, _WeightLayer):
         t, bo, le, r = self._pads(x.shape[1], x.shape[2])
         items: list[IRItem] = []
         src, (c, h, wd) = x.name, x.shape
-        if (t, le) != (bo, r):  # asymmetric padding: an explicit zero-pad node, then an unpadded convolution
+        edge = self.padding_mode != "zeros" and (t, bo, le, r) != (0, 0, 0, 0)
+        if (t, le) != (bo, r) or edge:  # asymmetric or edge padding: an explicit pad node, then no conv padding
             mid = f"{output}.pad"
-            items.append((Node(f"{name}.pad", "zeropad2d", (src,), mid, attrs={"pads": (t, bo, le, r)}, source=name),
+            attrs: dict[str, Any] = {"pads": (t, bo, le, r)}
+            if edge:
+                attrs["mode"] = self.padding_mode
+            items.append((Node(f"{name}.pad", "zeropad2d", (src,), mid, attrs=attrs, source=name),
                           TensorSpec(mid, (c, h + t + bo, wd + le + r), x.fmt)))
             src, h, wd, t, le = mid, h + t + bo, wd + le + r, 0, 0
         ho, wo = ops.conv_out_size(h, kh, sh, t), ops.conv_out_size(wd, kw, sw, le)
         node = Node(name, "conv2d", (src,), output, consts,
                     {"stride": (sh, sw), "padding": (t, le), "khot": self.khot}, acc, source=name)
         items.append((node, TensorSpec(output, (self.out_channels, ho, wo), self._spec_fmt(acc))))
+        return items
+
+
+# ============================================================================ transposed convolution
+def transposed_kernel(w: np.ndarray, groups: int, dilation: tuple[int, int]) -> np.ndarray:
+    """(C, O/groups, kh, kw) ConvTranspose2d kernel codes -> the dense (O, C, kh', kw') kernel of the equivalent
+    stride-1 convolution over the zero-inserted, padded input: channels swapped per group, taps flipped, dilated."""
+    c, og, kh, kw = w.shape
+    cg = c // groups
+    dense = np.zeros((og * groups, c, kh, kw), dtype=w.dtype)
+    for g in range(groups):
+        blk = w[g * cg:(g + 1) * cg]  # (cg, og, kh, kw)
+        dense[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = blk.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    return _dense_kernel(dense, 1, dilation)
+
+
+class QConvTranspose2d(nn.ConvTranspose2d, _WeightLayer):
+    """``nn.ConvTranspose2d`` (stride, padding, output_padding, groups, dilation; zero padding mode) with fixed-point
+    weight, bias and output formats.
+
+    Why no op of its own: a transposed convolution is exactly a stride-1 convolution of the input with zeros
+    inserted between rows/columns (stride - 1 of them) and ``dilation * (k - 1) - padding`` zeros around it
+    (``output_padding`` more at the bottom/right), with the kernel's channel axes swapped and its taps flipped. The
+    IR is that ``zeropad2d`` (stride attribute) then a ``conv2d``, so every executor already computes it exactly.
+    Train mode is the float ``conv_transpose2d`` of the fake-quantized weight and bias, then the output quantizer.
+    ``per_channel`` weight formats are per input channel (torch stores the kernel (C, O/groups, kh, kw))."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, *, weight_width: int = 8,
+                 bias_width: int = 16, out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 per_channel: bool = False, khot: int | None = None, out_signed: bool = True,
+                 weight_quant: FixedQuant | None = None, bias_quant: FixedQuant | None = None,
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        if padding_mode != "zeros":
+            raise UnsupportedError(f"QConvTranspose2d supports zero padding only (padding_mode='zeros'), got "
+                                   f"{padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, padding_mode, device, dtype)
+        for k, d, p in zip(self.kernel_size, _pair(self.dilation), _pair(self.padding)):
+            if p > d * (k - 1):
+                raise UnsupportedError(f"QConvTranspose2d: padding {p} above dilation * (kernel - 1) = {d * (k - 1)} "
+                                       "(an output crop) is not supported")
+        self._init_quant(in_channels, weight_width, bias_width, out_width, rounding, overflow, per_channel, khot,
+                         out_signed, weight_quant, bias_quant, out_quant, learn_int_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._forward_exact(x)
+        w, b = self._weight_bias_train()
+        y = F.conv_transpose2d(x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
+        return self._out_train(y)
+
+    def weight_codes(self) -> tuple[np.ndarray, FxFormat]:
+        """Codes of the equivalent stride-1 convolution's dense (O, C, kh', kw') kernel (``transposed_kernel``)."""
+        w, fw = _WeightLayer.weight_codes(self)
+        return transposed_kernel(w, self.groups, _pair(self.dilation)), fw
+
+    def zero_insertion(self) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+        """((top, bottom, left, right) pads, (sh, sw) stride) of the ``zeropad2d`` before the convolution."""
+        pads = []
+        for k, d, p, op in zip(self.kernel_size, _pair(self.dilation), _pair(self.padding),
+                               _pair(self.output_padding)):
+            pads += [d * (k - 1) - p, d * (k - 1) - p + op]
+        return (pads[0], pads[1], pads[2], pads[3]), _pair(self.stride)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise BadInputError(f"QConvTranspose2d expects NCHW input, got shape {tuple(x.shape)}")
+        xc, fx = values_to_codes(x, "QConvTranspose2d input")
+        w, fw = self.weight_codes()
+        b, fb = self.bias_codes()
+        out = self.out_fmt if self.out_fmt is not None else lossless_acc_format(w.reshape(w.shape[0], -1), fw, fx, b, fb)
+        (t, bo, le, r), (sh, sw) = self.zero_insertion()
+        n, c, h, wd = xc.shape
+        z = np.zeros((n, c, (h - 1) * sh + 1 + t + bo, (wd - 1) * sw + 1 + le + r), dtype=np.int64)
+        z[:, :, t:t + (h - 1) * sh + 1:sh, le:le + (wd - 1) * sw + 1:sw] = xc
+        return codes_to_values(ops.conv2d(z, fx, w, fw, out, b, fb, (1, 1), (0, 0)), out, x.device)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        x = _one_input(inputs, name)
+        if len(x.shape) != 3 or x.shape[0] != self.in_channels:
+            raise UnsupportedError(f"{name}: transposed conv input must be ({self.in_channels}, H, W) per sample, "
+                                   f"got {x.shape}")
+        consts = self._consts()
+        w, b = consts["weight"], consts.get("bias")
+        acc = lossless_acc_format(w.codes.reshape(w.codes.shape[0], -1), w.fmt, x.fmt,
+                                  None if b is None else b.codes, None if b is None else b.fmt)
+        (t, bo, le, r), (sh, sw) = self.zero_insertion()
+        c, h, wd = x.shape
+        h, wd = (h - 1) * sh + 1 + t + bo, (wd - 1) * sw + 1 + le + r
+        items: list[IRItem] = []
+        src = x.name
+        if (t, bo, le, r, sh, sw) != (0, 0, 0, 0, 1, 1):
+            mid = f"{output}.zeros"
+            attrs: dict[str, Any] = {"pads": (t, bo, le, r)}
+            if (sh, sw) != (1, 1):
+                attrs["stride"] = (sh, sw)
+            items.append((Node(f"{name}.zeros", "zeropad2d", (src,), mid, attrs=attrs, source=name),
+                          TensorSpec(mid, (c, h, wd), x.fmt)))
+            src = mid
+        kh, kw = w.codes.shape[2:]
+        node = Node(name, "conv2d", (src,), output, consts, {"stride": (1, 1), "padding": (0, 0), "khot": self.khot},
+                    acc, source=name)
+        items.append((node, TensorSpec(output, (self.out_channels, h - kh + 1, wd - kw + 1), self._spec_fmt(acc))))
         return items
 
 
@@ -649,7 +775,8 @@ class QMaxPool2d(nn.MaxPool2d, QModule):
                 xc, fx = values_to_codes(x, "QMaxPool2d input")
                 out = self._spec_fmt(fx)
                 return codes_to_values(ops.maxpool2d(xc, fx, out, k, s, p), out, x.device)
-        return self._out_train(F.max_pool2d(x, k, s, p))
+        y = max_pool_train(x, k, s, p)  # one fused node where it applies (same values and gradients)
+        return self._out_train(F.max_pool2d(x, k, s, p) if y is None else y)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
@@ -776,6 +903,17 @@ class QConv1d(_OneD, QConv2d):
         pad = padding if isinstance(padding, str) else (0, _one(padding))
         super().__init__(in_channels, out_channels, (1, _one(kernel_size)), (1, _one(stride)), pad,
                          (1, _one(dilation)), groups, bias, padding_mode, device, dtype, **qfx_kwargs)
+
+
+class QConvTranspose1d(_OneD, QConvTranspose2d):
+    """``nn.ConvTranspose1d`` twin: a QConvTranspose2d with a (1, k) kernel; weight stored (C, O/groups, 1, k)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 output_padding: Any = 0, groups: int = 1, bias: bool = True, dilation: Any = 1,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None, **qfx_kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, (1, _one(kernel_size)), (1, _one(stride)), (0, _one(padding)),
+                         (0, _one(output_padding)), groups, bias, (1, _one(dilation)), padding_mode, device, dtype,
+                         **qfx_kwargs)
 
 
 class QMaxPool1d(_OneD, QMaxPool2d):

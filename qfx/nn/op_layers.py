@@ -21,7 +21,8 @@ from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant
 from qfx.nn.quant import FixedQuant
 
-__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "QSoftmax", "TORCH_FUNCTIONS"]
+__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QUpsampleBilinear", "QZeroPad2d", "QActivation", "QSoftmax",
+           "TORCH_FUNCTIONS"]
 
 
 class _IRModule(QModule):
@@ -90,16 +91,19 @@ class _Binary(_IRModule):
                 items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
             else:
                 raise UnsupportedError(f"{name}: {self.op} inputs differ in shape: {a.shape} vs {b.shape} (qfx "
-                                       "broadcasts only one value per channel, (C, 1, 1) / (C, 1), or per sample)")
+                                       "broadcasts one value per channel, (C, 1, 1) / (C, 1), one map over the "
+                                       "channels, (1, H, W) / (1, L), or one value per sample)")
         node = Node(name, self.op, (a.name, b.name), output, source=name)
         return items + [(node, TensorSpec(output, a.shape, self._spec_fmt(self._exact_fmt(a.fmt, b.fmt))))]
 
 
 def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
-    """``small`` repeats to ``big`` by qfx's broadcasts: (C, 1, ...) to (C, ...), or (1,) to any vector."""
+    """``small`` repeats to ``big`` by qfx's broadcasts: (C, 1, ...) to (C, ...), (1,) to any vector, or one map
+    over the channels, (1, H, W) to (C, H, W) / (1, L) to (C, L) (CBAM-style spatial attention)."""
     if len(small) != len(big) or len(big) > 3 or small == big:
         return False
-    return (len(big) == 1 and small == (1,)) or (len(big) > 1 and small[0] == big[0] and set(small[1:]) == {1})
+    return ((len(big) == 1 and small == (1,)) or (len(big) > 1 and small[0] == big[0] and set(small[1:]) == {1})
+            or (len(big) > 1 and small[0] == 1 and small[1:] == big[1:]))
 
 
 def _broadcast(name: str, x: TensorSpec, shape: tuple[int, ...]) -> tuple[list[IRItem], TensorSpec]:
@@ -112,7 +116,13 @@ def _broadcast(name: str, x: TensorSpec, shape: tuple[int, ...]) -> tuple[list[I
                       TensorSpec(out, out_shape, x.fmt)))
         return out
 
-    if len(shape) == 3:
+    if x.shape[0] == 1 and len(shape) > 1 and x.shape[1:] == shape[1:]:  # one map repeated over the channels
+        n, c = int(np.prod(x.shape)), shape[0]
+        mid = add("reshape", x.name, f"{name}.row", (1, 1, n), {"shape": (1, 1, n)})
+        up = add("upsample2d", mid, f"{name}.rows", (1, c, n), {"scale": (c, 1)})
+        items.append((Node(f"{name}.back", "reshape", (up,), f"{name}.out", attrs={"shape": shape}, source=name),
+                      TensorSpec(f"{name}.out", shape, x.fmt)))
+    elif len(shape) == 3:
         add("upsample2d", x.name, f"{name}.out", shape, {"scale": (shape[1], shape[2])})
     else:
         c = x.shape[0]
@@ -216,11 +226,113 @@ class QUpsample(_IRModule):
         return [(node, TensorSpec(output, (c, h * self.scale[0], w * self.scale[1]), x.fmt))]
 
 
-class QZeroPad2d(_IRModule):
-    """Zero padding of H and W (``padding`` as nn.ZeroPad2d: an int or (left, right, top, bottom))."""
+def _bilinear_taps(s: int, frac_bits: int) -> tuple[np.ndarray, int, int]:
+    """1-D bilinear (align_corners=False) upsampling by ``s`` as a correlation over the replicate-padded,
+    zero-inserted input: (tap codes at ``frac_bits``, zeros before, zeros after the zero-inserted signal).
 
-    def __init__(self, padding: Any) -> None:
+    Output o reads padded input j (at position j*s after insertion) with weight tri((o - j*s + (s+1)/2) / s), tri(t)
+    = max(0, 1 - |t|), which is torch's source coordinate (o + 0.5)/s - 0.5 shifted by the one padded element; the
+    edge copies give torch's clamping at the borders. Taps are the integers k in ((1-s)/2, (3s+1)/2)."""
+    if s == 1:
+        return np.array([1 << frac_bits], dtype=np.int64), 0, 0
+    k0 = (1 - s) // 2 + 1 if s % 2 else 1 - s // 2
+    n = 2 * s if s % 2 == 0 else 2 * s - 1
+    taps = [max(0.0, 1.0 - abs((s + 1) / 2 - (k0 + k)) / s) for k in range(n)]
+    codes = np.array([int(np.floor(t * (1 << frac_bits) + 0.5)) for t in taps], dtype=np.int64)
+    return codes, -k0, n - s - 2 + k0
+
+
+class QUpsampleBilinear(_IRModule):
+    """Bilinear upsampling (align_corners=False) of (N, C, H, W) by integer factors, as hardware computes it: the
+    ``zeropad2d`` gather twice (replicate one element per side, then zero insertion) and a ``conv2d`` whose constant
+    depthwise kernel holds the interpolation weights (exact for factors 1, 2, 4, 8; other factors' weights rounded
+    to ``weight_bits`` fractional bits), then the output quantizer. Train mode runs the same steps in float64, where
+    they are exact, so the output quantizer is the only rounding there too."""
+
+    def __init__(self, scale_factor: Any = 2, *, weight_bits: int = 16, out_width: int | None = 8,
+                 out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
         super().__init__()
+        sf = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+        if len(sf) != 2 or any(float(v) != int(v) or int(v) < 1 for v in sf):
+            raise UnsupportedError(f"QUpsampleBilinear needs positive integer scale factors, got {scale_factor!r}")
+        self.scale = (int(sf[0]), int(sf[1]))
+        self.weight_bits = int(weight_bits)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+    def _plan(self) -> tuple[np.ndarray, FxFormat, tuple[int, int, int, int], tuple[int, int, int, int]]:
+        """(2-D kernel codes, their format, replicate pads, zero pads after insertion)."""
+        (th, lh, rh), (tw, lw, rw) = (_bilinear_taps(v, self.weight_bits) for v in self.scale)
+        k = np.outer(th, tw)
+        fb = 2 * self.weight_bits
+        while fb > 0 and not (k & 1).any():  # drop trailing zero bits (1/16 needs 4 bits, not 32)
+            k >>= 1
+            fb -= 1
+        eh, ew = int(self.scale[0] > 1), int(self.scale[1] > 1)
+        return k, FxFormat.for_code_range(0, int(k.max()), fb, signed=True), (eh, eh, ew, ew), (lh, rh, lw, rw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise BadInputError(f"QUpsampleBilinear expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        k, kf, (eh, _, ew, _), (lh, rh, lw, rw) = self._plan()
+        n, c, h, w = x.shape
+        sh, sw = self.scale
+        p = F.pad(x.to(torch.float64), (ew, ew, eh, eh), mode="replicate")
+        z = p.new_zeros(n, c, (h + 2 * eh - 1) * sh + 1, (w + 2 * ew - 1) * sw + 1)
+        z[:, :, ::sh, ::sw] = p
+        z = F.pad(z, (lw, rw, lh, rh))
+        wt = torch.as_tensor(kf.from_int(k), dtype=torch.float64, device=x.device).expand(c, 1, *k.shape)
+        return self._out_train(F.conv2d(z, wt, groups=c)).to(x.dtype)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.fixed.kernels import lossless_acc_format
+
+        (x,) = inputs
+        if len(x.shape) != 3:
+            raise UnsupportedError(f"{name}: bilinear upsampling needs a (C, H, W) input, got {x.shape}")
+        k, kf, edge, pads = self._plan()
+        c, h, w = x.shape
+        sh, sw = self.scale
+        items: list[IRItem] = []
+        src = x
+        if any(edge):
+            shape = (c, h + edge[0] + edge[1], w + edge[2] + edge[3])
+            items.append((Node(f"{name}.edge", "zeropad2d", (src.name,), f"{output}.edge",
+                               attrs={"pads": edge, "mode": "replicate"}, source=name),
+                          TensorSpec(f"{output}.edge", shape, x.fmt)))
+            src = items[-1][1]
+        if (sh, sw) != (1, 1) or any(pads):
+            _, hh, ww = src.shape
+            shape = (c, (hh - 1) * sh + 1 + pads[0] + pads[1], (ww - 1) * sw + 1 + pads[2] + pads[3])
+            items.append((Node(f"{name}.zeros", "zeropad2d", (src.name,), f"{output}.zeros",
+                               attrs={"pads": pads, "stride": (sh, sw)}, source=name),
+                          TensorSpec(f"{output}.zeros", shape, x.fmt)))
+            src = items[-1][1]
+        dense = np.zeros((c, c) + k.shape, dtype=np.int64)
+        dense[np.arange(c), np.arange(c)] = k
+        acc = lossless_acc_format(dense.reshape(c, -1), kf, x.fmt)
+        node = Node(name, "conv2d", (src.name,), output, {"weight": Constant(dense, kf)},
+                    {"stride": (1, 1), "padding": (0, 0), "khot": 0}, acc, source=name)
+        items.append((node, TensorSpec(output, (c, h * sh, w * sw), self._spec_fmt(acc))))
+        return items
+
+
+class QZeroPad2d(_IRModule):
+    """Padding of H and W (``padding`` as nn.ZeroPad2d: an int or (left, right, top, bottom)); ``mode`` "zeros"
+    (default), "replicate" or "reflect" (nn.ReplicationPad2d / nn.ReflectionPad2d, F.pad modes): the same
+    ``zeropad2d`` gather op, whose map then copies edge elements instead of inserting zeros."""
+
+    def __init__(self, padding: Any, mode: str = "zeros") -> None:
+        super().__init__()
+        if mode not in ("zeros", "replicate", "reflect"):
+            raise UnsupportedError(f"QZeroPad2d mode must be 'zeros', 'replicate' or 'reflect', got {mode!r}")
+        self.mode = mode
         p = (padding,) * 4 if isinstance(padding, int) else tuple(int(v) for v in padding)
         if len(p) != 4 or min(p) < 0:
             raise UnsupportedError(f"QZeroPad2d needs four non-negative paddings, got {padding!r}")
@@ -232,7 +344,7 @@ class QZeroPad2d(_IRModule):
             raise BadInputError(f"QZeroPad2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
         if self.qfx_mode == "exact":
             return self._exact(x)
-        return F.pad(x, self.padding)
+        return F.pad(x, self.padding, mode="constant" if self.mode == "zeros" else self.mode)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         (x,) = inputs
@@ -240,7 +352,10 @@ class QZeroPad2d(_IRModule):
             raise UnsupportedError(f"{name}: zero padding needs a (C, H, W) input, got {x.shape}")
         left, right, top, bottom = self.padding
         c, h, w = x.shape
-        node = Node(name, "zeropad2d", (x.name,), output, attrs={"pads": (top, bottom, left, right)}, source=name)
+        attrs: dict[str, Any] = {"pads": (top, bottom, left, right)}
+        if self.mode != "zeros":
+            attrs["mode"] = self.mode
+        node = Node(name, "zeropad2d", (x.name,), output, attrs=attrs, source=name)
         return [(node, TensorSpec(output, (c, h + top + bottom, w + left + right), x.fmt))]
 
 

@@ -22,7 +22,10 @@ background (``qfx.nn._fused``; ``QFX_FUSED=0`` disables it). It computes every e
 operations as the tensor-op code below and reduces the binary-point gradient with the same ATen calls, so values and
 gradients are bit-identical (``tests/test_fused_quant.py`` compares them, and whole training runs); the tensor-op
 path stays as the fallback (no compiler, CUDA, float64, non-contiguous inputs, ``torch.compile`` tracing) and as the
-reference (``tensor_op_path()``).
+reference (``tensor_op_path()``). CUDA tensors take it automatically; off the CPU it builds its powers of two from
+their exponent bits (``pow2_exact``), so quantized values and input gradients equal the CPU's (``tests/test_gpu.py``).
+Non-overlapping max pooling is a fused node too (``max_pool_train``), and ``link_chains(model, conv_bn=True)`` folds
+a conv's output quantizer into the following BatchNorm's node (``conv_bn_train``; off by default: not faster).
 
 Gradients (the estimator, and why)
 ----------------------------------
@@ -61,7 +64,8 @@ from qfx.fixed.format import OVERFLOW_MODES, ROUNDING_MODES, FxFormat
 from qfx.nn import _fused
 
 __all__ = ["FixedQuant", "fake_quant", "quantize_pair", "khot_float", "union_format", "MAX_TRAIN_WIDTH",
-           "fused_status", "tensor_op_path", "link_chains", "attr"]
+           "fused_status", "tensor_op_path", "link_chains", "attr", "conv_bn_train",
+           "max_pool_train"]
 
 _LN2 = math.log(2.0)
 #: float32 fake quantization is exact up to this width (24-bit significand).
@@ -302,12 +306,9 @@ def quantize_chain(q1: "FixedQuant", x: torch.Tensor, q2: "FixedQuant") -> torch
     return y1
 
 
-def batch_norm_train(bn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """Train-mode (batch statistics) forward of a ``qfx.nn.layers._QBatchNorm`` as one fused node, or None where
-    the tensor-op path must run (see ``_fused_quant.cpp``, ``BNTrain``)."""
-    ext = _ext()
-    if ext is None:
-        return None
+def _bn_node(ext, bn: nn.Module, x: torch.Tensor, qc: "FixedQuant | None"):
+    """Run the fused train-mode BatchNorm node (``BNTrain``) on ``x``, with the producer's output quantizer ``qc``
+    folded in when given; ``(outputs, q2)`` or None where the tensor-op path must run."""
     qs, qh, qo = attr(bn, "scale_quant"), attr(bn, "shift_quant"), attr(bn, "out_quant")
     for q in (qs, qh):
         if (q is None or q._calib is not None or q.calibrating or q.width > MAX_TRAIN_WIDTH or q._forward_hooks
@@ -324,17 +325,91 @@ def batch_norm_train(bn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
                        float(bn.eps), qs._parameters[p], _spec_id(ext, qs._key()), qs._axis(1),
                        qh._parameters[p], _spec_id(ext, qh._key()), qh._axis(1),
                        None if qo is None else qo._parameters[p], -1 if qo is None else _spec_id(ext, qo._key()),
-                       None if q2 is None else q2._parameters[p], -1 if q2 is None else _spec_id(ext, q2._key()))
-    if not out:
+                       None if q2 is None else q2._parameters[p], -1 if q2 is None else _spec_id(ext, q2._key()),
+                       None if qc is None else qc._parameters[p], -1 if qc is None else _spec_id(ext, qc._key()))
+    return (out, q2) if out else None
+
+
+def batch_norm_train(bn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """Train-mode (batch statistics) forward of a ``qfx.nn.layers._QBatchNorm`` as one fused node, or None where
+    the tensor-op path must run (see ``_fused_quant.cpp``, ``BNTrain``). Takes the result its linked conv already
+    computed (``conv_bn_train``) when ``x`` is exactly that conv's output."""
+    if _CHAINED:
+        y = _take_bn(bn, x)
+        if y is not None:
+            return y
+    ext = _ext()
+    if ext is None:
         return None
+    r = _bn_node(ext, bn, x, None)
+    if r is None:
+        return None
+    out, q2 = r
     if q2 is not None:
         offer_chained(q2, out[0], out[1])
     return out[0]
 
 
-def link_chains(model: nn.Module) -> int:
+# ------------------------------------------------------------- conv -> batch norm: one node for both roundings
+# A QConv2d whose output quantizer feeds a train-mode QBatchNorm (linked by ``link_chains``) runs the BN node itself
+# with its own output quantizer folded in: the node returns xq = qc(conv) as an output (the conv's result; other
+# consumers' gradients add in as before) and the BN's output, which the BN returns when it is called with exactly xq.
+# The running statistics are updated by the BN when it takes the result (a conv called on its own changes nothing);
+# it takes it only while its weight and bias are unchanged (an optimizer step in between would change them).
+def conv_bn_train(conv: nn.Module, y: torch.Tensor) -> torch.Tensor | None:
+    """``conv.out_quant(y)`` computed inside the linked BatchNorm's fused node (same bits as the two nodes), or None
+    where the conv must quantize on its own."""
+    bn = conv.__dict__.get("_qfx_bn")
+    qc = attr(conv, "out_quant")
+    if (bn is None or not _FUSED_ON or not bn.training or getattr(bn, "qfx_mode", "train") != "train"
+            or not _chain_ok(qc) or bn._forward_hooks or bn._forward_pre_hooks or y.ndim != 4):
+        return None
+    ext = _ext()
+    if ext is None:
+        return None
+    r = _bn_node(ext, bn, y, qc)
+    if r is None:
+        return None
+    out, q2 = r
+    k = 2 if q2 is not None else 1
+    xq, mean, var = out[k], out[k + 1], out[k + 2]
+    _CHAINED[(id(bn), "bn")] = (weakref.ref(bn), weakref.ref(xq), xq._version, bn._parameters["weight"]._version,
+                        bn._parameters["bias"]._version, out[0], out[1] if q2 is not None else None, q2, mean, var)
+    return xq
+
+
+def _take_bn(bn: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    e = _CHAINED.pop((id(bn), "bn"), None)  # its own key space: ids of dead quantizers are reused
+    if e is None:
+        return None
+    br, xr, xv, wv, bv, y, y2, q2, mean, var = e
+    p = bn._parameters
+    if br() is not bn or xr() is not x or x._version != xv or p["weight"]._version != wv or p["bias"]._version != bv:
+        return None
+    ext = _fused.get()  # loaded: it made the offer
+    buf = bn._buffers  # running statistics: the fused node's own update (as `_QBatchNorm.scale_shift`)
+    ext.update_running_stats(buf["running_mean"], buf["running_var"], buf["num_batches_tracked"], mean, var,
+                             -1.0 if bn.momentum is None else float(bn.momentum), x.numel() // x.shape[1])
+    if q2 is not None:
+        offer_chained(q2, y, y2)
+    return y
+
+
+def max_pool_train(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                   padding: tuple[int, int]) -> torch.Tensor | None:
+    """``F.max_pool2d(x, kernel, stride, padding)`` as one fused node (non-overlapping square windows, no padding;
+    the same values and gradients, ATen's first-maximum rule), or None where ``F.max_pool2d`` must run."""
+    if kernel[0] != kernel[1] or stride != kernel or padding != (0, 0) or x.ndim != 4:
+        return None
+    ext = _ext()
+    return None if ext is None else ext.max_pool(x, kernel[0])
+
+
+def link_chains(model: nn.Module, conv_bn: bool = False) -> int:
     """Link, inside every ``nn.Sequential`` of ``model``, each QLinear / QConv2d / QBatchNorm with an output
-    quantizer to a directly following QReLU, so that train mode computes both roundings in one pass (same bits).
+    quantizer to a directly following QReLU, so that train mode computes both roundings in one pass (same bits);
+    with ``conv_bn`` also each QConv2d with an output quantizer to a directly following QBatchNorm (``conv_bn_train``:
+    one node instead of two, same bits; off by default: measured 1-3 % slower per CNN step, benchmarks/README.md).
     Returns the number of links. The link is a plain attribute (not a submodule: no parameters, no state_dict
     entry); deep copies keep it pointing into the copy. ``quantize_model`` calls this."""
     from qfx.nn.layers import QConv2d, QLinear, QReLU, _QBatchNorm
@@ -347,6 +422,10 @@ def link_chains(model: nn.Module) -> int:
         for a, b in zip(kids, kids[1:]):
             if isinstance(a, (QLinear, QConv2d, _QBatchNorm)) and isinstance(b, QReLU) and a.out_quant is not None:
                 object.__setattr__(a, "_qfx_next", b)
+                n += 1
+            elif (conv_bn and isinstance(a, QConv2d) and type(a).forward is QConv2d.forward
+                  and isinstance(b, _QBatchNorm) and a.out_quant is not None):  # conv_bn_train: one node
+                object.__setattr__(a, "_qfx_bn", b)
                 n += 1
     return n
 
@@ -449,7 +528,10 @@ def _fq_forward(x: torch.Tensor, p: torch.Tensor, sp: _Spec, shape: tuple[int, .
         ib = torch.round(p).clamp(-_I_LIMIT, _I_LIMIT)
         if shape is not None:
             ib = ib.reshape(shape)
-        inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
+        if p.device.type == "cpu":
+            inv, step = torch.exp2(width - ib).to(x.dtype), torch.exp2(ib - width).to(x.dtype)
+        else:  # exp2 on an accelerator need not be exact: build the powers of two from their bits
+            inv, step = pow2_exact(width - ib).to(x.dtype), pow2_exact(ib - width).to(x.dtype)
     lo, hi = sp.lo, sp.hi
     mask = None
     if sp.sat and sp.bounded and sp.rounding == "RND":
@@ -491,6 +573,14 @@ def _fq_forward(x: torch.Tensor, p: torch.Tensor, sp: _Spec, shape: tuple[int, .
     if need_x:
         return y, (mask,)
     return y, ()
+
+
+def pow2_exact(e: torch.Tensor) -> torch.Tensor:
+    """``2**e`` for integer-valued float32 ``e`` in the normal range (|e| <= 126; NaN stays NaN), exactly on every
+    device: the float32 is assembled from its exponent bits. The tensor-op path uses it off the CPU, where ``exp2``
+    (a fast-math kernel on CUDA) is not guaranteed exact for integer arguments."""
+    bits = ((e.nan_to_num(0.0).to(torch.int32) + 127) << 23).view(torch.float32)
+    return torch.where(e.isnan(), e, bits)
 
 
 def _fq_backward(g: torch.Tensor, saved: tuple[torch.Tensor, ...], need_x: bool, need_p: bool,

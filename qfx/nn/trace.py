@@ -35,13 +35,15 @@ from torch import nn
 from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
-    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QLayerNorm, QPReLU,
+    QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
+    QSum,
 )
 from qfx.nn.layers import (
-    QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QFlatten, QLinear,
+    QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QConvTranspose1d,
+    QConvTranspose2d, QFlatten, QLinear,
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
-from qfx.nn.op_layers import QActivation, QCat, QMul, QSoftmax, QSub, QUpsample, QZeroPad2d
+from qfx.nn.op_layers import QActivation, QCat, QMul, QSoftmax, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.nn.convert import QFXConfig
@@ -49,32 +51,38 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", "METHOD_TWINS", "hint_for",
            "describe_target", "SUPPORTED_SUMMARY", "REFUSED", "supported_table"]
 
-SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, BatchNorm1d/2d, PReLU, ReLU/ReLU6/Hardtanh/clamp, the table "
-                     "activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus), "
-                     "Softmax over (N, n), Max/AvgPool1d/2d, adaptive pools whose size divides the input, nearest "
-                     "Upsample, ZeroPad2d, torch.cat, x + y, x - y, x * y, x * c / x / c / x + c with constants, "
+SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm1d/2d, PReLU, "
+                     "ReLU/ReLU6/Hardtanh/clamp, the table activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, "
+                     "Hardswish, LeakyReLU, ELU, Softplus), "
+                     "Softmax over (N, n), Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
+                     "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
+                     "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x * c / x / c / "
+                     "x + c with constants, "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
-    ("x / y, 1 / x, x ** y, sqrt, exp, log, abs, x.max(), torch.sum, where",
-     "no fixed-point op; divide by Python constants only"),
-    ("LayerNorm over more than the last dim of (N, n), GroupNorm, InstanceNorm, BatchNorm without running statistics",
-     "BatchNorm1d/2d with track_running_stats=True (fixed-point scale/shift)"),
+    ("x / y, 1 / x, x ** y, sqrt, exp, log, abs, x.max() / x.sum() over all elements, where",
+     "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1) or "
+     "the features of (N, n)"),
+    ("LayerNorm over more than the last dim of (N, n), InstanceNorm1d/3d, InstanceNorm with running statistics, "
+     "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
+     "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
     ("Mish, SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over other dims or ranks",
      "the table activations; Softmax(dim=1) of (N, n)"),
-    ("bilinear/bicubic interpolation, non-integer scale factors, interpolate(size=...)",
-     "nearest Upsample(scale_factor=k) with integer k"),
-    ("reflect/replicate/circular padding, non-zero constant padding, 1-D F.pad",
-     "zero padding (ZeroPad2d, Conv padding)"),
+    ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...)",
+     "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
+    ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
+     "zero, replicate or reflect padding of H and W (ZeroPad2d, ReplicationPad2d, ReflectionPad2d, F.pad)"),
     ("adaptive pools whose output size does not divide the input, ceil_mode, return_indices",
      "pools with kernel = stride = input / output"),
     ("x[...] indexing/slicing, stack, split, chunk, transpose/permute", "no op for them in models yet"),
-    ("ConvTranspose1d/2d", "nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
+    ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
+     "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
     ("LSTM, GRU, RNN, MultiheadAttention, Transformer layers, Embedding",
      "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations)"),
-    ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)) or per sample ((N, 1))",
-     "tensors of the same shape"),
+    ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)), one map over the channels "
+     "((N, 1, H, W) or (N, 1, L)) or one value per sample ((N, 1))", "tensors of the same shape"),
     ("parameters or buffers read in forward (get_attr), tensors created in forward",
      "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
@@ -89,6 +97,7 @@ class _Replace:
     module: nn.Module
     inputs: tuple[Any, ...]
     base: str
+    pair: bool = False  # the float call returns (values, indices) (x.max(dim)): only its values are replaced
 
 
 @dataclass
@@ -96,6 +105,14 @@ class _Drop:
     """The node is an identity at inference: its users read ``input`` instead."""
 
     input: Any
+
+
+@dataclass
+class _Chain:
+    """Run several modules in order instead of the node: each step is (module, inputs, base); an int input is an
+    earlier step's output. The last step's output replaces the node."""
+
+    steps: tuple[tuple[nn.Module, tuple[Any, ...], str], ...]
 
 
 _KEEP = None  # the node stays as it is (capture understands it)
@@ -177,7 +194,8 @@ def _softmax(dim: Any, c: "QFXConfig", out_width: int | None = None) -> QSoftmax
 
 def _scale_factor(sf: Any, size: Any, mode: Any, align_corners: Any = None) -> Any:
     if mode not in ("nearest", "nearest-exact"):
-        raise UnsupportedError(f"upsampling mode={mode!r}: qfx upsamples with mode='nearest' by integer factors")
+        raise UnsupportedError(f"upsampling mode={mode!r}: qfx upsamples with mode='nearest' or 'bilinear' "
+                               "(align_corners=False) by integer factors")
     if size is not None or sf is None:
         raise UnsupportedError("upsampling to a size=: give scale_factor (an integer) instead")
     vals = sf if isinstance(sf, (tuple, list)) else (sf,)
@@ -221,12 +239,26 @@ def _linear(m: nn.Linear, c: "QFXConfig") -> nn.Module:
 def _conv(cls: type) -> Callable[[Any, "QFXConfig"], nn.Module]:
     """Builder of the twin of a float Conv1d/Conv2d (any groups, dilation, integer or 'same'/'valid' padding)."""
     def build(m: nn.modules.conv._ConvNd, c: "QFXConfig") -> nn.Module:
-        if m.padding_mode != "zeros":
+        if m.padding_mode not in ("zeros", "replicate", "reflect"):
             raise UnsupportedError(f"{type(m).__name__}(padding_mode={m.padding_mode!r}): qfx convolutions pad "
-                                   "with zeros (padding_mode='zeros')")
+                                   "with padding_mode 'zeros', 'replicate' or 'reflect'")
         q = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                 m.bias is not None, weight_width=c.weight_width, bias_width=c.bias_width, out_width=c.act_width,
                 per_channel=c.per_channel, khot=c.khot, **_common(c))
+        return _copy_state(q, m)
+
+    return build
+
+
+def _conv_transpose(cls: type) -> Callable[[Any, "QFXConfig"], nn.Module]:
+    """Builder of the twin of a float ConvTranspose1d/2d (zero insertion + convolution, exact)."""
+    def build(m: nn.modules.conv._ConvTransposeNd, c: "QFXConfig") -> nn.Module:
+        if m.padding_mode != "zeros":
+            raise UnsupportedError(f"{type(m).__name__}(padding_mode={m.padding_mode!r}): qfx transposed "
+                                   "convolutions pad with zeros")
+        q = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.output_padding, m.groups,
+                m.bias is not None, m.dilation, weight_width=c.weight_width, bias_width=c.bias_width,
+                out_width=c.act_width, per_channel=c.per_channel, khot=c.khot, **_common(c))
         return _copy_state(q, m)
 
     return build
@@ -265,6 +297,28 @@ def _layernorm(m: nn.LayerNorm, c: "QFXConfig") -> nn.Module:
     return q
 
 
+def _groupnorm(m: nn.Module, c: "QFXConfig") -> nn.Module:
+    """GroupNorm / InstanceNorm2d (groups = channels) over (N, C, H, W): qfx ops like LayerNorm (QGroupNorm)."""
+    if isinstance(m, nn.GroupNorm):
+        groups, chans, affine = m.num_groups, m.num_channels, m.affine
+    else:
+        if not isinstance(m, nn.InstanceNorm2d):
+            raise UnsupportedError(f"{type(m).__name__}: qfx normalizes instances of (N, C, H, W) only "
+                                   "(InstanceNorm2d)")
+        if m.track_running_stats:
+            raise UnsupportedError("InstanceNorm2d(track_running_stats=True): qfx normalizes by the statistics of "
+                                   "each instance (track_running_stats=False)")
+        groups = chans = m.num_features
+        affine = m.affine
+    q = QGroupNorm(groups, chans, m.eps, affine, width=c.act_width, param_width=c.bn_width, out_width=c.act_width,
+                   **_common(c))
+    if q.affine is not None:
+        with torch.no_grad():
+            q.affine.weight.copy_(m.weight)
+            q.affine.bias.copy_(m.bias)
+    return q
+
+
 def _hardtanh(m: nn.Hardtanh, c: "QFXConfig") -> nn.Module:
     return _clamp(m.min_val, m.max_val, c)
 
@@ -278,8 +332,18 @@ def _prelu(m: nn.PReLU, c: "QFXConfig") -> nn.Module:
     return _copy_state(QPReLU(m.num_parameters, weight_width=c.weight_width, out_width=c.act_width, **_common(c)), m)
 
 
+def _upsampler(sf: Any, size: Any, mode: Any, align_corners: Any, c: "QFXConfig") -> nn.Module:
+    """Nearest (QUpsample) or bilinear with align_corners=False (QUpsampleBilinear), integer factors."""
+    if mode == "bilinear":
+        if align_corners:
+            raise UnsupportedError("bilinear upsampling with align_corners=True (UpsamplingBilinear2d): qfx "
+                                   "interpolates with align_corners=False")
+        return QUpsampleBilinear(_scale_factor(sf, size, "nearest"), out_width=c.act_width, **_common(c))
+    return QUpsample(_scale_factor(sf, size, mode), "nearest")
+
+
 def _upsample(m: nn.Upsample, c: "QFXConfig") -> nn.Module:
-    return QUpsample(_scale_factor(m.scale_factor, m.size, m.mode), "nearest")
+    return _upsampler(m.scale_factor, m.size, m.mode, m.align_corners, c)
 
 
 def _constpad(m: nn.modules.padding._ConstantPadNd, c: "QFXConfig") -> nn.Module:
@@ -306,12 +370,16 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.Linear: _linear,
     nn.Conv2d: _conv(QConv2d),
     nn.Conv1d: _conv(QConv1d),
+    nn.ConvTranspose2d: _conv_transpose(QConvTranspose2d),
+    nn.ConvTranspose1d: _conv_transpose(QConvTranspose1d),
     nn.BatchNorm1d: _batchnorm,
     nn.BatchNorm2d: _batchnorm,
     nn.ReLU: lambda m, c: _relu(c),
     nn.ReLU6: lambda m, c: _clip(6.0, c),
     nn.Hardtanh: _hardtanh,
     nn.LayerNorm: _layernorm,
+    nn.GroupNorm: _groupnorm,
+    nn.modules.instancenorm._InstanceNorm: _groupnorm,
     nn.PReLU: _prelu,
     nn.Sigmoid: lambda m, c: _act("sigmoid", c),
     nn.Tanh: lambda m, c: _act("tanh", c),
@@ -338,6 +406,8 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.AdaptiveMaxPool1d: lambda m, c: _no_indices(m) or _adaptive("max", m.output_size, c, ndim=3),
     nn.Upsample: _upsample,
     nn.modules.padding._ConstantPadNd: _constpad,
+    nn.modules.padding._ReplicationPadNd: lambda m, c: _edgepad(m, c),
+    nn.modules.padding._ReflectionPadNd: lambda m, c: _edgepad(m, c),
     nn.Flatten: _flatten,
     nn.Identity: lambda m, c: None,
     nn.modules.dropout._DropoutNd: lambda m, c: None,
@@ -514,14 +584,24 @@ def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
 def _b_interpolate(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     if a.get("antialias"):
         raise UnsupportedError("interpolate(antialias=True) has no qfx op")
-    sf = _scale_factor(a["scale_factor"], a["size"], a["mode"])
-    return _Replace(QUpsample(sf, "nearest"), (a["input"],), "upsample")
+    m = _upsampler(a["scale_factor"], a["size"], a["mode"], a["align_corners"], c)
+    return _Replace(m, (a["input"],), "upsample")
 
 
 def _b_pad(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    if a["mode"] != "constant" or a["value"] not in (None, 0, 0.0):
-        raise UnsupportedError(f"F.pad(mode={a['mode']!r}, value={a['value']!r}): qfx pads with zeros only")
-    return _Replace(QZeroPad2d(_pad(a["pad"])), (a["input"],), "pad")
+    if a["mode"] not in ("constant", "replicate", "reflect") or (a["mode"] == "constant"
+                                                                 and a["value"] not in (None, 0, 0.0)):
+        raise UnsupportedError(f"F.pad(mode={a['mode']!r}, value={a['value']!r}): qfx pads with zeros, replicate "
+                               "or reflect")
+    mode = "zeros" if a["mode"] == "constant" else a["mode"]
+    return _Replace(QZeroPad2d(_pad(a["pad"]), mode), (a["input"],), "pad")
+
+
+def _edgepad(m: nn.Module, c: "QFXConfig") -> nn.Module:
+    """nn.ReplicationPad2d / nn.ReflectionPad2d: the zeropad2d gather with an edge mode."""
+    if not isinstance(m, (nn.ReplicationPad2d, nn.ReflectionPad2d)):
+        raise UnsupportedError(f"{type(m).__name__}: qfx pads the H and W of (N, C, H, W) tensors only")
+    return QZeroPad2d(_pad(m.padding), "replicate" if isinstance(m, nn.ReplicationPad2d) else "reflect")
 
 
 def _b_maxpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -559,7 +639,7 @@ def _b_adaptive(kind: str, ndim: int) -> Callable[[dict[str, Any], "QFXConfig"],
 
 def _spatial(dim: Any, what: str) -> int:
     """The input rank a reduction over ``dim`` means: (2, 3) / (-2, -1) -> 4 (N, C, H, W); 2 -> 3 (N, C, L);
-    1 -> 2 (N, n); -1 -> 0 (either of the last two)."""
+    1 -> 2 (the features of (N, n), or the channels of (N, C, H, W) / (N, C, L)); -1 -> 0 (either of the last two)."""
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         raise UnsupportedError(f"{what} over dim={dim!r}: give the dimensions as constants")
@@ -572,8 +652,8 @@ def _spatial(dim: Any, what: str) -> int:
     if dims == (1,):
         return 2
     raise UnsupportedError(f"{what} over dim={dim!r}: only the spatial reduction of (N, C, H, W) over (2, 3), of "
-                           "(N, C, L) over the last dim (a global pool) and of (N, n) over its features has a qfx "
-                           "twin")
+                           "(N, C, L) over the last dim (a global pool), over the channels (dim=1) and of (N, n) "
+                           "over its features has a qfx twin")
 
 
 def _b_mean(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -588,10 +668,63 @@ def _b_amax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(_adaptive("max", 1, c, bool(a["keepdim"]), ndim), (a["input"],), "maxpool")
 
 
+def _b_sum(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    """``x.sum(dims)``: QSum (an exact window sum, one output cast)."""
+    if a.get("dtype") is not None:
+        raise UnsupportedError(f"sum with dtype={a['dtype']!r} has no qfx twin")
+    if a["dim"] is None:
+        raise UnsupportedError("a sum over all elements has no qfx op; sum over the spatial dims ((2, 3), -1) or "
+                               "the features of (N, n) (dim=1)")
+    ndim = _spatial(a["dim"], "sum")
+    return _Replace(QSum(1, bool(a["keepdim"]), ndim, out_width=c.act_width, **_common(c)), (a["input"],), "sum")
+
+
+def _b_amin(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    """``x.amin(dims)`` = -amax(-x): negations (QConstScale -1) around the max pool."""
+    ndim = _spatial(a["dim"], "amin")
+    return _Replace(nn.Sequential(_const(-1.0, 0.0, c), _adaptive("max", 1, c, bool(a["keepdim"]), ndim),
+                                  _const(-1.0, 0.0, c)), (a["input"],), "minpool")
+
+
+def _reduce_pair(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    """``torch.max(x, dim)`` / ``x.min(dim)``: a (values, indices) pair whose values (``[0]``, ``.values``) are the
+    amax/amin; reading the indices is refused where it happens."""
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+        d = a["dim"] if a.get("other") is None else a["other"]
+        if d is None:
+            raise UnsupportedError(f"x.{kind}() over all elements has no qfx op; give a spatial or feature dim")
+        if _is_tensor_node(d):  # torch.max(x, y): the element-wise maximum of two tensors
+            return _max_min_of_two(kind)({"input": a["input"], "other": d, "keepdim": a["keepdim"]}, c)
+        b = _b_amax if kind == "max" else _b_amin
+        r = b({"input": a["input"], "dim": d, "keepdim": a["keepdim"]}, c)
+        return _Replace(r.module, (a["input"],), r.base, pair=True)
+
+    return build
+
+
+def _max_min_of_two(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], "_Chain"]:
+    """``torch.maximum(x, y)`` / ``torch.max(x, y)`` as ``y + relu(x - y)`` and the minimum as ``x - relu(x - y)``:
+    lossless QSub/QReLU/QAdd (no output quantizers), so the result is exactly max/min of the operands' values."""
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Chain:
+        x, y = a["input"], a["other"]
+        if not (_is_tensor_node(x) and _is_tensor_node(y)):
+            raise UnsupportedError(f"torch.{kind}imum(x, y) needs two tensors (a constant bound is clamp)")
+        if a.get("keepdim"):
+            raise UnsupportedError(f"torch.{kind}(x, y) of two tensors takes no keepdim")
+        diff = (QSub(out_width=None), (x, y), f"{kind}_diff")
+        relu = (QReLU(out_width=None), (0,), f"{kind}_relu")
+        last = (QAdd(out_width=None), (y, 1), kind) if kind == "max" else (QSub(out_width=None), (x, 1), kind)
+        return _Chain((diff, relu, last))
+
+    return build
+
+
 def _b_flatten(a: dict[str, Any], c: "QFXConfig") -> None:
-    if a["start_dim"] != 1 or a["end_dim"] not in (-1,):
-        raise UnsupportedError(f"flatten(start_dim={a['start_dim']!r}, end_dim={a['end_dim']!r}): only "
-                               "flatten(x, 1) (the batch dimension stays first) is supported")
+    s, e = a["start_dim"], a["end_dim"]
+    if (not isinstance(s, int) or not isinstance(e, int) or s == 0 or (s > 0 and e > 0 and e < s)
+            or (s < 0 and e < s) or e == 0):
+        raise UnsupportedError(f"flatten(start_dim={s!r}, end_dim={e!r}): only flatten(x, d) with d >= 1 (the "
+                               "batch dimension stays first) is supported")
     return _KEEP
 
 
@@ -650,6 +783,14 @@ _ADAPTIVE_MAX1 = _FnSpec((_IN, ("output_size", _REQUIRED), ("return_indices", Fa
                          "qfx.nn.QAdaptiveMaxPool2d")
 _MEAN = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("dtype", None)), _b_mean, _POOLS)
 _AMAX = _FnSpec((_IN, ("dim", ()), ("keepdim", False)), _b_amax, "qfx.nn.QAdaptiveMaxPool2d")
+_AMIN = _FnSpec((_IN, ("dim", ()), ("keepdim", False)), _b_amin, "qfx.nn.QAdaptiveMaxPool2d of -x")
+_SUM = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("dtype", None)), _b_sum, "qfx.nn.QSum")
+_MAX_DIM = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("other", None)), _reduce_pair("max"),
+                   "qfx.nn.QAdaptiveMaxPool2d")
+_MIN_DIM = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("other", None)), _reduce_pair("min"),
+                   "qfx.nn.QAdaptiveMaxPool2d of -x")
+_MAXIMUM = _FnSpec((_IN, ("other", _REQUIRED)), _max_min_of_two("max"), "qfx.nn.QSub + QReLU + QAdd")
+_MINIMUM = _FnSpec((_IN, ("other", _REQUIRED)), _max_min_of_two("min"), "qfx.nn.QSub + QReLU + QSub")
 _FLATTEN = _FnSpec((_IN, ("start_dim", 0), ("end_dim", -1)), _b_flatten)
 _DROPOUT = _FnSpec((_IN,), _b_drop, extra_ok=True)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
@@ -680,7 +821,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.adaptive_avg_pool2d: _ADAPTIVE_AVG2, F.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
     torch.adaptive_avg_pool1d: _ADAPTIVE_AVG1,
     F.adaptive_max_pool2d: _ADAPTIVE_MAX2, F.adaptive_max_pool1d: _ADAPTIVE_MAX1,
-    torch.mean: _MEAN, torch.amax: _AMAX,
+    torch.mean: _MEAN, torch.amax: _AMAX, torch.amin: _AMIN, torch.sum: _SUM, torch.max: _MAX_DIM,
+    torch.min: _MIN_DIM, torch.maximum: _MAXIMUM, torch.minimum: _MINIMUM,
     torch.flatten: _FLATTEN, torch.reshape: _SHAPE, torch.squeeze: _SHAPE, torch.unsqueeze: _SHAPE,
     F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
     F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
@@ -697,7 +839,7 @@ METHOD_TWINS: dict[str, _FnSpec] = {
     "negative": _NEG,
     "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
     "log_softmax": _LOG_SOFTMAX,
-    "mean": _MEAN, "amax": _AMAX,
+    "mean": _MEAN, "amax": _AMAX, "amin": _AMIN, "sum": _SUM, "max": _MAX_DIM, "min": _MIN_DIM, "maximum": _MAXIMUM, "minimum": _MINIMUM,
     "flatten": _FLATTEN,
     "view": _SHAPE, "reshape": _SHAPE, "size": _SHAPE, "contiguous": _SHAPE, "clone": _SHAPE, "detach": _SHAPE,
     "squeeze": _SHAPE, "unsqueeze": _SHAPE,
@@ -713,13 +855,14 @@ _OPERATOR_SYMBOLS = {operator.add: "x + y", operator.iadd: "x += y", operator.ge
 
 #: hint families for what has no twin: (name fragments, what qfx offers instead)
 _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("convtranspose", "conv_transpose"), "qfx has no transposed convolution: upsample with "
-                                          "nn.Upsample(scale_factor=k) (nearest) and follow it with a Conv2d"),
+    (("convtranspose", "conv_transpose"), "qfx converts nn.ConvTranspose1d/2d modules (zero padding, padding <= "
+                                          "dilation * (kernel - 1)); F.conv_transpose with a weight read in "
+                                          "forward does not"),
     (("lstm", "gru", "rnn", "attention", "transformer", "embedding"),
      "qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations); recurrent, attention and embedding "
      "layers have no fixed-point twin"),
-    (("sum",), "a sum over dimensions has no qfx op; use the mean (x.mean((2, 3)), x.mean(-1): a global average "
-               "pool) and let the next layer's weights absorb the constant factor"),
+    (("sum",), "qfx sums over the spatial dims (x.sum((2, 3)), x.sum(-1)), the channels or the features of (N, n) "
+               "(x.sum(1))"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
     (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
       "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
@@ -727,7 +870,8 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus(beta=1), and Softmax(dim=1) of (N, n)"),
     (("pool",), "qfx pools are MaxPool1d/2d, AvgPool1d/2d, and adaptive avg/max pools whose output size divides "
                 "the input (x.mean((2, 3)), x.amax((2, 3)), AdaptiveAvgPool2d(k))"),
-    (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift)"),
+    (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift), LayerNorm(n) of (N, n), "
+                "GroupNorm and InstanceNorm2d of (N, C, H, W)"),
     (("conv",), "qfx convolutions are Conv1d and Conv2d with zero padding"),
     (("linear", "matmul", "mm", "bmm", "einsum", "@"), "qfx dense layers are nn.Linear"),
     (("upsample", "interpolate", "pixel", "resize"), "qfx upsamples with mode='nearest' by integer scale factors "
@@ -806,17 +950,20 @@ def supported_table() -> str:
     rows = ["| torch | becomes |", "|---|---|"]
     rows += [f"| {', '.join(v)} | {k} |" for k, v in mods.items()]
     rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
-    rows.append("| `flatten(x, 1)`, `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
+    rows.append("| `flatten(x, d)` (d >= 1), `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
                 "`.shape`, `.contiguous()`, F.dropout* | kept as wires / dropped |")
     return "\n".join(rows)
 
 
 _MODULE_NOTES: dict[type, str] = {
     nn.Linear: "`QLinear`", nn.Conv2d: "`QConv2d` (any groups, dilation, 'same')", nn.Conv1d: "`QConv1d`",
+    nn.ConvTranspose2d: "`QConvTranspose2d` (zero insertion + conv2d)", nn.ConvTranspose1d: "`QConvTranspose1d`",
     nn.BatchNorm1d: "`QBatchNorm1d` (affine=False: gamma 1, beta 0)", nn.BatchNorm2d: "`QBatchNorm2d`",
     nn.LayerNorm: "`QLayerNorm` (over the features of (N, n): mean, sub, mul, rsqrt table, scale_shift ops)",
     nn.ReLU: "`QReLU`", nn.ReLU6: "`QClippedReLU(6)`", nn.Hardtanh: "`QClippedReLU` (lo = 0) / `QClip`",
     nn.PReLU: "`QPReLU` (relu, sub, scale_shift, add ops)",
+    nn.GroupNorm: "`QGroupNorm` (over (N, C, H, W): reshape, mean, sub, mul, rsqrt table, scale_shift ops)",
+    nn.modules.instancenorm._InstanceNorm: "`QGroupNorm` (InstanceNorm2d: one group per channel)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
     nn.Softmax: "`QSoftmax` (dim=1 of (N, n))",
@@ -825,8 +972,11 @@ _MODULE_NOTES: dict[type, str] = {
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
     nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",
-    nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`", nn.Upsample: "`QUpsample` (nearest, integer factors)",
+    nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`",
+    nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
+    nn.modules.padding._ReplicationPadNd: "`QZeroPad2d` (replicate, 2-D)",
+    nn.modules.padding._ReflectionPadNd: "`QZeroPad2d` (reflect, 2-D)",
 }
 
 
@@ -986,6 +1136,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     node_actions: dict[torch.fx.Node, Any] = {}  # fx node -> _Replace | _Drop | ("retarget", base)
     shape_nodes: set[torch.fx.Node] = set()
     derived: set[torch.fx.Node] = set()  # arithmetic on sizes (h * w): refused where it is used
+    pair_nodes: set[torch.fx.Node] = set()  # replaced calls that returned (values, indices)
     rewrite = False
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n in live]
     if len(placeholders) > 1 and input_quant is not None:  # one input quantizer per tensor input
@@ -1038,6 +1189,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                 else:
                     problems.append(f"{where}: takes a tensor size read in forward; use constant sizes")
                 continue
+            if spec is _SHAPE and n.target in (operator.getitem, getattr) and n.args[0] in pair_nodes:
+                if len(n.args) > 1 and n.args[1] in (0, "values"):
+                    node_actions[n] = _Drop(n.args[0])  # the values of (values, indices): the replaced node
+                else:
+                    problems.append(f"{where}: reads the indices of a max/min; qfx computes the values only")
+                continue
             if spec is _SHAPE:
                 if n.target in (operator.getitem,) and n.args[0] not in shape_nodes:
                     problems.append(f"{where}: indexing a tensor has no qfx op (only sizes may be indexed)")
@@ -1056,6 +1213,8 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             if action is not _KEEP:
                 node_actions[n] = action
                 rewrite = True
+                if isinstance(action, _Replace) and action.pair:
+                    pair_nodes.add(n)
     if problems:
         raise UnsupportedError(f"cannot quantize {type(body).__name__}: {len(problems)} unsupported "
                                f"operation{'s' if len(problems) > 1 else ''}: "
@@ -1098,6 +1257,18 @@ def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], n
             new.meta = dict(n.meta)
             n.replace_all_uses_with(new)
             done[n] = new
+            graph.erase_node(n)
+        elif isinstance(act, _Chain):
+            outs: list[torch.fx.Node] = []
+            for module, ins, base in act.steps:
+                path = _free_path(body, _scope(n), base)
+                _set_module(body, path, module)
+                with graph.inserting_before(n):
+                    new = graph.call_module(path, args=tuple(outs[v] if isinstance(v, int) else now(v) for v in ins))
+                new.meta = dict(n.meta)
+                outs.append(new)
+            n.replace_all_uses_with(outs[-1])
+            done[n] = outs[-1]
             graph.erase_node(n)
         elif isinstance(act, tuple) and act[0] == "input":  # quantize a tensor input right where it enters
             path = _free_path(body, "", f"quant_{n.name}")

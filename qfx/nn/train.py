@@ -70,16 +70,24 @@ def int_bits_snapshot(model: nn.Module) -> dict[str, list[int]]:
     return {n: m.int_bits() for n, m in model.named_modules() if isinstance(m, FixedQuant)}
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any): batches are moved there."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, exact: bool = False, batch: int = 512) -> float:
     """Top-1 accuracy (0..1); ``exact`` runs the int64 path."""
     was = model.training
     model.eval()
     correct = 0
+    dev = model_device(model)
     try:
         with mode(model, "exact" if exact else "train"):
             for i in range(0, len(x), batch):
-                correct += int((model(x[i:i + batch]).argmax(dim=1) == y[i:i + batch]).sum())
+                out = model(x[i:i + batch].to(dev))
+                correct += int((out.argmax(dim=1) == y[i:i + batch].to(dev)).sum())
     finally:
         model.train(was)
     return correct / max(len(x), 1)
@@ -94,6 +102,7 @@ def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     steps = epochs * math.ceil(len(x) / batch)
     base = [g["lr"] for g in opt.param_groups]
     k = 0
+    dev = model_device(model)  # CUDA or CPU: the same loop (quantizers pick their path per tensor)
     model.train()
     for ep in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
@@ -102,7 +111,7 @@ def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = b * 0.5 * (1 + math.cos(math.pi * k / steps))
             opt.zero_grad(set_to_none=True)
-            loss = lossf(model(x[idx]), y[idx])
+            loss = lossf(model(x[idx].to(dev)), y[idx].to(dev))
             loss.backward()
             opt.step()
             k += 1
@@ -115,9 +124,10 @@ def fit_epochs(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epochs: int = 30, batch: int = 64,
                 lr: float = 2e-3, seed: int = 0, float_epochs: int = 20, float_lr: float = 1e-2,
                 int_bits_lr: float = 1e-2, config: QFXConfig | None = None, quiet: bool = True,
-                threads: int | None = None) -> TrainResult:
+                threads: int | None = None, device: str | torch.device | None = None) -> TrainResult:
     """Train a digits model (``"mlp"`` or ``"cnn"``) in fixed point; ``bits`` sets every width in the default
     config (weights, activations, BN scale/shift, residual add; bias 2*bits; input 8 bits) unless ``config`` is given.
+    ``device`` (e.g. ``"cuda"``) trains there (quantization is set up on the CPU); the default is the CPU.
     """
     from qfx.data import load_digits_split
     from qfx.models import build_model
@@ -132,7 +142,7 @@ def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epoch
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     xtr, ytr, xte, yte = load_digits_split(seed=0)
-    fmodel = build_model(kind)
+    fmodel = build_model(kind).to(device or "cpu")
     bar = None
     total = (float_epochs + epochs) * math.ceil(len(xtr) / batch)
     if not quiet and sys.stderr.isatty():  # a bar in a piped log is thousands of carriage-return lines
@@ -152,7 +162,7 @@ def train_model(kind: str = "cnn", bits: int = 8, khot: int | None = None, epoch
         elif khot is not None:
             config.khot = khot
         calib = xtr[torch.randperm(len(xtr), generator=gen)[:512]]
-        qmodel = quantize_model(fmodel, config, calib)
+        qmodel = quantize_model(fmodel.cpu(), config, calib).to(device or "cpu")
         history: dict[str, list[list[int]]] = {}
 
         def snap(_ep: int = -1) -> None:

@@ -2,7 +2,10 @@
 
 ``concat``     x0, x1, ... -> y; attrs: axis (per-sample axis, 0 = channels); every input cast to y's format
 ``upsample2d`` x(C,H,W) -> y(C,H*sh,W*sw); attrs: scale (sh, sw); nearest neighbour by integer factors
-``zeropad2d``  x(C,H,W) -> y(C,H+t+b,W+l+r); attrs: pads (top, bottom, left, right); zero codes outside
+``zeropad2d``  x(C,H,W) -> y(C,(H-1)*sh+1+t+b,(W-1)*sw+1+l+r); attrs: pads (top, bottom, left, right), stride
+               (sh, sw), default (1, 1); zero codes outside and, for stride > 1, sh-1 / sw-1 zero rows / columns
+               between input rows / columns (the zero insertion of a transposed convolution); mode "zeros"
+               (default), "replicate" or "reflect" (edge values instead of zeros; stride 1 only)
 ``transpose``  x -> y; attrs: perm (a permutation of the per-sample axes)
 
 The golden function is derived from the map (``gather_golden``), and every backend implements all of them with one
@@ -53,8 +56,18 @@ def _sample_pad(rng: np.random.Generator) -> "Graph":
     c, h, w = _img(rng)
     t, b, l, r = (int(v) for v in rng.integers(0, 2, size=4, endpoint=True))
     fx = rand_fmt(rng, 2, 8)
-    return one_node_graph("zeropad2d", [((c, h, w), fx)], (c, h + t + b, w + l + r), _out_fmt(rng, fx),
-                          attrs={"pads": (t, b, l, r)})
+    out_fmt = _out_fmt(rng, fx)
+    u = rng.random()
+    if u >= 0.5:
+        attrs: dict = {"pads": (t, b, l, r)}
+        if u >= 0.75:  # edge modes (reflect needs pads below the size)
+            attrs = {"pads": (min(t, h - 1), min(b, h - 1), min(l, w - 1), min(r, w - 1)),
+                     "mode": "reflect" if u >= 0.875 else "replicate"}
+            t, b, l, r = attrs["pads"]
+        return one_node_graph("zeropad2d", [((c, h, w), fx)], (c, h + t + b, w + l + r), out_fmt, attrs=attrs)
+    sh, sw = (int(v) for v in rng.integers(1, 3, size=2, endpoint=True))  # zero insertion
+    return one_node_graph("zeropad2d", [((c, h, w), fx)], (c, (h - 1) * sh + 1 + t + b, (w - 1) * sw + 1 + l + r),
+                          out_fmt, attrs={"pads": (t, b, l, r), "stride": (sh, sw)})
 
 
 def _sample_tr(rng: np.random.Generator) -> "Graph":
@@ -144,22 +157,57 @@ def _pads(n: "Node") -> tuple[int, int, int, int]:
     return p  # type: ignore[return-value]
 
 
+def _pad_stride(n: "Node") -> tuple[int, int]:
+    s = tuple(n.attrs.get("stride", (1, 1)))
+    if len(s) != 2 or min(s) < 1:
+        raise node_error(n, f"stride must be two positive integers (zero insertion), got {s}")
+    return s  # type: ignore[return-value]
+
+
+_PAD_MODES = {"zeros": "constant", "replicate": "edge", "reflect": "reflect"}
+
+
+def _pad_mode(n: "Node") -> str:
+    m = str(n.attrs.get("mode", "zeros"))
+    if m not in _PAD_MODES:
+        raise node_error(n, f"mode {m!r} is not one of {sorted(_PAD_MODES)}")
+    if m != "zeros" and tuple(n.attrs.get("stride", (1, 1))) != (1, 1):
+        raise node_error(n, f"mode {m!r} pads without zero insertion (stride (1, 1))")
+    return m
+
+
 def _pad_check(g: "Graph", n: "Node") -> None:
     c, h, w = _chw(g, n)
     t, b, l, r = _pads(n)
-    _expect(g, n, (c, h + t + b, w + l + r))
+    if _pad_mode(n) == "reflect" and (max(t, b) >= h or max(l, r) >= w):
+        raise node_error(n, f"reflect pads {(t, b, l, r)} must be below the input size {(h, w)}")
+    sh, sw = _pad_stride(n)
+    _expect(g, n, (c, (h - 1) * sh + 1 + t + b, (w - 1) * sw + 1 + l + r))
 
 
 def _pad_map(g: "Graph", n: "Node") -> np.ndarray:
     c, h, w = _chw(g, n)
     t, b, l, r = _pads(n)
+    sh, sw = _pad_stride(n)
     idx = np.arange(c * h * w, dtype=np.int64).reshape(c, h, w)
+    if (sh, sw) != (1, 1):  # input element (i, j) lands on (i * sh, j * sw), zeros between
+        spread = np.full((c, (h - 1) * sh + 1, (w - 1) * sw + 1), -1, dtype=np.int64)
+        spread[:, ::sh, ::sw] = idx
+        idx = spread
+    mode = _PAD_MODES[_pad_mode(n)]
+    if mode != "constant":  # edge modes copy input indices (numpy's edge/reflect are torch's replicate/reflect)
+        return np.pad(idx, ((0, 0), (t, b), (l, r)), mode=mode).reshape(-1)
     return np.pad(idx, ((0, 0), (t, b), (l, r)), constant_values=-1).reshape(-1)
 
 
 ZEROPAD2D = register(OpDef(
-    name="zeropad2d", doc="zero padding of H and W", n_inputs=1, golden=gather_golden, check=_pad_check,
-    attrs=(AttrSpec("pads", "ints", required=True, doc="top, bottom, left, right"),), categories=_CATS,
+    name="zeropad2d", doc="padding of H and W (zeros, replicate, reflect), optionally with zeros inserted between "
+    "rows/columns (stride)",
+    n_inputs=1, golden=gather_golden, check=_pad_check,
+    attrs=(AttrSpec("pads", "ints", required=True, doc="top, bottom, left, right"),
+           AttrSpec("stride", "pair", (1, 1), doc="input rows/columns land stride apart (transposed conv)"),
+           AttrSpec("mode", "str", "zeros", doc="zeros, replicate or reflect (edge values, stride 1)")),
+    categories=_CATS,
     torch_twin="qfx.nn.QZeroPad2d", torch_float=("torch.nn.ZeroPad2d", "torch.nn.functional.pad"),
     generators=("zeropad2d",), gather_map=_pad_map, hls_header="qfx_gather.h", sample=_sample_pad,
 ))

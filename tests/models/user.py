@@ -2,8 +2,10 @@
 ``quantize_model`` -> train -> exact mode -> export: ``F.log_softmax`` / ``nn.LogSoftmax`` (the pytorch/examples
 MNIST net), functional 1-D pools, ``squeeze``/``unsqueeze``, a squeeze-and-excitation gate (``x * w`` with w of
 shape (N, C, 1, 1)), ``clamp_min``/``clamp_max``, a mean over the features of (N, n), a Linear called twice, a list
-of outputs, a torchvision-style ResNet block with ``downsample=None``, LayerNorm. ``USER`` maps a name to (class,
-per-sample input shape or shapes)."""
+of outputs, a torchvision-style ResNet block with ``downsample=None``, LayerNorm, ConvTranspose1d/2d (a DCGAN
+generator, a U-Net decoder), sums and max/min over dims, bilinear upsampling and reflect/replicate padding,
+GroupNorm and InstanceNorm2d, CBAM attention (reductions over the channels, an (N, 1, H, W) map times x).
+``USER`` maps a name to (class, per-sample input shape or shapes)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -262,6 +264,115 @@ class LayerNormMLP(nn.Module):
         return self.out(x)
 
 
+class DCGANGenerator(nn.Module):
+    """A small DCGAN generator: Linear -> view -> ConvTranspose2d(4, 2, 1) + BatchNorm2d + ReLU -> ConvTranspose2d
+    with output_padding -> Tanh."""
+
+    def __init__(self, nz: int = 6) -> None:
+        super().__init__()
+        self.fc = nn.Linear(nz, 4 * 2 * 2)
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(4, 4, 4, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU(True),
+            nn.ConvTranspose2d(4, 1, 3, 2, 1, output_padding=1), nn.Tanh())
+
+    def forward(self, z):
+        return self.main(self.fc(z).view(-1, 4, 2, 2))
+
+
+class TransposeUNet(nn.Module):
+    """A tiny U-Net whose decoder upsamples with ConvTranspose2d(2, 2), joined to the skip by torch.cat; the
+    bottleneck statistics are x.sum((2, 3)) and torch.max(x, dim) values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(4, 4, 2, 2)
+        self.dec = nn.Conv2d(8, 2, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        e = self.enc(x)
+        b = self.down(e)
+        seg = self.dec(torch.cat([e, self.up(b)], dim=1))
+        stats = torch.cat([b.sum((2, 3)), torch.max(b.flatten(2), dim=2)[0]], dim=1)
+        return seg, self.head(stats)
+
+
+class KWSTransposed(nn.Module):
+    """Keyword spotting / anomaly style 1-D net: Conv1d encoder, ConvTranspose1d decoder (reconstruction), and a
+    classifier over x.max(dim=-1).values, x.amin(-1) and the sum over features of (N, n)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(2, 4, 3, stride=2, padding=1)
+        self.dec = nn.ConvTranspose1d(4, 2, 3, stride=2, padding=1, output_padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu(self.enc(x))
+        rec = self.dec(h)
+        feats = torch.cat([h.max(dim=-1).values, h.amin(-1)], dim=1)
+        logits = self.fc(feats)
+        return rec, logits, logits.sum(1, keepdim=True)
+
+
+class BilinearUNet(nn.Module):
+    """A U-Net the segmentation tutorials way: reflect-padded convolutions, F.interpolate(mode='bilinear',
+    align_corners=False) in the decoder, torch.cat skip, nn.ReplicationPad2d, a sigmoid mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inc = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(4), nn.ReLU())
+        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1, padding_mode="replicate"),
+                                  nn.ReLU())
+        self.pad = nn.ReplicationPad2d(1)
+        self.outc = nn.Conv2d(8, 1, 3)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = F.interpolate(self.down(x1), scale_factor=2, mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.outc(self.pad(torch.cat([x2, x1], dim=1))))
+
+
+class NormAutoencoder(nn.Module):
+    """A convolutional autoencoder with GroupNorm in the encoder and InstanceNorm2d in the decoder (the style-transfer
+    / GAN way), LeakyReLU, a ConvTranspose2d and a sigmoid reconstruction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.GroupNorm(2, 4),
+                                     nn.LeakyReLU(0.2, inplace=True))
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1),
+                                     nn.InstanceNorm2d(4, affine=True), nn.ReLU(inplace=True),
+                                     nn.Conv2d(4, 1, 3, padding=1), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class CBAMNet(nn.Module):
+    """A CBAM block (the attention module's reference style): channel attention from a shared 1x1-conv MLP over the
+    average and max pools, spatial attention from torch.mean / torch.max over the channels (dim=1, keepdim) through
+    a conv and a sigmoid, multiplied back as an (N, 1, H, W) map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.mlp = nn.Sequential(nn.Conv2d(4, 2, 1, bias=False), nn.ReLU(), nn.Conv2d(2, 4, 1, bias=False))
+        self.spatial = nn.Conv2d(2, 1, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        ca = torch.sigmoid(self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1)))
+        x = x * ca
+        avg_out = torch.mean(x, dim=1, keepdim=True)
+        max_out, _ = torch.max(x, dim=1, keepdim=True)
+        x = x * torch.sigmoid(self.spatial(torch.cat([avg_out, max_out], dim=1)))
+        return self.fc(x.sum(dim=(2, 3)))
+
+
 USER: dict[str, tuple[type, Any]] = {
     "mnist_example": (MnistExample, (1, 8, 8)),
     "logsoftmax_mlp": (LogSoftmaxMLP, (8,)),
@@ -275,4 +386,10 @@ USER: dict[str, tuple[type, Any]] = {
     "three_heads": (ThreeHeads, (6,)),
     "vgg_config": (VGGConfig, (1, 8, 8)),
     "layernorm_mlp": (LayerNormMLP, (10,)),
+    "dcgan_generator": (DCGANGenerator, (6,)),
+    "transpose_unet": (TransposeUNet, (1, 6, 6)),
+    "kws_transposed": (KWSTransposed, (2, 8)),
+    "bilinear_unet": (BilinearUNet, (1, 6, 6)),
+    "norm_autoencoder": (NormAutoencoder, (1, 8, 8)),
+    "cbam_net": (CBAMNet, (1, 6, 6)),
 }
