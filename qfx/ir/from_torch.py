@@ -28,6 +28,10 @@ _PASS_THROUGH = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "
                  "FeatureAlphaDropout")
 
 
+class _Parts(tuple):
+    """What chunk/split returned: (input spec, one box per part); ``parts[k]`` becomes a slice node."""
+
+
 def sanitize(path: str) -> str:
     """A C/Verilog-safe identifier from a module path ('features.3' -> 'features_3')."""
     s = re.sub(r"[^A-Za-z0-9_]+", "_", path).strip("_") or "t"
@@ -157,6 +161,73 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
         tensors[out] = spec
         env[fxn.name] = spec
 
+    def add_gather(fxn: Any, x: TensorSpec, op: str, shape: tuple[int, ...], attrs: dict[str, Any],
+                   where: str, tag: str = "") -> TensorSpec:
+        out = unique(f"{fxn.name}{tag}")
+        spec = TensorSpec(out, shape, x.fmt)
+        nodes.append(Node(unique(f"{fxn.name}{tag}_{op}"), op, (x.name,), out, {}, attrs, None, source=where))
+        tensors[out] = spec
+        return spec
+
+    def add_slice(fxn: Any, x: TensorSpec, box: Sequence[slice], drop: Sequence[int], where: str,
+                  tag: str = "") -> TensorSpec:
+        """x[box] (one slice per per-sample axis), then the axes in ``drop`` (integer indices) removed."""
+        st, sp, sk = [], [], []
+        for sl, d in zip(box, x.shape):
+            a, b, k = sl.indices(d)
+            if k < 1:
+                raise UnsupportedError(f"{where}: negative slice steps are not supported")
+            if len(range(a, b, k)) == 0:
+                raise BadInputError(f"{where}: an empty slice of an axis of size {d}")
+            st.append(a)
+            sp.append(b)
+            sk.append(k)
+        shape = tuple(len(range(a, b, k)) for a, b, k in zip(st, sp, sk))
+        y = x if shape == x.shape else add_gather(fxn, x, "slice", shape, {"starts": tuple(st), "stops": tuple(sp),
+                                                                            "steps": tuple(sk)}, where, tag)
+        if drop:
+            kept = tuple(v for i, v in enumerate(shape) if i not in drop) or (1,)
+            op = "flatten" if len(kept) == 1 else "reshape"
+            out = unique(f"{fxn.name}{tag}_sq")
+            nodes.append(Node(unique(f"{fxn.name}{tag}_{op}"), op, (y.name,), out, {},
+                              {} if op == "flatten" else {"shape": kept}, None, source=where))
+            y = tensors[out] = TensorSpec(out, kept, x.fmt)
+        return y
+
+    def axis(d: Any, x: TensorSpec, where: str) -> int:
+        r = len(x.shape) + 1
+        if not isinstance(d, int) or not 1 <= d % r < r or d % r == 0:
+            raise UnsupportedError(f"{where}: dim {d!r} must be a constant per-sample dim (not the batch dim 0)")
+        return d % r - 1
+
+    def parts(fxn: Any, x: TensorSpec, where: str) -> list[tuple[slice, ...]]:
+        """The boxes chunk/split/tensor_split cut x into (torch's sizes)."""
+        t = fxn.target if isinstance(fxn.target, str) else fxn.target.__name__
+        arg = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("chunks" if t == "chunk" else
+                                                                    "split_size_or_sections" if t == "split"
+                                                                    else "indices_or_sections")
+        ax = axis(fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("dim", 0), x, where)
+        d = x.shape[ax]
+        if t == "chunk":
+            step = -(-d // int(arg))
+            sizes = [min(step, d - i) for i in range(0, d, step)]
+        elif t == "split":
+            sizes = [int(v) for v in arg] if isinstance(arg, (list, tuple)) else \
+                [min(int(arg), d - i) for i in range(0, d, int(arg))]
+        else:
+            cuts = list(arg) if isinstance(arg, (list, tuple)) else [
+                i * (d // int(arg)) + min(i, d % int(arg)) for i in range(1, int(arg))]
+            sizes = [b - a for a, b in zip([0] + cuts, cuts + [d])]
+        if sum(sizes) != d:
+            raise BadInputError(f"{where}: sizes {sizes} do not add up to {d}")
+        boxes, off = [], 0
+        for k in sizes:
+            box = [slice(None)] * len(x.shape)
+            box[ax] = slice(off, off + k)
+            boxes.append(tuple(box))
+            off += k
+        return boxes
+
     def dims_after_batch(args: Sequence[Any], x: TensorSpec, where: str) -> tuple[int, ...]:
         dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
         if not dims:
@@ -246,8 +317,70 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 env[fxn.name] = ("size", fxn.args[1] if len(fxn.args) > 1 else None)
             elif fxn.op == "call_function" and tgt is getattr and len(fxn.args) == 2 and fxn.args[1] == "shape":
                 env[fxn.name] = ("size", None)
-            elif fxn.op == "call_function" and tgt is operator.getitem and isinstance(env.get(fxn.args[0].name), tuple):
+            elif fxn.op == "call_function" and tgt is operator.getitem and type(env.get(fxn.args[0].name)) is tuple:
                 env[fxn.name] = ("size", fxn.args[1])
+            elif fxn.op == "call_function" and tgt is operator.getitem and isinstance(env.get(fxn.args[0].name),
+                                                                                         _Parts):
+                x, boxes = env[fxn.args[0].name]
+                if not isinstance(fxn.args[1], int) or not -len(boxes) <= fxn.args[1] < len(boxes):
+                    raise UnsupportedError(f"{where}: select a part of chunk/split with a constant index")
+                env[fxn.name] = add_slice(fxn, x, boxes[fxn.args[1]], (), where)
+            elif fxn.op == "call_function" and tgt is operator.getitem:
+                x = spec_of(fxn.args[0], where)
+                items = list(fxn.args[1]) if isinstance(fxn.args[1], tuple) else [fxn.args[1]]
+                if items.count(Ellipsis) > 1 or any(i is None for i in items):
+                    raise UnsupportedError(f"{where}: indexing with None or several '...'")
+                if Ellipsis in items:
+                    k = items.index(Ellipsis)
+                    items[k:k + 1] = [slice(None)] * (len(x.shape) + 1 - (len(items) - 1))
+                if not items or items[0] != slice(None) or len(items) > len(x.shape) + 1:
+                    raise UnsupportedError(f"{where}: index the per-sample dims only (x[:, a:b])")
+                items = items[1:] + [slice(None)] * (len(x.shape) + 1 - len(items))
+                box, drop = [], []
+                for i, (it, d) in enumerate(zip(items, x.shape)):
+                    if isinstance(it, int) and not isinstance(it, bool):
+                        if not -d <= it < d:
+                            raise BadInputError(f"{where}: index {it} out of range for size {d}")
+                        box.append(slice(it % d, it % d + 1))
+                        drop.append(i)
+                    elif isinstance(it, slice) and all(v is None or isinstance(v, int) for v in
+                                                       (it.start, it.stop, it.step)):
+                        box.append(it)
+                    else:
+                        raise UnsupportedError(f"{where}: index {it!r}: slice with constant ints only")
+                env[fxn.name] = add_slice(fxn, x, box, drop, where)
+            elif tname in ("chunk", "split", "tensor_split"):
+                x = spec_of(fxn.args[0], where)
+                env[fxn.name] = _Parts((x, parts(fxn, x, where)))
+            elif tname == "narrow":
+                x = spec_of(fxn.args[0], where)
+                ax = axis(fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim"), x, where)
+                a = fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("start")
+                k = fxn.args[3] if len(fxn.args) > 3 else fxn.kwargs.get("length")
+                if not isinstance(a, int) or not isinstance(k, int):
+                    raise UnsupportedError(f"{where}: narrow with computed start/length; use constants")
+                box = [slice(None)] * len(x.shape)
+                box[ax] = slice(a % x.shape[ax], a % x.shape[ax] + k)
+                env[fxn.name] = add_slice(fxn, x, box, (), where)
+            elif tname in ("transpose", "swapaxes", "permute"):
+                x = spec_of(fxn.args[0], where)
+                if tname == "permute":
+                    dims = list(fxn.args[1]) if len(fxn.args) == 2 and isinstance(fxn.args[1], (list, tuple)) \
+                        else list(fxn.args[1:]) or list(fxn.kwargs.get("dims", ()))
+                    if len(dims) != len(x.shape) + 1 or dims[0] % len(dims) != 0:
+                        raise UnsupportedError(f"{where}: permute must keep the batch dim first, got {dims}")
+                    perm = [axis(d, x, where) for d in dims[1:]]
+                else:
+                    a0 = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim0")
+                    a1 = fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("dim1")
+                    perm = list(range(len(x.shape)))
+                    i, j = axis(a0, x, where), axis(a1, x, where)
+                    perm[i], perm[j] = perm[j], perm[i]
+                if perm == sorted(perm):
+                    env[fxn.name] = x
+                else:
+                    env[fxn.name] = add_gather(fxn, x, "transpose", tuple(x.shape[p] for p in perm),
+                                               {"perm": tuple(perm)}, where)
             elif tname == "flatten":
                 x = spec_of(fxn.args[0], where)
                 start = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("start_dim", 0 if fxn.op == "call_function"

@@ -689,6 +689,16 @@ def _gen_transpose(b: _Informed, x: str, op: str, final: bool = False, **_: obje
                   final=final)
 
 
+def _gen_slice(b: _Informed, x: str, op: str, final: bool = False, **_: object) -> str | None:
+    spec = b.spec(x)
+    if len(spec.shape) != 3 or spec.shape[1] < 2:
+        return None
+    c, h, w = spec.shape
+    keep = b.keep(op, final)
+    return b.emit(op, [x], (c, (h + 1) // 2, w), {}, {"starts": (0, 0, 0), "stops": (c, h, w), "steps": (1, 2, 1)},
+                  fmt=spec.fmt if keep else None, final=final)
+
+
 def _gen_lut(b: _Informed, x: str, op: str, final: bool = False, **_: object) -> str | None:
     from qfx.fixed.tables import FUNCTIONS, build_table, evaluate
 
@@ -772,6 +782,7 @@ GENERATORS: dict[str, Generator] = {
     "upsample2d": _mk("upsample2d", (3,), _gen_upsample, 0.6),
     "zeropad2d": _mk("zeropad2d", (3,), _gen_zeropad, 0.6),
     "transpose": _mk("transpose", (3,), _gen_transpose, 0.6),
+    "slice": _mk("slice", (3,), _gen_slice, 0.4),
     "lut": _mk("lut", (1, 3), _gen_lut, 0.7),
     "softmax": _mk("softmax", (1,), _gen_softmax, 0.5),
 }

@@ -178,7 +178,7 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
         signed = signs[k] if signs and k < len(signs) else config.input_signed
         return QuantInput(config.input_width, None, signed, config.rounding, config.overflow)
 
-    inner = convert_model(inner, config, config.for_path, None if has_input else input_quant)
+    inner = convert_model(inner, config, config.for_path, None if has_input else input_quant, batches)
     if wrapped:
         body.net = inner
         q = body

@@ -247,13 +247,32 @@ class QLinear(nn.Linear, _WeightLayer):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
-        if x.shape != (self.in_features,):
-            raise UnsupportedError(f"{name}: dense input must have per-sample shape ({self.in_features},), got {x.shape}")
+        if x.shape != (self.in_features,) and (len(x.shape) != 2 or x.shape[1] != self.in_features):
+            raise UnsupportedError(f"{name}: dense input must have per-sample shape ({self.in_features},) or "
+                                   f"(L, {self.in_features}), got {x.shape}")
         consts = self._consts()
         w, b = consts["weight"], consts.get("bias")
         acc = lossless_acc_format(w.codes, w.fmt, x.fmt, None if b is None else b.codes, None if b is None else b.fmt)
-        node = Node(name, "dense", (x.name,), output, consts, {"khot": self.khot}, acc, source=name)
-        return [(node, TensorSpec(output, (self.out_features,), self._spec_fmt(acc)))]
+        if len(x.shape) == 1:
+            node = Node(name, "dense", (x.name,), output, consts, {"khot": self.khot}, acc, source=name)
+            return [(node, TensorSpec(output, (self.out_features,), self._spec_fmt(acc)))]
+        # (L, C) tokens: the same weights as a 1x1 conv over (C, L, 1), channels back last (all exact moves)
+        (ln, c), o, fo = x.shape, self.out_features, self._spec_fmt(acc)
+        conv_consts = dict(consts, weight=Constant(w.codes.reshape(o, c, 1, 1), w.fmt))
+        steps = [("transpose", (c, ln), {"perm": (1, 0)}, {}, x.fmt, None),
+                 ("reshape", (c, ln, 1), {"shape": (c, ln, 1)}, {}, x.fmt, None),
+                 ("conv2d", (o, ln, 1), {"stride": (1, 1), "padding": (0, 0), "khot": self.khot}, conv_consts, fo,
+                  acc),
+                 ("reshape", (o, ln), {"shape": (o, ln)}, {}, fo, None),
+                 ("transpose", (ln, o), {"perm": (1, 0)}, {}, fo, None)]
+        items: list[IRItem] = []
+        src = x.name
+        for k, (op, shape, attrs, cs, fmt, a) in enumerate(steps):
+            out = output if k == len(steps) - 1 else f"{output}.{k}_{op}"
+            nm = name if op == "conv2d" else f"{name}.{k}_{op}"
+            items.append((Node(nm, op, (src,), out, cs, attrs, a, source=name), TensorSpec(out, shape, fmt)))
+            src = out
+        return items
 
 
 def _dense_kernel(w: np.ndarray, groups: int, dilation: tuple[int, int]) -> np.ndarray:

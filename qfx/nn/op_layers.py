@@ -199,6 +199,39 @@ class QCat(_IRModule):
         return [(node, TensorSpec(output, tuple(shape), self._spec_fmt(_union([t.fmt for t in inputs]))))]
 
 
+class QStack(QCat):
+    """``torch.stack`` along a per-sample dimension: each input gets a size-1 axis (a reshape) and the results are
+    concatenated there, cast to one output format as ``QCat`` does."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])
+        if self.qfx_mode == "exact":
+            return self._exact(*xs)
+        return self._out_train(torch.stack(xs, dim=self.dim))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) < 2 or any(t.shape != inputs[0].shape for t in inputs):
+            raise UnsupportedError(f"{name}: stack needs at least two inputs of one shape")
+        r = len(inputs[0].shape) + 2  # torch rank of the result, batch included
+        if not -r <= self.dim < r or self.dim % r == 0:
+            raise UnsupportedError(f"{name}: stack dim {self.dim} out of range or the batch dim")
+        ax = self.dim % r - 1
+        shape = list(inputs[0].shape)
+        shape.insert(ax, 1)
+        items: list[IRItem] = []
+        parts = []
+        for k, t in enumerate(inputs):
+            mid = f"{output}.{k}"
+            items.append((Node(f"{name}.unsq{k}", "reshape", (t.name,), mid, attrs={"shape": tuple(shape)},
+                               source=name), TensorSpec(mid, tuple(shape), t.fmt)))
+            parts.append(items[-1][1])
+        out_shape = list(shape)
+        out_shape[ax] = len(inputs)
+        node = Node(name, "concat", tuple(t.name for t in parts), output, attrs={"axis": ax}, source=name)
+        return items + [(node, TensorSpec(output, tuple(out_shape), self._spec_fmt(_union([t.fmt for t in inputs]))))]
+
+
 class QUpsample(_IRModule):
     """Nearest-neighbour upsampling of (N, C, H, W) by integer factors; keeps the input format."""
 

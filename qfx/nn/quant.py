@@ -591,7 +591,7 @@ def _fq_backward(g: torch.Tensor, saved: tuple[torch.Tensor, ...], need_x: bool,
     if need_p:
         d = saved[1]
         if shape is None:
-            gp = torch.dot(g.reshape(-1), d.view(-1)).mul_(_const(_LN2, g))
+            gp = torch.dot(g.reshape(-1), d.reshape(-1)).mul_(_const(_LN2, g))
             if pshape:
                 gp = gp.reshape(pshape)
         else:

@@ -43,7 +43,9 @@ from qfx.nn.layers import (
     QConvTranspose2d, QFlatten, QLinear,
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
-from qfx.nn.op_layers import QActivation, QCat, QMul, QSoftmax, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d
+from qfx.nn.op_layers import (
+    QActivation, QCat, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.nn.convert import QFXConfig
@@ -76,7 +78,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "zero, replicate or reflect padding of H and W (ZeroPad2d, ReplicationPad2d, ReflectionPad2d, F.pad)"),
     ("adaptive pools whose output size does not divide the input, ceil_mode, return_indices",
      "pools with kernel = stride = input / output"),
-    ("x[...] indexing/slicing, stack, split, chunk, transpose/permute", "no op for them in models yet"),
+    ("indexing/slicing/chunk/split/stack/permute over the batch dim, tensor or computed indices, negative steps, "
+     "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
      "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
     ("LSTM, GRU, RNN, MultiheadAttention, Transformer layers, Embedding",
@@ -581,6 +584,16 @@ def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(QCat(dim, out_width=c.act_width, **_common(c)), tuple(xs), "cat")
 
 
+def _b_stack(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    xs, dim = a["tensors"], a["dim"]
+    if not isinstance(xs, (list, tuple)) or len(xs) < 2 or not all(_is_tensor_node(t) for t in xs):
+        raise UnsupportedError("torch.stack needs a list of at least two tensors")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
+        raise UnsupportedError(f"torch.stack(dim={dim!r}): qfx stacks along a per-sample dimension (dim 0 is the "
+                               "batch)")
+    return _Replace(QStack(dim, out_width=c.act_width, **_common(c)), tuple(xs), "stack")
+
+
 def _b_interpolate(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     if a.get("antialias"):
         raise UnsupportedError("interpolate(antialias=True) has no qfx op")
@@ -764,6 +777,7 @@ _SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"
 _SOFTMAX = _FnSpec((_IN, ("dim", None), ("_stacklevel", 3), ("dtype", None)), _b_softmax, "qfx.nn.QSoftmax")
 _LOG_SOFTMAX = _FnSpec(_SOFTMAX.params, _b_log_softmax, "qfx.nn.QSoftmax + QActivation('log')")
 _CAT = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_cat, "qfx.nn.QCat")
+_STACK = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_stack, "qfx.nn.op_layers.QStack")
 _INTERP = _FnSpec((_IN, ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
                    ("recompute_scale_factor", None), ("antialias", False)), _b_interpolate, "qfx.nn.QUpsample")
 _PAD = _FnSpec((_IN, ("pad", _REQUIRED), ("mode", "constant"), ("value", None)), _b_pad, "qfx.nn.QZeroPad2d")
@@ -794,6 +808,7 @@ _MINIMUM = _FnSpec((_IN, ("other", _REQUIRED)), _max_min_of_two("min"), "qfx.nn.
 _FLATTEN = _FnSpec((_IN, ("start_dim", 0), ("end_dim", -1)), _b_flatten)
 _DROPOUT = _FnSpec((_IN,), _b_drop, extra_ok=True)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
+_INDEX = _FnSpec((), _b_keep, extra_ok=True)  # element moves capture lowers to slice / transpose / concat nodes
 
 #: function object -> what it becomes (torch.fx records functions and operators by object)
 FUNCTION_TWINS: dict[Any, _FnSpec] = {
@@ -827,6 +842,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
     F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
     operator.getitem: _SHAPE, getattr: _SHAPE,
+    torch.transpose: _INDEX, torch.permute: _INDEX, torch.narrow: _INDEX, torch.chunk: _INDEX,
+    torch.split: _INDEX, torch.tensor_split: _INDEX, torch.stack: _STACK,
 }
 
 #: Tensor method name -> what it becomes
@@ -843,6 +860,8 @@ METHOD_TWINS: dict[str, _FnSpec] = {
     "flatten": _FLATTEN,
     "view": _SHAPE, "reshape": _SHAPE, "size": _SHAPE, "contiguous": _SHAPE, "clone": _SHAPE, "detach": _SHAPE,
     "squeeze": _SHAPE, "unsqueeze": _SHAPE,
+    "transpose": _INDEX, "permute": _INDEX, "narrow": _INDEX, "chunk": _INDEX, "split": _INDEX,
+    "tensor_split": _INDEX, "swapaxes": _INDEX, "dim": _SHAPE,
 }
 
 _SIZE_ARITHMETIC = frozenset({operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv,
@@ -878,8 +897,8 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
                                                      "(nn.Upsample(scale_factor=2))"),
     (("pad",), "qfx pads with zeros (nn.ZeroPad2d, F.pad(x, (left, right, top, bottom)), conv padding)"),
     (("cat", "stack", "split", "chunk", "[...]", "transpose", "permute"),
-     "qfx joins tensors with torch.cat along a per-sample dim; indexing, stack, split, chunk and transposes have "
-     "no qfx op"),
+     "qfx joins tensors with torch.cat/stack and moves elements with x[:, a:b], narrow, chunk, split, "
+     "transpose and permute, all along per-sample dims"),
     (("sub", "mul", "div", "neg", "pow", "sqrt", "exp", "log", "abs", "max", "min", "sum", "where", "-", "*", "/"),
      "qfx element-wise arithmetic is x + y, x - y, x * y of same-shape tensors and x * c, x / c, x + c, x - c "
      "with Python constants c"),
@@ -952,6 +971,13 @@ def supported_table() -> str:
     rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
     rows.append("| `flatten(x, d)` (d >= 1), `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
                 "`.shape`, `.contiguous()`, F.dropout* | kept as wires / dropped |")
+    rows.append("| `x[:, a:b:k, ..., i]` (constant slices/indices of per-sample dims), `.narrow`, `torch.chunk`, "
+                "`torch.split`, `.tensor_split`, `.transpose`, `.permute` (batch first) | `slice` / `transpose` "
+                "gathers (index maps) |")
+    rows.append("| `torch.stack(xs, d)` (d >= 1) | `QStack` (reshape + concat) |")
+    rows.append("| sizes read in forward (`c = x.size(1)`, `x.shape[2:]`, `c // g`) | constants (the batch size "
+                "stays symbolic) |")
+    rows.append("| `nn.Linear` on (N, L, C) | 1x1 `conv2d` between two `transpose` gathers |")
     return "\n".join(rows)
 
 
@@ -1111,7 +1137,7 @@ def _free_path(root: nn.Module, scope: str, base: str) -> str:
 
 
 def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str], "QFXConfig"],
-                  input_quant: Callable[[int], QuantInput] | None = None) -> nn.Module:
+                  input_quant: Callable[[int], QuantInput] | None = None, example: Any = None) -> nn.Module:
     """``body`` (a float model, modified in place) with every op it computes in fixed point; see the module doc.
 
     ``for_path(path)`` gives the config of the module at ``path`` (overrides applied). Raises UnsupportedError
@@ -1126,6 +1152,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             raise UnsupportedError(f"cannot quantize {type(body).__name__}: the model is an identity")
         return twin
     graph = trace(body)
+    _fold_sizes(body, graph, example)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1195,10 +1222,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                 else:
                     problems.append(f"{where}: reads the indices of a max/min; qfx computes the values only")
                 continue
+            if spec is _INDEX or spec is _SHAPE and n.target is operator.getitem and n.args[0] not in shape_nodes:
+                bad = _index_problem(n)  # x[...] / narrow / chunk / split / transpose: capture moves elements
+                if bad:
+                    problems.append(f"{where}: {bad}")
+                continue
             if spec is _SHAPE:
-                if n.target in (operator.getitem,) and n.args[0] not in shape_nodes:
-                    problems.append(f"{where}: indexing a tensor has no qfx op (only sizes may be indexed)")
-                    continue
                 if n.target is getattr and n.args[1] != "shape":
                     problems.append(f"{where}: reading tensor attribute {n.args[1]!r}; only .shape is supported")
                     continue
@@ -1220,15 +1249,112 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                                f"operation{'s' if len(problems) > 1 else ''}: "
                                + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
 
+    # a module registered under several paths (TCN: self.conv1 and self.net[0]) gets its twin at every path
+    aliases: dict[int, list[str]] = {}
+    for p, m in body.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(m), []).append(p)
+    alias_of = {p: [a for a in aliases.get(id(modules[p]), [p]) if a != p] for p in module_swaps}
     dropped = {p for p, t in module_swaps.items() if t is None}
     for path, twin in module_swaps.items():
         if twin is not None:
-            _set_module(body, path, twin)
+            for p in [path] + alias_of[path]:
+                _set_module(body, p, twin)
+    dropped |= {a for p in dropped for a in alias_of[p]}
     if not rewrite:
         for path in dropped:  # keep the module structure (and Sequential indices): an identity in its place
             _set_module(body, path, nn.Identity())
         return body
     return _rewrite(body, graph, live, node_actions, dropped, for_path)
+
+
+def _dim_arg(n: torch.fx.Node, pos: int, key: str) -> Any:
+    return n.args[pos] if len(n.args) > pos else n.kwargs.get(key)
+
+
+def _index_problem(n: torch.fx.Node) -> str | None:
+    """Why an element-moving call cannot be captured (it touches the batch dim), or None; checked before
+    training. Sizes are constants by now (``_fold_sizes``)."""
+    t = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if t == "getitem":
+        idx = n.args[1]
+        if isinstance(n.args[0], torch.fx.Node) and n.args[0].target in (torch.chunk, torch.split, "chunk",
+                                                                            "split", torch.tensor_split,
+                                                                            "tensor_split"):
+            return None if isinstance(idx, int) else "select the parts of chunk/split with constant indices"
+        items = idx if isinstance(idx, tuple) else (idx,)
+        if any(isinstance(i, torch.fx.Node) for i in items) or any(
+                isinstance(i, slice) and any(isinstance(v, torch.fx.Node) for v in (i.start, i.stop, i.step))
+                for i in items):
+            return "indexing with a tensor or a computed index; slice with constants (x[:, a:b], x[..., -1])"
+        first = items[0] if items else None
+        if not (first is Ellipsis or first == slice(None)):
+            return "indexing the batch dim (dim 0); index the per-sample dims (x[:, a:b])"
+        return None
+    if t in ("transpose", "swapaxes"):
+        dims = [_dim_arg(n, 1, "dim0"), _dim_arg(n, 2, "dim1")]
+    elif t == "permute":
+        dims = list(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else list(n.args[1:])
+        dims = dims or list(n.kwargs.get("dims", ()))
+        if any(not isinstance(d, int) for d in dims):
+            return "permute with computed dims; use constants"
+        return None if dims and dims[0] % len(dims) == 0 else "permute moving the batch dim; keep dim 0 first"
+    else:  # narrow(dim, ...), chunk(n, dim=0), split(size, dim=0)
+        dims = [_dim_arg(n, 1, "dim")] if t == "narrow" else [_dim_arg(n, 2, "dim") or 0]
+    if any(not isinstance(d, int) for d in dims):
+        return f"{t} with a computed dim; use constants"
+    return f"{t} along dim 0 (the batch); use dims >= 1" if 0 in dims else None
+
+
+def _fold_sizes(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
+    """Sizes read in forward (``c = x.size(1)``, ``x.shape[2:]``, ``c // 2``, ``x.dim()``) become constants,
+    except what depends on the batch size (``x.size(0)`` stays for ``view(n, ...)``). Why: qfx layers need
+    constant sizes, and a user's channel shuffle or chunk computes them. Found by running the float graph at two
+    batch sizes (eval mode, no_grad, inputs cloned): a non-tensor value equal in both runs is a constant."""
+    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
+    nodes = [n for n in graph.nodes if n.op in ("call_function", "call_method")]
+    if not xs or not any(n.target in ("size", "dim") or n.target is getattr for n in nodes):
+        return
+    runs: list[dict[str, Any]] = []
+
+    class _Rec(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            v = super().run_node(n)
+            runs[-1][n.name] = v
+            return v
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, tuple, list)):
+            return None
+        if isinstance(v, int):
+            return v
+        items = [plain(i) for i in v]
+        return None if any(i is None for i in items) else tuple(items)
+
+    modes = {m: m.training for m in body.modules()}
+    gm = torch.fx.GraphModule(body, copy.deepcopy(graph))  # a copy: the graph itself must stay unowned
+    try:
+        body.eval()
+        with torch.no_grad():
+            for b in (2, 3):
+                runs.append({})
+                _Rec(gm).run(*(torch.cat([t[:1]] * b).clone() for t in xs))
+    except Exception:  # the refusal path reports what fails; nothing folded
+        return
+    finally:
+        for m, tr in modes.items():
+            m.training = tr
+    folded = []
+    for n in nodes:
+        a, b = plain(runs[0].get(n.name)), plain(runs[1].get(n.name))
+        if a is None or a != b:
+            continue
+        folded.append(n)
+        for u in list(n.users):
+            u.args = torch.fx.node.map_arg(u.args, lambda v: a if v is n else v)
+            u.kwargs = torch.fx.node.map_arg(u.kwargs, lambda v: a if v is n else v)
+    for n in reversed(folded):
+        if not n.users:
+            graph.erase_node(n)
 
 
 def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], node_actions: dict[Any, Any],

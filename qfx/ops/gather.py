@@ -7,6 +7,8 @@
                between input rows / columns (the zero insertion of a transposed convolution); mode "zeros"
                (default), "replicate" or "reflect" (edge values instead of zeros; stride 1 only)
 ``transpose``  x -> y; attrs: perm (a permutation of the per-sample axes)
+``slice``      x -> y; attrs: starts, stops, steps (one per per-sample axis, steps >= 1): ``x[s0:e0:k0, ...]``
+               (torch indexing, narrow, chunk, split)
 
 The golden function is derived from the map (``gather_golden``), and every backend implements all of them with one
 generic gather emitter (an index table), so a new element-moving op needs only its map.
@@ -22,7 +24,7 @@ from qfx.ops.base import AttrSpec, Categories as C, OpDef, gather_golden, node_e
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Graph, Node
 
-__all__ = ["CONCAT", "UPSAMPLE2D", "ZEROPAD2D", "TRANSPOSE"]
+__all__ = ["CONCAT", "UPSAMPLE2D", "ZEROPAD2D", "TRANSPOSE", "SLICE"]
 
 _CATS = frozenset({C.GATHER})
 
@@ -234,4 +236,45 @@ TRANSPOSE = register(OpDef(
     attrs=(AttrSpec("perm", "ints", required=True),), categories=_CATS, torch_twin="",
     torch_float=("Tensor.permute",), generators=("transpose",), gather_map=_tr_map, hls_header="qfx_gather.h",
     sample=_sample_tr,
+))
+
+
+# ------------------------------------------------------------------------------------------------ slice
+def _slices(g: "Graph", n: "Node") -> tuple[slice, ...]:
+    x = g.tensor(n.inputs[0]).shape
+    st, sp, sk = (tuple(int(v) for v in n.attrs[k]) for k in ("starts", "stops", "steps"))
+    if not len(st) == len(sp) == len(sk) == len(x):
+        raise node_error(n, f"starts/stops/steps need one entry per per-sample axis of {x}")
+    for a, b, k, d in zip(st, sp, sk, x):
+        if k < 1 or not 0 <= a < b <= d:
+            raise node_error(n, f"slice {a}:{b}:{k} must satisfy 0 <= start < stop <= {d} and step >= 1")
+    return tuple(slice(a, b, k) for a, b, k in zip(st, sp, sk))
+
+
+def _slice_map(g: "Graph", n: "Node") -> np.ndarray:
+    x = g.tensor(n.inputs[0]).shape
+    return np.arange(int(np.prod(x)), dtype=np.int64).reshape(x)[_slices(g, n)].reshape(-1)
+
+
+def _slice_shape(g: "Graph", n: "Node") -> tuple[int, ...]:
+    return tuple(len(range(s.start, s.stop, s.step)) for s in _slices(g, n))
+
+
+def _sample_slice(rng: np.random.Generator) -> "Graph":
+    x = tuple(int(v) for v in rng.integers(2, 4, size=3, endpoint=True))
+    st = tuple(int(rng.integers(0, d - 1)) for d in x)
+    sp = tuple(int(rng.integers(a + 1, d, endpoint=True)) for a, d in zip(st, x))
+    sk = tuple(int(v) for v in rng.integers(1, 2, size=3, endpoint=True))
+    fx = rand_fmt(rng, 2, 8)
+    out = tuple(len(range(a, b, k)) for a, b, k in zip(st, sp, sk))
+    return one_node_graph("slice", [(x, fx)], out, _out_fmt(rng, fx), attrs={"starts": st, "stops": sp, "steps": sk})
+
+
+SLICE = register(OpDef(
+    name="slice", doc="a strided box of the per-sample axes (x[a:b:k, ...]: indexing, narrow, chunk, split)",
+    n_inputs=1, golden=gather_golden, check=lambda g, n: _expect(g, n, _slice_shape(g, n)),
+    attrs=(AttrSpec("starts", "ints", required=True), AttrSpec("stops", "ints", required=True),
+           AttrSpec("steps", "ints", required=True)),
+    categories=_CATS, torch_twin="", torch_float=("Tensor.__getitem__", "torch.narrow", "torch.chunk", "torch.split"),
+    generators=("slice",), gather_map=_slice_map, hls_header="qfx_gather.h", sample=_sample_slice,
 ))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["USER"]
+__all__ = ["USER", "USER3"]
 
 
 class MnistExample(nn.Module):
@@ -372,6 +372,173 @@ class CBAMNet(nn.Module):
         x = x * torch.sigmoid(self.spatial(torch.cat([avg_out, max_out], dim=1)))
         return self.fc(x.sum(dim=(2, 3)))
 
+
+# ---------------------------------------------------------------- third pass: element moves and sizes read in forward
+def channel_shuffle(x, groups):
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class ShuffleNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 8, 3, padding=1, groups=2)
+        self.c2 = nn.Conv2d(8, 8, 1, groups=2)
+        self.fc = nn.Linear(8 * 4 * 4, 4)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = channel_shuffle(x, 2)
+        x = F.relu(self.c2(x))
+        x = F.max_pool2d(x, kernel_size=2, stride=2)
+        return self.fc(x.view(-1, 8 * 4 * 4))
+
+
+class Chomp1d(nn.Module):
+    def __init__(self, chomp):
+        super().__init__()
+        self.chomp = chomp
+
+    def forward(self, x):
+        return x[:, :, :-self.chomp].contiguous()
+
+
+class TemporalBlock(nn.Module):
+    def __init__(self, cin, cout, k, d):
+        super().__init__()
+        pad = (k - 1) * d
+        self.conv1 = nn.Conv1d(cin, cout, k, padding=pad, dilation=d)
+        self.chomp1 = Chomp1d(pad)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv1d(cout, cout, k, padding=pad, dilation=d)
+        self.chomp2 = Chomp1d(pad)
+        self.relu2 = nn.ReLU()
+        self.net = nn.Sequential(self.conv1, self.chomp1, self.relu1, nn.Dropout(0.1),
+                                 self.conv2, self.chomp2, self.relu2, nn.Dropout(0.1))
+        self.downsample = nn.Conv1d(cin, cout, 1) if cin != cout else None
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        out = self.net(x)
+        res = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + res)
+
+
+class TCN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tcn = nn.Sequential(TemporalBlock(2, 4, 3, 1), TemporalBlock(4, 4, 3, 2))
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.tcn(x)
+        return self.linear(y[:, :, -1])
+
+
+class ChannelSplit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 1)
+        self.c = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        c = x.shape[1]
+        x1, x2 = x[:, :c // 2], x[:, c // 2:]
+        y = torch.cat([F.relu(self.a(x1)), x2], dim=1)
+        p, q = torch.chunk(y, 2, dim=1)
+        r, s = torch.split(y, [1, 3], dim=1)
+        return self.c(torch.cat([q, p], 1)) + torch.cat([s, r], 1)
+
+
+class TokenMLP(nn.Module):
+    """Conv1d, then x.permute(0, 2, 1) and a Linear on (N, L, C) tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 3, padding=1)
+        self.proj = nn.Linear(6, 4)
+        self.head = nn.Linear(4 * 8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        x = x.permute(0, 2, 1)
+        x = F.relu(self.proj(x))
+        return self.head(x.reshape(x.size(0), -1))
+
+
+class SeqLinear(nn.Module):
+    """A Linear on an (N, L, C) input, x.transpose(1, 2) into a Conv1d, x.max(dim=2)[0]."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(5, 8)
+        self.conv = nn.Conv1d(8, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.emb(x))
+        x = x.transpose(1, 2)
+        x = F.relu(self.conv(x))
+        x = x.max(dim=2)[0]
+        return self.fc(x)
+
+
+class InplaceOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x), inplace=True)
+        y = self.c2(x)
+        y.add_(x)
+        y = F.relu_(y)
+        y = F.avg_pool2d(y, kernel_size=y.shape[2:])
+        return self.fc(y.flatten(1))
+
+
+class StackHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 4)
+        self.b = nn.Linear(6, 4)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        s = torch.stack([self.a(x), self.b(x)], dim=1)
+        return self.fc(s.flatten(1))
+
+
+class NarrowSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 6, 3, padding=1)
+        self.fc = nn.Linear(24, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = y.narrow(1, 0, 3)
+        b = y[:, 3:, 2:6]
+        return self.fc(torch.cat([F.relu(a[:, :, ::2]), b], 2).flatten(1))
+
+
+#: models of the third pass (tests/test_user_models3.py): slicing, chunk/split/narrow, transpose/permute, stack,
+#: sizes computed from x.size()/x.shape, a Linear on (N, L, C), a module registered under two paths
+USER3: dict[str, tuple[type, Any]] = {
+    "shufflenet": (ShuffleNet, (2, 8, 8)),
+    "tcn": (TCN, (2, 16)),
+    "channel_split": (ChannelSplit, (4, 6, 6)),
+    "token_mlp": (TokenMLP, (3, 8)),
+    "seq_linear": (SeqLinear, (7, 5)),
+    "inplace_ops": (InplaceOps, (2, 6, 6)),
+    "stack_head": (StackHead, (6,)),
+    "narrow_slice": (NarrowSlice, (2, 8)),
+}
 
 USER: dict[str, tuple[type, Any]] = {
     "mnist_example": (MnistExample, (1, 8, 8)),
