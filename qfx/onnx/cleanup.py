@@ -392,6 +392,9 @@ class _Cleaner:
                     continue
                 if len(outs) != 1:
                     continue
+                if np.asarray(val).dtype == object:  # e.g. a missing (empty-named) input folded into the value
+                    raise BadInputError(f"cannot evaluate constant node {n.name or n.op_type!r} ({n.op_type}): "
+                                        f"an input is missing or not numeric")
                 self.set_init(outs[0], np.asarray(val))
                 consts[outs[0]] = np.asarray(val)
                 if outs[0] in self.graph_outputs():
