@@ -1,16 +1,19 @@
 """Cost versus model size of the RTL flow: digits MLP, digits CNN, LeNet-5 and ResNet-20, one run.
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--models mlp,cnn,lenet5,resnet20] [--bits 4,8]
-        [--no-cosim] [--no-yosys] [--vectors 200] [--export-timeout 600] [--json out.json]
+        [--io vector,stream] [--no-cosim] [--no-yosys] [--vectors 200] [--export-timeout 600] [--json out.json]
 
-Per model and weight width W: weights, RTL export time and peak memory (the export runs in a child process, so
-``ru_maxrss`` is that export's own peak), size of the generated SystemVerilog (bytes and longest line), Verilator
-build time and simulation rate with the co-simulation mismatch count (``qfx.sim.cosim``), Yosys ``synth_xilinx`` time
-and LUT/FF/DSP (``qfx.report.resources``, per layer in parallel), and the design's II and latency in clocks.
+Per model, weight width W and RTL form: weights, RTL export time (wall and CPU: the machine may be shared) and peak
+memory (the export runs in a child process, so ``ru_maxrss`` is that export's own peak), size of the generated
+SystemVerilog (bytes and longest line), Verilator build time and simulation rate with the co-simulation mismatch
+count (``qfx.sim.cosim``), Yosys ``synth_xilinx`` time and LUT/FF/DSP (``qfx.report.resources``, per layer in
+parallel), and the design's II and latency in clocks.
 
 Folding: convolutions compute one output pixel per clock (``conv_style="pixel"``), so a CNN accepts one image every
 ``HO*WO`` clocks of its largest convolution; the dense layers are then folded with ``target_ii`` = that period (no
 throughput lost, far fewer constant products). The MLP has no convolution: it is folded with ``--mlp-ii`` (default 8).
+``--io stream`` measures the pixel-streaming design (``qfx export --rtl-io stream``: one pixel per beat, line
+buffers, FIFOs on residual joins) with the same dense folding; ``--io vector,stream`` measures both forms.
 Models are untrained (weights uniform in [-0.9, 0.9], so few W = 4 codes are zero; formats and BN statistics
 calibrated on random inputs): the cost figures do not depend on accuracy.
 Progress goes to stderr.
@@ -118,22 +121,24 @@ def _child_export(args: argparse.Namespace) -> None:
     from qfx.ir.graph import Graph
 
     g = Graph.load(args.graph)
-    t0 = time.perf_counter()
-    write_project(g, Path(args.out), target_ii=args.target_ii,
+    t0, c0 = time.perf_counter(), time.process_time()
+    write_project(g, Path(args.out), target_ii=args.target_ii, io=args.io,
                   progress=lambda line, s: print(line, file=sys.stderr, flush=True) if s > 2 else None)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
-    print(json.dumps({"export_s": round(dt, 2), "peak_mb": round(rss, 1)}))
+    print(json.dumps({"export_s": round(dt, 2), "export_cpu_s": round(cpu, 2), "peak_mb": round(rss, 1)}))
 
 
 def _log(msg: str) -> None:
     print(f"[bench_scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def measure(kind: str, bits: int, work: Path, a: argparse.Namespace) -> dict:
-    row: dict = {"model": kind, "bits": bits}
-    _log(f"{kind} W={bits}: capture")
-    g = build(kind, bits)
+def measure(kind: str, bits: int, work: Path, a: argparse.Namespace, io: str = "vector", g=None) -> dict:
+    """One row: export ``kind`` at ``bits`` in RTL form ``io`` and measure it (``g``: the graph, if already built)."""
+    row: dict = {"model": kind, "bits": bits, "io": io}
+    if g is None:
+        _log(f"{kind} W={bits}: capture")
+        g = build(kind, bits)
     row["weights"] = int(sum(c.codes.size for n in g.nodes for k, c in n.consts.items() if k == "weight"))
     row["nonzero"] = int(sum((c.codes != 0).sum() for n in g.nodes for k, c in n.consts.items() if k == "weight"))
     row["nodes"] = len(g.nodes)
@@ -141,11 +146,12 @@ def measure(kind: str, bits: int, work: Path, a: argparse.Namespace) -> dict:
     row["target_ii"] = tii
     gj = work / f"{kind}_w{bits}.json"
     g.save(gj)
-    out = work / f"{kind}_w{bits}_rtl"
+    out = work / f"{kind}_w{bits}_{io}_rtl"
+    kind = f"{kind} ({io})"
     _log(f"{kind} W={bits}: {row['weights']} weights, RTL export (target II {tii})")
     try:
-        r = subprocess.run([sys.executable, __file__, "--_export", str(gj), str(out), str(tii)], capture_output=True,
-                           text=True, timeout=a.export_timeout)
+        r = subprocess.run([sys.executable, __file__, "--_export", str(gj), str(out), str(tii), io],
+                           capture_output=True, text=True, timeout=a.export_timeout)
     except subprocess.TimeoutExpired:
         row["export"] = f"timeout > {a.export_timeout} s"
         _log(f"{kind} W={bits}: export did not finish in {a.export_timeout} s")
@@ -162,14 +168,15 @@ def measure(kind: str, bits: int, work: Path, a: argparse.Namespace) -> dict:
     row["longest_line"] = max(len(line) for p in sv for line in p.read_text().splitlines())
     row["ii"], row["latency"] = info["ii"], info["latency"]
     row["folded_dense"] = sum(1 for L in info["layers"] if L.get("reuse"))
-    _log(f"{kind} W={bits}: export {row['export_s']} s, {row['peak_mb']} MB, {row['sv_kb']} kB SV, "
-         f"II {row['ii']}, latency {row['latency']}")
+    _log(f"{kind} W={bits}: export {row['export_s']} s ({row['export_cpu_s']} s CPU), {row['peak_mb']} MB, "
+         f"{row['sv_kb']} kB SV, II {row['ii']}, latency {row['latency']}")
     if not a.no_cosim:
         from qfx.sim.cosim import run_cosim_many
 
         _log(f"{kind} W={bits}: Verilator build + co-simulation of {a.vectors} vectors")
         try:
-            rep = run_cosim_many([out], a.vectors, seed=1, backpressure=True, work_dir=work / f"{kind}_w{bits}_sim")[0]
+            rep = run_cosim_many([out], a.vectors, seed=1, backpressure=True,
+                                 work_dir=out.with_name(out.name + "_sim"))[0]
             row.update(verilator_build_s=round(rep.build_s, 1), build_cached=rep.build_cached,
                        vectors=rep.received, mismatches=rep.mismatches, vectors_per_s=rep.vectors_per_s)
         except Exception as exc:  # noqa: BLE001 - a benchmark records the failure and goes on
@@ -191,7 +198,8 @@ def measure(kind: str, bits: int, work: Path, a: argparse.Namespace) -> dict:
     return row
 
 
-COLS = ("model", "bits", "weights", "nonzero", "target_ii", "export_s", "peak_mb", "sv_kb", "longest_line", "ii", "latency",
+COLS = ("model", "io", "bits", "weights", "nonzero", "target_ii", "export_s", "export_cpu_s", "peak_mb", "sv_kb",
+        "longest_line", "ii", "latency",
         "verilator_build_s", "vectors", "mismatches", "vectors_per_s", "yosys_s", "lut", "ff", "dsp")
 
 
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--bits", default="4,8", help="comma list of weight/activation widths")
+    p.add_argument("--io", default="vector", help="comma list of RTL forms: vector, stream")
     p.add_argument("--no-cosim", action="store_true", help="skip the Verilator build and co-simulation")
     p.add_argument("--no-yosys", action="store_true", help="skip Yosys synthesis")
     p.add_argument("--vectors", type=int, default=200, help="co-simulation vectors per design")
@@ -207,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-timeout", type=float, default=600, help="seconds before an RTL export is given up")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--work", help="keep the designs in this folder (default: a temporary one)")
-    p.add_argument("--_export", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_export", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._export:
-        a.graph, a.out, tii = a._export
+        a.graph, a.out, tii, a.io = a._export
         a.target_ii = int(tii)
         _child_export(a)
         return 0
@@ -219,14 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}")
     bits = [int(b) for b in a.bits.split(",")]
+    ios = [m.strip() for m in a.io.split(",") if m.strip()]
+    if not ios or any(m not in ("vector", "stream") for m in ios):
+        p.error(f"--io takes a comma list of vector, stream; got {a.io!r}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="qfx_scale_") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for kind in kinds:
             for b in bits:
-                rows.append(measure(kind, b, work, a))
-                print(json.dumps(rows[-1]), flush=True)
+                _log(f"{kind} W={b}: capture")
+                g = build(kind, b)
+                for io in ios:
+                    rows.append(measure(kind, b, work, a, io, g))
+                    print(json.dumps(rows[-1]), flush=True)
     print("\n| " + " | ".join(COLS) + " |")
     print("|" + "---|" * len(COLS))
     for r in rows:

@@ -264,6 +264,31 @@ def test_stream_designs_bit_exact_and_mutations_caught(tmp_path, monkeypatch):
         assert not reps[t].ok and reps[t].mismatches > 0, t
 
 
+@pytest.mark.icarus
+def test_wide_kernel_half_block_search_is_bit_exact(tmp_path, monkeypatch):
+    """Kernels of more than ``CSE_WIDE`` weights (ResNet-20's 64x576) get a cheaper sharing search (half-size
+    blocks): a different adder graph, the same bits. With ``CSE_WIDE = 0`` the 3x3 conv over 9 channels (81
+    columns) is cut into 3 blocks instead of 2; Icarus with back-pressure must see 0 mismatches."""
+    from torch import nn
+
+    from qfx.backends import adder_graph
+    from qfx.sim.cosim import run_cosim_many
+
+    monkeypatch.setenv("QFX_CACHE_DIR", str(tmp_path / "cache"))
+    g = _quantized([nn.Conv2d(9, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3)], (9, 5, 5), "wide")
+    write_project(g, tmp_path / "ref", io="stream", top_name="s_wide")
+    monkeypatch.setattr(adder_graph, "CSE_WIDE", 0)
+    d = tmp_path / "half"
+    write_project(g, d, io="stream", top_name="s_wide")
+
+    def text(p: Path) -> str:
+        return "".join(f.read_text() for f in sorted((p / "rtl").glob("*.sv")))
+
+    assert text(d) != text(tmp_path / "ref")  # the cheaper search did run and built another graph
+    rep = run_cosim_many([d], 20, seed=5, backpressure=True, work_dir=tmp_path / "work", sim="icarus")[0]
+    assert rep.ok and rep.received == 20 and rep.mismatches == 0, (rep.mismatches, rep.received)
+
+
 @pytest.mark.slow
 @pytest.mark.icarus
 def test_stream_random_sweep(tmp_path, monkeypatch):
