@@ -79,7 +79,7 @@ def float_agreement(model, graph, calib) -> str:
     from qfx.ir import run
     from qfx.onnx.importer import input_codes, output_values
 
-    from qfx.onnx.quantize import free_batch, multi_input_agreement, run_batches
+    from qfx.onnx.quantize import agreement_text, free_batch, multi_input_agreement, run_batches
 
     if hasattr(calib, "files"):  # an .npz: one array per graph input
         return multi_input_agreement(model, graph, calib)
@@ -94,10 +94,4 @@ def float_agreement(model, graph, calib) -> str:
     if last is not None and last.op_type == "Softmax":  # dropped by quantize: compare probabilities
         e = np.exp(got - got.max(axis=1, keepdims=True))
         got = e / e.sum(axis=1, keepdims=True)
-    ref = np.asarray(ref, dtype=np.float64).reshape(len(calib), -1)
-    if got.shape != ref.shape:
-        return ""
-    txt = f"max |diff| {np.abs(got - ref).max():.3g} (largest |output| {np.abs(ref).max():.3g})"
-    if ref.shape[1] > 1:
-        txt = f"argmax equal {100 * np.mean(got.argmax(1) == ref.argmax(1)):.1f} %, " + txt
-    return txt
+    return agreement_text(got, np.asarray(ref, dtype=np.float64).reshape(len(calib), -1))

@@ -1405,22 +1405,29 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
         return True
 
-    def h_conv(self, n) -> None:
-        if self._one_d(n, _Converter.h_conv, (1,)):
-            return
+    def _conv_operands(self, n, weight_layout: str) -> tuple[dict, str, list[str], "_Val", TensorSpec, Any]:
+        """Attributes, node name, inputs, activation, its tensor and the 4-D weight of a Conv/ConvTranspose node;
+        one-line refusals for what both ops lack (inputs other than (C, H, W), dilation, weights of another rank)."""
         a = _attrs(n)
         where = self._where(n)
         ins = list(n.input)
         x = self._act(ins[0], n)
         xs = self.tensors[x.tensor]
         if len(xs.shape) != 3:
-            raise UnsupportedError(f"Conv node {where!r}: only 1-D (C, L) and 2-D (C, H, W) convolutions are "
+            raise UnsupportedError(f"{n.op_type} node {where!r}: only 1-D (C, L) and 2-D (C, H, W) inputs are "
                                    f"supported, not {len(xs.shape)}-D")
         if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"Conv node {where!r}: dilation is not supported")
+            raise UnsupportedError(f"{n.op_type} node {where!r}: dilation is not supported")
         wv = self._const(ins[1], n, "weight")
         if np.ndim(wv.values) != 4:
-            raise BadInputError(f"Conv node {where!r}: weight of shape {np.shape(wv.values)} is not (O, C/g, kh, kw)")
+            raise BadInputError(f"{n.op_type} node {where!r}: weight of shape {np.shape(wv.values)} is not "
+                                f"{weight_layout}")
+        return a, where, ins, x, xs, wv
+
+    def h_conv(self, n) -> None:
+        if self._one_d(n, _Converter.h_conv, (1,)):
+            return
+        a, where, ins, x, xs, wv = self._conv_operands(n, "(O, C/g, kh, kw)")
         group = int(a.get("group", 1))
         o, cg, kh, kw = np.shape(wv.values)
         if group != 1:
@@ -1474,20 +1481,7 @@ class _Converter:
         channel axes swapped (per group) and its taps flipped: exact, as the torch QConvTranspose2d twin."""
         if self._one_d(n, _Converter.h_conv_transpose, (1,)):
             return
-        a = _attrs(n)
-        where = self._where(n)
-        ins = list(n.input)
-        x = self._act(ins[0], n)
-        xs = self.tensors[x.tensor]
-        if len(xs.shape) != 3:
-            raise UnsupportedError(f"ConvTranspose node {where!r}: only 1-D (C, L) and 2-D (C, H, W) inputs are "
-                                   f"supported, not {len(xs.shape)}-D")
-        if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"ConvTranspose node {where!r}: dilation is not supported")
-        wv = self._const(ins[1], n, "weight")
-        if np.ndim(wv.values) != 4:
-            raise BadInputError(f"ConvTranspose node {where!r}: weight of shape {np.shape(wv.values)} is not "
-                                f"(C, O/g, kh, kw)")
+        a, where, ins, x, xs, wv = self._conv_operands(n, "(C, O/g, kh, kw)")
         group = int(a.get("group", 1))
         cin, og, kh, kw = np.shape(wv.values)
         if cin != xs.shape[0] or group < 1 or cin % group:

@@ -304,6 +304,12 @@ def multi_input_agreement(model, graph, calib: Mapping[str, np.ndarray]) -> str:
     y = run(graph, codes)
     got = output_values(graph, y[graph.outputs[0]] if isinstance(y, dict) else y).reshape(n, -1)
     ref = np.asarray(ref, dtype=np.float64).reshape(n, -1)
+    return agreement_text(got, ref)
+
+
+def agreement_text(got: np.ndarray, ref: np.ndarray) -> str:
+    """One line comparing the fixed-point outputs ``got`` with the float reference ``ref`` (both (n, k)); empty when
+    their shapes differ (nothing comparable)."""
     if got.shape != ref.shape:
         return ""
     txt = f"max |diff| {np.abs(got - ref).max():.3g} (largest |output| {np.abs(ref).max():.3g})"
