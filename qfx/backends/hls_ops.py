@@ -276,6 +276,21 @@ def emit_mul(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     return {"call": "mul"}
 
 
+def emit_matmul(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
+    """``qfx::matmul``: per output element an exact sum of ap_fixed products in the lossless accumulator
+    (``qfx.ops.matmul.matmul_acc_format``), one conversion. Leading dims fold into one batch loop."""
+    from qfx.ops.matmul import matmul_acc_format
+
+    g = ctx.graph
+    a, b = (g.tensor(t) for t in n.inputs)
+    m, k = a.shape[-2:]
+    nn = b.shape[-1]
+    batch = int(np.prod(a.shape[:-2], dtype=np.int64))
+    acc_t = ctx.typedef(ctx.names("acc", n.name), matmul_acc_format(a.fmt, b.fmt, k), f"exact sum of {L['note']}")
+    return {"call": "matmul", "config": [("type", "accum_t", acc_t), ("uint", "n_batch", batch), ("uint", "n_m", m),
+                                         ("uint", "n_k", k), ("uint", "n_n", nn)]}
+
+
 def emit_gather(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     """``qfx::gather`` for every ``Categories.GATHER`` op: its ``OpDef.gather_map`` as a constant index table into
     the concatenated inputs (each converted to the output type), ``-1`` (a zero code) becoming the index of the zero
@@ -359,6 +374,7 @@ HLS_EMITTERS: dict[str, HlsEmitter] = {
     "add": emit_add,
     "sub": emit_sub,
     "mul": emit_mul,
+    "matmul": emit_matmul,
     "lut": emit_lut,
     "softmax": emit_softmax,
     "quant": emit_cast,

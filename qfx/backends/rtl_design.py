@@ -558,6 +558,24 @@ def _layer_softmax(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder
     return [d.requant(d.product(e, r), k, of) for e in es]
 
 
+def _layer_matmul(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder: str) -> list[str]:
+    """``matmul`` (``qfx.ops.matmul``): per output element K exact variable products (``LayerDesign.product``),
+    one exact sum of them (``LayerDesign.lin``, sized from the products' ranges), one requantization."""
+    sa, sb = (g.tensor(t) for t in n.inputs)
+    of = g.tensor(n.output).fmt
+    m, k = sa.shape[-2:]
+    nn = sb.shape[-1]
+    batch = sa.size // (m * k) if m * k else 0
+    sh = sa.fmt.frac_bits + sb.fmt.frac_bits - of.frac_bits
+    outs = []
+    for t in range(batch):
+        for i in range(m):
+            for j in range(nn):
+                prods = [d.product(xs[0][(t * m + i) * k + q], xs[1][(t * k + q) * nn + j]) for q in range(k)]
+                outs.append(d.requant(d.lin([(p, 0, False) for p in prods]), sh, of))
+    return outs
+
+
 #: op name -> layer emitter (``design_layer``); an op missing here fails with UnsupportedError naming it
 LAYER_EMITTERS: dict[str, Any] = {
     "dense": _layer_dense,
@@ -565,6 +583,7 @@ LAYER_EMITTERS: dict[str, Any] = {
     "maxpool2d": _layer_maxpool2d,
     "avgpool2d": _layer_avgpool2d,
     "softmax": _layer_softmax,
+    "matmul": _layer_matmul,
     **{name: _layer_binary for name in with_category(Categories.BINARY)},
     **{name: _layer_elementwise for name in with_category(Categories.ELEMENTWISE)},
     **{name: _layer_gather for name in with_category(Categories.GATHER)},

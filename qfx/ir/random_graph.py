@@ -610,6 +610,21 @@ def _gen_binary(b: _Informed, x: str, op: str, final: bool = False, **_: object)
     return b.emit(op, pair, b.spec(x).shape, final=final)
 
 
+def _gen_matmul(b: _Informed, x: str, op: str, final: bool = False, **_: object) -> str | None:
+    """x @ branch(x) over the last two axes of a (C, H, H) tensor (square, so the product keeps the shape)."""
+    from qfx.ops.matmul import matmul_acc_format
+
+    spec = b.spec(x)
+    if len(spec.shape) != 3 or spec.shape[1] != spec.shape[2]:
+        return None
+    y = _branch(b, x)
+    if y is None:
+        return None
+    pair = [x, y] if b.rng.random() < 0.5 else [y, x]
+    fa, fb = (b.spec(t).fmt for t in pair)
+    return b.emit(op, pair, spec.shape, acc=matmul_acc_format(fa, fb, spec.shape[2]), final=final)
+
+
 def _gen_flatten(b: _Informed, x: str, op: str, final: bool = False, **_: object) -> str | None:
     spec = b.spec(x)
     if len(spec.shape) != 3:
@@ -785,6 +800,7 @@ GENERATORS: dict[str, Generator] = {
     "slice": _mk("slice", (3,), _gen_slice, 0.4),
     "lut": _mk("lut", (1, 3), _gen_lut, 0.7),
     "softmax": _mk("softmax", (1,), _gen_softmax, 0.5),
+    "matmul": _mk("matmul", (3,), _gen_matmul, 0.4),
 }
 
 

@@ -133,6 +133,16 @@ def _mul_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
     return pf.frac_bits, _fmt_bound(pf)
 
 
+def _matmul_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
+    """matmul: every partial sum of K products lies in the lossless accumulator's range (any summation order)."""
+    from qfx.ops.matmul import matmul_acc_format
+
+    a, b = (graph.tensor(t) for t in n.inputs)
+    acc = matmul_acc_format(a.fmt, b.fmt, int(a.shape[-1]))
+    _check_code_bound(_fmt_bound(acc), acc.frac_bits, "the exact matmul sum (any summation order)", n)
+    return acc.frac_bits, _fmt_bound(acc)
+
+
 def _gather_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
     """Ops that only move elements: the value cast is an element of any input (or zero)."""
     fmts = [graph.tensor(t).fmt for t in n.inputs]
@@ -167,7 +177,7 @@ def _softmax_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
 EXACTNESS = {"dense": _linear_bound, "conv2d": _linear_bound, "scale_shift": _scale_shift_bound, "add": _add_bound,
              "avgpool2d": _avgpool_bound, "relu": _input_bound, "clip": _input_bound, "maxpool2d": _input_bound,
              "flatten": _input_bound, "reshape": _input_bound, "quant": _input_bound, "sub": _sub_bound,
-             "mul": _mul_bound, "lut": _lut_bound, "softmax": _softmax_bound,
+             "mul": _mul_bound, "lut": _lut_bound, "softmax": _softmax_bound, "matmul": _matmul_bound,
              **{k: _gather_bound for k in with_category(Categories.GATHER)}}
 
 
@@ -356,6 +366,12 @@ def _lower_mul(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
     return em.op("Mul", [x, em.val[n.inputs[1]]], f"{n.name}/mul")
 
 
+def _lower_matmul(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
+    """Standard MatMul on the exact float64 values (batch first, then the leading dims): exact while every partial
+    sum stays below 2**53 (``_matmul_bound``)."""
+    return em.op("MatMul", [x, em.val[n.inputs[1]]], f"{n.name}/matmul")
+
+
 def _lower_lut(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
     """Table lookup: the input value scaled to its code, minus ``min_code``, as int64 indexes the table's values."""
     p = n.name
@@ -411,7 +427,7 @@ def _lower_gather(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
 LOWERINGS = {"dense": _lower_dense, "conv2d": _lower_conv2d, "scale_shift": _lower_scale_shift, "add": _lower_add,
              "relu": _lower_relu, "clip": _lower_clip, "maxpool2d": _lower_maxpool2d, "avgpool2d": _lower_avgpool2d,
              "flatten": _lower_flatten, "reshape": _lower_reshape, "quant": _lower_quant, "sub": _lower_sub,
-             "mul": _lower_mul, "lut": _lower_lut, "softmax": _lower_softmax,
+             "mul": _lower_mul, "lut": _lower_lut, "softmax": _lower_softmax, "matmul": _lower_matmul,
              **{k: _lower_gather for k in with_category(Categories.GATHER)}}
 
 

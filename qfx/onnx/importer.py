@@ -741,8 +741,8 @@ class _Converter:
         for n in g.node:  # refuse activation-by-activation products up front: nothing else in the model matters
             if any(i in live for i in n.input):
                 live.update(n.output)
-            if n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx") and len(n.input) > 1 and \
-                    n.input[0] in live and n.input[1] in live:
+            if n.op_type == "Gemm" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and \
+                    n.input[0] in live and n.input[1] in live:  # MatMul of two activations: the matmul op
                 raise UnsupportedError(f"unsupported {n.op_type} of two computed tensors (node {self._where(n)!r}, "
                                        f"e.g. attention scores Q*K^T): qfx multiplies activations only by constant "
                                        f"weights; {_CUT}")
@@ -1338,10 +1338,34 @@ class _Converter:
         self._dense(n, wv, bias, float(a.get("alpha", 1.0)), float(a.get("beta", 1.0)))
 
     def h_matmul(self, n) -> None:
+        if len(n.input) == 2 and self._get(n.input[1], n).kind in ("act", "input"):
+            return self._matmul_acts(n)
         wv = self._const(n.input[1], n, "weight")
         if np.ndim(wv.values) != 2:
             raise UnsupportedError(f"MatMul node {self._where(n)!r} needs a 2-D constant weight")
         self._dense(n, self._const_map(wv, lambda z: np.ascontiguousarray(np.asarray(z).T)), None, 1.0, 1.0)
+
+    def _matmul_acts(self, n) -> None:
+        """MatMul of two activations (attention): the registry op ``matmul`` on their codes, exact in the lossless
+        accumulator format; per-tensor scales multiply into the result's view, anything else (shifts, per-channel
+        scales, a pending relu) is materialized first."""
+        from qfx.ops.matmul import matmul_acc_format, matmul_out_shape
+
+        a, b = self._act(n.input[0], n), self._act(n.input[1], n)
+        vs = []
+        for v in (a, b):
+            if v.relu or np.any(v.h) or np.asarray(v.m).size != 1:
+                v = _Val("act", tensor=self._materialize(n, v))
+            vs.append(v)
+        a, b = vs
+        ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
+        shape = matmul_out_shape(ta.shape, tb.shape)
+        if shape is None:
+            raise UnsupportedError(f"MatMul node {self._where(n)!r}: operands {ta.shape} @ {tb.shape} (per sample) "
+                                   f"need (..., M, K) @ (..., K, N) with equal leading dims; {_CUT}")
+        acc = matmul_acc_format(ta.fmt, tb.fmt, ta.shape[-1])
+        t = self._add("matmul", n, [a.tensor, b.tensor], shape, acc, acc=acc)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=np.asarray(a.m).reshape(-1) * np.asarray(b.m).reshape(-1))
 
     def _dense(self, n, wv: _Val, bias: _Val | None, alpha: float, beta: float) -> None:
         """x @ W.T (+ beta * bias) * alpha with ``wv`` oriented (out, in)."""

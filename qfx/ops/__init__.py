@@ -9,7 +9,8 @@ import importlib
 from qfx.ops.base import REGISTRY, AttrSpec, Categories, OpDef, emitter_for, get, names, register
 
 #: the op modules; importing one registers its ops
-BUILTIN_MODULES = ("linear", "affine", "elementwise", "binary", "pool", "shape", "arith", "gather", "lut", "softmax")
+BUILTIN_MODULES = ("linear", "affine", "elementwise", "binary", "pool", "shape", "arith", "gather", "lut", "softmax",
+                   "matmul")
 for _m in BUILTIN_MODULES:
     importlib.import_module(f"qfx.ops.{_m}")
 
