@@ -692,3 +692,103 @@ class QGroupNorm(QModule):
             y = reshape(step(self.scale, "scale", [d, r]), x.shape, "ungroup")
             step(self.affine, "affine", [y], output)
         return items
+
+
+class QUnflatten(QModule):
+    """``nn.Unflatten(dim, sizes)`` (a Linear's features into (C, H, W) for a decoder): a reshape of the per-sample
+    dims, values and format unchanged, so the IR gets a ``reshape`` node (wires in hardware)."""
+
+    def __init__(self, dim: int, sizes: Sequence[int]) -> None:
+        super().__init__()
+        if isinstance(dim, str) or not all(isinstance(s, int) for s in sizes) or sum(s == -1 for s in sizes) > 1:
+            raise UnsupportedError(f"Unflatten(dim={dim!r}, sizes={tuple(sizes)!r}): qfx needs an integer dim and "
+                                   "integer sizes")
+        self.dim, self.sizes = int(dim), tuple(int(s) for s in sizes)
+        self.out_quant = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(self.dim, self.sizes)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1:
+            raise BadInputError(f"{name}: Unflatten takes one input")
+        x = inputs[0]
+        r = len(x.shape) + 1  # torch rank, batch included
+        d = self.dim % r
+        if self.dim < -r or self.dim >= r or d == 0:
+            raise UnsupportedError(f"{name}: Unflatten(dim={self.dim}) must split a per-sample dim (not the batch)")
+        n = x.shape[d - 1]
+        known = int(np.prod([s for s in self.sizes if s != -1]))
+        sizes = tuple(n // known if s == -1 else s for s in self.sizes)
+        if int(np.prod(sizes)) != n:
+            raise BadInputError(f"{name}: Unflatten sizes {self.sizes} do not split {n} elements")
+        shape = x.shape[:d - 1] + sizes + x.shape[d:]
+        node = Node(name, "reshape", (x.name,), output, {}, {"shape": shape}, None, source=name)
+        return [(node, TensorSpec(output, shape, x.fmt))]
+
+
+class QParamAffine(QModule):
+    """``x * p``, ``x + p`` or ``x - p`` with an ``nn.Parameter`` ``p`` read in forward (a learned per-channel
+    scale ``x * self.gamma`` of shape (1, C, 1, 1), (C, 1, 1) or (C,) on (N, C), or one learned scalar): the IR's
+    ``scale_shift`` op. The parameter object itself is held (still trained, still in ``model.parameters()``) and
+    quantized to ``const_width`` bits like a BatchNorm scale; exact mode applies the codes with integer arithmetic."""
+
+    def __init__(self, param: nn.Parameter, role: str, *, const_width: int = 8, out_width: int | None = 8,
+                 rounding: str = "RND", overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+        super().__init__()
+        if role not in ("scale", "add", "sub"):
+            raise UnsupportedError(f"QParamAffine role {role!r}: scale, add or sub")
+        dims = [i for i, d in enumerate(param.shape) if d != 1]
+        if len(dims) > 1:
+            raise UnsupportedError(f"a parameter of shape {tuple(param.shape)} read in forward: qfx applies one "
+                                   "value per channel ((C, 1, 1), (1, C, 1, 1), (C,) on (N, C)) or one scalar")
+        self.param, self.role = param, role
+        self.trailing = param.dim() - 1 - dims[0] if dims else None  # dims after the channel dim
+        self.const_quant = _quant(None, const_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
+        self.out_quant = _quant(None, out_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        """The parameter as (C,) (or (1,)), checked to fall on x's channel dim."""
+        if self.trailing is not None and x.dim() - 1 - self.trailing != 1:
+            raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} broadcasts over dim "
+                                   f"{x.dim() - 1 - self.trailing} of a {x.dim()}-D tensor; qfx scales channels "
+                                   "(dim 1)")
+        v = self.param.reshape(-1)
+        return -v if self.role == "sub" else v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qfx_mode == "exact":
+            return self._forward_exact(x)
+        v = self.const_quant(self._values(x))
+        v = v.reshape((1, -1) + (1,) * (x.dim() - 2)) if v.numel() > 1 else v.reshape(())
+        y = x * v if self.role == "scale" else x + v
+        return self._out_train(y)
+
+    def _codes(self, c: int) -> tuple[np.ndarray, FxFormat, np.ndarray, FxFormat]:
+        with torch.no_grad():
+            v, fv = self.const_quant.quantize_exact(self._values(torch.zeros((1, c) if self.trailing is None else
+                                                                             (1, c) + (1,) * self.trailing)).float())
+        v = np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (c,)).copy()
+        one, f1 = const_code(1.0 if self.role != "scale" else 0.0)
+        k = np.full(c, one, dtype=np.int64)
+        return (v, fv, k, f1) if self.role == "scale" else (k, f1, v, fv)
+
+    @torch.no_grad()
+    def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
+        xc, fx = values_to_codes(x, "QParamAffine input")
+        s, fs, h, fh = self._codes(x.shape[1])
+        out = self.out_fmt if self.out_fmt is not None else ops.scale_shift_format(fx, fs, fh)
+        return codes_to_values(ops.scale_shift(xc, fx, s, fs, h, fh, out), out, x.device)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) != 1 or not inputs[0].shape:
+            raise UnsupportedError(f"{name}: a parameter scale/shift needs one per-sample tensor")
+        x = inputs[0]
+        if self.trailing is not None and len(x.shape) - self.trailing != 1:
+            raise UnsupportedError(f"{name}: parameter of shape {tuple(self.param.shape)} is not per channel of "
+                                   f"{x.shape}")
+        s, fs, h, fh = self._codes(x.shape[0])
+        acc = ops.scale_shift_format(x.fmt, fs, fh)
+        node = Node(name, "scale_shift", (x.name,), output, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
+                    {}, acc, source=name)
+        return [(node, TensorSpec(output, x.shape, self._spec_fmt(acc)))]

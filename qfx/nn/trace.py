@@ -36,7 +36,7 @@ from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
     QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
-    QSum,
+    QParamAffine, QSum, QUnflatten,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QConvTranspose1d,
@@ -64,7 +64,7 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
-    ("x / y, 1 / x, x ** y, sqrt, exp, log, abs, x.max() / x.sum() over all elements, where",
+    ("x / y, 1 / x, x ** y (y other than 2), sqrt, exp, log, x.max() / x.sum() over all elements, where",
      "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1) or "
      "the features of (N, n)"),
     ("LayerNorm over more than the last dim of (N, n), InstanceNorm1d/3d, InstanceNorm with running statistics, "
@@ -86,8 +86,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations)"),
     ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)), one map over the channels "
      "((N, 1, H, W) or (N, 1, L)) or one value per sample ((N, 1))", "tensors of the same shape"),
-    ("parameters or buffers read in forward (get_attr), tensors created in forward",
-     "put the arithmetic in a module qfx converts"),
+    ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel or a "
+     "scalar), tensors created in forward", "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
 )
 
@@ -412,6 +412,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.modules.padding._ReplicationPadNd: lambda m, c: _edgepad(m, c),
     nn.modules.padding._ReflectionPadNd: lambda m, c: _edgepad(m, c),
     nn.Flatten: _flatten,
+    nn.Unflatten: lambda m, c: QUnflatten(m.dim, m.unflattened_size),
     nn.Identity: lambda m, c: None,
     nn.modules.dropout._DropoutNd: lambda m, c: None,
 }
@@ -507,6 +508,8 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
             raise UnsupportedError(f"division with rounding_mode={a['rounding_mode']!r} has no qfx op")
         if not _is_number(alpha):
             raise UnsupportedError(f"alpha={alpha!r} must be a Python constant")
+        if _param_of(x) is not None or _param_of(y) is not None:
+            return _param_affine(kind, x, y, alpha, c)
         tx, ty = _is_tensor_node(x), _is_tensor_node(y)
         if tx and ty:
             if kind == "div":
@@ -537,6 +540,28 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
         return _Replace(_const(float(scale), float(shift), c), (t,), "scale")
 
     return build
+
+
+def _param_of(v: Any) -> nn.Parameter | None:
+    """The nn.Parameter a get_attr node reads in forward (noted on the node before the builders run), or None."""
+    return v.meta.get("qfx_param") if isinstance(v, torch.fx.Node) and v.op == "get_attr" else None
+
+
+def _param_affine(kind: str, x: Any, y: Any, alpha: Any, c: "QFXConfig") -> _Replace:
+    """``x * self.gamma``, ``x + self.beta``, ``x - self.beta`` with a parameter read in forward: a QParamAffine
+    (scale_shift op) that keeps training the parameter; other uses are refused here, in one line."""
+    px, py = _param_of(x), _param_of(y)
+    p, t = (px, y) if px is not None else (py, x)
+    if not _is_tensor_node(t) or _param_of(t) is not None or alpha != 1:
+        raise UnsupportedError("a parameter read in forward must meet one tensor (x * self.gamma, x + self.beta)")
+    role = {"mul": "scale", "add": "add"}.get(kind)
+    if kind == "sub" and py is not None:
+        role = "sub"
+    if role is None:
+        raise UnsupportedError(f"{kind} with a parameter read in forward: qfx applies x * p, x + p and x - p (one "
+                               "value per channel or a scalar); divide by Python constants")
+    return _Replace(QParamAffine(p, role, const_width=c.bn_width, out_width=c.act_width, **_common(c)), (t,),
+                    f"param_{role}")
 
 
 def _b_neg(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -576,6 +601,8 @@ def _b_log_softmax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
 
 def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     xs, dim = a["tensors"], a["dim"]
+    if isinstance(xs, (list, tuple)) and len(xs) == 1 and _is_tensor_node(xs[0]):
+        return _Drop(xs[0])  # torch.cat([x]) is x (a DenseNet's first layer concatenates a one-item list)
     if not isinstance(xs, (list, tuple)) or len(xs) < 2 or not all(_is_tensor_node(t) for t in xs):
         raise UnsupportedError("torch.cat needs a list of at least two tensors")
     if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
@@ -732,6 +759,37 @@ def _max_min_of_two(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], "_Chai
     return build
 
 
+def _b_pow(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+    """``x ** 2`` / ``torch.square(x)`` as ``x * x`` (QMul of one tensor with itself: exact); other exponents have
+    no qfx op."""
+    x, e = a["input"], a.get("exponent", 2)
+    if not _is_tensor_node(x) or not _is_number(e) or float(e) not in (1.0, 2.0):
+        raise UnsupportedError(f"x ** {e!r}: qfx squares tensors (x ** 2, torch.square, x * x); other powers have "
+                               "no fixed-point op")
+    if float(e) == 1.0:
+        return _Drop(x)
+    return _Replace(_mul(c), (x, x), "square")
+
+
+def _b_abs(a: dict[str, Any], c: "QFXConfig") -> _Chain:
+    """``|x|`` as ``r + (r - x)`` with ``r = relu(x)``: lossless QReLU/QSub/QAdd, so the result is exactly |x|."""
+    x = a["input"]
+    relu = (QReLU(out_width=None), (x,), "abs_relu")
+    neg = (QSub(out_width=None), (0, x), "abs_neg")
+    return _Chain((relu, neg, (QAdd(out_width=None), (0, 1), "abs")))
+
+
+def _b_cast(a: dict[str, Any], c: "QFXConfig") -> _Drop:
+    """``x.float()``, ``x.to(torch.float32)``, ``x.to(device)``, ``x.type_as(y)``: the values stay float32, so the
+    call is an identity; a cast to another dtype would change the values and is refused."""
+    for k, v in a.items():
+        if isinstance(v, torch.dtype) and v != torch.float32:
+            raise UnsupportedError(f"cast to {v}: qfx tensors are float32 values of fixed-point codes; drop the cast")
+        if isinstance(v, str) and v in ("half", "double", "int", "long", "bfloat16", "short", "bool"):
+            raise UnsupportedError(f"cast to {v!r}: qfx tensors are float32 values of fixed-point codes; drop it")
+    return _Drop(a["input"])
+
+
 def _b_flatten(a: dict[str, Any], c: "QFXConfig") -> None:
     s, e = a["start_dim"], a["end_dim"]
     if (not isinstance(s, int) or not isinstance(e, int) or s == 0 or (s > 0 and e > 0 and e < s)
@@ -763,6 +821,7 @@ _SUB = _FnSpec(_TWO + (("alpha", 1),), _arith("sub"), "qfx.nn.QSub (two tensors)
 _RSUB = _FnSpec(_TWO + (("alpha", 1),), _arith("rsub"), "qfx.nn.QSub or QConstScale")
 _MUL = _FnSpec(_TWO, _arith("mul"), "qfx.nn.QMul (two tensors) or QConstScale (a constant)")
 _DIV = _FnSpec(_TWO + (("rounding_mode", None),), _arith("div"), "qfx.nn.QConstScale (division by a constant)")
+_ARITH_SPECS = (_ADD, _SUB, _RSUB, _MUL, _DIV)
 _NEG = _FnSpec((_IN,), _b_neg, "qfx.nn.QConstScale")
 _ACT = "qfx.nn.QActivation"
 _SIGMOID = _FnSpec((_IN,), _b_act("sigmoid"), _ACT)
@@ -805,6 +864,10 @@ _MIN_DIM = _FnSpec((_IN, ("dim", None), ("keepdim", False), ("other", None)), _r
                    "qfx.nn.QAdaptiveMaxPool2d of -x")
 _MAXIMUM = _FnSpec((_IN, ("other", _REQUIRED)), _max_min_of_two("max"), "qfx.nn.QSub + QReLU + QAdd")
 _MINIMUM = _FnSpec((_IN, ("other", _REQUIRED)), _max_min_of_two("min"), "qfx.nn.QSub + QReLU + QSub")
+_POW = _FnSpec((_IN, ("exponent", _REQUIRED)), _b_pow, "qfx.nn.QMul (x ** 2 as x * x)")
+_SQUARE = _FnSpec((_IN,), _b_pow, "qfx.nn.QMul (x ** 2 as x * x)")
+_ABS = _FnSpec((_IN,), _b_abs, "qfx.nn.QReLU + QSub + QAdd")
+_CAST = _FnSpec((_IN, ("arg1", None), ("arg2", None), ("arg3", None)), _b_cast, extra_ok=True)
 _FLATTEN = _FnSpec((_IN, ("start_dim", 0), ("end_dim", -1)), _b_flatten)
 _DROPOUT = _FnSpec((_IN,), _b_drop, extra_ok=True)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
@@ -838,6 +901,7 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.adaptive_max_pool2d: _ADAPTIVE_MAX2, F.adaptive_max_pool1d: _ADAPTIVE_MAX1,
     torch.mean: _MEAN, torch.amax: _AMAX, torch.amin: _AMIN, torch.sum: _SUM, torch.max: _MAX_DIM,
     torch.min: _MIN_DIM, torch.maximum: _MAXIMUM, torch.minimum: _MINIMUM,
+    operator.pow: _POW, torch.pow: _POW, torch.square: _SQUARE, torch.abs: _ABS, torch.absolute: _ABS,
     torch.flatten: _FLATTEN, torch.reshape: _SHAPE, torch.squeeze: _SHAPE, torch.unsqueeze: _SHAPE,
     F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
     F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
@@ -857,7 +921,8 @@ METHOD_TWINS: dict[str, _FnSpec] = {
     "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
     "log_softmax": _LOG_SOFTMAX,
     "mean": _MEAN, "amax": _AMAX, "amin": _AMIN, "sum": _SUM, "max": _MAX_DIM, "min": _MIN_DIM, "maximum": _MAXIMUM, "minimum": _MINIMUM,
-    "flatten": _FLATTEN,
+    "flatten": _FLATTEN, "pow": _POW, "square": _SQUARE, "abs": _ABS, "absolute": _ABS,
+    "float": _CAST, "to": _CAST, "type_as": _CAST,
     "view": _SHAPE, "reshape": _SHAPE, "size": _SHAPE, "contiguous": _SHAPE, "clone": _SHAPE, "detach": _SHAPE,
     "squeeze": _SHAPE, "unsqueeze": _SHAPE,
     "transpose": _INDEX, "permute": _INDEX, "narrow": _INDEX, "chunk": _INDEX, "split": _INDEX,
@@ -970,7 +1035,8 @@ def supported_table() -> str:
     rows += [f"| {', '.join(v)} | {k} |" for k, v in mods.items()]
     rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
     rows.append("| `flatten(x, d)` (d >= 1), `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
-                "`.shape`, `.contiguous()`, F.dropout* | kept as wires / dropped |")
+                "`.shape`, `.contiguous()`, F.dropout*, `.float()`, `.to(torch.float32)`, `.type_as(y)` | kept as "
+                "wires / dropped |")
     rows.append("| `x[:, a:b:k, ..., i]` (constant slices/indices of per-sample dims), `.narrow`, `torch.chunk`, "
                 "`torch.split`, `.tensor_split`, `.transpose`, `.permute` (batch first) | `slice` / `transpose` "
                 "gathers (index maps) |")
@@ -978,6 +1044,8 @@ def supported_table() -> str:
     rows.append("| sizes read in forward (`c = x.size(1)`, `x.shape[2:]`, `c // g`) | constants (the batch size "
                 "stays symbolic) |")
     rows.append("| `nn.Linear` on (N, L, C) | 1x1 `conv2d` between two `transpose` gathers |")
+    rows.append("| `x * self.gamma`, `x + self.beta`, `x - self.beta` (an `nn.Parameter` read in forward: one value "
+                "per channel or a scalar) | `QParamAffine` (`scale_shift`; the parameter keeps training) |")
     return "\n".join(rows)
 
 
@@ -1001,6 +1069,7 @@ _MODULE_NOTES: dict[type, str] = {
     nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`",
     nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
+    nn.Unflatten: "`QUnflatten` (a reshape)",
     nn.modules.padding._ReplicationPadNd: "`QZeroPad2d` (replicate, 2-D)",
     nn.modules.padding._ReflectionPadNd: "`QZeroPad2d` (reflect, 2-D)",
 }
@@ -1127,6 +1196,13 @@ def _fold_float_bn(body: nn.Module, graph: torch.fx.Graph) -> None:
         _set_module(body, str(bn_n.target), nn.Identity())
 
 
+def _attr_value(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def _free_path(root: nn.Module, scope: str, base: str) -> str:
     owner = root.get_submodule(scope) if scope else root
     name, i = base, 1
@@ -1177,6 +1253,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
         if n.op == "placeholder":
             pass
         elif n.op == "get_attr":
+            value = _attr_value(body, str(n.target))
+            if isinstance(value, nn.Parameter) and n.users and all(
+                    FUNCTION_TWINS.get(u.target) in _ARITH_SPECS if u.op == "call_function" and _hashable(u.target)
+                    else u.op == "call_method" and METHOD_TWINS.get(str(u.target)) in _ARITH_SPECS for u in n.users):
+                n.meta["qfx_param"] = value  # x * self.gamma: the arithmetic's builder makes a QParamAffine
+                continue
             problems.append(f"forward reads '{n.target}' directly (fx node '{n.name}'): only layers may hold "
                             "parameters and buffers; put the arithmetic in a module qfx converts")
         elif n.op == "call_module":
@@ -1409,7 +1491,7 @@ def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], n
             _set_module(body, path, copy.deepcopy(body.get_submodule(old)))
             n.target = path
     for n in reversed(list(graph.nodes)):
-        if n.op not in ("placeholder", "output") and not n.users and n not in live:
+        if n.op not in ("placeholder", "output") and not n.users and (n not in live or n.op == "get_attr"):
             graph.erase_node(n)
     for path in dropped:
         _set_module(body, path, nn.Identity())
