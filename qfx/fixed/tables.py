@@ -49,11 +49,13 @@ FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = 
     "sqrt": (lambda x, _: np.sqrt(np.maximum(x, 0.0)), 0.0),
 }
 
-#: tables only qfx's composite layers use (log_softmax's log(max(p, floor)), LayerNorm's 1 / sqrt(var + eps)); kept
-#: out of FUNCTIONS so the random op and graph samplers, which draw from FUNCTIONS, make the same graphs as before
+#: tables added after the random op and graph samplers were pinned (they draw from FUNCTIONS by index, so new
+#: entries there would change every seeded graph): composite layers' log(max(p, floor)) and 1 / sqrt(var + eps),
+#: and Mish
 COMPOSITE_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = {
     "log": (lambda x, a: np.log(np.maximum(x, a)), 2.0 ** -24),
     "rsqrt": (lambda x, e: 1.0 / np.sqrt(np.maximum(x, 0.0) + e), 1e-5),
+    "mish": (lambda x, _: x * np.tanh(np.logaddexp(0.0, x)), 0.0),
 }
 
 

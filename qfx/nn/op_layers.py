@@ -404,6 +404,7 @@ TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "leaky_relu": lambda x, a: F.leaky_relu(x, a),
     "elu": lambda x, a: F.elu(x, a),
     "softplus": lambda x, _: F.softplus(x),
+    "mish": lambda x, _: F.mish(x),
     "exp": lambda x, _: torch.exp(x),
     "reciprocal": lambda x, _: torch.reciprocal(x),
     "sqrt": lambda x, _: torch.sqrt(torch.clamp(x, min=0.0)),

@@ -70,7 +70,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("LayerNorm over more than the last dim of (N, n), InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
-    ("Mish, SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over other dims or ranks",
+    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over other dims or ranks",
      "the table activations; Softmax(dim=1) of (N, n)"),
     ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...)",
      "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
@@ -387,6 +387,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.Sigmoid: lambda m, c: _act("sigmoid", c),
     nn.Tanh: lambda m, c: _act("tanh", c),
     nn.SiLU: lambda m, c: _act("silu", c),
+    nn.Mish: lambda m, c: _act("mish", c),
     nn.GELU: lambda m, c: _act("gelu", c),
     nn.Hardsigmoid: lambda m, c: _act("hardsigmoid", c),
     nn.Hardswish: lambda m, c: _act("hardswish", c),
@@ -827,6 +828,7 @@ _ACT = "qfx.nn.QActivation"
 _SIGMOID = _FnSpec((_IN,), _b_act("sigmoid"), _ACT)
 _TANH = _FnSpec((_IN,), _b_act("tanh"), _ACT)
 _SILU = _FnSpec((_IN, _INPLACE), _b_act("silu"), _ACT)
+_MISH = _FnSpec((_IN, _INPLACE), _b_act("mish"), _ACT)
 _GELU = _FnSpec((_IN, ("approximate", "none")), _b_act("gelu"), _ACT)
 _HARDSIGMOID = _FnSpec((_IN, _INPLACE), _b_act("hardsigmoid"), _ACT)
 _HARDSWISH = _FnSpec((_IN, _INPLACE), _b_act("hardswish"), _ACT)
@@ -885,7 +887,7 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     operator.mul: _MUL, operator.imul: _MUL, torch.mul: _MUL, torch.multiply: _MUL,
     operator.truediv: _DIV, operator.itruediv: _DIV, torch.div: _DIV, torch.divide: _DIV, torch.true_divide: _DIV,
     operator.neg: _NEG, torch.neg: _NEG, torch.negative: _NEG,
-    torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH, F.silu: _SILU, F.gelu: _GELU,
+    torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH, F.silu: _SILU, F.mish: _MISH, F.gelu: _GELU,
     F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS,
     F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
