@@ -12,11 +12,15 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
   ``qfx.input_perm:<input>`` (``qfx.output_perm``) in the model metadata says how to lay data out (each input of a
   multi-input graph; ``qfx.input_perm`` too when there is one). A Transpose followed by
   Flatten/Reshape into a MatMul/Gemm with constant weights is folded into the weight rows.
+* Model-local functions (aten ops wrapped by torch's dynamo exporter before torch 2.6) are inlined; qfx's own
+  ``FixedQuant`` function stays a call.
 * Identity and Dropout are removed.
 * Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
   as onnxruntime computes them), ``Shape`` of a tensor whose shape is known (graph inputs, and tensors typed by
   ``onnx.shape_inference`` with QONNX ops read as Identity) becomes a constant, so shape subgraphs fold into a
-  static Reshape. A symbolic batch dimension is taken as 1; the importer ignores the batch entry of Reshape targets.
+  static Reshape. ``Constant`` nodes with ``value_float(s)``/``value_int(s)`` fold like tensor values, and
+  ``CastLike(constant, activation)`` (the dynamo exporter's Clip bounds) folds to the activation's declared or
+  inferred element type. A symbolic batch dimension is taken as 1; the importer ignores the batch entry of Reshape targets.
 * Nodes whose outputs nothing reads, and unused initializers, are dropped.
 
 Everything here is exact bookkeeping on constants; no value of the model changes.
@@ -29,7 +33,7 @@ import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
 
-__all__ = ["cleanup", "QONNX_DOMAIN", "QONNX_OPS", "QONNX_DOMAINS", "CHANNELS_LAST_DOMAIN"]
+__all__ = ["cleanup", "constant_value", "QONNX_DOMAIN", "QONNX_OPS", "QONNX_DOMAINS", "CHANNELS_LAST_DOMAIN"]
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
@@ -47,6 +51,21 @@ def _attrs(node) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def constant_value(node) -> np.ndarray | None:
+    """The value of a ``Constant`` node: its ``value`` tensor or a ``value_float(s)``/``value_int(s)`` attribute
+    (the dynamo exporter writes shapes and scalars that way); None for sparse or string values."""
+    from onnx import numpy_helper
+
+    a = _attrs(node)
+    if "value" in a:
+        return numpy_helper.to_array(a["value"])
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(a[key], dtype=dtype)
+    return None
 
 
 def _axes(node, ins: list[np.ndarray], pos: int) -> list[int] | None:
@@ -110,6 +129,10 @@ def _cast(node, ins):
     return np.asarray(ins[0]).astype(helper.tensor_dtype_to_np_dtype(int(_attrs(node)["to"])))
 
 
+def _cast_like(node, ins):
+    return np.asarray(ins[0]).astype(np.asarray(ins[1]).dtype)
+
+
 def _constant_of_shape(node, ins):
     from onnx import numpy_helper
 
@@ -162,7 +185,7 @@ class _TooBig(Exception):
 FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
     "Identity": lambda n, i: np.asarray(i[0]),
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Reshape": _reshape, "Flatten": _flatten,
-    "Concat": _concat, "Gather": _gather, "Transpose": _transpose, "Cast": _cast,
+    "Concat": _concat, "Gather": _gather, "Transpose": _transpose, "Cast": _cast, "CastLike": _cast_like,
     "ConstantOfShape": _constant_of_shape, "Range": _range,
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _binary(_div),
     "Pow": _binary(np.power), "Min": _binary(np.minimum), "Max": _binary(np.maximum),
@@ -241,6 +264,21 @@ class _Cleaner:
             self.m.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, 1))
         if moved:
             self.report.append(f"moved {moved} QONNX op(s) into domain {QONNX_DOMAIN}")
+
+    def functions(self) -> None:
+        """Inline model-local functions (the torch dynamo exporter of torch < 2.6 wraps aten ops in them); qfx's
+        own FixedQuant function stays a call, as the importer reads it."""
+        from onnx import inliner
+
+        from qfx.onnx.fixedquant import DOMAIN as QFX_DOMAIN
+
+        foreign = [f for f in self.m.functions if f.domain != QFX_DOMAIN]
+        if not foreign:
+            return
+        keep = [(f.domain, f.name) for f in self.m.functions if f.domain == QFX_DOMAIN]
+        self.m = inliner.inline_selected_functions(self.m, keep, exclude=True)
+        self.g = self.m.graph
+        self.report.append(f"inlined {len(foreign)} model-local function(s)")
 
     def channels_last(self) -> None:
         from onnx import helper
@@ -352,8 +390,23 @@ class _Cleaner:
                 shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
         return shapes
 
+    def elem_type(self, tensor: str) -> int | None:
+        """The ONNX element type the model declares for ``tensor`` (graph input/output or value_info), if any."""
+        from onnx import shape_inference
+
+        for g in (self.g, None):
+            if g is None:  # not declared: ask shape inference (a help, never a requirement)
+                try:
+                    g = shape_inference.infer_shapes(self.m, strict_mode=False).graph
+                except Exception:
+                    return None
+            for vi in (*g.input, *g.value_info, *g.output):
+                if vi.name == tensor and vi.type.tensor_type.elem_type:
+                    return int(vi.type.tensor_type.elem_type)
+        return None
+
     def fold_constants(self) -> None:
-        from onnx import numpy_helper
+        from onnx import helper
 
         folded: dict[str, int] = {}
         while True:
@@ -365,10 +418,9 @@ class _Cleaner:
                     continue
                 outs = [o for o in n.output if o]
                 if n.op_type == "Constant":
-                    a = _attrs(n)
-                    if "value" not in a:
+                    val = constant_value(n)
+                    if val is None:
                         continue
-                    val = numpy_helper.to_array(a["value"])
                 elif n.op_type == "Shape":
                     if shapes is None:
                         shapes = self.known_shapes()
@@ -380,6 +432,11 @@ class _Cleaner:
                         continue
                     a = _attrs(n)
                     val = np.asarray(shp, dtype=np.int64)[a.get("start", 0):a.get("end", None)]
+                elif n.op_type == "CastLike" and n.input[0] in consts and n.input[1] not in consts:
+                    to = self.elem_type(n.input[1])  # the dynamo exporter's CastLike(scalar, activation)
+                    if to is None:
+                        continue
+                    val = consts[n.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
                 elif n.op_type in FOLDERS and all((not i) or i in consts for i in n.input) and len(outs) == 1:
                     try:
                         val = FOLDERS[n.op_type](n, [consts[i] if i else None for i in n.input])
@@ -610,6 +667,7 @@ class _Cleaner:
     def run(self):
         from onnx import helper
 
+        self.functions()
         self.domains()
         self.channels_last()
         self.identities()

@@ -23,13 +23,14 @@
     the view).
   - Gemm/MatMul (+ Add bias), Conv (grouped convolutions expanded to block-diagonal weights; asymmetric
     padding as a ``zeropad2d`` first), Relu, Add, MaxPool, AveragePool/GlobalAveragePool, ReduceMean over the
-    spatial axes, Pad (zeros), Flatten, Reshape as torch exports them. Float initializers are constants when their
+    spatial axes, Pad (zeros), Flatten, Reshape, Squeeze/Unsqueeze (not of the batch axis) as torch exports them;
+    MaxPool/AveragePool with ``ceil_mode=1`` when the windows tile the padded input (no partial last window). Float initializers are constants when their
     values are dyadic with a small code width (weights a fixed-point trainer produced).
   - **1-D** Conv/MaxPool/AveragePool/GlobalAveragePool on (N, C, L) run as their 2-D form on (C, 1, L) with
     ``reshape`` nodes around them, so every tensor keeps the shape the ONNX model promises (Keras' channels-last
     form is the same op between two Transposes, which the clean-up folds); BatchNormalization is per channel.
   - Float functions of a quantized tensor (Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign,
-    LeakyRelu, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
+    LeakyRelu, PRelu with one slope, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
     per-tensor view folds into the table); output ``TABLE_OUT_BITS`` (16) bits with the most fractional bits that
     hold the function's range. Clip with bounds on the grid is the ``clip`` op.
   - ``Softmax`` over the last axis of a vector of at most 12 bits is the ``softmax`` op with output
@@ -56,7 +57,7 @@
   - A ``Quant`` right after a table (Sigmoid/Tanh/... ``lut``) is folded into the table: its entries are the
     Quant's output codes of the function (one rounding, as QONNX computes it, not two).
 
-  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, QLinearAdd, ...) are refused with one line naming the
+  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, LayerNormalization, QLinearAdd, ...) are refused with one line naming the
   op, the node and what to do (``REFUSALS``).
 * **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
   (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
@@ -81,7 +82,7 @@ from qfx.fixed.kernels import lossless_acc_format
 from qfx.fixed.ops import avgpool_format, conv_out_size, scale_shift_format
 from qfx.ir.names import UniqueNames
 from qfx.ir.graph import IR_VERSION, Constant, Graph, Node, TensorSpec, op_def
-from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
+from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup, constant_value
 from qfx.onnx.requant import REQUANT_BITS, dyadic, is_pow2, pow2_exponent, scale_bits_for
 from qfx.ops import REGISTRY, Categories
 
@@ -503,6 +504,9 @@ REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
                   "on the host",
     "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
+    **{op: "qfx has no per-sample normalization op (it divides by a data-dependent standard deviation); use "
+           "BatchNormalization (it folds into the weights) or " + _CUT
+       for op in ("LayerNormalization", "InstanceNormalization", "GroupNormalization")},
     **{op: "of the QOperator integer ops qfx maps QLinearConv, QLinearMatMul and QGemm only; re-quantize in the QDQ "
            "format (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ)) or export QONNX"
        for op in ("MatMulInteger", "ConvInteger", "QLinearAdd",
@@ -510,8 +514,8 @@ REFUSALS = {
                   "QLinearGlobalAveragePool", "DynamicQuantizeLinear")},
 }
 _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
-            "(QDQ), Gemm/MatMul, Conv/ConvTranspose (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/Sigmoid/Tanh/HardSigmoid/"
-            "HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Concat, Resize, "
+            "(QDQ), Gemm/MatMul, Conv/ConvTranspose (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
+            "HardSigmoid/HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Concat, Resize, "
             "DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
@@ -823,12 +827,10 @@ class _Converter:
 
     # ---------------------------------------------------------------- handlers: constants and aliases
     def h_constant(self, n) -> None:
-        a = _attrs(n)
-        if "value" not in a:
-            raise UnsupportedError(f"Constant node {self._where(n)!r} without a tensor value")
-        from onnx import numpy_helper
-
-        self.vals[n.output[0]] = _Val("const", numpy_helper.to_array(a["value"]))
+        val = constant_value(n)
+        if val is None:
+            raise UnsupportedError(f"Constant node {self._where(n)!r} without a tensor, float or int value")
+        self.vals[n.output[0]] = _Val("const", val)
 
     def h_identity(self, n) -> None:
         self.vals[n.output[0]] = self._get(n.input[0], n)
@@ -1876,16 +1878,27 @@ class _Converter:
 
     def h_leaky_relu(self, n) -> None:
         """LeakyRelu as a ``lut`` of its input codes (exact table values; inputs up to MAX_TABLE_BITS wide)."""
+        self._leaky(n, float(_attrs(n).get("alpha", 0.01)))
+
+    def h_prelu(self, n) -> None:
+        """PRelu with one slope for every element (torch ``nn.PReLU()``) is a LeakyRelu; per-channel slopes are
+        refused (qfx's tables are per tensor)."""
+        slope = np.asarray(self._const(n.input[1], n, "slope").values, dtype=np.float64).ravel()
+        if slope.size == 0 or not np.all(slope == slope[0]):
+            raise UnsupportedError(f"PRelu node {self._where(n)!r} has per-channel slopes; qfx maps one slope for the "
+                                   f"whole tensor (torch nn.PReLU() with num_parameters=1) or {_CUT}")
+        self._leaky(n, float(slope[0]))
+
+    def _leaky(self, n, alpha: float) -> None:
         where = self._where(n)
         x = self._act(n.input[0], n)
-        alpha = float(_attrs(n).get("alpha", 0.01))
         if x.relu or np.any(x.h) or np.any(x.m <= 0):
             x = _Val("act", tensor=self._materialize(n, x))  # leaky(t * m) == m * leaky(t) for m > 0
         fx = self.tensors[x.tensor].fmt
         from qfx.fixed.tables import MAX_TABLE_BITS, build_table
 
         if "lut" not in REGISTRY or fx.width > MAX_TABLE_BITS or not 0 <= alpha:
-            raise UnsupportedError(f"unsupported ONNX op 'LeakyRelu' (node {where!r}) on {fx.ap_type()} values: qfx "
+            raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}) on {fx.ap_type()} values: qfx "
                                    f"tables take inputs of at most {MAX_TABLE_BITS} bits; quantize before it, or "
                                    f"{_CUT}")
         da = dyadic(np.array([alpha]), bits=24)
@@ -1898,7 +1911,7 @@ class _Converter:
         table = Constant(build_table(spec, fx, of), of)
         t = self._add("lut", n, [x.tensor], self.tensors[x.tensor].shape, of, {"table": table}, {"fn": spec})
         if not da.exact:
-            self.report.append(f"LeakyRelu {where!r}: alpha {alpha!r} rounded to {float(da.approx[0])!r}")
+            self.report.append(f"{n.op_type} {where!r}: alpha {alpha!r} rounded to {float(da.approx[0])!r}")
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
 
     # ---------------------------------------------------------------- handlers: tables (lut) and softmax
@@ -2181,11 +2194,17 @@ class _Converter:
     def _pool_attrs(self, n, xs: TensorSpec) -> tuple[list[int], list[int], tuple[int, int]]:
         a = _attrs(n)
         where = self._where(n)
-        if int(a.get("ceil_mode", 0)) or any(int(d) != 1 for d in a.get("dilations", [1, 1])):
-            raise UnsupportedError(f"{n.op_type} node {where!r}: ceil_mode/dilations are not supported")
+        if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: dilations are not supported")
         k = [int(v) for v in a["kernel_shape"]]
         st = [int(v) for v in a.get("strides", [1, 1])]
-        return k, st, self._pads(n, a, xs.shape[1:], (k[0], k[1]), st)
+        pads = self._pads(n, a, xs.shape[1:], (k[0], k[1]), st)
+        # ceil_mode changes nothing when the windows tile the padded input exactly (torch writes it for ceil_mode=True)
+        if int(a.get("ceil_mode", 0)) and any((size + 2 * p - kk) % s for size, p, kk, s
+                                              in zip(xs.shape[1:], pads, k, st)):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: ceil_mode with a partial last window is not "
+                                   f"supported")
+        return k, st, pads
 
     def h_maxpool(self, n) -> None:
         if self._one_d(n, _Converter.h_maxpool):
@@ -2346,6 +2365,11 @@ class _Converter:
             rest = [xs.size // known if d == -1 else d for d in rest]
         if any(d <= 0 for d in rest) or int(np.prod(rest)) != xs.size:
             raise BadInputError(f"Reshape node {self._where(n)!r}: cannot reshape {xs.shape} to {shp}")
+        self._reshape_act(n, x, rest)
+
+    def _reshape_act(self, n, x: _Val, rest: list[int]) -> None:
+        """The activation ``x`` viewed as per-sample shape ``rest`` (same size): flatten, reshape or nothing."""
+        xs = self.tensors[x.tensor]
         if tuple(rest) == xs.shape:
             self.vals[n.output[0]] = x
             return
@@ -2363,9 +2387,20 @@ class _Converter:
     def h_squeeze(self, n) -> None:
         from qfx.onnx.cleanup import FOLDERS
 
-        v = self._const(n.input[0], n, "input")
         extra = [np.asarray(self._const(i, n, "axes").values) for i in n.input[1:] if i]
-        self.vals[n.output[0]] = self._const_map(v, lambda z: FOLDERS[n.op_type](n, [np.asarray(z), *extra]))
+        v = self._get(n.input[0], n)
+        if v.kind == "const":
+            self.vals[n.output[0]] = self._const_map(v, lambda z: FOLDERS[n.op_type](n, [np.asarray(z), *extra]))
+            return
+        x = self._act(n.input[0], n)
+        xs = self.tensors[x.tensor]
+        try:  # a batch of 2 shows whether the axes leave the batch axis alone
+            full = FOLDERS[n.op_type](n, [np.zeros((2, *xs.shape), dtype=np.int8), *extra]).shape
+        except (ValueError, TypeError, IndexError) as exc:
+            raise BadInputError(f"{n.op_type} node {self._where(n)!r}: bad axes for shape {xs.shape}: {exc}") from None
+        if not full or full[0] != 2:
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r} changes the batch axis; qfx keeps it first")
+        self._reshape_act(n, x, list(full[1:]))
 
 
 class _FakeNode:
@@ -2390,6 +2425,7 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "Resize": _Converter.h_resize, "Upsample": _Converter.h_resize, "Concat": _Converter.h_concat,
     "DepthToSpace": _Converter.h_depth_to_space, "LeakyRelu": _Converter.h_leaky_relu,
     "Softmax": _Converter.h_softmax, "Clip": _Converter.h_clip, "MultiThreshold": _Converter.h_multithreshold,
+    "PRelu": _Converter.h_prelu,
     "QuantizeLinear": _Converter.h_quantize_linear, "DequantizeLinear": _Converter.h_dequantize_linear,
     "QLinearConv": _Converter.h_qlinear, "QLinearMatMul": _Converter.h_qlinear, "QGemm": _Converter.h_qlinear,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,

@@ -34,8 +34,8 @@ __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 
 #: ops whose output is (the end of a chain that is) quantized
 QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
-                           "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "Sigmoid", "Tanh",
-                           "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign"})
+                           "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "PRelu", "Sigmoid",
+                           "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign"})
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
 _WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
@@ -54,6 +54,16 @@ def free_batch(model):
             dims[0].dim_param = "N"
     del m.graph.value_info[:]
     return m
+
+
+def quiet_options():
+    """onnxruntime session options that keep its own error log quiet: a batched run that fails on a graph with a
+    fixed batch (retried one sample at a time) is expected, not an error to print."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    return opts
 
 
 def run_batches(sess, iname: str, x: np.ndarray) -> list[np.ndarray]:
@@ -166,7 +176,8 @@ class _Quantizer:
             if t not in have:
                 probe.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
         try:
-            sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(probe.SerializeToString(), quiet_options(),
+                                        providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise BadInputError(f"onnxruntime cannot run the float model for calibration: "
                                 f"{(str(exc).splitlines() or [''])[0][:160]}") from None
@@ -294,7 +305,8 @@ def multi_input_agreement(model, graph, calib: Mapping[str, np.ndarray]) -> str:
     from qfx.onnx.importer import input_codes, output_values
 
     try:
-        sess = ort.InferenceSession(free_batch(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(free_batch(model).SerializeToString(), quiet_options(),
+                                    providers=["CPUExecutionProvider"])
         feeds = {i.name: np.asarray(calib[i.name], dtype=np.float32) for i in sess.get_inputs()}
         ref = run_feeds(sess, feeds)[0]
     except Exception:  # custom ops or names that do not match: no comparison
