@@ -147,7 +147,7 @@ def test_every_new_op_is_registered_with_its_emitters():
     for op in NEW_OPS:
         for table in (HLS_EMITTERS, LAYER_EMITTERS, LOWERINGS, EXACTNESS):
             assert op in table, op
-    assert with_category(Categories.GATHER) == {"concat", "upsample2d", "zeropad2d", "transpose"}
+    assert with_category(Categories.GATHER) == {"concat", "upsample2d", "zeropad2d", "transpose", "slice"}
     assert with_category(Categories.BINARY) == set(BINARY_EMITTERS)
     assert "lut" in ELEMENTWISE_EMITTERS and not REGISTRY["lut"].is_(Categories.FUSABLE)
     # one generic gather emitter per backend

@@ -45,7 +45,7 @@ def test_overrides_per_channel_and_unsupported():
     with pytest.raises(BadInputError):
         qn.quantize_model(digits_mlp(), qn.QFXConfig(overrides={"1": {"bogus": 1}}))
     with pytest.raises(UnsupportedError):
-        qn.quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Mish()))
+        qn.quantize_model(nn.Sequential(nn.Linear(4, 4), nn.CELU()))
     with pytest.raises(BadInputError):
         qn.QFXConfig.from_dict({"weight_width": 4, "nope": 1})
 
