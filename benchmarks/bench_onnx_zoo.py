@@ -78,14 +78,19 @@ def quantize_float(path: Path, out_dir: Path) -> Path:
     import onnx
 
     from qfx.onnx.importer import load_model_file
+    from qfx.onnx.cleanup import cleanup
     from qfx.onnx.quantize import quantize_onnx
+    from qfx.onnx.whole_sample import BATCH_AXIS_KEY
 
     model = load_model_file(path)
+    whole = BATCH_AXIS_KEY in {p.key: p.value for p in cleanup(model)[0].metadata_props}
     inits = {i.name for i in model.graph.initializer}
-    inp = next(i for i in model.graph.input if i.name not in inits)
-    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim][1:]
-    calib = np.random.default_rng(0).uniform(0, 1, (256, *shape)).astype(np.float32)
-    q, _ = quantize_onnx(model, calib)
+    rng = np.random.default_rng(0)
+    calib = {}
+    for inp in (i for i in model.graph.input if i.name not in inits):
+        shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim][0 if whole else 1:]
+        calib[inp.name] = rng.uniform(0, 1, (256 if not whole else 32, *shape)).astype(np.float32)
+    q, _ = quantize_onnx(model, calib if len(calib) > 1 else next(iter(calib.values())))
     dest = out_dir / f"{path.stem}_q.onnx"
     onnx.save(q, dest)
     return dest

@@ -21,6 +21,8 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
   static Reshape. ``Constant`` nodes with ``value_float(s)``/``value_int(s)`` fold like tensor values, and
   ``CastLike(constant, activation)`` (the dynamo exporter's Clip bounds) folds to the activation's declared or
   inferred element type. A symbolic batch dimension is taken as 1; the importer ignores the batch entry of Reshape targets.
+* A fixed-shape graph whose first axis is data, not a batch (sequence-first attention), gets a batch axis
+  prepended (``qfx.onnx.whole_sample``; ``qfx.batch_axis`` = ``added`` in the metadata).
 * Nodes whose outputs nothing reads, and unused initializers, are dropped.
 
 Everything here is exact bookkeeping on constants; no value of the model changes.
@@ -32,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
+from qfx.onnx.whole_sample import add_batch_axis
 
 __all__ = ["cleanup", "constant_value", "QONNX_DOMAIN", "QONNX_OPS", "QONNX_DOMAINS", "CHANNELS_LAST_DOMAIN"]
 
@@ -673,6 +676,7 @@ class _Cleaner:
         self.identities()
         self.hardswish()
         self.fold_constants()
+        add_batch_axis(self)
         self.transposes()
         self.fold_constants()
         self.dead()

@@ -2028,8 +2028,8 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t)
 
     def h_softmax(self, n) -> None:
-        """Softmax over the last (channel) axis of a vector: the ``softmax`` op with an
-        ``SOFTMAX_OUT`` output (values in [0, 1], 1.0 included). A per-tensor shift of the input cancels."""
+        """Softmax over the last axis (a vector, or the rows of a matrix such as attention scores): the ``softmax``
+        op with an ``SOFTMAX_OUT`` output (values in [0, 1], 1.0 included). A per-tensor shift of the input cancels."""
         from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS, softmax_tables
 
         where = self._where(n)
@@ -2037,9 +2037,10 @@ class _Converter:
         shape = self.tensors[x.tensor].shape
         rank = len(shape) + 1
         ax = int(_attrs(n).get("axis", -1 if self._opset() >= 13 else 1)) % rank
-        if len(shape) != 1 or ax != 1:
-            raise UnsupportedError(f"{n.op_type} node {where!r}: qfx computes softmax over a vector (N, n) along its "
-                                   f"last axis; this one is over axis {ax} of a rank-{rank} tensor; {_CUT}")
+        if ax != rank - 1 or ax == 0:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: qfx computes softmax along the last axis (of a vector "
+                                   f"or the rows of a matrix); this one is over axis {ax} of a rank-{rank} tensor; "
+                                   f"{_CUT}")
         if x.m.size > 1 or x.h.size > 1 or x.relu or np.any(x.m <= 0):
             x = _Val("act", tensor=self._materialize(n, x))
         fx = self.tensors[x.tensor].fmt
@@ -2054,7 +2055,7 @@ class _Converter:
             f2 = FxFormat(fx.width, ib, True, "RND_CONV", "SAT")
             t = self._scale_shift(n, t, x.m, np.zeros(1), f2, "softmax input scale")
             fx = f2
-        et, rt, shift = softmax_tables(shape[0], fx, SOFTMAX_OUT)
+        et, rt, shift = softmax_tables(shape[-1], fx, SOFTMAX_OUT)
         out = self._add("softmax", n, [t], shape, SOFTMAX_OUT, {"exp_table": et, "recip_table": rt},
                         {"shift": shift})
         self.exact.discard(out)  # table approximations: a following Quant is a second rounding, not a fused cast

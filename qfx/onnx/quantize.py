@@ -16,7 +16,9 @@ unchanged; qfx has no log-softmax op). Float functions (Sigmoid, Tanh, HardSwish
 become tables; their outputs are quantized like any activation. The model is first cleaned (``qfx.onnx.cleanup``),
 so the written file is the cleaned graph; a layout transpose folded at an input is recorded as
 ``qfx.input_perm:<input>`` and applied to the calibration data. Several graph inputs: calibration data is one array
-per input name (a dict, or an ``.npz`` on the command line). The result runs in QONNX's executor as it is and imports
+per input name (a dict, or an ``.npz`` on the command line). A fixed-shape graph whose first axis is not a
+batch (``qfx.onnx.whole_sample``) takes each whole input tensor as one sample: calibration data is a stack of them
+(or one tensor of the model's own shape). The result runs in QONNX's executor as it is and imports
 into qfx without options.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
 from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
+from qfx.onnx.whole_sample import BATCH_AXIS_KEY
 
 __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 
@@ -121,8 +124,12 @@ class _Quantizer:
             raise BadInputError(f"calibration data names {sorted(calib)} but the model's inputs are {before}")
         props = {p.key: p.value for p in self.m.metadata_props}
         self.calib: dict[str, np.ndarray] = {}
+        whole = props.get(BATCH_AXIS_KEY) == "added"
+        ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
         for old, new in zip(before, after):
             x = np.asarray(calib[old], dtype=np.float32)
+            if whole and x.ndim == ranks.get(old):  # one whole tensor of the fixed-shape model: one sample
+                x = x[None]
             perm = props.get(f"qfx.input_perm:{new}") or (props.get("qfx.input_perm") if len(after) == 1 else None)
             self.calib[new] = np.transpose(x, [int(p) for p in perm.split(",")]) if perm else x
         self.k = 0

@@ -1,0 +1,237 @@
+"""A batch axis for graphs whose first axis is not one: each whole input tensor becomes one sample.
+
+qfx reads ONNX axis 0 as the batch: every executor runs samples independently and keeps per-sample shapes. Some
+exports have fixed shapes whose first axis is data, not a batch: torch's sequence-first attention
+(``(S, 1, E)`` inputs, heads made by ``Reshape`` + ``Transpose(perm=[1, 0, 2])``, softmax over the rows of
+``(heads, S, S)``) moves values across axis 0. For such a graph the rewrite prepends one free batch axis ``N`` to
+every graph input and output and shifts every axis the nodes name by one (Transpose perms, Reshape targets,
+Softmax/Concat/Gather/Split axes, Reduce/Squeeze/Unsqueeze axes): the rewritten graph computes, per sample, exactly
+what the original computed on its one tensor. Right-aligned broadcasting of constants is unchanged by a new leading
+axis, so constants stay as they are.
+
+It runs only when (1) every graph input has a fully static shape, (2) some node moves data across axis 0 (a
+Transpose that moves it, a Reshape that changes its size, an axis-0 softmax/concat/reduction, a MatMul contracting
+a computed rank-2 operand's first axis, a constant that varies along it), and (3) every node is of an op whose
+meaning does not depend on rank (``RANK_FREE``): a Conv or Gemm graph with an odd first axis is left alone (and
+refused by the importer as before). ``qfx.batch_axis`` = ``added`` in the model metadata records it: data for the
+rewritten model has one more leading axis (a stack of whole original tensors).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["add_batch_axis", "RANK_FREE", "BATCH_AXIS_KEY"]
+
+BATCH_AXIS_KEY = "qfx.batch_axis"
+_DEFAULT = ("", "ai.onnx")
+#: default-domain ops whose meaning does not depend on the rank once their axes are shifted
+RANK_FREE = frozenset({
+    "Reshape", "Transpose", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp",
+    "Log", "Erf", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
+    "Softsign", "Gelu", "Clip", "Max", "Min", "Softmax", "LogSoftmax", "Concat", "Squeeze", "Unsqueeze",
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Identity", "Cast", "Constant"})
+#: QONNX ops that are element-wise with right-aligned (broadcast) parameters
+_QONNX_ELEMENTWISE = frozenset({"Quant", "BipolarQuant", "Trunc", "FloatQuant"})
+_AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat"})
+_AXES_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Squeeze", "Unsqueeze"})
+
+
+def _attr(node, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _set_ints(node, name: str, values: list[int]) -> None:
+    from onnx import helper
+
+    for k, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[k]
+            break
+    node.attribute.append(helper.make_attribute(name, [int(v) for v in values]))
+
+
+def _opset(model) -> int:
+    return next((int(o.version) for o in model.opset_import if o.domain in _DEFAULT), 13)
+
+
+def _set_int(node, name: str, value: int) -> None:
+    from onnx import helper
+
+    for k, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[k]
+            break
+    node.attribute.append(helper.make_attribute(name, int(value)))
+
+
+class _Plan:
+    def __init__(self, cleaner) -> None:
+        self.c = cleaner
+        self.g = cleaner.g
+        self.consts = cleaner.consts()
+        self.shapes = cleaner.known_shapes()
+
+    def rank(self, t: str) -> int | None:
+        if t in self.consts:
+            return self.consts[t].ndim
+        s = self.shapes.get(t)
+        return len(s) if s is not None else None
+
+    def _axes_of(self, n) -> list[int] | None:
+        a = _attr(n, "axes")
+        if a is not None:
+            return [int(v) for v in a]
+        if len(n.input) > 1 and n.input[1]:
+            v = self.consts.get(n.input[1])
+            return None if v is None else [int(x) for x in np.asarray(v).ravel()]
+        return []
+
+    def applies(self) -> str | None:
+        """The node that moves data across axis 0 when the rewrite applies, else None."""
+        from qfx.onnx.cleanup import QONNX_DOMAIN
+
+        inputs = self.c.data_inputs()
+        if not inputs:
+            return None
+        for vi in inputs:
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) < 2 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+                return None
+        crossing = None
+        for n in self.g.node:
+            if n.domain == QONNX_DOMAIN and n.op_type in _QONNX_ELEMENTWISE:
+                continue
+            if n.domain not in _DEFAULT or n.op_type not in RANK_FREE:
+                return None
+            if crossing is None and self._crosses(n):
+                crossing = n.name or n.op_type
+        return crossing
+
+    def _crosses(self, n) -> bool:
+        op = n.op_type
+        data = [i for i in n.input if i and i not in self.consts]
+        if not data:
+            return False
+        if op == "Transpose":
+            perm = _attr(n, "perm")
+            return perm is None or int(perm[0]) != 0
+        if op == "Reshape":
+            a, b = self.shapes.get(n.input[0]), self.shapes.get(n.output[0])
+            return a is None or b is None or a[0] != b[0]
+        if op in _AXIS_OPS:
+            r = self.rank(n.input[0])
+            ax = int(_attr(n, "axis", 1 if op != "Concat" else 0))
+            return r is None or ax % r == 0
+        if op in _AXES_OPS:
+            axes, r = self._axes_of(n), self.rank(n.input[0] if op != "Unsqueeze" else n.output[0])
+            if axes is None or r is None:
+                return True
+            if not axes:  # reduce over every axis; squeeze of every size-1 axis
+                return op != "Unsqueeze"
+            return any(int(x) % r == 0 for x in axes)
+        if op == "MatMul":
+            return len(n.input) > 1 and n.input[1] not in self.consts and self.rank(n.input[1]) == 2
+        for i in n.input:  # a constant that varies along the first axis of a full-rank operand
+            v = self.consts.get(i)
+            r = self.rank(n.output[0])
+            if v is not None and r is not None and v.ndim == r and v.shape[0] > 1:
+                return True
+        return False
+
+
+def _shift_axes(plan: _Plan, n, fresh) -> bool:
+    """Shift the axes ``n`` names by one (False: cannot; the rewrite is then not done)."""
+    op = n.op_type
+    if op == "Transpose":
+        perm = _attr(n, "perm")
+        if perm is None:
+            r = plan.rank(n.input[0])
+            if r is None:
+                return False
+            perm = list(range(r))[::-1]
+        _set_ints(n, "perm", [0] + [int(p) + 1 for p in perm])
+    elif op == "Reshape":
+        tgt = plan.consts.get(n.input[1])
+        if tgt is None:
+            return False
+        tgt = [int(v) for v in np.asarray(tgt).ravel()]
+        if int(_attr(n, "allowzero", 0)):
+            if -1 in tgt:
+                return False
+            lead = -1
+        else:
+            lead = 0  # copies the new batch axis
+        n.input[1] = fresh(np.asarray([lead, *tgt], dtype=np.int64), n.input[1])
+    elif op in _AXIS_OPS:
+        default = 0 if op == "Concat" else (-1 if _opset(plan.c.m) >= 13 else 1)
+        ax = int(_attr(n, "axis", default))
+        if ax >= 0:
+            _set_int(n, "axis", ax + 1)
+    elif op in _AXES_OPS:
+        axes = plan._axes_of(n)
+        if axes is None:
+            return False
+        if not axes:
+            if op in ("Squeeze", "Unsqueeze"):
+                return op == "Unsqueeze"
+            r = plan.rank(n.input[0])
+            if r is None or int(_attr(n, "noop_with_empty_axes", 0)):
+                return False
+            axes = list(range(r))
+        new = [a + 1 if a >= 0 else a for a in axes]
+        if _attr(n, "axes") is not None:
+            _set_ints(n, "axes", new)
+        elif len(n.input) > 1 and n.input[1]:
+            n.input[1] = fresh(np.asarray(new, dtype=np.int64), n.input[1])
+        elif _opset(plan.c.m) < 18 or op in ("Squeeze", "Unsqueeze"):
+            _set_ints(n, "axes", new)
+        else:  # opset 18 reductions take their axes as an input
+            while len(n.input) < 2:
+                n.input.append("")
+            n.input[1] = fresh(np.asarray(new, dtype=np.int64), f"{n.name or op}_axes")
+    return True
+
+
+def add_batch_axis(cleaner) -> None:
+    """Apply the rewrite to ``cleaner``'s graph when it applies (see the module doc); a report line says so."""
+    import onnx
+
+    plan = _Plan(cleaner)
+    where = plan.applies()
+    if where is None:
+        return
+    backup = onnx.ModelProto()
+    backup.CopyFrom(cleaner.m)
+    used = {i.name for i in cleaner.g.initializer} | {o for n in cleaner.g.node for o in n.output}
+
+    def fresh(value: np.ndarray, base: str) -> str:
+        k = 0
+        while f"{base}__b{k}" in used:
+            k += 1
+        name = f"{base}__b{k}"
+        used.add(name)
+        cleaner.set_init(name, value)
+        return name
+
+    for n in cleaner.g.node:
+        if n.domain in _DEFAULT and not _shift_axes(plan, n, fresh):
+            cleaner.m.CopyFrom(backup)  # leave the graph as it was: the importer refuses it in one line
+            cleaner.g = cleaner.m.graph
+            return
+    for vi in (*cleaner.data_inputs(), *cleaner.g.output):
+        shape = vi.type.tensor_type.shape
+        old = [onnx.TensorShapeProto.Dimension.FromString(d.SerializeToString()) for d in shape.dim]
+        del shape.dim[:]
+        shape.dim.add().dim_param = "N"
+        shape.dim.extend(old)
+    del cleaner.g.value_info[:]
+    cleaner.meta[BATCH_AXIS_KEY] = "added"
+    cleaner.report.append(f"fixed-shape graph whose first axis is data, not a batch (node {where!r} moves values "
+                          f"across it): each whole input tensor is one sample, a batch axis N was prepended")
