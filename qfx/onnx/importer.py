@@ -50,15 +50,27 @@
     or per-channel (axis 1) scales, non-power-of-two ones requantized with the same dyadic constants as Quant.
     ``DequantizeLinear`` of an int8/int32 initializer (weights per axis, biases) is a constant kept as codes and
     scales. Brevitas' QCDQ (a ``Clip`` of the integer codes between Q and DQ) is a ``clip`` of the codes.
-    QOperator ``QLinearConv``/``QLinearMatMul``/com.microsoft ``QGemm`` are the float op between a dequantized
-    input/weights and a QuantizeLinear (MaxPool/Reshape/Flatten on their integer codes keep scale and zero point);
-    other QOperator ops (QLinearAdd, ConvInteger, ...) are refused. Constant graph outputs (Brevitas
-    ``return_quant_tensor=True`` exports the output's scale and zero point) are dropped with a report line.
+    Constant graph outputs (Brevitas ``return_quant_tensor=True`` exports the output's scale and zero point) are
+    dropped with a report line.
+  - **ONNX QOperator** (``quantize_static(..., quant_format=QuantFormat.QOperator)``): each op is its float op
+    between dequantized operands (codes ``q - zp`` and scales, as above) and a QuantizeLinear to the op's output
+    scale and zero point, with the same requantizers: ``QLinearConv``/``QLinearMatMul``/com.microsoft ``QGemm``;
+    com.microsoft ``QLinearAdd`` (each operand brought to units of the output scale by a lossless dyadic
+    ``scale_shift`` where the scales differ, an exact ``add``, one rounding) and ``QLinearMul`` (exact ``mul`` of
+    the codes, one requantizer by ``s_A * s_B / s_C``), with per-input scales/zero points, a constant operand, or a
+    (C, 1, 1) gate repeated over H and W (``upsample2d``); ``QLinearGlobalAveragePool``/``QLinearAveragePool``
+    (``avgpool2d``; kernel/strides/pads with ``count_include_pad=1``; ``channels_last=1`` inputs transposed to
+    channels-first and back); ``QLinearConcat`` (each input requantized to the output's scale and zero point, as
+    onnxruntime does, then ``concat``); ``QLinearSigmoid``/``QLinearLeakyRelu`` as a ``lut`` holding the output
+    codes (onnxruntime's own table: float32 dequantization, the function, one rounding). MaxPool/Reshape/Flatten on
+    integer codes keep scale and zero point. Other QOperator ops (QLinearSoftmax, QLinearWhere, QLinearReduceMean,
+    ...) are refused with a QDQ hint; dynamic quantization (DynamicQuantizeLinear, MatMulInteger, ConvInteger:
+    scales computed at run time) is refused up front.
   - A ``Quant`` right after a table (Sigmoid/Tanh/... ``lut``) is folded into the table: its entries are the
     Quant's output codes of the function (one rounding, as QONNX computes it, not two).
 
-  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, LayerNormalization, QLinearAdd, ...) are refused with one line naming the
-  op, the node and what to do (``REFUSALS``).
+  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, LayerNormalization, QLinearSoftmax, ...) are refused with one
+  line naming the op, the node and what to do (``REFUSALS``).
 * **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
   (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
   the input. ``input_codes(graph, x)`` turns float model inputs into the IR's input codes (input scale, bipolar,
@@ -499,6 +511,11 @@ def minifloat(x: np.ndarray, e_bits: int, m_bits: int, e_bias: float, max_val: f
 
 # ------------------------------------------------------------------------------------------------ refusals
 _CUT = "cut the model before it (run that part on the host) or replace it in the source model"
+#: onnxruntime's dynamic quantization (quantize_dynamic; MatMulInteger/ConvInteger as older tools wrote them)
+DYNAMIC_QUANT_OPS = ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+                     "MatMulIntegerToFloat", "DynamicQuantizeLSTM")
+DYNAMIC_QUANT = ("dynamic quantization (scales computed at run time from each input's range) cannot be fixed point: "
+                 "re-quantize with onnxruntime quantize_static or qfx quantize")
 #: ONNX ops qfx has no IR op for: what the user can do (the refusal names op and node)
 REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
@@ -507,14 +524,17 @@ REFUSALS = {
     **{op: "qfx has no per-sample normalization op (it divides by a data-dependent standard deviation); use "
            "BatchNormalization (it folds into the weights) or " + _CUT
        for op in ("LayerNormalization", "InstanceNormalization", "GroupNormalization")},
-    **{op: "of the QOperator integer ops qfx maps QLinearConv, QLinearMatMul and QGemm only; re-quantize in the QDQ "
-           "format (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ)) or export QONNX"
-       for op in ("MatMulInteger", "ConvInteger", "QLinearAdd",
-                  "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat", "QLinearAveragePool",
-                  "QLinearGlobalAveragePool", "DynamicQuantizeLinear")},
+    **{op: "of onnxruntime's QOperator ops qfx maps QLinearConv/QLinearMatMul/QGemm, QLinearAdd/QLinearMul, "
+           "QLinearAveragePool/QLinearGlobalAveragePool, QLinearConcat and QLinearSigmoid/QLinearLeakyRelu, not this "
+           "one; re-quantize in the QDQ format (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ)) or "
+           "export QONNX"
+       for op in ("QLinearSoftmax", "QLinearWhere", "QLinearReduceMean", "QLinearConvTranspose", "QLinearLayerNorm",
+                  "QLinearAveragePoolNhwc", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul")},
+    **{op: DYNAMIC_QUANT for op in DYNAMIC_QUANT_OPS},
 }
 _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
-            "(QDQ), Gemm/MatMul, Conv/ConvTranspose (1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
+            "(QDQ), onnxruntime's QOperator ops (QLinearConv, QLinearAdd, ...), Gemm/MatMul, Conv/ConvTranspose "
+            "(1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
             "HardSigmoid/HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Concat, Resize, "
             "DepthToSpace, Flatten/Reshape; " + _CUT)
 
@@ -742,7 +762,10 @@ class _Converter:
             if perm:
                 self.input_meta[name]["input_perm"] = [int(p) for p in perm.split(",")]
         live = set(self.pending_inputs)  # tensors computed from the data inputs
-        for n in g.node:  # refuse activation-by-activation products up front: nothing else in the model matters
+        for n in g.node:  # refuse dynamic quantization and activation-by-activation Gemms up front
+            if n.op_type in DYNAMIC_QUANT_OPS:
+                full = f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                raise UnsupportedError(f"unsupported ONNX op {full!r} (node {self._where(n)!r}): {DYNAMIC_QUANT}")
             if any(i in live for i in n.input):
                 live.update(n.output)
             if n.op_type == "Gemm" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and \
@@ -813,8 +836,13 @@ class _Converter:
         where = self._where(n)
         if len(n.output) < 1:
             raise BadInputError(f"node {where!r} has no output")
+        if n.domain in ("", "ai.onnx") and op in self._MS_QOPS and op != "QGemm":
+            raise UnsupportedError(f"unsupported ONNX op {op!r} (node {where!r}): {op} is an onnxruntime op of domain "
+                                   f"'com.microsoft', not of the default domain; set the node's domain, or "
+                                   f"re-quantize in the QDQ format (quant_format=QuantFormat.QDQ)")
         if n.domain == QONNX_DOMAIN and op in QONNX_OPS or n.domain in ("", "ai.onnx") and op not in QONNX_OPS or \
-                n.domain == "com.microsoft" and op in ("QuantizeLinear", "DequantizeLinear", "QGemm"):  # ORT's own
+                n.domain == "com.microsoft" and (op in ("QuantizeLinear", "DequantizeLinear") or
+                                                 op in self._MS_QOPS):  # onnxruntime's own
             handler = HANDLERS.get(op)
             if handler is not None:
                 handler(self, n)
@@ -1002,7 +1030,7 @@ class _Converter:
         bad = self._int_misuse(out) if check_readers else None
         if bad is not None:
             raise UnsupportedError(f"QuantizeLinear node {where!r}: its integer codes reach {bad}; qfx maps QDQ pairs "
-                                   f"and QLinearConv/QLinearMatMul/QGemm: quantize with quant_format=QuantFormat.QDQ")
+                                   f"and the QOperator ops it imports: quantize with quant_format=QuantFormat.QDQ")
         s, zp, (qmin, qmax), axis = self._qdq_params(n)
         if zp.size > 1 and not np.all(zp == zp.ravel()[0]):
             raise UnsupportedError(f"QuantizeLinear node {where!r} has per-axis zero points; qfx takes one zero "
@@ -1024,12 +1052,15 @@ class _Converter:
 
     #: ops that move integer codes without arithmetic (their output keeps the input's scale and zero point)
     _INT_MOVES = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
+    #: QOperator ops of onnxruntime's com.microsoft domain that qfx maps (besides its QuantizeLinear/DequantizeLinear)
+    _MS_QOPS = frozenset({"QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+                          "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu"})
     #: integer (QOperator) ops qfx maps: they read codes of a known scale and zero point
-    _INT_READERS = frozenset({"DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"})
+    _INT_READERS = frozenset({"DequantizeLinear", "QLinearConv", "QLinearMatMul"}) | _MS_QOPS
 
     def _int_misuse(self, t: str) -> str | None:
-        """What reads integer tensor ``t`` other than DequantizeLinear or QLinearConv/QLinearMatMul/QGemm (directly
-        or through a Clip (QCDQ) or ops that only move codes: MaxPool, Reshape, ...); None when nothing does."""
+        """What reads integer tensor ``t`` other than DequantizeLinear or a QOperator op qfx maps (``_INT_READERS``;
+        directly or through a Clip (QCDQ) or ops that only move codes: MaxPool, Reshape, ...); None if nothing does."""
         if any(o.name == t for o in self.g.output):
             return "the graph output"
         for nd in self.g.node:
@@ -1059,7 +1090,8 @@ class _Converter:
         synthetic value ``name``."""
         from onnx import helper
 
-        dq = helper.make_node("DequantizeLinear", [n.input[k], n.input[k + 1], n.input[k + 2]], [name],
+        zp = [n.input[k + 2]] if len(n.input) > k + 2 and n.input[k + 2] else []
+        dq = helper.make_node("DequantizeLinear", [n.input[k], n.input[k + 1], *zp], [name],
                               name=f"{self._where(n)}_{name}", axis=axis)
         self.h_dequantize_linear(dq)
         return name
@@ -1103,6 +1135,184 @@ class _Converter:
             zp = [n.input[ys + 1]] if len(n.input) > ys + 1 and n.input[ys + 1] else []
             q = helper.make_node("QuantizeLinear", [mid, n.input[ys], *zp], [n.output[0]], name=where)
             self.h_quantize_linear(q, check_readers=False)
+
+    # ---------------------------------------------------------------- handlers: onnxruntime's QOperator ops
+    def _qlinear_operand(self, n, k: int, name: str) -> str:
+        """Operand ``k`` of a QOperator op (its scale and zero point at k+1, k+2) as the name of its real value: the
+        codes of a QuantizeLinear/QLinear op (checked to carry this scale and zero point), or an integer constant
+        dequantized into ``name``."""
+        src = n.input[k]
+        if src not in self.qdq and self._get(src, n).kind == "const":
+            return self._qlinear_const(n, k, name)
+        self._qlinear_input(n, k)
+        return src
+
+    def _qlinear_out(self, n, mid: str, ys: int, like: int) -> None:
+        """QuantizeLinear of the real value ``mid`` to the op's output scale and zero point (inputs ``ys``, ``ys+1``)
+        into ``n.output[0]``; an absent output zero point is a zero of the type of zero point input ``like``."""
+        from onnx import helper
+
+        zp = n.input[ys + 1] if len(n.input) > ys + 1 and n.input[ys + 1] else ""
+        if not zp:
+            dt = np.asarray(self._get(n.input[like], n).values).dtype if len(n.input) > like and n.input[like] \
+                else np.dtype(np.uint8)
+            zp = f"{_clean_name(self._where(n))}__y_zp"
+            self.vals[zp] = _Val("const", np.zeros((), dtype=dt))
+        q = helper.make_node("QuantizeLinear", [mid, n.input[ys], zp], [n.output[0]], name=self._where(n))
+        self.h_quantize_linear(q, check_readers=False)
+
+    def _mid(self, n, suffix: str) -> str:
+        """A synthetic ONNX name for an intermediate real value of QOperator node ``n`` (read once)."""
+        name = f"{_clean_name(self._where(n))}__{suffix}"
+        self.consumers[name] = 1
+        return name
+
+    def _in_units(self, n, v: _Val, unit: np.ndarray) -> _Val:
+        """Activation ``v`` as an IR tensor counted in units of ``unit`` (its view becomes ``m == unit``, ``h == 0``):
+        a lossless dyadic ``scale_shift`` (exact products of the codes) unless it is already."""
+        if v.relu:
+            v = _Val("act", tensor=self._materialize(n, v))
+        if v.m.size == unit.size and np.array_equal(v.m, unit) and not np.any(v.h):
+            return v
+        t = self._scale_shift(n, v.tensor, v.m / unit, v.h / unit, None, "operand in units of the output scale")
+        return _Val("act", tensor=t, m=unit)
+
+    def _broadcast_pair(self, n, a: _Val, b: _Val) -> tuple[_Val, _Val]:
+        """Two activations of one shape: a (C, 1, 1) operand against a (C, H, W) one (squeeze-excitation gates)
+        is repeated over H and W (``upsample2d``); other shape pairs are refused."""
+        sa, sb = self.tensors[a.tensor].shape, self.tensors[b.tensor].shape
+        if sa == sb:
+            return a, b
+
+        def grow(v: _Val, small: tuple[int, ...], big: tuple[int, ...]) -> _Val | None:
+            if "upsample2d" not in REGISTRY or len(small) != 3 or len(big) != 3 or small != (big[0], 1, 1):
+                return None
+            t = self._add("upsample2d", _FakeNode(f"{self._where(n)}_broadcast"), [v.tensor], big,
+                          self.tensors[v.tensor].fmt, attrs={"scale": (big[1], big[2])})
+            return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
+
+        ga, gb = grow(a, sa, sb), grow(b, sb, sa)
+        if ga is not None:
+            return ga, b
+        if gb is not None:
+            return a, gb
+        raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: operand shapes {sa} and {sb} (per sample) "
+                               f"differ; qfx broadcasts only a (C, 1, 1) operand against (C, H, W); {_CUT}")
+
+    def h_qlinear_binary(self, n) -> None:
+        """com.microsoft QLinearAdd / QLinearMul: ``C = quantize(deq(A) op deq(B))`` to C's scale and zero point.
+        QLinearAdd of two computed tensors brings each to units of C's scale (a lossless dyadic ``scale_shift``
+        where the scales differ) and adds exactly, so C's cast is the one rounding; QLinearMul multiplies the codes
+        exactly (``mul``) and requantizes by ``s_A * s_B / s_C``. A constant operand (integer initializer with its
+        own scale and zero point) folds into the view, as for Add/Mul by a constant."""
+        from onnx import helper
+
+        where = self._where(n)
+        if len(n.input) < 7:
+            raise BadInputError(f"{n.op_type} node {where!r} needs inputs A, A_scale, A_zero_point, B, B_scale, "
+                                f"B_zero_point, C_scale[, C_zero_point]")
+        base = _clean_name(where)
+        a, b = self._qlinear_operand(n, 0, f"{base}__a"), self._qlinear_operand(n, 3, f"{base}__b")
+        va, vb = self._get(a, n), self._get(b, n)
+        mid = self._mid(n, "acc")
+        kind = "Add" if n.op_type == "QLinearAdd" else "Mul"
+        fl = helper.make_node(kind, [a, b], [mid], name=where)
+        if va.kind == "act" and vb.kind == "act":
+            va, vb = self._broadcast_pair(n, va, vb)
+            if kind == "Add":
+                (sc,) = self._quant_params(n, [n.input[6]])
+                unit = self._chan(sc, va, n, "C_scale") if np.size(sc) > 1 else _vec(sc)
+                self._add_acts(fl, self._in_units(n, va, unit), self._in_units(n, vb, unit))
+            else:
+                vs = [_Val("act", tensor=self._materialize(n, v)) if v.relu or np.any(v.h) else v for v in (va, vb)]
+                ta, tb = self.tensors[vs[0].tensor], self.tensors[vs[1].tensor]
+                t = self._add("mul", fl, [vs[0].tensor, vs[1].tensor], ta.shape, ta.fmt.mul_format(tb.fmt))
+                self.vals[mid] = _Val("act", tensor=t, m=vs[0].m * vs[1].m)
+        elif va.kind == "const" and vb.kind == "const":
+            raise UnsupportedError(f"{n.op_type} node {where!r} combines two constants; fold it before import")
+        else:
+            (self.h_add if kind == "Add" else self.h_mul)(fl)
+        self._qlinear_out(n, mid, 6, 2)
+
+    def h_qlinear_pool(self, n) -> None:
+        """com.microsoft QLinearGlobalAveragePool / QLinearAveragePool: AveragePool of the dequantized input
+        (``avgpool2d``: the exact window sum, 1/(kh*kw) exact for power-of-two windows, else in the requantizer),
+        quantized to y's scale and zero point. ``channels_last=1`` inputs (N, H, W, C) are transposed to
+        channels-first and back around the pool."""
+        from onnx import helper
+
+        where = self._where(n)
+        if len(n.input) < 4:
+            raise BadInputError(f"{n.op_type} node {where!r} needs inputs X, x_scale, x_zero_point, y_scale"
+                                f"[, y_zero_point]")
+        x = self._qlinear_operand(n, 0, f"{_clean_name(where)}__x")
+        rank = len(self.tensors[self._act(x, n).tensor].shape) + 1
+        a = _attrs(n)
+        last = bool(int(a.pop("channels_last", 0)))
+        if last:
+            xt = self._mid(n, "channels_first")
+            self.h_transpose(helper.make_node("Transpose", [x], [xt], name=where,
+                                              perm=[0, rank - 1, *range(1, rank - 1)]))
+            x = xt
+        mid = self._mid(n, "pool")
+        kind = "GlobalAveragePool" if n.op_type == "QLinearGlobalAveragePool" else "AveragePool"
+        self.h_avgpool(helper.make_node(kind, [x], [mid], name=where, **a))
+        if last:
+            back = self._mid(n, "channels_last")
+            self.h_transpose(helper.make_node("Transpose", [mid], [back], name=where, perm=[0, *range(2, rank), 1]))
+            mid = back
+        self._qlinear_out(n, mid, 3, 2)
+
+    def h_qlinear_concat(self, n) -> None:
+        """com.microsoft QLinearConcat (Y_scale, Y_zero_point, then X, X_scale, X_zero_point per input): each input
+        requantized to Y's scale and zero point, as onnxruntime does (nothing where they are equal), then
+        ``concat`` of the codes."""
+        from onnx import helper
+
+        where = self._where(n)
+        if len(n.input) < 5 or (len(n.input) - 2) % 3:
+            raise BadInputError(f"QLinearConcat node {where!r} needs Y_scale, Y_zero_point and (X, X_scale, "
+                                f"X_zero_point) per input")
+        base = _clean_name(where)
+        parts = []
+        for j, k in enumerate(range(2, len(n.input), 3)):
+            x = self._qlinear_operand(n, k, f"{base}__in{j}")
+            y = self._mid(n, f"q{j}")
+            # QuantizeLinear(x, Y_scale, Y_zero_point); a missing Y_zero_point is a zero of X's type
+            fake = helper.make_node("QLinearConcat", [n.input[0], n.input[1], n.input[k + 2]], [y], name=where)
+            self._qlinear_out(fake, x, 0, 2)
+            parts.append(y)
+        self.h_concat(helper.make_node("Concat", parts, [n.output[0]], name=where, axis=int(_attrs(n).get("axis", 1))))
+        self.qdq[n.output[0]] = self.qdq[parts[0]]
+
+    def h_qlinear_table(self, n) -> None:
+        """com.microsoft QLinearSigmoid / QLinearLeakyRelu: onnxruntime computes a table over the input codes
+        (dequantize in float32, the function, quantize to y's scale and zero point); qfx's is a ``lut`` holding the
+        output codes (the QuantizeLinear folds into the table: one rounding, of float32 ``f(x) / y_scale``)."""
+        from onnx import helper
+
+        where = self._where(n)
+        if len(n.input) < 4:
+            raise BadInputError(f"{n.op_type} node {where!r} needs inputs X, X_scale, X_zero_point, Y_scale"
+                                f"[, Y_zero_point]")
+        x = self._qlinear_operand(n, 0, f"{_clean_name(where)}__x")
+        xv = self._act(x, n)
+        mid = self._mid(n, "fn")
+        f32 = np.float32
+        if n.op_type == "QLinearSigmoid":
+            def fn(v: np.ndarray) -> np.ndarray:
+                return 0.5 * (1.0 + np.tanh(0.5 * v.astype(f32).astype(np.float64)))
+            spec = "onnx:sigmoid"
+        else:
+            alpha = f32(_attrs(n).get("alpha", 0.01))
+
+            def fn(v: np.ndarray) -> np.ndarray:  # float32, as onnxruntime evaluates it
+                v32 = v.astype(f32)
+                return np.where(v32 >= 0, v32, alpha * v32).astype(np.float64)
+            spec = f"onnx:leaky_relu({float(alpha)!r})"
+        t = self._table(helper.make_node(n.op_type, [x], [mid], name=where), xv, fn, spec)
+        self.vals[mid] = _Val("act", tensor=t)
+        self._qlinear_out(n, mid, 3, 2)
 
     def _qdq_clip(self, n, lo: float, hi: float) -> None:
         """Clip of QuantizeLinear's integer output ``q`` (bounds in q's units): the codes ``q - zp`` clipped."""
@@ -2429,6 +2639,10 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "PRelu": _Converter.h_prelu,
     "QuantizeLinear": _Converter.h_quantize_linear, "DequantizeLinear": _Converter.h_dequantize_linear,
     "QLinearConv": _Converter.h_qlinear, "QLinearMatMul": _Converter.h_qlinear, "QGemm": _Converter.h_qlinear,
+    "QLinearAdd": _Converter.h_qlinear_binary, "QLinearMul": _Converter.h_qlinear_binary,
+    "QLinearGlobalAveragePool": _Converter.h_qlinear_pool, "QLinearAveragePool": _Converter.h_qlinear_pool,
+    "QLinearConcat": _Converter.h_qlinear_concat, "QLinearSigmoid": _Converter.h_qlinear_table,
+    "QLinearLeakyRelu": _Converter.h_qlinear_table,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
     "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
     "Neg": _Converter.h_neg,
