@@ -326,16 +326,19 @@ def emit_lut(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
 
 
 def emit_softmax(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
-    """``qfx::softmax``: max, exp ROM addressed by the code distance, exact sum, reciprocal ROM addressed by the
-    sum's code shifted right, exact product, one conversion. Both ROMs hold the IR's table codes unchanged (their
-    types carry the tables' formats), so the kernel computes the golden function's integers."""
+    """``qfx::softmax``: per row (the last axis), max, exp ROM addressed by the code distance, exact sum,
+    reciprocal ROM addressed by the sum's code shifted right, exact product, one conversion. Both ROMs hold the IR's
+    table codes unchanged (their types carry the tables' formats), so the kernel computes the golden function's
+    integers. ``n_elem`` is the row length, ``n_rows`` the number of rows (1 for a vector)."""
     from qfx.ops.softmax import sum_format
 
     g, N = ctx.graph, ctx.names
-    fx = g.tensor(n.inputs[0]).fmt
+    xs = g.tensor(n.inputs[0])
+    fx = xs.fmt
     et, rt = n.consts["exp_table"], n.consts["recip_table"]
     shift = int(op_def(n.op).attr(n, "shift"))
-    n_elem = L["out_size"]
+    n_elem = int(xs.shape[-1]) if xs.shape else 1
+    n_rows = L["out_size"] // n_elem if n_elem else 0
     if et.codes.size != 1 << fx.width or (n_elem * int(et.codes.max()) >> shift) >= rt.codes.size:
         raise BadInputError(f"softmax node {n.name!r}: tables do not fit input format {fx.ap_type()} and "
                             f"{n_elem} elements (exp {et.codes.size}, recip {rt.codes.size} entries, shift {shift})")
@@ -351,7 +354,7 @@ def emit_softmax(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
                      f"reciprocal ROM of {L['note']}: 1/sum per (sum code >> {shift})")
     return {"call": "softmax", "exp_table": etab, "recip_table": rtab,
             "config": [("type", "exp_t", exp_t), ("type", "recip_t", recip_t), ("type", "sum_t", sum_t),
-                       ("uint", "n_elem", n_elem), ("uint", "n_exp", et.codes.size),
+                       ("uint", "n_elem", n_elem), ("uint", "n_rows", n_rows), ("uint", "n_exp", et.codes.size),
                        ("uint", "n_recip", rt.codes.size), ("uint", "shift", shift),
                        ("uint", "index_flip", (1 << (fx.width - 1)) if fx.signed else 0)]}
 

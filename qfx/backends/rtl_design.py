@@ -513,17 +513,27 @@ def _rom_sig(d: LayerDesign, x: Sig, fin: FxFormat, codes: np.ndarray, fmt: FxFo
 
 
 def _layer_softmax(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder: str) -> list[str]:
-    """Softmax (``qfx.ops.softmax``): a comparator tree for the maximum, per element the code distance ``m - x``
-    addressing the exp ROM, an exact adder tree over the exp codes, the sum's bits from ``shift`` up addressing the
-    reciprocal ROM, then per element one exact variable product ``e * r`` (``LayerDesign.product``) and one
-    requantization."""
+    """Softmax (``qfx.ops.softmax``) over the last axis: one row circuit per row (all rows in parallel, sharing the
+    two ROM functions): a comparator tree for the maximum, per element the code distance ``m - x`` addressing the
+    exp ROM, an exact adder tree over the exp codes, the sum's bits from ``shift`` up addressing the reciprocal ROM,
+    then per element one exact variable product ``e * r`` (``LayerDesign.product``) and one requantization."""
+    fx = g.tensor(n.inputs[0])
+    et = n.consts["exp_table"]
+    if et.codes.size != 1 << fx.fmt.width:
+        raise UnsupportedError(f"node {n.name!r}: exp_table has {et.codes.size} entries, input format "
+                               f"{fx.fmt.ap_type()} needs {1 << fx.fmt.width}")
+    row = int(fx.shape[-1]) if fx.shape else 1
+    outs: list[str] = []
+    for k in range(0, len(xs[0]), row):
+        outs += _softmax_row(d, g, n, xs[0][k:k + row])
+    return outs
+
+
+def _softmax_row(d: LayerDesign, g: Graph, n: Node, xv: list[Sig]) -> list[str]:
+    """One row of ``_layer_softmax``."""
     fx, of = g.tensor(n.inputs[0]).fmt, g.tensor(n.output).fmt
     et, rt = n.consts["exp_table"], n.consts["recip_table"]
     shift = int(op_def(n.op).attr(n, "shift"))
-    xv = xs[0]
-    if et.codes.size != 1 << fx.width:
-        raise UnsupportedError(f"node {n.name!r}: exp_table has {et.codes.size} entries, input format "
-                               f"{fx.ap_type()} needs {1 << fx.width}")
     m = list(xv)
     while len(m) > 1:  # balanced tree of comparators
         m = [d.maximum(m[i], m[i + 1]) if i + 1 < len(m) else m[i] for i in range(0, len(m), 2)]

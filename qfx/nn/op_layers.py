@@ -480,45 +480,62 @@ def _straight_through(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
 
 
 class QSoftmax(_IRModule):
-    """Softmax over the features of (N, n) activations, in integer arithmetic with an exp table and a reciprocal
-    table (``qfx/ops/softmax.py``). The input is first requantized by ``in_quant`` (``in_width`` bits). Train mode
+    """Softmax over the last axis of (N, ..., n) activations (the features of (N, n), the rows of attention scores
+    (N, heads, S, S)), in integer arithmetic with an exp table and a reciprocal table (``qfx/ops/softmax.py``; every
+    row uses the same tables). The input is first requantized by ``in_quant`` (``in_width`` bits). Train mode
     returns the integer algorithm's values (bit-exact with exact mode) with the gradients of float softmax between
     the same quantizers. The output format is fixed at ``ap_ufixed<out_width, 1>`` (probabilities lie in [0, 1]):
-    calibration leaves it alone."""
+    calibration leaves it alone. ``dim`` must name the last axis (-1, or ndim - 1)."""
 
     def __init__(self, dim: int = -1, *, in_width: int = 8, out_width: int = 8, rounding: str = "RND",
                  overflow: str = "SAT", learn_int_bits: bool = True) -> None:
         super().__init__()
         from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
 
-        if dim not in (-1, 1):
-            raise UnsupportedError(f"QSoftmax works over the feature dimension of (N, n) inputs (dim=1 or -1), "
-                                   f"got dim={dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not (dim == -1 or dim >= 1):
+            raise UnsupportedError(f"QSoftmax works over the last axis (dim=-1, or dim=ndim-1 >= 1), got dim={dim!r}")
         if not 2 <= in_width <= MAX_SOFTMAX_IN_BITS:
             raise BadInputError(f"QSoftmax: in_width must be 2..{MAX_SOFTMAX_IN_BITS}, got {in_width}")
         self.dim = dim
         self.in_quant = FixedQuant(in_width, None, True, "RND", "SAT", learn_int_bits=learn_int_bits)
         self.out_quant = FixedQuant(out_width, 1, False, rounding, overflow, learn_int_bits=False)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2:
-            raise BadInputError(f"QSoftmax expects (N, n) input, got shape {tuple(x.shape)}")
+        if x.ndim < 2 or self.dim not in (-1, x.ndim - 1):
+            raise UnsupportedError(softmax_dim_problem(self.dim, x.ndim) or
+                                   f"QSoftmax expects (N, ..., n) input, got shape {tuple(x.shape)}")
         if self.qfx_mode == "exact":
             return self._exact(x)
         q = self.out_quant
         q._calib, q.calibrating = None, False  # a fixed range: calibration must not move it
         xq = self.in_quant(x)
-        return _straight_through(q(torch.softmax(xq, dim=1)), self._exact(xq))
+        return _straight_through(q(torch.softmax(xq, dim=-1)), self._exact(xq))
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         from qfx.ops.softmax import softmax_tables
 
         (x,) = inputs
-        if len(x.shape) != 1:
-            raise UnsupportedError(f"{name}: softmax works over a vector per sample, got shape {x.shape}")
+        if not x.shape or self.dim not in (-1, len(x.shape)):
+            raise UnsupportedError(f"{name}: softmax(dim={self.dim}) of per-sample shape {x.shape}: qfx computes "
+                                   "softmax over the last axis (dim=-1)")
         fin, fout = self.in_quant.fmt, self.out_quant.fmt
         mid = f"{output}.in"
-        et, rt, shift = softmax_tables(x.shape[0], fin, fout)
+        et, rt, shift = softmax_tables(x.shape[-1], fin, fout)
         return [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name), TensorSpec(mid, x.shape, fin)),
                 (Node(name, "softmax", (mid,), output, {"exp_table": et, "recip_table": rt}, {"shift": shift},
                       source=name), TensorSpec(output, x.shape, fout))]
+
+
+def softmax_dim_problem(dim: Any, ndim: int | None) -> str | None:
+    """Why softmax over ``dim`` of a rank-``ndim`` tensor (batch included) has no qfx twin, or None when it does (the
+    last axis of a rank >= 2 tensor; ``ndim`` None: unknown yet, only the dim itself is judged)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or not (dim == -1 or dim >= 1):
+        return (f"softmax over dim={dim!r}: qfx computes softmax over the last axis (dim=-1) of (N, n) or "
+                "(N, ..., n) activations")
+    if ndim is not None and (ndim < 2 or dim not in (-1, ndim - 1)):
+        return (f"softmax over dim={dim} of a rank-{ndim} tensor: qfx computes softmax over the last axis "
+                f"(dim=-1{f' or {ndim - 1}' if ndim >= 2 else ''}); transpose that axis to the end first")
+    return None

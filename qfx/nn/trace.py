@@ -44,7 +44,7 @@ from qfx.nn.layers import (
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
 from qfx.nn.op_layers import (
-    QActivation, QCat, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
+    QActivation, QCat, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +56,7 @@ __all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", 
 SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm1d/2d, PReLU, "
                      "ReLU/ReLU6/Hardtanh/clamp, the table activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, "
                      "Hardswish, LeakyReLU, ELU, Softplus), "
-                     "Softmax over (N, n), Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
+                     "Softmax over the last axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x * c / x / c / "
                      "x + c with constants, "
@@ -70,8 +70,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("LayerNorm over more than the last dim of (N, n), InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
-    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over other dims or ranks",
-     "the table activations; Softmax(dim=1) of (N, n)"),
+    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over an axis other than the last",
+     "the table activations; Softmax(dim=-1) (the features of (N, n), the rows of (N, ..., n))"),
     ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...)",
      "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
     ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
@@ -188,9 +188,9 @@ def _act(fn: str, c: "QFXConfig") -> QActivation:
 def _softmax(dim: Any, c: "QFXConfig", out_width: int | None = None) -> QSoftmax:
     from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
 
-    if dim not in (1, -1):
-        raise UnsupportedError(f"softmax over dim={dim!r}: qfx computes softmax over the features of (N, n) "
-                               "activations (dim=1 or -1)")
+    bad = softmax_dim_problem(dim, None)  # the rank is checked where it is known (_softmax_ranks, QSoftmax)
+    if bad:
+        raise UnsupportedError(bad)
     return QSoftmax(dim, in_width=max(2, min(c.act_width, MAX_SOFTMAX_IN_BITS)), out_width=out_width or c.act_width,
                     **_common(c))
 
@@ -953,7 +953,7 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
       "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
      "qfx activations are ReLU, ReLU6, Hardtanh/clamp (any constant bounds), PReLU, the tables Sigmoid, Tanh, "
-     "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus(beta=1), and Softmax(dim=1) of (N, n)"),
+     "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus(beta=1), and Softmax over the last axis"),
     (("pool",), "qfx pools are MaxPool1d/2d, AvgPool1d/2d, and adaptive avg/max pools whose output size divides "
                 "the input (x.mean((2, 3)), x.amax((2, 3)), AdaptiveAvgPool2d(k))"),
     (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift), LayerNorm(n) of (N, n), "
@@ -1062,8 +1062,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.modules.instancenorm._InstanceNorm: "`QGroupNorm` (InstanceNorm2d: one group per channel)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
-    nn.Softmax: "`QSoftmax` (dim=1 of (N, n))",
-    nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (dim=1 of (N, n))",
+    nn.Softmax: "`QSoftmax` (over the last axis: dim=-1, or 1 of (N, n))",
+    nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
     nn.MaxPool2d: "`QMaxPool2d`", nn.AvgPool2d: "`QAvgPool2d`",
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
@@ -1231,6 +1231,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
         return twin
     graph = trace(body)
     _fold_sizes(body, graph, example)
+    _softmax_ranks(body, graph, example)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1276,6 +1277,10 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                         node_actions[n] = ("retarget", path)
                         rewrite = True
                     continue
+                if _SOFTMAX_RANK in n.meta:  # nn.Softmax(dim=1) of a 3-D tensor: refused here, not at calibration
+                    bad = softmax_dim_problem(getattr(m, "dim", None), n.meta[_SOFTMAX_RANK])
+                    if bad:
+                        raise UnsupportedError(bad)
                 known, twin = module_twin(m, for_path(path))
                 if not known:
                     problems.append(f"{where}: no fixed-point twin; {hint_for(type(m).__name__)}")
@@ -1319,7 +1324,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                     shape_nodes.add(n)
                 continue
             try:
-                action = spec.build(_bind(spec, n), for_path(_scope(n)))
+                bound = _bind(spec, n)
+                if _SOFTMAX_RANK in n.meta:
+                    bad = softmax_dim_problem(bound.get("dim"), n.meta[_SOFTMAX_RANK])
+                    if bad:
+                        raise UnsupportedError(bad)
+                action = spec.build(bound, for_path(_scope(n)))
             except UnsupportedError as exc:
                 problems.append(f"{where}: {exc}")
                 continue
@@ -1387,6 +1397,55 @@ def _index_problem(n: torch.fx.Node) -> str | None:
     if any(not isinstance(d, int) for d in dims):
         return f"{t} with a computed dim; use constants"
     return f"{t} along dim 0 (the batch); use dims >= 1" if 0 in dims else None
+
+
+#: fx node meta key: the rank (batch included) of a softmax call's input, when an example input showed it
+_SOFTMAX_RANK = "qfx_softmax_rank"
+
+
+def _softmax_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    modules = dict(body.named_modules())
+    fns = (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax)
+    return [n for n in graph.nodes if n.args and (
+        n.op == "call_function" and _hashable(n.target) and n.target in fns
+        or n.op == "call_method" and n.target in ("softmax", "log_softmax")
+        or n.op == "call_module" and isinstance(modules.get(str(n.target)), (nn.Softmax, nn.LogSoftmax)))]
+
+
+def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
+    """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) by running the float graph once on
+    the example inputs, so softmax over an axis other than the last is refused by ``quantize_model`` (before any
+    training) even when the dim alone cannot tell (dim=1 is the last axis of (N, n), not of (N, H, S, S))."""
+    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
+    calls = _softmax_calls(body, graph)
+    if not xs or not calls:
+        return
+    ranks: dict[str, int] = {}
+    want = {n.name: n.args[0] for n in calls if isinstance(n.args[0], torch.fx.Node)}
+    sources = {a.name for a in want.values()}
+
+    class _Rec(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            v = super().run_node(n)
+            if n.name in sources and isinstance(v, torch.Tensor):
+                ranks[n.name] = v.ndim
+            return v
+
+    modes = {m: m.training for m in body.modules()}
+    gm = torch.fx.GraphModule(body, copy.deepcopy(graph))
+    try:
+        body.eval()
+        with torch.no_grad():
+            _Rec(gm).run(*(torch.cat([t[:1]] * 2).clone() for t in xs))
+    except Exception:  # the refusal path reports what fails; QSoftmax checks the rank again when it runs
+        return
+    finally:
+        for m, tr in modes.items():
+            m.training = tr
+    for n in calls:
+        src = want.get(n.name)
+        if src is not None and src.name in ranks:
+            n.meta[_SOFTMAX_RANK] = ranks[src.name]
 
 
 def _fold_sizes(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:

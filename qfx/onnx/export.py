@@ -162,8 +162,9 @@ def _softmax_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
     from qfx.ops.softmax import sum_format
 
     et, rt = n.consts["exp_table"].fmt, n.consts["recip_table"].fmt
-    size = graph.tensor(n.inputs[0]).size
-    _check_code_bound(_fmt_bound(sum_format(size, et)), et.frac_bits, "the exp sum", n)
+    shape = graph.tensor(n.inputs[0]).shape
+    row = int(shape[-1]) if shape else 1  # one row's sum (softmax over the last axis)
+    _check_code_bound(_fmt_bound(sum_format(row, et)), et.frac_bits, "the exp sum", n)
     shift = int(op_def(n.op).attr(n, "shift"))
     if abs(et.frac_bits - shift) > _EXP_LIMIT:
         raise FormatError(f"node {n.name!r}: the recip index scaling lies outside the float64 exponent range")
@@ -384,16 +385,17 @@ def _lower_lut(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
 
 
 def _lower_softmax(em: _Emitter, n: Node, x: str, consts: dict[str, str]) -> str:
-    """Softmax with the op's two tables: ReduceMax, the distance ``m - x`` scaled to its code as the int64 index of
-    the exp values (Gather), exact ReduceSum, ``floor(s * 2**(F_e - shift))`` (the sum's code shifted right; a power
-    of two scaling and Floor are exact in float64) as the int64 index of the reciprocal values, exact Mul."""
+    """Softmax over the last axis with the op's two tables: ReduceMax, the distance ``m - x`` scaled to its code as
+    the int64 index of the exp values (Gather), exact ReduceSum, ``floor(s * 2**(F_e - shift))`` (the sum's code
+    shifted right; a power of two scaling and Floor are exact in float64) as the int64 index of the reciprocal
+    values, exact Mul. Both reductions keep dims over the last axis (axis 0 is the batch, so a vector's is 1)."""
     p = n.name
     f = em.g.tensor(n.inputs[0]).fmt
     ef = n.consts["exp_table"].fmt
     shift = int(op_def(n.op).attr(n, "shift"))
     consts["exp_table"], eq = em.const(n, "exp_table")
     consts["recip_table"], rq = em.const(n, "recip_table")
-    axes = em.i64(f"{p}.axes", [1])
+    axes = em.i64(f"{p}.axes", [max(1, len(em.g.tensor(n.inputs[0]).shape))])
     m = em.op("ReduceMax", [x, axes], f"{p}/max", keepdims=1)
     dist = em.op("Sub", [m, x], f"{p}/dist")
     idx = em.op("Mul", [dist, em.init(f"{p}.to_code", np.array(np.ldexp(1.0, f.frac_bits)))], f"{p}/dist_code")

@@ -1,12 +1,14 @@
-"""``softmax``: x(n,) -> y(n,) over the whole vector, in integer arithmetic with two tables (hls4ml's scheme):
+"""``softmax``: x(..., n) -> y(..., n) over the last axis, each row of n values independently (a vector is one
+row; attention's (heads, S, S) scores are heads * S rows), in integer arithmetic with two tables (hls4ml's scheme):
 
-    m = max(x);  e_i = exp_table[m - x_i];  s = sum(e_i);  r = recip_table[s >> shift];  y_i = cast(e_i * r)
+    per row:  m = max(x);  e_i = exp_table[m - x_i];  s = sum(e_i);  r = recip_table[s >> shift];  y_i = cast(e_i * r)
 
 ``exp_table`` has one entry per input code distance (``2**W_in``): the code of ``exp(-d * lsb_in)`` in its format
 (unsigned, one integer bit); ``s`` is the exact sum of the exp codes; ``recip_table[k]`` holds ``1 / value`` of the
 sum interval ``[k, k+1) << shift`` (its midpoint) in the reciprocal format; ``y`` is the exact product cast once.
-Every executor reads the same two tables (``softmax_tables``), so all are bit-exact with each other; the error
-against float softmax is set by the table widths (measured by ``benchmarks/bench_tables.py``).
+Every row uses the same two tables and shift (``softmax_tables(n, ...)``, n the row length). Every executor reads
+them, so all are bit-exact with each other; the error against float softmax is set by the table widths (measured by
+``benchmarks/bench_tables.py``).
 """
 from __future__ import annotations
 
@@ -70,14 +72,15 @@ def sum_format(n: int, fe: FxFormat) -> FxFormat:
 
 def _check(g: "Graph", n: "Node") -> None:
     x, y = g.tensor(n.inputs[0]), g.tensor(n.output)
-    if len(x.shape) != 1 or y.shape != x.shape:
-        raise node_error(n, f"softmax works over a vector (n,): input {x.shape}, output {y.shape}")
+    if len(x.shape) < 1 or y.shape != x.shape:
+        raise node_error(n, f"softmax works over the last axis of (..., n) and keeps the shape: input {x.shape}, "
+                            f"output {y.shape}")
     et, rt = n.consts["exp_table"].codes, n.consts["recip_table"].codes
     if et.ndim != 1 or et.size != 1 << x.fmt.width:
         raise node_error(n, f"exp_table has {et.size} entries; input format {x.fmt.ap_type()} needs {1 << x.fmt.width}")
     if rt.ndim != 1 or rt.size < 2:
         raise node_error(n, "recip_table must be a vector")
-    s_max = x.size * int(et.max())  # exp codes are at most the table's largest entry (exp(0))
+    s_max = int(x.shape[-1]) * int(et.max())  # one row's sum; exp codes are at most the table's largest entry (exp(0))
     if (s_max >> int(n.attrs.get("shift", 0))) >= rt.size:
         raise node_error(n, f"sum >> shift reaches {s_max >> int(n.attrs.get('shift', 0))}, beyond the "
                             f"{rt.size}-entry recip_table")
@@ -86,9 +89,9 @@ def _check(g: "Graph", n: "Node") -> None:
 def _golden(g, n, xs, fin, out):
     x = np.asarray(xs[0], dtype=np.int64)
     et, rt = n.consts["exp_table"], n.consts["recip_table"]
-    d = x.max(axis=1, keepdims=True) - x
+    d = x.max(axis=-1, keepdims=True) - x  # batch first, rows along the last axis
     e = et.codes[d]
-    s = e.sum(axis=1, keepdims=True)
+    s = e.sum(axis=-1, keepdims=True)
     r = rt.codes[s >> int(n.attrs.get("shift", 0))]
     return K.cast(e * r, FxFormat.for_code_range(0, int(et.fmt.max_code) * int(rt.fmt.max_code),
                                                  et.fmt.frac_bits + rt.fmt.frac_bits, signed=False), out)
@@ -100,12 +103,20 @@ def _sample(rng: np.random.Generator) -> "Graph":
     of = rand_fmt(rng, 4, 12, signed=False, int_bits=1)
     et, rt, shift = softmax_tables(n, fx, of, int(rng.integers(8, 14, endpoint=True)),
                                    int(rng.integers(6, 10, endpoint=True)), int(rng.integers(8, 14, endpoint=True)))
-    return one_node_graph("softmax", [((n,), fx)], (n,), of, {"exp_table": et, "recip_table": rt},
+    shape: tuple[int, ...] = (n,)
+    if rng.random() < 0.4:  # rows: (rows, n) or (heads, rows, n), at most ~48 elements
+        lead = (int(rng.integers(1, 4, endpoint=True)),)
+        if rng.random() < 0.5:
+            lead = (int(rng.integers(1, 2, endpoint=True)),) + lead
+        while int(np.prod(lead)) * n > 48:
+            lead = lead[:-1] + (lead[-1] - 1,)
+        shape = lead + (n,)
+    return one_node_graph("softmax", [(shape, fx)], shape, of, {"exp_table": et, "recip_table": rt},
                           {"shift": shift})
 
 
 SOFTMAX = register(OpDef(
-    name="softmax", doc="softmax over a vector with exp and reciprocal tables (hls4ml's scheme)", n_inputs=1,
+    name="softmax", doc="softmax over the last axis (each row) with exp and reciprocal tables (hls4ml's scheme)", n_inputs=1,
     golden=_golden, check=_check, consts=frozenset({"exp_table", "recip_table"}),
     attrs=(AttrSpec("shift", "int", 0, doc="right shift of the exp sum that indexes recip_table"),),
     categories=frozenset({C.TABLE}), torch_twin="qfx.nn.QSoftmax",
