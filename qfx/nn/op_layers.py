@@ -21,7 +21,7 @@ from qfx.nn.exact import codes_to_values, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant
 from qfx.nn.quant import FixedQuant
 
-__all__ = ["QSub", "QMul", "QCat", "QUpsample", "QUpsampleBilinear", "QZeroPad2d", "QActivation", "QSoftmax",
+__all__ = ["QSub", "QMul", "QMatMul", "QCat", "QUpsample", "QUpsampleBilinear", "QZeroPad2d", "QActivation", "QSoftmax",
            "TORCH_FUNCTIONS"]
 
 
@@ -160,6 +160,71 @@ class QMul(_Binary):
 
     def _exact_fmt(self, fa, fb):
         return fa.mul_format(fb)
+
+
+class QMatMul(_IRModule):
+    """``a @ b`` of two activations (attention's ``q @ k.transpose(-2, -1)`` and ``p @ v``): per-sample
+    a(..., M, K) @ b(..., K, N) with equal leading dims (the batch first), the exact sum of the K products of codes,
+    cast once to the output format (the ``matmul`` op; its lossless accumulator when no output quantizer is given).
+
+    Train mode multiplies the (already fake-quantized) inputs in float64, where every product and partial sum is exact
+    while the exact sum has at most 53 bits, so the output quantizer is the only rounding, as in exact mode; a wider
+    sum (rare: it needs about 53 - log2(K) bits of products) takes exact mode's integer values with the float
+    gradients. A weight is not an operand here: ``x @ W`` with a parameter is ``nn.Linear``."""
+
+    def __init__(self, *, out_width: int | None = None, out_signed: bool = True, rounding: str = "RND",
+                 overflow: str = "SAT", out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+            raise UnsupportedError("QMatMul takes two tensors; a product with a weight is nn.Linear (qfx.nn.QLinear)")
+        if a.ndim < 3 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+            raise UnsupportedError(f"QMatMul multiplies (N, ..., M, K) @ (N, ..., K, N') with equal leading dims (the "
+                                   f"batch first, no broadcasting), got {tuple(a.shape)} @ {tuple(b.shape)}")
+        if self.qfx_mode == "exact":
+            return self._exact(a, b)
+        y = torch.matmul(a.to(torch.float64), b.to(torch.float64))
+        if not _float64_exact(a, b):  # float64 would round a partial sum: exact mode's values, float gradients
+            return _straight_through(self._out_train(y), self._exact(a, b)).to(a.dtype)
+        return self._out_train(y).to(a.dtype)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.ops.matmul import matmul_acc_format, matmul_out_shape
+
+        if len(inputs) != 2:
+            raise UnsupportedError(f"{name}: matmul takes two inputs, got {len(inputs)}")
+        a, b = inputs
+        shape = matmul_out_shape(a.shape, b.shape)
+        if shape is None:
+            raise UnsupportedError(f"{name}: matmul of per-sample shapes {a.shape} @ {b.shape}: qfx multiplies "
+                                   "(..., M, K) @ (..., K, N) with equal leading dims")
+        acc = matmul_acc_format(a.fmt, b.fmt, int(a.shape[-1]))
+        node = Node(name, "matmul", (a.name, b.name), output, acc_fmt=acc, source=name)
+        return [(node, TensorSpec(output, shape, self._spec_fmt(acc)))]
+
+
+def _grid_bits(x: torch.Tensor) -> tuple[int, float]:
+    """(fractional bits of the finest grid the values of ``x`` lie on, largest magnitude), with torch ops only."""
+    with torch.no_grad():
+        v = x.detach().to(torch.float64)
+        nz = v[v != 0]
+        if nz.numel() == 0:
+            return 0, 0.0
+        m, e = torch.frexp(nz)
+        mi = torch.ldexp(m, torch.tensor(53.0, dtype=torch.float64, device=v.device)).to(torch.int64)
+        _, tz = torch.frexp((mi & -mi).to(torch.float64))  # lowest set bit = 2**(tz - 1)
+        return int((53 - e - (tz - 1)).max()), float(nz.abs().max())
+
+
+def _float64_exact(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether float64 computes ``a @ b`` exactly: every partial sum, on the product grid, stays below 2**53 in
+    magnitude (bounded by K * max|a| * max|b|; 2**52 here, a margin), so every product and sum is an integer
+    float64 holds."""
+    (fa, ma), (fb, mb) = _grid_bits(a), _grid_bits(b)
+    return int(a.shape[-1]) * ma * mb * 2.0 ** (fa + fb) < 2.0 ** 52  # a margin for the bound's own rounding
 
 
 # ============================================================================ element moving

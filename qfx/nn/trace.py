@@ -44,7 +44,7 @@ from qfx.nn.layers import (
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
 from qfx.nn.op_layers import (
-    QActivation, QCat, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
+    QActivation, QCat, QMatMul, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -160,6 +160,10 @@ def _sub(c: "QFXConfig") -> QSub:
 
 def _mul(c: "QFXConfig") -> QMul:
     return QMul(out_width=c.act_width, **_common(c))
+
+
+def _matmul(c: "QFXConfig") -> QMatMul:
+    return QMatMul(out_width=c.act_width, **_common(c))
 
 
 def _const(scale: float, shift: float, c: "QFXConfig") -> QConstScale:
@@ -543,6 +547,20 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
     return build
 
 
+def _b_matmul(second: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    """``x @ y``, ``torch.matmul``, ``torch.bmm`` of two activations (attention's scores and weighted sum): QMatMul.
+    A parameter or constant operand is a dense layer, which qfx has as nn.Linear."""
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+        x, y = a["input"], a[second]
+        if not (_is_tensor_node(x) and _is_tensor_node(y)) or any(
+                v.op == "get_attr" for v in (x, y) if _is_tensor_node(v)):
+            raise UnsupportedError("a matrix product with a parameter or constant operand: use nn.Linear (qfx "
+                                   "multiplies two activations with x @ y, and weights with nn.Linear)")
+        return _Replace(_matmul(c), (x, y), "matmul")
+
+    return build
+
+
 def _param_of(v: Any) -> nn.Parameter | None:
     """The nn.Parameter a get_attr node reads in forward (noted on the node before the builders run), or None."""
     return v.meta.get("qfx_param") if isinstance(v, torch.fx.Node) and v.op == "get_attr" else None
@@ -835,6 +853,8 @@ _HARDSWISH = _FnSpec((_IN, _INPLACE), _b_act("hardswish"), _ACT)
 _LEAKY = _FnSpec((_IN, ("negative_slope", 0.01), _INPLACE), _b_act("leaky_relu", "negative_slope"), _ACT)
 _ELU = _FnSpec((_IN, ("alpha", 1.0), _INPLACE), _b_act("elu", "alpha"), _ACT)
 _SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"), _ACT)
+_MATMUL = _FnSpec(_TWO, _b_matmul("other"), "qfx.nn.QMatMul (two activations)")
+_BMM = _FnSpec((_IN, ("mat2", _REQUIRED)), _b_matmul("mat2"), _MATMUL.twin)
 _SOFTMAX = _FnSpec((_IN, ("dim", None), ("_stacklevel", 3), ("dtype", None)), _b_softmax, "qfx.nn.QSoftmax")
 _LOG_SOFTMAX = _FnSpec(_SOFTMAX.params, _b_log_softmax, "qfx.nn.QSoftmax + QActivation('log')")
 _CAT = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_cat, "qfx.nn.QCat")
@@ -885,6 +905,7 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     operator.add: _ADD, operator.iadd: _ADD, torch.add: _ADD,
     operator.sub: _SUB, operator.isub: _SUB, torch.sub: _SUB, torch.subtract: _SUB, torch.rsub: _RSUB,
     operator.mul: _MUL, operator.imul: _MUL, torch.mul: _MUL, torch.multiply: _MUL,
+    operator.matmul: _MATMUL, torch.matmul: _MATMUL, torch.bmm: _BMM,
     operator.truediv: _DIV, operator.itruediv: _DIV, torch.div: _DIV, torch.divide: _DIV, torch.true_divide: _DIV,
     operator.neg: _NEG, torch.neg: _NEG, torch.negative: _NEG,
     torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH, F.silu: _SILU, F.mish: _MISH, F.gelu: _GELU,
@@ -918,7 +939,7 @@ METHOD_TWINS: dict[str, _FnSpec] = {
     "clamp": _CLAMP, "clip": _CLAMP, "clamp_": _CLAMP, "clip_": _CLAMP, "clamp_min": _CLAMP_MIN,
     "clamp_min_": _CLAMP_MIN, "clamp_max": _CLAMP_MAX, "clamp_max_": _CLAMP_MAX,
     "add": _ADD, "add_": _ADD, "sub": _SUB, "sub_": _SUB, "subtract": _SUB, "mul": _MUL, "mul_": _MUL,
-    "multiply": _MUL, "div": _DIV, "div_": _DIV, "divide": _DIV, "true_divide": _DIV, "neg": _NEG,
+    "multiply": _MUL, "matmul": _MATMUL, "bmm": _BMM, "div": _DIV, "div_": _DIV, "divide": _DIV, "true_divide": _DIV, "neg": _NEG,
     "negative": _NEG,
     "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
     "log_softmax": _LOG_SOFTMAX,
@@ -959,7 +980,9 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift), LayerNorm(n) of (N, n), "
                 "GroupNorm and InstanceNorm2d of (N, C, H, W)"),
     (("conv",), "qfx convolutions are Conv1d and Conv2d with zero padding"),
-    (("linear", "matmul", "mm", "bmm", "einsum", "@"), "qfx dense layers are nn.Linear"),
+    (("linear", "matmul", "mm", "bmm", "einsum", "@"), "qfx dense layers are nn.Linear; two activations multiply "
+                                                       "with x @ y, torch.matmul or torch.bmm ((N, ..., M, K) @ "
+                                                       "(N, ..., K, N'), equal leading dims)"),
     (("upsample", "interpolate", "pixel", "resize"), "qfx upsamples with mode='nearest' by integer scale factors "
                                                      "(nn.Upsample(scale_factor=2))"),
     (("pad",), "qfx pads with zeros (nn.ZeroPad2d, F.pad(x, (left, right, top, bottom)), conv padding)"),
@@ -1040,7 +1063,7 @@ def supported_table() -> str:
                 "`.shape`, `.contiguous()`, F.dropout*, `.float()`, `.to(torch.float32)`, `.type_as(y)` | kept as "
                 "wires / dropped |")
     rows.append("| `x[:, a:b:k, ..., i]` (constant slices/indices of per-sample dims), `.narrow`, `torch.chunk`, "
-                "`torch.split`, `.tensor_split`, `.transpose`, `.permute` (batch first) | `slice` / `transpose` "
+                "`torch.split`, `.tensor_split`, `.transpose`, `.permute` (batch first), `.mT` | `slice` / `transpose` "
                 "gathers (index maps) |")
     rows.append("| `torch.stack(xs, d)` (d >= 1) | `QStack` (reshape + concat) |")
     rows.append("| sizes read in forward (`c = x.size(1)`, `x.shape[2:]`, `c // g`) | constants (the batch size "
@@ -1316,6 +1339,11 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                 if bad:
                     problems.append(f"{where}: {bad}")
                 continue
+            if spec is _SHAPE and n.target is getattr and n.args[1] in ("mT", "mH"):
+                # k.mT (attention's keys): the last two axes swapped, which capture lowers to a transpose gather
+                n.op, n.target, n.args, n.kwargs = "call_method", "transpose", (n.args[0], -2, -1), {}
+                rewrite = True
+                continue
             if spec is _SHAPE:
                 if n.target is getattr and n.args[1] != "shape":
                     problems.append(f"{where}: reading tensor attribute {n.args[1]!r}; only .shape is supported")
@@ -1449,8 +1477,9 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
 
 
 def _fold_sizes(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
-    """Sizes read in forward (``c = x.size(1)``, ``x.shape[2:]``, ``c // 2``, ``x.dim()``) become constants,
-    except what depends on the batch size (``x.size(0)`` stays for ``view(n, ...)``). Why: qfx layers need
+    """Sizes read in forward (``c = x.size(1)``, ``x.shape[2:]``, ``c // 2``, ``x.dim()``) become constants, and
+    so do float results of Python functions of those constants alone (``math.sqrt(d)``), except what depends on the
+    batch size (``x.size(0)`` stays for ``view(n, ...)``). Why: qfx layers need
     constant sizes, and a user's channel shuffle or chunk computes them. Found by running the float graph at two
     batch sizes (eval mode, no_grad, inputs cloned): a non-tensor value equal in both runs is a constant."""
     xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
@@ -1489,6 +1518,9 @@ def _fold_sizes(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
     folded = []
     for n in nodes:
         a, b = plain(runs[0].get(n.name)), plain(runs[1].get(n.name))
+        va = runs[0].get(n.name)
+        if a is None and isinstance(va, float) and va == runs[1].get(n.name) and not n.all_input_nodes:
+            a = b = va  # Python arithmetic on folded sizes only (1 / math.sqrt(d) with d = x.size(-1))
         if a is None or a != b:
             continue
         folded.append(n)

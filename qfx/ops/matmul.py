@@ -73,7 +73,7 @@ def _sample(rng: np.random.Generator) -> "Graph":
 MATMUL = register(OpDef(
     name="matmul", doc="a(..., M, K) @ b(..., K, N) of two variables: exact sum of products, one cast", n_inputs=2,
     golden=_golden, check=_check, needs_acc=True, required_acc=_acc, acc_rule="equal",
-    categories=frozenset(),
+    categories=frozenset(), torch_twin="qfx.nn.QMatMul",
     torch_float=("operator.matmul", "torch.matmul", "torch.bmm"), generators=("matmul",),
     hls_header="qfx_matmul.h", sample=_sample,
 ))
