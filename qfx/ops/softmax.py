@@ -116,7 +116,8 @@ def _sample(rng: np.random.Generator) -> "Graph":
 
 
 SOFTMAX = register(OpDef(
-    name="softmax", doc="softmax over the last axis (each row) with exp and reciprocal tables (hls4ml's scheme)", n_inputs=1,
+    name="softmax", doc="softmax over the last axis (each row) with exp and reciprocal tables (hls4ml's scheme)",
+    n_inputs=1,
     golden=_golden, check=_check, consts=frozenset({"exp_table", "recip_table"}),
     attrs=(AttrSpec("shift", "int", 0, doc="right shift of the exp sum that indexes recip_table"),),
     categories=frozenset({C.TABLE}), torch_twin="qfx.nn.QSoftmax",
