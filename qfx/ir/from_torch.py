@@ -6,7 +6,7 @@ format) and returns no nodes. qfx modules are fx leaves, so their ``forward`` is
 
 Besides qfx modules, capture understands what carries no arithmetic: ``nn.Flatten``, ``torch.flatten``,
 ``Tensor.flatten/view/reshape/squeeze/unsqueeze`` (batch dimension first, sizes from ``x.size(0)``/``x.shape[0]``),
-``nn.Identity`` and dropout (inference). Anything else raises ``UnsupportedError`` naming the module path or fx node, its type,
+``nn.Identity``, dropout and ``QTrainOnly`` (inference). Anything else raises ``UnsupportedError`` naming the module path or fx node, its type,
 and what to do (``qfx.quantize_model`` converts float layers, functions and operators; see ``qfx.nn.trace``).
 Calls whose results never reach the output are ignored.
 """
@@ -25,7 +25,7 @@ from qfx.ir.graph import Graph, Node, TensorSpec
 __all__ = ["capture", "sanitize"]
 
 _PASS_THROUGH = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
-                 "FeatureAlphaDropout")
+                 "FeatureAlphaDropout", "QTrainOnly")  # QTrainOnly: dropout / stochastic depth, identities here
 
 
 class _Parts(tuple):
@@ -274,6 +274,8 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 tensors[tname_in] = spec
                 inputs.append(tname_in)
                 env[fxn.name] = spec
+            elif tname in _PASS_THROUGH:
+                env[fxn.name] = spec_of(fxn.args[0], where)
             elif _is_qfx(m):
                 ins = [spec_of(a, where) for a in fxn.args if isinstance(a, torch.fx.Node)]
                 if fxn.kwargs:
@@ -296,8 +298,6 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                 env[fxn.name] = last[1]
                 if getattr(m, "scalar_output", lambda xs: False)(ins):  # torch (N,): one value per sample
                     scalars.add(last[1].name)
-            elif tname in _PASS_THROUGH:
-                env[fxn.name] = spec_of(fxn.args[0], where)
             elif isinstance(m, torch.nn.Flatten):
                 x = spec_of(fxn.args[0], where)
                 if m.start_dim != 1 or m.end_dim != -1:

@@ -138,8 +138,9 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     ``forward`` is traced with torch.fx (``qfx.nn.trace``; ``supported_table()`` lists everything): torch.nn layers
     (Linear, Conv1d/2d, BatchNorm, ReLU, Sigmoid, GELU, Softmax, pools, Upsample, ...) become qfx layers with their
     parameters copied, functions and operators (``F.relu``, ``x + y``, ``x * 0.5``, ``torch.cat``,
-    ``x.mean((2, 3))``, ``F.max_pool2d``...) become qfx modules in the traced graph, and Dropout/Identity are
-    dropped, so training computes what the hardware will. Whatever has no fixed-point twin is
+    ``x.mean((2, 3))``, ``F.max_pool2d``...) become qfx modules in the traced graph, Identity is dropped and
+    dropout / stochastic depth become ``QTrainOnly`` (random in train mode as in torch, identities in eval and exact
+    mode), so training computes what the hardware will. Whatever has no fixed-point twin is
     refused here, all of it in one message, before any training. A model that already has a ``QuantInput`` (one
     ``quantize_model`` returned, say) gets no second one: only what is still float in it is converted. With
     ``calib_data`` every binary point is initialised from one batch (``config.calib_method``). The resolved config
@@ -221,9 +222,13 @@ def calibrate(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], meth
     each quantizer first fits its own input (weights from the weights, activations from the already-quantized
     upstream values).
 
-    BatchNorm running statistics are left as they were.
+    BatchNorm running statistics are left as they were; dropout and stochastic depth (``QTrainOnly``) are identities
+    here, so every range is the one inference sees.
     """
+    from qfx.nn.extra_layers import QTrainOnly
+
     qs = _quantizers(model)
+    regs = [m for m in model.modules() if isinstance(m, QTrainOnly)]
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(bn, {k: v.clone() for k, v in bn.named_buffers(recurse=False)}) for bn in bns]
     from qfx.nn.exact import mode
@@ -231,11 +236,15 @@ def calibrate(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], meth
     try:
         for q in qs:
             q._calib = method
+        for r in regs:
+            r.calibrating = True
         with mode(model, "train"):
             model(*x) if isinstance(x, (tuple, list)) else model(x)
     finally:
         for q in qs:
             q._calib = None
+        for r in regs:
+            r.calibrating = False
         for bn, bufs in saved:
             for k, v in bufs.items():
                 getattr(bn, k).copy_(v)

@@ -546,7 +546,12 @@ class QLayerNorm(QModule):
     mean (an average pool over the features), ``d = x - mean`` (sub, the mean broadcast), ``v = mean(d * d)``
     (mul, average pool), ``r = 1 / sqrt(v + eps)`` (a lookup table over v's format), ``y = d * r`` (mul) and
     ``y * gamma + beta`` (scale_shift). Every step is an existing qfx module, so train mode, exact mode and every
-    backend agree bit for bit; the precision is that of ``width``-bit intermediates (v and r most of all)."""
+    backend agree bit for bit; the precision is that of ``width``-bit intermediates (v and r most of all).
+
+    Over the last dim of (N, ..., n) (tokens (N, L, n); ConvNeXt's channels-last (N, H, W, C)) the same steps run on
+    the rows (N, M, n) (a reshape): the pools average each row (a (1, n) window), the mean and the scale broadcast
+    per row, and gamma/beta apply to the transposed rows (n, M) as a per-channel scale_shift (transposes and
+    reshapes are wires)."""
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  *, width: int = 8, param_width: int = 8, out_width: int = 8, rounding: str = "RND",
@@ -579,16 +584,20 @@ class QLayerNorm(QModule):
         return self.affine.out_quant if self.affine is not None else self.scale.out_quant
 
     def _check(self, shape: Sequence[int], where: str) -> None:
-        if tuple(shape) != (self.normalized_shape,):
-            raise UnsupportedError(f"{where}: qfx LayerNorm normalizes (N, {self.normalized_shape}) vectors, got "
-                                   f"per-sample shape {tuple(shape)} (LayerNorm over the last dim of a sequence "
-                                   "has no qfx op)")
+        if not shape or tuple(shape)[-1] != self.normalized_shape:
+            raise UnsupportedError(f"{where}: qfx LayerNorm({self.normalized_shape}) normalizes the last dim of "
+                                   f"(N, ..., {self.normalized_shape}), got per-sample shape {tuple(shape)}")
+        rows = len(shape) > 1
+        self.mean.ndim = self.var.ndim = 3 if rows else 2  # rows (N, M, n): a (1, n) window; (N, n): the features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(tuple(x.shape[1:]), "QLayerNorm")
-        d = self.center(x, self.mean(x))
+        rows = x.reshape(x.shape[0], -1, self.normalized_shape) if x.ndim > 2 else x
+        d = self.center(rows, self.mean(rows))
         y = self.scale(d, self.rstd(self.var(self.square(d, d))))
-        return self.affine(y) if self.affine is not None else y
+        if self.affine is not None:
+            y = self.affine(y.transpose(1, 2)).transpose(1, 2) if x.ndim > 2 else self.affine(y)
+        return y.reshape(x.shape)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 1:
@@ -601,14 +610,32 @@ class QLayerNorm(QModule):
             items.extend(m.ir_nodes(f"{name}.{part}", list(ins), out or f"{output}.{part}"))
             return items[-1][1]
 
-        mean = step(self.mean, "mean", [x])
-        d = step(self.center, "center", [x, mean])
+        def move(op: str, t: TensorSpec, shape: tuple[int, ...], part: str, out: str | None = None) -> TensorSpec:
+            o = out or f"{output}.{part}"
+            attrs = {"perm": (1, 0)} if op == "transpose" else {"shape": shape}
+            items.append((Node(f"{name}.{part}", op, (t.name,), o, attrs=attrs, source=name), TensorSpec(o, shape,
+                                                                                                      t.fmt)))
+            return items[-1][1]
+
+        n = self.normalized_shape
+        m = int(np.prod(x.shape[:-1]))
+        rows = move("reshape", x, (m, n), "rows") if len(x.shape) > 2 else x
+        mean = step(self.mean, "mean", [rows])
+        d = step(self.center, "center", [rows, mean])
         sq = step(self.square, "square", [d, d])
         r = step(self.rstd, "rstd", [step(self.var, "var", [sq])])
-        if self.affine is None:
-            step(self.scale, "scale", [d, r], output)
-        else:
-            step(self.affine, "affine", [step(self.scale, "scale", [d, r])], output)
+        if len(x.shape) == 1:
+            if self.affine is None:
+                step(self.scale, "scale", [d, r], output)
+            else:
+                step(self.affine, "affine", [step(self.scale, "scale", [d, r])], output)
+            return items
+        y = step(self.scale, "scale", [d, r], output if self.affine is None and len(x.shape) == 2 else None)
+        if self.affine is not None:
+            t = step(self.affine, "affine", [move("transpose", y, (n, m), "cols")])
+            y = move("transpose", t, (m, n), "uncols", output if len(x.shape) == 2 else None)
+        if len(x.shape) > 2:
+            move("reshape", y, tuple(x.shape), "unrows", output)
         return items
 
 
@@ -731,7 +758,10 @@ class QParamAffine(QModule):
     """``x * p``, ``x + p`` or ``x - p`` with an ``nn.Parameter`` ``p`` read in forward (a learned per-channel
     scale ``x * self.gamma`` of shape (1, C, 1, 1), (C, 1, 1) or (C,) on (N, C), or one learned scalar): the IR's
     ``scale_shift`` op. The parameter object itself is held (still trained, still in ``model.parameters()``) and
-    quantized to ``const_width`` bits like a BatchNorm scale; exact mode applies the codes with integer arithmetic."""
+    quantized to ``const_width`` bits like a BatchNorm scale; exact mode applies the codes with integer arithmetic.
+    A parameter on another axis (ConvNeXt's layer scale ``self.gamma * x``, gamma (C,) on channels-last
+    (N, H, W, C); (C,) on tokens (N, L, C)) scales that axis: in the IR a transpose brings it first and one after
+    the scale_shift puts it back (wires)."""
 
     def __init__(self, param: nn.Parameter, role: str, *, const_width: int = 8, out_width: int | None = 8,
                  rounding: str = "RND", overflow: str = "SAT", learn_int_bits: bool = True) -> None:
@@ -747,20 +777,30 @@ class QParamAffine(QModule):
         self.const_quant = _quant(None, const_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
         self.out_quant = _quant(None, out_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
 
+    def _axis(self, shape: Sequence[int]) -> int:
+        """The torch axis (batch = 0) of an input of torch shape ``shape`` the parameter's values run along (1 for
+        scalars)."""
+        if self.trailing is None:
+            return 1
+        rank = len(shape)
+        a = rank - 1 - self.trailing
+        if a < 1 or shape[a] != self.param.numel():
+            raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} broadcasts over dim {a} of a "
+                                   f"{rank}-D tensor of shape (N, {', '.join(str(v) for v in shape[1:])}); qfx "
+                                   "scales one per-sample dim with one value per element")
+        return a
+
     def _values(self, x: torch.Tensor) -> torch.Tensor:
-        """The parameter as (C,) (or (1,)), checked to fall on x's channel dim."""
-        if self.trailing is not None and x.dim() - 1 - self.trailing != 1:
-            raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} broadcasts over dim "
-                                   f"{x.dim() - 1 - self.trailing} of a {x.dim()}-D tensor; qfx scales channels "
-                                   "(dim 1)")
+        """The parameter as (C,) (or (1,))."""
         v = self.param.reshape(-1)
         return -v if self.role == "sub" else v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qfx_mode == "exact":
             return self._forward_exact(x)
+        a = self._axis(tuple(x.shape))
         v = self.const_quant(self._values(x))
-        v = v.reshape((1, -1) + (1,) * (x.dim() - 2)) if v.numel() > 1 else v.reshape(())
+        v = v.reshape((1,) * a + (-1,) + (1,) * (x.dim() - 1 - a)) if v.numel() > 1 else v.reshape(())
         y = x * v if self.role == "scale" else x + v
         return self._out_train(y)
 
@@ -776,19 +816,55 @@ class QParamAffine(QModule):
     @torch.no_grad()
     def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         xc, fx = values_to_codes(x, "QParamAffine input")
-        s, fs, h, fh = self._codes(x.shape[1])
+        a = self._axis(tuple(x.shape))
+        s, fs, h, fh = self._codes(x.shape[a])
         out = self.out_fmt if self.out_fmt is not None else ops.scale_shift_format(fx, fs, fh)
-        return codes_to_values(ops.scale_shift(xc, fx, s, fs, h, fh, out), out, x.device)
+        y = np.moveaxis(ops.scale_shift(np.moveaxis(xc, a, 1), fx, s, fs, h, fh, out), 1, a)
+        return codes_to_values(np.ascontiguousarray(y), out, x.device)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 1 or not inputs[0].shape:
             raise UnsupportedError(f"{name}: a parameter scale/shift needs one per-sample tensor")
         x = inputs[0]
-        if self.trailing is not None and len(x.shape) - self.trailing != 1:
-            raise UnsupportedError(f"{name}: parameter of shape {tuple(self.param.shape)} is not per channel of "
-                                   f"{x.shape}")
+        ax = self._axis((1,) + tuple(x.shape)) - 1  # per-sample axis
+        items: list[IRItem] = []
+        perm = (ax,) + tuple(i for i in range(len(x.shape)) if i != ax)
+        if ax:  # the parameter's axis first (a transpose), scale_shift per channel, then back
+            t = TensorSpec(f"{output}.first", tuple(x.shape[i] for i in perm), x.fmt)
+            items.append((Node(f"{name}.first", "transpose", (x.name,), t.name, attrs={"perm": perm}, source=name), t))
+            x = t
         s, fs, h, fh = self._codes(x.shape[0])
         acc = ops.scale_shift_format(x.fmt, fs, fh)
-        node = Node(name, "scale_shift", (x.name,), output, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
-                    {}, acc, source=name)
-        return [(node, TensorSpec(output, x.shape, self._spec_fmt(acc)))]
+        fo = self._spec_fmt(acc)
+        out = f"{output}.scaled" if ax else output
+        items.append((Node(name, "scale_shift", (x.name,), out, {"scale": Constant(s, fs), "shift": Constant(h, fh)},
+                           {}, acc, source=name), TensorSpec(out, x.shape, fo)))
+        if ax:
+            inv = tuple(int(i) for i in np.argsort(perm))
+            shape = tuple(x.shape[i] for i in inv)
+            items.append((Node(f"{name}.back", "transpose", (out,), output, attrs={"perm": inv}, source=name),
+                          TensorSpec(output, shape, fo)))
+        return items
+
+
+class QTrainOnly(QModule):
+    """A regularizer that is an identity at inference: ``nn.Dropout*``, ``F.dropout(x, p, self.training)``,
+    torchvision's ``StochasticDepth``, timm's ``DropPath`` (any stateless module whose eval-mode ``forward`` returns
+    its input; ``qfx.nn.trace`` finds them). In train mode with ``module.training`` set it runs the float module
+    itself on the fake-quantized values (torch's randomness and scaling, as in the float model); in eval mode, in
+    exact mode and during calibration it returns its input, so exact mode, capture (no IR node: a wire) and the
+    hardware see the identity. The wrapped module is ``self.module`` (stateless: no state_dict entries)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.out_quant = None
+        self.calibrating = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.qfx_mode == "train" and not self.calibrating:
+            return self.module(x)
+        return x
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:  # pragma: no cover
+        raise UnsupportedError(f"{name}: QTrainOnly is an identity at inference; capture passes it through")

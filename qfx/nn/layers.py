@@ -247,9 +247,19 @@ class QLinear(nn.Linear, _WeightLayer):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
-        if x.shape != (self.in_features,) and (len(x.shape) != 2 or x.shape[1] != self.in_features):
+        if not x.shape or x.shape[-1] != self.in_features:
             raise UnsupportedError(f"{name}: dense input must have per-sample shape ({self.in_features},) or "
-                                   f"(L, {self.in_features}), got {x.shape}")
+                                   f"(..., {self.in_features}), got {x.shape}")
+        if len(x.shape) > 2:  # (H, W, C) (channels last, ConvNeXt): the (H*W, C) rows as tokens, reshapes around
+            lead, m = x.shape[:-1], int(np.prod(x.shape[:-1]))
+            rows = TensorSpec(f"{output}.rows", (m, self.in_features), x.fmt)
+            items = [(Node(f"{name}.rows", "reshape", (x.name,), rows.name, attrs={"shape": rows.shape},
+                           source=name), rows)]
+            items += self.ir_nodes(name, [rows], f"{output}.tokens")
+            last = items[-1][1]
+            shape = lead + (self.out_features,)
+            return items + [(Node(f"{name}.unrows", "reshape", (last.name,), output, attrs={"shape": shape},
+                                  source=name), TensorSpec(output, shape, last.fmt))]
         consts = self._consts()
         w, b = consts["weight"], consts.get("bias")
         acc = lossless_acc_format(w.codes, w.fmt, x.fmt, None if b is None else b.codes, None if b is None else b.fmt)
@@ -774,35 +784,67 @@ def _pool_args(kernel_size: Any, stride: Any, padding: Any) -> tuple[tuple[int, 
     return k, _pair(stride if stride is not None else k), _pair(padding)
 
 
+def ceil_extra(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Rows (or columns) ``ceil_mode=True`` adds after the input: torch's output size (rounded up, but the last
+    window must start inside the input or its left padding) is the floor-mode size of the input with this many more.
+    For a max pool they repeat the edge (a replicate pad): every window that reaches them also holds the edge
+    element, so the maximum is torch's."""
+    out = -(-(size + 2 * pad - kernel) // stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    return max(0, (out - 1) * stride + kernel - size - 2 * pad)
+
+
 class QMaxPool2d(nn.MaxPool2d, QModule):
-    """Max pooling; keeps the input format unless an output quantizer is given."""
+    """Max pooling; keeps the input format unless an output quantizer is given. ``ceil_mode=True`` (SqueezeNet,
+    GoogLeNet) is a replicate pad of the bottom/right edge (``ceil_extra``; a ``zeropad2d`` node in the IR) before a
+    floor-mode pool."""
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                  return_indices: bool = False, ceil_mode: bool = False, *, out_width: int | None = None,
                  out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
                  out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
-        if _pair(dilation) != (1, 1) or return_indices or ceil_mode:
-            raise UnsupportedError("QMaxPool2d supports dilation=1, ceil_mode=False, return_indices=False only")
+        if _pair(dilation) != (1, 1) or return_indices:
+            raise UnsupportedError("QMaxPool2d supports dilation=1, return_indices=False only")
         self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
                                 learn=learn_int_bits)
+
+    def _extra(self, h: int, w: int) -> tuple[int, int]:
+        """(bottom, right) rows/columns of edge replication that make ``ceil_mode`` a floor-mode pool."""
+        if not self.ceil_mode:
+            return 0, 0
+        k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        return ceil_extra(h, k[0], s[0], p[0]), ceil_extra(w, k[1], s[1], p[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
         if self.qfx_mode == "exact":
             with torch.no_grad():
                 xc, fx = values_to_codes(x, "QMaxPool2d input")
+                eh, ew = self._extra(x.shape[-2], x.shape[-1])
+                if eh or ew:
+                    xc = np.pad(xc, ((0, 0), (0, 0), (0, eh), (0, ew)), mode="edge")
                 out = self._spec_fmt(fx)
                 return codes_to_values(ops.maxpool2d(xc, fx, out, k, s, p), out, x.device)
+        if self.ceil_mode:
+            return self._out_train(F.max_pool2d(x, k, s, p, ceil_mode=True))
         y = max_pool_train(x, k, s, p)  # one fused node where it applies (same values and gradients)
         return self._out_train(F.max_pool2d(x, k, s, p) if y is None else y)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         x = _one_input(inputs, name)
         k, s, p = _pool_args(self.kernel_size, self.stride, self.padding)
+        items: list[IRItem] = []
+        eh, ew = self._extra(x.shape[1], x.shape[2])
+        if eh or ew:  # ceil_mode: replicate the bottom/right edge, then a floor-mode pool
+            padded = TensorSpec(f"{output}.ceil", (x.shape[0], x.shape[1] + eh, x.shape[2] + ew), x.fmt)
+            items.append((Node(f"{name}.ceil", "zeropad2d", (x.name,), padded.name,
+                               attrs={"pads": (0, eh, 0, ew), "mode": "replicate"}, source=name), padded))
+            x = padded
         shape = (x.shape[0], ops.conv_out_size(x.shape[1], k[0], s[0], p[0]), ops.conv_out_size(x.shape[2], k[1], s[1], p[1]))
         node = Node(name, "maxpool2d", (x.name,), output, attrs={"kernel": k, "stride": s, "padding": p}, source=name)
-        return [(node, TensorSpec(output, shape, self._spec_fmt(x.fmt)))]
+        return items + [(node, TensorSpec(output, shape, self._spec_fmt(x.fmt)))]
 
 
 def avgpool_recip(window: int, recip_width: int = 16) -> tuple[int, FxFormat]:

@@ -36,7 +36,7 @@ from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
     QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
-    QParamAffine, QSum, QUnflatten,
+    QParamAffine, QSum, QTrainOnly, QUnflatten,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QConvTranspose1d,
@@ -67,7 +67,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("x / y, 1 / x, x ** y (y other than 2), sqrt, exp, log, x.max() / x.sum() over all elements, where",
      "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1) or "
      "the features of (N, n)"),
-    ("LayerNorm over more than the last dim of (N, n), InstanceNorm1d/3d, InstanceNorm with running statistics, "
+    ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
     ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over an axis other than the last",
@@ -76,7 +76,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
     ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
      "zero, replicate or reflect padding of H and W (ZeroPad2d, ReplicationPad2d, ReflectionPad2d, F.pad)"),
-    ("adaptive pools whose output size does not divide the input, ceil_mode, return_indices",
+    ("adaptive pools whose output size does not divide the input, average pools with ceil_mode, return_indices",
      "pools with kernel = stride = input / output"),
     ("indexing/slicing/chunk/split/stack/permute over the batch dim, tensor or computed indices, negative steps, "
      "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
@@ -419,7 +419,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.Flatten: _flatten,
     nn.Unflatten: lambda m, c: QUnflatten(m.dim, m.unflattened_size),
     nn.Identity: lambda m, c: None,
-    nn.modules.dropout._DropoutNd: lambda m, c: None,
+    nn.modules.dropout._DropoutNd: lambda m, c: QTrainOnly(m),
 }
 
 #: qfx modules built for float models without output formats get them from the config
@@ -818,8 +818,18 @@ def _b_flatten(a: dict[str, Any], c: "QFXConfig") -> None:
     return _KEEP
 
 
-def _b_drop(a: dict[str, Any], c: "QFXConfig") -> _Drop:
-    return _Drop(a["input"])
+def _b_dropout(cls: type) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    """``F.dropout(x, p, training=self.training)`` (and dropout1d/2d/3d, alpha dropout, ``torch.dropout``): a
+    QTrainOnly around the matching ``nn`` module, random in train mode as torch is, the identity in eval and exact
+    mode. It follows the model's ``train()``/``eval()``: fx records ``training=self.training`` as the constant it had
+    while tracing, which cannot be told from a literal."""
+    def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
+        p = a["p"]
+        if not _is_number(p) or not 0 <= p <= 1:
+            raise UnsupportedError(f"dropout probability {p!r} must be a Python constant in [0, 1]")
+        return _Replace(QTrainOnly(cls(float(p))), (a["input"],), "dropout")
+
+    return build
 
 
 def _b_keep(a: dict[str, Any], c: "QFXConfig") -> None:
@@ -891,7 +901,14 @@ _SQUARE = _FnSpec((_IN,), _b_pow, "qfx.nn.QMul (x ** 2 as x * x)")
 _ABS = _FnSpec((_IN,), _b_abs, "qfx.nn.QReLU + QSub + QAdd")
 _CAST = _FnSpec((_IN, ("arg1", None), ("arg2", None), ("arg3", None)), _b_cast, extra_ok=True)
 _FLATTEN = _FnSpec((_IN, ("start_dim", 0), ("end_dim", -1)), _b_flatten)
-_DROPOUT = _FnSpec((_IN,), _b_drop, extra_ok=True)
+_DROPOUT_PARAMS = (_IN, ("p", 0.5), ("training", True), ("inplace", False))
+_DROPOUT = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.Dropout), "qfx.nn.extra_layers.QTrainOnly")
+_DROPOUT1D = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.Dropout1d), _DROPOUT.twin)
+_DROPOUT2D = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.Dropout2d), _DROPOUT.twin)
+_DROPOUT3D = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.Dropout3d), _DROPOUT.twin)
+_ALPHA_DROPOUT = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.AlphaDropout), _DROPOUT.twin)
+_FEATURE_ALPHA_DROPOUT = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.FeatureAlphaDropout), _DROPOUT.twin)
+_TORCH_DROPOUT = _FnSpec((_IN, ("p", _REQUIRED), ("train", _REQUIRED)), _b_dropout(nn.Dropout), _DROPOUT.twin)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
 _INDEX = _FnSpec((), _b_keep, extra_ok=True)  # element moves capture lowers to slice / transpose / concat nodes
 
@@ -926,8 +943,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     torch.min: _MIN_DIM, torch.maximum: _MAXIMUM, torch.minimum: _MINIMUM,
     operator.pow: _POW, torch.pow: _POW, torch.square: _SQUARE, torch.abs: _ABS, torch.absolute: _ABS,
     torch.flatten: _FLATTEN, torch.reshape: _SHAPE, torch.squeeze: _SHAPE, torch.unsqueeze: _SHAPE,
-    F.dropout: _DROPOUT, F.dropout1d: _DROPOUT, F.dropout2d: _DROPOUT, F.dropout3d: _DROPOUT,
-    F.alpha_dropout: _DROPOUT, F.feature_alpha_dropout: _DROPOUT, torch.dropout: _DROPOUT,
+    F.dropout: _DROPOUT, F.dropout1d: _DROPOUT1D, F.dropout2d: _DROPOUT2D, F.dropout3d: _DROPOUT3D,
+    F.alpha_dropout: _ALPHA_DROPOUT, F.feature_alpha_dropout: _FEATURE_ALPHA_DROPOUT, torch.dropout: _TORCH_DROPOUT,
     operator.getitem: _SHAPE, getattr: _SHAPE,
     torch.transpose: _INDEX, torch.permute: _INDEX, torch.narrow: _INDEX, torch.chunk: _INDEX,
     torch.split: _INDEX, torch.tensor_split: _INDEX, torch.stack: _STACK,
@@ -971,6 +988,9 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("sum",), "qfx sums over the spatial dims (x.sum((2, 3)), x.sum(-1)), the channels or the features of (N, n) "
                "(x.sum(1))"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
+    (("drop", "stochastic"), "dropout and stochastic depth become QTrainOnly as modules: nn.Dropout*, or a module "
+                             "whose eval-mode forward returns its input (torchvision's StochasticDepth, timm's "
+                             "DropPath; give quantize_model calib_data to recognise a torch.fx.wrap'ed one)"),
     (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
       "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
      "qfx activations are ReLU, ReLU6, Hardtanh/clamp (any constant bounds), PReLU, the tables Sigmoid, Tanh, "
@@ -1060,7 +1080,7 @@ def supported_table() -> str:
     rows += [f"| {', '.join(v)} | {k} |" for k, v in mods.items()]
     rows += [f"| {', '.join(dict.fromkeys(v))} | {_TWIN_NAME.sub(_TICKED, k)} |" for k, v in funcs.items()]
     rows.append("| `flatten(x, d)` (d >= 1), `.view(n, -1)`, `.reshape`, `.squeeze(d)`, `.unsqueeze(d)` (d > 0), `.size()`, "
-                "`.shape`, `.contiguous()`, F.dropout*, `.float()`, `.to(torch.float32)`, `.type_as(y)` | kept as "
+                "`.shape`, `.contiguous()`, `.float()`, `.to(torch.float32)`, `.type_as(y)` | kept as "
                 "wires / dropped |")
     rows.append("| `x[:, a:b:k, ..., i]` (constant slices/indices of per-sample dims), `.narrow`, `torch.chunk`, "
                 "`torch.split`, `.tensor_split`, `.transpose`, `.permute` (batch first), `.mT` | `slice` / `transpose` "
@@ -1068,9 +1088,13 @@ def supported_table() -> str:
     rows.append("| `torch.stack(xs, d)` (d >= 1) | `QStack` (reshape + concat) |")
     rows.append("| sizes read in forward (`c = x.size(1)`, `x.shape[2:]`, `c // g`) | constants (the batch size "
                 "stays symbolic) |")
-    rows.append("| `nn.Linear` on (N, L, C) | 1x1 `conv2d` between two `transpose` gathers |")
+    rows.append("| `nn.Linear` on (N, L, C) or (N, H, W, C) | 1x1 `conv2d` between two `transpose` gathers |")
     rows.append("| `x * self.gamma`, `x + self.beta`, `x - self.beta` (an `nn.Parameter` read in forward: one value "
-                "per channel or a scalar) | `QParamAffine` (`scale_shift`; the parameter keeps training) |")
+                "per channel or a scalar; (C,) on channels-last (N, H, W, C)) | `QParamAffine` (`scale_shift`, "
+                "between `transpose` gathers when not on dim 1; the parameter keeps training) |")
+    rows.append("| a stateless module whose eval-mode `forward` returns its input (torchvision's `StochasticDepth`, "
+                "timm's `DropPath`) | `QTrainOnly` (train mode: the module itself, random as in torch; eval and "
+                "exact mode: a wire) |")
     return "\n".join(rows)
 
 
@@ -1078,7 +1102,9 @@ _MODULE_NOTES: dict[type, str] = {
     nn.Linear: "`QLinear`", nn.Conv2d: "`QConv2d` (any groups, dilation, 'same')", nn.Conv1d: "`QConv1d`",
     nn.ConvTranspose2d: "`QConvTranspose2d` (zero insertion + conv2d)", nn.ConvTranspose1d: "`QConvTranspose1d`",
     nn.BatchNorm1d: "`QBatchNorm1d` (affine=False: gamma 1, beta 0)", nn.BatchNorm2d: "`QBatchNorm2d`",
-    nn.LayerNorm: "`QLayerNorm` (over the features of (N, n): mean, sub, mul, rsqrt table, scale_shift ops)",
+    nn.LayerNorm: "`QLayerNorm` (over the last dim of (N, ..., n): mean, sub, mul, rsqrt table, scale_shift ops)",
+    nn.modules.dropout._DropoutNd: "`QTrainOnly` (train mode: torch's dropout; eval and exact mode: a wire)",
+    nn.MaxPool2d: "`QMaxPool2d` (ceil_mode: a replicate pad, then the pool)",
     nn.ReLU: "`QReLU`", nn.ReLU6: "`QClippedReLU(6)`", nn.Hardtanh: "`QClippedReLU` (lo = 0) / `QClip`",
     nn.PReLU: "`QPReLU` (relu, sub, scale_shift, add ops)",
     nn.GroupNorm: "`QGroupNorm` (over (N, C, H, W): reshape, mean, sub, mul, rsqrt table, scale_shift ops)",
@@ -1087,7 +1113,7 @@ _MODULE_NOTES: dict[type, str] = {
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
     nn.Softmax: "`QSoftmax` (over the last axis: dim=-1, or 1 of (N, n))",
     nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
-    nn.MaxPool2d: "`QMaxPool2d`", nn.AvgPool2d: "`QAvgPool2d`",
+    nn.AvgPool2d: "`QAvgPool2d`",
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
     nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",
@@ -1102,10 +1128,15 @@ _MODULE_NOTES: dict[type, str] = {
 
 # ============================================================================ tracing and rewriting
 class _Tracer(torch.fx.Tracer):
-    """qfx modules are leaves (their forward is never traced into), as in capture."""
+    """qfx modules are leaves (their forward is never traced into), as in capture; so are the modules in
+    ``leaves`` (ids: the train-only regularizers ``_train_only_modules`` found)."""
+
+    def __init__(self, leaves: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QModule) or super().is_leaf_module(m, qualname)
+        return isinstance(m, QModule) or id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -1113,10 +1144,10 @@ def _first_line(exc: BaseException) -> str:
     return s.splitlines()[0][:200] if s else type(exc).__name__
 
 
-def trace(model: nn.Module) -> torch.fx.Graph:
+def trace(model: nn.Module, leaves: frozenset[int] = frozenset()) -> torch.fx.Graph:
     """The fx graph of ``model.forward``; UnsupportedError (one line, the reason) when fx cannot trace it."""
     try:
-        return _Tracer().trace(model)
+        return _Tracer(leaves).trace(model)
     except QfxError:
         raise
     except Exception as exc:  # fx raises many types on untraceable Python
@@ -1252,7 +1283,8 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
         if twin is None:
             raise UnsupportedError(f"cannot quantize {type(body).__name__}: the model is an identity")
         return twin
-    graph = trace(body)
+    train_only = _train_only_modules(body, example)
+    graph = trace(body, train_only)
     _fold_sizes(body, graph, example)
     _softmax_ranks(body, graph, example)
     if config.fold_bn:
@@ -1304,6 +1336,9 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                     bad = softmax_dim_problem(getattr(m, "dim", None), n.meta[_SOFTMAX_RANK])
                     if bad:
                         raise UnsupportedError(bad)
+                if id(m) in train_only:  # StochasticDepth / DropPath: random in train mode, identity after
+                    module_swaps[path] = QTrainOnly(m)
+                    continue
                 known, twin = module_twin(m, for_path(path))
                 if not known:
                     problems.append(f"{where}: no fixed-point twin; {hint_for(type(m).__name__)}")
@@ -1387,6 +1422,77 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             _set_module(body, path, nn.Identity())
         return body
     return _rewrite(body, graph, live, node_actions, dropped, for_path)
+
+
+def _eval_trace_is_wiring(m: nn.Module, calls_ok: bool) -> bool:
+    """Whether ``m.forward`` traced alone in eval mode only passes its input on: the graph returns the input
+    placeholder, through calls of fx-wrapped Python functions (``calls_ok``; torchvision's ``stochastic_depth``)
+    but no torch function, method or module (an in-place ``F.relu(x, inplace=True)`` returns its input too)."""
+    was = {k: k.training for k in m.modules()}
+    try:
+        m.eval()
+        g = _Tracer().trace(m)
+    except Exception:  # forward takes several inputs, or does not trace: not a regularizer qfx can recognise
+        return False
+    finally:
+        for k, t in was.items():
+            k.training = t
+    phs = [n for n in g.nodes if n.op == "placeholder"]
+    calls = [n for n in g.nodes if n.op not in ("placeholder", "output")]
+    out = [n for n in g.nodes if n.op == "output"][0].args[0]
+    if len(phs) != 1 or not isinstance(out, torch.fx.Node):
+        return False
+    if not calls:
+        return out is phs[0]
+    return calls_ok and all(n.op == "call_function" and not (getattr(n.target, "__module__", None) or "torch")
+                            .startswith("torch") for n in calls)
+
+
+def _train_only_modules(body: nn.Module, examples: Any) -> frozenset[int]:
+    """ids of the user modules that are identities at inference only: torchvision's ``StochasticDepth``, timm's
+    ``DropPath``, a hand-written dropout. They become ``QTrainOnly`` (fx leaves): in train mode they run as written
+    (torch's randomness), in eval and exact mode they are wires. A module qualifies when it has no parameters or
+    buffers, is not a torch.nn class, its eval-mode trace only passes its input on (``_eval_trace_is_wiring``) and,
+    with example inputs, running the float model once in eval mode shows it return its input object with the values
+    unchanged on every call. Without examples only a trace that returns the input itself qualifies."""
+    cands = {id(m): m for p, m in body.named_modules() if p and not isinstance(m, QModule)
+             and not type(m).__module__.startswith("torch.") and not any(True for _ in m.parameters())
+             and not any(True for _ in m.buffers())}
+    if not cands:
+        return frozenset()
+    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
+    seen: dict[int, bool] = {}
+    if xs:
+        before: dict[int, list[torch.Tensor]] = {}
+
+        def pre(m: nn.Module, args: tuple) -> None:
+            before.setdefault(id(m), []).append(args[0].clone() if len(args) == 1 and isinstance(args[0], torch.Tensor)
+                                                else None)
+
+        def post(m: nn.Module, args: tuple, out: Any) -> None:
+            x0 = before[id(m)].pop()
+            same = x0 is not None and out is args[0] and torch.equal(out, x0)
+            seen[id(m)] = seen.get(id(m), True) and same
+
+        hooks = [h for m in cands.values() for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+        modes = {m: m.training for m in body.modules()}
+        try:
+            body.eval()
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                body(*(torch.cat([t[:1]] * 2).clone() for t in xs))
+        except Exception:  # the refusal path reports what fails; only the trace decides
+            seen = {}
+            xs = []
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, tr in modes.items():
+                m.training = tr
+    found = set()
+    for i, m in cands.items():
+        if xs and seen.get(i) and _eval_trace_is_wiring(m, True) or not xs and _eval_trace_is_wiring(m, False):
+            found.add(i)
+    return frozenset(found)
 
 
 def _dim_arg(n: torch.fx.Node, pos: int, key: str) -> Any:
