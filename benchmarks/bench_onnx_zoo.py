@@ -168,6 +168,15 @@ def qonnx_agreement(path: Path, graph, n: int, seed: int) -> dict[str, Any]:
         mw = ModelWrapper(str(path)).transform(InferShapes())
     inits = {t.name for t in mw.graph.initializer}
     gins = [i for i in mw.graph.input if i.name not in inits]
+    loose = [vi for vi in (*gins, *mw.graph.output) if vi.type.tensor_type.shape.dim and
+             not vi.type.tensor_type.shape.dim[0].dim_value]
+    if loose:  # qonnx's override_inpsize fixes the first input only; its executor wants every batch fixed
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        for vi in loose:
+            vi.type.tensor_type.shape.dim[0].dim_value = 1
+        mw = mw.transform(InferShapes())
+        gins = [i for i in mw.graph.input if i.name not in inits]
     ishapes = [[1] + [d.dim_value or 1 for d in i.type.tensor_type.shape.dim][1:] for i in gins]
     oname = mw.graph.output[0].name
     prod = next((nd for nd in mw.graph.node if oname in nd.output), None)
@@ -252,7 +261,10 @@ def _work(graph) -> int:
     for nd in graph.nodes:
         out = graph.tensor(nd.output).size
         wt = nd.consts.get("weight")
-        w += out * (int(np.prod(wt.codes.shape[1:])) if wt is not None else 1)
+        if nd.op.value == "matmul":  # two activations: K products per output
+            w += out * int(graph.tensor(nd.inputs[0]).shape[-1])
+        else:
+            w += out * (int(np.prod(wt.codes.shape[1:])) if wt is not None else 1)
     return max(w, 1)
 
 

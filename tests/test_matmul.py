@@ -127,12 +127,22 @@ def test_importer_attention_matmuls_vs_onnxruntime() -> None:
     assert np.corrcoef(got.reshape(-1), ref.reshape(-1))[0, 1] > 0.99
 
 
-def test_importer_refuses_softmax_over_matrix_rows() -> None:
-    from qfx.errors import UnsupportedError
-    from qfx.onnx.importer import import_model
+def test_importer_attention_with_softmax_over_rows_vs_onnxruntime() -> None:
+    """softmax(Q @ K^T * c) @ V: the softmax runs over each row of the (4, 4) score matrix."""
+    import onnxruntime as ort
+
+    from qfx.onnx.importer import import_model, input_codes, output_values
     from qfx.onnx.quantize import quantize_onnx
 
+    m = _attention_model(softmax=True)
     rng = np.random.default_rng(0)
-    cal = {n: rng.normal(size=(16, 4, 3)).astype(np.float32) for n in "qkv"}
-    with pytest.raises(UnsupportedError, match="softmax over a vector"):
-        import_model(quantize_onnx(_attention_model(softmax=True), cal)[0])
+    cal = {n: rng.normal(size=(64, 4, 3)).astype(np.float32) for n in "qkv"}
+    g = import_model(quantize_onnx(m, cal)[0])
+    sm = [n for n in g.nodes if n.op.value == "softmax"]
+    assert len(sm) == 1 and g.tensor(sm[0].output).shape == (4, 4)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, cal)[0]
+    feeds = {"q": cal["q"], "kt": cal["k"], "v": cal["v"]}
+    codes = {t: input_codes(g, feeds[t], k) for k, t in enumerate(g.inputs)}
+    got = output_values(g, run(g, codes)).reshape(ref.shape)
+    assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+    assert np.corrcoef(got.reshape(-1), ref.reshape(-1))[0, 1] > 0.99

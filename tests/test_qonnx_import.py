@@ -306,7 +306,7 @@ def test_qonnx_datatypes(name, fmt):
 
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("op,domain,what,attrs", [
-    ("Softmax", "", "over a vector", {}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
+    ("Softmax", "", "along the last axis", {"axis": 1}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
     ("FloatQuant", QD, "at most 12 bits", {}), ("Sigmoid", "", "at most 12 bits", {}),
     ("Erf", "", "cut the model", {}), ("LeakyRelu", "", "at most 12 bits", {"alpha": 0.1}),
     ("Resize", "", "integer factors", {"mode": "linear"}), ("DepthToSpace", "", "DepthToSpace", {"blocksize": 3}),

@@ -125,7 +125,12 @@ def test_quantized_attention_agrees_with_qonnx_executor(sdp_model, tmp_path) -> 
     q, g = _quantized(sdp_model)
     path = tmp_path / "sdp_q.onnx"
     onnx.save(q, path)
-    mw = ModelWrapper(str(path))
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    fixed = onnx.load(path)
+    for vi in (*fixed.graph.input, *fixed.graph.output):  # its executor wants static shapes: batch 1
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    mw = ModelWrapper(fixed).transform(InferShapes())
     rng = np.random.default_rng(2)
     xs = {n: rng.uniform(-1, 1, size=(1, S, 1, E)).astype(np.float32) for n in "qkv"}
     ref = np.asarray(execute_onnx(mw, {i.name: xs[n] for i, n in zip(mw.graph.input, "qkv")})[mw.graph.output[0].name])

@@ -2257,7 +2257,10 @@ class _Converter:
         if fx.width > MAX_SOFTMAX_IN_BITS:
             raise UnsupportedError(f"{n.op_type} node {where!r} reads {fx.width}-bit values ({fx.ap_type()}); qfx's "
                                    f"softmax takes at most {MAX_SOFTMAX_IN_BITS}-bit inputs: put a Quant of <= "
-                                   f"{MAX_SOFTMAX_IN_BITS} bits before it")
+                                   f"{MAX_SOFTMAX_IN_BITS} bits before it" + (
+                                       "" if any(q.op_type in ("Quant", "QuantizeLinear", "MultiThreshold")
+                                                 for q in self.m.graph.node)
+                                       else ", or quantize the float model (qfx quantize MODEL --calib DATA.npy)"))
         t = x.tensor
         if x.m[0] != 1:  # real = t * m: requantize to the same width with the scale applied (the shift cancels)
             lim = max(abs(fx.min), abs(fx.max)) * float(x.m[0])

@@ -77,6 +77,10 @@ class _Plan:
         self.g = cleaner.g
         self.consts = cleaner.consts()
         self.shapes = cleaner.known_shapes()
+        self.fixed = set(self.consts)  # tensors computed from constants only (a QONNX Quant of a weight)
+        for n in self.g.node:
+            if all((not i) or i in self.fixed for i in n.input):
+                self.fixed.update(o for o in n.output if o)
 
     def rank(self, t: str) -> int | None:
         if t in self.consts:
@@ -116,7 +120,7 @@ class _Plan:
 
     def _crosses(self, n) -> bool:
         op = n.op_type
-        data = [i for i in n.input if i and i not in self.consts]
+        data = [i for i in n.input if i and i not in self.fixed]
         if not data:
             return False
         if op == "Transpose":
@@ -137,7 +141,7 @@ class _Plan:
                 return op != "Unsqueeze"
             return any(int(x) % r == 0 for x in axes)
         if op == "MatMul":
-            return len(n.input) > 1 and n.input[1] not in self.consts and self.rank(n.input[1]) == 2
+            return len(n.input) > 1 and n.input[1] not in self.fixed and self.rank(n.input[1]) == 2
         for i in n.input:  # a constant that varies along the first axis of a full-rank operand
             v = self.consts.get(i)
             r = self.rank(n.output[0])
