@@ -36,7 +36,7 @@ from qfx.nn.op_layers import _IRModule
 from qfx.nn.quant import FixedQuant
 
 __all__ = ["QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
-           "QLayerNorm", "QSum", "QGroupNorm", "const_code"]
+           "QLayerNorm", "QSum", "QGroupNorm", "const_code", "QParamCat"]
 
 
 class QGlobalAvgPool2d(QModule):
@@ -769,17 +769,24 @@ class QParamAffine(QModule):
         if role not in ("scale", "add", "sub"):
             raise UnsupportedError(f"QParamAffine role {role!r}: scale, add or sub")
         dims = [i for i, d in enumerate(param.shape) if d != 1]
-        if len(dims) > 1:
-            raise UnsupportedError(f"a parameter of shape {tuple(param.shape)} read in forward: qfx applies one "
-                                   "value per channel ((C, 1, 1), (1, C, 1, 1), (C,) on (N, C)) or one scalar")
         self.param, self.role = param, role
-        self.trailing = param.dim() - 1 - dims[0] if dims else None  # dims after the channel dim
+        # several non-1 dims: one value per element of the trailing per-sample dims (a positional embedding
+        # (1, L, E) on tokens (N, L, E)): the shape without its leading 1s
+        self.full = tuple(param.shape[dims[0]:]) if len(dims) > 1 else None
+        self.trailing = param.dim() - 1 - dims[0] if dims and self.full is None else None  # dims after the channel
         self.const_quant = _quant(None, const_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
         self.out_quant = _quant(None, out_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
 
     def _axis(self, shape: Sequence[int]) -> int:
         """The torch axis (batch = 0) of an input of torch shape ``shape`` the parameter's values run along (1 for
-        scalars)."""
+        scalars; for a per-element parameter, the first axis it covers)."""
+        if self.full is not None:
+            a = len(shape) - len(self.full)
+            if a < 1 or tuple(shape[a:]) != self.full:
+                raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} read in forward meets a tensor "
+                                       f"of shape (N, {', '.join(str(v) for v in shape[1:])}): qfx applies one value "
+                                       "per channel, one per element of the trailing dims, or a scalar")
+            return a
         if self.trailing is None:
             return 1
         rank = len(shape)
@@ -800,15 +807,21 @@ class QParamAffine(QModule):
             return self._forward_exact(x)
         a = self._axis(tuple(x.shape))
         v = self.const_quant(self._values(x))
-        v = v.reshape((1,) * a + (-1,) + (1,) * (x.dim() - 1 - a)) if v.numel() > 1 else v.reshape(())
+        if self.full is not None:
+            v = v.reshape(self.full)
+        else:
+            v = v.reshape((1,) * a + (-1,) + (1,) * (x.dim() - 1 - a)) if v.numel() > 1 else v.reshape(())
         y = x * v if self.role == "scale" else x + v
         return self._out_train(y)
 
     def _codes(self, c: int) -> tuple[np.ndarray, FxFormat, np.ndarray, FxFormat]:
+        """(scale, its format, shift, its format), ``c`` values each (a per-element parameter: repeated over the
+        leading dims it broadcasts over)."""
         with torch.no_grad():
             v, fv = self.const_quant.quantize_exact(self._values(torch.zeros((1, c) if self.trailing is None else
                                                                              (1, c) + (1,) * self.trailing)).float())
-        v = np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (c,)).copy()
+        v = np.asarray(v, dtype=np.int64).reshape(-1)
+        v = np.tile(v, c // v.size) if self.full is not None else np.broadcast_to(v, (c,)).copy()
         one, f1 = const_code(1.0 if self.role != "scale" else 0.0)
         k = np.full(c, one, dtype=np.int64)
         return (v, fv, k, f1) if self.role == "scale" else (k, f1, v, fv)
@@ -817,6 +830,11 @@ class QParamAffine(QModule):
     def _forward_exact(self, x: torch.Tensor) -> torch.Tensor:
         xc, fx = values_to_codes(x, "QParamAffine input")
         a = self._axis(tuple(x.shape))
+        if self.full is not None:  # every element its own channel
+            s, fs, h, fh = self._codes(int(np.prod(x.shape[1:])))
+            out = self.out_fmt if self.out_fmt is not None else ops.scale_shift_format(fx, fs, fh)
+            y = ops.scale_shift(xc.reshape(xc.shape[0], -1), fx, s, fs, h, fh, out).reshape(xc.shape)
+            return codes_to_values(np.ascontiguousarray(y), out, x.device)
         s, fs, h, fh = self._codes(x.shape[a])
         out = self.out_fmt if self.out_fmt is not None else ops.scale_shift_format(fx, fs, fh)
         y = np.moveaxis(ops.scale_shift(np.moveaxis(xc, a, 1), fx, s, fs, h, fh, out), 1, a)
@@ -828,6 +846,23 @@ class QParamAffine(QModule):
         x = inputs[0]
         ax = self._axis((1,) + tuple(x.shape)) - 1  # per-sample axis
         items: list[IRItem] = []
+        if self.full is not None:  # flattened (wires), one scale_shift channel per element, shape back (wires)
+            n = int(np.prod(x.shape))
+            flat = x
+            if len(x.shape) > 1:
+                flat = TensorSpec(f"{output}.flat", (n,), x.fmt)
+                items.append((Node(f"{name}.flat", "flatten", (x.name,), flat.name, source=name), flat))
+            s, fs, h, fh = self._codes(n)
+            acc = ops.scale_shift_format(x.fmt, fs, fh)
+            fo = self._spec_fmt(acc)
+            out = f"{output}.scaled" if len(x.shape) > 1 else output
+            items.append((Node(name, "scale_shift", (flat.name,), out, {"scale": Constant(s, fs),
+                                                                        "shift": Constant(h, fh)}, {}, acc,
+                               source=name), TensorSpec(out, (n,), fo)))
+            if len(x.shape) > 1:
+                items.append((Node(f"{name}.back", "reshape", (out,), output, attrs={"shape": tuple(x.shape)},
+                                   source=name), TensorSpec(output, tuple(x.shape), fo)))
+            return items
         perm = (ax,) + tuple(i for i in range(len(x.shape)) if i != ax)
         if ax:  # the parameter's axis first (a transpose), scale_shift per channel, then back
             t = TensorSpec(f"{output}.first", tuple(x.shape[i] for i in perm), x.fmt)
@@ -868,3 +903,122 @@ class QTrainOnly(QModule):
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:  # pragma: no cover
         raise UnsupportedError(f"{name}: QTrainOnly is an identity at inference; capture passes it through")
+
+
+class QParamCat(_IRModule):
+    """``torch.cat([self.cls_token.expand(N, -1, -1), x], dim=1)``: learned parameters broadcast over the batch
+    (a ViT's class token, distillation or register tokens) concatenated before (``front``) and after (``back``) the
+    tensors ``x`` along a per-sample dim. The parameters are held (still trained, one ``const_width``-bit format for
+    all of them) and every value is cast once to the learned output format. The IR has no constant tensors, so
+    the parameters enter as a shift: the tensors are concatenated (losslessly), zero-padded along the dim where the
+    parameters go (a ``zeropad2d`` over a (C, H, W) view: wires) and a per-element ``scale_shift`` (scale 1, shift
+    the parameters' codes, 0 over the tensors) adds them, one cast; reshapes around it are wires."""
+
+    def __init__(self, front: Sequence[nn.Parameter], back: Sequence[nn.Parameter], dim: int = 1, *,
+                 const_width: int = 8, out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 learn_int_bits: bool = True) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise UnsupportedError(f"a parameter concatenated along dim={dim!r}: qfx concatenates along a "
+                                   "per-sample dim (dim 0 is the batch)")
+        if not front and not back:
+            raise UnsupportedError("QParamCat needs at least one parameter")
+        self.front, self.back = nn.ParameterList(front), nn.ParameterList(back)
+        self.n_front, self.dim = len(front), int(dim)
+        self.const_quant = _quant(None, const_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
+        self.out_quant = _quant(None, out_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        return f"front={len(self.front)}, back={len(self.back)}, dim={self.dim}"
+
+    def _params(self) -> list[nn.Parameter]:
+        return list(self.front) + list(self.back)
+
+    def _sample_shapes(self, shape: Sequence[int]) -> list[tuple[int, ...]]:
+        """Each parameter's per-sample shape for a tensor of per-sample shape ``shape`` (a leading 1 is the batch)."""
+        r = len(shape)
+        out = []
+        for p in self._params():
+            s = tuple(p.shape)
+            if len(s) == r + 1 and s[0] == 1:
+                s = s[1:]
+            if len(s) != r or any(a != b for i, (a, b) in enumerate(zip(s, shape)) if i != self._axis(r)):
+                raise UnsupportedError(f"a parameter of shape {tuple(p.shape)} concatenated with per-sample shape "
+                                       f"{tuple(shape)} along dim {self.dim}: the other dims must match")
+            out.append(s)
+        return out
+
+    def _axis(self, r: int) -> int:
+        """The per-sample axis (of rank ``r`` per-sample shapes) the parameters join."""
+        ax = self.dim - 1 if self.dim > 0 else self.dim + r
+        if not 0 <= ax < r:
+            raise UnsupportedError(f"concat dim {self.dim} out of range for a rank-{r + 1} tensor")
+        return ax
+
+    def _quantized(self, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+        ps = self._params()
+        flat = self.const_quant(torch.cat([p.reshape(-1) for p in ps]))
+        return list(torch.split(flat, [p.numel() for p in ps]))
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])
+        if self.qfx_mode == "exact":
+            return self._exact(*xs)
+        mid = torch.cat(xs, dim=self.dim) if len(xs) > 1 else xs[0]
+        shapes = self._sample_shapes(tuple(mid.shape[1:]))
+        vals = [v.reshape((1,) + s).expand((mid.shape[0],) + s) for v, s in zip(self._quantized(shapes), shapes)]
+        return self._out_train(torch.cat(vals[:self.n_front] + [mid] + vals[self.n_front:], dim=self.dim))
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.nn.op_layers import _union
+
+        if not inputs:
+            raise UnsupportedError(f"{name}: a parameter concatenation needs at least one tensor")
+        items: list[IRItem] = []
+
+        def add(op: str, src: TensorSpec, shape: tuple[int, ...], part: str, attrs: dict[str, Any] | None = None,
+                out: str | None = None) -> TensorSpec:
+            o = out or f"{output}.{part}"
+            t = TensorSpec(o, shape, src.fmt)
+            items.append((Node(f"{name}.{part}", op, (src.name,), o, attrs=attrs or {}, source=name), t))
+            return t
+
+        shape = list(inputs[0].shape)
+        r = len(shape)
+        ax = self._axis(r)
+        if len(inputs) > 1:
+            shape[ax] = sum(t.shape[ax] for t in inputs)
+            o = f"{output}.cat"
+            mid = TensorSpec(o, tuple(shape), _union([t.fmt for t in inputs]))
+            items.append((Node(f"{name}.cat", "concat", tuple(t.name for t in inputs), o, attrs={"axis": ax},
+                               source=name), mid))
+        else:
+            mid = inputs[0]
+        shapes = self._sample_shapes(mid.shape)
+        with torch.no_grad():
+            flat, fp = self.const_quant.quantize_exact(torch.cat([p.reshape(-1) for p in self._params()]).float())
+        codes = np.split(np.asarray(flat, dtype=np.int64).reshape(-1),
+                         np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+        blocks = [c.reshape(s) for c, s in zip(codes, shapes)]
+        shift = np.concatenate(blocks[:self.n_front] + [np.zeros(mid.shape, dtype=np.int64)]
+                               + blocks[self.n_front:], axis=ax)
+        top = sum(s[ax] for s in shapes[:self.n_front])
+        bottom = sum(s[ax] for s in shapes[self.n_front:])
+        chw = (int(np.prod(mid.shape[:ax])), mid.shape[ax], int(np.prod(mid.shape[ax + 1:])))
+        x = mid if tuple(mid.shape) == chw else add("reshape", mid, chw, "chw", {"shape": chw})
+        x = add("zeropad2d", x, (chw[0], chw[1] + top + bottom, chw[2]), "pad", {"pads": (top, bottom, 0, 0)})
+        n = shift.size
+        x = add("flatten", x, (n,), "flat")
+        one, f1 = const_code(1.0)
+        acc = ops.scale_shift_format(x.fmt, f1, fp)
+        fo = self._spec_fmt(acc)
+        full = tuple(shift.shape)
+        o = output if full == (n,) else f"{output}.shifted"
+        items.append((Node(name, "scale_shift", (x.name,), o, {"scale": Constant(np.full(n, one, dtype=np.int64), f1),
+                                                               "shift": Constant(shift.reshape(-1), fp)}, {}, acc,
+                           source=name), TensorSpec(o, (n,), fo)))
+        if full != (n,):
+            items.append((Node(f"{name}.back", "reshape", (o,), output, attrs={"shape": full}, source=name),
+                          TensorSpec(output, full, fo)))
+        return items

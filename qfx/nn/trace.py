@@ -36,13 +36,15 @@ from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
     QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
-    QParamAffine, QSum, QTrainOnly, QUnflatten,
+    QParamAffine, QParamCat, QSum, QTrainOnly, QUnflatten,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QConvTranspose1d,
     QConvTranspose2d, QFlatten, QLinear,
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
+from qfx.nn.layout import relabel_batch_swaps
+from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
     QActivation, QCat, QMatMul, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
 )
@@ -58,8 +60,8 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
                      "Hardswish, LeakyReLU, ELU, Softplus), "
                      "Softmax over the last axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
-                     "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x * c / x / c / "
-                     "x + c with constants, "
+                     "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
+                     "/ x + c with constants, MultiheadAttention, TransformerEncoder(Layer), "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
@@ -82,12 +84,17 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
      "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
-    ("LSTM, GRU, RNN, MultiheadAttention, Transformer layers, Embedding",
-     "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations)"),
+    ("LSTM, GRU, RNN, Embedding, nn.Transformer, TransformerDecoder(Layer)",
+     "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations, attention encoders)"),
+    ("MultiheadAttention with key_padding_mask, an additive float attn_mask, a mask computed in forward, a mask row "
+     "whose allowed keys are not one run, add_bias_kv/add_zero_attn, or its attention weights used",
+     "fixed-length sequences; a causal (or sliding-window) mask as a buffer or is_causal=True; the output only ([0], "
+     "need_weights=False)"),
     ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)), one map over the channels "
      "((N, 1, H, W) or (N, 1, L)) or one value per sample ((N, 1))", "tensors of the same shape"),
-    ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel or a "
-     "scalar), tensors created in forward", "put the arithmetic in a module qfx converts"),
+    ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel, per "
+     "element or a scalar) and torch.cat with p.expand(n, -1, ...), tensors created in forward",
+     "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
 )
 
@@ -618,8 +625,48 @@ def _b_log_softmax(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(nn.Sequential(sm, log), (a["input"],), "log_softmax")
 
 
+#: fx node meta key: the nn.Parameter that a ``p.expand(n, -1, ...)`` / ``p.repeat(n, 1, ...)`` node broadcasts over
+#: the batch
+_PARAM_BATCH = "qfx_param_batch"
+
+
+def _batch_broadcast(u: torch.fx.Node, p: nn.Parameter) -> bool:
+    """Whether ``u`` is ``p.expand(n, -1, ...)`` / ``p.expand(n, *p.shape[1:])`` / ``p.repeat(n, 1, ...)`` (the batch
+    size n, the other dims kept) read only by ``torch.cat``: a class token joining the tokens (QParamCat)."""
+    if u.op != "call_method" or u.target not in ("expand", "repeat") or not u.args or u.kwargs:
+        return False
+    sizes = list(u.args[1]) if len(u.args) == 2 and isinstance(u.args[1], (tuple, list)) else list(u.args[1:])
+    shape = tuple(p.shape)
+    if len(sizes) == len(shape) + 1:
+        shape = (1,) + shape
+    if len(sizes) != len(shape) or len(sizes) < 2 or shape[0] != 1:
+        return False
+    keep = -1 if u.target == "expand" else 1
+    if any(s != keep and not (u.target == "expand" and s == d) for s, d in zip(sizes[1:], shape[1:])):
+        return False
+    return bool(u.users) and all(c.op == "call_function" and _hashable(c.target)
+                                 and FUNCTION_TWINS.get(c.target) is _CAT for c in u.users)
+
+
+def _b_param_cat(xs: list[Any], dim: Any, c: "QFXConfig") -> _Replace:
+    """``torch.cat`` of tensors and parameters broadcast over the batch (``_PARAM_BATCH``), the parameters first
+    and/or last: one QParamCat."""
+    kinds = [t.meta.get(_PARAM_BATCH) if _is_tensor_node(t) else None for t in xs]
+    k0 = next(i for i, p in enumerate(kinds) if p is None) if any(p is None for p in kinds) else len(kinds)
+    k1 = len(kinds) - next((i for i, p in enumerate(reversed(kinds)) if p is None), len(kinds))
+    if k0 == len(kinds) or any(p is not None for p in kinds[k0:k1]):
+        raise UnsupportedError("torch.cat of parameters expanded over the batch (class tokens) and tensors: qfx puts "
+                               "the parameters before and/or after the tensors, with at least one tensor")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim == 0:
+        raise UnsupportedError(f"torch.cat(dim={dim!r}): qfx concatenates along a per-sample dimension")
+    m = QParamCat(kinds[:k0], kinds[k1:], dim, const_width=c.bn_width, out_width=c.act_width, **_common(c))
+    return _Replace(m, tuple(xs[k0:k1]), "cat")
+
+
 def _b_cat(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     xs, dim = a["tensors"], a["dim"]
+    if isinstance(xs, (list, tuple)) and any(_is_tensor_node(t) and _PARAM_BATCH in t.meta for t in xs):
+        return _b_param_cat(list(xs), dim, c)
     if isinstance(xs, (list, tuple)) and len(xs) == 1 and _is_tensor_node(xs[0]):
         return _Drop(xs[0])  # torch.cat([x]) is x (a DenseNet's first layer concatenates a one-item list)
     if not isinstance(xs, (list, tuple)) or len(xs) < 2 or not all(_is_tensor_node(t) for t in xs):
@@ -836,6 +883,11 @@ def _b_keep(a: dict[str, Any], c: "QFXConfig") -> None:
     return _KEEP
 
 
+def _b_attention_weights(a: dict[str, Any], c: "QFXConfig") -> None:
+    raise UnsupportedError("the attention weights nn.MultiheadAttention returns (need_weights=True) are used: qfx "
+                           "computes the attention output only; take [0] of the result or pass need_weights=False")
+
+
 _IN = ("input", _REQUIRED)
 _INPLACE = ("inplace", False)
 _RELU = _FnSpec((_IN, _INPLACE), _b_relu, "qfx.nn.QReLU")
@@ -911,6 +963,7 @@ _FEATURE_ALPHA_DROPOUT = _FnSpec(_DROPOUT_PARAMS, _b_dropout(nn.FeatureAlphaDrop
 _TORCH_DROPOUT = _FnSpec((_IN, ("p", _REQUIRED), ("train", _REQUIRED)), _b_dropout(nn.Dropout), _DROPOUT.twin)
 _SHAPE = _FnSpec((), _b_keep, extra_ok=True)
 _INDEX = _FnSpec((), _b_keep, extra_ok=True)  # element moves capture lowers to slice / transpose / concat nodes
+_ATTENTION_WEIGHTS = _FnSpec((_IN, ("average", True)), _b_attention_weights)
 
 #: function object -> what it becomes (torch.fx records functions and operators by object)
 FUNCTION_TWINS: dict[Any, _FnSpec] = {
@@ -948,6 +1001,7 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     operator.getitem: _SHAPE, getattr: _SHAPE,
     torch.transpose: _INDEX, torch.permute: _INDEX, torch.narrow: _INDEX, torch.chunk: _INDEX,
     torch.split: _INDEX, torch.tensor_split: _INDEX, torch.stack: _STACK,
+    attention_weights: _ATTENTION_WEIGHTS,
 }
 
 #: Tensor method name -> what it becomes
@@ -982,9 +1036,13 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("convtranspose", "conv_transpose"), "qfx converts nn.ConvTranspose1d/2d modules (zero padding, padding <= "
                                           "dilation * (kernel - 1)); F.conv_transpose with a weight read in "
                                           "forward does not"),
-    (("lstm", "gru", "rnn", "attention", "transformer", "embedding"),
-     "qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations); recurrent, attention and embedding "
-     "layers have no fixed-point twin"),
+    (("attention", "transformer"),
+     "qfx converts nn.MultiheadAttention, nn.TransformerEncoderLayer and nn.TransformerEncoder with torch's own "
+     "forward, and attention written by hand (x @ y, softmax(dim=-1)); transformer decoders have no fixed-point "
+     "twin"),
+    (("lstm", "gru", "rnn", "embedding"),
+     "qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations, attention encoders); recurrent and "
+     "embedding layers have no fixed-point twin"),
     (("sum",), "qfx sums over the spatial dims (x.sum((2, 3)), x.sum(-1)), the channels or the features of (N, n) "
                "(x.sum(1))"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
@@ -1090,8 +1148,25 @@ def supported_table() -> str:
                 "stays symbolic) |")
     rows.append("| `nn.Linear` on (N, L, C) or (N, H, W, C) | 1x1 `conv2d` between two `transpose` gathers |")
     rows.append("| `x * self.gamma`, `x + self.beta`, `x - self.beta` (an `nn.Parameter` read in forward: one value "
-                "per channel or a scalar; (C,) on channels-last (N, H, W, C)) | `QParamAffine` (`scale_shift`, "
-                "between `transpose` gathers when not on dim 1; the parameter keeps training) |")
+                "per channel or a scalar; (C,) on channels-last (N, H, W, C); one per element of the trailing dims: "
+                "a positional embedding (1, L, E)) | `QParamAffine` (`scale_shift`, between `transpose` gathers when "
+                "not on dim 1, per element over the flattened tensor; the parameter keeps training) |")
+    rows.append("| `torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)` (parameters expanded or repeated "
+                "over the batch, before and/or after the tensors) | `QParamCat` (`zeropad2d` + per-element "
+                "`scale_shift`; the parameters keep training) |")
+    rows.append("| `nn.MultiheadAttention` (self- or cross-attention, `batch_first` either way, bias or not, "
+                "dropout; no mask, or a causal / sliding-window `attn_mask` buffer or `is_causal=True`; the weights "
+                "unused) | qfx.nn.transformer.`QMultiheadAttention`: `QLinear` q/k/v from `in_proj_weight` (keys "
+                "kept), heads by reshape/transpose, `QMatMul`, `QConstScale` 1/sqrt(head_dim), row `QSoftmax` "
+                "(masked: per row over its allowed keys, zero padding, lossless `QCat`), `QTrainOnly` dropout, "
+                "`QMatMul`, `out_proj` `QLinear` |")
+    rows.append("| `nn.TransformerEncoderLayer` (relu / gelu, `norm_first`, `batch_first`), `nn.TransformerEncoder` "
+                "(its layers, the final norm; no fast path, no nested tensors) | `QTransformerEncoderLayer` / "
+                "`QTransformerEncoder`: the attention above, `QLayerNorm`, `QLinear`, `QReLU` / `QActivation`, `QAdd` "
+                "residuals, `QTrainOnly` dropout |")
+    rows.append("| `x.transpose(0, 1)`, `x.permute(1, 0, 2)` (sequence-first (S, N, E); on such tensors: "
+                "element-wise ops, Linear/LayerNorm, softmax, reductions such as `h.mean(0)`, `h[-1]`, cat, "
+                "chunk/split) | wires: tensors stay batch-first in memory, dims renumbered (qfx.nn.layout) |")
     rows.append("| a stateless module whose eval-mode `forward` returns its input (torchvision's `StochasticDepth`, "
                 "timm's `DropPath`) | `QTrainOnly` (train mode: the module itself, random as in torch; eval and "
                 "exact mode: a wire) |")
@@ -1283,16 +1358,18 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
         if twin is None:
             raise UnsupportedError(f"cannot quantize {type(body).__name__}: the model is an identity")
         return twin
+    body = expand_transformers(body, example)  # nn.MultiheadAttention / Transformer layers: plain-PyTorch composites
     train_only = _train_only_modules(body, example)
     graph = trace(body, train_only)
     _fold_sizes(body, graph, example)
+    layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     _softmax_ranks(body, graph, example)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
     live = _live(graph)
     modules = dict(body.named_modules())
-    problems: list[str] = []
+    problems: list[str] = list(layout_problems)
     module_swaps: dict[str, nn.Module | None] = {}  # path -> twin (None: dropped)
     node_actions: dict[torch.fx.Node, Any] = {}  # fx node -> _Replace | _Drop | ("retarget", base)
     shape_nodes: set[torch.fx.Node] = set()
@@ -1314,8 +1391,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             value = _attr_value(body, str(n.target))
             if isinstance(value, nn.Parameter) and n.users and all(
                     FUNCTION_TWINS.get(u.target) in _ARITH_SPECS if u.op == "call_function" and _hashable(u.target)
-                    else u.op == "call_method" and METHOD_TWINS.get(str(u.target)) in _ARITH_SPECS for u in n.users):
+                    else u.op == "call_method" and METHOD_TWINS.get(str(u.target)) in _ARITH_SPECS
+                    or _batch_broadcast(u, value) for u in n.users):
                 n.meta["qfx_param"] = value  # x * self.gamma: the arithmetic's builder makes a QParamAffine
+                for u in n.users:  # self.cls.expand(n, -1, -1) into torch.cat: the cat's builder makes a QParamCat
+                    if _batch_broadcast(u, value):
+                        u.meta[_PARAM_BATCH] = value
                 continue
             problems.append(f"forward reads '{n.target}' directly (fx node '{n.name}'): only layers may hold "
                             "parameters and buffers; put the arithmetic in a module qfx converts")
@@ -1347,6 +1428,8 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             except UnsupportedError as exc:
                 problems.append(f"{where}: {exc}")
         elif n.op in ("call_function", "call_method"):
+            if _PARAM_BATCH in n.meta:  # a parameter expanded over the batch: part of the QParamCat of its cat
+                continue
             spec = (METHOD_TWINS.get(str(n.target)) if n.op == "call_method"
                     else FUNCTION_TWINS.get(n.target) if _hashable(n.target) else None)
             where = _where_call(n, modules)
@@ -1690,7 +1773,8 @@ def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], n
             _set_module(body, path, copy.deepcopy(body.get_submodule(old)))
             n.target = path
     for n in reversed(list(graph.nodes)):
-        if n.op not in ("placeholder", "output") and not n.users and (n not in live or n.op == "get_attr"):
+        if n.op not in ("placeholder", "output") and not n.users and (n not in live or n.op == "get_attr"
+                                                                      or _PARAM_BATCH in n.meta):
             graph.erase_node(n)
     for path in dropped:
         _set_module(body, path, nn.Identity())
@@ -1699,4 +1783,7 @@ def _rewrite(body: nn.Module, graph: torch.fx.Graph, live: set[torch.fx.Node], n
     for name, child in body.named_children():  # the real containers, not fx's plain copies (indexing keeps working)
         if hasattr(gm, name):
             setattr(gm, name, child)
+    for name, p in body.named_parameters(recurse=False):  # read in forward (a class token): keys stay the model's
+        if not hasattr(gm, name):
+            gm.register_parameter(name, p)
     return gm
