@@ -1,13 +1,15 @@
 """Cost versus model size of the RTL flow: digits MLP, digits CNN, LeNet-5 and ResNet-20, one run.
 
     PYTHONPATH=. python benchmarks/bench_scale.py [--models mlp,cnn,lenet5,resnet20] [--bits 4,8]
-        [--io vector,stream] [--no-cosim] [--no-yosys] [--vectors 200] [--export-timeout 600] [--json out.json]
+        [--io vector,stream] [--no-cosim] [--no-yosys] [--vectors 200] [--export-timeout 600] [--yosys-timeout 1800]
+        [--jobs 2] [--json out.json]
 
 Per model, weight width W and RTL form: weights, RTL export time (wall and CPU: the machine may be shared) and peak
 memory (the export runs in a child process, so ``ru_maxrss`` is that export's own peak), size of the generated
 SystemVerilog (bytes and longest line), Verilator build time and simulation rate with the co-simulation mismatch
-count (``qfx.sim.cosim``), Yosys ``synth_xilinx`` time and LUT/FF/DSP (``qfx.report.resources``, per layer in
-parallel), and the design's II and latency in clocks.
+count (``qfx.sim.cosim``), Yosys ``synth_xilinx`` time and LUT/FF/DSP (``qfx.report.resources``: one run per layer
+module, ``--jobs`` at a time, a streaming design's dense tail one run per dense layer; the per-layer figures and each
+run's seconds are printed after the main table and kept in ``--json``), and the design's II and latency in clocks.
 
 Folding: convolutions compute one output pixel per clock (``conv_style="pixel"``), so a CNN accepts one image every
 ``HO*WO`` clocks of its largest convolution; the dense layers are then folded with ``target_ii`` = that period (no
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -187,15 +190,44 @@ def measure(kind: str, bits: int, work: Path, a: argparse.Namespace, io: str = "
         from qfx.report.resources import report_project
 
         _log(f"{kind} W={bits}: Yosys synth_xilinx (per layer, {a.jobs} jobs)")
+        load0 = os.getloadavg()[0]
         try:
-            rep = report_project(out, jobs=a.jobs, use_cache=False)
+            rep = report_project(out, jobs=a.jobs, use_cache=False, split=True, timeout=a.yosys_timeout)
             row.update(yosys_s=round(rep.seconds, 1), lut=rep.total.lut, ff=rep.total.ff, dsp=rep.total.dsp,
-                       carry=rep.total.carry)
+                       carry=rep.total.carry, yosys_runs_s=rep.extra.get("runs_seconds"),
+                       yosys_cpu_s=rep.extra.get("runs_cpu_seconds"),
+                       layers=[{"layer": la.name, "op": la.op, "module": la.module, "lut": la.resources.lut,
+                                "ff": la.resources.ff, "carry": la.resources.carry, "dsp": la.resources.dsp,
+                                "seconds": la.seconds, "cpu_seconds": la.cpu_seconds, "parts": la.parts}
+                               for la in rep.layers]
+                       + [{"layer": "(top)", "op": "", "module": rep.top, "lut": rep.top_own.lut, "ff": rep.top_own.ff,
+                           "carry": rep.top_own.carry, "dsp": rep.top_own.dsp,
+                           "seconds": rep.extra.get("top_seconds"), "cpu_seconds": rep.extra.get("top_cpu_seconds"),
+                           "parts": []}])
         except Exception as exc:  # noqa: BLE001
             row["yosys"] = f"failed: {str(exc)[:200]}"
+        row["yosys_load"] = [round(load0, 2), round(os.getloadavg()[0], 2)]  # 1-min load average before, after
+        load = f" (load {row['yosys_load'][0]} -> {row['yosys_load'][1]})"
         _log(f"{kind} W={bits}: " + (row.get("yosys") or f"LUT {row['lut']} FF {row['ff']} DSP {row['dsp']}, "
-                                     f"{row['yosys_s']} s"))
+                                     f"{row['yosys_s']} s") + load)
     return row
+
+
+def layer_table(row: dict) -> str:
+    """Per-layer Yosys figures of one row (a split layer's modules indented below it), as a Markdown table."""
+    out = [f"\n{row['model']} ({row['io']}) W={row['bits']}: per-layer Yosys synth_xilinx",
+           "| layer | op | LUT | FF | CARRY | DSP | Yosys s (wall) | CPU s |", "|---|---|---|---|---|---|---|---|"]
+
+    def f(v) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    for la in row.get("layers", []):
+        out.append(f"| {la['layer']} | {la['op']} | {la['lut']} | {la['ff']} | {la['carry']} | {la['dsp']} "
+                   f"| {f(la['seconds'])} | {f(la.get('cpu_seconds'))} |")
+        for p in la.get("parts") or []:
+            out.append(f"| &nbsp;&nbsp;{p['module']} | | {p['lut']} | {p['ff']} | {p['carry']} | {p['dsp']} "
+                       f"| {f(p['seconds'])} | {f(p.get('cpu_seconds'))} |")
+    return "\n".join(out)
 
 
 COLS = ("model", "io", "bits", "weights", "nonzero", "target_ii", "export_s", "export_cpu_s", "peak_mb", "sv_kb",
@@ -214,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlp-ii", type=int, default=8, help="target II of models without convolutions")
     p.add_argument("--jobs", type=int, default=2, help="parallel Yosys runs")
     p.add_argument("--export-timeout", type=float, default=600, help="seconds before an RTL export is given up")
+    p.add_argument("--yosys-timeout", type=float, default=1800, help="seconds of Yosys (all runs of a design)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--work", help="keep the designs in this folder (default: a temporary one)")
     p.add_argument("--_export", nargs=4, help=argparse.SUPPRESS)
@@ -246,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(COLS))
     for r in rows:
         print("| " + " | ".join(str(r.get(c, r.get("export", "-") if c == "export_s" else "-")) for c in COLS) + " |")
+    for r in rows:
+        if r.get("layers"):
+            print(layer_table(r))
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -104,6 +104,7 @@ class SynthResult:
     seconds: float
     cached: bool = False
     log_tail: str = field(default="", repr=False)
+    cpu_seconds: float | None = None  # Yosys + ABC CPU time of the run that gave these figures
 
     def to_dict(self) -> dict:
         return {"top": self.top, "family": self.family, "seconds": round(self.seconds, 2), "cached": self.cached,
@@ -187,8 +188,18 @@ def part_family(part: str | None) -> str:
                         f"xc7a35t, xczu9eg, xcvu13p)")
 
 
+# synth_xilinx's map_luts stage (Yosys 0.23, LUT6 families, default options), spelled out so that its LUT techmap can
+# run in chunks: techmap derives one template module per distinct $lut (width, truth table) and slows down as they
+# accumulate (a 400-row weight ROM gives thousands of distinct LUT6 truth tables: ~11k of them took 75 s CPU in one
+# techmap call, 33 s in chunks of 1,000). Mapping is per cell, so the chunks give the same netlist.
+_MAP_LUTS = ("opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; techmap -map +/xilinx/ff_map.v; "
+             "xilinx_srl -fixed -minlen 3; {chunks}"
+             "techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6; xilinx_dffopt; "
+             "opt_lut_ins -tech xilinx")
+
+
 def _script(sources: Sequence[Path], top: str | None, family: str, flatten: bool, dsp: bool,
-            lib: Sequence[Path] = ()) -> str:
+            lib: Sequence[Path] = (), lut_chunk: int = 0) -> str:
     reads = "; ".join([f"read_verilog -sv -lib {json.dumps(str(p))}" for p in lib]
                       + [f"read_verilog -sv {json.dumps(str(p))}" for p in sources])
     top_cmd = f"hierarchy -check -top {top}" if top else "hierarchy -check -auto-top"
@@ -199,7 +210,16 @@ def _script(sources: Sequence[Path], top: str | None, family: str, flatten: bool
         opts.append("-flatten")
     if not dsp:
         opts.append("-nodsp")
-    return f"{reads}; {top_cmd}; synth_xilinx {' '.join(opts)}; tee -q -o stat.json stat -json"
+    o = " ".join(opts)
+    if lut_chunk > 0:
+        chunks = f"techmap -map +/xilinx/lut_map.v -D LUT_WIDTH=6 t:$lut %R{lut_chunk}; " * _LUT_CHUNKS
+        synth = f"synth_xilinx {o} -run :map_luts; {_MAP_LUTS.format(chunks=chunks)}; synth_xilinx {o} -run finalize:"
+    else:
+        synth = f"synth_xilinx {o}"
+    return f"{reads}; {top_cmd}; {synth}; tee -q -o stat.json stat -json"
+
+
+_LUT_CHUNKS = 48  # chunked techmap calls (an empty selection costs ~nothing); what is left is mapped in one call
 
 
 _MODULE = re.compile(r"^\s*module\s+([A-Za-z_][A-Za-z0-9_$]*)", re.M)
@@ -219,10 +239,13 @@ def _yosys_version(cmd: list[str]) -> str:
 
 
 def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: Callable[[str], None] | None,
-               top: str | None, log: Path | None = None) -> tuple[int, list[str], str | None, float]:
+               top: str | None, log: Path | None = None, usage: dict | None = None
+               ) -> tuple[int, list[str], str | None, float]:
     """Run ``cmd -p script`` in ``wd``: (exit status, last 40 log lines, top module Yosys chose, seconds).
 
-    ``progress`` gets the pass Yosys is in; ``log``, when given, receives every line as it comes. Raises
+    ``progress`` gets the pass Yosys is in; ``log``, when given, receives every line as it comes; ``usage``, when
+    given, receives ``cpu_s``: CPU seconds of Yosys and the ABC processes it ran (wall time on a shared machine
+    says little). Raises
     MissingToolError when Yosys cannot start and RunError when it runs past ``timeout`` seconds (it is killed).
     """
     t0 = time.monotonic()
@@ -253,7 +276,13 @@ def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: 
             if time.monotonic() - t0 > timeout:
                 proc.kill()
                 raise RunError(f"Yosys synthesis exceeded {timeout:.0f} s" + (f" (log: {log})" if log else ""))
-        rc = proc.wait()
+        try:  # wait4: the exit status with the CPU time of Yosys and its reaped children (ABC)
+            _, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = rc = os.waitstatus_to_exitcode(status)
+            if usage is not None:
+                usage["cpu_s"] = ru.ru_utime + ru.ru_stime
+        except ChildProcessError:
+            rc = proc.wait()
     finally:
         if logf is not None:
             logf.close()
@@ -266,8 +295,12 @@ def _run_yosys(cmd: list[str], script: str, wd: Path, timeout: float, progress: 
 def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: str = "xc7", flatten: bool = False,
               dsp: bool = True, timeout: float = 1800, workdir: str | Path | None = None,
               progress: Callable[[str], None] | None = None, use_cache: bool = True,
-              lib: Sequence[str | Path] = ()) -> SynthResult:
+              lib: Sequence[str | Path] = (), lut_chunk: int = 0) -> SynthResult:
     """Synthesize ``sources`` with ``synth_xilinx`` (out-of-context) and return the ``stat`` figures.
+
+    ``lut_chunk`` > 0 runs synth_xilinx's last mapping stage (map_luts) as separate commands, with the LUT techmap
+    applied to at most that many ``$lut`` cells per call: same cells, much faster for modules with many distinct LUT
+    truth tables (large weight ROMs); only for the LUT6 families (xc7, xcu, xcup) with default options.
 
     ``progress`` receives short status strings (the pass Yosys is in) while it runs. ``lib`` files are read as black
     boxes: their modules' instances are counted in ``instances`` but contribute no cells. Raises MissingToolError
@@ -282,11 +315,11 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
         if not p.is_file():
             raise BadInputError(f"Verilog source not found: {p}")
     boxes = [m for p in lib_paths for m in _module_names(p)]
-    script = _script(paths, top, family, flatten, dsp, lib_paths)
+    script = _script(paths, top, family, flatten, dsp, lib_paths, lut_chunk)
     h = hashlib.sha256()
     h.update(_yosys_version(cmd).encode())
     h.update(_script([Path(p.name) for p in paths], top, family, flatten, dsp,
-                     [Path(p.name) for p in lib_paths]).encode())
+                     [Path(p.name) for p in lib_paths], lut_chunk).encode())
     for p in paths + lib_paths:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     key = h.hexdigest()[:32]
@@ -294,11 +327,14 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
     if use_cache and (cdir / "meta.json").is_file() and (cdir / "stat.json").is_file():
         meta = json.loads((cdir / "meta.json").read_text())
         mods, inst, total = parse_stat_json((cdir / "stat.json").read_text(), top or meta.get("top"), boxes)
-        return SynthResult(meta["top"], family, mods, inst, total, meta["seconds"], cached=True)
+        return SynthResult(meta["top"], family, mods, inst, total, meta["seconds"], cached=True,
+                           cpu_seconds=meta.get("cpu_seconds"))
 
     wd = Path(workdir) if workdir is not None else cdir
     wd.mkdir(parents=True, exist_ok=True)
-    rc, tail, detected_top, secs = _run_yosys(cmd, script, wd, timeout, progress, top)
+    usage: dict = {}
+    rc, tail, detected_top, secs = _run_yosys(cmd, script, wd, timeout, progress, top, usage=usage)
+    cpu = usage.get("cpu_s")
     (wd / "yosys.log").write_text("\n".join(tail) + "\n")
     if rc != 0 or not (wd / "stat.json").is_file():
         errs = [t for t in tail if "ERROR" in t] or tail[-1:] or ["(no output)"]
@@ -314,8 +350,9 @@ def run_synth(sources: Sequence[str | Path], *, top: str | None = None, family: 
         cdir.mkdir(parents=True, exist_ok=True)
         if wd != cdir:
             (cdir / "stat.json").write_text(stat_text)
-        (cdir / "meta.json").write_text(json.dumps({"top": detected_top, "seconds": secs}))
-    return SynthResult(detected_top, family, mods, inst, total, secs, cached=False, log_tail="\n".join(tail[-10:]))
+        (cdir / "meta.json").write_text(json.dumps({"top": detected_top, "seconds": secs, "cpu_seconds": cpu}))
+    return SynthResult(detected_top, family, mods, inst, total, secs, cached=False, log_tail="\n".join(tail[-10:]),
+                       cpu_seconds=cpu)
 
 
 _NETLIST_FORMAT = "qfx-netlist-1"
