@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="Yosys processes: with N > 1 every layer module and the top are synthesized separately, N "
                    "at a time (less wall time; FF/CARRY/DSP identical, LUTs within ~10 %% as ABC maps each run on its "
-                   "own; default 1: one hierarchical run)")
+                   "own; default 1: one hierarchical run, or one run per layer for designs over 1 MB of SystemVerilog)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--no-cache", action="store_true", help="always run Yosys (ignore cached results)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
