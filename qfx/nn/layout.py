@@ -14,7 +14,6 @@ same values as before, batch-first.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -289,24 +288,7 @@ def _covers_lead(a: torch.fx.Node, values: dict[str, Any], r: int | None) -> boo
 
 
 def _run(body: nn.Module, graph: torch.fx.Graph, xs: list[torch.Tensor]) -> dict[str, Any] | None:
-    """Every node's value on a batch of 2 of the example inputs (eval mode, no_grad), or None if it fails."""
-    vals: dict[str, Any] = {}
+    """Every node's value on a batch of 2 of the example inputs, or None if it fails."""
+    from qfx.nn.trace import example_values
 
-    class _Rec(torch.fx.Interpreter):
-        def run_node(self, n: torch.fx.Node) -> Any:
-            v = super().run_node(n)
-            vals[n.name] = v
-            return v
-
-    modes = {m: m.training for m in body.modules()}
-    gm = torch.fx.GraphModule(body, copy.deepcopy(graph))
-    try:
-        body.eval()
-        with torch.no_grad():
-            _Rec(gm).run(*(torch.cat([t[:1]] * 2).clone() for t in xs))
-    except Exception:  # the refusal path reports what fails
-        return None
-    finally:
-        for m, tr in modes.items():
-            m.training = tr
-    return vals
+    return example_values(body, graph, xs)

@@ -1629,23 +1629,15 @@ def _softmax_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node
         or n.op == "call_module" and isinstance(modules.get(str(n.target)), (nn.Softmax, nn.LogSoftmax)))]
 
 
-def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
-    """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) by running the float graph once on
-    the example inputs, so softmax over an axis other than the last is refused by ``quantize_model`` (before any
-    training) even when the dim alone cannot tell (dim=1 is the last axis of (N, n), not of (N, H, S, S))."""
-    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
-    calls = _softmax_calls(body, graph)
-    if not xs or not calls:
-        return
-    ranks: dict[str, int] = {}
-    want = {n.name: n.args[0] for n in calls if isinstance(n.args[0], torch.fx.Node)}
-    sources = {a.name for a in want.values()}
+def example_values(body: nn.Module, graph: torch.fx.Graph, xs: list[torch.Tensor]) -> dict[str, Any] | None:
+    """Every node's value on a batch of 2 of the example inputs (eval mode, no_grad, inputs cloned; the modules'
+    train/eval flags restored), or None if the float graph fails there (the refusal path then reports it)."""
+    vals: dict[str, Any] = {}
 
     class _Rec(torch.fx.Interpreter):
         def run_node(self, n: torch.fx.Node) -> Any:
             v = super().run_node(n)
-            if n.name in sources and isinstance(v, torch.Tensor):
-                ranks[n.name] = v.ndim
+            vals[n.name] = v
             return v
 
     modes = {m: m.training for m in body.modules()}
@@ -1654,11 +1646,27 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
         body.eval()
         with torch.no_grad():
             _Rec(gm).run(*(torch.cat([t[:1]] * 2).clone() for t in xs))
-    except Exception:  # the refusal path reports what fails; QSoftmax checks the rank again when it runs
-        return
+    except Exception:
+        return None
     finally:
         for m, tr in modes.items():
             m.training = tr
+    return vals
+
+
+def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
+    """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) by running the float graph once on
+    the example inputs, so softmax over an axis other than the last is refused by ``quantize_model`` (before any
+    training) even when the dim alone cannot tell (dim=1 is the last axis of (N, n), not of (N, H, S, S))."""
+    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
+    calls = _softmax_calls(body, graph)
+    if not xs or not calls:
+        return
+    want = {n.name: n.args[0] for n in calls if isinstance(n.args[0], torch.fx.Node)}
+    vals = example_values(body, graph, xs)
+    if vals is None:  # the refusal path reports what fails; QSoftmax checks the rank again when it runs
+        return
+    ranks = {k: v.ndim for k, v in vals.items() if isinstance(v, torch.Tensor)}
     for n in calls:
         src = want.get(n.name)
         if src is not None and src.name in ranks:
