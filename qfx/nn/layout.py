@@ -80,9 +80,10 @@ def relabel_batch_swaps(body: nn.Module, graph: torch.fx.Graph, examples: Any,
 
     def refuse(n: torch.fx.Node, what: str) -> None:
         problems.append(f"{_where_call(n, modules) if n.op != 'call_module' else repr(str(n.target))}: {what} of a "
-                        "tensor whose batch is dim 1 (after x.transpose(0, 1)); qfx keeps such tensors batch-first in "
-                        "memory and takes element-wise ops, Linear/LayerNorm over the last dim, softmax/reductions/"
-                        "cat/indexing along dims it can renumber; transpose back to batch-first first")
+                        "tensor whose batch is dim 1 (after a transpose or permute of dims 0 and 1); qfx keeps such "
+                        "tensors batch-first in memory and takes element-wise ops, Linear/LayerNorm over the last "
+                        "dim, softmax/reductions/cat/indexing along dims it can renumber; transpose back to "
+                        "batch-first first")
 
     for n in list(graph.nodes):
         ins = [a for a in n.all_input_nodes if a in swapped]
@@ -121,8 +122,8 @@ def relabel_batch_swaps(body: nn.Module, graph: torch.fx.Graph, examples: Any,
         if not ins:
             continue
         if n.op == "output":
-            problems.append("the model returns a tensor whose batch is dim 1 (after x.transpose(0, 1)); qfx "
-                            "models return batch-first tensors: transpose it back")
+            problems.append("the model returns a tensor whose batch is dim 1 (after a transpose or permute of dims "
+                            "0 and 1); qfx models return batch-first tensors: transpose it back")
             continue
         if n.op == "call_module":
             m = modules.get(str(n.target))
