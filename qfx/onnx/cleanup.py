@@ -34,7 +34,6 @@ from typing import Any, Callable
 import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.onnx.whole_sample import add_batch_axis
 
 __all__ = ["cleanup", "constant_value", "QONNX_DOMAIN", "QONNX_OPS", "QONNX_DOMAINS", "CHANNELS_LAST_DOMAIN"]
 
@@ -669,6 +668,8 @@ class _Cleaner:
 
     def run(self):
         from onnx import helper
+
+        from qfx.onnx.whole_sample import add_batch_axis  # it reads this module's helpers
 
         self.functions()
         self.domains()

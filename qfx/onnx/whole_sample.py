@@ -18,9 +18,9 @@ rewritten model has one more leading axis (a stack of whole original tensors).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from qfx.onnx.cleanup import QONNX_DOMAIN, _attrs
 
 __all__ = ["add_batch_axis", "RANK_FREE", "BATCH_AXIS_KEY"]
 
@@ -38,37 +38,19 @@ _AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat"})
 _AXES_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Squeeze", "Unsqueeze"})
 
 
-def _attr(node, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _set_ints(node, name: str, values: list[int]) -> None:
-    from onnx import helper
-
-    for k, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[k]
-            break
-    node.attribute.append(helper.make_attribute(name, [int(v) for v in values]))
-
-
 def _opset(model) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in _DEFAULT), 13)
 
 
-def _set_int(node, name: str, value: int) -> None:
+def _set_attr(node, name: str, value: int | list[int]) -> None:
+    """Replace (or add) attribute ``name`` of ``node``."""
     from onnx import helper
 
     for k, a in enumerate(node.attribute):
         if a.name == name:
             del node.attribute[k]
             break
-    node.attribute.append(helper.make_attribute(name, int(value)))
+    node.attribute.append(helper.make_attribute(name, value))
 
 
 class _Plan:
@@ -89,7 +71,7 @@ class _Plan:
         return len(s) if s is not None else None
 
     def _axes_of(self, n) -> list[int] | None:
-        a = _attr(n, "axes")
+        a = _attrs(n).get("axes")
         if a is not None:
             return [int(v) for v in a]
         if len(n.input) > 1 and n.input[1]:
@@ -99,8 +81,6 @@ class _Plan:
 
     def applies(self) -> str | None:
         """The node that moves data across axis 0 when the rewrite applies, else None."""
-        from qfx.onnx.cleanup import QONNX_DOMAIN
-
         inputs = self.c.data_inputs()
         if not inputs:
             return None
@@ -124,14 +104,14 @@ class _Plan:
         if not data:
             return False
         if op == "Transpose":
-            perm = _attr(n, "perm")
+            perm = _attrs(n).get("perm")
             return perm is None or int(perm[0]) != 0
         if op == "Reshape":
             a, b = self.shapes.get(n.input[0]), self.shapes.get(n.output[0])
             return a is None or b is None or a[0] != b[0]
         if op in _AXIS_OPS:
             r = self.rank(n.input[0])
-            ax = int(_attr(n, "axis", 1 if op != "Concat" else 0))
+            ax = int(_attrs(n).get("axis", 1 if op != "Concat" else 0))
             return r is None or ax % r == 0
         if op in _AXES_OPS:
             axes, r = self._axes_of(n), self.rank(n.input[0] if op != "Unsqueeze" else n.output[0])
@@ -142,9 +122,9 @@ class _Plan:
             return any(int(x) % r == 0 for x in axes)
         if op == "MatMul":
             return len(n.input) > 1 and n.input[1] not in self.fixed and self.rank(n.input[1]) == 2
+        r = self.rank(n.output[0])
         for i in n.input:  # a constant that varies along the first axis of a full-rank operand
             v = self.consts.get(i)
-            r = self.rank(n.output[0])
             if v is not None and r is not None and v.ndim == r and v.shape[0] > 1:
                 return True
         return False
@@ -154,19 +134,19 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
     """Shift the axes ``n`` names by one (False: cannot; the rewrite is then not done)."""
     op = n.op_type
     if op == "Transpose":
-        perm = _attr(n, "perm")
+        perm = _attrs(n).get("perm")
         if perm is None:
             r = plan.rank(n.input[0])
             if r is None:
                 return False
             perm = list(range(r))[::-1]
-        _set_ints(n, "perm", [0] + [int(p) + 1 for p in perm])
+        _set_attr(n, "perm", [0] + [int(p) + 1 for p in perm])
     elif op == "Reshape":
         tgt = plan.consts.get(n.input[1])
         if tgt is None:
             return False
         tgt = [int(v) for v in np.asarray(tgt).ravel()]
-        if int(_attr(n, "allowzero", 0)):
+        if int(_attrs(n).get("allowzero", 0)):
             if -1 in tgt:
                 return False
             lead = -1
@@ -175,9 +155,9 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
         n.input[1] = fresh(np.asarray([lead, *tgt], dtype=np.int64), n.input[1])
     elif op in _AXIS_OPS:
         default = 0 if op == "Concat" else (-1 if _opset(plan.c.m) >= 13 else 1)
-        ax = int(_attr(n, "axis", default))
+        ax = int(_attrs(n).get("axis", default))
         if ax >= 0:
-            _set_int(n, "axis", ax + 1)
+            _set_attr(n, "axis", ax + 1)
     elif op in _AXES_OPS:
         axes = plan._axes_of(n)
         if axes is None:
@@ -186,16 +166,16 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
             if op in ("Squeeze", "Unsqueeze"):
                 return op == "Unsqueeze"
             r = plan.rank(n.input[0])
-            if r is None or int(_attr(n, "noop_with_empty_axes", 0)):
+            if r is None or int(_attrs(n).get("noop_with_empty_axes", 0)):
                 return False
             axes = list(range(r))
         new = [a + 1 if a >= 0 else a for a in axes]
-        if _attr(n, "axes") is not None:
-            _set_ints(n, "axes", new)
+        if _attrs(n).get("axes") is not None:
+            _set_attr(n, "axes", new)
         elif len(n.input) > 1 and n.input[1]:
             n.input[1] = fresh(np.asarray(new, dtype=np.int64), n.input[1])
         elif _opset(plan.c.m) < 18 or op in ("Squeeze", "Unsqueeze"):
-            _set_ints(n, "axes", new)
+            _set_attr(n, "axes", new)
         else:  # opset 18 reductions take their axes as an input
             while len(n.input) < 2:
                 n.input.append("")
