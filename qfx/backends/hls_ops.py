@@ -330,14 +330,13 @@ def emit_softmax(ctx: "_Ctx", n: "Node", L: dict[str, Any]) -> dict[str, Any]:
     reciprocal ROM addressed by the sum's code shifted right, exact product, one conversion. Both ROMs hold the IR's
     table codes unchanged (their types carry the tables' formats), so the kernel computes the golden function's
     integers. ``n_elem`` is the row length, ``n_rows`` the number of rows (1 for a vector)."""
-    from qfx.ops.softmax import sum_format
+    from qfx.ops.softmax import softmax_row, sum_format
 
     g, N = ctx.graph, ctx.names
-    xs = g.tensor(n.inputs[0])
-    fx = xs.fmt
+    fx = g.tensor(n.inputs[0]).fmt
     et, rt = n.consts["exp_table"], n.consts["recip_table"]
     shift = int(op_def(n.op).attr(n, "shift"))
-    n_elem = int(xs.shape[-1]) if xs.shape else 1
+    n_elem = softmax_row(g, n)
     n_rows = L["out_size"] // n_elem if n_elem else 0
     if et.codes.size != 1 << fx.width or (n_elem * int(et.codes.max()) >> shift) >= rt.codes.size:
         raise BadInputError(f"softmax node {n.name!r}: tables do not fit input format {fx.ap_type()} and "

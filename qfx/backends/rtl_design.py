@@ -517,12 +517,14 @@ def _layer_softmax(d: LayerDesign, g: Graph, n: Node, xs: list[list[Sig]], adder
     two ROM functions): a comparator tree for the maximum, per element the code distance ``m - x`` addressing the
     exp ROM, an exact adder tree over the exp codes, the sum's bits from ``shift`` up addressing the reciprocal ROM,
     then per element one exact variable product ``e * r`` (``LayerDesign.product``) and one requantization."""
+    from qfx.ops.softmax import softmax_row
+
     fx = g.tensor(n.inputs[0])
     et = n.consts["exp_table"]
     if et.codes.size != 1 << fx.fmt.width:
         raise UnsupportedError(f"node {n.name!r}: exp_table has {et.codes.size} entries, input format "
                                f"{fx.fmt.ap_type()} needs {1 << fx.fmt.width}")
-    row = int(fx.shape[-1]) if fx.shape else 1
+    row = softmax_row(g, n)
     outs: list[str] = []
     for k in range(0, len(xs[0]), row):
         outs += _softmax_row(d, g, n, xs[0][k:k + row])

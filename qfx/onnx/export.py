@@ -159,12 +159,10 @@ def _lut_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
 def _softmax_bound(graph: Graph, n: Node, fx: FxFormat) -> tuple[int, int]:
     """softmax: the exp sum (its code, scaled by 2**(F_e - shift), floors to the recip index) and the product
     e * r are exact; the distance and both indexes are small integers (the input has at most 12 bits)."""
-    from qfx.ops.softmax import sum_format
+    from qfx.ops.softmax import softmax_row, sum_format
 
     et, rt = n.consts["exp_table"].fmt, n.consts["recip_table"].fmt
-    shape = graph.tensor(n.inputs[0]).shape
-    row = int(shape[-1]) if shape else 1  # one row's sum (softmax over the last axis)
-    _check_code_bound(_fmt_bound(sum_format(row, et)), et.frac_bits, "the exp sum", n)
+    _check_code_bound(_fmt_bound(sum_format(softmax_row(graph, n), et)), et.frac_bits, "the exp sum", n)
     shift = int(op_def(n.op).attr(n, "shift"))
     if abs(et.frac_bits - shift) > _EXP_LIMIT:
         raise FormatError(f"node {n.name!r}: the recip index scaling lies outside the float64 exponent range")

@@ -23,7 +23,7 @@ from qfx.ops.base import AttrSpec, Categories as C, OpDef, node_error, one_node_
 if TYPE_CHECKING:  # pragma: no cover
     from qfx.ir.graph import Constant, Graph, Node
 
-__all__ = ["SOFTMAX", "softmax_tables", "MAX_SOFTMAX_IN_BITS"]
+__all__ = ["SOFTMAX", "softmax_tables", "softmax_row", "MAX_SOFTMAX_IN_BITS"]
 
 #: widest input format the exp table covers (2**12 entries)
 MAX_SOFTMAX_IN_BITS = 12
@@ -70,6 +70,12 @@ def sum_format(n: int, fe: FxFormat) -> FxFormat:
     return FxFormat.for_code_range(0, n * fe.max_code, fe.frac_bits, signed=False)
 
 
+def softmax_row(g: "Graph", n: "Node") -> int:
+    """The row length of softmax node ``n``: the size of its input's last axis (the op checks rank >= 1)."""
+    shape = g.tensor(n.inputs[0]).shape
+    return int(shape[-1]) if shape else 1
+
+
 def _check(g: "Graph", n: "Node") -> None:
     x, y = g.tensor(n.inputs[0]), g.tensor(n.output)
     if len(x.shape) < 1 or y.shape != x.shape:
@@ -80,7 +86,7 @@ def _check(g: "Graph", n: "Node") -> None:
         raise node_error(n, f"exp_table has {et.size} entries; input format {x.fmt.ap_type()} needs {1 << x.fmt.width}")
     if rt.ndim != 1 or rt.size < 2:
         raise node_error(n, "recip_table must be a vector")
-    s_max = int(x.shape[-1]) * int(et.max())  # one row's sum; exp codes are at most the table's largest entry (exp(0))
+    s_max = softmax_row(g, n) * int(et.max())  # one row's sum; exp codes are at most the table's largest entry (exp(0))
     if (s_max >> int(n.attrs.get("shift", 0))) >= rt.size:
         raise node_error(n, f"sum >> shift reaches {s_max >> int(n.attrs.get('shift', 0))}, beyond the "
                             f"{rt.size}-entry recip_table")
