@@ -24,16 +24,21 @@ MAX_EXACT_WIDTH = 53
 MODES = ("train", "exact")
 
 
-def _frac_bits_needed(a: np.ndarray) -> int:
-    """Smallest F with ``a * 2**F`` integral for every element (exact: frexp and integer bit tricks only)."""
-    nz = a[a != 0]
-    if nz.size == 0:
+def frac_bits_needed(v: torch.Tensor) -> int:
+    """Smallest F with ``v * 2**F`` integral for every element of float64 ``v`` (exact: frexp and integer bit tricks
+    only; torch ops, so a CUDA tensor stays on its device)."""
+    nz = v[v != 0]
+    if nz.numel() == 0:
         return 0
-    m, e = np.frexp(nz)  # nz = m * 2**e, 0.5 <= |m| < 1
-    mi = np.ldexp(m, 53).astype(np.int64)  # exact 53-bit integer significand
-    low = np.bitwise_and(mi, -mi)  # lowest set bit, a power of two
-    _, tz1 = np.frexp(low.astype(np.float64))  # low == 2**(tz1 - 1)
+    m, e = torch.frexp(nz)  # nz = m * 2**e, 0.5 <= |m| < 1
+    mi = torch.ldexp(m, torch.tensor(53.0, dtype=torch.float64, device=v.device)).to(torch.int64)  # exact significand
+    _, tz1 = torch.frexp((mi & -mi).to(torch.float64))  # the lowest set bit, 2**(tz1 - 1)
     return int((53 - e - (tz1 - 1)).max())
+
+
+def _frac_bits_needed(a: np.ndarray) -> int:
+    """``frac_bits_needed`` of a numpy array."""
+    return frac_bits_needed(torch.from_numpy(np.asarray(a, dtype=np.float64)))
 
 
 def values_to_codes(x: torch.Tensor, what: str = "input") -> tuple[np.ndarray, FxFormat]:

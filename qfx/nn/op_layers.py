@@ -17,7 +17,7 @@ from qfx.errors import BadInputError, UnsupportedError
 from qfx.fixed.format import FxFormat
 from qfx.fixed.tables import MAX_TABLE_BITS, build_table, evaluate, parse_fn
 from qfx.ir.graph import Constant, Graph, Node, TensorSpec
-from qfx.nn.exact import codes_to_values, values_to_codes
+from qfx.nn.exact import codes_to_values, frac_bits_needed, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant
 from qfx.nn.quant import FixedQuant
 
@@ -207,16 +207,10 @@ class QMatMul(_IRModule):
 
 
 def _grid_bits(x: torch.Tensor) -> tuple[int, float]:
-    """(fractional bits of the finest grid the values of ``x`` lie on, largest magnitude), with torch ops only."""
+    """(fractional bits of the finest grid the values of ``x`` lie on, largest magnitude), on x's device."""
     with torch.no_grad():
         v = x.detach().to(torch.float64)
-        nz = v[v != 0]
-        if nz.numel() == 0:
-            return 0, 0.0
-        m, e = torch.frexp(nz)
-        mi = torch.ldexp(m, torch.tensor(53.0, dtype=torch.float64, device=v.device)).to(torch.int64)
-        _, tz = torch.frexp((mi & -mi).to(torch.float64))  # lowest set bit = 2**(tz - 1)
-        return int((53 - e - (tz - 1)).max()), float(nz.abs().max())
+        return frac_bits_needed(v), (float(v.abs().max()) if v.numel() else 0.0)
 
 
 def _float64_exact(a: torch.Tensor, b: torch.Tensor) -> bool:
