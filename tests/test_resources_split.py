@@ -153,3 +153,81 @@ def test_big_projects_are_reported_per_layer_even_with_one_job(tmp_path, monkeyp
     assert [[p.module for p in parts] for parts in calls] == [["t_l0", "t"]]
     with pytest.raises(AssertionError, match="whole-design"):
         R.report_project(tmp_path, jobs=4, split=False)
+
+
+def test_counted_cells_are_lut_map_primitives():
+    """ABC's $lut cells by width become what lut_map.v makes of them; anything else of Yosys's own (a flip-flop)
+    means the netlist is not LUTs only (None: the caller runs the full flow)."""
+    from qfx.report.yosys import _counted_cells, _script, classify_cells
+
+    cells = {"$lut_1": 3, "$lut_2": 5, "$lut_6": 7, "$lut_7": 2, "$lut_8": 1, "CARRY4": 4,
+             "$paramod$ab12\\t_requant": 2}
+    got = _counted_cells(cells)
+    assert got == {"INV": 3, "LUT2": 5, "LUT6": 7 + 4 + 4, "MUXF7": 2 + 2, "MUXF8": 1, "CARRY4": 4,
+                   "$paramod$ab12\\t_requant": 2}
+    r = classify_cells(got, ["$paramod$ab12\\t_requant"])
+    assert (r.lut, r.muxf, r.carry, r.other) == (5 + 15, 5, 4, 0)  # INV is not counted, as in the full flow
+    assert _counted_cells({"$lut_3": 1, "$_DFFE_PP_": 1}) is None
+    s = _script([Path("a.sv")], "a", "xc7", False, True, count_luts=True)
+    assert s.endswith("-run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+                      "techmap -map +/xilinx/lut_map.v -D LUT_WIDTH=6 t:$lut r:WIDTH>=7 %i; "
+                      "opt_lut_ins -tech xilinx; clean; tee -q -o stat.json stat -json -width")
+
+
+def _pix_project(tmp_path: Path) -> Path:
+    """A streaming two-conv CNN: its pixel kernels are combinational adder graphs in their own files."""
+    import torch
+    from torch import nn
+
+    from qfx.backends.rtl import write_project
+    from qfx.ir.from_torch import capture
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.nn.convert import QFXConfig, quantize_model
+    from qfx.nn.exact import set_mode
+
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 3))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Linear, nn.Conv2d)):
+                mod.weight.uniform_(-0.9, 0.9)
+    q = quantize_model(m, QFXConfig(weight_width=6, bias_width=12, act_width=6, bn_width=6, input_width=8))
+    q(torch.rand(64, 1, 4, 4) * 4)
+    q.eval()
+    set_mode(q, "exact")
+    g = run_flow(capture(q, torch.zeros(1, 1, 4, 4), name="pix_t"), DEFAULT_FLOW).graph
+    write_project(g, tmp_path / "prj", io="stream", target_ii=16)
+    return tmp_path / "prj"
+
+
+@needs_yosys
+@pytest.mark.yosys
+def test_counted_luts_equal_the_mapped_ones(tmp_path, monkeypatch):
+    """A combinational pixel kernel: the counted run gives synth_xilinx's own LUT/MUXF/CARRY figures; a layer with
+    flip-flops asked to count falls back to the full flow (identical to it); the per-layer report over split pixel
+    kernels equals the unsplit one in FF/CARRY/DSP and its LUTs within ABC's per-run variation."""
+    from qfx.report.yosys import run_synth
+
+    prj = _pix_project(tmp_path)
+    rtl = prj / "rtl"
+    pix = sorted(rtl.glob("*_pix.sv"), key=lambda f: f.stat().st_size)[-1]
+    common = sorted(rtl.glob("*_requant.sv"))
+    full = run_synth([pix, *common], top=pix.stem, use_cache=False)
+    counted = run_synth([pix, *common], top=pix.stem, use_cache=False, count_luts=True)
+    assert full.total.lut > 50 and full.total.ff == 0
+    assert counted.total == full.total, (counted.total, full.total)
+    layer = rtl / f"{pix.stem[:-4]}.sv"
+    seq_full = run_synth([layer, pix, *common], top=layer.stem, use_cache=False)
+    seq_counted = run_synth([layer, pix, *common], top=layer.stem, use_cache=False, count_luts=True)
+    assert seq_full.total.ff > 0 and seq_counted.total == seq_full.total
+    whole = R.report_project(prj, use_cache=False, split=True, jobs=2)
+    monkeypatch.setattr(R, "_PIX_BYTES", 0)
+    split = R.report_project(prj, use_cache=False, split=True, jobs=2)
+    la = next(x for x in split.layers if x.module == pix.stem[:-4])
+    assert [p["module"] for p in la.parts] == [pix.stem, la.module] and la.parts[0]["luts_counted"]
+    for a, b in zip([*split.layers, split], [*whole.layers, whole]):
+        ra = a.resources if hasattr(a, "resources") else a.total
+        rb = b.resources if hasattr(b, "resources") else b.total
+        assert (ra.ff, ra.carry, ra.dsp) == (rb.ff, rb.carry, rb.dsp), (a, b)
+        assert abs(ra.lut - rb.lut) <= 0.12 * rb.lut + 4, (ra, rb)

@@ -121,8 +121,12 @@ def load_rtl_project(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
 # A layer file over _SPLIT_BYTES that holds several modules (the folded dense tail behind a streaming design's
 # collector: one module per dense layer, 2.3 MB with 400-row weight ROMs in LeNet-5) is synthesized module by module.
 # A run whose sources exceed _CHUNK_BYTES maps its LUTs in chunks (``run_synth(lut_chunk=...)``: same cells, faster).
-# Small designs (the digits MLP/CNN, the demo) stay below both: their runs are the plain synth_xilinx ones.
+# A pixel kernel file over _PIX_BYTES (ResNet-20's 3x3 convs: up to 2.6 MB of adder graphs) is its own run that
+# counts ABC's LUTs instead of techmapping them (``run_synth(count_luts=True)``: same figures for a netlist without
+# flip-flops, ~60 % of the time), the layer module around it (line buffers, control) a second, full run.
+# Small designs (the digits MLP/CNN, the demo) stay below all three: their runs are the plain synth_xilinx ones.
 _SPLIT_BYTES = 512 * 1024
+_PIX_BYTES = 512 * 1024
 _CHUNK_BYTES = 256 * 1024
 _LUT_CHUNK = 1000
 
@@ -138,6 +142,7 @@ class _Part:
     boxes: list[Path]
     layer: str | None
     parent: str | None = None
+    count_luts: bool = False  # a combinational kernel: LUTs counted from ABC's mapping (``run_synth(count_luts=)``)
 
     def lut_chunk(self) -> int:
         return _LUT_CHUNK if sum(f.stat().st_size for f in self.srcs) > _CHUNK_BYTES else 0
@@ -202,6 +207,12 @@ def _parts(info: dict[str, Any], files: list[Path], top: str, tmp: Path | None =
     for m in layers:
         # a layer's own submodules: a folded conv's kernel (_pix), a folded dense tail (_out)
         extra = [*[by_stem[f"{m}{s}"] for s in ("_pix", "_out") if f"{m}{s}" in by_stem], *common]
+        pix = by_stem.get(f"{m}_pix")
+        if tmp is not None and pix is not None and pix.stat().st_size > _PIX_BYTES:
+            # a big pixel kernel (adder graphs only) in its own run, LUTs counted; the layer over it as a black box
+            parts += [_Part(pix.stem, [pix, *common], [], m, m, count_luts=True),
+                      _Part(m, [by_stem[m], *[f for f in extra if f != pix]], [pix], m)]
+            continue
         split = (_split_layer(m, by_stem[m], extra, tmp)
                  if tmp is not None and by_stem[m].stat().st_size > _SPLIT_BYTES else None)
         parts += split or [_Part(m, [by_stem[m], *extra], [], m)]
@@ -221,6 +232,7 @@ def _report_in_parts(p: Path, info: dict[str, Any], parts: list[_Part], family: 
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.monotonic()
+    lut6 = family in ("xc7", "xcu", "xcup")
 
     def one(part: _Part) -> SynthResult:
         left = timeout - (time.monotonic() - t0)
@@ -228,7 +240,8 @@ def _report_in_parts(p: Path, info: dict[str, Any], parts: list[_Part], family: 
             raise QfxError(f"Yosys synthesis exceeded {timeout:.0f} s")
         cb = None if progress is None else (lambda msg, m=part.module: progress(f"{m}: {msg}"))
         return run_synth(part.srcs, top=part.module, family=family, progress=cb, timeout=left, use_cache=use_cache,
-                         lib=part.boxes, lut_chunk=part.lut_chunk() if family in ("xc7", "xcu", "xcup") else 0)
+                         lib=part.boxes, lut_chunk=part.lut_chunk() if lut6 else 0,
+                         count_luts=part.count_luts and lut6)
 
     # the biggest runs first, so that a small one does not hold the last slot while a big one starts late
     order = sorted(range(len(parts)), key=lambda i: -sum(f.stat().st_size for f in parts[i].srcs))
@@ -249,7 +262,8 @@ def _report_in_parts(p: Path, info: dict[str, Any], parts: list[_Part], family: 
             if len(mine) > 1:
                 sub.append({"module": pt.module, "instances": k, "seconds": round(r.seconds, 2),
                             "cpu_seconds": None if r.cpu_seconds is None else round(r.cpu_seconds, 2),
-                            "lut_chunk": pt.lut_chunk(), **own.to_dict()})
+                            "lut_chunk": pt.lut_chunk(), "luts_counted": pt.count_luts and lut6,
+                            **own.to_dict()})
         la = by_mod[m]
         layers.append(LayerResources(str(la.get("node", m)), str(la.get("op", "")), m, total, la.get("adders"),
                                      secs, None if None in cpus else sum(cpus), sub))
@@ -278,8 +292,9 @@ def report_project(path: str | os.PathLike[str], *, top: str | None = None, part
     those per-layer runs whatever ``jobs`` is; None (default): per-layer runs when ``jobs`` > 1 or the SystemVerilog
     exceeds 1 MB (one Yosys run over a design that size takes too long: LeNet-5's streaming design, 2.4 MB, did not
     finish in 30 min). In per-layer runs, a layer file over 512 kB holding several modules (a folded dense tail, one
-    module per dense layer) is split into one run per module, and runs over 256 kB of sources map their LUTs in
-    chunks (see ``run_synth``): same cells, a fraction of the time.
+    module per dense layer) is split into one run per module, a pixel kernel over 512 kB gets its own run whose LUTs
+    are counted from ABC's mapping (``run_synth(count_luts=True)``), and runs over 256 kB of sources map their LUTs
+    in chunks (see ``run_synth``): same cells, a fraction of the time.
     """
     p, info, files = load_rtl_project(path)
     family = part_family(part)
