@@ -117,11 +117,46 @@ class PadNet(nn.Module):
         return torch.clamp(self.c(F.pad(x, (1, 1, 1, 1))), -1.0, 1.0)
 
 
+class SiLUNet(nn.Module):
+    """SiLU exports as ``x * Sigmoid(x)``: a product of two activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.f = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        return self.f(torch.flatten(F.silu(self.c(x)), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's gate: (N, C, 1, 1) Hardsigmoid scores times the (N, C, H, W) features."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.s1, self.s2, self.f = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1), \
+            nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.hardswish(self.c(x))
+        s = F.hardsigmoid(self.s2(F.relu(self.s1(F.adaptive_avg_pool2d(h, 1)))))
+        return self.f(torch.flatten(F.adaptive_avg_pool2d(h * s, 1), 1))
+
+
+class GatedLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.f = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.f(self.a(x) * torch.sigmoid(self.b(x)))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
     "residual_add": (Residual, (3, 5, 5)), "concat_upsample": (ConcatUpsample, (2, 4, 4)),
-    "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)),
+    "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)), "silu": (SiLUNet, (2, 4, 4)),
+    "squeeze_excite": (SqueezeExcite, (3, 6, 6)), "gated_linear": (GatedLinear, (6,)),
 }
 
 
@@ -186,7 +221,7 @@ def test_conv1d_keeps_the_promised_shape():
 
 
 @pytest.mark.gxx
-@pytest.mark.parametrize("name", ["conv1d", "activation_heads"])
+@pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

@@ -1199,6 +1199,16 @@ class _Converter:
         raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: operand shapes {sa} and {sb} (per sample) "
                                f"differ; qfx broadcasts only a (C, 1, 1) operand against (C, H, W); {_CUT}")
 
+    def _mul_acts(self, n, a: _Val, b: _Val) -> None:
+        """The exact product of two activations (``mul``: output width the sum of both): a view with an offset or a
+        ReLU is materialized first, the views' multipliers multiply (real = IR_a * IR_b * m_a * m_b). Gates
+        (SiLU's ``x * sigmoid(x)``, squeeze-excitation, GLU) need no rounding before the next quantizer."""
+        a, b = self._broadcast_pair(n, a, b)
+        vs = [_Val("act", tensor=self._materialize(n, v)) if v.relu or np.any(v.h) else v for v in (a, b)]
+        ta, tb = self.tensors[vs[0].tensor], self.tensors[vs[1].tensor]
+        t = self._add("mul", n, [vs[0].tensor, vs[1].tensor], ta.shape, ta.fmt.mul_format(tb.fmt))
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=vs[0].m * vs[1].m)
+
     def h_qlinear_binary(self, n) -> None:
         """com.microsoft QLinearAdd / QLinearMul: ``C = quantize(deq(A) op deq(B))`` to C's scale and zero point.
         QLinearAdd of two computed tensors brings each to units of C's scale (a lossless dyadic ``scale_shift``
@@ -1224,10 +1234,7 @@ class _Converter:
                 unit = self._chan(sc, va, n, "C_scale") if np.size(sc) > 1 else _vec(sc)
                 self._add_acts(fl, self._in_units(n, va, unit), self._in_units(n, vb, unit))
             else:
-                vs = [_Val("act", tensor=self._materialize(n, v)) if v.relu or np.any(v.h) else v for v in (va, vb)]
-                ta, tb = self.tensors[vs[0].tensor], self.tensors[vs[1].tensor]
-                t = self._add("mul", fl, [vs[0].tensor, vs[1].tensor], ta.shape, ta.fmt.mul_format(tb.fmt))
-                self.vals[mid] = _Val("act", tensor=t, m=vs[0].m * vs[1].m)
+                self._mul_acts(fl, va, vb)
         elif va.kind == "const" and vb.kind == "const":
             raise UnsupportedError(f"{n.op_type} node {where!r} combines two constants; fold it before import")
         else:
@@ -1917,8 +1924,10 @@ class _Converter:
             if v.kind == "input":
                 self._act(name, n)
         if a.kind == "act" and b.kind == "act":
-            raise UnsupportedError(f"unsupported {n.op_type} of two activations (node {self._where(n)!r}): qfx "
-                                   f"multiplies activations only by constants; {_CUT}")
+            if not div:
+                return self._mul_acts(n, a, b)
+            raise UnsupportedError(f"unsupported Div of two activations (node {self._where(n)!r}): qfx divides "
+                                   f"activations only by constants; {_CUT}")
         if div and a.kind != "act":
             raise UnsupportedError(f"unsupported Div of a constant by an activation (node {self._where(n)!r}); {_CUT}")
         act, cst = (a, b) if a.kind == "act" else (b, a)
