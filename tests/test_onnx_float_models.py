@@ -151,12 +151,50 @@ class GatedLinear(nn.Module):
         return self.f(self.a(x) * torch.sigmoid(self.b(x)))
 
 
+class GeluNets(nn.Module):
+    """GELU both ways: exact (exports Erf at opset 13/17) and the tanh approximation."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.f = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.f(F.gelu(self.b(F.gelu(self.a(x))), approximate="tanh"))
+
+
+class ChunkSplit(nn.Module):
+    """``chunk`` (Slice nodes), ``torch.split`` with unequal sizes (Split), a square (Pow 2) and Mish."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f, self.g = nn.Linear(6, 8), nn.Linear(8, 3), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        p, q = h.chunk(2, 1)
+        r, s = torch.split(h, [3, 5], 1)
+        return self.f(torch.cat([F.mish(q), p ** 2], 1)) + self.g(torch.cat([s, r], 1))
+
+
+class PixelSoftmax(nn.Module):
+    """Segmentation-style head: per-pixel class scores (softmax over the channels), and a global max pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        return torch.softmax(self.d(h), 1) * h.amax(dim=(2, 3), keepdim=True)[:, :3]
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
     "residual_add": (Residual, (3, 5, 5)), "concat_upsample": (ConcatUpsample, (2, 4, 4)),
     "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)), "silu": (SiLUNet, (2, 4, 4)),
-    "squeeze_excite": (SqueezeExcite, (3, 6, 6)), "gated_linear": (GatedLinear, (6,)),
+    "squeeze_excite": (SqueezeExcite, (3, 6, 6)), "gated_linear": (GatedLinear, (6,)), "gelu": (GeluNets, (6,)),
+    "chunk_split_pow": (ChunkSplit, (6,)), "pixel_softmax_max": (PixelSoftmax, (2, 4, 4)),
 }
 
 
@@ -221,7 +259,7 @@ def test_conv1d_keeps_the_promised_shape():
 
 
 @pytest.mark.gxx
-@pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite"])
+@pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

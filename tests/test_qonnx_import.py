@@ -306,14 +306,14 @@ def test_qonnx_datatypes(name, fmt):
 
 # ---------------------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("op,domain,what,attrs", [
-    ("Softmax", "", "along the last axis", {"axis": 1}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
+    ("Softmax", "", "softmax takes at most", {"axis": -1}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
     ("FloatQuant", QD, "at most 12 bits", {}), ("Sigmoid", "", "at most 12 bits", {}),
-    ("Erf", "", "cut the model", {}), ("LeakyRelu", "", "at most 12 bits", {"alpha": 0.1}),
+    ("Sin", "", "cut the model", {}), ("LeakyRelu", "", "at most 12 bits", {"alpha": 0.1}),
     ("Resize", "", "integer factors", {"mode": "linear"}), ("DepthToSpace", "", "DepthToSpace", {"blocksize": 3}),
 ])
 def test_unsupported_ops_refused_in_one_line(op, domain, what, attrs, tmp_path, capsys):
     b = B((4, 2, 2))
-    h = b.quant("x", 0.25, 16 if op in ("LeakyRelu", "MultiThreshold", "FloatQuant", "Sigmoid") else 8)
+    h = b.quant("x", 0.25, 16 if op in ("LeakyRelu", "MultiThreshold", "FloatQuant", "Sigmoid", "Softmax") else 8)
     ins = [h, "", b.c([1.0, 1.0, 1.5, 1.5])] if op == "Resize" else [h]
     if op == "MultiThreshold":
         ins.append(b.c(np.array([[0.0, 1.0, 2.0]])))
@@ -461,10 +461,34 @@ def test_imported_bipolar_threshold_cosim_bit_exact(tmp_path):
 
 def test_import_errors_are_one_line_qfx_errors():
     b = B((4,))
-    y = b.op("Add", [b.op("Mul", ["x", "x"]), b.c(1.0)])
+    y = b.op("Add", [b.op("Div", ["x", "x"]), b.c(1.0)])
     with pytest.raises(QfxError) as ei:
         import_model(b.model(y), input_fmt="ap_fixed<8,3>")
     assert "\n" not in str(ei.value) and "two activations" in str(ei.value)
+
+
+def test_products_of_activations_slices_and_tables_follow_qonnx():
+    """Mul of two quantized activations (a (C, 1, 1) gate broadcast over H, W), Pow(x, 2), Erf as a table, Slice and
+    Split of activations, ReduceMax over the plane and Softmax over the channels: QONNX's executor's codes."""
+    r = _rng(23)
+    b = B((4, 3, 3))
+    h = b.quant("x", 0.125, 6)
+    gate = b.quant(b.op("Sigmoid", [b.op("ReduceMax", [h], axes=[2, 3], keepdims=1)]), 2.0 ** -6, 7, signed=0)
+    prod = b.quant(b.op("Mul", [h, gate]), 2.0 ** -5, 8)
+    sq = b.quant(b.op("Pow", [prod, b.c(2.0)]), 2.0 ** -6, 9, signed=0)
+    e = b.quant(b.op("Erf", [prod]), 2.0 ** -6, 8)
+    k = b.k + 1
+    b.nodes.append(helper.make_node("Split", [e, b.c(np.array([1, 3]), dtype=np.int64)], [f"s{k}a", f"s{k}b"],
+                                    name="my_split", axis=1))
+    b.k += 1
+    mid = b.op("Slice", [sq, b.c([0], dtype=np.int64), b.c([4], dtype=np.int64), b.c([1], dtype=np.int64),
+                         b.c([3], dtype=np.int64)])  # channels 0 and 3
+    cat = b.op("Concat", [f"s{k}a", mid, f"s{k}b"], axis=1)
+    y = b.quant(b.op("Softmax", [b.quant(cat, 2.0 ** -4, 8)], axis=1), 2.0 ** -7, 8, signed=0)
+    x = r.uniform(-3, 3, (48, 4, 3, 3))
+    g = compare(b.model(y), x, min_equal=0.97)
+    ops = {n.op for n in g.nodes}
+    assert {"mul", "slice", "lut", "softmax", "transpose", "maxpool2d"} <= ops
 
 
 # ---------------------------------------------------------------------------------------------- FINN / minifloat

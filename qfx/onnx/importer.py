@@ -30,12 +30,16 @@
     ``reshape`` nodes around them, so every tensor keeps the shape the ONNX model promises (Keras' channels-last
     form is the same op between two Transposes, which the clean-up folds); BatchNormalization is per channel.
   - Float functions of a quantized tensor (Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign,
-    LeakyRelu, PRelu with one slope, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
+    Erf, Gelu, Mish, Pow by a constant other than 1 and 2, LeakyRelu, PRelu with one slope, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
     per-tensor view folds into the table); output ``TABLE_OUT_BITS`` (16) bits with the most fractional bits that
     hold the function's range. Clip with bounds on the grid is the ``clip`` op.
   - ``Softmax`` over the last axis of a vector of at most 12 bits is the ``softmax`` op with output
     ``SOFTMAX_OUT`` = ``ap_ufixed<16,1,AP_RND_CONV,AP_SAT>`` (1.0 representable, 15 fractional bits; its tables
-    follow from that width); other axes are refused.
+    follow from that width); over an inner axis (opset >= 13: per-pixel class scores over the channels) the axis is
+    moved last and back by ``transpose`` nodes.
+  - ``Mul`` of two activations (SiLU's ``x * Sigmoid(x)``, squeeze-excitation and GLU gates; a (C, 1, 1) operand
+    repeated over H and W) and ``Pow(x, 2)`` are the exact ``mul`` op; ``Slice`` (positive steps) and ``Split`` of
+    activations are ``slice`` nodes; ``ReduceMax`` over the spatial axes is a max pool over the whole plane.
   - ``MultiThreshold`` (FINN) is a ``lut`` over the input codes whose entries are the threshold counts (exact);
     per-channel thresholds select one block of the table per distinct row through an exact ``scale_shift``
     (``MT_TABLE_BITS``); ``out_scale``/``out_bias`` go into the view. ``FloatQuant`` (minifloat) on constants gives
@@ -170,6 +174,16 @@ def _attrs(node) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _attr_str(a: dict[str, Any], key: str, default: str) -> str:
+    v = a.get(key, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _erf(v: np.ndarray) -> np.ndarray:
+    """The error function elementwise (numpy has none; tables are small)."""
+    return np.vectorize(math.erf, otypes=[np.float64])(np.asarray(v, dtype=np.float64))
 
 
 def _array(init) -> np.ndarray:
@@ -535,7 +549,7 @@ REFUSALS = {
 _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
             "(QDQ), onnxruntime's QOperator ops (QLinearConv, QLinearAdd, ...), Gemm/MatMul, Conv/ConvTranspose "
             "(1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
-            "HardSigmoid/HardSwish/Elu, Softmax, Add/Sub/Mul/Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Concat, Resize, "
+            "HardSigmoid/HardSwish/Elu/Erf/Gelu, Softmax, Add/Sub/Mul, Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Slice/Split, Concat, Resize, "
             "DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
@@ -2190,7 +2204,8 @@ class _Converter:
         return _Val("act", tensor=t, m=np.ones(1) if pow2 else np.asarray([scale]))
 
     def h_activation(self, n) -> None:
-        """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign: a ``lut`` (see ``_table``)."""
+        """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign, Erf, Gelu, Mish: a ``lut`` (see
+        ``_table``)."""
         a = _attrs(n)
         op = n.op_type
         alpha = float(a.get("alpha", {"HardSigmoid": 0.2, "Elu": 1.0, "Selu": 1.6732632423543772}.get(op, 0.0)))
@@ -2205,9 +2220,15 @@ class _Converter:
             "Selu": lambda v: gamma * np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))),
             "Softplus": lambda v: np.logaddexp(0.0, v),
             "Softsign": lambda v: v / (1.0 + np.abs(v)),
+            "Erf": _erf,
+            "Gelu": (lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3))))
+            if _attr_str(a, "approximate", "none") == "tanh" else (lambda v: 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))),
+            "Mish": lambda v: v * np.tanh(np.logaddexp(0.0, v)),
         }
         x = self._act(n.input[0], n)
         spec = op.lower() if op not in ("HardSigmoid", "Elu", "Selu") else f"{op.lower()}({alpha!r})"
+        if op == "Gelu":
+            spec = f"gelu({_attr_str(a, 'approximate', 'none')})"
         t = self._table(n, x, fns[op], f"onnx:{spec}")
         self.vals[n.output[0]] = _Val("act", tensor=t)
 
@@ -2256,6 +2277,8 @@ class _Converter:
         shape = self.tensors[x.tensor].shape
         rank = len(shape) + 1
         ax = int(_attrs(n).get("axis", -1 if self._opset() >= 13 else 1)) % rank
+        if 0 < ax < rank - 1 and self._opset() >= 13 and "transpose" in REGISTRY:
+            return self._softmax_moved(n, ax, rank)
         if ax != rank - 1 or ax == 0:
             raise UnsupportedError(f"{n.op_type} node {where!r}: qfx computes softmax along the last axis (of a vector "
                                    f"or the rows of a matrix); this one is over axis {ax} of a rank-{rank} tensor; "
@@ -2282,6 +2305,19 @@ class _Converter:
                         {"shift": shift})
         self.exact.discard(out)  # table approximations: a following Quant is a second rounding, not a fused cast
         self.vals[n.output[0]] = _Val("act", tensor=out)
+
+    def _softmax_moved(self, n, ax: int, rank: int) -> None:
+        """Softmax over an inner axis (the channels of (N, C, H, W): per-pixel class scores): the axis moved last by
+        a ``transpose`` (wires), the row-wise softmax, and the inverse ``transpose``."""
+        from onnx import helper
+
+        base = n.name or n.output[0]
+        perm = [0] + [a for a in range(1, rank) if a != ax] + [ax]
+        inv = [int(i) for i in np.argsort(perm)]
+        t_in, t_out = f"{base}__qfx_last", f"{base}__qfx_rows"
+        self.h_transpose(helper.make_node("Transpose", [n.input[0]], [t_in], name=f"{base}_to_last", perm=perm))
+        self.h_softmax(helper.make_node("Softmax", [t_in], [t_out], name=base, axis=-1))
+        self.h_transpose(helper.make_node("Transpose", [t_out], [n.output[0]], name=f"{base}_back", perm=inv))
 
     def _opset(self) -> int:
         return next((int(o.version) for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -2503,6 +2539,131 @@ class _Converter:
         t = self._add("flatten", n, [y.tensor], (ys.shape[0],), ys.fmt)
         self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
 
+    def h_reduce_max(self, n) -> None:
+        """ReduceMax over every spatial axis (``x.amax((2, 3))``): a max pool over the whole plane (+ flatten)."""
+        from onnx import helper
+
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        shape = self.tensors[x.tensor].shape
+        rank = len(shape) + 1
+        a = _attrs(n)
+        axes = a.get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = self._int_list(n.input[1], n)
+        axes = sorted({int(v) % rank for v in axes}) if axes is not None else list(range(rank))
+        if rank not in (3, 4) or axes != list(range(2, rank)):
+            raise UnsupportedError(f"ReduceMax node {where!r} over axes {axes} of a rank-{rank} tensor: qfx takes the "
+                                   f"maximum over all spatial axes only (global max pooling); {_CUT}")
+        tmp = f"{n.name or n.output[0]}__qfx_gmp"
+        self.h_maxpool(helper.make_node("MaxPool", [n.input[0]], [tmp], name=n.name or "ReduceMax",
+                                        kernel_shape=list(shape[1:])))
+        y = self.vals[tmp]
+        if int(a.get("keepdims", 1)):
+            self.vals[n.output[0]] = y
+            return
+        ys = self.tensors[y.tensor]
+        t = self._add("flatten", n, [y.tensor], (ys.shape[0],), ys.fmt)
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+
+    def _slice_act(self, n, x: _Val, box: list[tuple[int, int, int]], out: str) -> None:
+        """``out`` = the per-sample box ``x[a0:b0:k0, ...]`` of an activation (the ``slice`` op; the whole tensor is
+        the same value); a per-channel view keeps the multipliers of the channels it keeps."""
+        shape = self.tensors[x.tensor].shape
+        if all((a, b, k) == (0, d, 1) for (a, b, k), d in zip(box, shape)):
+            self.vals[out] = x
+            return
+        if any(b <= a for a, b, _ in box):
+            raise UnsupportedError(f"node {self._where(n)!r} slices an empty tensor")
+        oshape = tuple(len(range(a, b, k)) for a, b, k in box)
+        fmt = self.tensors[x.tensor].fmt
+        t = self._add("slice", n, [x.tensor], oshape, fmt, attrs={"starts": tuple(a for a, _, _ in box),
+                                                                   "stops": tuple(b for _, b, _ in box),
+                                                                   "steps": tuple(k for _, _, k in box)})
+        m, h = x.m, x.h
+        if m.size > 1 or h.size > 1:
+            a, b, k = box[0]
+            m, h = self._full(m, x.tensor)[a:b:k], self._full(h, x.tensor)[a:b:k]
+        self.vals[out] = _Val("act", tensor=t, m=m, h=h, relu=x.relu)
+
+    def h_slice(self, n) -> None:
+        """Slice of an activation (``x[:, 2:5]``, ``chunk``, ``narrow``) with positive steps: the ``slice`` op."""
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        shape = self.tensors[x.tensor].shape
+        rank = len(shape) + 1
+        a = _attrs(n)
+        if len(n.input) >= 3:
+            starts, ends = self._int_list(n.input[1], n), self._int_list(n.input[2], n)
+            axes = self._int_list(n.input[3], n) if len(n.input) > 3 and n.input[3] else list(range(len(starts)))
+            steps = self._int_list(n.input[4], n) if len(n.input) > 4 and n.input[4] else [1] * len(starts)
+        else:  # opset < 10: attributes
+            starts, ends = [int(v) for v in a["starts"]], [int(v) for v in a["ends"]]
+            axes = [int(v) for v in a.get("axes", range(len(starts)))]
+            steps = [1] * len(starts)
+        box = [(0, d, 1) for d in shape]
+        for st, en, ax, k in zip(starts, ends, axes, steps):
+            ax = int(ax) % rank
+            if k < 1:
+                raise UnsupportedError(f"Slice node {where!r} has step {k}: qfx slices with positive steps only; "
+                                       f"{_CUT}")
+            d = shape[ax - 1] if ax else None
+            if ax == 0:
+                if st not in (0,) or en < 2 ** 30 or k != 1:
+                    raise UnsupportedError(f"Slice node {where!r} slices the batch axis; {_CUT}")
+                continue
+            lo = min(max(st + d if st < 0 else st, 0), d)
+            hi = min(max(en + d if en < 0 else en, 0), d)
+            box[ax - 1] = (lo, hi, int(k))
+        self._slice_act(n, x, box, n.output[0])
+
+    def h_split(self, n) -> None:
+        """Split of an activation into consecutive pieces along one per-sample axis: one ``slice`` each."""
+        from onnx import helper
+
+        where = self._where(n)
+        x = self._act(n.input[0], n)
+        shape = self.tensors[x.tensor].shape
+        rank = len(shape) + 1
+        a = _attrs(n)
+        ax = int(a.get("axis", 0)) % rank
+        if ax == 0:
+            raise UnsupportedError(f"Split node {where!r} splits the batch axis; {_CUT}")
+        d = shape[ax - 1]
+        outs = [o for o in n.output]
+        if len(n.input) > 1 and n.input[1]:
+            sizes = self._int_list(n.input[1], n)
+        elif "split" in a:
+            sizes = [int(v) for v in a["split"]]
+        else:  # equal pieces (num_outputs in opset 18: the last one may be smaller)
+            k = -(-d // len(outs))
+            sizes = [min(k, d - i * k) for i in range(len(outs))]
+        if len(sizes) != len(outs) or sum(sizes) != d or min(sizes) < 1:
+            raise BadInputError(f"Split node {where!r}: sizes {sizes} do not split {d} into {len(outs)} pieces")
+        start = 0
+        for o, size in zip(outs, sizes):
+            box = [(0, e, 1) for e in shape]
+            box[ax - 1] = (start, start + size, 1)
+            start += size
+            if o:
+                self._slice_act(helper.make_node("Split", [n.input[0]], [o], name=n.name), x, box, o)
+
+    def h_pow(self, n) -> None:
+        """Pow of an activation by a constant exponent: 1 is the value itself, 2 the exact product ``mul(x, x)``,
+        any other exponent a table of the quantized input (refused where it is not finite on the input's range)."""
+        x = self._act(n.input[0], n)
+        e = np.asarray(self._const(n.input[1], n, "exponent").values, dtype=np.float64)
+        if e.size != 1:
+            raise UnsupportedError(f"Pow node {self._where(n)!r}: qfx raises to one constant exponent; {_CUT}")
+        p = float(e.ravel()[0])
+        if p == 1.0:
+            self.vals[n.output[0]] = x
+        elif p == 2.0:
+            self._mul_acts(n, x, x)
+        else:
+            t = self._table(n, x, lambda v: np.power(v, p), f"onnx:pow({p!r})")
+            self.vals[n.output[0]] = _Val("act", tensor=t)
+
     def h_pad(self, n) -> None:
         """Pad with zeros over the spatial axes of (C, L) or (C, H, W): ``zeropad2d``."""
         where = self._where(n)
@@ -2657,7 +2818,8 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "QLinearLeakyRelu": _Converter.h_qlinear_table,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
     "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
-    "Neg": _Converter.h_neg,
+    "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "Slice": _Converter.h_slice,
+    "Split": _Converter.h_split, "Pow": _Converter.h_pow,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
-                                              "Softsign")},
+                                              "Softsign", "Erf", "Gelu", "Mish")},
 }
