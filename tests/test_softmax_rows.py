@@ -2,7 +2,7 @@
 function row by row equals the vector op on each row; interpreter vs onnxruntime, C simulation (io parallel and
 stream) and RTL co-simulation (vector and pixel-streaming designs, one Verilator build) on seeded random formats and
 shapes; torch models with softmax over the last axis of (N, 4, 6) / (N, C, H, W) activations: train mode == exact
-mode == interpreter, and softmax over another axis refused by quantize_model in one line."""
+mode == interpreter; softmax over an inner axis between two transposes; over the batch axis refused in one line."""
 from __future__ import annotations
 
 import numpy as np
@@ -157,30 +157,45 @@ def test_torch_rows_train_exact_interpreter_agree(rows_model):
     assert sorted(sm) == [(1, 4, 6), (4, 6), (4, 6)]
 
 
-def test_softmax_over_another_axis_is_refused_by_quantize_model():
-    class Bad(nn.Module):
+def test_softmax_over_an_inner_axis_moves_it_last():
+    """Softmax over an inner axis (the 4 rows' axis of (N, 4, 6); the channels of a conv's (N, C, H, W) output,
+    as segmentation heads score pixels) is the row softmax between two transposes: train == exact == interpreter;
+    the batch axis is refused in one line."""
+    class Inner(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(6, 6)
 
         def forward(self, x):
-            return self.fc(x).softmax(1)  # the 4 rows' axis of (N, 4, 6), not the last
+            return self.fc(x).softmax(1)
 
-    class BadModule(nn.Module):
+    class PixelScores(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.sm = nn.Softmax(dim=1)
+            self.conv, self.sm = nn.Conv2d(2, 3, 3, padding=1), nn.Softmax(dim=-3)
 
         def forward(self, x):
-            return self.sm(x)
+            return self.sm(self.conv(x))
 
-    x = torch.randn(8, 4, 6)
-    for m in (Bad(), BadModule()):
-        with pytest.raises(UnsupportedError, match=r"softmax over dim=1 of a rank-3 tensor") as e:
-            qfx.quantize_model(m, qfx.QFXConfig(), calib_data=x)
-        assert "\n" not in str(e.value)
-    with pytest.raises(UnsupportedError, match="dim=-2"):
-        qfx.quantize_model(nn.Softmax(dim=-2), qfx.QFXConfig())
+    torch.manual_seed(2)
+    for m, x in ((Inner(), torch.randn(64, 4, 6)), (PixelScores(), torch.randn(64, 2, 4, 5))):
+        q = qfx.quantize_model(m, qfx.QFXConfig(act_width=7, weight_width=7), calib_data=x)
+        opt = torch.optim.Adam(q.parameters(), 1e-2)
+        q.train()
+        for _ in range(2):
+            opt.zero_grad()
+            q(x).pow(2).mean().backward()
+            opt.step()
+        g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+        assert exact_vs_interp == 0 and train_vs_exact == 0
+        assert [n.op.value for n in g.nodes][-4:] == ["transpose", "quant", "softmax", "transpose"]
+        with torch.no_grad():
+            y = q.eval()(x)
+        d = 1 if isinstance(m, Inner) else -3
+        assert torch.allclose(y.sum(d), torch.ones(()), atol=0.1)
+    with pytest.raises(UnsupportedError, match=r"softmax over dim=0") as e:
+        qfx.quantize_model(nn.Sequential(nn.Linear(6, 6), nn.Softmax(dim=0)), qfx.QFXConfig(), torch.randn(8, 6))
+    assert "\n" not in str(e.value)
     # (N, n) with dim=1 stays what it was
     q = qfx.quantize_model(nn.Sequential(nn.Linear(5, 4), nn.Softmax(dim=1)), qfx.QFXConfig(), torch.randn(8, 5))
     assert q(torch.randn(3, 5)).shape == (3, 4)

@@ -544,15 +544,16 @@ class QSoftmax(_IRModule):
     row uses the same tables). The input is first requantized by ``in_quant`` (``in_width`` bits). Train mode
     returns the integer algorithm's values (bit-exact with exact mode) with the gradients of float softmax between
     the same quantizers. The output format is fixed at ``ap_ufixed<out_width, 1>`` (probabilities lie in [0, 1]):
-    calibration leaves it alone. ``dim`` must name the last axis (-1, or ndim - 1)."""
+    calibration leaves it alone. Over an inner ``dim`` (the channels of (N, C, H, W): per-pixel class scores) the
+    axis is moved last and back (``transpose`` nodes in the IR: wires); ``dim`` may not be the batch axis."""
 
     def __init__(self, dim: int = -1, *, in_width: int = 8, out_width: int = 8, rounding: str = "RND",
                  overflow: str = "SAT", learn_int_bits: bool = True) -> None:
         super().__init__()
         from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
 
-        if isinstance(dim, bool) or not isinstance(dim, int) or not (dim == -1 or dim >= 1):
-            raise UnsupportedError(f"QSoftmax works over the last axis (dim=-1, or dim=ndim-1 >= 1), got dim={dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+            raise UnsupportedError(f"QSoftmax works over one axis of each sample (not the batch axis), got dim={dim!r}")
         if not 2 <= in_width <= MAX_SOFTMAX_IN_BITS:
             raise BadInputError(f"QSoftmax: in_width must be 2..{MAX_SOFTMAX_IN_BITS}, got {in_width}")
         self.dim = dim
@@ -563,38 +564,64 @@ class QSoftmax(_IRModule):
         return f"dim={self.dim}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim < 2 or self.dim not in (-1, x.ndim - 1):
+        d = softmax_axis(self.dim, x.ndim)
+        if d is None:
             raise UnsupportedError(softmax_dim_problem(self.dim, x.ndim) or
                                    f"QSoftmax expects (N, ..., n) input, got shape {tuple(x.shape)}")
-        if self.qfx_mode == "exact":
+        if self.qfx_mode == "exact":  # the IR moves an inner axis last and back (ir_nodes)
             return self._exact(x)
         q = self.out_quant
         q._calib, q.calibrating = None, False  # a fixed range: calibration must not move it
         xq = self.in_quant(x)
-        return _straight_through(q(torch.softmax(xq, dim=-1)), self._exact(xq))
+        return _straight_through(q(torch.softmax(xq, dim=d)), self._exact(xq))
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         from qfx.ops.softmax import softmax_tables
 
         (x,) = inputs
-        if not x.shape or self.dim not in (-1, len(x.shape)):
+        d = softmax_axis(self.dim, len(x.shape) + 1) if x.shape else None
+        if d is None:
             raise UnsupportedError(f"{name}: softmax(dim={self.dim}) of per-sample shape {x.shape}: qfx computes "
-                                   "softmax over the last axis (dim=-1)")
+                                   "softmax over one axis of each sample")
         fin, fout = self.in_quant.fmt, self.out_quant.fmt
+        r, pd = len(x.shape), d - 1
+        perm = tuple([i for i in range(r) if i != pd] + [pd])
+        rows = tuple(x.shape[i] for i in perm)
+        items: list[IRItem] = []
+        src, sm_out = x.name, output
+        if pd != r - 1:  # the axis moved last (wires), the softmax over rows, moved back
+            src, sm_out = f"{output}.rows_in", f"{output}.rows"
+            items.append((Node(f"{name}.to_rows", "transpose", (x.name,), src, attrs={"perm": perm}, source=name),
+                          TensorSpec(src, rows, x.fmt)))
         mid = f"{output}.in"
-        et, rt, shift = softmax_tables(x.shape[-1], fin, fout)
-        return [(Node(f"{name}.in_quant", "quant", (x.name,), mid, source=name), TensorSpec(mid, x.shape, fin)),
-                (Node(name, "softmax", (mid,), output, {"exp_table": et, "recip_table": rt}, {"shift": shift},
-                      source=name), TensorSpec(output, x.shape, fout))]
+        et, rt, shift = softmax_tables(rows[-1], fin, fout)
+        items += [(Node(f"{name}.in_quant", "quant", (src,), mid, source=name), TensorSpec(mid, rows, fin)),
+                  (Node(name, "softmax", (mid,), sm_out, {"exp_table": et, "recip_table": rt}, {"shift": shift},
+                        source=name), TensorSpec(sm_out, rows, fout))]
+        if pd != r - 1:
+            inv = tuple(int(i) for i in np.argsort(perm))
+            items.append((Node(f"{name}.from_rows", "transpose", (sm_out,), output, attrs={"perm": inv}, source=name),
+                          TensorSpec(output, x.shape, fout)))
+        return items
+
+
+def softmax_axis(dim: Any, ndim: int) -> int | None:
+    """The axis (1 .. ndim-1, batch included) softmax over ``dim`` normalizes in a rank-``ndim`` tensor; None when
+    ``dim`` is not an int or names the batch axis or no axis."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        return None
+    d = dim + ndim if dim < 0 else dim
+    return d if 1 <= d <= ndim - 1 else None
 
 
 def softmax_dim_problem(dim: Any, ndim: int | None) -> str | None:
-    """Why softmax over ``dim`` of a rank-``ndim`` tensor (batch included) has no qfx twin, or None when it does (the
-    last axis of a rank >= 2 tensor; ``ndim`` None: unknown yet, only the dim itself is judged)."""
-    if isinstance(dim, bool) or not isinstance(dim, int) or not (dim == -1 or dim >= 1):
-        return (f"softmax over dim={dim!r}: qfx computes softmax over the last axis (dim=-1) of (N, n) or "
-                "(N, ..., n) activations")
-    if ndim is not None and (ndim < 2 or dim not in (-1, ndim - 1)):
-        return (f"softmax over dim={dim} of a rank-{ndim} tensor: qfx computes softmax over the last axis "
-                f"(dim=-1{f' or {ndim - 1}' if ndim >= 2 else ''}); transpose that axis to the end first")
+    """Why softmax over ``dim`` of a rank-``ndim`` tensor (batch included) has no qfx twin, or None when it does (any
+    axis but the batch's of a rank >= 2 tensor: an inner axis is moved last and back; ``ndim`` None: unknown yet,
+    only the dim itself is judged)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
+        return (f"softmax over dim={dim!r}: qfx computes softmax over one axis of each sample (dim=-1, or any dim "
+                "but the batch's)")
+    if ndim is not None and softmax_axis(dim, ndim) is None:
+        return (f"softmax over dim={dim} of a rank-{ndim} tensor: qfx computes softmax over one axis of each sample "
+                f"(not the batch axis)")
     return None

@@ -58,7 +58,7 @@ __all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", 
 SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm1d/2d, PReLU, "
                      "ReLU/ReLU6/Hardtanh/clamp, the table activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, "
                      "Hardswish, LeakyReLU, ELU, Softplus), "
-                     "Softmax over the last axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
+                     "Softmax over any per-sample axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, MultiheadAttention, TransformerEncoder(Layer), "
@@ -72,8 +72,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
-    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over an axis other than the last",
-     "the table activations; Softmax(dim=-1) (the features of (N, n), the rows of (N, ..., n))"),
+    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over the batch axis",
+     "the table activations; Softmax over any other axis"),
     ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...)",
      "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
     ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
@@ -1186,7 +1186,7 @@ _MODULE_NOTES: dict[type, str] = {
     nn.modules.instancenorm._InstanceNorm: "`QGroupNorm` (InstanceNorm2d: one group per channel)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
-    nn.Softmax: "`QSoftmax` (over the last axis: dim=-1, or 1 of (N, n))",
+    nn.Softmax: "`QSoftmax` (over any axis but the batch's; an inner one, e.g. the channels of (N, C, H, W), is moved last and back by transposes)",
     nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
     nn.AvgPool2d: "`QAvgPool2d`",
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
