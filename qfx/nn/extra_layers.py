@@ -35,7 +35,7 @@ from qfx.nn.layers import IRItem, QModule, _quant, avgpool_recip
 from qfx.nn.op_layers import _IRModule
 from qfx.nn.quant import FixedQuant
 
-__all__ = ["QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
+__all__ = ["QPixelShuffle", "QGlobalAvgPool2d", "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QConstScale", "QClip", "QPReLU",
            "QLayerNorm", "QSum", "QGroupNorm", "const_code", "QParamCat"]
 
 
@@ -752,6 +752,49 @@ class QUnflatten(QModule):
         shape = x.shape[:d - 1] + sizes + x.shape[d:]
         node = Node(name, "reshape", (x.name,), output, {}, {"shape": shape}, None, source=name)
         return [(node, TensorSpec(output, shape, x.fmt))]
+
+
+class QPixelShuffle(QModule):
+    """``nn.PixelShuffle(r)`` (sub-pixel upsampling: (C*r*r, H, W) -> (C, H*r, W*r)) and ``nn.PixelUnshuffle(r)``
+    (the inverse): element moves only, values and format unchanged, so the IR gets reshape -> transpose -> reshape
+    (wires in hardware), as the ONNX importer builds DepthToSpace/SpaceToDepth."""
+
+    def __init__(self, factor: int, inverse: bool = False) -> None:
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise UnsupportedError(f"Pixel{'Uns' if inverse else 'S'}huffle needs a positive integer factor, got "
+                                   f"{factor!r}")
+        self.factor, self.inverse = int(factor), bool(inverse)
+        self.out_quant = None
+
+    def extra_repr(self) -> str:
+        return f"{'downscale' if self.inverse else 'upscale'}_factor={self.factor}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.factor) if self.inverse else F.pixel_shuffle(x, self.factor)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        (x,) = inputs
+        r = self.factor
+        what = "PixelUnshuffle" if self.inverse else "PixelShuffle"
+        if len(x.shape) != 3 or (self.inverse and (x.shape[1] % r or x.shape[2] % r)) or \
+                (not self.inverse and x.shape[0] % (r * r)):
+            raise UnsupportedError(f"{name}: {what}({r}) of per-sample shape {x.shape}")
+        c, h, w = x.shape
+        if self.inverse:  # (C, H*r, W*r) -> (C, H, r, W, r) -> (C, r, r, H, W) -> (C*r*r, H, W)
+            s1, perm = (c, h // r, r, w // r, r), (0, 2, 4, 1, 3)
+            out = (c * r * r, h // r, w // r)
+        else:  # (C*r*r, H, W) -> (C, r, r, H, W) -> (C, H, r, W, r) -> (C, H*r, W*r)
+            s1, perm = (c // (r * r), r, r, h, w), (0, 3, 1, 4, 2)
+            out = (c // (r * r), h * r, w * r)
+        s2 = tuple(s1[i] for i in perm)
+        a, b = f"{output}.split", f"{output}.moved"
+        return [(Node(f"{name}.split", "reshape", (x.name,), a, {}, {"shape": s1}, None, source=name),
+                 TensorSpec(a, s1, x.fmt)),
+                (Node(f"{name}.move", "transpose", (a,), b, {}, {"perm": perm}, None, source=name),
+                 TensorSpec(b, s2, x.fmt)),
+                (Node(name, "reshape", (b,), output, {}, {"shape": out}, None, source=name),
+                 TensorSpec(output, out, x.fmt))]
 
 
 class QParamAffine(QModule):

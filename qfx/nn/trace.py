@@ -36,7 +36,7 @@ from qfx.errors import QfxError, UnsupportedError
 from qfx.fixed.tables import MAX_TABLE_BITS
 from qfx.nn.extra_layers import (
     QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
-    QParamAffine, QParamCat, QSum, QTrainOnly, QUnflatten,
+    QParamAffine, QParamCat, QPixelShuffle, QSum, QTrainOnly, QUnflatten,
 )
 from qfx.nn.layers import (
     QAdd, QAvgPool1d, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv1d, QConv2d, QConvTranspose1d,
@@ -425,6 +425,8 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.modules.padding._ReflectionPadNd: lambda m, c: _edgepad(m, c),
     nn.Flatten: _flatten,
     nn.Unflatten: lambda m, c: QUnflatten(m.dim, m.unflattened_size),
+    nn.PixelShuffle: lambda m, c: QPixelShuffle(m.upscale_factor),
+    nn.PixelUnshuffle: lambda m, c: QPixelShuffle(m.downscale_factor, inverse=True),
     nn.Identity: lambda m, c: None,
     nn.modules.dropout._DropoutNd: lambda m, c: QTrainOnly(m),
 }
@@ -924,6 +926,12 @@ _STACK = _FnSpec((("tensors", _REQUIRED), ("dim", 0)), _b_stack, "qfx.nn.op_laye
 _INTERP = _FnSpec((_IN, ("size", None), ("scale_factor", None), ("mode", "nearest"), ("align_corners", None),
                    ("recompute_scale_factor", None), ("antialias", False)), _b_interpolate, "qfx.nn.QUpsample")
 _PAD = _FnSpec((_IN, ("pad", _REQUIRED), ("mode", "constant"), ("value", None)), _b_pad, "qfx.nn.QZeroPad2d")
+_PIXEL_SHUFFLE = _FnSpec((_IN, ("upscale_factor", _REQUIRED)),
+                         lambda a, c: _Replace(QPixelShuffle(a["upscale_factor"]), (a["input"],), "pixel_shuffle"),
+                         "qfx.nn.extra_layers.QPixelShuffle")
+_PIXEL_UNSHUFFLE = _FnSpec((_IN, ("downscale_factor", _REQUIRED)),
+                           lambda a, c: _Replace(QPixelShuffle(a["downscale_factor"], inverse=True), (a["input"],),
+                                                 "pixel_unshuffle"), "qfx.nn.extra_layers.QPixelShuffle")
 _MAXPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("dilation", 1),
                     ("ceil_mode", False), ("return_indices", False)), _b_maxpool, "qfx.nn.QMaxPool2d")
 _AVGPOOL = _FnSpec((_IN, ("kernel_size", _REQUIRED), ("stride", None), ("padding", 0), ("ceil_mode", False),
@@ -986,6 +994,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     torch.cat: _CAT, torch.concat: _CAT, torch.concatenate: _CAT,
     F.interpolate: _INTERP, F.upsample: _INTERP, F.upsample_nearest: _INTERP,
     F.pad: _PAD,
+    F.pixel_shuffle: _PIXEL_SHUFFLE, torch.pixel_shuffle: _PIXEL_SHUFFLE, F.pixel_unshuffle: _PIXEL_UNSHUFFLE,
+    torch.pixel_unshuffle: _PIXEL_UNSHUFFLE,
     F.max_pool2d: _MAXPOOL, torch.max_pool2d: _MAXPOOL,
     F.avg_pool2d: _AVGPOOL,
     F.max_pool1d: _MAXPOOL1, torch.max_pool1d: _MAXPOOL1, F.avg_pool1d: _AVGPOOL1, torch.avg_pool1d: _AVGPOOL1,
@@ -1196,6 +1206,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
     nn.Unflatten: "`QUnflatten` (a reshape)",
+    nn.PixelShuffle: "`QPixelShuffle` (reshape, transpose, reshape: wires)",
+    nn.PixelUnshuffle: "`QPixelShuffle(inverse=True)` (wires)",
     nn.modules.padding._ReplicationPadNd: "`QZeroPad2d` (replicate, 2-D)",
     nn.modules.padding._ReflectionPadNd: "`QZeroPad2d` (reflect, 2-D)",
 }
