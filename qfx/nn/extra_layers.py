@@ -183,7 +183,14 @@ class _AdaptivePool(_IRModule):
         """A reduction over dim 1 (``ndim`` 2) of (N, C, H, W) or (N, C, L): over the channels (CBAM-style maps)."""
         return self.ndim == 2 and rank in (2, 3)
 
+    def _over_width(self, rank: int) -> bool:
+        """A reduction over the last dim (``ndim`` 0: ``x.mean(-1)``) of (N, C, H, W): a (1, W) window per row."""
+        return self.ndim == 0 and rank == 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._over_width(x.ndim - 1):
+            y = self._exact(x) if self.qfx_mode == "exact" else self._pool_train(x, (1, x.shape[3]))
+            return y if self.keepdim or self.qfx_mode == "exact" else y.squeeze(3)
         if self._over_channels(x.ndim - 1):  # channels last (a transpose in the IR), then a (1, C) window
             if self.qfx_mode == "exact":
                 return self._exact(x)
@@ -216,6 +223,15 @@ class _AdaptivePool(_IRModule):
         x = inputs[0]
         if self._over_channels(len(x.shape)):
             return self._channel_nodes(name, x, output)
+        if self._over_width(len(x.shape)):  # (C, H, W) -> (C, H, 1) [-> (C, H)]
+            c, h, w = x.shape
+            pooled = output if self.keepdim else f"{output}.pool"
+            node, fmt = self._pool_node(name, x.name, pooled, (1, w), x)
+            items = [(node, TensorSpec(pooled, (c, h, 1), fmt))]
+            if not self.keepdim:
+                items.append((Node(f"{name}.reshape", "reshape", (pooled,), output, attrs={"shape": (c, h)},
+                                   source=name), TensorSpec(output, (c, h), fmt)))
+            return items
         k = self.window(x.shape)
         items: list[IRItem] = []
         src = x

@@ -67,8 +67,8 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
     ("x / y, 1 / x, x ** y (y other than 2), sqrt, exp, log, x.max() / x.sum() over all elements, where",
-     "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1) or "
-     "the features of (N, n)"),
+     "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1), "
+     "the last dim or the features of (N, n)"),
     ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),

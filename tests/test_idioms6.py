@@ -1,6 +1,8 @@
-"""Sub-pixel convolution idioms (ESPCN-style super-resolution, space-to-depth stems): ``nn.PixelShuffle``,
-``nn.PixelUnshuffle``, ``F.pixel_shuffle`` / ``F.pixel_unshuffle`` convert to ``QPixelShuffle`` (reshape, transpose,
-reshape in the IR: wires); train mode == exact mode == interpreter == onnxruntime on the qfx ONNX, and C simulation."""
+"""Sixth pass of everyday idioms. Sub-pixel convolution (ESPCN-style super-resolution, space-to-depth stems):
+``nn.PixelShuffle``, ``nn.PixelUnshuffle``, ``F.pixel_shuffle`` / ``F.pixel_unshuffle`` convert to ``QPixelShuffle``
+(reshape, transpose, reshape in the IR: wires); reductions over the last dim of (N, C, H, W) (``x.mean(-1)``,
+``x.amax(-1, keepdim=True)``, ``x.sum(dim=-1)``: a (1, W) window per row). Train mode == exact mode == interpreter ==
+onnxruntime on the qfx ONNX, and C simulation."""
 from __future__ import annotations
 
 import numpy as np
@@ -82,3 +84,32 @@ def test_pixel_shuffle_csim(subpixel, tmp_path):
     g = run_flow(g, DEFAULT_FLOW).graph
     rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=32)
     assert rep.mismatches == 0 and rep.outputs_compared > 0
+
+
+class RowReductions(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.f, self.g = nn.Conv2d(2, 3, 1), nn.Linear(15, 2), nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.c(x)  # (N, 3, 5, 4)
+        return (self.f(h.mean(-1).flatten(1)) + self.g(h.amax(-1, keepdim=True).sum(-1)[:, 0])
+                + self.f(torch.relu(h).sum(dim=-1).flatten(1)))
+
+
+def test_reductions_over_the_last_dim_of_images():
+    from qfx.onnx.export import to_onnx_model
+    from qfx.onnx.runtime import run_onnx_codes
+    from qfx.ir import run
+
+    torch.manual_seed(6)
+    x = torch.randn(48, 2, 5, 4)
+    q = qfx.quantize_model(RowReductions(), qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    q.train()
+    q(x).pow(2).mean().backward()
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    pools = [n for n in g.nodes if n.op.value in ("avgpool2d", "maxpool2d")]
+    assert [n.attrs["kernel"] for n in pools].count((1, 4)) == 3
+    codes = np.asarray(g.tensor(g.inputs[0]).fmt.to_int(x.double().numpy()), dtype=np.int64)
+    np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
