@@ -70,8 +70,8 @@ def test_chunked_script_keeps_synth_xilinx_stages():
     assert "t:$lut %R500" in chunked and "xilinx_dffopt; opt_lut_ins -tech xilinx" in chunked
 
 
-def _tail_project(tmp_path: Path) -> Path:
-    """A small streaming CNN with a folded dense tail (its file holds one module per dense layer)."""
+def _stream_project(tmp_path: Path, m, hw: int, name: str, target_ii: int) -> Path:
+    """``m`` (1-channel hw x hw input) quantized at W = 6, exported as a pixel-streaming RTL project."""
     import torch
     from torch import nn
 
@@ -81,20 +81,28 @@ def _tail_project(tmp_path: Path) -> Path:
     from qfx.nn.convert import QFXConfig, quantize_model
     from qfx.nn.exact import set_mode
 
-    torch.manual_seed(3)
-    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 6),
-                      nn.ReLU(), nn.Linear(6, 3))
-    with torch.no_grad():
+    with torch.no_grad():  # after the caller's seed and model: its random stream goes on
         for mod in m.modules():
             if isinstance(mod, (nn.Linear, nn.Conv2d)):
                 mod.weight.uniform_(-0.9, 0.9)
     q = quantize_model(m, QFXConfig(weight_width=6, bias_width=12, act_width=6, bn_width=6, input_width=8))
-    q(torch.rand(64, 1, 6, 6) * 4)
+    q(torch.rand(64, 1, hw, hw) * 4)
     q.eval()
     set_mode(q, "exact")
-    g = run_flow(capture(q, torch.zeros(1, 1, 6, 6), name="split_t"), DEFAULT_FLOW).graph
-    write_project(g, tmp_path / "prj", io="stream", target_ii=36)
+    g = run_flow(capture(q, torch.zeros(1, 1, hw, hw), name=name), DEFAULT_FLOW).graph
+    write_project(g, tmp_path / "prj", io="stream", target_ii=target_ii)
     return tmp_path / "prj"
+
+
+def _tail_project(tmp_path: Path) -> Path:
+    """A small streaming CNN with a folded dense tail (its file holds one module per dense layer)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 6),
+                      nn.ReLU(), nn.Linear(6, 3))
+    return _stream_project(tmp_path, m, 6, "split_t", 36)
 
 
 @needs_yosys
@@ -179,26 +187,10 @@ def _pix_project(tmp_path: Path) -> Path:
     import torch
     from torch import nn
 
-    from qfx.backends.rtl import write_project
-    from qfx.ir.from_torch import capture
-    from qfx.ir.passes import DEFAULT_FLOW, run_flow
-    from qfx.nn.convert import QFXConfig, quantize_model
-    from qfx.nn.exact import set_mode
-
     torch.manual_seed(5)
     m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
                       nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 3))
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, (nn.Linear, nn.Conv2d)):
-                mod.weight.uniform_(-0.9, 0.9)
-    q = quantize_model(m, QFXConfig(weight_width=6, bias_width=12, act_width=6, bn_width=6, input_width=8))
-    q(torch.rand(64, 1, 4, 4) * 4)
-    q.eval()
-    set_mode(q, "exact")
-    g = run_flow(capture(q, torch.zeros(1, 1, 4, 4), name="pix_t"), DEFAULT_FLOW).graph
-    write_project(g, tmp_path / "prj", io="stream", target_ii=16)
-    return tmp_path / "prj"
+    return _stream_project(tmp_path, m, 4, "pix_t", 16)
 
 
 @needs_yosys

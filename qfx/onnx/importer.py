@@ -2518,31 +2518,19 @@ class _Converter:
         """ReduceMean over every spatial axis (``x.mean((2, 3))``): a global average pool (+ flatten)."""
         from onnx import helper
 
-        where = self._where(n)
-        x = self._act(n.input[0], n)
-        rank = len(self.tensors[x.tensor].shape) + 1
-        a = _attrs(n)
-        axes = a.get("axes")
-        if axes is None and len(n.input) > 1 and n.input[1]:
-            axes = self._int_list(n.input[1], n)
-        axes = sorted({int(v) % rank for v in axes}) if axes is not None else list(range(rank))
-        if rank not in (3, 4) or axes != list(range(2, rank)):
-            raise UnsupportedError(f"ReduceMean node {where!r} over axes {axes} of a rank-{rank} tensor: qfx averages "
-                                   f"over all spatial axes only (global average pooling); {_CUT}")
-        tmp = f"{n.name or n.output[0]}__qfx_gap"
-        self.h_avgpool(helper.make_node("GlobalAveragePool", [n.input[0]], [tmp], name=n.name or "ReduceMean"))
-        y = self.vals[tmp]
-        if int(a.get("keepdims", 1)):
-            self.vals[n.output[0]] = y
-            return
-        ys = self.tensors[y.tensor]
-        t = self._add("flatten", n, [y.tensor], (ys.shape[0],), ys.fmt)
-        self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+        self._reduce_plane(n, "averages", lambda src, dst, name, shape: self.h_avgpool(
+            helper.make_node("GlobalAveragePool", [src], [dst], name=name)))
 
     def h_reduce_max(self, n) -> None:
         """ReduceMax over every spatial axis (``x.amax((2, 3))``): a max pool over the whole plane (+ flatten)."""
         from onnx import helper
 
+        self._reduce_plane(n, "takes the maximum", lambda src, dst, name, shape: self.h_maxpool(
+            helper.make_node("MaxPool", [src], [dst], name=name, kernel_shape=list(shape[1:]))))
+
+    def _reduce_plane(self, n, verb: str, pool: Callable[[str, str, str, tuple[int, ...]], None]) -> None:
+        """A Reduce* node over all spatial axes of (N, C, L) / (N, C, H, W) as the global pool ``pool`` builds
+        (source, destination, node name, per-sample shape); ``keepdims=0`` flattens to (C,)."""
         where = self._where(n)
         x = self._act(n.input[0], n)
         shape = self.tensors[x.tensor].shape
@@ -2553,11 +2541,10 @@ class _Converter:
             axes = self._int_list(n.input[1], n)
         axes = sorted({int(v) % rank for v in axes}) if axes is not None else list(range(rank))
         if rank not in (3, 4) or axes != list(range(2, rank)):
-            raise UnsupportedError(f"ReduceMax node {where!r} over axes {axes} of a rank-{rank} tensor: qfx takes the "
-                                   f"maximum over all spatial axes only (global max pooling); {_CUT}")
-        tmp = f"{n.name or n.output[0]}__qfx_gmp"
-        self.h_maxpool(helper.make_node("MaxPool", [n.input[0]], [tmp], name=n.name or "ReduceMax",
-                                        kernel_shape=list(shape[1:])))
+            raise UnsupportedError(f"{n.op_type} node {where!r} over axes {axes} of a rank-{rank} tensor: qfx {verb} "
+                                   f"over all spatial axes only (global pooling); {_CUT}")
+        tmp = f"{n.name or n.output[0]}__qfx_global"
+        pool(n.input[0], tmp, n.name or n.op_type, shape)
         y = self.vals[tmp]
         if int(a.get("keepdims", 1)):
             self.vals[n.output[0]] = y
