@@ -188,6 +188,19 @@ class PixelSoftmax(nn.Module):
         return torch.softmax(self.d(h), 1) * h.amax(dim=(2, 3), keepdim=True)[:, :3]
 
 
+class ElementwiseMath(nn.Module):
+    """Exp, Log, Sqrt, Reciprocal, Abs, CELU of computed tensors: tables of the quantized input."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f = nn.Linear(6, 4), nn.Linear(20, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        m = h.abs() + 1.0
+        return self.f(torch.cat([torch.exp(-m), torch.log(m), torch.sqrt(m), 1.0 / m, F.celu(h, 0.5)], 1))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -195,6 +208,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)), "silu": (SiLUNet, (2, 4, 4)),
     "squeeze_excite": (SqueezeExcite, (3, 6, 6)), "gated_linear": (GatedLinear, (6,)), "gelu": (GeluNets, (6,)),
     "chunk_split_pow": (ChunkSplit, (6,)), "pixel_softmax_max": (PixelSoftmax, (2, 4, 4)),
+    "elementwise_math": (ElementwiseMath, (6,)),
 }
 
 

@@ -30,7 +30,7 @@
     ``reshape`` nodes around them, so every tensor keeps the shape the ONNX model promises (Keras' channels-last
     form is the same op between two Transposes, which the clean-up folds); BatchNormalization is per channel.
   - Float functions of a quantized tensor (Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign,
-    Erf, Gelu, Mish, Pow by a constant other than 1 and 2, LeakyRelu, PRelu with one slope, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
+    Erf, Gelu, Mish, Sqrt, Exp, Log, Reciprocal, Abs, Celu, ThresholdedRelu, Pow by a constant other than 1 and 2, LeakyRelu, PRelu with one slope, Clip with off-grid bounds) are ``lut`` tables over every input code (inputs of at most 12 bits; the
     per-tensor view folds into the table); output ``TABLE_OUT_BITS`` (16) bits with the most fractional bits that
     hold the function's range. Clip with bounds on the grid is the ``clip`` op.
   - ``Softmax`` over the last axis of a vector of at most 12 bits is the ``softmax`` op with output
@@ -2173,9 +2173,12 @@ class _Converter:
             real = np.maximum(real, 0.0)
         with np.errstate(all="ignore"):
             y = np.asarray(fn(real), dtype=np.float64)
-        if not np.all(np.isfinite(y)):
-            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: the function is not finite on the input "
-                                   f"range of {fx.ap_type()}")
+        fin = np.isfinite(y)
+        if np.any(np.isnan(y)) or not np.any(fin):
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: the function is not defined on the whole "
+                                   f"input range of {fx.ap_type()}")
+        if not np.all(fin):  # a pole at a code the data may never reach (Log or Reciprocal at 0): saturated
+            y = np.clip(y, y[fin].min(), y[fin].max())
         if out is None:
             out = _table_format(y)
         table = Constant(np.asarray(out.to_int(y), dtype=np.int64), out.with_modes("TRN", "WRAP"))
@@ -2204,11 +2207,13 @@ class _Converter:
         return _Val("act", tensor=t, m=np.ones(1) if pow2 else np.asarray([scale]))
 
     def h_activation(self, n) -> None:
-        """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign, Erf, Gelu, Mish: a ``lut`` (see
-        ``_table``)."""
+        """Sigmoid, Tanh, HardSigmoid, HardSwish, Elu, Selu, Softplus, Softsign, Erf, Gelu, Mish, Sqrt, Exp, Log,
+        Reciprocal, Abs, Celu, ThresholdedRelu: a ``lut`` (see ``_table``: an infinite entry, e.g. Log or Reciprocal
+        at code 0, saturates to the nearest finite one; a NaN, e.g. Sqrt of a negative code, is refused)."""
         a = _attrs(n)
         op = n.op_type
-        alpha = float(a.get("alpha", {"HardSigmoid": 0.2, "Elu": 1.0, "Selu": 1.6732632423543772}.get(op, 0.0)))
+        alpha = float(a.get("alpha", {"HardSigmoid": 0.2, "Elu": 1.0, "Selu": 1.6732632423543772, "Celu": 1.0,
+                                      "ThresholdedRelu": 1.0}.get(op, 0.0)))
         beta = float(a.get("beta", 0.5))
         gamma = float(a.get("gamma", 1.0507009873554805))
         fns: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -2224,9 +2229,13 @@ class _Converter:
             "Gelu": (lambda v: 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3))))
             if _attr_str(a, "approximate", "none") == "tanh" else (lambda v: 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))),
             "Mish": lambda v: v * np.tanh(np.logaddexp(0.0, v)),
+            "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Reciprocal": lambda v: 1.0 / v, "Abs": np.abs,
+            "Celu": lambda v: np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0) / alpha)),
+            "ThresholdedRelu": lambda v: np.where(v > alpha, v, 0.0),
         }
         x = self._act(n.input[0], n)
-        spec = op.lower() if op not in ("HardSigmoid", "Elu", "Selu") else f"{op.lower()}({alpha!r})"
+        spec = op.lower() if op not in ("HardSigmoid", "Elu", "Selu", "Celu", "ThresholdedRelu") else \
+            f"{op.lower()}({alpha!r})"
         if op == "Gelu":
             spec = f"gelu({_attr_str(a, 'approximate', 'none')})"
         t = self._table(n, x, fns[op], f"onnx:{spec}")
@@ -2637,7 +2646,8 @@ class _Converter:
 
     def h_pow(self, n) -> None:
         """Pow of an activation by a constant exponent: 1 is the value itself, 2 the exact product ``mul(x, x)``,
-        any other exponent a table of the quantized input (refused where it is not finite on the input's range)."""
+        any other exponent a table of the quantized input (refused where it is not defined: x ** 0.5 of negative
+        codes)."""
         x = self._act(n.input[0], n)
         e = np.asarray(self._const(n.input[1], n, "exponent").values, dtype=np.float64)
         if e.size != 1:
@@ -2808,5 +2818,6 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "Slice": _Converter.h_slice,
     "Split": _Converter.h_split, "Pow": _Converter.h_pow,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
-                                              "Softsign", "Erf", "Gelu", "Mish")},
+                                              "Softsign", "Erf", "Gelu", "Mish", "Sqrt", "Exp", "Log",
+                                              "Reciprocal", "Abs", "Celu", "ThresholdedRelu")},
 }
