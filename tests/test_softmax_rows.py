@@ -20,7 +20,7 @@ from qfx.ops.base import one_node_graph, rand_fmt
 from qfx.ops.softmax import softmax_tables
 from qfx.sim.csim import make_inputs
 
-from models.harness import exact_check
+from models.harness import exact_check, square_loss_steps
 
 
 def _rows_graph(shape: tuple[int, ...], fin: FxFormat, fout: FxFormat, name: str = "smr", **kw) -> Graph:
@@ -136,13 +136,7 @@ def rows_model():
     torch.manual_seed(0)
     x = torch.randn(96, 4, 6)
     q = qfx.quantize_model(_Rows(), qfx.QFXConfig(act_width=8), calib_data=x)
-    opt = torch.optim.Adam(q.parameters(), 1e-2)
-    q.train()
-    for _ in range(3):
-        opt.zero_grad()
-        q(x).pow(2).mean().backward()
-        opt.step()
-    return q, x
+    return square_loss_steps(q, x, 3), x
 
 
 def test_torch_rows_train_exact_interpreter_agree(rows_model):
@@ -179,13 +173,7 @@ def test_softmax_over_an_inner_axis_moves_it_last():
 
     torch.manual_seed(2)
     for m, x in ((Inner(), torch.randn(64, 4, 6)), (PixelScores(), torch.randn(64, 2, 4, 5))):
-        q = qfx.quantize_model(m, qfx.QFXConfig(act_width=7, weight_width=7), calib_data=x)
-        opt = torch.optim.Adam(q.parameters(), 1e-2)
-        q.train()
-        for _ in range(2):
-            opt.zero_grad()
-            q(x).pow(2).mean().backward()
-            opt.step()
+        q = square_loss_steps(qfx.quantize_model(m, qfx.QFXConfig(act_width=7, weight_width=7), calib_data=x), x, 2)
         g, exact_vs_interp, train_vs_exact = exact_check(q, x)
         assert exact_vs_interp == 0 and train_vs_exact == 0
         assert [n.op.value for n in g.nodes][-4:] == ["transpose", "quant", "softmax", "transpose"]

@@ -81,6 +81,18 @@ def quantize(name: str, full: bool = False, config: qfx.QFXConfig | None = None,
     return f, q
 
 
+def square_loss_steps(q: nn.Module, x: torch.Tensor, steps: int, lr: float = 1e-2) -> nn.Module:
+    """A few Adam steps on mean(y**2) over all of ``x`` in train mode (moves weights and binary points so that the
+    exact-mode checks that follow do not see calibration-only formats); returns ``q``."""
+    opt = torch.optim.Adam(q.parameters(), lr)
+    q.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        q(x).pow(2).mean().backward()
+        opt.step()
+    return q
+
+
 def train_steps(name: str, m: nn.Module, steps: int, seed: int = 0, full: bool = False, batch: int = 64,
                 lr: float = 1e-2, epochs_data: int | None = None) -> list[float]:
     """Adam steps on the entry's data (train mode); returns the losses."""
