@@ -177,6 +177,7 @@ def _attrs(node) -> dict[str, Any]:
 
 
 def _attr_str(a: dict[str, Any], key: str, default: str) -> str:
+    """A string attribute of ``_attrs(node)`` (onnx gives bytes), ``default`` when absent."""
     v = a.get(key, default)
     return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -924,8 +925,7 @@ class _Converter:
             raise FormatError(f"Quant node {where!r} has a non-positive or non-finite scale")
         signed = bool(int(a.get("signed", 1)))
         narrow = bool(int(a.get("narrow", 0)))
-        rm = a.get("rounding_mode", b"ROUND")
-        rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
+        rm = _attr_str(a, "rounding_mode", "ROUND").upper()
         if rm not in _ROUNDING:
             raise UnsupportedError(f"Quant node {where!r} has rounding mode {rm!r} with no ap_fixed equivalent")
         if b == 1 and signed:  # QONNX executes a signed 1-bit Quant as a bipolar quantizer
@@ -1463,8 +1463,7 @@ class _Converter:
         if np.any(np.asarray(zp) != 0):
             raise UnsupportedError(f"Trunc node {where!r} has a non-zero zero point; qfx needs zero point 0")
         ib, ob = int(np.asarray(in_bits).ravel()[0]), int(np.asarray(out_bits).ravel()[0])
-        rm = a.get("rounding_mode", b"FLOOR")
-        rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
+        rm = _attr_str(a, "rounding_mode", "FLOOR").upper()
         if rm not in _ROUNDING:
             raise UnsupportedError(f"Trunc node {where!r} has rounding mode {rm!r} with no ap_fixed equivalent")
         x = self._act(n.input[0], n)
@@ -1717,8 +1716,7 @@ class _Converter:
                          st: list[int], outpad: list[int]) -> tuple[int, int, int, int]:
         """ConvTranspose (top, bottom, left, right) cropping pads: explicit, or from output_shape / auto_pad as the
         ONNX spec derives them."""
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = _attr_str(a, "auto_pad", "NOTSET")
         if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
             shape = [int(v) for v in a["output_shape"]][-2:] if "output_shape" in a else [s * x for s, x in zip(st, hw)]
             p: list[int] = []
@@ -1800,8 +1798,7 @@ class _Converter:
     def _pads4(self, n, a: dict[str, Any], hw: tuple[int, ...], k: tuple[int, int],
                st: list[int]) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) padding of a 2-D window op (explicit pads or auto_pad)."""
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = _attr_str(a, "auto_pad", "NOTSET")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             pads: list[int] = []
             for size, kk, s in zip(hw, k, st):
@@ -2012,11 +2009,7 @@ class _Converter:
         xs = self.tensors[x.tensor]
         a = _attrs(n)
 
-        def s(key: str, default: str) -> str:
-            v = a.get(key, default)
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        mode = s("mode", "nearest")
+        mode = _attr_str(a, "mode", "nearest")
         if "upsample2d" not in REGISTRY or mode != "nearest" or len(xs.shape) != 3:
             raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}): qfx upsamples 2-D (C, H, W) "
                                    f"tensors in nearest mode by integer factors only; {_CUT}")
@@ -2037,7 +2030,8 @@ class _Converter:
             raise UnsupportedError(f"{n.op_type} node {where!r}: scales {None if scales is None else scales.tolist()} "
                                    f"are not integer factors of H and W; {_CUT}")
         f = (int(scales[2]), int(scales[3]))
-        ctm, nm = s("coordinate_transformation_mode", "half_pixel"), s("nearest_mode", "round_prefer_floor")
+        ctm = _attr_str(a, "coordinate_transformation_mode", "half_pixel")
+        nm = _attr_str(a, "nearest_mode", "round_prefer_floor")
         for k, size in zip(f, xs.shape[1:]):  # the ONNX index rule must pick input floor(i / k), as upsample2d does
             i = np.arange(size * k, dtype=np.float64)
             src = {"asymmetric": i / k, "half_pixel": (i + 0.5) / k - 0.5,
@@ -2090,8 +2084,7 @@ class _Converter:
         x = self._act(n.input[0], n)
         a = _attrs(n)
         r = int(a["blocksize"])
-        mode = a.get("mode", b"DCR")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = _attr_str(a, "mode", "DCR")
         xs = self.tensors[x.tensor]
         if "transpose" not in REGISTRY or len(xs.shape) != 3 or xs.shape[0] % (r * r):
             raise UnsupportedError(f"unsupported ONNX op 'DepthToSpace' (node {where!r}) on {xs.shape}; {_CUT}")
@@ -2347,8 +2340,7 @@ class _Converter:
         thr = np.asarray(self._const(n.input[1], n, "thresholds").values, dtype=np.float64)
         xs = self.tensors[x.tensor]
         rank = len(xs.shape) + 1
-        layout = a.get("data_layout", b"")
-        layout = layout.decode() if isinstance(layout, bytes) else str(layout)
+        layout = _attr_str(a, "data_layout", "")
         if not layout:
             layout = {2: "NC", 3: "NWC", 4: "NCHW"}.get(rank, "NC")
         cdim = layout.index("C") if "C" in layout else 1
@@ -2417,8 +2409,7 @@ class _Converter:
                                 f"mantissa_bitwidth, exponent_bias, max_val")
         a = _attrs(n)
         sc, eb, mb, bias, mx = self._quant_params(n, list(n.input[1:6]))
-        rm = a.get("rounding_mode", b"ROUND")
-        rm = (rm.decode() if isinstance(rm, bytes) else str(rm)).upper()
+        rm = _attr_str(a, "rounding_mode", "ROUND").upper()
         if rm not in ("ROUND", "HALF_EVEN", "FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
             raise UnsupportedError(f"FloatQuant node {where!r} has rounding mode {rm!r}")
         if not int(a.get("saturation", 1)):
@@ -2603,11 +2594,11 @@ class _Converter:
             if k < 1:
                 raise UnsupportedError(f"Slice node {where!r} has step {k}: qfx slices with positive steps only; "
                                        f"{_CUT}")
-            d = shape[ax - 1] if ax else None
             if ax == 0:
-                if st not in (0,) or en < 2 ** 30 or k != 1:
+                if st != 0 or en < 2 ** 30 or k != 1:
                     raise UnsupportedError(f"Slice node {where!r} slices the batch axis; {_CUT}")
                 continue
+            d = shape[ax - 1]
             lo = min(max(st + d if st < 0 else st, 0), d)
             hi = min(max(en + d if en < 0 else en, 0), d)
             box[ax - 1] = (lo, hi, int(k))
@@ -2626,7 +2617,7 @@ class _Converter:
         if ax == 0:
             raise UnsupportedError(f"Split node {where!r} splits the batch axis; {_CUT}")
         d = shape[ax - 1]
-        outs = [o for o in n.output]
+        outs = list(n.output)
         if len(n.input) > 1 and n.input[1]:
             sizes = self._int_list(n.input[1], n)
         elif "split" in a:
@@ -2665,8 +2656,7 @@ class _Converter:
         """Pad with zeros over the spatial axes of (C, L) or (C, H, W): ``zeropad2d``."""
         where = self._where(n)
         a = _attrs(n)
-        mode = a.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        mode = _attr_str(a, "mode", "constant")
         x = self._act(n.input[0], n)
         xs = self.tensors[x.tensor]
         rank = len(xs.shape) + 1
