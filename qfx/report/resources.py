@@ -123,7 +123,7 @@ def load_rtl_project(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
 # A run whose sources exceed _CHUNK_BYTES maps its LUTs in chunks (``run_synth(lut_chunk=...)``: same cells, faster).
 # A pixel kernel file over _PIX_BYTES (ResNet-20's 3x3 convs: up to 2.6 MB of adder graphs) is its own run that
 # counts ABC's LUTs instead of techmapping them (``run_synth(count_luts=True)``: same figures for a netlist without
-# flip-flops, ~60 % of the time), the layer module around it (line buffers, control) a second, full run.
+# flip-flops, ~70 % of the CPU time), the layer module around it (line buffers, control) a second, full run.
 # Small designs (the digits MLP/CNN, the demo) stay below all three: their runs are the plain synth_xilinx ones.
 _SPLIT_BYTES = 512 * 1024
 _PIX_BYTES = 512 * 1024
@@ -266,7 +266,7 @@ def _report_in_parts(p: Path, info: dict[str, Any], parts: list[_Part], family: 
                             **own.to_dict()})
         la = by_mod[m]
         layers.append(LayerResources(str(la.get("node", m)), str(la.get("op", "")), m, total, la.get("adders"),
-                                     secs, None if None in cpus else sum(cpus), sub))
+                                     secs, _cpu_sum(cpus), sub))
     top_own = results[-1].total
     total = top_own
     for la in layers:
