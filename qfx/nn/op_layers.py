@@ -552,8 +552,9 @@ class QSoftmax(_IRModule):
         super().__init__()
         from qfx.ops.softmax import MAX_SOFTMAX_IN_BITS
 
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim == 0:
-            raise UnsupportedError(f"QSoftmax works over one axis of each sample (not the batch axis), got dim={dim!r}")
+        bad = softmax_dim_problem(dim, None)
+        if bad:
+            raise UnsupportedError(bad)
         if not 2 <= in_width <= MAX_SOFTMAX_IN_BITS:
             raise BadInputError(f"QSoftmax: in_width must be 2..{MAX_SOFTMAX_IN_BITS}, got {in_width}")
         self.dim = dim

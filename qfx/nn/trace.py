@@ -1668,8 +1668,8 @@ def example_values(body: nn.Module, graph: torch.fx.Graph, xs: list[torch.Tensor
 
 def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
     """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) by running the float graph once on
-    the example inputs, so softmax over an axis other than the last is refused by ``quantize_model`` (before any
-    training) even when the dim alone cannot tell (dim=1 is the last axis of (N, n), not of (N, H, S, S))."""
+    the example inputs, so softmax over the batch axis (or no axis) is refused by ``quantize_model`` (before any
+    training) even when the dim alone cannot tell (dim=-3 of a rank-3 tensor)."""
     xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
     calls = _softmax_calls(body, graph)
     if not xs or not calls:
