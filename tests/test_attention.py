@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,10 +15,8 @@ from torch import nn
 import qfx
 import qfx.nn as qn
 from qfx.errors import UnsupportedError
-from qfx.ir.interpret import run
-from qfx.sim.csim import make_inputs
 
-from models.harness import exact_check, input_codes
+from models.harness import exact_check, onnxruntime_agrees
 
 S, E = 6, 8
 
@@ -104,23 +101,8 @@ def test_train_exact_interpreter_agree(which, request):
 
 @pytest.mark.parametrize("which", ["single", "multi"])
 def test_onnxruntime_matches_torch_exact_and_interpreter(which, request, tmp_path):
-    import onnxruntime as ort
-
-    from qfx.ir.load import load_graph
-
     q, x = request.getfixturevalue(which)
-    path = qfx.export(q, x[:1], "onnx", tmp_path / f"{which}.onnx")
-    g = load_graph(path)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    fin, fout = g.tensor(g.inputs[0]).fmt, g.tensor(g.outputs[0]).fmt
-    q.eval()
-    with torch.no_grad(), qn.mode(q, "exact"):
-        want = q(x).double().numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: fin.from_int(input_codes(g, x)[g.inputs[0]])})[0]
-    np.testing.assert_array_equal(np.asarray(got, dtype=np.float64).reshape(want.shape), want)
-    codes = make_inputs(g, 200, 3)[g.inputs[0]]  # edge + random vectors
-    got = sess.run(None, {sess.get_inputs()[0].name: fin.from_int(codes)})[0]
-    np.testing.assert_array_equal(np.asarray(fout.to_int(got), dtype=np.int64).reshape(-1), run(g, codes).reshape(-1))
+    onnxruntime_agrees(q, x, tmp_path / f"{which}.onnx", 200)
 
 
 @pytest.mark.gxx

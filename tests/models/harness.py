@@ -20,8 +20,8 @@ from qfx.ir.graph import Graph
 
 from models.zoo import ZOO, ZooEntry
 
-__all__ = ["make_data", "quantize", "train_steps", "loss_fn", "exact_check", "Built", "build", "input_codes",
-           "onnx_check", "rtl_supported"]
+__all__ = ["make_data", "quantize", "train_steps", "square_loss_steps", "loss_fn", "exact_check", "Built", "build",
+           "input_codes", "onnx_check", "onnxruntime_agrees", "rtl_supported"]
 
 
 def _teacher_labels(x: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
@@ -137,6 +137,28 @@ def exact_check(q: nn.Module, x: Any) -> tuple[Graph, int, int]:
     ct = np.asarray(fout.to_int(yt), dtype=np.int64).reshape(yi.shape)
     exact_values = np.array_equal(fout.from_int(ce).reshape(ye.shape), ye)  # exact mode holds output codes
     return g, int((ce != yi).sum()) + (0 if exact_values else 1), int((ct != ce).sum())
+
+
+def onnxruntime_agrees(q: nn.Module, x: torch.Tensor, path: Path, n_vectors: int) -> None:
+    """Export ``q`` to ONNX at ``path`` and assert, under onnxruntime: exact mode's outputs on ``x``, and the golden
+    interpreter's output codes on ``n_vectors`` edge and random input vectors (``make_inputs``)."""
+    import onnxruntime as ort
+
+    from qfx.ir.load import load_graph
+    from qfx.sim.csim import make_inputs
+
+    path = qfx.export(q, x[:1], "onnx", path)
+    g = load_graph(path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fin, fout = g.tensor(g.inputs[0]).fmt, g.tensor(g.outputs[0]).fmt
+    q.eval()
+    with torch.no_grad(), qn.mode(q, "exact"):
+        want = q(x).double().numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: fin.from_int(input_codes(g, x)[g.inputs[0]])})[0]
+    np.testing.assert_array_equal(np.asarray(got, dtype=np.float64).reshape(want.shape), want)
+    codes = make_inputs(g, n_vectors, 3)[g.inputs[0]]  # edge + random vectors
+    got = sess.run(None, {sess.get_inputs()[0].name: fin.from_int(codes)})[0]
+    np.testing.assert_array_equal(np.asarray(fout.to_int(got), dtype=np.int64).reshape(-1), run(g, codes).reshape(-1))
 
 
 def rtl_supported(e: ZooEntry, full: bool = False) -> bool:
