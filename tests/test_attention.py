@@ -16,7 +16,7 @@ import qfx
 import qfx.nn as qn
 from qfx.errors import UnsupportedError
 
-from models.harness import exact_check, onnxruntime_agrees
+from models.harness import cross_entropy_steps, exact_check, onnxruntime_agrees
 
 S, E = 6, 8
 
@@ -63,15 +63,7 @@ def _trained(model: nn.Module, seed: int = 0):
     x = torch.randn(192, S, E)
     y = (x[:, :, :3].sum(1)).argmax(1)
     q = qfx.quantize_model(model, qfx.QFXConfig(weight_width=6, act_width=8), calib_data=x[:128])
-    opt = torch.optim.Adam(q.parameters(), 1e-2)
-    q.train()
-    losses = []
-    for _ in range(4):
-        opt.zero_grad()
-        loss = F.cross_entropy(q(x[:128]), y[:128])
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = cross_entropy_steps(q, x[:128], y[:128], 4)
     assert all(math.isfinite(v) for v in losses)
     return q, x[128:]
 

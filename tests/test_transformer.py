@@ -28,7 +28,7 @@ from torch import nn
 import qfx
 from qfx.errors import UnsupportedError
 
-from models.harness import exact_check, onnxruntime_agrees
+from models.harness import cross_entropy_steps, exact_check, onnxruntime_agrees
 
 S, E = 6, 8
 
@@ -107,15 +107,7 @@ def _trained(which: str):
     model = MODELS[which]()
     x, y = _data(which)
     q = qfx.quantize_model(model, qfx.QFXConfig(weight_width=6, act_width=8), calib_data=x[:128])
-    opt = torch.optim.Adam(q.parameters(), 1e-2)
-    q.train()
-    losses = []
-    for _ in range(3):
-        opt.zero_grad()
-        loss = F.cross_entropy(q(x[:128]), y[:128])
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = cross_entropy_steps(q, x[:128], y[:128], 3)
     assert all(math.isfinite(v) for v in losses)
     return model, q, x[128:]
 

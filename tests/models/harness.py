@@ -20,8 +20,8 @@ from qfx.ir.graph import Graph
 
 from models.zoo import ZOO, ZooEntry
 
-__all__ = ["make_data", "quantize", "train_steps", "square_loss_steps", "loss_fn", "exact_check", "Built", "build",
-           "input_codes", "onnx_check", "onnxruntime_agrees", "rtl_supported"]
+__all__ = ["make_data", "quantize", "train_steps", "square_loss_steps", "cross_entropy_steps", "loss_fn",
+           "exact_check", "Built", "build", "input_codes", "onnx_check", "onnxruntime_agrees", "rtl_supported"]
 
 
 def _teacher_labels(x: torch.Tensor, n_classes: int, seed: int) -> torch.Tensor:
@@ -91,6 +91,20 @@ def square_loss_steps(q: nn.Module, x: torch.Tensor, steps: int, lr: float = 1e-
         q(x).pow(2).mean().backward()
         opt.step()
     return q
+
+
+def cross_entropy_steps(q: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float = 1e-2) -> list[float]:
+    """Adam steps on the cross-entropy of all of ``x`` against labels ``y`` in train mode; returns the losses."""
+    opt = torch.optim.Adam(q.parameters(), lr)
+    q.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(q(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def train_steps(name: str, m: nn.Module, steps: int, seed: int = 0, full: bool = False, batch: int = 64,
