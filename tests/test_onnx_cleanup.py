@@ -124,3 +124,37 @@ def test_large_constant_of_shape_is_left_alone_and_bad_constants_are_one_line():
 
     with pytest.raises(BadInputError, match="cannot evaluate constant node"):
         cleanup(bad)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize("case", ["layer_last", "layer_two_axes", "instance"])
+def test_normalizations_become_their_steps_with_the_same_values(case, opset):
+    """LayerNormalization (last axis; axis=1 of (N, C, L), i.e. two axes) and InstanceNormalization are written as
+    ReduceMean/Sub/Mul/Sqrt/Div (+ scale, bias): onnxruntime gives the same values (float rounding apart)."""
+    r = np.random.default_rng(3)
+    shape = {"layer_last": (5, 8), "layer_two_axes": (3, 4), "instance": (3, 4, 5)}[case]
+    if case == "instance":
+        node = helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3, name="in")
+        inits = {"s": r.uniform(0.5, 1.5, 3).astype(np.float32), "b": r.uniform(-1, 1, 3).astype(np.float32)}
+    else:
+        axis = -1 if case == "layer_last" else 1
+        pshape = shape[-1:] if axis == -1 else shape
+        node = helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=axis, epsilon=1e-4, name="ln")
+        inits = {"s": r.uniform(0.5, 1.5, pshape).astype(np.float32),
+                 "b": r.uniform(-1, 1, pshape).astype(np.float32)}
+    m = _model([node], inits, shape, opset=opset)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a known rank for axis=1 / instance
+    cleaned, report = cleanup(m)
+    ops = _ops(cleaned)
+    assert node.op_type not in ops and {"ReduceMean", "Sub", "Sqrt", "Div"} <= set(ops)
+    assert any("LayerNormalization/InstanceNormalization" in line for line in report)
+    x = r.normal(0, 2, (2, *shape)).astype(np.float32)
+    np.testing.assert_allclose(_ort(cleaned, x), _ort(m, x), rtol=1e-4, atol=1e-4)
+
+
+def test_normalization_with_read_statistics_is_left_alone():
+    r = np.random.default_rng(4)
+    node = helper.make_node("LayerNormalization", ["x", "s"], ["ln", "mean"], axis=-1, name="ln")
+    add = helper.make_node("Add", ["ln", "mean"], ["y"])
+    m = _model([node, add], {"s": r.uniform(0.5, 1.5, 6).astype(np.float32)}, (6,), opset=17)
+    assert "LayerNormalization" in _ops(cleanup(m)[0])

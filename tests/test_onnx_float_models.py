@@ -7,6 +7,7 @@ must compute the interpreter's bits. Two models also run through g++ C simulatio
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -201,6 +202,78 @@ class ElementwiseMath(nn.Module):
         return self.f(torch.cat([torch.exp(-m), torch.log(m), torch.sqrt(m), 1.0 / m, F.celu(h, 0.5)], 1))
 
 
+def _affine_uniform(norm: nn.Module) -> nn.Module:
+    """Non-trivial LayerNorm/GroupNorm/InstanceNorm scale and shift (the defaults are ones and zeros)."""
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.3, 0.3)
+    return norm
+
+
+class LayerNormNet(nn.Module):
+    """LayerNorm over the features (LayerNormalization at opset 17, ReduceMean/Sub/Pow/Sqrt/Div at 13)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.ln, self.f = nn.Linear(6, 8), _affine_uniform(nn.LayerNorm(8)), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.f(F.relu(self.ln(self.a(x))))
+
+
+class ConvNorms(nn.Module):
+    """InstanceNorm2d and GroupNorm (both InstanceNormalization in ONNX, GroupNorm between two Reshapes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(2, 4, 3, padding=1), _affine_uniform(nn.InstanceNorm2d(4, affine=True))
+        self.c2, self.n2 = nn.Conv2d(4, 4, 3, padding=1), _affine_uniform(nn.GroupNorm(2, 4))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = F.relu(self.n2(self.c2(F.relu(self.n1(self.c1(x))))))
+        return self.fc(h.mean((2, 3)))
+
+
+class Ratios(nn.Module):
+    """Division by activations: a / (softplus(b) + 1) and 2 / (relu(c) + 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 4), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.a(x) / (F.softplus(self.b(x)) + 1.0) + 2.0 / (F.relu(self.b(x)) + 1.0)
+
+
+class FeatureReductions(nn.Module):
+    """Reductions over the features of (N, n) with keepdim, broadcast back: centring, abs-sum, min, max."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f = nn.Linear(6, 8), nn.Linear(11, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        c = h - h.mean(-1, keepdim=True)
+        return self.f(torch.cat([c.abs().sum(-1, keepdim=True), h.amin(-1, keepdim=True), h.amax(1, keepdim=True),
+                                 c[:, :8]], 1))
+
+
+class PlaneReductions(nn.Module):
+    """Reductions over the channels (a spatial gate), the width, a height and a whole sample of (N, C, H, W)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        gate = torch.sigmoid(h.mean(1, keepdim=True))
+        return torch.cat([(h * gate).flatten(1), h.amax(3).flatten(1), h.sum((1, 2, 3), keepdim=True).flatten(1),
+                          (h - h.amin(2, keepdim=True)).flatten(1)], 1)
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -208,7 +281,9 @@ MODELS = {  # name: (module, per-sample input shape)
     "activation_heads": (Heads, (6,)), "pad_clip": (PadNet, (2, 5, 5)), "silu": (SiLUNet, (2, 4, 4)),
     "squeeze_excite": (SqueezeExcite, (3, 6, 6)), "gated_linear": (GatedLinear, (6,)), "gelu": (GeluNets, (6,)),
     "chunk_split_pow": (ChunkSplit, (6,)), "pixel_softmax_max": (PixelSoftmax, (2, 4, 4)),
-    "elementwise_math": (ElementwiseMath, (6,)),
+    "elementwise_math": (ElementwiseMath, (6,)), "layernorm": (LayerNormNet, (6,)),
+    "instance_group_norm": (ConvNorms, (2, 6, 6)), "ratios": (Ratios, (6,)),
+    "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
 }
 
 
@@ -273,7 +348,8 @@ def test_conv1d_keeps_the_promised_shape():
 
 
 @pytest.mark.gxx
-@pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max"])
+@pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
+                                  "instance_group_norm", "ratios", "plane_reductions"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow
@@ -283,3 +359,21 @@ def test_float_model_csim(name, tmp_path):
     g = run_flow(g, DEFAULT_FLOW).graph
     rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=64)
     assert rep.mismatches == 0 and rep.outputs_compared > 0
+
+
+@pytest.mark.verilator
+def test_norms_reductions_and_ratios_rtl_cosim(tmp_path):
+    """The decomposed LayerNorm / InstanceNorm / GroupNorm, divisions by activations and reductions over the
+    features, channels and width (transposes, (P, 1, Q) broadcasts, reciprocal tables) in RTL: one Verilator build
+    for the four projects, with stalls, 0 mismatches."""
+    from qfx.backends import rtl
+    from qfx.sim.cosim import run_cosim_many
+
+    dirs = []
+    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions"):
+        g, _ = quantize_and_check(name, 17)
+        g = dataclasses.replace(g, name=f"f_{name}")  # one top module per project in the shared build
+        rtl.write_project(g, tmp_path / name)
+        dirs.append(tmp_path / name)
+    for rep in run_cosim_many(dirs, n_vectors=40, seed=4, work_dir=tmp_path / "w"):
+        assert rep.ok and rep.mismatches == 0 and rep.received, (rep.top, rep.mismatches, rep.received)

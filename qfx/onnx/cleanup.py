@@ -15,6 +15,9 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
 * Model-local functions (aten ops wrapped by torch's dynamo exporter before torch 2.6) are inlined; qfx's own
   ``FixedQuant`` function stays a call.
 * Identity and Dropout are removed.
+* LayerNormalization / InstanceNormalization become the ReduceMean, Sub, Mul, Sqrt, Div steps of their ONNX
+  definitions (``normalizations``): the same function, written as ops the importer maps and ``qfx quantize``
+  calibrates one by one.
 * Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
   as onnxruntime computes them), ``Shape`` of a tensor whose shape is known (graph inputs, and tensors typed by
   ``onnx.shape_inference`` with QONNX ops read as Identity) becomes a constant, so shape subgraphs fold into a
@@ -25,7 +28,7 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
   prepended (``qfx.onnx.whole_sample``; ``qfx.batch_axis`` = ``added`` in the metadata).
 * Nodes whose outputs nothing reads, and unused initializers, are dropped.
 
-Everything here is exact bookkeeping on constants; no value of the model changes.
+Everything else here is exact bookkeeping on constants; no value of the model changes.
 """
 from __future__ import annotations
 
@@ -195,6 +198,7 @@ FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
     "Neg": lambda n, i: -np.asarray(i[0]), "Reciprocal": lambda n, i: (1 / np.asarray(i[0])).astype(i[0].dtype),
     "Abs": lambda n, i: np.abs(np.asarray(i[0])), "Floor": lambda n, i: np.floor(np.asarray(i[0])),
     "Ceil": lambda n, i: np.ceil(np.asarray(i[0])),
+    "Mod": lambda n, i: (np.fmod if int(_attrs(n).get("fmod", 0)) else np.mod)(np.asarray(i[0]), np.asarray(i[1])),
     "Where": lambda n, i: np.where(np.asarray(i[0]), np.asarray(i[1]), np.asarray(i[2])),
     "Expand": lambda n, i: np.asarray(i[0]) * np.ones([int(v) for v in np.asarray(i[1]).ravel()],
                                                       dtype=np.asarray(i[0]).dtype),
@@ -341,6 +345,83 @@ class _Cleaner:
                 if o.domain in ("", "ai.onnx") and o.version < 14:
                     o.version = 14
             self.report.append(f"fused {count} x*HardSigmoid(x) pattern(s) into HardSwish")
+
+    def normalizations(self) -> None:
+        """LayerNormalization and InstanceNormalization (torch's LayerNorm at opset >= 17, InstanceNorm2d, and
+        GroupNorm, which exports as Reshape -> InstanceNormalization -> Reshape) become the ops torch writes for
+        LayerNorm below opset 17: ``mean = ReduceMean(x)``, ``d = x - mean``, ``v = ReduceMean(d * d)``,
+        ``y = d / Sqrt(v + eps)``, ``y * scale + bias``, with the statistics over the normalized axes. The same
+        values (the ONNX definitions, computed step by step), and each step is an op the importer maps, so
+        ``qfx quantize`` gives every step a calibrated format (as ``qfx.nn.QLayerNorm`` has one per step). A node
+        whose Mean/InvStdDev outputs are read, or whose normalized axes cannot be known, is left alone."""
+        from onnx import helper, numpy_helper
+
+        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+        shapes: dict[str, tuple[int, ...]] | None = None
+        count = 0
+        nodes = list(self.g.node)
+        out_nodes = []
+        for n in nodes:
+            if n.op_type not in ("LayerNormalization", "InstanceNormalization") or n.domain not in ("", "ai.onnx") \
+                    or any(o and self.consumers(o) for o in n.output[1:]) or any(o in self.graph_outputs()
+                                                                                for o in n.output[1:] if o):
+                out_nodes.append(n)
+                continue
+            a = _attrs(n)
+            eps = float(a.get("epsilon", 1e-5))
+            x, y = n.input[0], n.output[0]
+            if n.op_type == "LayerNormalization" and int(a.get("axis", -1)) < 0:
+                axes = list(range(int(a.get("axis", -1)), 0))
+            else:
+                if shapes is None:
+                    shapes = self.known_shapes()
+                if x not in shapes:
+                    out_nodes.append(n)
+                    continue
+                rank = len(shapes[x])
+                axes = list(range(int(a.get("axis", -1)) % rank, rank)) if n.op_type == "LayerNormalization" \
+                    else list(range(2, rank))
+            base = f"{n.name or y}__norm"
+            new = []
+
+            def node(op: str, ins: list[str], suffix: str, **kw: Any) -> str:
+                o = f"{base}_{suffix}"
+                new.append(helper.make_node(op, ins, [o], name=f"{n.name or op}/{suffix}", **kw))
+                return o
+
+            def const(suffix: str, arr: np.ndarray) -> str:
+                name = f"{base}_{suffix}"
+                self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+                return name
+
+            def mean(src: str, suffix: str) -> str:
+                if opset >= 18:
+                    return node("ReduceMean", [src, const(f"{suffix}_axes", np.asarray(axes, np.int64))], suffix)
+                return node("ReduceMean", [src], suffix, axes=axes)
+
+            mu = mean(x, "mean")
+            d = node("Sub", [x, mu], "centered")
+            var = mean(node("Mul", [d, d], "square"), "var")
+            sd = node("Sqrt", [node("Add", [var, const("eps", np.asarray(eps, np.float32))], "var_eps")], "std")
+            last = node("Div", [d, sd], "normalized")
+            scale = n.input[1] if len(n.input) > 1 and n.input[1] else ""
+            bias = n.input[2] if len(n.input) > 2 and n.input[2] else ""
+            if n.op_type == "InstanceNormalization":  # (C,) parameters broadcast over (N, C, spatial...)
+                per_c = const("per_channel", np.asarray([-1] + [1] * (len(axes)), np.int64))
+                scale = node("Reshape", [scale, per_c], "scale") if scale else ""
+                bias = node("Reshape", [bias, per_c], "bias") if bias else ""
+            if scale:
+                last = node("Mul", [last, scale], "scaled")
+            if bias:
+                last = node("Add", [last, bias], "shifted")
+            new[-1].output[0] = y
+            out_nodes.extend(new)
+            count += 1
+        if count:
+            del self.g.node[:]
+            self.g.node.extend(out_nodes)
+            self.report.append(f"wrote {count} LayerNormalization/InstanceNormalization node(s) as ReduceMean, Sub, "
+                               f"Mul, Sqrt and Div steps")
 
     def identities(self) -> None:
         outs = self.graph_outputs()
@@ -675,6 +756,7 @@ class _Cleaner:
         self.domains()
         self.channels_last()
         self.identities()
+        self.normalizations()
         self.hardswish()
         self.fold_constants()
         add_batch_axis(self)

@@ -40,6 +40,13 @@
   - ``Mul`` of two activations (SiLU's ``x * Sigmoid(x)``, squeeze-excitation and GLU gates; a (C, 1, 1) operand
     repeated over H and W) and ``Pow(x, 2)`` are the exact ``mul`` op; ``Slice`` (positive steps) and ``Split`` of
     activations are ``slice`` nodes; ``ReduceMax`` over the spatial axes is a max pool over the whole plane.
+  - ``ReduceMean``/``ReduceMax``/``ReduceMin``/``ReduceSum`` over any non-batch axes (the features of (N, n), the
+    channels, the width, a whole sample): the reduced axes moved last (``transpose``), a (1, R) pool, reshapes;
+    Sum is the exact window sum, Min the negated Max. ``Add``/``Sub``/``Mul`` of two activations broadcast an
+    operand with size-1 axes (a row or channel statistic) by ``upsample2d`` copies; ``Div`` of two activations is
+    a reciprocal ``lut`` over the divisor's codes times the numerator (``mul``), a scalar over an activation one
+    ``lut``. With these, LayerNormalization/InstanceNormalization (GroupNorm) import as the steps the clean-up writes
+    them as (``cleanup.normalizations``).
   - ``MultiThreshold`` (FINN) is a ``lut`` over the input codes whose entries are the threshold counts (exact);
     per-channel thresholds select one block of the table per distinct row through an exact ``scale_shift``
     (``MT_TABLE_BITS``); ``out_scale``/``out_bias`` go into the view. ``FloatQuant`` (minifloat) on constants gives
@@ -73,7 +80,7 @@
   - A ``Quant`` right after a table (Sigmoid/Tanh/... ``lut``) is folded into the table: its entries are the
     Quant's output codes of the function (one rounding, as QONNX computes it, not two).
 
-  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, LayerNormalization, QLinearSoftmax, ...) are refused with one
+  Ops qfx has no IR op for (LogSoftmax, SpaceToDepth, QLinearSoftmax, Greater/Where, ...) are refused with one
   line naming the op, the node and what to do (``REFUSALS``).
 * **Input format**: ``input_fmt`` (CLI ``--input-format``), else a QONNX datatype annotation of the input
   (``graph.quantization_annotation``: INT8, UINT4, BIPOLAR, FIXED<8,4>, ...), else the first ``Quant`` that reads
@@ -536,8 +543,10 @@ REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
                   "on the host",
     "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
-    **{op: "qfx has no per-sample normalization op (it divides by a data-dependent standard deviation); use "
-           "BatchNormalization (it folds into the weights) or " + _CUT
+    **{op: "qfx writes LayerNormalization/InstanceNormalization as ReduceMean, Sub, Mul, Sqrt and Div steps when "
+           "the input's rank is known and the Mean/InvStdDev outputs are unused (qfx quantize then calibrates each "
+           "step), not this node; export with opset < 17 (torch writes the steps itself), use BatchNormalization, "
+           "or " + _CUT
        for op in ("LayerNormalization", "InstanceNormalization", "GroupNormalization")},
     **{op: "of onnxruntime's QOperator ops qfx maps QLinearConv/QLinearMatMul/QGemm, QLinearAdd/QLinearMul, "
            "QLinearAveragePool/QLinearGlobalAveragePool, QLinearConcat and QLinearSigmoid/QLinearLeakyRelu, not this "
@@ -1192,26 +1201,48 @@ class _Converter:
         return _Val("act", tensor=t, m=unit)
 
     def _broadcast_pair(self, n, a: _Val, b: _Val) -> tuple[_Val, _Val]:
-        """Two activations of one shape: a (C, 1, 1) operand against a (C, H, W) one (squeeze-excitation gates)
-        is repeated over H and W (``upsample2d``); other shape pairs are refused."""
+        """Two activations of one shape: an operand with size-1 axes is repeated along them to the other's shape
+        (ONNX broadcasting between per-sample shapes of one rank): a (C, 1, 1) gate against (C, H, W) (squeeze-
+        excitation) is one ``upsample2d``; a row statistic (C, H, 1), a per-sample one (1,) against (n,), or a
+        channel map (1, H, W) is repeated one axis at a time, each a reshape to (P, 1, Q) and an ``upsample2d`` by
+        (size, 1) (wires and copies: exact)."""
         sa, sb = self.tensors[a.tensor].shape, self.tensors[b.tensor].shape
         if sa == sb:
             return a, b
 
-        def grow(v: _Val, small: tuple[int, ...], big: tuple[int, ...]) -> _Val | None:
-            if "upsample2d" not in REGISTRY or len(small) != 3 or len(big) != 3 or small != (big[0], 1, 1):
-                return None
-            t = self._add("upsample2d", _FakeNode(f"{self._where(n)}_broadcast"), [v.tensor], big,
-                          self.tensors[v.tensor].fmt, attrs={"scale": (big[1], big[2])})
+        def fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+            return len(small) == len(big) and all(s in (1, g) for s, g in zip(small, big))
+
+        def grow(v: _Val, small: tuple[int, ...], big: tuple[int, ...]) -> _Val:
+            base = f"{self._where(n)}_broadcast"
+            if len(small) == 3 and small == (big[0], 1, 1):
+                t = self._add("upsample2d", _FakeNode(base), [v.tensor], big, self.tensors[v.tensor].fmt,
+                              attrs={"scale": (big[1], big[2])})
+                return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
+            t, cur = v.tensor, list(small)
+            fmt = self.tensors[t].fmt
+            for k, g in enumerate(big):
+                if cur[k] == g:
+                    continue
+                p, q = int(np.prod(cur[:k])), int(np.prod(cur[k + 1:]))
+                if self.tensors[t].shape != (p, 1, q):
+                    t = self._add("reshape", _FakeNode(f"{base}{k}_in"), [t], (p, 1, q), fmt,
+                                  attrs={"shape": (p, 1, q)})
+                t = self._add("upsample2d", _FakeNode(f"{base}{k}"), [t], (p, g, q), fmt, attrs={"scale": (g, 1)})
+                cur[k] = g
+            if self.tensors[t].shape != tuple(big):
+                t = self._add("reshape", _FakeNode(f"{base}_out"), [t], tuple(big), fmt, attrs={"shape": tuple(big)})
+            # the view is per channel (axis 0): a repeated axis 0 had one channel, so its view is one value
             return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
 
-        ga, gb = grow(a, sa, sb), grow(b, sb, sa)
-        if ga is not None:
-            return ga, b
-        if gb is not None:
-            return a, gb
+        if "upsample2d" in REGISTRY:
+            if fits(sa, sb):
+                return grow(a, sa, sb), b
+            if fits(sb, sa):
+                return a, grow(b, sb, sa)
         raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: operand shapes {sa} and {sb} (per sample) "
-                               f"differ; qfx broadcasts only a (C, 1, 1) operand against (C, H, W); {_CUT}")
+                               f"differ; qfx broadcasts an operand with size-1 axes against one of the same rank; "
+                               f"{_CUT}")
 
     def _mul_acts(self, n, a: _Val, b: _Val) -> None:
         """The exact product of two activations (``mul``: output width the sum of both): a view with an offset or a
@@ -1863,9 +1894,8 @@ class _Converter:
         return True
 
     def _add_acts(self, n, a: _Val, b: _Val) -> None:
+        a, b = self._broadcast_pair(n, a, b)
         ta, tb = self.tensors[a.tensor], self.tensors[b.tensor]
-        if ta.shape != tb.shape:
-            raise BadInputError(f"Add node {self._where(n)!r}: operand shapes {ta.shape} and {tb.shape} disagree")
         if a.relu or b.relu or not (a.m.size == b.m.size and np.array_equal(a.m, b.m)):
             a = _Val("act", tensor=self._materialize(n, a))
             b = _Val("act", tensor=self._materialize(n, b))
@@ -1937,10 +1967,15 @@ class _Converter:
         if a.kind == "act" and b.kind == "act":
             if not div:
                 return self._mul_acts(n, a, b)
-            raise UnsupportedError(f"unsupported Div of two activations (node {self._where(n)!r}): qfx divides "
-                                   f"activations only by constants; {_CUT}")
+            return self._div_acts(n, a, b)
         if div and a.kind != "act":
-            raise UnsupportedError(f"unsupported Div of a constant by an activation (node {self._where(n)!r}); {_CUT}")
+            if np.size(a.values) != 1:
+                raise UnsupportedError(f"unsupported Div of a constant tensor by an activation (node "
+                                       f"{self._where(n)!r}): qfx divides one constant by an activation; {_CUT}")
+            c = float(np.asarray(a.values, dtype=np.float64).reshape(-1)[0])
+            t = self._table(n, b, lambda v: c / v, f"onnx:div({c!r})")  # c / x: a lut over x's codes
+            self.vals[n.output[0]] = _Val("act", tensor=t)
+            return
         act, cst = (a, b) if a.kind == "act" else (b, a)
         c = self._chan(cst.values, act, n, "constant factor")
         if np.any(c == 0) and div:
@@ -1949,6 +1984,17 @@ class _Converter:
         if act.relu and np.any(f <= 0):
             act = _Val("act", tensor=self._materialize(n, act))
         self.vals[n.output[0]] = act.view(act.m * f, act.h * f)
+
+    def _div_acts(self, n, a: _Val, b: _Val) -> None:
+        """``a / b`` of two activations (LayerNorm's ``d / sqrt(v + eps)``, normalizations, ratios): a reciprocal
+        ``lut`` over every code of the divisor (at most 12 bits; a zero code saturates to the largest finite entry,
+        as Reciprocal does) times the numerator (the exact ``mul``)."""
+        from onnx import helper
+
+        where = self._where(n)
+        rec = helper.make_node("Reciprocal", [n.input[1]], [f"{_clean_name(where)}__recip"], name=where)
+        t = self._table(rec, b, lambda v: 1.0 / v, "onnx:reciprocal")
+        self._mul_acts(n, a, _Val("act", tensor=t))
 
     def h_mul(self, n) -> None:
         self._scale_view(n, div=False)
@@ -2515,22 +2561,29 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=x.h)
 
     def h_reduce_mean(self, n) -> None:
-        """ReduceMean over every spatial axis (``x.mean((2, 3))``): a global average pool (+ flatten)."""
-        from onnx import helper
-
-        self._reduce_plane(n, "averages", lambda src, dst, name, shape: self.h_avgpool(
-            helper.make_node("GlobalAveragePool", [src], [dst], name=name)))
+        """ReduceMean: a global average pool over every spatial axis (``x.mean((2, 3))``), else see ``_reduce``."""
+        self._reduce(n, "mean")
 
     def h_reduce_max(self, n) -> None:
-        """ReduceMax over every spatial axis (``x.amax((2, 3))``): a max pool over the whole plane (+ flatten)."""
+        """ReduceMax: a max pool over the whole plane (``x.amax((2, 3))``), else see ``_reduce``."""
+        self._reduce(n, "max")
+
+    def h_reduce_min(self, n) -> None:
+        """ReduceMin: the negated ReduceMax of the negated view (``-max(-x)``, exact)."""
+        self._reduce(n, "min")
+
+    def h_reduce_sum(self, n) -> None:
+        """ReduceSum: the average pool's exact window sum, R times the mean in the view."""
+        self._reduce(n, "sum")
+
+    def _reduce(self, n, kind: str) -> None:
+        """Reduce{Mean,Max,Min,Sum} over non-batch axes. Over every spatial axis of (N, C, L) / (N, C, H, W): a global
+        pool (``keepdims=0`` flattens to (C,)). Over any other set of axes (the features of (N, n), the last axis of
+        (N, C, H, W), the channels, everything): the reduced axes moved last (a ``transpose``, a wire), the tensor
+        seen as (A, B, R) (a ``reshape``), one (1, R) pool and a reshape to the result. A per-channel view survives
+        when the channels are kept; a view with a ReLU is applied first for mean/sum (not for max: it commutes)."""
         from onnx import helper
 
-        self._reduce_plane(n, "takes the maximum", lambda src, dst, name, shape: self.h_maxpool(
-            helper.make_node("MaxPool", [src], [dst], name=name, kernel_shape=list(shape[1:]))))
-
-    def _reduce_plane(self, n, verb: str, pool: Callable[[str, str, str, tuple[int, ...]], None]) -> None:
-        """A Reduce* node over all spatial axes of (N, C, L) / (N, C, H, W) as the global pool ``pool`` builds
-        (source, destination, node name, per-sample shape); ``keepdims=0`` flattens to (C,)."""
         where = self._where(n)
         x = self._act(n.input[0], n)
         shape = self.tensors[x.tensor].shape
@@ -2539,19 +2592,76 @@ class _Converter:
         axes = a.get("axes")
         if axes is None and len(n.input) > 1 and n.input[1]:
             axes = self._int_list(n.input[1], n)
-        axes = sorted({int(v) % rank for v in axes}) if axes is not None else list(range(rank))
-        if rank not in (3, 4) or axes != list(range(2, rank)):
-            raise UnsupportedError(f"{n.op_type} node {where!r} over axes {axes} of a rank-{rank} tensor: qfx {verb} "
-                                   f"over all spatial axes only (global pooling); {_CUT}")
-        tmp = f"{n.name or n.output[0]}__qfx_global"
-        pool(n.input[0], tmp, n.name or n.op_type, shape)
-        y = self.vals[tmp]
-        if int(a.get("keepdims", 1)):
-            self.vals[n.output[0]] = y
+        if axes is not None and not len(axes) and int(a.get("noop_with_empty_axes", 0)):
+            self.vals[n.output[0]] = x
             return
+        axes = sorted({int(v) % rank for v in axes}) if axes is not None and len(axes) else list(range(rank))
+        keep = bool(int(a.get("keepdims", 1)))
+        if 0 in axes:
+            raise UnsupportedError(f"{n.op_type} node {where!r} reduces over the batch axis; qfx computes each sample "
+                                   f"on its own; {_CUT}")
+        per = [v - 1 for v in axes]
+        kept = [i for i in range(len(shape)) if i not in per]
+        if not keep and not kept:
+            raise UnsupportedError(f"{n.op_type} node {where!r} reduces a whole sample to a scalar (keepdims=0); qfx "
+                                   f"keeps one axis per sample: export with keepdims=1 (keepdim=True); {_CUT}")
+        if kind == "min":
+            if x.relu:
+                x = _Val("act", tensor=self._materialize(n, x))
+            x = x.view(-x.m, -x.h)
+        elif kind in ("mean", "sum") and x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        base = _clean_name(where)
+        tmp = f"{base}__qfx_pooled"
+        if rank in (3, 4) and axes == list(range(2, rank)):  # every spatial axis: the global pool on the plane
+            win = int(np.prod(shape[1:]))
+            src = f"{base}__qfx_plane"
+            self.vals[src] = x
+            self.consumers[src] = 1
+            if kind == "mean" or kind == "sum":
+                self.h_avgpool(helper.make_node("GlobalAveragePool", [src], [tmp], name=n.name or n.op_type))
+            else:
+                self.h_maxpool(helper.make_node("MaxPool", [src], [tmp], name=n.name or n.op_type,
+                                                kernel_shape=list(shape[1:])))
+            final = tuple(shape[:1]) + ((1,) * (len(shape) - 1) if keep else ())
+        else:
+            if 0 in per and (x.m.size > 1 or x.h.size > 1):  # the view varies along a reduced axis
+                x = _Val("act", tensor=self._materialize(n, x))
+            cur = x
+            perm = kept + per
+            if perm != list(range(len(shape))):
+                t = self._add("transpose", _FakeNode(f"{base}_last"), [cur.tensor], tuple(shape[p] for p in perm),
+                              self.tensors[cur.tensor].fmt, attrs={"perm": tuple(perm)})
+                cur = _Val("act", tensor=t, m=cur.m, h=cur.h, relu=cur.relu)
+            win = int(np.prod([shape[i] for i in per]))
+            k = int(np.prod([shape[i] for i in kept])) if kept else 1
+            s3 = (shape[0], k // shape[0], win) if 0 not in per else (1, k, win)
+            if self.tensors[cur.tensor].shape != s3:
+                t = self._add("reshape", _FakeNode(f"{base}_rows"), [cur.tensor], s3, self.tensors[cur.tensor].fmt,
+                              attrs={"shape": s3})
+                cur = _Val("act", tensor=t, m=cur.m, h=cur.h, relu=cur.relu)
+            src = f"{base}__qfx_rows"
+            self.vals[src] = cur
+            self.consumers[src] = 1
+            op = "AveragePool" if kind in ("mean", "sum") else "MaxPool"
+            (self.h_avgpool if op == "AveragePool" else self.h_maxpool)(
+                helper.make_node(op, [src], [tmp], name=n.name or n.op_type, kernel_shape=[1, win]))
+            final = tuple(1 if i in per else shape[i] for i in range(len(shape))) if keep else \
+                tuple(shape[i] for i in kept)
+        y = self.vals.pop(tmp)
+        if kind == "sum":  # the pool's view holds the mean (x.m, exact 1/R in the IR) or the sum (x.m / R)
+            y = y.view(x.m * win if win & (win - 1) == 0 else x.m, x.h * win)
+        elif kind == "min":
+            y = y.view(-y.m, -y.h) if not y.relu else \
+                _Val("act", tensor=self._materialize(n, y)).view(-1.0, 0.0)
         ys = self.tensors[y.tensor]
-        t = self._add("flatten", n, [y.tensor], (ys.shape[0],), ys.fmt)
-        self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+        if ys.shape == final:
+            self.vals[n.output[0]] = y
+        elif len(final) > 1 and final[0] == ys.shape[0] and 0 not in per:  # the channels stay first: the view holds
+            t = self._add("reshape", n, [y.tensor], final, ys.fmt, attrs={"shape": final})
+            self.vals[n.output[0]] = _Val("act", tensor=t, m=y.m, h=y.h, relu=y.relu)
+        else:
+            self._reshape_act(n, y, list(final))
 
     def _slice_act(self, n, x: _Val, box: list[tuple[int, int, int]], out: str) -> None:
         """``out`` = the per-sample box ``x[a0:b0:k0, ...]`` of an activation (the ``slice`` op; the whole tensor is
@@ -2805,7 +2915,8 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "QLinearLeakyRelu": _Converter.h_qlinear_table,
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
     "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
-    "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "Slice": _Converter.h_slice,
+    "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "ReduceMin": _Converter.h_reduce_min,
+    "ReduceSum": _Converter.h_reduce_sum, "Slice": _Converter.h_slice,
     "Split": _Converter.h_split, "Pow": _Converter.h_pow,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
                                               "Softsign", "Erf", "Gelu", "Mish", "Sqrt", "Exp", "Log",

@@ -39,7 +39,7 @@ __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
                            "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "PRelu", "Sigmoid",
                            "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign", "Erf", "Gelu",
-                           "Mish", "Pow", "ReduceMax", "Sqrt", "Exp", "Log", "Reciprocal", "Abs", "Celu",
+                           "Mish", "Pow", "ReduceMax", "ReduceMin", "ReduceSum", "Sqrt", "Exp", "Log", "Reciprocal", "Abs", "Celu",
                            "ThresholdedRelu"})
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
