@@ -158,3 +158,26 @@ def test_normalization_with_read_statistics_is_left_alone():
     add = helper.make_node("Add", ["ln", "mean"], ["y"])
     m = _model([node, add], {"s": r.uniform(0.5, 1.5, 6).astype(np.float32)}, (6,), opset=17)
     assert "LayerNormalization" in _ops(cleanup(m)[0])
+
+
+def test_token_linears_become_1x1_convs_with_the_same_values():
+    """MatMul + Add on (N, L, d) and a per-feature Mul/Add (LayerNorm's affine) become channel-first 1x1 Conv /
+    per-channel ops between Transposes; consecutive inverse Transposes cancel; onnxruntime: same values."""
+    r = np.random.default_rng(5)
+    w1, b1 = r.normal(0, .5, (6, 8)).astype(np.float32), r.normal(0, .1, 8).astype(np.float32)
+    g1, w2 = r.uniform(.5, 1.5, 8).astype(np.float32), r.normal(0, .5, (8, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"]), helper.make_node("Add", ["b1", "m1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]), helper.make_node("Mul", ["r1", "g1"], ["s1"]),
+             helper.make_node("MatMul", ["s1", "w2"], ["y"])]
+    m = _model(nodes, {"w1": w1, "b1": b1, "g1": g1, "w2": w2}, (5, 6))
+    cleaned, report = cleanup(m)
+    ops = _ops(cleaned)
+    assert "MatMul" not in ops and ops.count("Conv") == 2 and any("tokens" in line for line in report)
+    assert ops.count("Transpose") <= 2  # the inner pairs cancelled (what is left may fold into the interface)
+    x = r.normal(0, 1, (3, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(_ort(cleaned, x.transpose(0, 2, 1) if _input_perm(cleaned) else x),
+                               _ort(m, x), rtol=1e-5, atol=1e-5)
+
+
+def _input_perm(model) -> bool:
+    return any(p.key.startswith("qfx.input_perm") for p in model.metadata_props)

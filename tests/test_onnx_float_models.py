@@ -274,6 +274,18 @@ class PlaneReductions(nn.Module):
                           (h - h.amin(2, keepdim=True)).flatten(1)], 1)
 
 
+class TokenMLP(nn.Module):
+    """Linear layers and a LayerNorm on (N, L, d) tokens (MatMul + Add on a 3-D tensor, LayerNorm over the last axis,
+    its scale and shift along the last axis), pooled over the tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.ln, self.b = nn.Linear(6, 8), _affine_uniform(nn.LayerNorm(8)), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.b(F.relu(self.ln(self.a(x)))).mean(1)
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -284,6 +296,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "elementwise_math": (ElementwiseMath, (6,)), "layernorm": (LayerNormNet, (6,)),
     "instance_group_norm": (ConvNorms, (2, 6, 6)), "ratios": (Ratios, (6,)),
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
+    "token_mlp": (TokenMLP, (5, 6)),
 }
 
 
@@ -349,7 +362,7 @@ def test_conv1d_keeps_the_promised_shape():
 
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
-                                  "instance_group_norm", "ratios", "plane_reductions"])
+                                  "instance_group_norm", "ratios", "plane_reductions", "token_mlp"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow
@@ -363,14 +376,14 @@ def test_float_model_csim(name, tmp_path):
 
 @pytest.mark.verilator
 def test_norms_reductions_and_ratios_rtl_cosim(tmp_path):
-    """The decomposed LayerNorm / InstanceNorm / GroupNorm, divisions by activations and reductions over the
-    features, channels and width (transposes, (P, 1, Q) broadcasts, reciprocal tables) in RTL: one Verilator build
-    for the four projects, with stalls, 0 mismatches."""
+    """The decomposed LayerNorm / InstanceNorm / GroupNorm, divisions by activations, reductions over the
+    features, channels and width (transposes, (P, 1, Q) broadcasts, reciprocal tables) and Linear/LayerNorm on
+    tokens in RTL: one Verilator build for the five projects, with stalls, 0 mismatches."""
     from qfx.backends import rtl
     from qfx.sim.cosim import run_cosim_many
 
     dirs = []
-    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions"):
+    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions", "token_mlp"):
         g, _ = quantize_and_check(name, 17)
         g = dataclasses.replace(g, name=f"f_{name}")  # one top module per project in the shared build
         rtl.write_project(g, tmp_path / name)

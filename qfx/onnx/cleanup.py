@@ -423,6 +423,88 @@ class _Cleaner:
             self.report.append(f"wrote {count} LayerNormalization/InstanceNormalization node(s) as ReduceMean, Sub, "
                                f"Mul, Sqrt and Div steps")
 
+    def token_linears(self) -> None:
+        """``MatMul(x, W)`` (+ ``Add(b)``) with x of rank 3 (tokens (N, L, d): torch's Linear on a sequence) and W a
+        2-D constant becomes ``Transpose -> Reshape (N, d, L, 1) -> Conv 1x1 (W.T, b) -> Reshape (N, o, L) ->
+        Transpose``: the same products and sums, as the per-channel op the importer maps (qfx's QLinear on tokens
+        lowers the same way); consecutive ones' inverse Transposes cancel in ``transposes``. A constant of shape (d,)
+        added to or multiplying such a tensor (LayerNorm's scale and shift) moves into the channel axis the same way."""
+        from onnx import helper, numpy_helper
+
+        shapes: dict[str, tuple[int, ...]] | None = None
+        consts = self.consts()
+        count = 0
+        nodes = list(self.g.node)
+        out_nodes: list[Any] = []
+        skip: set[int] = set()
+        for n in nodes:
+            if id(n) in skip:
+                continue
+            if n.domain not in ("", "ai.onnx") or len(n.input) != 2:
+                out_nodes.append(n)
+                continue
+            linear = n.op_type == "MatMul" and n.input[1] in consts and np.ndim(consts[n.input[1]]) == 2
+            scaled = n.op_type in ("Add", "Mul", "Sub", "Div") and n.input[1] in consts and \
+                np.ndim(consts[n.input[1]]) >= 1 and consts[n.input[1]].size > 1 and \
+                all(v == 1 for v in np.shape(consts[n.input[1]])[:-1])
+            if not (linear or scaled) or n.input[0] in consts:
+                out_nodes.append(n)
+                continue
+            if shapes is None:
+                shapes = self.known_shapes()
+            xs = shapes.get(n.input[0])
+            if xs is None or len(xs) != 3 or (scaled and (np.ndim(consts[n.input[1]]) > 3 or
+                                                          consts[n.input[1]].shape[-1] != xs[2])):
+                out_nodes.append(n)
+                continue
+            base = f"{n.name or n.output[0]}__tok"
+            ln, d = xs[1], xs[2]
+            new: list[Any] = []
+
+            def const(suffix: str, arr: np.ndarray) -> str:
+                name = f"{base}_{suffix}"
+                self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+                return name
+
+            t = f"{base}_cf"
+            new.append(helper.make_node("Transpose", [n.input[0]], [t], perm=[0, 2, 1], name=f"{base}/to_channels"))
+            y = n.output[0]
+            if scaled:
+                c = consts[n.input[1]].reshape(-1)
+                o = f"{base}_op"
+                new.append(helper.make_node(n.op_type, [t, const("c", c.reshape(d, 1))], [o], name=n.name or base))
+                back = o
+                out = d
+            else:
+                w = consts[n.input[1]]
+                out = int(w.shape[1])
+                ins = [f"{base}_4d", const("w", w.T.reshape(out, d, 1, 1))]
+                users = self.consumers(y)
+                if len(users) == 1 and users[0].op_type == "Add" and users[0].domain in ("", "ai.onnx") and \
+                        y not in self.graph_outputs():
+                    add = users[0]
+                    other = add.input[1] if add.input[0] == y else add.input[0]
+                    b = consts.get(other)
+                    if b is not None and b.size == out and all(v == 1 for v in b.shape[:-1]):
+                        ins.append(const("b", b.reshape(-1)))
+                        skip.add(id(add))
+                        y = add.output[0]
+                new.append(helper.make_node("Reshape", [t, const("s4", np.asarray([0, d, ln, 1], np.int64))],
+                                            [ins[0]], name=f"{base}/to_4d"))
+                new.append(helper.make_node("Conv", ins, [f"{base}_conv"], kernel_shape=[1, 1], name=n.name or base))
+                back = f"{base}_3d"
+                new.append(helper.make_node("Reshape", [f"{base}_conv", const("s3", np.asarray([0, out, ln],
+                                                                                                 np.int64))],
+                                            [back], name=f"{base}/to_3d"))
+            new.append(helper.make_node("Transpose", [back], [y], perm=[0, 2, 1], name=f"{base}/to_tokens"))
+            out_nodes.extend(new)
+            count += 1
+        if count:
+            del self.g.node[:]
+            self.g.node.extend(out_nodes)
+            self.report.append(f"wrote {count} MatMul/Add/Mul on (N, L, d) tokens as channel-first 1x1 Conv / "
+                               f"per-channel ops between Transposes")
+
     def identities(self) -> None:
         outs = self.graph_outputs()
         removed = 0
@@ -760,6 +842,7 @@ class _Cleaner:
         self.hardswish()
         self.fold_constants()
         add_batch_axis(self)
+        self.token_linears()
         self.transposes()
         self.fold_constants()
         self.dead()
