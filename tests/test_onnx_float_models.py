@@ -286,6 +286,19 @@ class TokenMLP(nn.Module):
         return self.b(F.relu(self.ln(self.a(x)))).mean(1)
 
 
+class BilinearHead(nn.Module):
+    """Bilinear upsampling (align_corners=False: Resize, mode linear, half-pixel) by 2 and by 3 (ESPNet/FPN heads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        return torch.cat([F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False).flatten(1),
+                          F.interpolate(h, scale_factor=3, mode="bilinear", align_corners=False).flatten(1)], 1)
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -296,7 +309,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "elementwise_math": (ElementwiseMath, (6,)), "layernorm": (LayerNormNet, (6,)),
     "instance_group_norm": (ConvNorms, (2, 6, 6)), "ratios": (Ratios, (6,)),
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
-    "token_mlp": (TokenMLP, (5, 6)),
+    "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
 }
 
 
@@ -362,7 +375,7 @@ def test_conv1d_keeps_the_promised_shape():
 
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
-                                  "instance_group_norm", "ratios", "plane_reductions", "token_mlp"])
+                                  "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow
@@ -378,12 +391,12 @@ def test_float_model_csim(name, tmp_path):
 def test_norms_reductions_and_ratios_rtl_cosim(tmp_path):
     """The decomposed LayerNorm / InstanceNorm / GroupNorm, divisions by activations, reductions over the
     features, channels and width (transposes, (P, 1, Q) broadcasts, reciprocal tables) and Linear/LayerNorm on
-    tokens in RTL: one Verilator build for the five projects, with stalls, 0 mismatches."""
+    tokens, bilinear upsampling in RTL: one Verilator build for the six projects, with stalls, 0 mismatches."""
     from qfx.backends import rtl
     from qfx.sim.cosim import run_cosim_many
 
     dirs = []
-    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions", "token_mlp"):
+    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear"):
         g, _ = quantize_and_check(name, 17)
         g = dataclasses.replace(g, name=f"f_{name}")  # one top module per project in the shared build
         rtl.write_project(g, tmp_path / name)

@@ -334,6 +334,22 @@ def _bilinear_taps(s: int, frac_bits: int) -> tuple[np.ndarray, int, int]:
     return codes, -k0, n - s - 2 + k0
 
 
+def bilinear_plan(scale: tuple[int, int], weight_bits: int = 16) -> tuple[np.ndarray, FxFormat,
+                                                                        tuple[int, int, int, int],
+                                                                        tuple[int, int, int, int]]:
+    """Bilinear (align_corners=False) upsampling by integer ``scale`` as hardware computes it: (2-D kernel codes,
+    their format, replicate pads (top, bottom, left, right), zero pads after zero insertion). The torch layer and
+    the ONNX importer (Resize, mode linear) build the same nodes from it."""
+    (th, lh, rh), (tw, lw, rw) = (_bilinear_taps(v, weight_bits) for v in scale)
+    k = np.outer(th, tw)
+    fb = 2 * weight_bits
+    while fb > 0 and not (k & 1).any():  # drop trailing zero bits (1/16 needs 4 bits, not 32)
+        k >>= 1
+        fb -= 1
+    eh, ew = int(scale[0] > 1), int(scale[1] > 1)
+    return k, FxFormat.for_code_range(0, int(k.max()), fb, signed=True), (eh, eh, ew, ew), (lh, rh, lw, rw)
+
+
 class QUpsampleBilinear(_IRModule):
     """Bilinear upsampling (align_corners=False) of (N, C, H, W) by integer factors, as hardware computes it: the
     ``zeropad2d`` gather twice (replicate one element per side, then zero insertion) and a ``conv2d`` whose constant
@@ -357,15 +373,7 @@ class QUpsampleBilinear(_IRModule):
         return f"scale={self.scale}"
 
     def _plan(self) -> tuple[np.ndarray, FxFormat, tuple[int, int, int, int], tuple[int, int, int, int]]:
-        """(2-D kernel codes, their format, replicate pads, zero pads after insertion)."""
-        (th, lh, rh), (tw, lw, rw) = (_bilinear_taps(v, self.weight_bits) for v in self.scale)
-        k = np.outer(th, tw)
-        fb = 2 * self.weight_bits
-        while fb > 0 and not (k & 1).any():  # drop trailing zero bits (1/16 needs 4 bits, not 32)
-            k >>= 1
-            fb -= 1
-        eh, ew = int(self.scale[0] > 1), int(self.scale[1] > 1)
-        return k, FxFormat.for_code_range(0, int(k.max()), fb, signed=True), (eh, eh, ew, ew), (lh, rh, lw, rw)
+        return bilinear_plan(self.scale, self.weight_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:

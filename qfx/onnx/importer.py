@@ -559,8 +559,8 @@ REFUSALS = {
 _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, QuantizeLinear/DequantizeLinear "
             "(QDQ), onnxruntime's QOperator ops (QLinearConv, QLinearAdd, ...), Gemm/MatMul, Conv/ConvTranspose "
             "(1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
-            "HardSigmoid/HardSwish/Elu/Erf/Gelu, Softmax, Add/Sub/Mul, Div by constants, Max/Min of two tensors, MaxPool/AveragePool, Slice/Split, Concat, Resize, "
-            "DepthToSpace, Flatten/Reshape; " + _CUT)
+            "HardSigmoid/HardSwish/Elu/Erf/Gelu, Softmax, Add/Sub/Mul/Div, Max/Min of two tensors, MaxPool/AveragePool, "
+            "Reduce{Mean,Max,Min,Sum}, Slice/Split, Concat, Resize, DepthToSpace, Flatten/Reshape; " + _CUT)
 
 
 def _clean_name(base: str) -> str:
@@ -2049,16 +2049,17 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
 
     def h_resize(self, n) -> None:
-        """Resize/Upsample in nearest mode by integer factors over H and W: ``upsample2d``."""
+        """Resize/Upsample by integer factors over H and W: nearest mode is ``upsample2d``, linear mode with
+        half-pixel centres ``_bilinear``."""
         where = self._where(n)
         x = self._act(n.input[0], n)
         xs = self.tensors[x.tensor]
         a = _attrs(n)
 
         mode = _attr_str(a, "mode", "nearest")
-        if "upsample2d" not in REGISTRY or mode != "nearest" or len(xs.shape) != 3:
+        if "upsample2d" not in REGISTRY or mode not in ("nearest", "linear", "bilinear") or len(xs.shape) != 3:
             raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}): qfx upsamples 2-D (C, H, W) "
-                                   f"tensors in nearest mode by integer factors only; {_CUT}")
+                                   f"tensors in nearest or linear mode by integer factors only; {_CUT}")
         ins = list(n.input)
         scales = None
         if n.op_type == "Upsample":
@@ -2077,6 +2078,8 @@ class _Converter:
                                    f"are not integer factors of H and W; {_CUT}")
         f = (int(scales[2]), int(scales[3]))
         ctm = _attr_str(a, "coordinate_transformation_mode", "half_pixel")
+        if mode != "nearest":  # the old Upsample op interpolates with asymmetric coordinates
+            return self._bilinear(n, x, f, ctm if n.op_type == "Resize" else "asymmetric")
         nm = _attr_str(a, "nearest_mode", "round_prefer_floor")
         for k, size in zip(f, xs.shape[1:]):  # the ONNX index rule must pick input floor(i / k), as upsample2d does
             i = np.arange(size * k, dtype=np.float64)
@@ -2091,6 +2094,44 @@ class _Converter:
                 raise UnsupportedError(f"{n.op_type} node {where!r}: nearest mode with coordinate_transformation_mode "
                                        f"{ctm!r} and nearest_mode {nm!r} does not repeat each pixel {k} times; {_CUT}")
         self._gather(n, x, "upsample2d", {"scale": f}, keeps_channels=True)
+
+    def _bilinear(self, n, x: _Val, f: tuple[int, int], ctm: str) -> None:
+        """Resize in linear mode by integer factors with half-pixel centres (torch's bilinear, align_corners=False):
+        replicate padding, zero insertion (``zeropad2d``) and a depthwise ``conv2d`` with the interpolation taps
+        (``qfx.nn.op_layers.bilinear_plan``, as ``QUpsampleBilinear`` computes it). The taps sum to one, so a linear
+        per-channel view passes through; a pending ReLU is applied first."""
+        from qfx.fixed.kernels import lossless_acc_format
+        from qfx.nn.op_layers import bilinear_plan
+
+        where = self._where(n)
+        if ctm not in ("half_pixel", "pytorch_half_pixel"):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: linear mode with coordinate_transformation_mode "
+                                   f"{ctm!r}; qfx interpolates with half-pixel centres (torch's align_corners=False); "
+                                   f"{_CUT}")
+        xs0 = self.tensors[x.tensor]
+        if ctm == "pytorch_half_pixel" and any(d * k == 1 for d, k in zip(xs0.shape[1:], f)):
+            raise UnsupportedError(f"{n.op_type} node {where!r}: pytorch_half_pixel to a length-1 output")
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        k, kf, edge, pads = bilinear_plan(f)
+        c, h, w = self.tensors[x.tensor].shape
+        fmt = self.tensors[x.tensor].fmt
+        t = x.tensor
+        base = _clean_name(where)
+        if any(edge):
+            t = self._add("zeropad2d", _FakeNode(f"{base}_edge"), [t], (c, h + edge[0] + edge[1], w + edge[2] + edge[3]),
+                          fmt, attrs={"pads": edge, "mode": "replicate"})
+        if f != (1, 1) or any(pads):
+            _, hh, ww = self.tensors[t].shape
+            shape = (c, (hh - 1) * f[0] + 1 + pads[0] + pads[1], (ww - 1) * f[1] + 1 + pads[2] + pads[3])
+            t = self._add("zeropad2d", _FakeNode(f"{base}_zeros"), [t], shape, fmt,
+                          attrs={"pads": pads, "stride": f})
+        dense = np.zeros((c, c) + k.shape, dtype=np.int64)
+        dense[np.arange(c), np.arange(c)] = k
+        acc = lossless_acc_format(dense.reshape(c, -1), kf, fmt)
+        y = self._add("conv2d", n, [t], (c, h * f[0], w * f[1]), acc, {"weight": Constant(dense, kf)},
+                      {"stride": (1, 1), "padding": (0, 0), "khot": 0}, acc)
+        self.vals[n.output[0]] = _Val("act", tensor=y, m=x.m, h=x.h)
 
     def h_concat(self, n) -> None:
         """Concat of activations: ``concat`` (per-channel views concatenate along the channel axis)."""
