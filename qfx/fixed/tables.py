@@ -51,11 +51,15 @@ FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = 
 
 #: tables added after the random op and graph samplers were pinned (they draw from FUNCTIONS by index, so new
 #: entries there would change every seeded graph): composite layers' log(max(p, floor)) and 1 / sqrt(var + eps),
-#: and Mish
+#: Mish, SELU, LogSigmoid and Softsign
 COMPOSITE_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = {
     "log": (lambda x, a: np.log(np.maximum(x, a)), 2.0 ** -24),
     "rsqrt": (lambda x, e: 1.0 / np.sqrt(np.maximum(x, 0.0) + e), 1e-5),
     "mish": (lambda x, _: x * np.tanh(np.logaddexp(0.0, x)), 0.0),
+    "selu": (lambda x, _: 1.0507009873554805 * np.where(x > 0, x, 1.6732632423543772 * np.expm1(np.minimum(x, 0.0))),
+             0.0),
+    "logsigmoid": (lambda x, _: -np.logaddexp(0.0, -x), 0.0),
+    "softsign": (lambda x, _: x / (1.0 + np.abs(x)), 0.0),
 }
 
 

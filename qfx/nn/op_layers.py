@@ -477,6 +477,9 @@ TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "sqrt": lambda x, _: torch.sqrt(torch.clamp(x, min=0.0)),
     "log": lambda x, a: torch.log(torch.clamp(x, min=a)),
     "rsqrt": lambda x, e: torch.rsqrt(torch.clamp(x, min=0.0) + e),
+    "selu": lambda x, _: F.selu(x),
+    "logsigmoid": lambda x, _: F.logsigmoid(x),
+    "softsign": lambda x, _: F.softsign(x),
 }
 
 #: output value range of each function over any input (for the default output format's sign)

@@ -57,25 +57,28 @@ __all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", 
 
 SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm1d/2d, PReLU, "
                      "ReLU/ReLU6/Hardtanh/clamp, the table activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, "
-                     "Hardswish, LeakyReLU, ELU, Softplus), "
+                     "Hardswish, LeakyReLU, ELU, SELU, Softplus, LogSigmoid, Softsign, sqrt, rsqrt, exp, log, "
+                     "reciprocal), F.normalize, "
                      "Softmax over any per-sample axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
-                     "/ x + c with constants, MultiheadAttention, TransformerEncoder(Layer), "
+                     "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
-    ("x / y, 1 / x, x ** y (y other than 2), sqrt, exp, log, x.max() / x.sum() over all elements, where",
-     "no fixed-point op; divide by Python constants only; reduce over the spatial dims, the channels (dim=1), "
-     "the last dim or the features of (N, n)"),
+    ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, where, comparisons, x.std() / x.var(), "
+     "flip, einsum", "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table "
+     "functions; reduce over the spatial dims, the channels (dim=1), the last dim or the features of (N, n)"),
     ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
-    ("SELU, CELU, Softsign, GLU, Softplus(beta != 1), Softmax over the batch axis",
+    ("CELU, GLU, Softplus(beta != 1), Softmax over the batch axis",
      "the table activations; Softmax over any other axis"),
-    ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...)",
-     "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k"),
+    ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...) "
+     "that is not an integer multiple of the input size, nn.Upsample(size=...)",
+     "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k, or F.interpolate(size=...) "
+     "of k times the input size"),
     ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
      "zero, replicate or reflect padding of H and W (ZeroPad2d, ReplicationPad2d, ReflectionPad2d, F.pad)"),
     ("adaptive pools whose output size does not divide the input, average pools with ceil_mode, return_indices",
@@ -211,7 +214,8 @@ def _scale_factor(sf: Any, size: Any, mode: Any, align_corners: Any = None) -> A
         raise UnsupportedError(f"upsampling mode={mode!r}: qfx upsamples with mode='nearest' or 'bilinear' "
                                "(align_corners=False) by integer factors")
     if size is not None or sf is None:
-        raise UnsupportedError("upsampling to a size=: give scale_factor (an integer) instead")
+        raise UnsupportedError("upsampling to a size= that is not an integer multiple of the input size: give "
+                               "scale_factor (an integer) instead")
     vals = sf if isinstance(sf, (tuple, list)) else (sf,)
     if any(isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, (int, float)) or v < 1 or float(v) != int(v)
            for v in vals):
@@ -405,6 +409,9 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.LeakyReLU: lambda m, c: _act(f"leaky_relu({float(m.negative_slope)!r})", c),
     nn.ELU: lambda m, c: _act(f"elu({float(m.alpha)!r})", c),
     nn.Softplus: lambda m, c: _softplus(m.beta) or _act("softplus", c),
+    nn.SELU: lambda m, c: _act("selu", c),
+    nn.LogSigmoid: lambda m, c: _act("logsigmoid", c),
+    nn.Softsign: lambda m, c: _act("softsign", c),
     nn.Softmax: lambda m, c: _softmax(m.dim, c),
     nn.LogSoftmax: lambda m, c: _b_log_softmax({"dim": m.dim, "input": None}, c).module,
     nn.MaxPool2d: lambda m, c: QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
@@ -526,8 +533,8 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
             return _param_affine(kind, x, y, alpha, c)
         tx, ty = _is_tensor_node(x), _is_tensor_node(y)
         if tx and ty:
-            if kind == "div":
-                raise UnsupportedError("dividing by a tensor has no qfx op; divide by Python constants (x / 4)")
+            if kind == "div":  # x / y = x * (1 / y): a reciprocal table of y (its own learned formats), then QMul
+                return _Chain(((_act("reciprocal", c), (y,), "reciprocal"), (_mul(c), (x, 0), "div")))
             if alpha != 1:
                 raise UnsupportedError(f"{kind} with alpha={alpha!r}: only alpha=1 of two tensors has a qfx op")
             if kind == "rsub":
@@ -537,8 +544,12 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
         t, k = (x, y) if tx else (y, x)
         if not _is_tensor_node(t) or not _is_number(k):
             raise UnsupportedError(f"operands {x!r}, {y!r}: qfx needs a tensor and a Python constant, or two tensors")
-        if kind == "div" and not tx:
-            raise UnsupportedError("a constant divided by a tensor (1 / x) has no qfx op")
+        if kind == "div" and not tx:  # k / x: a reciprocal table, then the constant scale
+            if k == 0:
+                return _Replace(_const(0.0, 0.0, c), (t,), "scale")
+            if k == 1:
+                return _Replace(_act("reciprocal", c), (t,), "reciprocal")
+            return _Chain(((_act("reciprocal", c), (t,), "reciprocal"), (_const(float(k), 0.0, c), (0,), "scale")))
         if kind == "div" and k == 0:
             raise UnsupportedError("division by zero")
         if kind == "add":
@@ -596,13 +607,17 @@ def _b_neg(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(_const(-1.0, 0.0, c), (a["input"],), "neg")
 
 
-def _b_act(fn: str, param: str | None = None) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+def _b_act(fn: str, param: str | None = None, fixed: float | None = None
+           ) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
+    """A table activation; ``param``: the call argument that is the table's parameter, ``fixed``: a parameter
+    value of the table's own (torch.rsqrt is rsqrt with eps 0)."""
     def build(a: dict[str, Any], c: "QFXConfig") -> _Replace:
         if fn == "softplus":
             _softplus(a["beta"])
         if param is not None and not _is_number(a[param]):
             raise UnsupportedError(f"{param}={a[param]!r} must be a Python constant")
-        spec = fn if param is None else f"{fn}({float(a[param])!r})"
+        spec = fn if param is None and fixed is None else \
+            f"{fn}({float(a[param]) if param is not None else fixed!r})"
         return _Replace(_act(spec, c), (a["input"],), fn)
 
     return build
@@ -787,6 +802,20 @@ def _b_sum(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(QSum(1, bool(a["keepdim"]), ndim, out_width=c.act_width, **_common(c)), (a["input"],), "sum")
 
 
+def _b_normalize(a: dict[str, Any], c: "QFXConfig") -> _Chain:
+    """``F.normalize(x, p=2, dim)``: ``x * rsqrt(sum(x * x, dim) + eps**2)`` from qfx modules (QMul, QSum, an
+    rsqrt table, QMul with the norm broadcast): each step rounds once to a learned format. Torch divides by
+    ``max(||x||, eps)``; the two differ only where ``||x||`` is within a few eps of zero."""
+    if a["p"] != 2:
+        raise UnsupportedError(f"F.normalize(p={a['p']!r}): qfx normalizes with the 2-norm")
+    if not _is_number(a["eps"]):
+        raise UnsupportedError(f"eps={a['eps']!r} must be a Python constant")
+    x = a["input"]
+    s = _b_sum({"input": x, "dim": a["dim"], "keepdim": True}, c).module
+    return _Chain(((_mul(c), (x, x), "square"), (s, (0,), "sumsq"),
+                   (_act(f"rsqrt({float(a['eps']) ** 2!r})", c), (1,), "rnorm"), (_mul(c), (x, 2), "normalize")))
+
+
 def _b_amin(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     """``x.amin(dims)`` = -amax(-x): negations (QConstScale -1) around the max pool."""
     ndim = _spatial(a["dim"], "amin")
@@ -903,7 +932,8 @@ _ADD = _FnSpec(_TWO + (("alpha", 1),), _arith("add"), "qfx.nn.QAdd (two tensors)
 _SUB = _FnSpec(_TWO + (("alpha", 1),), _arith("sub"), "qfx.nn.QSub (two tensors) or QConstScale (a constant)")
 _RSUB = _FnSpec(_TWO + (("alpha", 1),), _arith("rsub"), "qfx.nn.QSub or QConstScale")
 _MUL = _FnSpec(_TWO, _arith("mul"), "qfx.nn.QMul (two tensors) or QConstScale (a constant)")
-_DIV = _FnSpec(_TWO + (("rounding_mode", None),), _arith("div"), "qfx.nn.QConstScale (division by a constant)")
+_DIV = _FnSpec(_TWO + (("rounding_mode", None),), _arith("div"),
+               "qfx.nn.QConstScale (by a constant) or QActivation('reciprocal') + QMul (by a tensor)")
 _ARITH_SPECS = (_ADD, _SUB, _RSUB, _MUL, _DIV)
 _NEG = _FnSpec((_IN,), _b_neg, "qfx.nn.QConstScale")
 _ACT = "qfx.nn.QActivation"
@@ -917,6 +947,16 @@ _HARDSWISH = _FnSpec((_IN, _INPLACE), _b_act("hardswish"), _ACT)
 _LEAKY = _FnSpec((_IN, ("negative_slope", 0.01), _INPLACE), _b_act("leaky_relu", "negative_slope"), _ACT)
 _ELU = _FnSpec((_IN, ("alpha", 1.0), _INPLACE), _b_act("elu", "alpha"), _ACT)
 _SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"), _ACT)
+_SELU = _FnSpec((_IN, _INPLACE), _b_act("selu"), _ACT)
+_LOGSIGMOID = _FnSpec((_IN,), _b_act("logsigmoid"), _ACT)
+_SOFTSIGN = _FnSpec((_IN,), _b_act("softsign"), _ACT)
+_SQRT = _FnSpec((_IN,), _b_act("sqrt"), _ACT)
+_RSQRT = _FnSpec((_IN,), _b_act("rsqrt", fixed=0.0), _ACT)
+_EXP = _FnSpec((_IN,), _b_act("exp"), _ACT)
+_LOG = _FnSpec((_IN,), _b_act("log"), _ACT)
+_RECIPROCAL = _FnSpec((_IN,), _b_act("reciprocal"), _ACT)
+_NORMALIZE = _FnSpec((_IN, ("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None)), _b_normalize,
+                     "qfx.nn.QMul + QSum + QActivation('rsqrt') + QMul")
 _MATMUL = _FnSpec(_TWO, _b_matmul("other"), "qfx.nn.QMatMul (two activations)")
 _BMM = _FnSpec((_IN, ("mat2", _REQUIRED)), _b_matmul("mat2"), _MATMUL.twin)
 _SOFTMAX = _FnSpec((_IN, ("dim", None), ("_stacklevel", 3), ("dtype", None)), _b_softmax, "qfx.nn.QSoftmax")
@@ -988,7 +1028,9 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     operator.neg: _NEG, torch.neg: _NEG, torch.negative: _NEG,
     torch.sigmoid: _SIGMOID, F.sigmoid: _SIGMOID, torch.tanh: _TANH, F.tanh: _TANH, F.silu: _SILU, F.mish: _MISH, F.gelu: _GELU,
     F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
-    F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS,
+    F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS, F.selu: _SELU, torch.selu: _SELU, F.logsigmoid: _LOGSIGMOID,
+    F.softsign: _SOFTSIGN, torch.sqrt: _SQRT, torch.rsqrt: _RSQRT, torch.exp: _EXP, torch.log: _LOG,
+    torch.reciprocal: _RECIPROCAL, F.normalize: _NORMALIZE,
     F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
     F.log_softmax: _LOG_SOFTMAX, torch.log_softmax: _LOG_SOFTMAX,
     torch.cat: _CAT, torch.concat: _CAT, torch.concatenate: _CAT,
@@ -1023,6 +1065,7 @@ METHOD_TWINS: dict[str, _FnSpec] = {
     "multiply": _MUL, "matmul": _MATMUL, "bmm": _BMM, "div": _DIV, "div_": _DIV, "divide": _DIV, "true_divide": _DIV, "neg": _NEG,
     "negative": _NEG,
     "sigmoid": _SIGMOID, "sigmoid_": _SIGMOID, "tanh": _TANH, "tanh_": _TANH, "softmax": _SOFTMAX,
+    "sqrt": _SQRT, "rsqrt": _RSQRT, "exp": _EXP, "log": _LOG, "reciprocal": _RECIPROCAL,
     "log_softmax": _LOG_SOFTMAX,
     "mean": _MEAN, "amax": _AMAX, "amin": _AMIN, "sum": _SUM, "max": _MAX_DIM, "min": _MIN_DIM, "maximum": _MAXIMUM, "minimum": _MINIMUM,
     "flatten": _FLATTEN, "pow": _POW, "square": _SQUARE, "abs": _ABS, "absolute": _ABS,
@@ -1195,7 +1238,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.GroupNorm: "`QGroupNorm` (over (N, C, H, W): reshape, mean, sub, mul, rsqrt table, scale_shift ops)",
     nn.modules.instancenorm._InstanceNorm: "`QGroupNorm` (InstanceNorm2d: one group per channel)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
-                                                   nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus)},
+                                                   nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.SELU,
+                                                   nn.LogSigmoid, nn.Softsign)},
     nn.Softmax: "`QSoftmax` (over any axis but the batch's; an inner one, e.g. the channels of (N, C, H, W), is moved last and back by transposes)",
     nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
     nn.AvgPool2d: "`QAvgPool2d`",
@@ -1483,6 +1527,10 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
                 continue
             try:
                 bound = _bind(spec, n)
+                if spec is _INTERP and bound.get("size") is not None and _INTERP_SHAPE in n.meta:
+                    f = size_to_factor(bound["size"], n.meta[_INTERP_SHAPE])
+                    if f is not None:
+                        bound = dict(bound, size=None, scale_factor=f)
                 if _SOFTMAX_RANK in n.meta:
                     bad = softmax_dim_problem(bound.get("dim"), n.meta[_SOFTMAX_RANK])
                     if bad:
@@ -1630,6 +1678,7 @@ def _index_problem(n: torch.fx.Node) -> str | None:
 
 #: fx node meta key: the rank (batch included) of a softmax call's input, when an example input showed it
 _SOFTMAX_RANK = "qfx_softmax_rank"
+_INTERP_SHAPE = "qfx_interp_shape"
 
 
 def _softmax_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
@@ -1666,23 +1715,46 @@ def example_values(body: nn.Module, graph: torch.fx.Graph, xs: list[torch.Tensor
     return vals
 
 
+def _interp_calls(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    fns = (F.interpolate, F.upsample, F.upsample_nearest)
+    return [n for n in graph.nodes if n.op == "call_function" and _hashable(n.target) and n.target in fns
+            and n.args and isinstance(n.args[0], torch.fx.Node)]
+
+
 def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
-    """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) by running the float graph once on
-    the example inputs, so softmax over the batch axis (or no axis) is refused by ``quantize_model`` (before any
-    training) even when the dim alone cannot tell (dim=-3 of a rank-3 tensor)."""
+    """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) and the input shape of every
+    ``F.interpolate`` call (``n.meta[_INTERP_SHAPE]``) by running the float graph once on the example inputs, so
+    softmax over the batch axis (or no axis) is refused by ``quantize_model`` (before any training) even when the
+    dim alone cannot tell (dim=-3 of a rank-3 tensor), and ``interpolate(size=...)`` (U-Nets: ``size=skip.shape[2:]``)
+    becomes its integer scale factor."""
     xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
-    calls = _softmax_calls(body, graph)
-    if not xs or not calls:
+    calls, interps = _softmax_calls(body, graph), _interp_calls(graph)
+    if not xs or not calls and not interps:
         return
-    want = {n.name: n.args[0] for n in calls if isinstance(n.args[0], torch.fx.Node)}
+    want = {n.name: n.args[0] for n in calls + interps if isinstance(n.args[0], torch.fx.Node)}
     vals = example_values(body, graph, xs)
     if vals is None:  # the refusal path reports what fails; QSoftmax checks the rank again when it runs
         return
-    ranks = {k: v.ndim for k, v in vals.items() if isinstance(v, torch.Tensor)}
-    for n in calls:
+    shapes = {k: tuple(v.shape) for k, v in vals.items() if isinstance(v, torch.Tensor)}
+    for n in calls + interps:
         src = want.get(n.name)
-        if src is not None and src.name in ranks:
-            n.meta[_SOFTMAX_RANK] = ranks[src.name]
+        if src is not None and src.name in shapes:
+            if n in interps:
+                n.meta[_INTERP_SHAPE] = shapes[src.name]
+            else:
+                n.meta[_SOFTMAX_RANK] = len(shapes[src.name])
+
+
+def size_to_factor(size: Any, shape: tuple[int, ...]) -> Any:
+    """``interpolate(size=...)`` on an input of ``shape`` as the integer scale factor(s) it means, or the size
+    unchanged (then refused as before) when a size is not an integer multiple of the input's."""
+    spatial = shape[2:]
+    sizes = tuple(size) if isinstance(size, (tuple, list)) else (size,) * len(spatial)
+    if len(sizes) != len(spatial) or any(not isinstance(v, int) or isinstance(v, bool) for v in sizes) or \
+            any(o % i or o < i for o, i in zip(sizes, spatial)):
+        return None
+    f = tuple(o // i for o, i in zip(sizes, spatial))
+    return f if len(f) > 1 else f[0]
 
 
 def _fold_sizes(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:

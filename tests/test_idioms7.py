@@ -1,0 +1,129 @@
+"""Seventh pass of everyday idioms: division by a tensor (``x / y``: a reciprocal table, then QMul; ``k / x``),
+``F.normalize`` (QMul, QSum, an rsqrt table, QMul), the element-wise functions ``torch.sqrt/rsqrt/exp/log/
+reciprocal`` and ``F.selu/logsigmoid/softsign`` (tables), and ``F.interpolate(size=...)`` where the size is an
+integer multiple of the input's (U-Nets' ``size=skip.shape[2:]``). Train mode == exact mode == interpreter ==
+onnxruntime on the qfx ONNX, C simulation; what stays refused is refused in one line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qfx
+from qfx.errors import UnsupportedError
+from qfx.nn.trace import size_to_factor
+
+from models.harness import exact_check, square_loss_steps
+
+
+class Ratios(nn.Module):
+    """A gated ratio head: a / (|b| + 1), 2 / (softplus(b) + 1), a normalized embedding, table functions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.e = nn.Linear(12, 6), nn.Linear(12, 6), nn.Linear(12, 4)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        ratio = a / (b.abs() + 1.0) + 2.0 / (F.softplus(b) + 1.0)
+        funcs = (torch.sqrt(b.abs() + 0.5) + torch.exp(-a.abs()) + torch.log(a.abs() + 1.0)
+                 + torch.rsqrt(b * b + 1.0) + F.selu(a) + F.logsigmoid(b) + F.softsign(a) + torch.reciprocal(b.abs() + 2))
+        return torch.cat([ratio, funcs, F.normalize(self.e(x), dim=1)], 1)
+
+
+class SizedUpsampling(nn.Module):
+    """A small U-Net step: pool, conv, upsample back to the skip's size (nearest and bilinear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        skip = F.relu(self.c1(x))
+        h = F.relu(self.c2(F.max_pool2d(skip, 2)))
+        up = F.interpolate(h, size=skip.shape[2:], mode="bilinear", align_corners=False)
+        return skip + up + F.interpolate(h, size=(8, 8))
+
+
+@pytest.fixture(scope="module")
+def ratios():
+    torch.manual_seed(7)
+    x = torch.randn(64, 12)
+    q = qfx.quantize_model(Ratios(), qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    return square_loss_steps(q, x, 2), x
+
+
+def _onnx_agrees(g, x) -> None:
+    from qfx.ir import run
+    from qfx.onnx.export import to_onnx_model
+    from qfx.onnx.runtime import run_onnx_codes
+
+    codes = np.asarray(g.tensor(g.inputs[0]).fmt.to_int(x.double().numpy()), dtype=np.int64)
+    np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
+
+
+def test_divisions_normalize_and_tables_agree_everywhere(ratios):
+    q, x = ratios
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    fns = {n.attrs.get("fn") for n in g.nodes if n.op.value == "lut"}
+    assert {"reciprocal", "sqrt", "exp", "rsqrt(0.0)", "selu", "logsigmoid", "softsign"} <= fns, fns
+    assert "log" in fns and "rsqrt(1e-24)" in fns  # torch.log; F.normalize's 1 / sqrt(sum + eps ** 2)
+    _onnx_agrees(g, x)
+
+
+def test_quantized_ratios_follow_the_float_model(ratios):
+    """The tables and the reciprocal-times-numerator division track the float model (8-bit formats)."""
+    torch.manual_seed(7)
+    f = Ratios()
+    x = torch.randn(256, 12)
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    q.eval()
+    with torch.no_grad():
+        want, got = f(x), q(x)
+    err = (got - want).abs().max() / want.abs().max()
+    assert err < 0.15, float(err)
+
+
+def test_interpolate_to_a_size_is_its_integer_factor():
+    torch.manual_seed(8)
+    x = torch.randn(32, 2, 8, 8)
+    f = SizedUpsampling()
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    ops = [n.op.value for n in g.nodes]
+    assert "upsample2d" in ops and ops.count("zeropad2d") >= 2  # nearest, and bilinear's padding + zero insertion
+    _onnx_agrees(g, x)
+    assert size_to_factor((8, 8), (1, 4, 4, 4)) == (2, 2) and size_to_factor(12, (1, 3, 4)) == 3
+    assert size_to_factor((6, 8), (1, 4, 4, 4)) is None  # not a multiple: refused as before
+
+
+def test_sizes_that_are_not_multiples_stay_refused_in_one_line():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            return F.interpolate(self.c(x), size=(6, 9))
+
+    with pytest.raises(UnsupportedError) as ei:
+        qfx.quantize_model(Odd(), qfx.QFXConfig(), calib_data=torch.randn(8, 2, 4, 4))
+    assert "\n" not in str(ei.value) and "integer multiple" in str(ei.value)
+
+
+@pytest.mark.gxx
+def test_divisions_and_tables_csim(ratios, tmp_path):
+    from qfx.commands.export import export_graph
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.sim.csim import run_csim
+
+    q, x = ratios
+    g, _, _ = exact_check(q, x)
+    g = run_flow(g, DEFAULT_FLOW).graph
+    rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=48)
+    assert rep.mismatches == 0 and rep.outputs_compared > 0
