@@ -181,3 +181,19 @@ def test_token_linears_become_1x1_convs_with_the_same_values():
 
 def _input_perm(model) -> bool:
     return any(p.key.startswith("qfx.input_perm") for p in model.metadata_props)
+
+
+def test_sum_and_lrn_become_their_steps_with_the_same_values():
+    """Sum of three tensors becomes two Adds; LRN (AlexNet's size 5) a square, a 1x1 band Conv, Pow, Mul."""
+    r = np.random.default_rng(6)
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"]),
+             helper.make_node("Sum", ["a", "b", "x"], ["s"], name="sum"),
+             helper.make_node("LRN", ["s"], ["y"], size=5, alpha=1e-2, beta=0.75, bias=2.0, name="lrn")]
+    m = _model(nodes, {}, (7, 4, 4), opset=11)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    cleaned, report = cleanup(m)
+    ops = _ops(cleaned)
+    assert "Sum" not in ops and "LRN" not in ops and ops.count("Add") >= 3 and "Conv" in ops and "Pow" in ops
+    assert any("LRN" in line for line in report)
+    x = r.normal(0, 2, (2, 7, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(_ort(cleaned, x), _ort(m, x), rtol=1e-5, atol=1e-6)

@@ -403,3 +403,68 @@ def test_norms_reductions_and_ratios_rtl_cosim(tmp_path):
         dirs.append(tmp_path / name)
     for rep in run_cosim_many(dirs, n_vectors=40, seed=4, work_dir=tmp_path / "w"):
         assert rep.ok and rep.mismatches == 0 and rep.received, (rep.top, rep.mismatches, rep.received)
+
+
+def _caffe_era_model():
+    """What Caffe-era ONNX models (the ONNX test zoo's AlexNet, GoogLeNet, SqueezeNet, ResNet-50) are made of, at
+    opset 9: LRN, a MaxPool with (0, 1, 0, 1) padding, Sum of two branches, a Softmax(axis=1) over (N, 5, 1, 1)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    r = np.random.default_rng(2)
+    w1 = r.normal(0, 0.4, (6, 2, 3, 3)).astype(np.float32)
+    w2 = r.normal(0, 0.3, (6, 6, 1, 1)).astype(np.float32)
+    w3 = r.normal(0, 0.3, (5, 6, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("LRN", ["r1"], ["n1"], size=3, alpha=1e-1, beta=0.75, bias=1.0, name="norm1"),
+             helper.make_node("MaxPool", ["n1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1],
+                              name="pool1"),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Sum", ["r2", "p1"], ["s"], name="residual"),
+             helper.make_node("Conv", ["s", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Softmax", ["c3"], ["y"], axis=1, name="prob")]
+    inits = [numpy_helper.from_array(v, k) for k, v in (("w1", w1), ("w2", w2), ("w3", w3))]
+    g = helper.make_graph(nodes, "caffe_era", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 1, 1])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+
+
+def test_caffe_era_ops_quantize_and_import():
+    """LRN and Sum written as steps by the clean-up, the asymmetric max pool as a replicate pad + pool, the opset-9
+    softmax over the flattened (5, 1, 1): the quantized model follows onnxruntime's float output, and the qfx ONNX
+    computes the interpreter's bits."""
+    model = _caffe_era_model()
+    r = np.random.default_rng(3)
+    qm, _ = quantize_onnx(model, r.uniform(0, 1, (96, 2, 6, 6)).astype(np.float32))
+    g = import_model(qm)
+    ops = [n.op.value for n in g.nodes]
+    assert "softmax" in ops and "zeropad2d" in ops and "lut" in ops and "add" in ops
+    x = r.uniform(0, 1, (32, 2, 6, 6)).astype(np.float32)
+    codes = input_codes(g, x)
+    got = output_values(g, run(g, codes)).reshape(len(x), -1)
+    ref = _float_out(model, x).reshape(len(x), -1)
+    assert np.abs(got - ref).max() < 0.08 and np.mean(got.argmax(1) == ref.argmax(1)) >= 0.9
+    np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
+
+
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_densenet121"])
+def test_onnx_test_zoo_imagenet_models_import(name):
+    """The architectures the onnx wheel ships as test data (onnx/backend/test/data/light: the model zoo's
+    SqueezeNet 1.0 and DenseNet-121 at opset 9, weights written as ConstantOfShape) go through qfx quantize and
+    import unmodified; the interpreter follows onnxruntime's float output on two 224x224 images."""
+    from pathlib import Path
+
+    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} is not in this onnx wheel")
+    model = onnx.load(path)
+    x = np.random.default_rng(0).uniform(0, 1, (6, 3, 224, 224)).astype(np.float32)
+    qm, _ = quantize_onnx(model, x[:4])
+    g = import_model(qm)
+    got = output_values(g, run(g, input_codes(g, x[4:]))).reshape(2, -1)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    iname = sess.get_inputs()[0].name
+    ref = np.concatenate([sess.run(None, {iname: x[i:i + 1]})[0] for i in (4, 5)]).reshape(2, -1)
+    assert got.shape == ref.shape == (2, 1000)
+    assert np.abs(got - ref).max() <= 0.08 * np.abs(ref).max() + 1e-4

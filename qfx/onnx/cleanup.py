@@ -16,8 +16,9 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
   ``FixedQuant`` function stays a call.
 * Identity and Dropout are removed.
 * LayerNormalization / InstanceNormalization become the ReduceMean, Sub, Mul, Sqrt, Div steps of their ONNX
-  definitions (``normalizations``): the same function, written as ops the importer maps and ``qfx quantize``
-  calibrates one by one.
+  definitions (``normalizations``), LRN its square / channel-window sum (a 1x1 Conv) / Pow / Mul steps and Sum of
+  several tensors a chain of Adds (``sums_and_lrn``): the same functions, written as ops the importer maps and
+  ``qfx quantize`` calibrates one by one.
 * Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
   as onnxruntime computes them), ``Shape`` of a tensor whose shape is known (graph inputs, and tensors typed by
   ``onnx.shape_inference`` with QONNX ops read as Identity) becomes a constant, so shape subgraphs fold into a
@@ -46,6 +47,9 @@ CHANNELS_LAST_DOMAIN = "qonnx.custom_op.channels_last"
 QONNX_DOMAINS = ("", "ai.onnx", "onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "qonnx")
 QONNX_OPS = frozenset({"Quant", "BipolarQuant", "Trunc", "MultiThreshold", "FloatQuant"})
 _MAX_FOLD_ELEMS = 1 << 22  # never materialize huge constants (e.g. a ConstantOfShape over an image)
+#: a weight written as a ConstantOfShape (the ONNX test zoo's "light" AlexNet/VGG: 9216 x 4096 fc6) is a model's own
+_MAX_WEIGHT_ELEMS = 1 << 27
+_WEIGHT_SLOTS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 #: element-wise ops a layout Transpose moves through (scalar extra inputs only)
 _UNARY_ELEMENTWISE = frozenset({"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Abs", "Neg", "Elu", "Selu",
                                 "HardSigmoid", "HardSwish", "Softplus", "Identity", "Mul", "Div", "Add", "Sub"})
@@ -138,13 +142,13 @@ def _cast_like(node, ins):
     return np.asarray(ins[0]).astype(np.asarray(ins[1]).dtype)
 
 
-def _constant_of_shape(node, ins):
+def _constant_of_shape(node, ins, limit: int = _MAX_FOLD_ELEMS):
     from onnx import numpy_helper
 
     v = _attrs(node).get("value")
     fill = numpy_helper.to_array(v).ravel()[0] if v is not None else np.float32(0)
     shape = [int(s) for s in np.asarray(ins[0]).ravel()]
-    if int(np.prod(shape, dtype=np.int64)) > _MAX_FOLD_ELEMS:
+    if int(np.prod(shape, dtype=np.int64)) > limit:
         raise _TooBig()
     return np.full(shape, fill, dtype=np.asarray(fill).dtype)
 
@@ -505,6 +509,66 @@ class _Cleaner:
             self.report.append(f"wrote {count} MatMul/Add/Mul on (N, L, d) tokens as channel-first 1x1 Conv / "
                                f"per-channel ops between Transposes")
 
+    def sums_and_lrn(self) -> None:
+        """``Sum`` of several tensors (Caffe2-era ResNets) becomes a chain of ``Add``; ``LRN`` (AlexNet, GoogLeNet)
+        its definition ``x * (bias + alpha / size * S)^-beta`` with S the sum of squares over the channel window, a
+        1x1 ``Conv`` with a 0/1 band matrix (adders only): each step an op the importer maps and ``qfx quantize``
+        calibrates. An LRN whose channel count cannot be known is left alone."""
+        from onnx import helper, numpy_helper
+
+        shapes: dict[str, tuple[int, ...]] | None = None
+        out_nodes: list[Any] = []
+        sums = lrns = 0
+        for n in list(self.g.node):
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ("Sum", "LRN"):
+                out_nodes.append(n)
+                continue
+            base = f"{n.name or n.output[0]}__{n.op_type.lower()}"
+            if n.op_type == "Sum":
+                ins = [i for i in n.input if i]
+                if len(ins) == 1:
+                    out_nodes.append(helper.make_node("Identity", ins, [n.output[0]], name=n.name or base))
+                else:
+                    acc = ins[0]
+                    for k, i in enumerate(ins[1:], 1):
+                        out = n.output[0] if k == len(ins) - 1 else f"{base}_{k}"
+                        out_nodes.append(helper.make_node("Add", [acc, i], [out], name=f"{n.name or base}/{k}"))
+                        acc = out
+                sums += 1
+                continue
+            if shapes is None:
+                shapes = self.known_shapes()
+            xs = shapes.get(n.input[0])
+            if xs is None or len(xs) < 3:
+                out_nodes.append(n)
+                continue
+            a = _attrs(n)
+            size, c = int(a["size"]), int(xs[1])
+            alpha, beta, bias = float(a.get("alpha", 1e-4)), float(a.get("beta", 0.75)), float(a.get("bias", 1.0))
+            lo, hi = (size - 1) // 2, (size - 1) - (size - 1) // 2
+            band = np.zeros((c, c) + (1,) * (len(xs) - 2), dtype=np.float32)
+            for ch in range(c):
+                band[ch, max(0, ch - lo):min(c, ch + hi + 1)] = 1.0
+            names = {k: f"{base}_{k}" for k in ("band", "alpha", "bias", "beta")}
+            self.g.initializer.extend([numpy_helper.from_array(band, names["band"]),
+                                       numpy_helper.from_array(np.asarray(alpha / size, np.float32), names["alpha"]),
+                                       numpy_helper.from_array(np.asarray(bias, np.float32), names["bias"]),
+                                       numpy_helper.from_array(np.asarray(-beta, np.float32), names["beta"])])
+            x, nm = n.input[0], n.name or base
+            steps = [("Mul", [x, x], "square"), ("Conv", [f"{base}_square", names["band"]], "window_sum"),
+                     ("Mul", [f"{base}_window_sum", names["alpha"]], "scaled"),
+                     ("Add", [f"{base}_scaled", names["bias"]], "shifted"),
+                     ("Pow", [f"{base}_shifted", names["beta"]], "gain"), ("Mul", [x, f"{base}_gain"], "out")]
+            for op, ins, suffix in steps:
+                out = n.output[0] if suffix == "out" else f"{base}_{suffix}"
+                kw = {"kernel_shape": [1] * (len(xs) - 2)} if op == "Conv" else {}
+                out_nodes.append(helper.make_node(op, ins, [out], name=f"{nm}/{suffix}", **kw))
+            lrns += 1
+        if sums or lrns:
+            del self.g.node[:]
+            self.g.node.extend(out_nodes)
+            self.report.append(f"wrote {sums} Sum node(s) as Adds and {lrns} LRN node(s) as their steps")
+
     def identities(self) -> None:
         outs = self.graph_outputs()
         removed = 0
@@ -570,6 +634,11 @@ class _Cleaner:
                     return int(vi.type.tensor_type.elem_type)
         return None
 
+    def _weight_only(self, tensor: str) -> bool:
+        """``tensor`` is read only as the weight of Conv/ConvTranspose/Gemm/MatMul."""
+        users = [(u, k) for u in self.g.node for k, i in enumerate(u.input) if i == tensor]
+        return bool(users) and all(_WEIGHT_SLOTS.get(u.op_type) == k for u, k in users)
+
     def fold_constants(self) -> None:
         from onnx import helper
 
@@ -604,7 +673,11 @@ class _Cleaner:
                     val = consts[n.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
                 elif n.op_type in FOLDERS and all((not i) or i in consts for i in n.input) and len(outs) == 1:
                     try:
-                        val = FOLDERS[n.op_type](n, [consts[i] if i else None for i in n.input])
+                        ins = [consts[i] if i else None for i in n.input]
+                        if n.op_type == "ConstantOfShape" and self._weight_only(outs[0]):
+                            val = _constant_of_shape(n, ins, _MAX_WEIGHT_ELEMS)
+                        else:
+                            val = FOLDERS[n.op_type](n, ins)
                     except _TooBig:
                         continue
                     except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as exc:
@@ -839,6 +912,7 @@ class _Cleaner:
         self.channels_last()
         self.identities()
         self.normalizations()
+        self.sums_and_lrn()
         self.hardswish()
         self.fold_constants()
         add_batch_axis(self)

@@ -2368,6 +2368,8 @@ class _Converter:
         ax = int(_attrs(n).get("axis", -1 if self._opset() >= 13 else 1)) % rank
         if 0 < ax < rank - 1 and self._opset() >= 13 and "transpose" in REGISTRY:
             return self._softmax_moved(n, ax, rank)
+        if 0 < ax < rank - 1:  # before opset 13: over the flattened axes ax.. (AlexNet/SqueezeNet's (N, 1000, 1, 1))
+            return self._softmax_flattened(n, x, ax)
         if ax != rank - 1 or ax == 0:
             raise UnsupportedError(f"{n.op_type} node {where!r}: qfx computes softmax along the last axis (of a vector "
                                    f"or the rows of a matrix); this one is over axis {ax} of a rank-{rank} tensor; "
@@ -2407,6 +2409,21 @@ class _Converter:
         self.h_transpose(helper.make_node("Transpose", [n.input[0]], [t_in], name=f"{base}_to_last", perm=perm))
         self.h_softmax(helper.make_node("Softmax", [t_in], [t_out], name=base, axis=-1))
         self.h_transpose(helper.make_node("Transpose", [t_out], [n.output[0]], name=f"{base}_back", perm=inv))
+
+    def _softmax_flattened(self, n, x: _Val, ax: int) -> None:
+        """Softmax before opset 13: the input seen as (rows, cols) with cols the product of axes ``ax``.. (a
+        reshape, a wire), the row softmax, and the reshape back."""
+        from onnx import helper
+
+        shape = self.tensors[x.tensor].shape
+        base = _clean_name(n.name or n.output[0])
+        cols = int(np.prod(shape[ax - 1:]))
+        flat = [cols] if ax == 1 else [int(np.prod(shape[:ax - 1])), cols]
+        t_in, t_out = f"{base}__qfx_flat", f"{base}__qfx_rows"
+        self._reshape_act(_FakeNode(t_in), x, flat)
+        self.consumers[t_in] = self.consumers[t_out] = 1
+        self.h_softmax(helper.make_node("Softmax", [t_in], [t_out], name=n.name or base, axis=-1))
+        self._reshape_act(_FakeNode(n.output[0]), self.vals[t_out], list(shape))
 
     def _opset(self) -> int:
         return next((int(o.version) for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
@@ -2562,12 +2579,35 @@ class _Converter:
         xs = self.tensors[x.tensor]
         if len(xs.shape) != 3 or len(n.output) > 1 and n.output[1]:
             raise UnsupportedError(f"MaxPool node {where!r}: only 1-D and 2-D pooling without indices is supported")
+        a = _attrs(n)
+        if "kernel_shape" in a:
+            k0 = [int(v) for v in a["kernel_shape"]]
+            p4 = self._pads4(n, a, xs.shape[1:], (k0[0], k0[1]), [int(v) for v in a.get("strides", [1, 1])])
+            if p4[0] != p4[1] or p4[2] != p4[3]:
+                return self._maxpool_edge_padded(n, x, p4)
         k, st, pads = self._pool_attrs(n, xs)
         shape = (xs.shape[0], conv_out_size(xs.shape[1], k[0], st[0], pads[0]),
                  conv_out_size(xs.shape[2], k[1], st[1], pads[1]))
         t = self._add("maxpool2d", n, [x.tensor], shape, xs.fmt, attrs={"kernel": tuple(k), "stride": tuple(st),
                                                                           "padding": pads})
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
+
+    def _maxpool_edge_padded(self, n, x: _Val, p4: tuple[int, int, int, int]) -> None:
+        """MaxPool with asymmetric padding (TF/Caffe 'SAME' pools: (0, 1, 0, 1)): a replicate ``zeropad2d``, then the
+        unpadded pool. Max pooling pads with -inf, and every window holds a real element in each padded row and
+        column (pads are smaller than the kernel), so the edge copies never change a maximum."""
+        from onnx import helper
+
+        xs = self.tensors[x.tensor]
+        c, h, w = xs.shape
+        base = _clean_name(self._where(n))
+        t = self._add("zeropad2d", _FakeNode(f"{base}_edge"), [x.tensor], (c, h + p4[0] + p4[1], w + p4[2] + p4[3]),
+                      xs.fmt, attrs={"pads": p4, "mode": "replicate"})
+        src = f"{base}__qfx_edge"
+        self.vals[src] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
+        self.consumers[src] = 1
+        kw = {k: v for k, v in _attrs(n).items() if k not in ("pads", "auto_pad")}
+        self.h_maxpool(helper.make_node("MaxPool", [src], list(n.output), name=n.name or "MaxPool", **kw))
 
     def h_avgpool(self, n) -> None:
         if self._one_d(n, _Converter.h_avgpool):
