@@ -299,6 +299,21 @@ class BilinearHead(nn.Module):
                           F.interpolate(h, scale_factor=3, mode="bilinear", align_corners=False).flatten(1)], 1)
 
 
+class ExcludePadPools(nn.Module):
+    """Average pools that divide by the count of real elements (count_include_pad=False: Keras 'same' pools,
+    Inception's 3x3 branch pool), symmetric and strided."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 3, 3, padding=1)
+        self.p1 = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.p2 = nn.AvgPool2d(3, 2, 1, count_include_pad=False)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        return torch.cat([self.p1(h).flatten(1), self.p2(h).flatten(1)], 1)
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -310,6 +325,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "instance_group_norm": (ConvNorms, (2, 6, 6)), "ratios": (Ratios, (6,)),
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
+    "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)),
 }
 
 
@@ -375,7 +391,8 @@ def test_conv1d_keeps_the_promised_shape():
 
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
-                                  "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear"])
+                                  "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
+                                  "exclude_pad_pools"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow
@@ -391,12 +408,13 @@ def test_float_model_csim(name, tmp_path):
 def test_norms_reductions_and_ratios_rtl_cosim(tmp_path):
     """The decomposed LayerNorm / InstanceNorm / GroupNorm, divisions by activations, reductions over the
     features, channels and width (transposes, (P, 1, Q) broadcasts, reciprocal tables) and Linear/LayerNorm on
-    tokens, bilinear upsampling in RTL: one Verilator build for the six projects, with stalls, 0 mismatches."""
+    tokens, bilinear upsampling, count_include_pad=0 pools in RTL: one Verilator build for the seven projects, with stalls, 0 mismatches."""
     from qfx.backends import rtl
     from qfx.sim.cosim import run_cosim_many
 
     dirs = []
-    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear"):
+    for name in ("layernorm", "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
+                 "exclude_pad_pools"):
         g, _ = quantize_and_check(name, 17)
         g = dataclasses.replace(g, name=f"f_{name}")  # one top module per project in the shared build
         rtl.write_project(g, tmp_path / name)
@@ -448,10 +466,10 @@ def test_caffe_era_ops_quantize_and_import():
     np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
 
 
-@pytest.mark.parametrize("name", ["light_squeezenet", "light_densenet121"])
+@pytest.mark.parametrize("name", ["light_squeezenet", "light_densenet121", "light_shufflenet"])
 def test_onnx_test_zoo_imagenet_models_import(name):
     """The architectures the onnx wheel ships as test data (onnx/backend/test/data/light: the model zoo's
-    SqueezeNet 1.0 and DenseNet-121 at opset 9, weights written as ConstantOfShape) go through qfx quantize and
+    SqueezeNet 1.0, DenseNet-121 and ShuffleNet at opset 9, weights written as ConstantOfShape) go through qfx quantize and
     import unmodified; the interpreter follows onnxruntime's float output on two 224x224 images."""
     from pathlib import Path
 

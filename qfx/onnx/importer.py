@@ -20,7 +20,8 @@
     mapping ``x >= threshold`` to an odd integer and a 2-bit SAT_SYM cast to +-1 (no new op needed).
   - ``Trunc`` (after AveragePool, Brevitas' QuantAvgPool) is a requantization with its rounding mode;
     AveragePool is ``avgpool2d`` (a power-of-two window exactly; otherwise the window sum with 1/(kh*kw) in
-    the view).
+    the view); with padding and ``count_include_pad=0`` the window sum divided per position by its count of real
+    elements (one per-position ``scale_shift`` between transposes).
   - Gemm/MatMul (+ Add bias), Conv (grouped convolutions expanded to block-diagonal weights; asymmetric
     padding as a ``zeropad2d`` first), Relu, Add, MaxPool, AveragePool/GlobalAveragePool, ReduceMean over the
     spatial axes, Pad (zeros), Flatten, Reshape, Squeeze/Unsqueeze (not of the batch axis) as torch exports them;
@@ -2621,10 +2622,12 @@ class _Converter:
         if n.op_type == "GlobalAveragePool":
             k, st, pads = [xs0.shape[1], xs0.shape[2]], [1, 1], (0, 0)
         else:
+            a = _attrs(n)
+            k0, st0 = [int(v) for v in a["kernel_shape"]], [int(v) for v in a.get("strides", [1, 1])]
+            p4 = self._pads4(n, a, xs0.shape[1:], (k0[0], k0[1]), st0)
+            if any(p4) and not int(a.get("count_include_pad", 0)):
+                return self._avgpool_real_count(n, x, k0, st0, p4)
             k, st, pads = self._pool_attrs(n, xs0)
-            if any(pads) and not int(_attrs(n).get("count_include_pad", 0)):
-                raise UnsupportedError(f"AveragePool node {where!r}: padding with count_include_pad=0 divides by a "
-                                       f"varying count; qfx averages over the full window (count_include_pad=1)")
         if x.relu or any(pads) and np.any(x.h):
             x = _Val("act", tensor=self._materialize(n, x))
         xs = self.tensors[x.tensor]
@@ -2640,6 +2643,43 @@ class _Converter:
         t = self._add("avgpool2d", n, [x.tensor], shape, acc, {"recip": recip},
                       {"kernel": tuple(k), "stride": tuple(st), "padding": pads}, acc)
         self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=x.h)
+
+    def _avgpool_real_count(self, n, x: _Val, k: list[int], st: list[int], p4: tuple[int, int, int, int]) -> None:
+        """AveragePool with padding and ``count_include_pad=0`` (Keras/TF 'same' pools, Inception, ShuffleNet): the
+        window sum over the zero-padded input (``zeropad2d``, ``avgpool2d`` with reciprocal 1: exact), then each
+        output position divided by its own count of real elements: positions moved to the channel axis (a reshape
+        and a ``transpose``, wires) take 1/count in one per-channel ``scale_shift`` (dyadic constants, as for any
+        non-power-of-two scale), and move back."""
+        where = self._where(n)
+        if int(_attrs(n).get("ceil_mode", 0)):
+            raise UnsupportedError(f"AveragePool node {where!r}: ceil_mode with count_include_pad=0 is not supported")
+        if x.relu or x.m.size > 1 or x.h.size > 1:
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        c, hh, ww = xs.shape
+        base = _clean_name(where)
+        ph, pw = hh + p4[0] + p4[1], ww + p4[2] + p4[3]
+        t = self._add("zeropad2d", _FakeNode(f"{base}_pad"), [x.tensor], (c, ph, pw), xs.fmt, attrs={"pads": p4})
+        oh, ow = (ph - k[0]) // st[0] + 1, (pw - k[1]) // st[1] + 1
+        recip = Constant(np.array([1]), FxFormat(2, 2, True))
+        acc = avgpool_format(xs.fmt, recip.fmt, k[0] * k[1])
+        s = self._add("avgpool2d", _FakeNode(f"{base}_sum"), [t], (c, oh, ow), acc, {"recip": recip},
+                      {"kernel": tuple(k), "stride": tuple(st), "padding": (0, 0)}, acc)
+        rows = [min(i * st[0] + k[0], p4[0] + hh) - max(i * st[0], p4[0]) for i in range(oh)]
+        cols = [min(j * st[1] + k[1], p4[2] + ww) - max(j * st[1], p4[2]) for j in range(ow)]
+        count = np.outer(rows, cols).reshape(-1).astype(np.float64)
+        if np.any(count <= 0):
+            raise BadInputError(f"AveragePool node {where!r}: a window covers padding only")
+        npos = oh * ow
+        r = self._add("reshape", _FakeNode(f"{base}_positions"), [s], (c, npos), acc, attrs={"shape": (c, npos)})
+        tr = self._add("transpose", _FakeNode(f"{base}_positions_first"), [r], (npos, c), acc, attrs={"perm": (1, 0)})
+        mean = self._scale_shift(n, tr, float(x.m[0]) / count, np.full(npos, float(x.h[0])), None,
+                                 "average over the real elements (count_include_pad=0)")
+        fm = self.tensors[mean].fmt
+        back = self._add("transpose", _FakeNode(f"{base}_channels_first"), [mean], (c, npos), fm,
+                         attrs={"perm": (1, 0)})
+        y = self._add("reshape", n, [back], (c, oh, ow), fm, attrs={"shape": (c, oh, ow)})
+        self.vals[n.output[0]] = _Val("act", tensor=y)
 
     def h_reduce_mean(self, n) -> None:
         """ReduceMean: a global average pool over every spatial axis (``x.mean((2, 3))``), else see ``_reduce``."""
