@@ -2673,7 +2673,14 @@ class _Converter:
         npos = oh * ow
         r = self._add("reshape", _FakeNode(f"{base}_positions"), [s], (c, npos), acc, attrs={"shape": (c, npos)})
         tr = self._add("transpose", _FakeNode(f"{base}_positions_first"), [r], (npos, c), acc, attrs={"perm": (1, 0)})
-        mean = self._scale_shift(n, tr, float(x.m[0]) / count, np.full(npos, float(x.h[0])), None,
+        # the averages lie in the input's real range: its width plus 16 fractional guard bits (a lossless format
+        # would be ~40 bits wide and leave the next requantizer too few significant bits for its own multiplier)
+        m0, h0 = float(x.m[0]), float(x.h[0])
+        big = max(abs(xs.fmt.min * m0 + h0), abs(xs.fmt.max * m0 + h0), 2.0 ** -30)
+        ib = math.floor(math.log2(big)) + 2
+        fb = math.ceil(-math.log2(xs.fmt.step * abs(m0))) + 16
+        out = FxFormat(min(ib + fb, 48), ib, True, "RND_CONV", "SAT")
+        mean = self._scale_shift(n, tr, m0 / count, np.full(npos, h0), out,
                                  "average over the real elements (count_include_pad=0)")
         fm = self.tensors[mean].fmt
         back = self._add("transpose", _FakeNode(f"{base}_channels_first"), [mean], (c, npos), fm,
