@@ -127,3 +127,34 @@ def test_divisions_and_tables_csim(ratios, tmp_path):
     g = run_flow(g, DEFAULT_FLOW).graph
     rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=48)
     assert rep.mismatches == 0 and rep.outputs_compared > 0
+
+
+class CausalTCN(nn.Module):
+    """A temporal block as TCN/WaveNet code writes it: causal left padding of (N, C, L) by F.pad and by
+    nn.ConstantPad1d, a replicate-padded conv, dilations, shrinkage activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(2, 4, 3, dilation=2), nn.Conv1d(4, 4, 3, dilation=4)
+        self.pad2, self.rep = nn.ConstantPad1d((8, 0), 0.0), nn.ReplicationPad1d(1)
+        self.c3, self.shrink = nn.Conv1d(4, 3, 3), nn.Softshrink(0.25)
+
+    def forward(self, x):
+        h = F.hardshrink(self.c1(F.pad(x, (4, 0))), 0.1)
+        h = F.tanhshrink(self.c2(self.pad2(h))) + h
+        return self.shrink(self.c3(self.rep(h))).flatten(1)
+
+
+def test_causal_1d_padding_and_shrink_tables():
+    torch.manual_seed(9)
+    x = torch.randn(48, 2, 16)
+    f = CausalTCN()
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    pads = [n.attrs["pads"] for n in g.nodes if n.op.value == "zeropad2d"]
+    assert (0, 0, 4, 0) in pads and (0, 0, 8, 0) in pads and (0, 0, 1, 1) in pads, pads
+    fns = {n.attrs.get("fn") for n in g.nodes if n.op.value == "lut"}
+    assert {"hardshrink(0.1)", "tanhshrink", "softshrink(0.25)"} <= fns, fns
+    _onnx_agrees(g, x)

@@ -51,7 +51,7 @@ FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = 
 
 #: tables added after the random op and graph samplers were pinned (they draw from FUNCTIONS by index, so new
 #: entries there would change every seeded graph): composite layers' log(max(p, floor)) and 1 / sqrt(var + eps),
-#: Mish, SELU, LogSigmoid and Softsign
+#: Mish, SELU, LogSigmoid, Softsign and the shrinkage functions
 COMPOSITE_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float]] = {
     "log": (lambda x, a: np.log(np.maximum(x, a)), 2.0 ** -24),
     "rsqrt": (lambda x, e: 1.0 / np.sqrt(np.maximum(x, 0.0) + e), 1e-5),
@@ -60,6 +60,9 @@ COMPOSITE_FUNCTIONS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], 
              0.0),
     "logsigmoid": (lambda x, _: -np.logaddexp(0.0, -x), 0.0),
     "softsign": (lambda x, _: x / (1.0 + np.abs(x)), 0.0),
+    "hardshrink": (lambda x, a: np.where(np.abs(x) > a, x, 0.0), 0.5),
+    "softshrink": (lambda x, a: np.where(x > a, x - a, np.where(x < -a, x + a, 0.0)), 0.5),
+    "tanhshrink": (lambda x, _: x - np.tanh(x), 0.0),
 }
 
 

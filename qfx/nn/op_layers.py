@@ -439,20 +439,40 @@ class QZeroPad2d(_IRModule):
         self.padding = p  # torch order: left, right, top, bottom
         self.out_quant = None
 
+    def _one_d(self, ndim: int) -> bool:
+        """(N, C, L) sequences (TCN/WaveNet causal padding ``F.pad(x, (k, 0))``): the length is the width."""
+        return ndim == 3 and self.padding[2] == self.padding[3] == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4:
-            raise BadInputError(f"QZeroPad2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+        if x.ndim != 4 and not self._one_d(x.ndim):
+            raise BadInputError(f"QZeroPad2d expects (N, C, H, W) input (or (N, C, L) padded in L), got shape "
+                                f"{tuple(x.shape)}")
         if self.qfx_mode == "exact":
             return self._exact(x)
-        return F.pad(x, self.padding, mode="constant" if self.mode == "zeros" else self.mode)
+        pad = self.padding if x.ndim == 4 else self.padding[:2]
+        return F.pad(x, pad, mode="constant" if self.mode == "zeros" else self.mode)
 
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         (x,) = inputs
-        if len(x.shape) != 3:
-            raise UnsupportedError(f"{name}: zero padding needs a (C, H, W) input, got {x.shape}")
         left, right, top, bottom = self.padding
+        if len(x.shape) == 2 and self._one_d(3):  # (C, L) -> (C, 1, L) -> pad -> (C, L'): reshapes are wires
+            c, ln = x.shape
+            mid, padded = f"{output}.2d", f"{output}.padded"
+            shape = (c, 1, ln + left + right)
+            items = [(Node(f"{name}.to2d", "reshape", (x.name,), mid, attrs={"shape": (c, 1, ln)}, source=name),
+                      TensorSpec(mid, (c, 1, ln), x.fmt))]
+            attrs: dict[str, Any] = {"pads": (0, 0, left, right)} | ({"mode": self.mode} if self.mode != "zeros"
+                                                                      else {})
+            items.append((Node(name, "zeropad2d", (mid,), padded, attrs=attrs, source=name),
+                          TensorSpec(padded, shape, x.fmt)))
+            items.append((Node(f"{name}.to1d", "reshape", (padded,), output, attrs={"shape": (c, shape[2])},
+                               source=name), TensorSpec(output, (c, shape[2]), x.fmt)))
+            return items
+        if len(x.shape) != 3:
+            raise UnsupportedError(f"{name}: zero padding needs a (C, H, W) input (or (C, L) padded in L), got "
+                                   f"{x.shape}")
         c, h, w = x.shape
-        attrs: dict[str, Any] = {"pads": (top, bottom, left, right)}
+        attrs = {"pads": (top, bottom, left, right)}
         if self.mode != "zeros":
             attrs["mode"] = self.mode
         node = Node(name, "zeropad2d", (x.name,), output, attrs=attrs, source=name)
@@ -480,6 +500,9 @@ TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "selu": lambda x, _: F.selu(x),
     "logsigmoid": lambda x, _: F.logsigmoid(x),
     "softsign": lambda x, _: F.softsign(x),
+    "hardshrink": lambda x, a: F.hardshrink(x, a),
+    "softshrink": lambda x, a: F.softshrink(x, a),
+    "tanhshrink": lambda x, _: F.tanhshrink(x),
 }
 
 #: output value range of each function over any input (for the default output format's sign)

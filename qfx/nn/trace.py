@@ -57,11 +57,12 @@ __all__ = ["convert_model", "layer_bn_pairs", "MODULE_TWINS", "FUNCTION_TWINS", 
 
 SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm1d/2d, PReLU, "
                      "ReLU/ReLU6/Hardtanh/clamp, the table activations (Sigmoid, Tanh, SiLU, GELU, Hardsigmoid, "
-                     "Hardswish, LeakyReLU, ELU, SELU, Softplus, LogSigmoid, Softsign, sqrt, rsqrt, exp, log, "
+                     "Hardswish, LeakyReLU, ELU, SELU, Softplus, LogSigmoid, Softsign, Hard/Soft/Tanhshrink, sqrt, rsqrt, "
+                     "exp, log, "
                      "reciprocal), F.normalize, "
                      "Softmax over any per-sample axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
-                     "Upsample, Zero/Replication/ReflectionPad2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
+                     "Upsample, Zero/Replication/ReflectionPad1d/2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
 
@@ -79,8 +80,9 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "that is not an integer multiple of the input size, nn.Upsample(size=...)",
      "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k, or F.interpolate(size=...) "
      "of k times the input size"),
-    ("circular padding, non-zero constant padding, 1-D F.pad, Conv2d(padding_mode='circular')",
-     "zero, replicate or reflect padding of H and W (ZeroPad2d, ReplicationPad2d, ReflectionPad2d, F.pad)"),
+    ("circular padding, non-zero constant padding, Conv2d(padding_mode='circular'), padding of 3-D volumes",
+     "zero, replicate or reflect padding of H and W, or of L of (N, C, L) (ZeroPad1d/2d, ReplicationPad1d/2d, "
+     "ReflectionPad1d/2d, F.pad)"),
     ("adaptive pools whose output size does not divide the input, average pools with ceil_mode, return_indices",
      "pools with kernel = stride = input / output"),
     ("indexing/slicing/chunk/split/stack/permute over the batch dim, tensor or computed indices, negative steps, "
@@ -367,9 +369,9 @@ def _upsample(m: nn.Upsample, c: "QFXConfig") -> nn.Module:
 def _constpad(m: nn.modules.padding._ConstantPadNd, c: "QFXConfig") -> nn.Module:
     if m.value != 0:
         raise UnsupportedError(f"{type(m).__name__}(value={m.value}): qfx pads with zeros only")
-    if not isinstance(m, nn.ConstantPad2d):
-        raise UnsupportedError(f"{type(m).__name__}: qfx zero-pads the H and W of (N, C, H, W) tensors only "
-                               "(ZeroPad2d)")
+    if not isinstance(m, (nn.ConstantPad2d, nn.ConstantPad1d)):
+        raise UnsupportedError(f"{type(m).__name__}: qfx zero-pads the H and W of (N, C, H, W) tensors and the L of "
+                               "(N, C, L) (ZeroPad2d, ZeroPad1d)")
     return QZeroPad2d(_pad(m.padding))
 
 
@@ -412,6 +414,9 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.SELU: lambda m, c: _act("selu", c),
     nn.LogSigmoid: lambda m, c: _act("logsigmoid", c),
     nn.Softsign: lambda m, c: _act("softsign", c),
+    nn.Hardshrink: lambda m, c: _act(f"hardshrink({float(m.lambd)!r})", c),
+    nn.Softshrink: lambda m, c: _act(f"softshrink({float(m.lambd)!r})", c),
+    nn.Tanhshrink: lambda m, c: _act("tanhshrink", c),
     nn.Softmax: lambda m, c: _softmax(m.dim, c),
     nn.LogSoftmax: lambda m, c: _b_log_softmax({"dim": m.dim, "input": None}, c).module,
     nn.MaxPool2d: lambda m, c: QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
@@ -722,9 +727,11 @@ def _b_pad(a: dict[str, Any], c: "QFXConfig") -> _Replace:
 
 def _edgepad(m: nn.Module, c: "QFXConfig") -> nn.Module:
     """nn.ReplicationPad2d / nn.ReflectionPad2d: the zeropad2d gather with an edge mode."""
-    if not isinstance(m, (nn.ReplicationPad2d, nn.ReflectionPad2d)):
-        raise UnsupportedError(f"{type(m).__name__}: qfx pads the H and W of (N, C, H, W) tensors only")
-    return QZeroPad2d(_pad(m.padding), "replicate" if isinstance(m, nn.ReplicationPad2d) else "reflect")
+    if not isinstance(m, (nn.ReplicationPad2d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReflectionPad1d)):
+        raise UnsupportedError(f"{type(m).__name__}: qfx pads the H and W of (N, C, H, W) tensors and the L of "
+                               "(N, C, L) only")
+    rep = isinstance(m, (nn.ReplicationPad2d, nn.ReplicationPad1d))
+    return QZeroPad2d(_pad(m.padding), "replicate" if rep else "reflect")
 
 
 def _b_maxpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -950,6 +957,9 @@ _SOFTPLUS = _FnSpec((_IN, ("beta", 1.0), ("threshold", 20.0)), _b_act("softplus"
 _SELU = _FnSpec((_IN, _INPLACE), _b_act("selu"), _ACT)
 _LOGSIGMOID = _FnSpec((_IN,), _b_act("logsigmoid"), _ACT)
 _SOFTSIGN = _FnSpec((_IN,), _b_act("softsign"), _ACT)
+_HARDSHRINK = _FnSpec((_IN, ("lambd", 0.5)), _b_act("hardshrink", "lambd"), _ACT)
+_SOFTSHRINK = _FnSpec((_IN, ("lambd", 0.5)), _b_act("softshrink", "lambd"), _ACT)
+_TANHSHRINK = _FnSpec((_IN,), _b_act("tanhshrink"), _ACT)
 _SQRT = _FnSpec((_IN,), _b_act("sqrt"), _ACT)
 _RSQRT = _FnSpec((_IN,), _b_act("rsqrt", fixed=0.0), _ACT)
 _EXP = _FnSpec((_IN,), _b_act("exp"), _ACT)
@@ -1030,7 +1040,8 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS, F.selu: _SELU, torch.selu: _SELU, F.logsigmoid: _LOGSIGMOID,
     F.softsign: _SOFTSIGN, torch.sqrt: _SQRT, torch.rsqrt: _RSQRT, torch.exp: _EXP, torch.log: _LOG,
-    torch.reciprocal: _RECIPROCAL, F.normalize: _NORMALIZE,
+    torch.reciprocal: _RECIPROCAL, F.normalize: _NORMALIZE, F.hardshrink: _HARDSHRINK, F.softshrink: _SOFTSHRINK,
+    F.tanhshrink: _TANHSHRINK,
     F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
     F.log_softmax: _LOG_SOFTMAX, torch.log_softmax: _LOG_SOFTMAX,
     torch.cat: _CAT, torch.concat: _CAT, torch.concatenate: _CAT,
@@ -1105,7 +1116,8 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("gelu", "sigmoid", "tanh", "silu", "swish", "elu", "selu", "leaky", "softmax", "softplus", "mish", "softsign",
       "glu", "threshold", "rrelu", "logsigmoid", "softmin", "hardshrink", "softshrink", "tanhshrink"),
      "qfx activations are ReLU, ReLU6, Hardtanh/clamp (any constant bounds), PReLU, the tables Sigmoid, Tanh, "
-     "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, Softplus(beta=1), and Softmax over the last axis"),
+     "SiLU, GELU, Hardsigmoid, Hardswish, LeakyReLU, ELU, SELU, Softplus(beta=1), LogSigmoid, Softsign, Mish, "
+     "Hard/Soft/Tanhshrink, sqrt, exp, log, and Softmax over any per-sample axis"),
     (("pool",), "qfx pools are MaxPool1d/2d, AvgPool1d/2d, and adaptive avg/max pools whose output size divides "
                 "the input (x.mean((2, 3)), x.amax((2, 3)), AdaptiveAvgPool2d(k))"),
     (("norm",), "qfx normalizes with BatchNorm1d/BatchNorm2d (fixed-point scale and shift), LayerNorm(n) of (N, n), "
@@ -1239,7 +1251,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.modules.instancenorm._InstanceNorm: "`QGroupNorm` (InstanceNorm2d: one group per channel)",
     **{k: "`QActivation` (lookup table)" for k in (nn.Sigmoid, nn.Tanh, nn.SiLU, nn.GELU, nn.Hardsigmoid,
                                                    nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.SELU,
-                                                   nn.LogSigmoid, nn.Softsign)},
+                                                   nn.LogSigmoid, nn.Softsign, nn.Hardshrink, nn.Softshrink,
+                                                   nn.Tanhshrink)},
     nn.Softmax: "`QSoftmax` (over any axis but the batch's; an inner one, e.g. the channels of (N, C, H, W), is moved last and back by transposes)",
     nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
     nn.AvgPool2d: "`QAvgPool2d`",
