@@ -158,3 +158,48 @@ def test_causal_1d_padding_and_shrink_tables():
     fns = {n.attrs.get("fn") for n in g.nodes if n.op.value == "lut"}
     assert {"hardshrink(0.1)", "tanhshrink", "softshrink(0.25)"} <= fns, fns
     _onnx_agrees(g, x)
+
+
+class SDPABlock(nn.Module):
+    """Attention the way current PyTorch code writes it: q/k/v projections, heads by view + transpose,
+    F.scaled_dot_product_attention, heads merged, output projection, mean over the tokens."""
+
+    def __init__(self, e: int = 8, h: int = 2) -> None:
+        super().__init__()
+        self.h = h
+        self.qkv, self.out, self.head = nn.Linear(e, 3 * e), nn.Linear(e, e), nn.Linear(e, 3)
+
+    def forward(self, x):
+        b, n, e = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.view(b, n, self.h, e // self.h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, e)
+        return self.head(self.out(y).mean(1))
+
+
+def test_scaled_dot_product_attention_is_its_steps():
+    torch.manual_seed(10)
+    x = torch.randn(48, 5, 8)
+    f = SDPABlock()
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    q.eval()
+    with torch.no_grad():  # before training: the quantized block follows the float one
+        err = (q(x) - f(x)).abs().max() / f(x).abs().max()
+    assert err < 0.2, float(err)
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    ops = [n.op.value for n in g.nodes]
+    assert ops.count("matmul") == 2 and "softmax" in ops, ops
+    _onnx_agrees(g, x)
+
+
+def test_masked_or_causal_sdpa_stays_refused_in_one_line():
+    class Causal(SDPABlock):
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.head(F.scaled_dot_product_attention(q, k, v, is_causal=True).mean(1))
+
+    with pytest.raises(UnsupportedError) as ei:
+        qfx.quantize_model(Causal(), qfx.QFXConfig(), calib_data=torch.randn(8, 5, 8))
+    assert "\n" not in str(ei.value) and "scaled_dot_product_attention" in str(ei.value)

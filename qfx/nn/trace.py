@@ -21,6 +21,7 @@ tables (the README's list of supported layers and functions is generated from it
 from __future__ import annotations
 
 import copy
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -92,9 +93,10 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("LSTM, GRU, RNN, Embedding, nn.Transformer, TransformerDecoder(Layer)",
      "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations, attention encoders)"),
     ("MultiheadAttention with key_padding_mask, an additive float attn_mask, a mask computed in forward, a mask row "
-     "whose allowed keys are not one run, add_bias_kv/add_zero_attn, or its attention weights used",
-     "fixed-length sequences; a causal (or sliding-window) mask as a buffer or is_causal=True; the output only ([0], "
-     "need_weights=False)"),
+     "whose allowed keys are not one run, add_bias_kv/add_zero_attn, or its attention weights used; "
+     "F.scaled_dot_product_attention with a mask, dropout or is_causal",
+     "fixed-length sequences; a causal (or sliding-window) mask as a buffer or is_causal=True on nn.MultiheadAttention; "
+     "the output only ([0], need_weights=False)"),
     ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)), one map over the channels "
      "((N, 1, H, W) or (N, 1, L)) or one value per sample ((N, 1))", "tensors of the same shape"),
     ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel, per "
@@ -1225,6 +1227,9 @@ def supported_table() -> str:
                 "kept), heads by reshape/transpose, `QMatMul`, `QConstScale` 1/sqrt(head_dim), row `QSoftmax` "
                 "(masked: per row over its allowed keys, zero padding, lossless `QCat`), `QTrainOnly` dropout, "
                 "`QMatMul`, `out_proj` `QLinear` |")
+    rows.append("| `F.scaled_dot_product_attention(q, k, v)` (no mask, no dropout, not causal; scale given or "
+                "1/sqrt(E)) | written as its steps: `q @ k.transpose(-2, -1)` (`QMatMul`), `QConstScale`, row "
+                "`QSoftmax`, `QMatMul` |")
     rows.append("| `nn.TransformerEncoderLayer` (relu / gelu, `norm_first`, `batch_first`), `nn.TransformerEncoder` "
                 "(its layers, the final norm; no fast path, no nested tensors) | `QTransformerEncoderLayer` / "
                 "`QTransformerEncoder`: the attention above, `QLayerNorm`, `QLinear`, `QReLU` / `QActivation`, `QAdd` "
@@ -1433,6 +1438,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     _fold_sizes(body, graph, example)
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     _softmax_ranks(body, graph, example)
+    _expand_sdpa(graph)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1741,7 +1747,7 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
     dim alone cannot tell (dim=-3 of a rank-3 tensor), and ``interpolate(size=...)`` (U-Nets: ``size=skip.shape[2:]``)
     becomes its integer scale factor."""
     xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
-    calls, interps = _softmax_calls(body, graph), _interp_calls(graph)
+    calls, interps = _softmax_calls(body, graph), _interp_calls(graph) + _sdpa_calls(graph)
     if not xs or not calls and not interps:
         return
     want = {n.name: n.args[0] for n in calls + interps if isinstance(n.args[0], torch.fx.Node)}
@@ -1756,6 +1762,45 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
                 n.meta[_INTERP_SHAPE] = shapes[src.name]
             else:
                 n.meta[_SOFTMAX_RANK] = len(shapes[src.name])
+
+
+def _sdpa_calls(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    return [n for n in graph.nodes if n.op == "call_function" and _hashable(n.target)
+            and n.target is F.scaled_dot_product_attention and n.args and isinstance(n.args[0], torch.fx.Node)]
+
+
+def _expand_sdpa(graph: torch.fx.Graph) -> None:
+    """``F.scaled_dot_product_attention(q, k, v)`` (no mask, no dropout, not causal) becomes what it computes,
+    written the way hand-written attention is: ``softmax(q @ k.transpose(-2, -1) * scale, -1) @ v`` (scale
+    ``1/sqrt(E)`` from q's last size, recorded on the example run), so each step converts as usual (QMatMul,
+    QConstScale, QSoftmax). Other calls stay and are refused with the rest."""
+    import inspect
+
+    sig = inspect.signature(lambda query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                            enable_gqa=False: None)
+    for n in _sdpa_calls(graph):
+        try:
+            a = sig.bind(*n.args, **n.kwargs).arguments
+        except TypeError:
+            continue
+        if a.get("attn_mask") is not None or a.get("dropout_p", 0.0) not in (0, 0.0) or a.get("is_causal") or \
+                a.get("enable_gqa"):
+            continue
+        scale = a.get("scale")
+        if scale is None:
+            shape = n.meta.get(_INTERP_SHAPE)
+            if not shape:
+                continue
+            scale = 1.0 / math.sqrt(shape[-1])
+        if not isinstance(scale, (int, float)):
+            continue
+        with graph.inserting_before(n):
+            kt = graph.call_method("transpose", (a["key"], -2, -1))
+            sc = graph.call_function(operator.mul, (graph.call_function(operator.matmul, (a["query"], kt)),
+                                                    float(scale)))
+            out = graph.call_function(operator.matmul, (graph.call_method("softmax", (sc, -1)), a["value"]))
+        n.replace_all_uses_with(out)
+        graph.erase_node(n)
 
 
 def size_to_factor(size: Any, shape: tuple[int, ...]) -> Any:
