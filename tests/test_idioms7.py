@@ -203,3 +203,47 @@ def test_masked_or_causal_sdpa_stays_refused_in_one_line():
     with pytest.raises(UnsupportedError) as ei:
         qfx.quantize_model(Causal(), qfx.QFXConfig(), calib_data=torch.randn(8, 5, 8))
     assert "\n" not in str(ei.value) and "scaled_dot_product_attention" in str(ei.value)
+
+
+class SEVariants(nn.Module):
+    """Squeeze-excitation as SENet's and CBAM's code write it: ``x * y.view(b, c, 1, 1).expand_as(x)``,
+    ``x * y[:, :, None, None]``, ``x + y.expand(-1, -1, h, w)``, ``x * z[..., None]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(2, 4, 3, padding=1)
+        self.fc = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 4), nn.Sigmoid())
+
+    def forward(self, x):
+        h = self.c(x)
+        b, c, hh, ww = h.shape
+        y = self.fc(F.adaptive_avg_pool2d(h, 1).view(b, c))
+        a = h * y.view(b, c, 1, 1).expand_as(h)
+        z = h.mean(3)  # (N, C, H)
+        return (a + h * y[:, :, None, None] + h.amax(1, keepdim=True).expand(-1, c, -1, -1) + h * z[..., None]).flatten(1)
+
+
+def test_expand_and_none_indexing_broadcast():
+    torch.manual_seed(11)
+    x = torch.randn(48, 2, 5, 5)
+    q = qfx.quantize_model(SEVariants(), qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    assert [n.op.value for n in g.nodes].count("upsample2d") >= 3
+    _onnx_agrees(g, x)
+
+
+def test_expand_read_by_something_else_stays_refused():
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(2, 4, 3, padding=1)
+
+        def forward(self, x):
+            h = self.c(x)
+            return torch.cat([h, h.mean((2, 3), keepdim=True).expand_as(h)], 1)
+
+    with pytest.raises(UnsupportedError) as ei:
+        qfx.quantize_model(Cat(), qfx.QFXConfig(), calib_data=torch.randn(8, 2, 5, 5))
+    assert "\n" not in str(ei.value) and "expand_as" in str(ei.value)

@@ -214,8 +214,8 @@ class _Fwd(nn.Module):
      r"x\[...\] \(fx node 'getitem' in forward\): reads the indices of a max/min"),
     (lambda s, x: s.fc(x).unsqueeze(0), {"fc": nn.Linear(4, 4)}, (4,),
      r"unsqueeze.*dim 0 is the batch"),
-    (lambda s, x: s.c(x) * torch.sigmoid(s.g(x)), {"c": nn.Conv2d(2, 4, 1), "g": nn.Conv2d(2, 4, (4, 1))}, (2, 4, 4),
-     r"cannot quantize _Fwd: .*mul inputs differ in shape: \(4, 4, 4\) vs \(4, 1, 4\)"),
+    (lambda s, x: torch.cat([s.c(x), s.c(x).mean((2, 3), keepdim=True).expand_as(s.c(x))], 1),
+     {"c": nn.Conv2d(2, 4, 1)}, (2, 4, 4), r"Tensor.expand_as \(fx node 'expand_as' in forward\)"),
 ])
 def test_refused_in_quantize_model_in_one_line(fwd, mods, shape, expect):
     with pytest.raises(UnsupportedError, match=expect) as ei:

@@ -328,11 +328,19 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
             elif fxn.op == "call_function" and tgt is operator.getitem:
                 x = spec_of(fxn.args[0], where)
                 items = list(fxn.args[1]) if isinstance(fxn.args[1], tuple) else [fxn.args[1]]
-                if items.count(Ellipsis) > 1 or any(i is None for i in items):
-                    raise UnsupportedError(f"{where}: indexing with None or several '...'")
+                if items.count(Ellipsis) > 1 or items and items[0] is None:
+                    raise UnsupportedError(f"{where}: indexing with several '...' or None before the batch dim")
                 if Ellipsis in items:
                     k = items.index(Ellipsis)
-                    items[k:k + 1] = [slice(None)] * (len(x.shape) + 1 - (len(items) - 1))
+                    n_real = len([i for i in items if i is not None and i is not Ellipsis])
+                    items[k:k + 1] = [slice(None)] * (len(x.shape) + 1 - n_real)
+                units = []  # y[:, :, None, None] (a per-channel vector as (C, 1, 1)): unit axes by a reshape after
+                if any(i is None for i in items):
+                    out_dims: list[Any] = []
+                    for it in items[1:]:
+                        out_dims.append(None if it is None else it)
+                    units = [k for k, it in enumerate(out_dims) if it is None]
+                    items = [i for i in items if i is not None]
                 if not items or items[0] != slice(None) or len(items) > len(x.shape) + 1:
                     raise UnsupportedError(f"{where}: index the per-sample dims only (x[:, a:b])")
                 items = items[1:] + [slice(None)] * (len(x.shape) + 1 - len(items))
@@ -348,7 +356,18 @@ def capture(model: "Any", example_input: "Any | None" = None, name: str | None =
                         box.append(it)
                     else:
                         raise UnsupportedError(f"{where}: index {it!r}: slice with constant ints only")
-                env[fxn.name] = add_slice(fxn, x, box, drop, where)
+                y = env[fxn.name] = add_slice(fxn, x, box, drop, where)
+                if units:  # the unit axes at their places among the kept ones (integer-indexed axes are gone)
+                    kept, shape, src = list(y.shape) if not (drop and y.shape == (1,) and len(box) == len(drop)) \
+                        else [], [], 0
+                    for k, it in enumerate(out_dims):
+                        if it is None:
+                            shape.append(1)
+                        elif not (isinstance(it, int) and not isinstance(it, bool)):
+                            shape.append(kept[src])
+                            src += 1
+                    shape += kept[src:]
+                    add_reshape(fxn, y, tuple(shape), where)
             elif tname in ("chunk", "split", "tensor_split"):
                 x = spec_of(fxn.args[0], where)
                 env[fxn.name] = _Parts((x, parts(fxn, x, where)))

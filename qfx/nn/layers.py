@@ -772,10 +772,19 @@ class QAdd(QModule):
         if len(inputs) != 2:
             raise UnsupportedError(f"{name}: add takes two inputs, got {len(inputs)}")
         a, b = inputs
-        if a.shape != b.shape:
-            raise UnsupportedError(f"{name}: add inputs differ in shape: {a.shape} vs {b.shape}")
+        items: list[IRItem] = []
+        if a.shape != b.shape:  # a per-channel, per-sample or channel-map operand repeats, as QMul's and QSub's
+            from qfx.nn.op_layers import _broadcast, _broadcasts
+
+            if _broadcasts(b.shape, a.shape):
+                items, b = _broadcast(f"{name}.bcast_b", b, a.shape)
+            elif _broadcasts(a.shape, b.shape):
+                items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
+            else:
+                raise UnsupportedError(f"{name}: add inputs differ in shape: {a.shape} vs {b.shape} (qfx broadcasts "
+                                       "one value per channel, one map over the channels, or one value per sample)")
         node = Node(name, "add", (a.name, b.name), output, source=name)
-        return [(node, TensorSpec(output, a.shape, self._spec_fmt(a.fmt.add_format(b.fmt))))]
+        return items + [(node, TensorSpec(output, a.shape, self._spec_fmt(a.fmt.add_format(b.fmt))))]
 
 
 # ============================================================================ pooling / reshape

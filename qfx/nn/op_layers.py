@@ -102,8 +102,7 @@ def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
     over the channels, (1, H, W) to (C, H, W) / (1, L) to (C, L) (CBAM-style spatial attention)."""
     if len(small) != len(big) or len(big) > 3 or small == big:
         return False
-    return ((len(big) == 1 and small == (1,)) or (len(big) > 1 and small[0] == big[0] and set(small[1:]) == {1})
-            or (len(big) > 1 and small[0] == 1 and small[1:] == big[1:]))
+    return all(s in (1, g) for s, g in zip(small, big))  # any size-1 axes (a row statistic (C, H, 1) too)
 
 
 def _broadcast(name: str, x: TensorSpec, shape: tuple[int, ...]) -> tuple[list[IRItem], TensorSpec]:
@@ -116,7 +115,24 @@ def _broadcast(name: str, x: TensorSpec, shape: tuple[int, ...]) -> tuple[list[I
                       TensorSpec(out, out_shape, x.fmt)))
         return out
 
-    if x.shape[0] == 1 and len(shape) > 1 and x.shape[1:] == shape[1:]:  # one map repeated over the channels
+    special = (len(shape) == 1 and x.shape == (1,)) or (len(shape) > 1 and x.shape[0] == shape[0]
+                                                        and set(x.shape[1:]) == {1}) \
+        or (len(shape) > 1 and x.shape[0] == 1 and x.shape[1:] == shape[1:])
+    if not special:  # other size-1 axes: repeated one axis at a time, each a (P, 1, Q) view upsampled by (size, 1)
+        cur, src = list(x.shape), x.name
+        for k, g in enumerate(shape):
+            if cur[k] == g:
+                continue
+            p, q = int(np.prod(cur[:k])), int(np.prod(cur[k + 1:]))
+            for op, out, oshape, attrs in (("reshape", f"{name}.in{k}", (p, 1, q), {"shape": (p, 1, q)}),
+                                           ("upsample2d", f"{name}.up{k}", (p, g, q), {"scale": (g, 1)})):
+                items.append((Node(f"{name}.{op}{k}", op, (src,), out, attrs=attrs, source=name),
+                              TensorSpec(out, oshape, x.fmt)))
+                src = out
+            cur[k] = g
+        items.append((Node(f"{name}.back", "reshape", (src,), f"{name}.out", attrs={"shape": tuple(shape)},
+                           source=name), TensorSpec(f"{name}.out", tuple(shape), x.fmt)))
+    elif x.shape[0] == 1 and len(shape) > 1 and x.shape[1:] == shape[1:]:  # one map repeated over the channels
         n, c = int(np.prod(x.shape)), shape[0]
         mid = add("reshape", x.name, f"{name}.row", (1, 1, n), {"shape": (1, 1, n)})
         up = add("upsample2d", mid, f"{name}.rows", (1, c, n), {"scale": (c, 1)})

@@ -97,8 +97,10 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "F.scaled_dot_product_attention with a mask, dropout or is_causal",
      "fixed-length sequences; a causal (or sliding-window) mask as a buffer or is_causal=True on nn.MultiheadAttention; "
      "the output only ([0], need_weights=False)"),
-    ("x * y broadcasting other than one value per channel ((N, C, 1, 1) or (N, C, 1)), one map over the channels "
-     "((N, 1, H, W) or (N, 1, L)) or one value per sample ((N, 1))", "tensors of the same shape"),
+    ("x * y, x + y, x - y broadcasting between tensors of different ranks, expand/expand_as/repeat read by "
+     "anything but such arithmetic", "tensors of one rank whose operand has size-1 axes (a per-channel gate "
+     "(N, C, 1, 1), a channel map (N, 1, H, W), a row statistic (N, C, H, 1), y[:, :, None, None], "
+     "y.expand_as(x))"),
     ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel, per "
      "element or a scalar) and torch.cat with p.expand(n, -1, ...), tensors created in forward",
      "put the arithmetic in a module qfx converts"),
@@ -771,7 +773,8 @@ def _b_adaptive(kind: str, ndim: int) -> Callable[[dict[str, Any], "QFXConfig"],
 
 def _spatial(dim: Any, what: str) -> int:
     """The input rank a reduction over ``dim`` means: (2, 3) / (-2, -1) -> 4 (N, C, H, W); 2 -> 3 (N, C, L);
-    1 -> 2 (the features of (N, n), or the channels of (N, C, H, W) / (N, C, L)); -1 -> 0 (either of the last two)."""
+    1 -> 2 (the features of (N, n), or the channels of (N, C, H, W) / (N, C, L)); -1 -> 0 (either of the last two;
+    3, the width of (N, C, H, W), too)."""
     dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         raise UnsupportedError(f"{what} over dim={dim!r}: give the dimensions as constants")
@@ -779,7 +782,7 @@ def _spatial(dim: Any, what: str) -> int:
         return 4
     if dims == (2,):
         return 3
-    if dims == (-1,):  # (N, C, L) or the features of (N, n)
+    if dims in ((-1,), (3,)):  # (N, C, L) or the features of (N, n); dim 3 is the last of (N, C, H, W)
         return 0
     if dims == (1,):
         return 2
@@ -1439,6 +1442,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     _softmax_ranks(body, graph, example)
     _expand_sdpa(graph)
+    _drop_broadcast_expands(graph)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1767,6 +1771,26 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
 def _sdpa_calls(graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return [n for n in graph.nodes if n.op == "call_function" and _hashable(n.target)
             and n.target is F.scaled_dot_product_attention and n.args and isinstance(n.args[0], torch.fx.Node)]
+
+
+_BROADCASTING = frozenset({operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+                           torch.add, torch.sub, torch.mul, torch.multiply, torch.subtract})
+_BROADCASTING_METHODS = frozenset({"add", "sub", "mul", "multiply", "subtract"})
+
+
+def _drop_broadcast_expands(graph: torch.fx.Graph) -> None:
+    """``y.expand_as(x)`` / ``y.expand(...)`` read only by ``x * y``, ``x + y``, ``x - y`` (SENet's ``x *
+    y.expand_as(x)``): the arithmetic broadcasts the same values, so the expand is dropped and the op broadcasts
+    (QMul/QAdd/QSub repeat a per-channel or per-sample operand). Expands read by anything else stay (refused)."""
+    for n in list(graph.nodes):
+        if not (n.op == "call_method" and n.target in ("expand", "expand_as") and n.args
+                and isinstance(n.args[0], torch.fx.Node)):
+            continue
+        users = list(n.users)
+        if users and all(u.op == "call_function" and _hashable(u.target) and u.target in _BROADCASTING
+                         or u.op == "call_method" and u.target in _BROADCASTING_METHODS for u in users):
+            n.replace_all_uses_with(n.args[0])
+            graph.erase_node(n)
 
 
 def _expand_sdpa(graph: torch.fx.Graph) -> None:
