@@ -205,7 +205,7 @@ def test_function_hints_name_the_right_alternative():
 
     for fn, hint in ((F.relu, "QReLU"), (lambda h: h + h, "QAdd"), (lambda h: h.mean((2, 3)), "QGlobalAvgPool2d"),
                      (torch.sigmoid, "makes it qfx.nn.QActivation"), (lambda h: h * h, "makes it qfx.nn.QMul"),
-                     (torch.exp, r"element-wise arithmetic is x \+ y")):
+                     (torch.exp, "makes it qfx.nn.QActivation"), (torch.erf, r"x \+ y, x - y, x \* y, x @ y")):
         with pytest.raises(UnsupportedError, match=hint) as ei:
             capture(M(fn), torch.zeros(1, 4))
         assert "torch.tanh" not in str(ei.value) and "(at tanh)" not in str(ei.value)
