@@ -247,3 +247,57 @@ def test_expand_read_by_something_else_stays_refused():
     with pytest.raises(UnsupportedError) as ei:
         qfx.quantize_model(Cat(), qfx.QFXConfig(), calib_data=torch.randn(8, 2, 5, 5))
     assert "\n" not in str(ei.value) and "expand_as" in str(ei.value)
+
+
+class Selections(nn.Module):
+    """Hand-written activations: torch.where(h > 0, h, 0.2 * h), h.masked_fill(h < -0.5, -0.5), torch.where(h <= 1,
+    0.0, h - 1), h.where(h >= 0, -h)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = self.c(x)
+        a = torch.where(h > 0, h, 0.2 * h)
+        b = h.masked_fill(h < -0.5, -0.5)
+        c = torch.where(h <= 1, 0.0, h - 1)
+        d = h.where(h >= 0, -h)
+        return torch.cat([a, b, c, d], 1).flatten(1)
+
+
+def test_where_and_masked_fill_of_comparisons_are_tables():
+    from qfx.fixed.tables import evaluate
+
+    torch.manual_seed(12)
+    x = torch.randn(48, 2, 4, 4)
+    f = Selections()
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    fns = [n for n in (m.fn for m in q.modules() if hasattr(m, "fn") and isinstance(getattr(m, "fn"), str))
+           if n.startswith("select_")]
+    assert len(fns) == 4, fns
+    v = np.linspace(-2, 2, 41)
+    by_op = {s.split("(")[0]: s for s in fns}
+    np.testing.assert_allclose(evaluate(by_op["select_gt"], v), np.where(v > 0, v, 0.2 * v))
+    np.testing.assert_allclose(evaluate(by_op["select_lt"], v), np.where(v < -0.5, -0.5, v))
+    np.testing.assert_allclose(evaluate(by_op["select_le"], v), np.where(v <= 1, 0.0, v - 1))
+    np.testing.assert_allclose(evaluate(by_op["select_ge"], v), np.abs(v))
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    _onnx_agrees(g, x)
+
+
+def test_selections_that_are_not_tables_stay_refused():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h, g = self.a(x), self.b(x)
+            return torch.where(h > 0, g, h)  # a branch that is another tensor
+
+    with pytest.raises(UnsupportedError) as ei:
+        qfx.quantize_model(Mixed(), qfx.QFXConfig(), calib_data=torch.randn(8, 4))
+    assert "\n" not in str(ei.value) and "where" in str(ei.value)

@@ -314,6 +314,19 @@ class ExcludePadPools(nn.Module):
         return torch.cat([self.p1(h).flatten(1), self.p2(h).flatten(1)], 1)
 
 
+class Selections(nn.Module):
+    """torch.where / masked_fill of comparisons with constants (Greater/Less/... + Where in ONNX)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f = nn.Linear(6, 8), nn.Linear(24, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.f(torch.cat([torch.where(h > 0, h, 0.1 * h), h.masked_fill(h < -0.5, -0.5),
+                                 torch.where(0.5 >= h, 0.0, h - 0.5)], 1))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -325,7 +338,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "instance_group_norm": (ConvNorms, (2, 6, 6)), "ratios": (Ratios, (6,)),
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
-    "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)),
+    "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
 }
 
 
@@ -392,7 +405,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
-                                  "exclude_pad_pools"])
+                                  "exclude_pad_pools", "selections"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

@@ -5,20 +5,22 @@ A table holds, for every code of the input format (in order from ``min_code``), 
 rounding and overflow). The interpreter, ONNX (Gather), HLS (a ROM array) and RTL (a ROM) all read this one
 table, so they cannot disagree; train mode applies the float function (with the output fake-quantizer).
 
-Function specs are strings: a name, optionally with one float parameter, e.g. ``"sigmoid"``, ``"leaky_relu(0.01)"``.
+Function specs are strings: a name, optionally with one float parameter, e.g. ``"sigmoid"``, ``"leaky_relu(0.01)"``;
+the two-branch ``select_gt(c,ka,ca,kb,cb)`` (and ge/lt/le) is ``torch.where(x > c, ka*x + ca, kb*x + cb)``.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
 
-__all__ = ["FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table"]
+__all__ = ["FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table", "select_spec",
+           "SELECT_OPS"]
 
 #: widest input format a table covers (2**12 entries); wider inputs are requantized first by the layer
 MAX_TABLE_BITS = 12
@@ -71,10 +73,33 @@ def _function(name: str) -> tuple[Callable[[np.ndarray, float], np.ndarray], flo
 
 
 _SPEC = re.compile(r"^([a-z_]+)(?:\(([-+0-9.eE]+)\))?$")
+_NUM = r"[-+0-9.eEinfa]+"
+#: ``select_gt(c,ka,ca,kb,cb)``: ``ka*x + ca`` where ``x > c``, else ``kb*x + cb`` (``torch.where(x > 0, x, 0.1 * x)``,
+#: ``x.masked_fill(x < t, v)``, ONNX Where of a comparison): the comparison and both branches as one table
+_SELECT = re.compile(rf"^select_(gt|ge|lt|le)\(({_NUM}(?:,{_NUM}){{4}})\)$")
+SELECT_OPS: dict[str, Callable[[Any, Any], Any]] = {"gt": lambda a, b: a > b, "ge": lambda a, b: a >= b,
+                                                    "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
 
 
-def parse_fn(spec: str) -> tuple[str, float]:
-    """``"leaky_relu(0.1)"`` -> ("leaky_relu", 0.1); one-line BadInputError for an unknown name."""
+def select_spec(op: str, c: float, ka: float, ca: float, kb: float, cb: float) -> str:
+    """The spec of a two-branch table (see ``_SELECT``); ``op`` one of gt, ge, lt, le."""
+    return f"select_{op}({','.join(repr(float(v)) for v in (c, ka, ca, kb, cb))})"
+
+
+def _select(x: np.ndarray, op: str, p: tuple[float, ...]) -> np.ndarray:
+    c, ka, ca, kb, cb = p
+    return np.where(SELECT_OPS[op](x, c), ka * x + ca, kb * x + cb)
+
+
+def parse_fn(spec: str) -> tuple[str, Any]:
+    """``"leaky_relu(0.1)"`` -> ("leaky_relu", 0.1); ``select_*`` specs -> (name, 5-tuple); one-line BadInputError
+    for an unknown name."""
+    ms = _SELECT.match(spec.strip()) if isinstance(spec, str) else None
+    if ms:
+        vals = tuple(float(v) for v in ms.group(2).split(","))
+        if not all(np.isfinite(vals)):
+            raise BadInputError(f"table function {spec!r} has a non-finite parameter")
+        return f"select_{ms.group(1)}", vals
     m = _SPEC.match(spec.strip()) if isinstance(spec, str) else None
     if not m or _function(m.group(1)) is None:
         raise BadInputError(f"unknown table function {spec!r}; known: "
@@ -87,6 +112,8 @@ def evaluate(spec: str, values: np.ndarray) -> np.ndarray:
     """The float64 function the table samples (also the reference for error measurements)."""
     name, p = parse_fn(spec)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if name.startswith("select_"):
+            return _select(np.asarray(values, dtype=np.float64), name[7:], p)
         return _function(name)[0](np.asarray(values, dtype=np.float64), p)  # type: ignore[index]
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from qfx.errors import BadInputError, UnsupportedError
 from qfx.fixed.format import FxFormat
-from qfx.fixed.tables import MAX_TABLE_BITS, build_table, evaluate, parse_fn
+from qfx.fixed.tables import MAX_TABLE_BITS, SELECT_OPS, build_table, evaluate, parse_fn
 from qfx.ir.graph import Constant, Graph, Node, TensorSpec
 from qfx.nn.exact import codes_to_values, frac_bits_needed, values_to_codes
 from qfx.nn.layers import IRItem, QModule, _quant
@@ -519,6 +519,8 @@ TORCH_FUNCTIONS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "hardshrink": lambda x, a: F.hardshrink(x, a),
     "softshrink": lambda x, a: F.softshrink(x, a),
     "tanhshrink": lambda x, _: F.tanhshrink(x),
+    **{f"select_{op}": (lambda cmp: lambda x, p: torch.where(cmp(x, p[0]), p[1] * x + p[2], p[3] * x + p[4]))(cmp)
+       for op, cmp in SELECT_OPS.items()},
 }
 
 #: output value range of each function over any input (for the default output format's sign)

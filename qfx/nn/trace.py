@@ -69,9 +69,11 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
-    ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, where, comparisons, x.std() / x.var(), "
-     "flip, einsum", "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table "
-     "functions; reduce over the spatial dims, the channels (dim=1), the last dim or the features of (N, n)"),
+    ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, torch.where / masked_fill other than of "
+     "x compared with a constant, with branches affine in x or constants, x.std() / x.var(), flip, einsum",
+     "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table functions "
+     "(torch.where(x > 0, x, 0.1 * x) is one); reduce over the spatial dims, the channels (dim=1), the last dim or "
+     "the features of (N, n)"),
     ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
@@ -970,6 +972,14 @@ _RSQRT = _FnSpec((_IN,), _b_act("rsqrt", fixed=0.0), _ACT)
 _EXP = _FnSpec((_IN,), _b_act("exp"), _ACT)
 _LOG = _FnSpec((_IN,), _b_act("log"), _ACT)
 _RECIPROCAL = _FnSpec((_IN,), _b_act("reciprocal"), _ACT)
+def table_select(x: torch.Tensor, spec: str) -> torch.Tensor:
+    """What ``torch.where(x > c, a, b)`` becomes in the traced graph (``_where_tables``): a marker the twin table
+    replaces; never run."""
+    raise RuntimeError("table_select is replaced by a QActivation when the model is quantized")  # pragma: no cover
+
+
+_SELECT = _FnSpec((_IN, ("spec", _REQUIRED)), lambda a, c: _Replace(_act(a["spec"], c), (a["input"],), "select"),
+                  "qfx.nn.QActivation (a select_* table)")
 _NORMALIZE = _FnSpec((_IN, ("p", 2.0), ("dim", 1), ("eps", 1e-12), ("out", None)), _b_normalize,
                      "qfx.nn.QMul + QSum + QActivation('rsqrt') + QMul")
 _MATMUL = _FnSpec(_TWO, _b_matmul("other"), "qfx.nn.QMatMul (two activations)")
@@ -1045,7 +1055,7 @@ FUNCTION_TWINS: dict[Any, _FnSpec] = {
     F.hardsigmoid: _HARDSIGMOID, F.hardswish: _HARDSWISH, F.leaky_relu: _LEAKY, F.leaky_relu_: _LEAKY,
     F.elu: _ELU, F.elu_: _ELU, F.softplus: _SOFTPLUS, F.selu: _SELU, torch.selu: _SELU, F.logsigmoid: _LOGSIGMOID,
     F.softsign: _SOFTSIGN, torch.sqrt: _SQRT, torch.rsqrt: _RSQRT, torch.exp: _EXP, torch.log: _LOG,
-    torch.reciprocal: _RECIPROCAL, F.normalize: _NORMALIZE, F.hardshrink: _HARDSHRINK, F.softshrink: _SOFTSHRINK,
+    torch.reciprocal: _RECIPROCAL, F.normalize: _NORMALIZE, table_select: _SELECT, F.hardshrink: _HARDSHRINK, F.softshrink: _SOFTSHRINK,
     F.tanhshrink: _TANHSHRINK,
     F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
     F.log_softmax: _LOG_SOFTMAX, torch.log_softmax: _LOG_SOFTMAX,
@@ -1230,6 +1240,8 @@ def supported_table() -> str:
                 "kept), heads by reshape/transpose, `QMatMul`, `QConstScale` 1/sqrt(head_dim), row `QSoftmax` "
                 "(masked: per row over its allowed keys, zero padding, lossless `QCat`), `QTrainOnly` dropout, "
                 "`QMatMul`, `out_proj` `QLinear` |")
+    rows.append("| `torch.where(x > c, a, b)`, `x.where(cond, b)`, `x.masked_fill(x < c, v)` (x compared with a "
+                "constant; branches x, k * x, x + c or constants) | one `QActivation` table (`select_gt/ge/lt/le`) |")
     rows.append("| `F.scaled_dot_product_attention(q, k, v)` (no mask, no dropout, not causal; scale given or "
                 "1/sqrt(E)) | written as its steps: `q @ k.transpose(-2, -1)` (`QMatMul`), `QConstScale`, row "
                 "`QSoftmax`, `QMatMul` |")
@@ -1443,6 +1455,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     _softmax_ranks(body, graph, example)
     _expand_sdpa(graph)
     _drop_broadcast_expands(graph)
+    _where_tables(graph)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1791,6 +1804,99 @@ def _drop_broadcast_expands(graph: torch.fx.Graph) -> None:
                          or u.op == "call_method" and u.target in _BROADCASTING_METHODS for u in users):
             n.replace_all_uses_with(n.args[0])
             graph.erase_node(n)
+
+
+_CMP_FUNCS = {operator.gt: "gt", operator.ge: "ge", operator.lt: "lt", operator.le: "le", torch.gt: "gt",
+              torch.ge: "ge", torch.lt: "lt", torch.le: "le", torch.greater: "gt", torch.greater_equal: "ge",
+              torch.less: "lt", torch.less_equal: "le"}
+_CMP_METHODS = {"gt": "gt", "ge": "ge", "lt": "lt", "le": "le", "greater": "gt", "greater_equal": "ge",
+                "less": "lt", "less_equal": "le"}
+_FLIP = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _comparison(v: Any) -> tuple[torch.fx.Node, str, float] | None:
+    """``x > c`` / ``c <= x`` / ``x.lt(c)`` of a tensor and a Python number: (x, op, c) with x on the left."""
+    if not isinstance(v, torch.fx.Node) or len(v.args) != 2 or v.kwargs:
+        return None
+    op = (_CMP_FUNCS.get(v.target) if v.op == "call_function" and _hashable(v.target) else
+          _CMP_METHODS.get(v.target) if v.op == "call_method" else None)
+    if op is None:
+        return None
+    a, b = v.args
+    if isinstance(a, torch.fx.Node) and _number(b):
+        return a, op, float(b)
+    if isinstance(b, torch.fx.Node) and _number(a):
+        return b, _FLIP[op], float(a)
+    return None
+
+
+def _affine_in(v: Any, x: torch.fx.Node) -> tuple[float, float] | None:
+    """``v`` as ``k * x + c`` (x itself, a number, x * k, k * x, x / k, -x, x + c, x - c, c - x), or None."""
+    if v is x:
+        return 1.0, 0.0
+    if _number(v):
+        return 0.0, float(v)
+    if not isinstance(v, torch.fx.Node) or v.kwargs or len(v.args) not in (1, 2):
+        return None
+    t = v.target
+    name = t if v.op == "call_method" else {operator.mul: "mul", torch.mul: "mul", operator.truediv: "div",
+                                           torch.div: "div", operator.neg: "neg", torch.neg: "neg",
+                                           operator.add: "add", torch.add: "add", operator.sub: "sub",
+                                           torch.sub: "sub"}.get(t) if _hashable(t) else None
+    args = v.args
+    if name == "neg" and args == (x,):
+        return -1.0, 0.0
+    if len(args) != 2:
+        return None
+    a, b = args
+    if name == "mul" and (a is x and _number(b) or b is x and _number(a)):
+        return float(b if a is x else a), 0.0
+    if name == "div" and a is x and _number(b) and b != 0:
+        return 1.0 / float(b), 0.0
+    if name == "add" and (a is x and _number(b) or b is x and _number(a)):
+        return 1.0, float(b if a is x else a)
+    if name == "sub" and a is x and _number(b):
+        return 1.0, -float(b)
+    if name == "sub" and b is x and _number(a):
+        return -1.0, float(a)
+    return None
+
+
+def _where_tables(graph: torch.fx.Graph) -> None:
+    """``torch.where(x > c, a, b)`` / ``x.masked_fill(x < c, v)`` whose branches are affine in x or constants
+    (hand-written LeakyReLU, thresholds, clamps to a value) become one table of x (``select_*``): the comparison
+    and both branches exactly as the float model computes them at every input code. Other selections stay and
+    are refused with the rest."""
+    from qfx.fixed.tables import select_spec
+
+    for n in list(graph.nodes):
+        if n.op == "call_function" and _hashable(n.target) and n.target is torch.where and len(n.args) == 3:
+            cond, a, b = n.args
+        elif n.op == "call_method" and n.target == "where" and len(n.args) == 3:
+            a, cond, b = n.args
+        elif n.op == "call_method" and n.target in ("masked_fill", "masked_fill_") and len(n.args) == 3:
+            b, cond, a = n.args
+        elif n.op == "call_function" and _hashable(n.target) and n.target is torch.masked_fill and len(n.args) == 3:
+            b, cond, a = n.args
+        else:
+            continue
+        if n.kwargs:
+            continue
+        cmp = _comparison(cond)
+        if cmp is None:
+            continue
+        x, op, c = cmp
+        fa, fb = _affine_in(a, x), _affine_in(b, x)
+        if fa is None or fb is None:
+            continue
+        with graph.inserting_before(n):
+            new = graph.call_function(table_select, (x, select_spec(op, c, *fa, *fb)))
+        n.replace_all_uses_with(new)
+        graph.erase_node(n)
 
 
 def _expand_sdpa(graph: torch.fx.Graph) -> None:

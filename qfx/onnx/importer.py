@@ -47,7 +47,9 @@
     operand with size-1 axes (a row or channel statistic) by ``upsample2d`` copies; ``Div`` of two activations is
     a reciprocal ``lut`` over the divisor's codes times the numerator (``mul``), a scalar over an activation one
     ``lut``. With these, LayerNormalization/InstanceNormalization (GroupNorm) import as the steps the clean-up writes
-    them as (``cleanup.normalizations``).
+    them as (``cleanup.normalizations``). ``Where`` of a comparison (Greater/Less/GreaterOrEqual/LessOrEqual of an
+    activation and a constant, through Cast to bool or Not) whose branches are that activation through per-tensor
+    views or constants is one ``lut`` over its codes.
   - ``MultiThreshold`` (FINN) is a ``lut`` over the input codes whose entries are the threshold counts (exact);
     per-channel thresholds select one block of the table per distinct row through an exact ``scale_shift``
     (``MT_TABLE_BITS``); ``out_scale``/``out_bias`` go into the view. ``FloatQuant`` (minifloat) on constants gives
@@ -592,6 +594,7 @@ class _Converter:
         self.requants: list[dict[str, Any]] = []
         self.qdq: dict[str, tuple[np.ndarray, int]] = {}  # QuantizeLinear output -> (scale, zero point)
         self.tables: dict[str, np.ndarray] = {}  # lut output tensor -> the function's float values per input code
+        self.comparisons: dict[str, tuple[str, str, float]] = {}  # Greater/Less/... output -> (x, op, constant)
 
     # ---------------------------------------------------------------- naming
     def _name(self, base: str) -> str:  # IR tensor and node names from ONNX names (identifier characters only)
@@ -622,6 +625,10 @@ class _Converter:
     def _get(self, name: str, node) -> _Val:
         if name in self.vals:
             return self.vals[name]
+        if name in self.comparisons:
+            raise UnsupportedError(f"node {self._where(node)!r} ({node.op_type}) reads the comparison {name!r}; qfx "
+                                   f"takes a comparison of an activation with a constant only as the condition of a "
+                                   f"Where; {_CUT}")
         if name in self.inits:
             v = _Val("const", np.asarray(self.inits[name]))
             self.vals[name] = v
@@ -2322,6 +2329,83 @@ class _Converter:
         t = self._table(n, x, fns[op], f"onnx:{spec}")
         self.vals[n.output[0]] = _Val("act", tensor=t)
 
+    def h_compare(self, n) -> None:
+        """Greater/Less/GreaterOrEqual/LessOrEqual of an activation and a constant scalar: no IR of its own; the
+        Where that reads it becomes a table (``h_where``)."""
+        from qfx.fixed.tables import SELECT_OPS
+
+        op = {"Greater": "gt", "Less": "lt", "GreaterOrEqual": "ge", "LessOrEqual": "le"}[n.op_type]
+        a, b = self._get(n.input[0], n), self._get(n.input[1], n)
+        if a.kind == "act" and b.kind == "const" and np.size(b.values) == 1:
+            x, c = n.input[0], float(np.asarray(b.values).reshape(-1)[0])
+        elif b.kind == "act" and a.kind == "const" and np.size(a.values) == 1:
+            x, c, op = n.input[1], float(np.asarray(a.values).reshape(-1)[0]), {"gt": "lt", "lt": "gt", "ge": "le",
+                                                                                "le": "ge"}[op]
+        else:
+            raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: qfx compares an activation with one "
+                                   f"constant; {_CUT}")
+        assert op in SELECT_OPS
+        self.comparisons[n.output[0]] = (x, op, c)
+
+    def h_cast(self, n) -> None:
+        """Cast of a comparison to bool (masked_fill's export) or of an activation to float32 (a no-op on values):
+        the same value; other casts are refused."""
+        to = int(_attrs(n).get("to", 0))
+        src = n.input[0]
+        if src in self.comparisons and to == 9:  # BOOL
+            self.comparisons[n.output[0]] = self.comparisons[src]
+            return
+        v = self._get(src, n)
+        if v.kind in ("act", "const") and to == 1:  # FLOAT
+            self.vals[n.output[0]] = v
+            return
+        raise UnsupportedError(f"Cast node {self._where(n)!r} to type {to}: qfx keeps activations in fixed point; "
+                               f"{_CUT}")
+
+    def h_not(self, n) -> None:
+        """Not of a comparison: the opposite comparison."""
+        if n.input[0] not in self.comparisons:
+            raise UnsupportedError(f"Not node {self._where(n)!r}: qfx negates comparisons only; {_CUT}")
+        x, op, c = self.comparisons[n.input[0]]
+        self.comparisons[n.output[0]] = (x, {"gt": "le", "le": "gt", "ge": "lt", "lt": "ge"}[op], c)
+
+    def h_where(self, n) -> None:
+        """Where(x > c, a, b) whose branches are the same IR tensor as x through per-tensor views (x, 0.1 * x,
+        x - 1) or constant scalars (hand-written LeakyReLU, thresholds, masked fills): one ``lut`` over x's codes,
+        the comparison and both branches computed exactly as the float model does at every code."""
+        from qfx.fixed.tables import SELECT_OPS
+
+        where = self._where(n)
+        if len(n.input) != 3 or n.input[0] not in self.comparisons:
+            raise UnsupportedError(f"Where node {where!r}: qfx selects by a comparison of an activation with a "
+                                   f"constant (Greater/Less/GreaterOrEqual/LessOrEqual); {_CUT}")
+        xname, op, c = self.comparisons[n.input[0]]
+        x = self._act(xname, n)
+        branches = []
+        for name in n.input[1:]:
+            v = self._get(name, n)
+            if v.kind == "const" and np.size(v.values) == 1:
+                branches.append((None, float(np.asarray(v.values).reshape(-1)[0])))
+            elif v.kind == "act" and v.tensor == x.tensor and v.m.size == 1 and v.h.size == 1:
+                branches.append((v, 0.0))
+            else:
+                raise UnsupportedError(f"Where node {where!r}: a branch that is not the compared activation through "
+                                       f"a per-tensor scale/shift or a constant scalar; {_CUT}")
+        if x.m.size != 1 or x.h.size != 1:
+            raise UnsupportedError(f"Where node {where!r}: the compared activation has per-channel scales; {_CUT}")
+
+        def real(v: _Val, t: np.ndarray) -> np.ndarray:
+            r = t * float(v.m[0]) + float(v.h[0])
+            return np.maximum(r, 0.0) if v.relu else r
+
+        def fn(t: np.ndarray) -> np.ndarray:
+            cond = SELECT_OPS[op](real(x, t), c)
+            a, b = (real(v, t) if v is not None else np.full_like(t, k) for v, k in branches)
+            return np.where(cond, a, b)
+
+        t = self._table(n, _Val("act", tensor=x.tensor), fn, f"onnx:where_{op}({c!r})")
+        self.vals[n.output[0]] = _Val("act", tensor=t)
+
     def h_clip(self, n) -> None:
         """Clip (ReLU6, hard-tanh): the ``clip`` op when both bounds are codes of the view, else a ``lut``."""
         a = _attrs(n)
@@ -3044,7 +3128,9 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "FloatQuant": _Converter.h_floatquant, "ReduceMean": _Converter.h_reduce_mean, "Pad": _Converter.h_pad,
     "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
     "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "ReduceMin": _Converter.h_reduce_min,
-    "ReduceSum": _Converter.h_reduce_sum, "Slice": _Converter.h_slice,
+    "ReduceSum": _Converter.h_reduce_sum, "Where": _Converter.h_where, "Cast": _Converter.h_cast,
+    "Not": _Converter.h_not,
+    **{op: _Converter.h_compare for op in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual")}, "Slice": _Converter.h_slice,
     "Split": _Converter.h_split, "Pow": _Converter.h_pow,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
                                               "Softsign", "Erf", "Gelu", "Mish", "Sqrt", "Exp", "Log",

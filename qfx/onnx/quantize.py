@@ -39,7 +39,7 @@ __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
 QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization", "Relu",
                            "AveragePool", "GlobalAveragePool", "Clip", "ReduceMean", "LeakyRelu", "PRelu", "Sigmoid",
                            "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus", "Softsign", "Erf", "Gelu",
-                           "Mish", "Pow", "ReduceMax", "ReduceMin", "ReduceSum", "Sqrt", "Exp", "Log", "Reciprocal", "Abs", "Celu",
+                           "Mish", "Pow", "ReduceMax", "ReduceMin", "ReduceSum", "Where", "Sqrt", "Exp", "Log", "Reciprocal", "Abs", "Celu",
                            "ThresholdedRelu"})
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
@@ -172,6 +172,9 @@ class _Quantizer:
             if t not in outs and len(users) == 1 and users[0].op_type in _CHAIN and \
                     all(i == t or i in consts for i in users[0].input if i):
                 continue  # the chain continues: quantize its end
+            if t not in outs and len(users) == 1 and users[0].op_type == "Where" and t in users[0].input[1:] and \
+                    n.op_type in ("Mul", "Div", "Add", "Sub") and sum(i not in consts for i in n.input if i) == 1:
+                continue  # a branch of Where that is its input scaled/shifted by constants: part of Where's table
             cands.append(t)
         return cands
 
