@@ -197,3 +197,17 @@ def test_sum_and_lrn_become_their_steps_with_the_same_values():
     assert any("LRN" in line for line in report)
     x = r.normal(0, 2, (2, 7, 4, 4)).astype(np.float32)
     np.testing.assert_allclose(_ort(cleaned, x), _ort(m, x), rtol=1e-5, atol=1e-6)
+
+
+def test_folded_scalar_constants_keep_their_rank():
+    """A Constant scalar (Gather's index of torch's x[:, 0]) folds to a 0-d initializer: a (1,) one would keep the
+    gathered axis and break the ranks after it."""
+    idx = helper.make_node("Constant", [], ["i"], value=numpy_helper.from_array(np.array(0, np.int64)))
+    nodes = [idx, helper.make_node("Gather", ["x", "i"], ["g"], axis=1), helper.make_node("Relu", ["g"], ["y"])]
+    m = _model(nodes, {}, (5, 6))
+    cleaned, _ = cleanup(m)
+    init = {i.name: numpy_helper.to_array(i) for i in cleaned.graph.initializer}
+    assert init["i"].shape == ()
+    x = np.random.default_rng(7).normal(size=(2, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_ort(cleaned, x), _ort(m, x))
+    assert _ort(cleaned, x).shape == (2, 6)

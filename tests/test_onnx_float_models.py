@@ -19,6 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 nn = torch.nn
 F = torch.nn.functional
 
+from qfx.errors import UnsupportedError  # noqa: E402
 from qfx.ir.interpret import run  # noqa: E402
 from qfx.onnx.export import to_onnx_model  # noqa: E402
 from qfx.onnx.importer import import_model, input_codes, output_values  # noqa: E402
@@ -327,6 +328,20 @@ class Selections(nn.Module):
                                  torch.where(0.5 >= h, 0.0, h - 0.5)], 1))
 
 
+class PickTokens(nn.Module):
+    """x[:, 0] and x[:, -1] of tokens (the class token, the last step), a channel and a row of a feature map: ONNX
+    Gather with a constant index."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.f = nn.Linear(6, 8), nn.Conv2d(5, 3, 1), nn.Linear(16 + 6 + 3, 3)
+
+    def forward(self, x):  # (N, 5, 6)
+        h = F.relu(self.a(x))
+        m = F.relu(self.c(x.unsqueeze(-1).expand(-1, -1, -1, 2).contiguous()))  # (N, 3, 6, 2)
+        return self.f(torch.cat([h[:, 0], h[:, -1], m[:, 1].flatten(1)[:, :6], m[:, :, 2, 0]], 1))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -339,6 +354,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
+    "pick_tokens": (PickTokens, (5, 6)),
 }
 
 
@@ -499,3 +515,22 @@ def test_onnx_test_zoo_imagenet_models_import(name):
     ref = np.concatenate([sess.run(None, {iname: x[i:i + 1]})[0] for i in (4, 5)]).reshape(2, -1)
     assert got.shape == ref.shape == (2, 1000)
     assert np.abs(got - ref).max() <= 0.08 * np.abs(ref).max() + 1e-4
+
+
+def test_recurrent_layers_are_refused_up_front_in_one_line():
+    """An exported LSTM is refused naming the LSTM node, before any complaint about the nodes around it."""
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l, self.f = nn.LSTM(3, 5, batch_first=True), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.f(self.l(x)[0][:, -1])
+
+    buf = io.BytesIO()
+    torch.onnx.export(Seq().eval(), torch.zeros(1, 4, 3), buf, opset_version=13, dynamo=False, input_names=["x"],
+                      output_names=["y"])
+    with pytest.raises(UnsupportedError) as ei:
+        import_model(onnx.load_from_string(buf.getvalue()), input_fmt="ap_fixed<8,3>")
+    msg = str(ei.value)
+    assert "\n" not in msg and "unsupported ONNX op 'LSTM'" in msg and "recurrent" in msg

@@ -62,6 +62,13 @@ def _attrs(node) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _c_order(arr: Any) -> np.ndarray:
+    """A C-ordered copy of ``arr`` that keeps its rank (``np.ascontiguousarray`` makes a 0-d array 1-d, which turned
+    folded scalar constants, e.g. Gather's index of ``x[:, 0]``, into shape (1,) and changed the graph's ranks)."""
+    a = np.asarray(arr)
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
+
 def constant_value(node) -> np.ndarray | None:
     """The value of a ``Constant`` node: its ``value`` tensor or a ``value_float(s)``/``value_int(s)`` attribute
     (the dynamo exporter writes shapes and scalars that way); None for sparse or string values."""
@@ -233,7 +240,7 @@ class _Cleaner:
             if t.name == name:
                 del self.g.initializer[i]
                 break
-        self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        self.g.initializer.append(numpy_helper.from_array(_c_order(arr), name))
 
     def consumers(self, tensor: str) -> list[Any]:
         return [n for n in self.g.node if tensor in n.input]
@@ -395,7 +402,7 @@ class _Cleaner:
 
             def const(suffix: str, arr: np.ndarray) -> str:
                 name = f"{base}_{suffix}"
-                self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+                self.g.initializer.append(numpy_helper.from_array(_c_order(arr), name))
                 return name
 
             def mean(src: str, suffix: str) -> str:
@@ -467,7 +474,7 @@ class _Cleaner:
 
             def const(suffix: str, arr: np.ndarray) -> str:
                 name = f"{base}_{suffix}"
-                self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+                self.g.initializer.append(numpy_helper.from_array(_c_order(arr), name))
                 return name
 
             t = f"{base}_cf"

@@ -49,7 +49,9 @@
     ``lut``. With these, LayerNormalization/InstanceNormalization (GroupNorm) import as the steps the clean-up writes
     them as (``cleanup.normalizations``). ``Where`` of a comparison (Greater/Less/GreaterOrEqual/LessOrEqual of an
     activation and a constant, through Cast to bool or Not) whose branches are that activation through per-tensor
-    views or constants is one ``lut`` over its codes.
+    views or constants is one ``lut`` over its codes. ``Gather`` with constant indices along a per-sample axis
+    (``x[:, 0]``) is a ``slice``; ``Expand`` along size-1 axes repeats by ``upsample2d``. Ops with no handler are
+    refused before any node is converted.
   - ``MultiThreshold`` (FINN) is a ``lut`` over the input codes whose entries are the threshold counts (exact);
     per-channel thresholds select one block of the table per distinct row through an exact ``scale_shift``
     (``MT_TABLE_BITS``); ``out_scale``/``out_bias`` go into the view. ``FloatQuant`` (minifloat) on constants gives
@@ -546,6 +548,9 @@ REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
                   "on the host",
     "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
+    **{op: "qfx maps feed-forward graphs; a recurrent layer has no qfx op (run the recurrence on the host, or "
+           "unroll it into MatMul/Add/Sigmoid/Tanh steps over a fixed length before export); " + _CUT
+       for op in ("LSTM", "GRU", "RNN", "Scan", "Loop")},
     **{op: "qfx writes LayerNormalization/InstanceNormalization as ReduceMean, Sub, Mul, Sqrt and Div steps when "
            "the input's rank is known and the Mean/InvStdDev outputs are unused (qfx quantize then calibrates each "
            "step), not this node; export with opset < 17 (torch writes the steps itself), use BatchNormalization, "
@@ -564,6 +569,11 @@ _GENERIC = ("qfx imports Quant/BipolarQuant/Trunc/MultiThreshold/FloatQuant, Qua
             "(1-D, 2-D), BatchNormalization, Relu/Clip/LeakyRelu/PRelu/Sigmoid/Tanh/"
             "HardSigmoid/HardSwish/Elu/Erf/Gelu, Softmax, Add/Sub/Mul/Div, Max/Min of two tensors, MaxPool/AveragePool, "
             "Reduce{Mean,Max,Min,Sum}, Slice/Split, Concat, Resize, DepthToSpace, Flatten/Reshape; " + _CUT)
+
+
+def _fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """``small`` repeats to ``big`` along its size-1 axes (same rank)."""
+    return len(small) == len(big) and all(s in (1, g) for s, g in zip(small, big))
 
 
 def _clean_name(base: str) -> str:
@@ -794,10 +804,14 @@ class _Converter:
             if perm:
                 self.input_meta[name]["input_perm"] = [int(p) for p in perm.split(",")]
         live = set(self.pending_inputs)  # tensors computed from the data inputs
-        for n in g.node:  # refuse dynamic quantization and activation-by-activation Gemms up front
-            if n.op_type in DYNAMIC_QUANT_OPS:
+        for n in g.node:  # refuse dynamic quantization, ops qfx has no handler for and activation-by-activation
+            if n.op_type in DYNAMIC_QUANT_OPS:  # Gemms up front (not after an unrelated complaint about a node before)
                 full = f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
                 raise UnsupportedError(f"unsupported ONNX op {full!r} (node {self._where(n)!r}): {DYNAMIC_QUANT}")
+            if n.domain in ("", "ai.onnx") and n.op_type not in HANDLERS and n.op_type not in QONNX_OPS and \
+                    n.op_type not in self._MS_QOPS:
+                raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {self._where(n)!r}): "
+                                       f"{REFUSALS.get(n.op_type, _GENERIC)}")
             if any(i in live for i in n.input):
                 live.update(n.output)
             if n.op_type == "Gemm" and n.domain in ("", "ai.onnx") and len(n.input) > 1 and \
@@ -1210,47 +1224,65 @@ class _Converter:
 
     def _broadcast_pair(self, n, a: _Val, b: _Val) -> tuple[_Val, _Val]:
         """Two activations of one shape: an operand with size-1 axes is repeated along them to the other's shape
-        (ONNX broadcasting between per-sample shapes of one rank): a (C, 1, 1) gate against (C, H, W) (squeeze-
-        excitation) is one ``upsample2d``; a row statistic (C, H, 1), a per-sample one (1,) against (n,), or a
-        channel map (1, H, W) is repeated one axis at a time, each a reshape to (P, 1, Q) and an ``upsample2d`` by
-        (size, 1) (wires and copies: exact)."""
+        (ONNX broadcasting between per-sample shapes of one rank; ``_repeat_to``)."""
         sa, sb = self.tensors[a.tensor].shape, self.tensors[b.tensor].shape
         if sa == sb:
             return a, b
-
-        def fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
-            return len(small) == len(big) and all(s in (1, g) for s, g in zip(small, big))
-
-        def grow(v: _Val, small: tuple[int, ...], big: tuple[int, ...]) -> _Val:
-            base = f"{self._where(n)}_broadcast"
-            if len(small) == 3 and small == (big[0], 1, 1):
-                t = self._add("upsample2d", _FakeNode(base), [v.tensor], big, self.tensors[v.tensor].fmt,
-                              attrs={"scale": (big[1], big[2])})
-                return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
-            t, cur = v.tensor, list(small)
-            fmt = self.tensors[t].fmt
-            for k, g in enumerate(big):
-                if cur[k] == g:
-                    continue
-                p, q = int(np.prod(cur[:k])), int(np.prod(cur[k + 1:]))
-                if self.tensors[t].shape != (p, 1, q):
-                    t = self._add("reshape", _FakeNode(f"{base}{k}_in"), [t], (p, 1, q), fmt,
-                                  attrs={"shape": (p, 1, q)})
-                t = self._add("upsample2d", _FakeNode(f"{base}{k}"), [t], (p, g, q), fmt, attrs={"scale": (g, 1)})
-                cur[k] = g
-            if self.tensors[t].shape != tuple(big):
-                t = self._add("reshape", _FakeNode(f"{base}_out"), [t], tuple(big), fmt, attrs={"shape": tuple(big)})
-            # the view is per channel (axis 0): a repeated axis 0 had one channel, so its view is one value
-            return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
-
         if "upsample2d" in REGISTRY:
-            if fits(sa, sb):
-                return grow(a, sa, sb), b
-            if fits(sb, sa):
-                return a, grow(b, sb, sa)
+            if _fits(sa, sb):
+                return self._repeat_to(n, a, sb), b
+            if _fits(sb, sa):
+                return a, self._repeat_to(n, b, sa)
         raise UnsupportedError(f"{n.op_type} node {self._where(n)!r}: operand shapes {sa} and {sb} (per sample) "
                                f"differ; qfx broadcasts an operand with size-1 axes against one of the same rank; "
                                f"{_CUT}")
+
+    def _repeat_to(self, n, v: _Val, big: tuple[int, ...]) -> _Val:
+        """``v`` repeated along its size-1 axes to ``big``: a (C, 1, 1) gate against (C, H, W) (squeeze-excitation)
+        is one ``upsample2d``; a row statistic (C, H, 1), a per-sample one (1,) against (n,), or a channel map
+        (1, H, W) is repeated one axis at a time, each a reshape to (P, 1, Q) and an ``upsample2d`` by (size, 1)
+        (wires and copies: exact). The view is per channel (axis 0): a repeated axis 0 had one channel, so its view
+        is one value."""
+        small = self.tensors[v.tensor].shape
+        base = f"{self._where(n)}_broadcast"
+        if len(small) == 3 and small == (big[0], 1, 1):
+            t = self._add("upsample2d", _FakeNode(base), [v.tensor], big, self.tensors[v.tensor].fmt,
+                          attrs={"scale": (big[1], big[2])})
+            return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
+        t, cur = v.tensor, list(small)
+        fmt = self.tensors[t].fmt
+        for k, g in enumerate(big):
+            if cur[k] == g:
+                continue
+            p, q = int(np.prod(cur[:k])), int(np.prod(cur[k + 1:]))
+            if self.tensors[t].shape != (p, 1, q):
+                t = self._add("reshape", _FakeNode(f"{base}{k}_in"), [t], (p, 1, q), fmt, attrs={"shape": (p, 1, q)})
+            t = self._add("upsample2d", _FakeNode(f"{base}{k}"), [t], (p, g, q), fmt, attrs={"scale": (g, 1)})
+            cur[k] = g
+        if self.tensors[t].shape != tuple(big):
+            t = self._add("reshape", _FakeNode(f"{base}_out"), [t], tuple(big), fmt, attrs={"shape": tuple(big)})
+        return _Val("act", tensor=t, m=v.m, h=v.h, relu=v.relu)
+
+    def h_expand(self, n) -> None:
+        """Expand of an activation along its size-1 per-sample axes (``x.expand(-1, c, h, w)``): ``_repeat_to``."""
+        v = self._get(n.input[0], n)
+        shp = [int(d) for d in self._int_list(n.input[1], n)]
+        if v.kind == "const":
+            self.vals[n.output[0]] = self._const_map(v, lambda z: np.asarray(z) * np.ones(shp, dtype=np.asarray(z).dtype))
+            return
+        x = self._act(n.input[0], n)
+        small = self.tensors[x.tensor].shape
+        full = tuple(np.broadcast_shapes((1, *small), tuple(shp)))
+        if len(full) != len(small) + 1:
+            raise UnsupportedError(f"Expand node {self._where(n)!r} adds axes; qfx repeats along existing size-1 "
+                                   f"axes; {_CUT}")
+        big = tuple(full[1:])
+        if big == small:
+            self.vals[n.output[0]] = x
+            return
+        if "upsample2d" not in REGISTRY or not _fits(small, big):
+            raise UnsupportedError(f"Expand node {self._where(n)!r} from {small} to {big}; {_CUT}")
+        self.vals[n.output[0]] = self._repeat_to(n, x, big)
 
     def _mul_acts(self, n, a: _Val, b: _Val) -> None:
         """The exact product of two activations (``mul``: output width the sum of both): a view with an offset or a
@@ -2895,6 +2927,50 @@ class _Converter:
             m, h = self._full(m, x.tensor)[a:b:k], self._full(h, x.tensor)[a:b:k]
         self.vals[out] = _Val("act", tensor=t, m=m, h=h, relu=x.relu)
 
+    def h_gather(self, n) -> None:
+        """Gather of an activation with constant indices along a per-sample axis (torch's ``x[:, 0]``, ``x[:, -1]``:
+        the class token, the last step): a ``slice`` (a scalar index then drops the axis by a reshape); indices that
+        form an arithmetic run (``x[:, [0, 2, 4]]``) are one strided slice."""
+        where = self._where(n)
+        if len(n.input) != 2:
+            raise BadInputError(f"Gather node {where!r} needs inputs data, indices")
+        v = self._get(n.input[0], n)
+        if v.kind == "const":
+            from qfx.onnx.cleanup import FOLDERS
+
+            idx = np.asarray(self._const(n.input[1], n, "indices").values)
+            self.vals[n.output[0]] = self._const_map(v, lambda z: FOLDERS["Gather"](n, [np.asarray(z), idx]))
+            return
+        x = self._act(n.input[0], n)
+        shape = self.tensors[x.tensor].shape
+        rank = len(shape) + 1
+        ax = int(_attrs(n).get("axis", 0)) % rank
+        iv = self._get(n.input[1], n)
+        if iv.kind != "const":
+            raise UnsupportedError(f"Gather node {where!r} with computed indices; qfx gathers constant indices; "
+                                   f"{_CUT}")
+        idx = np.asarray(iv.values).astype(np.int64)
+        if ax == 0:
+            raise UnsupportedError(f"Gather node {where!r} picks samples of the batch axis; {_CUT}")
+        d = shape[ax - 1]
+        flat = np.where(idx < 0, idx + d, idx).reshape(-1)
+        if flat.size == 0 or np.any(flat < 0) or np.any(flat >= d):
+            raise BadInputError(f"Gather node {where!r}: indices {idx.tolist()} out of range for size {d}")
+        step = int(flat[1] - flat[0]) if flat.size > 1 else 1
+        if idx.ndim > 1 or step < 1 or np.any(np.diff(flat) != step):
+            raise UnsupportedError(f"Gather node {where!r}: indices {idx.tolist()} are not one ascending run with one "
+                                   f"step; {_CUT}")
+        box = [(0, s_, 1) for s_ in shape]
+        box[ax - 1] = (int(flat[0]), int(flat[-1]) + 1, step)
+        if idx.ndim == 1:
+            return self._slice_act(n, x, box, n.output[0])
+        tmp = f"{_clean_name(where)}__qfx_picked"
+        self._slice_act(n, x, box, tmp)
+        rest = [s_ for k, s_ in enumerate(shape) if k != ax - 1]
+        if not rest:
+            raise UnsupportedError(f"Gather node {where!r} leaves a scalar per sample; {_CUT}")
+        self._reshape_act(_FakeNode(n.output[0]), self.vals.pop(tmp), rest)
+
     def h_slice(self, n) -> None:
         """Slice of an activation (``x[:, 2:5]``, ``chunk``, ``narrow``) with positive steps: the ``slice`` op."""
         where = self._where(n)
@@ -3129,7 +3205,7 @@ HANDLERS: dict[str, Callable[[_Converter, Any], None]] = {
     "ConvTranspose": _Converter.h_conv_transpose, "Max": _Converter.h_max_min, "Min": _Converter.h_max_min,
     "Neg": _Converter.h_neg, "ReduceMax": _Converter.h_reduce_max, "ReduceMin": _Converter.h_reduce_min,
     "ReduceSum": _Converter.h_reduce_sum, "Where": _Converter.h_where, "Cast": _Converter.h_cast,
-    "Not": _Converter.h_not,
+    "Not": _Converter.h_not, "Gather": _Converter.h_gather, "Expand": _Converter.h_expand,
     **{op: _Converter.h_compare for op in ("Greater", "Less", "GreaterOrEqual", "LessOrEqual")}, "Slice": _Converter.h_slice,
     "Split": _Converter.h_split, "Pow": _Converter.h_pow,
     **{op: _Converter.h_activation for op in ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
