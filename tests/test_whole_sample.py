@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
 from qfx.onnx.cleanup import cleanup  # noqa: E402
+from qfx.ir.interpret import run  # noqa: E402
 from qfx.onnx.whole_sample import BATCH_AXIS_KEY  # noqa: E402
 
 S, E, H = 8, 16, 2
@@ -185,3 +187,67 @@ def test_qonnx_wheel_sdp_model_imports_through_qfx_quantize() -> None:
     g = import_model(q)
     assert [n.op.value for n in g.nodes].count("softmax") == 1
     assert g.tensor(g.inputs[0]).shape == (64, 1, 128)
+
+
+class _BatchFirstMHA(torch.nn.Module):
+    """torch's batch_first nn.MultiheadAttention between two Linears, exported with batch 1 (the usual way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.m, self.f = torch.nn.Linear(6, 8), torch.nn.MultiheadAttention(8, 2, batch_first=True), \
+            torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.f(self.m(h, h, h, need_weights=False)[0].mean(1))
+
+
+class _BatchFirstEncoder(torch.nn.Module):
+    """nn.TransformerEncoderLayer (batch_first, LayerNormalization at opset 17) between two Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.f = torch.nn.Linear(6, 8), torch.nn.Linear(8, 2)
+        self.e = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.f(self.e(self.a(x)).mean(1))
+
+
+@pytest.mark.parametrize("cls", [_BatchFirstMHA, _BatchFirstEncoder])
+def test_batch_first_attention_exported_with_batch_1_imports(cls, tmp_path) -> None:
+    """The export transposes to sequence-first inside (moving values across axis 0), its out_proj is a Gemm on
+    (L*N, E) rows and the heads come from Gather: the whole-sample rewrite takes each (1, L, E) input as a sample,
+    the Gemm as a MatMul, the Linears on tokens as 1x1 convolutions. Calibration data is K samples of (L, E) (the
+    batch-1 axis restored); the quantized model follows torch's float output, qfx's ONNX computes the interpreter's
+    bits, and C simulation agrees."""
+    from qfx.backends import hls
+    from qfx.onnx.export import to_onnx_model
+    from qfx.onnx.importer import import_model, input_codes, output_values
+    from qfx.onnx.quantize import quantize_onnx
+    from qfx.onnx.runtime import run_onnx_codes
+    from qfx.sim.csim import run_csim_batch
+
+    torch.manual_seed(0)
+    m = cls().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, torch.zeros(1, 5, 6), buf, opset_version=17, dynamo=False, input_names=["x"],
+                          output_names=["y"])
+    model = onnx.load_from_string(buf.getvalue())
+    rng = np.random.default_rng(1)
+    qm, _ = quantize_onnx(model, rng.uniform(-1, 1, (128, 5, 6)).astype(np.float32))
+    g = import_model(qm, name=f"bf_{cls.__name__.lower().strip('_')}")
+    assert "matmul" in {n.op.value for n in g.nodes} and "softmax" in {n.op.value for n in g.nodes}
+    x = rng.uniform(-1, 1, (32, 5, 6)).astype(np.float32)
+    codes = input_codes(g, x[:, None])
+    got = output_values(g, run(g, codes)).reshape(len(x), -1)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
+    d = tmp_path / "hls"
+    hls.write_project(g, d)
+    rep = run_csim_batch([d], n_vectors=20, seed=3)[0]
+    assert rep.passed, rep.summary()

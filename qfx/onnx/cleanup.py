@@ -464,12 +464,12 @@ class _Cleaner:
             if shapes is None:
                 shapes = self.known_shapes()
             xs = shapes.get(n.input[0])
-            if xs is None or len(xs) != 3 or (scaled and (np.ndim(consts[n.input[1]]) > 3 or
-                                                          consts[n.input[1]].shape[-1] != xs[2])):
+            if xs is None or len(xs) < 3 or (scaled and (np.ndim(consts[n.input[1]]) > len(xs) or
+                                                         consts[n.input[1]].shape[-1] != xs[-1])):
                 out_nodes.append(n)
                 continue
             base = f"{n.name or n.output[0]}__tok"
-            ln, d = xs[1], xs[2]
+            ln, d = int(np.prod(xs[1:-1])), xs[-1]
             new: list[Any] = []
 
             def const(suffix: str, arr: np.ndarray) -> str:
@@ -477,8 +477,14 @@ class _Cleaner:
                 self.g.initializer.append(numpy_helper.from_array(_c_order(arr), name))
                 return name
 
+            src = n.input[0]
+            if len(xs) > 3:  # (N, a, b, ..., d): the rows (N, a*b*..., d) first (torch's Linear on any leading dims)
+                src = f"{base}_rows"
+                new.append(helper.make_node("Reshape", [n.input[0], const("rows_shape", np.asarray([0, ln, d],
+                                                                                                    np.int64))],
+                                            [src], name=f"{base}/rows"))
             t = f"{base}_cf"
-            new.append(helper.make_node("Transpose", [n.input[0]], [t], perm=[0, 2, 1], name=f"{base}/to_channels"))
+            new.append(helper.make_node("Transpose", [src], [t], perm=[0, 2, 1], name=f"{base}/to_channels"))
             y = n.output[0]
             if scaled:
                 c = consts[n.input[1]].reshape(-1)
@@ -507,7 +513,12 @@ class _Cleaner:
                 new.append(helper.make_node("Reshape", [f"{base}_conv", const("s3", np.asarray([0, out, ln],
                                                                                                  np.int64))],
                                             [back], name=f"{base}/to_3d"))
-            new.append(helper.make_node("Transpose", [back], [y], perm=[0, 2, 1], name=f"{base}/to_tokens"))
+            tok = y if len(xs) == 3 else f"{base}_tokens"
+            new.append(helper.make_node("Transpose", [back], [tok], perm=[0, 2, 1], name=f"{base}/to_tokens"))
+            if len(xs) > 3:
+                new.append(helper.make_node("Reshape", [tok, const("back_shape", np.asarray([0, *xs[1:-1], out],
+                                                                                              np.int64))],
+                                            [y], name=f"{base}/unrows"))
             out_nodes.extend(new)
             count += 1
         if count:

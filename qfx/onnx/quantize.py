@@ -18,7 +18,7 @@ so the written file is the cleaned graph; a layout transpose folded at an input 
 ``qfx.input_perm:<input>`` and applied to the calibration data. Several graph inputs: calibration data is one array
 per input name (a dict, or an ``.npz`` on the command line). A fixed-shape graph whose first axis is not a
 batch (``qfx.onnx.whole_sample``) takes each whole input tensor as one sample: calibration data is a stack of them
-(or one tensor of the model's own shape). The result runs in QONNX's executor as it is and imports
+(or one tensor of the model's own shape; for a model exported with batch 1, K samples of its other axes). The result runs in QONNX's executor as it is and imports
 into qfx without options.
 """
 from __future__ import annotations
@@ -127,11 +127,15 @@ class _Quantizer:
         props = {p.key: p.value for p in self.m.metadata_props}
         self.calib: dict[str, np.ndarray] = {}
         whole = props.get(BATCH_AXIS_KEY) == "added"
-        ranks = {i.name: len(i.type.tensor_type.shape.dim) for i in model.graph.input}
+        fixed = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
         for old, new in zip(before, after):
             x = np.asarray(calib[old], dtype=np.float32)
-            if whole and x.ndim == ranks.get(old):  # one whole tensor of the fixed-shape model: one sample
-                x = x[None]
+            shape = fixed.get(old, ())
+            if whole and x.ndim == len(shape):
+                if shape and shape[0] == 1 and x.shape[1:] == shape[1:] and x.shape != shape:
+                    x = x[:, None]  # K samples of a model exported with batch 1 (batch-first attention)
+                else:  # one whole tensor of the fixed-shape model: one sample
+                    x = x[None]
             perm = props.get(f"qfx.input_perm:{new}") or (props.get("qfx.input_perm") if len(after) == 1 else None)
             self.calib[new] = np.transpose(x, [int(p) for p in perm.split(",")]) if perm else x
         self.k = 0

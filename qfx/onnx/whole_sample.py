@@ -12,8 +12,9 @@ axis, so constants stay as they are.
 It runs only when (1) every graph input has a fully static shape, (2) some node moves data across axis 0 (a
 Transpose that moves it, a Reshape that changes its size, an axis-0 softmax/concat/reduction, a MatMul contracting
 a computed rank-2 operand's first axis, a constant that varies along it), and (3) every node is of an op whose
-meaning does not depend on rank (``RANK_FREE``): a Conv or Gemm graph with an odd first axis is left alone (and
-refused by the importer as before). ``qfx.batch_axis`` = ``added`` in the model metadata records it: data for the
+meaning does not depend on rank (``RANK_FREE``; a Gemm with a constant B and no transA counts, and is written as
+MatMul (+ Add) when the rewrite runs: the out_proj of torch's batch_first attention exported with batch 1): a Conv
+graph with an odd first axis is left alone (and refused by the importer as before). ``qfx.batch_axis`` = ``added`` in the model metadata records it: data for the
 rewritten model has one more leading axis (a stack of whole original tensors).
 """
 from __future__ import annotations
@@ -31,10 +32,14 @@ RANK_FREE = frozenset({
     "Reshape", "Transpose", "MatMul", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "Abs", "Exp",
     "Log", "Erf", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
     "Softsign", "Gelu", "Clip", "Max", "Min", "Softmax", "LogSoftmax", "Concat", "Squeeze", "Unsqueeze",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Identity", "Cast", "Constant"})
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Identity", "Cast", "Constant", "Gather",
+    "LayerNormalization"})
+#: rank-free once written as MatMul (+ Mul alpha, + Add C): a Gemm with a constant B and no transA (the out_proj of
+#: torch's batch_first attention, which runs on (L*N, E) rows)
+_GEMM = "Gemm"
 #: QONNX ops that are element-wise with right-aligned (broadcast) parameters
 _QONNX_ELEMENTWISE = frozenset({"Quant", "BipolarQuant", "Trunc", "FloatQuant"})
-_AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat"})
+_AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat", "Gather", "LayerNormalization"})
 _AXES_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Squeeze", "Unsqueeze"})
 
 
@@ -92,11 +97,15 @@ class _Plan:
         for n in self.g.node:
             if n.domain == QONNX_DOMAIN and n.op_type in _QONNX_ELEMENTWISE:
                 continue
-            if n.domain not in _DEFAULT or n.op_type not in RANK_FREE:
+            if n.domain not in _DEFAULT or n.op_type not in RANK_FREE and not self._gemm_ok(n):
                 return None
             if crossing is None and self._crosses(n):
                 crossing = n.name or n.op_type
         return crossing
+
+    def _gemm_ok(self, n) -> bool:
+        a = _attrs(n)
+        return n.op_type == _GEMM and not int(a.get("transA", 0)) and len(n.input) > 1 and n.input[1] in self.consts
 
     def _crosses(self, n) -> bool:
         op = n.op_type
@@ -111,7 +120,7 @@ class _Plan:
             return a is None or b is None or a[0] != b[0]
         if op in _AXIS_OPS:
             r = self.rank(n.input[0])
-            ax = int(_attrs(n).get("axis", 1 if op != "Concat" else 0))
+            ax = int(_attrs(n).get("axis", {"Concat": 0, "Gather": 0, "LayerNormalization": -1}.get(op, 1)))
             return r is None or ax % r == 0
         if op in _AXES_OPS:
             axes, r = self._axes_of(n), self.rank(n.input[0] if op != "Unsqueeze" else n.output[0])
@@ -122,6 +131,9 @@ class _Plan:
             return any(int(x) % r == 0 for x in axes)
         if op == "MatMul":
             return len(n.input) > 1 and n.input[1] not in self.fixed and self.rank(n.input[1]) == 2
+        if op == _GEMM:  # rows of A stay rows; only a 2-D C with several rows varies along axis 0
+            c = self.consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+            return c is not None and c.ndim == 2 and c.shape[0] > 1
         r = self.rank(n.output[0])
         for i in n.input:  # a constant that varies along the first axis of a full-rank operand
             v = self.consts.get(i)
@@ -154,7 +166,7 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
             lead = 0  # copies the new batch axis
         n.input[1] = fresh(np.asarray([lead, *tgt], dtype=np.int64), n.input[1])
     elif op in _AXIS_OPS:
-        default = 0 if op == "Concat" else (-1 if _opset(plan.c.m) >= 13 else 1)
+        default = {"Concat": 0, "Gather": 0, "LayerNormalization": -1}.get(op, -1 if _opset(plan.c.m) >= 13 else 1)
         ax = int(_attrs(n).get("axis", default))
         if ax >= 0:
             _set_attr(n, "axis", ax + 1)
@@ -183,6 +195,34 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
     return True
 
 
+def _gemms_as_matmuls(plan: _Plan, fresh) -> None:
+    """Gemm(A, B, C) with a constant B and no transA as ``MatMul(A, B') * alpha + beta * C``: the same values, and
+    a MatMul does not care how many leading axes A has."""
+    from onnx import helper
+
+    nodes = []
+    for n in plan.g.node:
+        if n.domain not in _DEFAULT or n.op_type != _GEMM:
+            nodes.append(n)
+            continue
+        a = _attrs(n)
+        b = np.asarray(plan.consts[n.input[1]])
+        b = b.T if int(a.get("transB", 0)) else b
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        base = n.name or n.output[0]
+        out = n.output[0]
+        has_c = len(n.input) > 2 and n.input[2]
+        mm = f"{base}__mm" if (alpha != 1.0 or has_c) else out
+        nodes.append(helper.make_node("MatMul", [n.input[0], fresh(np.ascontiguousarray(b * alpha), f"{base}_w")],
+                                      [mm], name=f"{base}/matmul"))
+        if has_c:
+            c = plan.consts.get(n.input[2])
+            bias = fresh(np.asarray(c * beta, dtype=np.float32), f"{base}_c") if c is not None else n.input[2]
+            nodes.append(helper.make_node("Add", [mm, bias], [out], name=f"{base}/bias"))
+    del plan.g.node[:]
+    plan.g.node.extend(nodes)
+
+
 def add_batch_axis(cleaner) -> None:
     """Apply the rewrite to ``cleaner``'s graph when it applies (see the module doc); a report line says so."""
     import onnx
@@ -204,6 +244,7 @@ def add_batch_axis(cleaner) -> None:
         cleaner.set_init(name, value)
         return name
 
+    _gemms_as_matmuls(plan, fresh)
     for n in cleaner.g.node:
         if n.domain in _DEFAULT and not _shift_axes(plan, n, fresh):
             cleaner.m.CopyFrom(backup)  # leave the graph as it was: the importer refuses it in one line
