@@ -15,7 +15,7 @@ import qfx
 from qfx.errors import UnsupportedError
 from qfx.nn.extra_layers import QPixelShuffle
 
-from models.harness import exact_check, square_loss_steps
+from models.harness import csim_agrees, exact_check, square_loss_steps
 
 
 class SubPixel(nn.Module):
@@ -69,15 +69,8 @@ def test_pixel_shuffle_bad_factor_refused():
 
 @pytest.mark.gxx
 def test_pixel_shuffle_csim(subpixel, tmp_path):
-    from qfx.commands.export import export_graph
-    from qfx.ir.passes import DEFAULT_FLOW, run_flow
-    from qfx.sim.csim import run_csim
-
     q, x = subpixel
-    g, _, _ = exact_check(q, x)
-    g = run_flow(g, DEFAULT_FLOW).graph
-    rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=32)
-    assert rep.mismatches == 0 and rep.outputs_compared > 0
+    csim_agrees(q, x, tmp_path / "hls", 32)
 
 
 class RowReductions(nn.Module):

@@ -15,7 +15,7 @@ import qfx
 from qfx.errors import UnsupportedError
 from qfx.nn.trace import size_to_factor
 
-from models.harness import exact_check, square_loss_steps
+from models.harness import csim_agrees, exact_check, square_loss_steps
 
 
 class Ratios(nn.Module):
@@ -118,15 +118,8 @@ def test_sizes_that_are_not_multiples_stay_refused_in_one_line():
 
 @pytest.mark.gxx
 def test_divisions_and_tables_csim(ratios, tmp_path):
-    from qfx.commands.export import export_graph
-    from qfx.ir.passes import DEFAULT_FLOW, run_flow
-    from qfx.sim.csim import run_csim
-
     q, x = ratios
-    g, _, _ = exact_check(q, x)
-    g = run_flow(g, DEFAULT_FLOW).graph
-    rep = run_csim(export_graph(g, "hls", tmp_path / "hls"), n_vectors=48)
-    assert rep.mismatches == 0 and rep.outputs_compared > 0
+    csim_agrees(q, x, tmp_path / "hls", 48)
 
 
 class CausalTCN(nn.Module):

@@ -771,18 +771,9 @@ class QAdd(QModule):
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 2:
             raise UnsupportedError(f"{name}: add takes two inputs, got {len(inputs)}")
-        a, b = inputs
-        items: list[IRItem] = []
-        if a.shape != b.shape:  # a per-channel, per-sample or channel-map operand repeats, as QMul's and QSub's
-            from qfx.nn.op_layers import _broadcast, _broadcasts
+        from qfx.nn.op_layers import broadcast_operands  # op_layers imports this module
 
-            if _broadcasts(b.shape, a.shape):
-                items, b = _broadcast(f"{name}.bcast_b", b, a.shape)
-            elif _broadcasts(a.shape, b.shape):
-                items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
-            else:
-                raise UnsupportedError(f"{name}: add inputs differ in shape: {a.shape} vs {b.shape} (qfx broadcasts "
-                                       "one value per channel, one map over the channels, or one value per sample)")
+        items, a, b = broadcast_operands(name, "add", inputs[0], inputs[1])  # as QMul's and QSub's
         node = Node(name, "add", (a.name, b.name), output, source=name)
         return items + [(node, TensorSpec(output, a.shape, self._spec_fmt(a.fmt.add_format(b.fmt))))]
 

@@ -82,19 +82,27 @@ class _Binary(_IRModule):
     def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
         if len(inputs) != 2:
             raise UnsupportedError(f"{name}: {self.op} takes two inputs, got {len(inputs)}")
-        a, b = inputs
-        items: list[IRItem] = []
-        if a.shape != b.shape:  # one value per channel (SE gates: x * sigmoid(fc(pool(x)))) or per sample
-            if _broadcasts(b.shape, a.shape):
-                items, b = _broadcast(f"{name}.bcast_b", b, a.shape)
-            elif _broadcasts(a.shape, b.shape):
-                items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
-            else:
-                raise UnsupportedError(f"{name}: {self.op} inputs differ in shape: {a.shape} vs {b.shape} (qfx "
-                                       "broadcasts one value per channel, (C, 1, 1) / (C, 1), one map over the "
-                                       "channels, (1, H, W) / (1, L), or one value per sample)")
+        items, a, b = broadcast_operands(name, self.op, inputs[0], inputs[1])
         node = Node(name, self.op, (a.name, b.name), output, source=name)
         return items + [(node, TensorSpec(output, a.shape, self._spec_fmt(self._exact_fmt(a.fmt, b.fmt))))]
+
+
+def broadcast_operands(name: str, op: str, a: TensorSpec, b: TensorSpec) -> tuple[list[IRItem], TensorSpec,
+                                                                                    TensorSpec]:
+    """(IR items, a, b) with the operand that has size-1 axes repeated to the other's shape (SE gates
+    x * sigmoid(fc(pool(x))), channel maps, row statistics, one value per sample); one-line refusal otherwise."""
+    if a.shape == b.shape:
+        return [], a, b
+    if _broadcasts(b.shape, a.shape):
+        items, b = _broadcast(f"{name}.bcast_b", b, a.shape)
+    elif _broadcasts(a.shape, b.shape):
+        items, a = _broadcast(f"{name}.bcast_a", a, b.shape)
+    else:
+        raise UnsupportedError(f"{name}: {op} inputs differ in shape: {a.shape} vs {b.shape} (qfx broadcasts an "
+                               "operand of the same rank along its size-1 axes: one value per channel, (C, 1, 1) / "
+                               "(C, 1), one map over the channels, (1, H, W) / (1, L), a row (C, H, 1), or one value "
+                               "per sample)")
+    return items, a, b
 
 
 def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:

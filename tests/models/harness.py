@@ -241,3 +241,15 @@ def onnx_check(b: Built, n: int = 300, seed: int = 0) -> int:
     fout = g.tensor(g.outputs[0]).fmt
     want = run(g, codes if len(codes) > 1 else codes[g.inputs[0]])
     return int((np.asarray(fout.to_int(got), dtype=np.int64).reshape(want.shape) != want).sum())
+
+
+def csim_agrees(q: nn.Module, x: Any, out: Path, n_vectors: int) -> None:
+    """Capture ``q``, run export's pass flow, write the HLS project under ``out`` and assert that g++ C simulation
+    with the real ap_fixed headers computes every output code of the golden interpreter."""
+    from qfx.commands.export import export_graph
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.sim.csim import run_csim
+
+    g, _, _ = exact_check(q, x)
+    rep = run_csim(export_graph(run_flow(g, DEFAULT_FLOW).graph, "hls", out), n_vectors=n_vectors)
+    assert rep.mismatches == 0 and rep.outputs_compared > 0
