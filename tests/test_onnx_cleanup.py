@@ -211,3 +211,20 @@ def test_folded_scalar_constants_keep_their_rank():
     x = np.random.default_rng(7).normal(size=(2, 5, 6)).astype(np.float32)
     np.testing.assert_array_equal(_ort(cleaned, x), _ort(m, x))
     assert _ort(cleaned, x).shape == (2, 6)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("op", ["ReduceL2", "ReduceSumSquare", "ReduceL1"])
+def test_norm_reductions_become_sums_with_the_same_values(op, opset):
+    """ReduceL2 (F.normalize's norm), ReduceSumSquare and ReduceL1 become a ReduceSum of x * x (then Sqrt) or of |x|."""
+    kw = {"axes": [1], "keepdims": 1}
+    inits = {}
+    if opset >= 18:  # axes as an input
+        kw = {"keepdims": 1}
+        inits = {"ax": np.array([1], np.int64)}
+    node = helper.make_node(op, ["x", "ax"] if opset >= 18 else ["x"], ["y"], name="norm", **kw)
+    m = _model([node], inits, (6, 3), opset=opset)
+    cleaned, _ = cleanup(m)
+    assert op not in _ops(cleaned) and "ReduceSum" in _ops(cleaned)
+    x = np.random.default_rng(8).normal(size=(2, 6, 3)).astype(np.float32)
+    np.testing.assert_allclose(_ort(cleaned, x), _ort(m, x), rtol=1e-5, atol=1e-6)

@@ -342,6 +342,17 @@ class PickTokens(nn.Module):
         return self.f(torch.cat([h[:, 0], h[:, -1], m[:, 1].flatten(1)[:, :6], m[:, :, 2, 0]], 1))
 
 
+class Normalized(nn.Module):
+    """F.normalize of an embedding (ReduceL2, Clip, Expand, Div in the export) before a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.f(F.normalize(self.a(x), dim=1))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -354,7 +365,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
-    "pick_tokens": (PickTokens, (5, 6)),
+    "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)),
 }
 
 

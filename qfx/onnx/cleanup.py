@@ -16,8 +16,9 @@ channels-last layouts. ``cleanup`` rewrites a copy of the model so the converter
   ``FixedQuant`` function stays a call.
 * Identity and Dropout are removed.
 * LayerNormalization / InstanceNormalization become the ReduceMean, Sub, Mul, Sqrt, Div steps of their ONNX
-  definitions (``normalizations``), LRN its square / channel-window sum (a 1x1 Conv) / Pow / Mul steps and Sum of
-  several tensors a chain of Adds (``sums_and_lrn``): the same functions, written as ops the importer maps and
+  definitions (``normalizations``), LRN its square / channel-window sum (a 1x1 Conv) / Pow / Mul steps, Sum of
+  several tensors a chain of Adds, ReduceL2/ReduceSumSquare/ReduceL1 a ReduceSum of x * x (+ Sqrt) or |x|
+  (``sums_and_lrn``): the same functions, written as ops the importer maps and
   ``qfx quantize`` calibrates one by one.
 * Constant-only subgraphs are evaluated with numpy (the common shape and arithmetic ops, in the tensors' own dtype,
   as onnxruntime computes them), ``Shape`` of a tensor whose shape is known (graph inputs, and tensors typed by
@@ -528,7 +529,8 @@ class _Cleaner:
                                f"per-channel ops between Transposes")
 
     def sums_and_lrn(self) -> None:
-        """``Sum`` of several tensors (Caffe2-era ResNets) becomes a chain of ``Add``; ``LRN`` (AlexNet, GoogLeNet)
+        """``Sum`` of several tensors (Caffe2-era ResNets) becomes a chain of ``Add``; ReduceL2 / ReduceSumSquare /
+        ReduceL1 (F.normalize's norm) a ReduceSum of x * x (then Sqrt) or of |x|; ``LRN`` (AlexNet, GoogLeNet)
         its definition ``x * (bias + alpha / size * S)^-beta`` with S the sum of squares over the channel window, a
         1x1 ``Conv`` with a 0/1 band matrix (adders only): each step an op the importer maps and ``qfx quantize``
         calibrates. An LRN whose channel count cannot be known is left alone."""
@@ -538,6 +540,30 @@ class _Cleaner:
         out_nodes: list[Any] = []
         sums = lrns = 0
         for n in list(self.g.node):
+            if n.domain in ("", "ai.onnx") and n.op_type in ("ReduceL2", "ReduceSumSquare", "ReduceL1"):
+                # F.normalize's norm, x.pow(2).sum(): ReduceSum of x * x (then Sqrt) or of |x|, same axes/keepdims
+                base = f"{n.name or n.output[0]}__{n.op_type.lower()}"
+                nm = n.name or base
+                term = f"{base}_term"
+                if n.op_type == "ReduceL1":
+                    out_nodes.append(helper.make_node("Abs", [n.input[0]], [term], name=f"{nm}/abs"))
+                else:
+                    out_nodes.append(helper.make_node("Mul", [n.input[0], n.input[0]], [term], name=f"{nm}/square"))
+                red = n.output[0] if n.op_type != "ReduceL2" else f"{base}_sum"
+                red_node = helper.make_node("ReduceSum", [term, *n.input[1:]], [red], name=f"{nm}/sum")
+                opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+                for a in n.attribute:
+                    if a.name == "axes" and opset >= 13:  # ReduceSum takes its axes as an input from opset 13
+                        ax = f"{base}_axes"
+                        self.g.initializer.append(numpy_helper.from_array(np.asarray(list(a.ints), np.int64), ax))
+                        red_node.input.append(ax)
+                    else:
+                        red_node.attribute.append(a)
+                out_nodes.append(red_node)
+                if n.op_type == "ReduceL2":
+                    out_nodes.append(helper.make_node("Sqrt", [red], [n.output[0]], name=f"{nm}/sqrt"))
+                sums += 1
+                continue
             if n.domain not in ("", "ai.onnx") or n.op_type not in ("Sum", "LRN"):
                 out_nodes.append(n)
                 continue
@@ -585,7 +611,8 @@ class _Cleaner:
         if sums or lrns:
             del self.g.node[:]
             self.g.node.extend(out_nodes)
-            self.report.append(f"wrote {sums} Sum node(s) as Adds and {lrns} LRN node(s) as their steps")
+            self.report.append(f"wrote {sums} Sum/ReduceL1/ReduceL2/ReduceSumSquare node(s) and {lrns} LRN node(s) "
+                               f"as their steps")
 
     def identities(self) -> None:
         outs = self.graph_outputs()
