@@ -149,14 +149,15 @@ def test_qmatmul_train_mode_is_exact_mode(wide):
         a.grad = None
 
 
-def test_matrix_product_with_a_parameter_is_refused_in_one_line():
+def test_matrix_product_with_a_parameter_on_the_left_is_refused_in_one_line():
+    """``x @ self.w`` is a dense layer (tests/test_idioms8.py); ``self.w @ x`` mixes samples' rows: refused."""
     class W(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.w = nn.Parameter(torch.randn(E, E))
 
         def forward(self, x):
-            return x @ self.w
+            return self.w @ x
 
     with pytest.raises(UnsupportedError, match="use nn.Linear") as e:
         qfx.quantize_model(W(), qfx.QFXConfig())

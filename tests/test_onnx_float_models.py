@@ -300,6 +300,23 @@ class BilinearHead(nn.Module):
                           F.interpolate(h, scale_factor=3, mode="bilinear", align_corners=False).flatten(1)], 1)
 
 
+class Resizes(nn.Module):
+    """Resize beyond integer half-pixel factors (QResize2d's separable matrices): linear with align_corners
+    (UpsamplingBilinear2d), to an odd size, by 1.5, downscaling by 2, nearest to a size that is no multiple."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(2, 3, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        return torch.cat([F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=True).flatten(1),
+                          F.interpolate(h, size=(7, 9), mode="bilinear", align_corners=False).flatten(1),
+                          F.interpolate(h, scale_factor=1.5, mode="bilinear").flatten(1),
+                          F.interpolate(h, scale_factor=0.5, mode="bilinear").flatten(1),
+                          F.interpolate(h, size=(6, 3)).flatten(1)], 1)
+
+
 class ExcludePadPools(nn.Module):
     """Average pools that divide by the count of real elements (count_include_pad=False: Keras 'same' pools,
     Inception's 3x3 branch pool), symmetric and strided."""
@@ -365,7 +382,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "feature_reductions": (FeatureReductions, (6,)), "plane_reductions": (PlaneReductions, (2, 5, 5)),
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
-    "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)),
+    "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
 }
 
 
@@ -432,7 +449,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
-                                  "exclude_pad_pools", "selections"])
+                                  "exclude_pad_pools", "selections", "resizes"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

@@ -309,7 +309,7 @@ def test_qonnx_datatypes(name, fmt):
     ("Softmax", "", "softmax takes at most", {"axis": -1}), ("MultiThreshold", QD, "at most 12 bits", {"out_dtype": "UINT2"}),
     ("FloatQuant", QD, "at most 12 bits", {}), ("Sigmoid", "", "at most 12 bits", {}),
     ("Sin", "", "cut the model", {}), ("LeakyRelu", "", "at most 12 bits", {"alpha": 0.1}),
-    ("Resize", "", "integer factors", {"mode": "linear"}), ("DepthToSpace", "", "DepthToSpace", {"blocksize": 3}),
+    ("Resize", "", "nearest or linear mode", {"mode": "cubic"}), ("DepthToSpace", "", "DepthToSpace", {"blocksize": 3}),
 ])
 def test_unsupported_ops_refused_in_one_line(op, domain, what, attrs, tmp_path, capsys):
     b = B((4, 2, 2))

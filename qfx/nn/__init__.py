@@ -8,7 +8,9 @@ from qfx.nn.layers import (
     QAdd, QAvgPool2d, QBatchNorm1d, QBatchNorm2d, QClippedReLU, QConv2d, QConvTranspose1d, QConvTranspose2d, QFlatten, QLinear, QMaxPool2d, QModule,
     QReLU, QuantInput,
 )
-from qfx.nn.op_layers import QActivation, QCat, QMatMul, QMul, QSoftmax, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d
+from qfx.nn.op_layers import (
+    QActivation, QCat, QMatMul, QMul, QResize2d, QSoftmax, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
+)
 from qfx.nn.quant import FixedQuant, fake_quant
 
 __all__ = [
@@ -17,5 +19,5 @@ __all__ = [
     "QFXConfig", "quantize_model", "calibrate", "calibration", "fold_bn", "report_formats", "format_table",
     "QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "QSoftmax", "QConstScale", "QClip", "QPReLU",
     "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QLayerNorm", "QConvTranspose2d", "QConvTranspose1d", "QSum", "QGroupNorm",
-    "QUpsampleBilinear", "QMatMul",
+    "QUpsampleBilinear", "QResize2d", "QMatMul",
 ]

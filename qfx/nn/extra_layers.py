@@ -822,17 +822,26 @@ class QParamAffine(QModule):
     (N, H, W, C); (C,) on tokens (N, L, C)) scales that axis: in the IR a transpose brings it first and one after
     the scale_shift puts it back (wires)."""
 
-    def __init__(self, param: nn.Parameter, role: str, *, const_width: int = 8, out_width: int | None = 8,
-                 rounding: str = "RND", overflow: str = "SAT", learn_int_bits: bool = True) -> None:
+    def __init__(self, param: torch.Tensor, role: str, *, shape: Sequence[int] | None = None, const_width: int = 8,
+                 out_width: int | None = 8, rounding: str = "RND", overflow: str = "SAT",
+                 learn_int_bits: bool = True) -> None:
         super().__init__()
         if role not in ("scale", "add", "sub"):
             raise UnsupportedError(f"QParamAffine role {role!r}: scale, add or sub")
-        dims = [i for i, d in enumerate(param.shape) if d != 1]
-        self.param, self.role = param, role
+        # ``shape``: the shape the tensor is read with (``self.gamma.view(1, -1, 1, 1)``); same values in order
+        self.shape = tuple(int(d) for d in (param.shape if shape is None else shape))
+        if int(np.prod(self.shape)) != param.numel():
+            raise UnsupportedError(f"QParamAffine: shape {self.shape} does not hold {param.numel()} values")
+        dims = [i for i, d in enumerate(self.shape) if d != 1]
+        if isinstance(param, nn.Parameter):
+            self.param = param
+        else:  # a buffer of the float model (an input normalization's mean and std): a frozen constant
+            self.register_buffer("param", param)
+        self.role = role
         # several non-1 dims: one value per element of the trailing per-sample dims (a positional embedding
         # (1, L, E) on tokens (N, L, E)): the shape without its leading 1s
-        self.full = tuple(param.shape[dims[0]:]) if len(dims) > 1 else None
-        self.trailing = param.dim() - 1 - dims[0] if dims and self.full is None else None  # dims after the channel
+        self.full = tuple(self.shape[dims[0]:]) if len(dims) > 1 else None
+        self.trailing = len(self.shape) - 1 - dims[0] if dims and self.full is None else None  # dims after the channel
         self.const_quant = _quant(None, const_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
         self.out_quant = _quant(None, out_width, rounding=rounding, overflow=overflow, learn=learn_int_bits)
 
@@ -842,7 +851,7 @@ class QParamAffine(QModule):
         if self.full is not None:
             a = len(shape) - len(self.full)
             if a < 1 or tuple(shape[a:]) != self.full:
-                raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} read in forward meets a tensor "
+                raise UnsupportedError(f"a parameter of shape {self.shape} read in forward meets a tensor "
                                        f"of shape (N, {', '.join(str(v) for v in shape[1:])}): qfx applies one value "
                                        "per channel, one per element of the trailing dims, or a scalar")
             return a
@@ -851,7 +860,7 @@ class QParamAffine(QModule):
         rank = len(shape)
         a = rank - 1 - self.trailing
         if a < 1 or shape[a] != self.param.numel():
-            raise UnsupportedError(f"a parameter of shape {tuple(self.param.shape)} broadcasts over dim {a} of a "
+            raise UnsupportedError(f"a parameter of shape {self.shape} broadcasts over dim {a} of a "
                                    f"{rank}-D tensor of shape (N, {', '.join(str(v) for v in shape[1:])}); qfx "
                                    "scales one per-sample dim with one value per element")
         return a

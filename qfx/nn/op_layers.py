@@ -447,6 +447,165 @@ class QUpsampleBilinear(_IRModule):
         return items
 
 
+RESIZE_RULES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str, rule: str, scale: float | None = None) -> np.ndarray:
+    """(n_out, n_in) float64 weights of a 1-D resize: ``mode`` "linear" or "nearest" / "nearest-exact" (torch's
+    two nearest rules), ``rule`` how an output index maps to a source coordinate (ONNX's
+    coordinate_transformation_mode: torch's align_corners=False is half_pixel, True is align_corners; torch's
+    nearest is asymmetric), ``scale`` the output/input ratio the rule divides by (torch's scale_factor, ONNX's
+    scales; default n_out / n_in). Linear sources are clamped to the input (torch's and onnxruntime's edges)."""
+    if rule not in RESIZE_RULES or mode not in ("linear", "nearest", "nearest-exact") or n_in < 1 or n_out < 1:
+        raise UnsupportedError(f"resize mode {mode!r} with rule {rule!r} from {n_in} to {n_out}")
+    s = float(scale) if scale else n_out / n_in
+    o = np.arange(n_out, dtype=np.float64)
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    if mode != "linear":
+        src = np.floor((o + 0.5) / s) if mode == "nearest-exact" else np.floor(o / s)
+        m[np.arange(n_out), np.clip(src, 0, n_in - 1).astype(np.int64)] = 1.0
+        return m
+    if rule == "align_corners":
+        src = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(n_out)
+    elif rule == "asymmetric":
+        src = o / s
+    elif rule == "pytorch_half_pixel" and n_out == 1:
+        src = np.zeros(n_out)
+    else:
+        src = (o + 0.5) / s - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    lam = src - i0
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    np.add.at(m, (np.arange(n_out), i0), 1.0 - lam)
+    np.add.at(m, (np.arange(n_out), i1), lam)
+    return m
+
+
+def resize_weights(m: np.ndarray, weight_bits: int = 16) -> tuple[np.ndarray, FxFormat]:
+    """``resize_matrix`` weights (rows summing to one) as codes at ``weight_bits`` fractional bits (trailing zero
+    bits dropped: nearest and factor-2 weights need few), and their format."""
+    k = np.floor(m * (1 << weight_bits) + 0.5).astype(np.int64)
+    # each row sums to exactly one (its largest weight takes the rounding's remainder): constants and the
+    # importer's pending per-channel offsets pass through unchanged
+    k[np.arange(k.shape[0]), k.argmax(1)] += (1 << weight_bits) - k.sum(1)
+    fb = weight_bits
+    while fb > 0 and not (k & 1).any():
+        k >>= 1
+        fb -= 1
+    return k, FxFormat.for_code_range(0, max(int(k.max()), 1), fb, signed=True)
+
+
+def resize_steps(shape: Sequence[int], out_hw: tuple[int, int], mats: tuple[np.ndarray | None, np.ndarray | None]
+                 ) -> list[tuple[str, Any]]:
+    """A separable 2-D resize of (C, H, W) as IR steps: ("transpose", perm) and ("dense", codes (out, in)) over the
+    leading axis (a 1x1 ``conv2d``). W first (brought to the front), then H; an axis whose matrix is None (its size
+    unchanged, identity) is skipped. The torch layer and the ONNX importer build the same nodes from these."""
+    mh, mw = mats
+    steps: list[tuple[str, Any]] = []
+    if mw is not None and mh is not None:
+        steps += [("transpose", (2, 0, 1)), ("dense", mw), ("transpose", (2, 1, 0)), ("dense", mh),
+                  ("transpose", (1, 0, 2))]
+    elif mw is not None:
+        steps += [("transpose", (2, 0, 1)), ("dense", mw), ("transpose", (1, 2, 0))]
+    elif mh is not None:
+        steps += [("transpose", (1, 0, 2)), ("dense", mh), ("transpose", (1, 0, 2))]
+    return steps
+
+
+class QResize2d(_IRModule):
+    """Resizing (N, C, H, W) where the integer-factor layers do not apply: bilinear with align_corners=True
+    (nn.UpsamplingBilinear2d, segmentation decoders), bilinear or nearest to any size or by a non-integer factor,
+    downsampling. Separable: each axis is a constant matrix (``resize_matrix``; linear weights rounded to
+    ``weight_bits`` fractional bits) applied as a 1x1 ``conv2d`` over that axis brought first by a ``transpose``
+    (``resize_steps``). Train mode applies the same weight codes in float64, where the products and sums are exact,
+    so the output quantizer is the only rounding in both modes."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "bilinear",
+                 align_corners: bool = False, *, recompute: bool = False, weight_bits: int = 16,
+                 out_width: int | None = 8,
+                 out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
+                 out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
+        super().__init__()
+        if mode not in ("bilinear", "nearest", "nearest-exact"):
+            raise UnsupportedError(f"QResize2d mode {mode!r}: bilinear, nearest or nearest-exact")
+        if (size is None) == (scale_factor is None):
+            raise UnsupportedError("QResize2d needs exactly one of size and scale_factor")
+        pair = lambda v: None if v is None else tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        self.size = None if size is None else tuple(int(v) for v in pair(size))
+        self.scale = None if scale_factor is None else tuple(float(v) for v in pair(scale_factor))
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1) or \
+                self.scale is not None and (len(self.scale) != 2 or min(self.scale) <= 0):
+            raise UnsupportedError(f"QResize2d: size {size!r} / scale_factor {scale_factor!r} for H and W")
+        # recompute: torch's recompute_scale_factor=True: the rule divides by out/in sizes, not by the factor
+        self.mode, self.align_corners, self.weight_bits = mode, bool(align_corners), int(weight_bits)
+        self.recompute = bool(recompute)
+        self.out_quant = _quant(out_quant, out_width, signed=out_signed, rounding=rounding, overflow=overflow,
+                                learn=learn_int_bits)
+
+    def extra_repr(self) -> str:
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale}"
+        return f"{what}, mode={self.mode!r}, align_corners={self.align_corners}"
+
+    def _mats(self, h: int, w: int) -> tuple[tuple[int, int], tuple[tuple[np.ndarray, FxFormat] | None, ...]]:
+        import math
+
+        out = self.size if self.size is not None else tuple(int(math.floor(n * f)) for n, f in zip((h, w), self.scale))
+        mode = "linear" if self.mode == "bilinear" else self.mode
+        rule = "align_corners" if self.align_corners else "half_pixel" if mode == "linear" else "asymmetric"
+        mats = []
+        for n_in, n_out, k in zip((h, w), out, (0, 1)):
+            m = resize_matrix(n_in, n_out, mode, rule,
+                              self.scale[k] if self.scale is not None and not self.recompute else None)
+            mats.append(None if n_in == n_out and np.array_equal(m, np.eye(n_in)) else
+                        resize_weights(m, self.weight_bits))
+        return out, tuple(mats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise BadInputError(f"QResize2d expects (N, C, H, W) input, got shape {tuple(x.shape)}")
+        if self.qfx_mode == "exact":
+            return self._exact(x)
+        _, (mh, mw) = self._mats(x.shape[2], x.shape[3])
+        y = x.to(torch.float64)
+        if mh is not None:
+            y = torch.einsum("oh,nchw->ncow", torch.as_tensor(mh[1].from_int(mh[0]), device=x.device), y)
+        if mw is not None:
+            y = torch.einsum("pw,nchw->nchp", torch.as_tensor(mw[1].from_int(mw[0]), device=x.device), y)
+        return self._out_train(y).to(x.dtype)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        from qfx.fixed.kernels import lossless_acc_format
+
+        (x,) = inputs
+        if len(x.shape) != 3:
+            raise UnsupportedError(f"{name}: resizing needs a (C, H, W) input, got {x.shape}")
+        c, h, w = x.shape
+        out, (mh, mw) = self._mats(h, w)
+        steps = resize_steps(x.shape, out, (mh, mw))
+        if not steps:
+            return []
+        items: list[IRItem] = []
+        src = x
+        final = max(i for i, (kind, _) in enumerate(steps) if kind == "dense")  # rounds to the output format
+        for i, (kind, arg) in enumerate(steps):
+            tname = output if i == len(steps) - 1 else f"{output}.r{i}"
+            if kind == "transpose":
+                shape = tuple(src.shape[p] for p in arg)
+                items.append((Node(f"{name}.t{i}", "transpose", (src.name,), tname, attrs={"perm": arg},
+                                   source=name), TensorSpec(tname, shape, src.fmt)))
+            else:
+                codes, kf = arg
+                acc = lossless_acc_format(codes, kf, src.fmt)
+                dense = codes.reshape(codes.shape + (1, 1))
+                shape = (codes.shape[0],) + tuple(src.shape[1:])
+                items.append((Node(f"{name}.d{i}", "conv2d", (src.name,), tname, {"weight": Constant(dense, kf)},
+                                   {"stride": (1, 1), "padding": (0, 0), "khot": 0}, acc, source=name),
+                              TensorSpec(tname, shape, self._spec_fmt(acc) if i == final else acc)))
+            src = items[-1][1]
+        return items
+
+
 class QZeroPad2d(_IRModule):
     """Padding of H and W (``padding`` as nn.ZeroPad2d: an int or (left, right, top, bottom)); ``mode`` "zeros"
     (default), "replicate" or "reflect" (nn.ReplicationPad2d / nn.ReflectionPad2d, F.pad modes): the same

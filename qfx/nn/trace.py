@@ -47,7 +47,8 @@ from qfx.nn.layers import (
 from qfx.nn.layout import relabel_batch_swaps
 from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
-    QActivation, QCat, QMatMul, QMul, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
+    QActivation, QCat, QMatMul, QMul, QResize2d, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
+    softmax_dim_problem,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,24 +66,27 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad1d/2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
+                     "GLU, RMSNorm, einsum (matmul, permute, product and sum forms), F.linear/F.conv1d/2d and x @ W with "
+                     "the model's parameters, x * p / x + p with parameters and buffers (x / buffer), bilinear (any "
+                     "align_corners) and nearest resizing to any size, "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
 
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
     ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, torch.where / masked_fill other than of "
-     "x compared with a constant, with branches affine in x or constants, x.std() / x.var(), flip, einsum",
+     "x compared with a constant, with branches affine in x or constants, x.std() / x.var(), flip, einsum with "
+     "repeated letters, ellipses or several contracted letters",
      "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table functions "
      "(torch.where(x > 0, x, 0.1 * x) is one); reduce over the spatial dims, the channels (dim=1), the last dim or "
      "the features of (N, n)"),
     ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
      "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
      "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
-    ("CELU, GLU, Softplus(beta != 1), Softmax over the batch axis",
+    ("CELU, Softplus(beta != 1), Softmax over the batch axis",
      "the table activations; Softmax over any other axis"),
-    ("bicubic interpolation, bilinear with align_corners=True, non-integer scale factors, interpolate(size=...) "
-     "that is not an integer multiple of the input size, nn.Upsample(size=...)",
-     "nearest or bilinear (align_corners=False) Upsample(scale_factor=k) with integer k, or F.interpolate(size=...) "
-     "of k times the input size"),
+    ("bicubic, area and trilinear interpolation, antialias=True, 1-D (N, C, L) linear interpolation, sizes or "
+     "factors computed from tensors",
+     "nearest or bilinear resizing of (N, C, H, W) to constant sizes or by constant factors (any align_corners)"),
     ("circular padding, non-zero constant padding, Conv2d(padding_mode='circular'), padding of 3-D volumes",
      "zero, replicate or reflect padding of H and W, or of L of (N, C, L) (ZeroPad1d/2d, ReplicationPad1d/2d, "
      "ReflectionPad1d/2d, F.pad)"),
@@ -103,8 +107,9 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "anything but such arithmetic", "tensors of one rank whose operand has size-1 axes (a per-channel gate "
      "(N, C, 1, 1), a channel map (N, 1, H, W), a row statistic (N, C, H, 1), y[:, :, None, None], "
      "y.expand_as(x))"),
-    ("buffers read in forward, parameters read in forward other than x * p, x + p, x - p (p per channel, per "
-     "element or a scalar) and torch.cat with p.expand(n, -1, ...), tensors created in forward",
+    ("parameters and buffers read in forward other than x * p, x + p, x - p, x / buffer (p per channel, per "
+     "element or a scalar, also through views), F.linear / F.conv1d / F.conv2d / x @ W with them as weights and "
+     "torch.cat with p.expand(n, -1, ...); weights computed in forward, tensors created in forward",
      "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
 )
@@ -358,18 +363,35 @@ def _prelu(m: nn.PReLU, c: "QFXConfig") -> nn.Module:
     return _copy_state(QPReLU(m.num_parameters, weight_width=c.weight_width, out_width=c.act_width, **_common(c)), m)
 
 
-def _upsampler(sf: Any, size: Any, mode: Any, align_corners: Any, c: "QFXConfig") -> nn.Module:
-    """Nearest (QUpsample) or bilinear with align_corners=False (QUpsampleBilinear), integer factors."""
-    if mode == "bilinear":
-        if align_corners:
-            raise UnsupportedError("bilinear upsampling with align_corners=True (UpsamplingBilinear2d): qfx "
-                                   "interpolates with align_corners=False")
-        return QUpsampleBilinear(_scale_factor(sf, size, "nearest"), out_width=c.act_width, **_common(c))
-    return QUpsample(_scale_factor(sf, size, mode), "nearest")
+def _integer_factors(sf: Any, size: Any) -> bool:
+    vals = sf if isinstance(sf, (tuple, list)) else (sf,)
+    return size is None and sf is not None and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 and float(v) == int(v) for v in vals)
+
+
+def _upsampler(sf: Any, size: Any, mode: Any, align_corners: Any, c: "QFXConfig",
+               recompute: Any = None) -> nn.Module:
+    """Nearest (QUpsample) or bilinear with align_corners=False (QUpsampleBilinear) by integer factors; the rest
+    of bilinear and nearest (align_corners=True, any size, non-integer or downscaling factors) as QResize2d."""
+    if mode not in ("nearest", "nearest-exact", "bilinear"):
+        raise UnsupportedError(f"upsampling mode={mode!r}: qfx resizes with mode='nearest', 'nearest-exact' or "
+                               "'bilinear'")
+    if _integer_factors(sf, size) and not (mode == "bilinear" and align_corners):
+        if mode == "bilinear":
+            return QUpsampleBilinear(_scale_factor(sf, size, "nearest"), out_width=c.act_width, **_common(c))
+        return QUpsample(_scale_factor(sf, size, "nearest"), "nearest")
+    for v in (size if isinstance(size, (tuple, list)) else (size,)) if size is not None else ():
+        if isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, int) or v < 1:
+            raise UnsupportedError(f"interpolate size={size!r}: qfx resizes to constant positive sizes")
+    for v in (sf if isinstance(sf, (tuple, list)) else (sf,)) if sf is not None else ():
+        if isinstance(v, (torch.fx.Node, bool)) or not isinstance(v, (int, float)) or v <= 0:
+            raise UnsupportedError(f"interpolate scale_factor={sf!r}: qfx resizes by constant positive factors")
+    return QResize2d(size, sf if size is None else None, mode, bool(align_corners), recompute=bool(recompute),
+                     out_width=c.act_width, **_common(c))
 
 
 def _upsample(m: nn.Upsample, c: "QFXConfig") -> nn.Module:
-    return _upsampler(m.scale_factor, m.size, m.mode, m.align_corners, c)
+    return _upsampler(m.scale_factor, m.size, m.mode, m.align_corners, c, m.recompute_scale_factor)
 
 
 def _constpad(m: nn.modules.padding._ConstantPadNd, c: "QFXConfig") -> nn.Module:
@@ -546,8 +568,10 @@ def _arith(kind: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace | _Dro
         if tx and ty:
             if kind == "div":  # x / y = x * (1 / y): a reciprocal table of y (its own learned formats), then QMul
                 return _Chain(((_act("reciprocal", c), (y,), "reciprocal"), (_mul(c), (x, 0), "div")))
-            if alpha != 1:
-                raise UnsupportedError(f"{kind} with alpha={alpha!r}: only alpha=1 of two tensors has a qfx op")
+            if alpha != 1 and kind in ("add", "sub", "rsub"):  # x + alpha * y: the scale first (torch's order)
+                scaled, other = (y, x) if kind != "rsub" else (x, y)
+                op = {"add": _add, "sub": _sub, "rsub": _sub}[kind](c)
+                return _Chain(((_const(float(alpha), 0.0, c), (scaled,), "alpha"), (op, (other, 0), kind)))
             if kind == "rsub":
                 return _Replace(_sub(c), (y, x), "sub")
             twin = {"add": _add, "sub": _sub, "mul": _mul}[kind](c)
@@ -592,26 +616,37 @@ def _b_matmul(second: str) -> Callable[[dict[str, Any], "QFXConfig"], _Replace]:
     return build
 
 
-def _param_of(v: Any) -> nn.Parameter | None:
-    """The nn.Parameter a get_attr node reads in forward (noted on the node before the builders run), or None."""
+def _param_of(v: Any) -> torch.Tensor | None:
+    """The nn.Parameter (or float buffer) a get_attr node reads in forward (noted on the node before the builders
+    run), or None."""
     return v.meta.get("qfx_param") if isinstance(v, torch.fx.Node) and v.op == "get_attr" else None
 
 
 def _param_affine(kind: str, x: Any, y: Any, alpha: Any, c: "QFXConfig") -> _Replace:
     """``x * self.gamma``, ``x + self.beta``, ``x - self.beta`` with a parameter read in forward: a QParamAffine
-    (scale_shift op) that keeps training the parameter; other uses are refused here, in one line."""
+    (scale_shift op) that keeps training the parameter. A buffer (``(x - self.mean) / self.std``: an input
+    normalization the model holds) is a frozen constant, so dividing by it is multiplying by its reciprocal.
+    Other uses are refused here, in one line."""
     px, py = _param_of(x), _param_of(y)
-    p, t = (px, y) if px is not None else (py, x)
+    p, t, pn = (px, y, x) if px is not None else (py, x, y)
     if not _is_tensor_node(t) or _param_of(t) is not None or alpha != 1:
         raise UnsupportedError("a parameter read in forward must meet one tensor (x * self.gamma, x + self.beta)")
+    frozen = not isinstance(p, nn.Parameter)
     role = {"mul": "scale", "add": "add"}.get(kind)
     if kind == "sub" and py is not None:
         role = "sub"
+    if kind == "div" and py is not None and frozen:
+        if bool((p == 0).any()):
+            raise UnsupportedError("division by a buffer that holds zeros")
+        p, role = 1.0 / p.detach(), "scale"
     if role is None:
         raise UnsupportedError(f"{kind} with a parameter read in forward: qfx applies x * p, x + p and x - p (one "
-                               "value per channel or a scalar); divide by Python constants")
-    return _Replace(QParamAffine(p, role, const_width=c.bn_width, out_width=c.act_width, **_common(c)), (t,),
-                    f"param_{role}")
+                               "value per channel or a scalar) and divides by buffers and Python constants")
+    if frozen:
+        p = p.detach().clone()
+    layer = QParamAffine(p, role, shape=pn.meta.get(_PARAM_SHAPE), const_width=c.bn_width, out_width=c.act_width,
+                         **_common(c))
+    return _Replace(layer, (t,), f"param_{role}")
 
 
 def _b_neg(a: dict[str, Any], c: "QFXConfig") -> _Replace:
@@ -718,7 +753,7 @@ def _b_stack(a: dict[str, Any], c: "QFXConfig") -> _Replace:
 def _b_interpolate(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     if a.get("antialias"):
         raise UnsupportedError("interpolate(antialias=True) has no qfx op")
-    m = _upsampler(a["scale_factor"], a["size"], a["mode"], a["align_corners"], c)
+    m = _upsampler(a["scale_factor"], a["size"], a["mode"], a["align_corners"], c, a["recompute_scale_factor"])
     return _Replace(m, (a["input"],), "upsample")
 
 
@@ -1231,6 +1266,15 @@ def supported_table() -> str:
                 "per channel or a scalar; (C,) on channels-last (N, H, W, C); one per element of the trailing dims: "
                 "a positional embedding (1, L, E)) | `QParamAffine` (`scale_shift`, between `transpose` gathers when "
                 "not on dim 1, per element over the flattened tensor; the parameter keeps training) |")
+    rows.append("| buffers read in forward (`(x - self.mean) / self.std`), parameters through views "
+                "(`self.gamma.view(1, -1, 1, 1)`, `self.gamma[:, None, None]`) | `QParamAffine` (a buffer is a "
+                "frozen constant; division by it multiplies by its reciprocal) |")
+    rows.append("| `F.linear(x, self.w, self.b)`, `F.conv1d/conv2d(x, self.w, ...)`, `x @ self.W`, `x @ self.W.t()` "
+                "(the model's own parameters or buffers) | a `QLinear` / `QConv1d` / `QConv2d` holding them |")
+    rows.append("| `nn.GLU`, `F.glu`, `nn.RMSNorm`, `F.rms_norm`, `torch.rsqrt(v + eps)`, `torch.einsum` (one or two "
+                "operands, no repeated letters: a batched matmul with one contracted letter, permutes, sums, "
+                "elementwise/outer products) | their steps: chunk + sigmoid table + `QMul`; `QMul` + mean + an "
+                "`rsqrt(eps)` table + `QMul` (+ `QParamAffine`); permutes, `QMatMul`, `QMul`, sums |")
     rows.append("| `torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)` (parameters expanded or repeated "
                 "over the batch, before and/or after the tensors) | `QParamCat` (`zeropad2d` + per-element "
                 "`scale_shift`; the parameters keep training) |")
@@ -1280,7 +1324,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
     nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",
     nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`",
-    nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors)",
+    nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors) / `QResize2d` (align_corners=True, "
+                 "other sizes and factors: a constant matrix per axis, 1x1 `conv2d` between `transpose` gathers)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
     nn.Unflatten: "`QUnflatten` (a reshape)",
     nn.PixelShuffle: "`QPixelShuffle` (reshape, transpose, reshape: wires)",
@@ -1453,9 +1498,12 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     _fold_sizes(body, graph, example)
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     _softmax_ranks(body, graph, example)
+    decomposed = _decompose_composites(body, graph)
     _expand_sdpa(graph)
     _drop_broadcast_expands(graph)
     _where_tables(graph)
+    added_layers = _functional_layers(body, graph)
+    _param_views(body, graph)
     if config.fold_bn:
         _fold_float_bn(body, graph)
     _functionalize(graph)
@@ -1467,7 +1515,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     shape_nodes: set[torch.fx.Node] = set()
     derived: set[torch.fx.Node] = set()  # arithmetic on sizes (h * w): refused where it is used
     pair_nodes: set[torch.fx.Node] = set()  # replaced calls that returned (values, indices)
-    rewrite = False
+    rewrite = added_layers or decomposed  # forward's F.linear(x, self.weight) now calls a layer: the graph is the model
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n in live]
     if len(placeholders) > 1 and input_quant is not None:  # one input quantizer per tensor input
         for k, n in enumerate(placeholders):
@@ -1481,10 +1529,10 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
             pass
         elif n.op == "get_attr":
             value = _attr_value(body, str(n.target))
-            if isinstance(value, nn.Parameter) and n.users and all(
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and n.users and all(
                     FUNCTION_TWINS.get(u.target) in _ARITH_SPECS if u.op == "call_function" and _hashable(u.target)
                     else u.op == "call_method" and METHOD_TWINS.get(str(u.target)) in _ARITH_SPECS
-                    or _batch_broadcast(u, value) for u in n.users):
+                    or isinstance(value, nn.Parameter) and _batch_broadcast(u, value) for u in n.users):
                 n.meta["qfx_param"] = value  # x * self.gamma: the arithmetic's builder makes a QParamAffine
                 for u in n.users:  # self.cls.expand(n, -1, -1) into torch.cat: the cat's builder makes a QParamCat
                     if _batch_broadcast(u, value):
@@ -1897,6 +1945,319 @@ def _where_tables(graph: torch.fx.Graph) -> None:
             new = graph.call_function(table_select, (x, select_spec(op, c, *fa, *fb)))
         n.replace_all_uses_with(new)
         graph.erase_node(n)
+
+
+def _einsum_nodes(graph: torch.fx.Graph, eq: str, ops: tuple[Any, ...]) -> torch.fx.Node | None:
+    """``torch.einsum(eq, *ops)`` written with the ops qfx converts (inserted before the einsum node, the caller's
+    insertion point), or None for an equation outside what this covers: one operand (permute, sums), or two
+    operands without repeated letters where at most one letter is contracted with at most one free letter each
+    (a batched ``A @ B``: attention's ``bhqd,bhkd->bhqk``), no letter contracted (an outer or elementwise product:
+    ``bi,bj->bij``), or no free letter (``bi,bi->b``: a product summed)."""
+    eq = eq.replace(" ", "")
+    if "." in eq or len(ops) not in (1, 2) or not all(isinstance(v, torch.fx.Node) for v in ops):
+        return None
+    lhs, arrow, out = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ops) or any(len(set(t)) != len(t) or not t.isalpha() for t in terms):
+        return None
+    if not arrow:  # implicit output: the letters that appear once, in alphabetical order
+        out = "".join(sorted(ch for ch in set(lhs) if ch.isalpha() and lhs.count(ch) == 1))
+    if len(set(out)) != len(out) or any(ch not in lhs for ch in out):
+        return None
+
+    def summed(x: torch.fx.Node, term: str, keep: str) -> tuple[torch.fx.Node, str]:
+        drop = [i for i, ch in enumerate(term) if ch not in keep]
+        if not drop:
+            return x, term
+        return graph.call_method("sum", (x, tuple(drop))), "".join(ch for ch in term if ch in keep)
+
+    def arranged(x: torch.fx.Node, term: str, order: str) -> torch.fx.Node:
+        """x (letters ``term``) permuted to ``order``'s letters it has, with size-1 axes for the others."""
+        have = [ch for ch in order if ch in term]
+        perm = tuple(term.index(ch) for ch in have)
+        if perm != tuple(range(len(term))):
+            x = graph.call_method("permute", (x, *perm))
+        for i, ch in enumerate(order):
+            if ch not in term:
+                x = graph.call_method("unsqueeze", (x, i))
+        return x
+
+    if len(ops) == 1:
+        x, term = summed(ops[0], terms[0], out)
+        return arranged(x, term, out)
+    (a, b), (ta, tb) = ops, terms
+    a, ta = summed(a, ta, tb + out)  # letters only one operand has and the output lacks: summed away first
+    b, tb = summed(b, tb, ta + out)
+    contract = [ch for ch in ta if ch in tb and ch not in out]
+    if not contract:  # outer / elementwise product: both to the output's order, broadcast
+        return graph.call_function(operator.mul, (arranged(a, ta, out), arranged(b, tb, out)))
+    fa = [ch for ch in ta if ch not in tb]
+    fb = [ch for ch in tb if ch not in ta]
+    batch = [ch for ch in out if ch in ta and ch in tb]
+    if not fa and not fb:  # a product summed over the contracted letters
+        order = "".join(batch + contract)
+        prod = graph.call_function(operator.mul, (arranged(a, ta, order), arranged(b, tb, order)))
+        x, term = summed(prod, order, out)
+        return arranged(x, term, out)
+    if len(contract) != 1 or len(fa) > 1 or len(fb) > 1:
+        return None
+    k = contract[0]
+    ia, ib = "".join(batch + fa + [k]), "".join(batch + [k] + fb)
+    ma = arranged(a, ta, ia) if fa else graph.call_method("unsqueeze", (arranged(a, ta, ia), -2))
+    mb = arranged(b, tb, ib) if fb else graph.call_method("unsqueeze", (arranged(b, tb, ib), -1))
+    prod = graph.call_function(operator.matmul, (ma, mb))
+    term = "".join(batch + fa + fb)
+    if not fb:
+        prod = graph.call_method("squeeze", (prod, -1))
+    if not fa:
+        prod = graph.call_method("squeeze", (prod, -2 if fb else -1))
+    return arranged(prod, term, out)
+
+
+def _const_add(v: Any) -> tuple[torch.fx.Node, float] | None:
+    """(t, c) when ``v`` is ``t + c`` / ``c + t`` with c > 0 a Python number and v read only once, else None."""
+    if not isinstance(v, torch.fx.Node) or len(v.users) != 1 or v.kwargs or len(v.args) != 2 or not (
+            v.op == "call_function" and _hashable(v.target) and v.target in (operator.add, torch.add)
+            or v.op == "call_method" and v.target == "add"):
+        return None
+    a, b = v.args
+    t, c = (a, b) if isinstance(a, torch.fx.Node) else (b, a)
+    if not isinstance(t, torch.fx.Node) or not _number(c) or c <= 0:
+        return None
+    return t, float(c)
+
+
+def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
+    """Calls that are short compositions of ops qfx has, written out so each converts as usual: ``F.glu`` /
+    nn.GLU (``a * sigmoid(b)`` of the two halves), nn.RMSNorm / ``F.rms_norm`` (``x * rsqrt(mean(x * x) + eps)``,
+    times the weight), ``torch.einsum`` (permutes, products, sums and matmuls: ``_einsum_nodes``). Calls outside
+    these forms stay and are refused with the rest."""
+    modules = dict(body.named_modules())
+    changed = False
+    for n in list(graph.nodes):
+        mod = modules.get(str(n.target)) if n.op == "call_module" else None
+        fn = n.target if n.op == "call_function" and _hashable(n.target) else None
+        new: torch.fx.Node | None = None
+        with graph.inserting_before(n):
+            if isinstance(mod, nn.GLU) or fn is F.glu:
+                dim = mod.dim if mod is not None else (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", -1))
+                if not isinstance(dim, int) or not n.args:
+                    continue
+                halves = graph.call_method("chunk", (n.args[0], 2, dim))
+                first = graph.call_function(operator.getitem, (halves, 0))
+                second = graph.call_function(operator.getitem, (halves, 1))
+                new = graph.call_function(operator.mul, (first, graph.call_function(torch.sigmoid, (second,))))
+            elif isinstance(mod, nn.RMSNorm) or fn is F.rms_norm:
+                if mod is not None:
+                    x, shape, eps = n.args[0], mod.normalized_shape, mod.eps
+                    weight = graph.get_attr(f"{n.target}.weight") if mod.weight is not None else None
+                else:
+                    args = dict(zip(("input", "normalized_shape", "weight", "eps"), n.args), **n.kwargs)
+                    x, shape, eps = args.get("input"), args.get("normalized_shape"), args.get("eps")
+                    weight = args.get("weight")
+                    if weight is not None and not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+                        continue
+                if not isinstance(x, torch.fx.Node) or isinstance(shape, torch.fx.Node) or \
+                        isinstance(eps, torch.fx.Node):
+                    continue
+                nd = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
+                eps = torch.finfo(torch.float32).eps if eps is None else float(eps)
+                sq = graph.call_function(operator.mul, (x, x))
+                ms = graph.call_method("mean", (sq, tuple(range(-nd, 0))), {"keepdim": True})
+                r = graph.call_function(table_select, (ms, f"rsqrt({eps!r})"))  # eps inside the table
+                new = graph.call_function(operator.mul, (x, r))
+                if weight is not None:
+                    new = graph.call_function(operator.mul, (new, weight))
+            elif (fn is torch.rsqrt or n.op == "call_method" and n.target == "rsqrt") and len(n.args) == 1 and \
+                    not n.kwargs and _const_add(n.args[0]) is not None:
+                t, eps = _const_add(n.args[0])  # rsqrt(var + eps): one table with eps inside, which the
+                new = graph.call_function(table_select, (t, f"rsqrt({eps!r})"))  # sum's rounding would lose
+            elif fn is torch.einsum and n.args and isinstance(n.args[0], str) and not n.kwargs:
+                ops = tuple(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
+                new = _einsum_nodes(graph, n.args[0], ops)
+        if new is None:
+            continue
+        n.replace_all_uses_with(new)
+        graph.erase_node(n)  # nodes made for a call left as it was are dead: _live skips them
+        changed = True
+    return changed
+
+
+def _transposed_attr(v: Any) -> torch.fx.Node | None:
+    """The get_attr node ``v`` transposes (``self.W.t()``, ``self.W.T``, ``.transpose(0, 1)``, ``.permute(1, 0)``)
+    when it is only that, else None."""
+    if not isinstance(v, torch.fx.Node) or not v.args or not isinstance(v.args[0], torch.fx.Node) or \
+            v.args[0].op != "get_attr" or v.kwargs:
+        return None
+    rest = tuple(v.args[1:])
+    if v.op == "call_method" and (v.target == "t" and not rest or v.target == "transpose" and rest in (
+            (0, 1), (1, 0), (-1, -2), (-2, -1)) or v.target == "permute" and rest in (((1, 0),), (1, 0))):
+        return v.args[0]
+    if v.op == "call_function" and v.target is getattr and rest in (("T",), ("mT",)):
+        return v.args[0]
+    return None
+
+
+def _linear_sig(input: Any, weight: Any, bias: Any = None) -> None: ...
+
+
+def _conv_sig(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+              groups: Any = 1) -> None: ...
+
+
+def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
+    """``F.linear(x, self.weight, self.bias)``, ``F.conv1d/conv2d(x, self.weight, ...)`` and ``x @ self.W`` with
+    parameters (or buffers) the model holds become calls of an nn.Linear / nn.Conv that holds them (a layer added
+    to the model under a free name; the matrix of ``x @ W`` transposed into a new parameter), so they convert like
+    any layer. Weights computed in forward stay and are refused with the rest."""
+    import inspect
+
+    def tensor_attr(v: Any) -> torch.Tensor | None:
+        if isinstance(v, torch.fx.Node) and v.op == "get_attr":
+            t = _attr_value(body, str(v.target))
+            return t if isinstance(t, torch.Tensor) and t.is_floating_point() else None
+        return None
+
+    def as_param(t: torch.Tensor) -> nn.Parameter:
+        return t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach().clone(), requires_grad=False)
+
+    convs = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d}
+    added = False
+    consumed: set[str] = set()
+    for n in list(graph.nodes):
+        layer: nn.Module | None = None
+        if n.op != "call_function" or not _hashable(n.target):
+            continue
+        try:
+            if n.target in (F.linear, torch._C._nn.linear):
+                a = inspect.signature(_linear_sig).bind(*n.args, **n.kwargs).arguments
+                w, b = tensor_attr(a["weight"]), tensor_attr(a.get("bias"))
+                if w is None or w.dim() != 2 or (a.get("bias") is not None and b is None):
+                    continue
+                layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+                layer.weight = as_param(w)
+                if b is not None:
+                    layer.bias = as_param(b)
+            elif n.target in convs:
+                a = inspect.signature(_conv_sig).bind(*n.args, **n.kwargs).arguments
+                w, b = tensor_attr(a["weight"]), tensor_attr(a.get("bias"))
+                kind = convs[n.target]
+                if w is None or w.dim() != (3 if kind is nn.Conv1d else 4) or \
+                        (a.get("bias") is not None and b is None) or any(
+                        isinstance(a.get(k), torch.fx.Node) for k in ("stride", "padding", "dilation", "groups")):
+                    continue
+                g = a.get("groups", 1)
+                layer = kind(w.shape[1] * g, w.shape[0], tuple(w.shape[2:]), stride=a.get("stride", 1),
+                             padding=a.get("padding", 0), dilation=a.get("dilation", 1), groups=g,
+                             bias=b is not None)
+                layer.weight = as_param(w)
+                if b is not None:
+                    layer.bias = as_param(b)
+            elif n.target in (operator.matmul, torch.matmul, torch.mm) and len(n.args) == 2 and not n.kwargs:
+                w, wt = tensor_attr(n.args[1]), _transposed_attr(n.args[1])
+                if wt is not None:  # x @ self.W.t(): W is already (out, in)
+                    w = tensor_attr(wt)
+                    if w is None or w.dim() != 2 or tensor_attr(n.args[0]) is not None:
+                        continue
+                    layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
+                    layer.weight = as_param(w)
+                else:
+                    if w is None or w.dim() != 2 or tensor_attr(n.args[0]) is not None:
+                        continue
+                    layer = nn.Linear(w.shape[0], w.shape[1], bias=False)
+                    layer.weight = nn.Parameter(w.detach().t().contiguous().clone(), requires_grad=w.requires_grad)
+                a = {"input": n.args[0]}
+            else:
+                continue
+        except (TypeError, ValueError):
+            continue
+        consumed.update(str(v.target) for v in n.all_input_nodes + [_transposed_attr(n.args[1]) if len(n.args) > 1
+                                                                   else None] if v is not None and v.op == "get_attr")
+        path = _free_path(body, "", f"{n.name}_layer")
+        body.add_module(path, layer)
+        with graph.inserting_before(n):
+            call = graph.call_module(path, (a["input"],))
+        n.replace_all_uses_with(call)
+        graph.erase_node(n)
+        added = True
+    for n in list(graph.nodes):
+        if not n.users and _transposed_attr(n) is not None:
+            graph.erase_node(n)
+    for n in list(graph.nodes):
+        if n.op == "get_attr" and not n.users:
+            graph.erase_node(n)
+    still_read = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    for target in consumed - still_read:  # the layer holds it now (or its transpose): not a stray parameter
+        scope, _, name = target.rpartition(".")
+        owner = body.get_submodule(scope) if scope else body
+        if name in owner._parameters or name in owner._buffers:
+            delattr(owner, name)
+    return added
+
+
+_PARAM_VIEWS = ("view", "reshape", "unsqueeze", "squeeze", "flatten")
+_PARAM_SHAPE = "qfx_param_shape"
+
+
+def _param_view_shape(u: torch.fx.Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape ``u`` (a view of a parameter: ``.view(1, -1, 1, 1)``, ``[:, None, None]``, ``.unsqueeze(-1)``)
+    gives a tensor of ``shape``, or None when ``u`` is not such a view (or selects or reorders values)."""
+    if any(isinstance(a, torch.fx.Node) for a in u.args[1:]) or any(
+            isinstance(v, torch.fx.Node) for v in u.kwargs.values()):
+        return None
+    t = torch.zeros(shape)
+    try:
+        if u.op == "call_method" and u.target in _PARAM_VIEWS:
+            r = getattr(t, str(u.target))(*u.args[1:], **u.kwargs)
+        elif u.op == "call_function" and u.target is operator.getitem and len(u.args) == 2:
+            idx = u.args[1] if isinstance(u.args[1], tuple) else (u.args[1],)
+            if any(not (i is None or i is Ellipsis or i == slice(None)) for i in idx):
+                return None
+            r = t[u.args[1]]
+        elif u.op == "call_function" and _hashable(u.target) and u.target in (torch.reshape, torch.unsqueeze,
+                                                                             torch.squeeze, torch.flatten):
+            r = u.target(t, *u.args[1:], **u.kwargs)
+        else:
+            return None
+    except (RuntimeError, TypeError, IndexError, ValueError):
+        return None
+    return tuple(r.shape) if r.numel() == t.numel() else None
+
+
+def _param_views(body: nn.Module, graph: torch.fx.Graph) -> None:
+    """A parameter or buffer read through views (``self.gamma.view(1, -1, 1, 1)``, ``self.gamma[:, None, None]``,
+    ``self.mean.reshape(1, 3, 1, 1)``): each view chain becomes its own read of the tensor with the view's shape
+    noted (``qfx_param_shape``), so the arithmetic it meets converts as with the shaped tensor itself. Views keep
+    the values' order, so the flat values are the tensor's."""
+    for n in list(graph.nodes):
+        if n.op != "get_attr":
+            continue
+        value = _attr_value(body, str(n.target))
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        for u in list(n.users):
+            end, shape = n, tuple(value.shape)
+            chain: list[torch.fx.Node] = []
+            while True:
+                cand = u if end is n else (next(iter(end.users)) if len(end.users) == 1 else None)
+                if cand is None or not cand.args or cand.args[0] is not end:
+                    break
+                got = _param_view_shape(cand, shape)
+                if got is None:
+                    break
+                chain.append(cand)
+                end, shape = cand, got
+            if not chain:
+                continue
+            with graph.inserting_before(chain[-1]):
+                read = graph.get_attr(str(n.target))
+            read.meta[_PARAM_SHAPE] = shape
+            chain[-1].replace_all_uses_with(read)
+            for v in reversed(chain):
+                if not v.users:
+                    graph.erase_node(v)
+        if not n.users:
+            graph.erase_node(n)
 
 
 def _expand_sdpa(graph: torch.fx.Graph) -> None:

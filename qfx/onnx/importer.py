@@ -2089,8 +2089,9 @@ class _Converter:
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
 
     def h_resize(self, n) -> None:
-        """Resize/Upsample by integer factors over H and W: nearest mode is ``upsample2d``, linear mode with
-        half-pixel centres ``_bilinear``."""
+        """Resize/Upsample over H and W: nearest mode by integer factors is ``upsample2d``, linear mode by
+        integer factors with half-pixel centres ``_bilinear``, everything else (align_corners, other sizes and
+        factors, downscaling) ``_resize_separable``."""
         where = self._where(n)
         x = self._act(n.input[0], n)
         xs = self.tensors[x.tensor]
@@ -2098,10 +2099,10 @@ class _Converter:
 
         mode = _attr_str(a, "mode", "nearest")
         if "upsample2d" not in REGISTRY or mode not in ("nearest", "linear", "bilinear") or len(xs.shape) != 3:
-            raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}): qfx upsamples 2-D (C, H, W) "
-                                   f"tensors in nearest or linear mode by integer factors only; {_CUT}")
+            raise UnsupportedError(f"unsupported ONNX op {n.op_type!r} (node {where!r}): qfx resizes 2-D (C, H, W) "
+                                   f"tensors in nearest or linear mode only; {_CUT}")
         ins = list(n.input)
-        scales = None
+        scales = sizes = None
         if n.op_type == "Upsample":
             scales = np.asarray(self._const(ins[1], n, "scales").values if len(ins) > 1 else a["scales"], float)
         else:
@@ -2112,28 +2113,85 @@ class _Converter:
             elif sz is not None:
                 sizes = np.asarray(self._const(sz, n, "sizes").values, dtype=np.float64)
                 scales = sizes / np.asarray((1, *xs.shape), dtype=np.float64)
-        if scales is None or scales.size != 4 or np.any(scales[:2] != 1) or np.any(scales[2:] != np.round(scales[2:])) \
-                or np.any(scales[2:] < 1):
+        if scales is None or scales.size != 4 or np.any(scales[:2] != 1) or np.any(scales[2:] <= 0):
             raise UnsupportedError(f"{n.op_type} node {where!r}: scales {None if scales is None else scales.tolist()} "
-                                   f"are not integer factors of H and W; {_CUT}")
-        f = (int(scales[2]), int(scales[3]))
-        ctm = _attr_str(a, "coordinate_transformation_mode", "half_pixel")
-        if mode != "nearest":  # the old Upsample op interpolates with asymmetric coordinates
-            return self._bilinear(n, x, f, ctm if n.op_type == "Resize" else "asymmetric")
+                                   f"must keep N and C and be positive for H and W; {_CUT}")
+        if a.get("axes") is not None or _attr_str(a, "keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise UnsupportedError(f"{n.op_type} node {where!r}: axes / keep_aspect_ratio_policy; {_CUT}")
+        ctm = _attr_str(a, "coordinate_transformation_mode", "half_pixel") if n.op_type == "Resize" else "asymmetric"
         nm = _attr_str(a, "nearest_mode", "round_prefer_floor")
-        for k, size in zip(f, xs.shape[1:]):  # the ONNX index rule must pick input floor(i / k), as upsample2d does
-            i = np.arange(size * k, dtype=np.float64)
-            src = {"asymmetric": i / k, "half_pixel": (i + 0.5) / k - 0.5,
-                   "pytorch_half_pixel": (i + 0.5) / k - 0.5, "tf_half_pixel_for_nn": (i + 0.5) / k,
-                   "align_corners": i * (size - 1) / max(size * k - 1, 1)}.get(ctm)
-            pick = None if src is None else {
-                "floor": np.floor(src), "ceil": np.ceil(src),
-                "round_prefer_floor": np.where(src - np.floor(src) == 0.5, np.floor(src), np.round(src)),
-                "round_prefer_ceil": np.where(src - np.floor(src) == 0.5, np.ceil(src), np.round(src))}.get(nm)
-            if pick is None or not np.array_equal(np.clip(pick, 0, size - 1), np.floor(i / k)):
-                raise UnsupportedError(f"{n.op_type} node {where!r}: nearest mode with coordinate_transformation_mode "
-                                       f"{ctm!r} and nearest_mode {nm!r} does not repeat each pixel {k} times; {_CUT}")
-        self._gather(n, x, "upsample2d", {"scale": f}, keeps_channels=True)
+        # ONNX: the output size is floor(input * scale) unless sizes are given
+        out_hw = tuple(int(v) for v in sizes[2:]) if sizes is not None else tuple(
+            int(np.floor(d * k)) for d, k in zip(xs.shape[1:], scales[2:]))
+        mats = [self._resize_matrix(n, d, o, mode, ctm, nm, float(k))
+                for d, o, k in zip(xs.shape[1:], out_hw, scales[2:])]
+        integer = all(float(k) == int(k) for k in scales[2:])
+        if integer and mode != "nearest" and ctm in ("half_pixel", "pytorch_half_pixel") and not any(
+                d * k == 1 for d, k in zip(xs.shape[1:], scales[2:])):
+            return self._bilinear(n, x, (int(scales[2]), int(scales[3])), ctm)
+        if integer and mode == "nearest" and all(  # each pixel repeated k times: the upsample2d gather
+                np.array_equal(m, np.repeat(np.eye(d), int(k), axis=0))
+                for m, d, k in zip(mats, xs.shape[1:], scales[2:])):
+            return self._gather(n, x, "upsample2d", {"scale": (int(scales[2]), int(scales[3]))}, keeps_channels=True)
+        self._resize_separable(n, x, out_hw, mats)
+
+    def _resize_matrix(self, n, n_in: int, n_out: int, mode: str, ctm: str, nm: str, scale: float) -> np.ndarray:
+        """One axis of a Resize as a (n_out, n_in) weight matrix (``qfx.nn.op_layers.resize_matrix`` for linear
+        mode; ONNX's own index rules for nearest mode)."""
+        from qfx.nn.op_layers import RESIZE_RULES, resize_matrix
+
+        where = self._where(n)
+        if mode != "nearest":
+            if ctm not in RESIZE_RULES:
+                raise UnsupportedError(f"{n.op_type} node {where!r}: linear mode with coordinate_transformation_mode "
+                                       f"{ctm!r}; qfx resizes with {', '.join(RESIZE_RULES)}; {_CUT}")
+            return resize_matrix(n_in, n_out, "linear", ctm, scale)
+        i = np.arange(n_out, dtype=np.float64)
+        src = {"asymmetric": i / scale, "half_pixel": (i + 0.5) / scale - 0.5,
+               "pytorch_half_pixel": (i + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out),
+               "tf_half_pixel_for_nn": (i + 0.5) / scale,
+               "align_corners": i * (n_in - 1) / max(n_out - 1, 1)}.get(ctm)
+        pick = None if src is None else {
+            "floor": np.floor(src), "ceil": np.ceil(src),
+            "round_prefer_floor": np.where(src - np.floor(src) == 0.5, np.floor(src), np.round(src)),
+            "round_prefer_ceil": np.where(src - np.floor(src) == 0.5, np.ceil(src), np.round(src))}.get(nm)
+        if pick is None:
+            raise UnsupportedError(f"{n.op_type} node {where!r}: nearest mode with coordinate_transformation_mode "
+                                   f"{ctm!r} and nearest_mode {nm!r}; {_CUT}")
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), np.clip(pick, 0, n_in - 1).astype(np.int64)] = 1.0
+        return m
+
+    def _resize_separable(self, n, x: _Val, out_hw: tuple[int, ...], mats: list[np.ndarray]) -> None:
+        """A Resize that is no integer-factor gather or half-pixel bilinear (align_corners, sizes that are not
+        multiples, downscaling): each axis's matrix as a 1x1 ``conv2d`` over that axis brought first by
+        ``transpose`` (``qfx.nn.op_layers.resize_steps``, as ``QResize2d`` builds it). Each matrix row sums to
+        one, so a linear per-channel view passes through; a pending ReLU is applied first."""
+        from qfx.fixed.kernels import lossless_acc_format
+        from qfx.nn.op_layers import resize_steps, resize_weights
+
+        where = self._where(n)
+        if x.relu:
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        ident = [m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) for m in mats]
+        steps = resize_steps(xs.shape, out_hw, tuple(None if e else resize_weights(m) for m, e in zip(mats, ident)))
+        t, base = x.tensor, _clean_name(where)
+        for i, (kind, arg) in enumerate(steps):
+            src = self.tensors[t]
+            node = n if i == len(steps) - 1 else _FakeNode(f"{base}_r{i}")
+            if kind == "transpose":
+                t = self._add("transpose", node, [t], tuple(src.shape[p] for p in arg), src.fmt, attrs={"perm": arg})
+            else:
+                codes, kf = arg
+                acc = lossless_acc_format(codes, kf, src.fmt)
+                t = self._add("conv2d", node, [t], (codes.shape[0],) + tuple(src.shape[1:]), acc,
+                              {"weight": Constant(codes.reshape(codes.shape + (1, 1)), kf)},
+                              {"stride": (1, 1), "padding": (0, 0), "khot": 0}, acc)
+        if not steps:
+            self.vals[n.output[0]] = x
+            return
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h)
 
     def _bilinear(self, n, x: _Val, f: tuple[int, int], ctm: str) -> None:
         """Resize in linear mode by integer factors with half-pixel centres (torch's bilinear, align_corners=False):
