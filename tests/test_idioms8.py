@@ -283,10 +283,10 @@ def test_decoder_resizes_csim(decoder, tmp_path):
 
 
 @pytest.mark.gxx
-def test_held_tensors_glu_norms_and_einsum_csim(tmp_path):
+def test_held_tensors_glu_norms_einsum_and_statistics_csim(tmp_path):
     torch.manual_seed(7)
     for i, (f, x) in enumerate(((HeldTensors(), torch.randn(32, 2, 8, 8)), (GatedNorms(), torch.randn(32, 3, 10)),
-                                (Einsums(), torch.randn(32, 5, 8)))):
+                                (Einsums(), torch.randn(32, 5, 8)), (Statistics(), torch.randn(32, 2, 6, 6)))):
         q = qfx.quantize_model(f, qfx.QFXConfig(**CFG), calib_data=x)
         csim_agrees(q, x, tmp_path / f"hls{i}", 24)
 
@@ -317,3 +317,39 @@ def test_resize_weight_rows_sum_to_exactly_one():
     for n_in, n_out, rule in ((5, 9, "align_corners"), (7, 11, "half_pixel"), (3, 10, "asymmetric")):
         k, kf = resize_weights(resize_matrix(n_in, n_out, "linear", rule))
         assert (k.sum(1) == 1 << kf.frac_bits).all() and (k >= 0).all()
+
+
+# ---------------------------------------------------------------------------------------------- norms, stats
+class Statistics(nn.Module):
+    """Normalizations beyond LayerNorm(n) and GroupNorm of (N, C, H, W): InstanceNorm1d and GroupNorm of (N, C, L),
+    LayerNorm over (C, L), (C, H, W) and (H, W); variance and standard deviation over per-sample dims (Bessel's
+    correction, unbiased=False, correction=0); F.threshold and nn.Threshold; x.repeat over channels and width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.i1, self.g1 = nn.Conv1d(2, 4, 3), nn.InstanceNorm1d(4, affine=True), nn.GroupNorm(2, 4)
+        self.l1 = nn.LayerNorm([4, 12])
+        self.c2 = nn.Conv2d(2, 3, 3)
+        self.l2, self.l3 = nn.LayerNorm([3, 4, 4]), nn.LayerNorm([4, 4], elementwise_affine=False)
+        self.t = nn.Threshold(0.1, -0.25)
+        self.head = nn.Linear(3 * 48 + 4 + 3 + 3 + 3 * 4 * 12, 5)
+
+    def forward(self, x):
+        s = x[:, :, :, 0].contiguous()  # (N, 2, 6) -> conv1d below on a longer sequence
+        seq = self.c1(torch.cat([s, s, s[:, :, :2]], 2))  # (N, 4, 12)
+        a = self.l1(self.g1(F.relu(self.i1(seq))))
+        h = self.c2(x)  # (N, 3, 4, 4)
+        b = self.l2(h).flatten(1)
+        c = self.t(self.l3(h)).flatten(1)
+        stats = [seq.var(2, keepdim=False), torch.std(h, dim=(2, 3), unbiased=False),
+                 h.var(dim=-1, correction=0).mean(-1), F.threshold(h, 0.0, 0.5).repeat(1, 1, 1, 3).flatten(1)]
+        return self.head(torch.cat([a.flatten(1), b, c] + stats, 1))
+
+
+def test_normalizations_statistics_threshold_repeat():
+    torch.manual_seed(9)
+    x = torch.randn(64, 2, 6, 6)
+    f = Statistics()
+    _, g = _agrees(f, x, tol=0.25)
+    fns = [n.attrs.get("fn") for n in g.nodes if n.op.value == "lut"]
+    assert sum(fn.startswith("select_gt") for fn in fns) == 2 and "sqrt" in fns, fns

@@ -228,3 +228,35 @@ def test_norm_reductions_become_sums_with_the_same_values(op, opset):
     assert op not in _ops(cleaned) and "ReduceSum" in _ops(cleaned)
     x = np.random.default_rng(8).normal(size=(2, 6, 3)).astype(np.float32)
     np.testing.assert_allclose(_ort(cleaned, x), _ort(m, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eq,shapes,opset", [("bqd,bkd->bqk", ((5, 4), (5, 4)), 13), ("bqk,bkd->bqd", ((5, 5), (5, 4)), 12),
+                                             ("bnc->bcn", ((5, 4),), 17), ("bnc,bnc->bn", ((5, 4), (5, 4)), 13),
+                                             ("bi,bj->bij", ((3,), (4,)), 13), ("bnc->bc", ((5, 4),), 12)])
+def test_einsum_becomes_its_steps_with_the_same_values(eq, shapes, opset):
+    """Each operand is a MatMul of the input (the model's own activations), the Einsum written as qfx ops."""
+    r = np.random.default_rng(3)
+    nodes, inits, ins = [], {}, []
+    for k, sh in enumerate(shapes):
+        inits[f"w{k}"] = r.normal(size=(6, sh[-1])).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["x" if len(sh) == 2 else "x0", f"w{k}"], [f"o{k}"]))
+        ins.append(f"o{k}")
+    if any(len(sh) == 1 for sh in shapes):  # (N, 6) input for the rank-2 operands
+        nodes.insert(0, helper.make_node("ReduceMean", ["x"], ["x0"], axes=[1], keepdims=0))
+    nodes.append(helper.make_node("Einsum", ins, ["y"], equation=eq))
+    m = _model(nodes, inits, (5, 6), opset=opset)
+    x = r.normal(size=(3, 5, 6))
+    cleaned, report = cleanup(m)
+    assert "Einsum" not in _ops(cleaned) and any("Einsum" in line for line in report)
+    np.testing.assert_allclose(_ort(cleaned, x.transpose(0, 2, 1) if _input_perm(cleaned) else x), _ort(m, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_einsum_outside_the_forms_and_tile_of_the_batch_are_left_alone():
+    m = _model([helper.make_node("Einsum", ["x"], ["d"], equation="bii->bi"),
+                helper.make_node("Tile", ["d", "reps"], ["y"])], {"reps": np.array([2, 1], np.int64)}, (4, 4))
+    cleaned, _ = cleanup(m)
+    assert _ops(cleaned) == ["Einsum", "Tile"]
+    with pytest.raises(Exception) as ei:
+        import_model(cleaned)
+    assert "\n" not in str(ei.value) and "Einsum" in str(ei.value)

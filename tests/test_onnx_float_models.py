@@ -317,6 +317,34 @@ class Resizes(nn.Module):
                           F.interpolate(h, size=(6, 3)).flatten(1)], 1)
 
 
+class EinsumAttention(nn.Module):
+    """Attention and pooling written with torch.einsum (exported as Einsum): scores, weighted sum, a per-token dot
+    product, a permute and a sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v, self.h = nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(6, 4), nn.Linear(4 + 4 + 5, 3)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        att = torch.softmax(torch.einsum("bqd,bkd->bqk", q, k) * 0.5, -1)
+        y = torch.einsum("bqk,bkd->bqd", att, v)
+        return self.h(torch.cat([torch.einsum("bnc->bcn", y).mean(2), torch.einsum("bnc->bc", y) * 0.2,
+                                 torch.einsum("bnc,bnc->bn", q, k) * 0.3], 1))
+
+
+class Tiles(nn.Module):
+    """x.repeat over channels and width (exported as Tile with constant repeats)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        h = self.c(x)
+        return self.d(torch.cat([h, h.mean(1, keepdim=True).repeat(1, 3, 1, 1)], 1)).repeat(1, 1, 1, 2)
+
+
 class ExcludePadPools(nn.Module):
     """Average pools that divide by the count of real elements (count_include_pad=False: Keras 'same' pools,
     Inception's 3x3 branch pool), symmetric and strided."""
@@ -383,6 +411,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
     "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
+    "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)),
 }
 
 
@@ -449,7 +478,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
-                                  "exclude_pad_pools", "selections", "resizes"])
+                                  "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

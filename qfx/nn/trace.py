@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qfx.errors import QfxError, UnsupportedError
-from qfx.fixed.tables import MAX_TABLE_BITS
+from qfx.fixed.tables import MAX_TABLE_BITS, select_spec
 from qfx.nn.extra_layers import (
     QAdaptiveAvgPool2d, QAdaptiveMaxPool2d, QClip, QConstScale, QGlobalAvgPool2d, QGroupNorm, QLayerNorm, QPReLU,
     QParamAffine, QParamCat, QPixelShuffle, QSum, QTrainOnly, QUnflatten,
@@ -44,6 +44,7 @@ from qfx.nn.layers import (
     QConvTranspose2d, QFlatten, QLinear,
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
+from qfx.nn.einsum import einsum_plan
 from qfx.nn.layout import relabel_batch_swaps
 from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
@@ -74,14 +75,14 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
 #: idioms quantize_model refuses (with what to do instead); README lists them
 REFUSED: tuple[tuple[str, str], ...] = (
     ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, torch.where / masked_fill other than of "
-     "x compared with a constant, with branches affine in x or constants, x.std() / x.var(), flip, einsum with "
-     "repeated letters, ellipses or several contracted letters",
+     "x compared with a constant, with branches affine in x or constants, x.std() / x.var() over all elements, "
+     "flip, cumsum, einsum with repeated letters, ellipses or several contracted letters",
      "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table functions "
      "(torch.where(x > 0, x, 0.1 * x) is one); reduce over the spatial dims, the channels (dim=1), the last dim or "
      "the features of (N, n)"),
-    ("LayerNorm over more than the last dim, InstanceNorm1d/3d, InstanceNorm with running statistics, "
-     "BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True (fixed-point "
-     "scale/shift), GroupNorm/InstanceNorm2d over (N, C, H, W), LayerNorm(n)"),
+    ("LayerNorm over dims other than the last one, (C, L), (H, W) or (C, H, W); InstanceNorm3d, InstanceNorm with "
+     "running statistics, BatchNorm without running statistics", "BatchNorm1d/2d with track_running_stats=True "
+     "(fixed-point scale/shift), GroupNorm/InstanceNorm1d/2d over (N, C, L) or (N, C, H, W), LayerNorm"),
     ("CELU, Softplus(beta != 1), Softmax over the batch axis",
      "the table activations; Softmax over any other axis"),
     ("bicubic, area and trilinear interpolation, antialias=True, 1-D (N, C, L) linear interpolation, sizes or "
@@ -1271,6 +1272,11 @@ def supported_table() -> str:
                 "frozen constant; division by it multiplies by its reciprocal) |")
     rows.append("| `F.linear(x, self.w, self.b)`, `F.conv1d/conv2d(x, self.w, ...)`, `x @ self.W`, `x @ self.W.t()` "
                 "(the model's own parameters or buffers) | a `QLinear` / `QConv1d` / `QConv2d` holding them |")
+    rows.append("| `nn.InstanceNorm1d`, `nn.GroupNorm` of (N, C, L), `nn.LayerNorm` over (C, L), (H, W) or (C, H, W), "
+                "`x.var(dims)`, `x.std(dims)` (any correction), `F.threshold`, `nn.Threshold`, `x.repeat(1, ...)` | "
+                "`QGroupNorm` (a size-1 W added for (N, C, L); LayerNorm's per-element affine as `QParamAffine`); "
+                "mean, `QSub`, `QMul`, mean (times n / (n - correction)), a sqrt table; a `select_gt` table; "
+                "`torch.cat` of copies |")
     rows.append("| `nn.GLU`, `F.glu`, `nn.RMSNorm`, `F.rms_norm`, `torch.rsqrt(v + eps)`, `torch.einsum` (one or two "
                 "operands, no repeated letters: a batched matmul with one contracted letter, permutes, sums, "
                 "elementwise/outer products) | their steps: chunk + sigmoid table + `QMul`; `QMul` + mean + an "
@@ -1501,6 +1507,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     decomposed = _decompose_composites(body, graph)
     _expand_sdpa(graph)
     _drop_broadcast_expands(graph)
+    decomposed = _repeats_as_cats(graph) or decomposed
     _where_tables(graph)
     added_layers = _functional_layers(body, graph)
     _param_views(body, graph)
@@ -1805,6 +1812,22 @@ def _interp_calls(graph: torch.fx.Graph) -> list[torch.fx.Node]:
             and n.args and isinstance(n.args[0], torch.fx.Node)]
 
 
+_STAT_METHODS = ("var", "std")
+
+
+def _stat_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    """Calls whose rewrite needs the input's shape (``_decompose_composites``): var/std (the count), LayerNorm over
+    several dims and InstanceNorm1d (the rank)."""
+    modules = dict(body.named_modules())
+    return [n for n in graph.nodes if n.args and isinstance(n.args[0], torch.fx.Node) and (
+        n.op == "call_method" and n.target in _STAT_METHODS
+        or n.op == "call_function" and _hashable(n.target) and n.target in (torch.var, torch.std)
+        or n.op == "call_method" and n.target == "repeat"
+        or n.op == "call_module" and (isinstance(modules.get(str(n.target)), (nn.InstanceNorm1d, nn.GroupNorm))
+                                      or isinstance(modules.get(str(n.target)), nn.LayerNorm)
+                                      and len(modules[str(n.target)].normalized_shape) > 1))]
+
+
 def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> None:
     """Record the input rank of every softmax call (``n.meta[_SOFTMAX_RANK]``) and the input shape of every
     ``F.interpolate`` call (``n.meta[_INTERP_SHAPE]``) by running the float graph once on the example inputs, so
@@ -1812,7 +1835,7 @@ def _softmax_ranks(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> Non
     dim alone cannot tell (dim=-3 of a rank-3 tensor), and ``interpolate(size=...)`` (U-Nets: ``size=skip.shape[2:]``)
     becomes its integer scale factor."""
     xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
-    calls, interps = _softmax_calls(body, graph), _interp_calls(graph) + _sdpa_calls(graph)
+    calls, interps = _softmax_calls(body, graph), _interp_calls(graph) + _sdpa_calls(graph) + _stat_calls(body, graph)
     if not xs or not calls and not interps:
         return
     want = {n.name: n.args[0] for n in calls + interps if isinstance(n.args[0], torch.fx.Node)}
@@ -1947,71 +1970,29 @@ def _where_tables(graph: torch.fx.Graph) -> None:
         graph.erase_node(n)
 
 
-def _einsum_nodes(graph: torch.fx.Graph, eq: str, ops: tuple[Any, ...]) -> torch.fx.Node | None:
-    """``torch.einsum(eq, *ops)`` written with the ops qfx converts (inserted before the einsum node, the caller's
-    insertion point), or None for an equation outside what this covers: one operand (permute, sums), or two
-    operands without repeated letters where at most one letter is contracted with at most one free letter each
-    (a batched ``A @ B``: attention's ``bhqd,bhkd->bhqk``), no letter contracted (an outer or elementwise product:
-    ``bi,bj->bij``), or no free letter (``bi,bi->b``: a product summed)."""
-    eq = eq.replace(" ", "")
-    if "." in eq or len(ops) not in (1, 2) or not all(isinstance(v, torch.fx.Node) for v in ops):
-        return None
-    lhs, arrow, out = eq.partition("->")
-    terms = lhs.split(",")
-    if len(terms) != len(ops) or any(len(set(t)) != len(t) or not t.isalpha() for t in terms):
-        return None
-    if not arrow:  # implicit output: the letters that appear once, in alphabetical order
-        out = "".join(sorted(ch for ch in set(lhs) if ch.isalpha() and lhs.count(ch) == 1))
-    if len(set(out)) != len(out) or any(ch not in lhs for ch in out):
-        return None
+class _FxEinsum:
+    """``qfx.nn.einsum``'s builder for fx graphs (nodes inserted at the graph's insertion point)."""
 
-    def summed(x: torch.fx.Node, term: str, keep: str) -> tuple[torch.fx.Node, str]:
-        drop = [i for i, ch in enumerate(term) if ch not in keep]
-        if not drop:
-            return x, term
-        return graph.call_method("sum", (x, tuple(drop))), "".join(ch for ch in term if ch in keep)
+    def __init__(self, graph: torch.fx.Graph) -> None:
+        self.g = graph
 
-    def arranged(x: torch.fx.Node, term: str, order: str) -> torch.fx.Node:
-        """x (letters ``term``) permuted to ``order``'s letters it has, with size-1 axes for the others."""
-        have = [ch for ch in order if ch in term]
-        perm = tuple(term.index(ch) for ch in have)
-        if perm != tuple(range(len(term))):
-            x = graph.call_method("permute", (x, *perm))
-        for i, ch in enumerate(order):
-            if ch not in term:
-                x = graph.call_method("unsqueeze", (x, i))
-        return x
+    def sum(self, x: Any, axes: tuple[int, ...]) -> Any:
+        return self.g.call_method("sum", (x, axes))
 
-    if len(ops) == 1:
-        x, term = summed(ops[0], terms[0], out)
-        return arranged(x, term, out)
-    (a, b), (ta, tb) = ops, terms
-    a, ta = summed(a, ta, tb + out)  # letters only one operand has and the output lacks: summed away first
-    b, tb = summed(b, tb, ta + out)
-    contract = [ch for ch in ta if ch in tb and ch not in out]
-    if not contract:  # outer / elementwise product: both to the output's order, broadcast
-        return graph.call_function(operator.mul, (arranged(a, ta, out), arranged(b, tb, out)))
-    fa = [ch for ch in ta if ch not in tb]
-    fb = [ch for ch in tb if ch not in ta]
-    batch = [ch for ch in out if ch in ta and ch in tb]
-    if not fa and not fb:  # a product summed over the contracted letters
-        order = "".join(batch + contract)
-        prod = graph.call_function(operator.mul, (arranged(a, ta, order), arranged(b, tb, order)))
-        x, term = summed(prod, order, out)
-        return arranged(x, term, out)
-    if len(contract) != 1 or len(fa) > 1 or len(fb) > 1:
-        return None
-    k = contract[0]
-    ia, ib = "".join(batch + fa + [k]), "".join(batch + [k] + fb)
-    ma = arranged(a, ta, ia) if fa else graph.call_method("unsqueeze", (arranged(a, ta, ia), -2))
-    mb = arranged(b, tb, ib) if fb else graph.call_method("unsqueeze", (arranged(b, tb, ib), -1))
-    prod = graph.call_function(operator.matmul, (ma, mb))
-    term = "".join(batch + fa + fb)
-    if not fb:
-        prod = graph.call_method("squeeze", (prod, -1))
-    if not fa:
-        prod = graph.call_method("squeeze", (prod, -2 if fb else -1))
-    return arranged(prod, term, out)
+    def permute(self, x: Any, perm: tuple[int, ...]) -> Any:
+        return self.g.call_method("permute", (x, *perm))
+
+    def unsqueeze(self, x: Any, axis: int) -> Any:
+        return self.g.call_method("unsqueeze", (x, axis))
+
+    def squeeze(self, x: Any, axis: int) -> Any:
+        return self.g.call_method("squeeze", (x, axis))
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        return self.g.call_function(operator.matmul, (a, b))
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return self.g.call_function(operator.mul, (a, b))
 
 
 def _const_add(v: Any) -> tuple[torch.fx.Node, float] | None:
@@ -2027,10 +2008,106 @@ def _const_add(v: Any) -> tuple[torch.fx.Node, float] | None:
     return t, float(c)
 
 
+def _var_sig(input: Any, dim: Any = None, unbiased: Any = None, keepdim: bool = False, *, correction: Any = None
+             ) -> None: ...
+
+
+def _variance_nodes(graph: torch.fx.Graph, n: torch.fx.Node, shape: tuple[int, ...]) -> torch.fx.Node | None:
+    """``x.var(dim)`` / ``x.std(dim)`` (and torch.var/std) over per-sample dims as ``mean((x - mean) ** 2)``
+    times n / (n - correction) (Bessel's by default), square-rooted for std; None (refused) over all elements."""
+    import inspect
+
+    try:
+        a = inspect.signature(_var_sig).bind(*n.args, **n.kwargs).arguments
+    except TypeError:
+        return None
+    dim, x, keep = a.get("dim"), a["input"], a.get("keepdim", False)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim) if isinstance(dim, (tuple, list)) else None
+    if not dims or any(not isinstance(d, int) or d % len(shape) == 0 for d in dims) or keep not in (True, False):
+        return None
+    corr = a.get("correction")
+    corr = (0 if a.get("unbiased") is False else 1) if corr is None else corr
+    count = int(np.prod([shape[d] for d in dims]))
+    if not _number(corr) or count - corr <= 0:
+        return None
+    dims = tuple(d % len(shape) for d in dims)
+    m = graph.call_method("mean", (x, dims), {"keepdim": True})
+    d = graph.call_function(operator.sub, (x, m))
+    v = graph.call_method("mean", (graph.call_function(operator.mul, (d, d)), dims), {"keepdim": keep})
+    if corr:
+        v = graph.call_function(operator.mul, (v, count / (count - corr)))
+    std = n.target in ("std", torch.std)
+    return graph.call_function(torch.sqrt, (v,)) if std else v
+
+
+def _norm_as_groupnorm(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node, mod: nn.Module,
+                       shape: tuple[int, ...]) -> torch.fx.Node | None:
+    """Normalizations QGroupNorm computes once the input is (N, C, H, W): InstanceNorm1d and GroupNorm of
+    (N, C, L) (a size-1 W added and removed), LayerNorm over (C, H, W) (GroupNorm(1, C)), over (H, W)
+    (GroupNorm(C, C)) or over (C, L) of (N, C, L); LayerNorm's per-element weight and bias then scale and shift
+    (QParamAffine, the parameters keep training). None (refused as before) for other shapes."""
+    x = n.args[0]
+    rank = len(shape)
+    if isinstance(mod, nn.LayerNorm):
+        k = len(mod.normalized_shape)
+        if tuple(shape[rank - k:]) != tuple(mod.normalized_shape) or rank not in (3, 4) or k < 2 or \
+                k not in (rank - 1, 2):
+            return None
+        chans = shape[1]
+        norm: nn.Module = nn.GroupNorm(1 if k == rank - 1 else chans, chans, mod.eps, affine=False)
+    elif isinstance(mod, nn.InstanceNorm1d):
+        if rank != 3 or mod.track_running_stats:
+            return None
+        norm = nn.InstanceNorm2d(mod.num_features, mod.eps, affine=mod.affine)
+        if mod.affine:
+            norm.weight, norm.bias = mod.weight, mod.bias
+    else:  # GroupNorm: only its (N, C, L) form needs the size-1 W
+        if rank != 3:
+            return None
+        norm = nn.GroupNorm(mod.num_groups, mod.num_channels, mod.eps, affine=mod.affine)
+        if mod.affine:
+            norm.weight, norm.bias = mod.weight, mod.bias
+    path = _free_path(body, "", f"{str(n.target).replace('.', '_')}_as_groupnorm")
+    body.add_module(path, norm)
+    y = graph.call_module(path, (graph.call_method("unsqueeze", (x, -1)) if rank == 3 else x,))
+    if rank == 3:
+        y = graph.call_method("squeeze", (y, -1))
+    if isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+        y = graph.call_function(operator.mul, (y, graph.get_attr(f"{n.target}.weight")))
+    if isinstance(mod, nn.LayerNorm) and getattr(mod, "bias", None) is not None:
+        y = graph.call_function(operator.add, (y, graph.get_attr(f"{n.target}.bias")))
+    return y
+
+
+def _repeats_as_cats(graph: torch.fx.Graph) -> bool:
+    """``x.repeat(1, k, ...)`` of an activation (the batch repeated once): ``torch.cat`` of k copies along each
+    repeated dim (after ``_drop_broadcast_expands``-style uses are gone: a repeat read by arithmetic of size-1 dims
+    is dropped there). Parameters repeated over the batch (class tokens) are ``_batch_broadcast``'s."""
+    changed = False
+    for n in list(graph.nodes):
+        if not (n.op == "call_method" and n.target == "repeat" and n.args and isinstance(n.args[0], torch.fx.Node)
+                and n.args[0].op != "get_attr" and not n.kwargs):
+            continue
+        reps = list(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (tuple, list)) else list(n.args[1:])
+        shape = n.meta.get(_INTERP_SHAPE)
+        if not reps or any(not isinstance(r, int) or r < 1 for r in reps) or reps[0] != 1 or shape is None or \
+                len(reps) != len(shape):
+            continue
+        y = n.args[0]
+        with graph.inserting_before(n):
+            for d, r in enumerate(reps):
+                if r > 1:
+                    y = graph.call_function(torch.cat, ([y] * r, d))
+        n.replace_all_uses_with(y)
+        graph.erase_node(n)
+        changed = True
+    return changed
+
+
 def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
     """Calls that are short compositions of ops qfx has, written out so each converts as usual: ``F.glu`` /
     nn.GLU (``a * sigmoid(b)`` of the two halves), nn.RMSNorm / ``F.rms_norm`` (``x * rsqrt(mean(x * x) + eps)``,
-    times the weight), ``torch.einsum`` (permutes, products, sums and matmuls: ``_einsum_nodes``). Calls outside
+    times the weight), ``torch.einsum`` (permutes, products, sums and matmuls: ``qfx.nn.einsum``). Calls outside
     these forms stay and are refused with the rest."""
     modules = dict(body.named_modules())
     changed = False
@@ -2072,9 +2149,23 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
                     not n.kwargs and _const_add(n.args[0]) is not None:
                 t, eps = _const_add(n.args[0])  # rsqrt(var + eps): one table with eps inside, which the
                 new = graph.call_function(table_select, (t, f"rsqrt({eps!r})"))  # sum's rounding would lose
+            elif isinstance(mod, nn.Threshold) or fn is F.threshold:
+                th, val = (mod.threshold, mod.value) if mod is not None else (
+                    (list(n.args[1:3]) + [n.kwargs.get("threshold"), n.kwargs.get("value")])[:2]
+                    if len(n.args) >= 3 else (n.kwargs.get("threshold", n.args[1] if len(n.args) > 1 else None),
+                                              n.kwargs.get("value")))
+                if not (_number(th) and _number(val)) or not isinstance(n.args[0], torch.fx.Node):
+                    continue
+                new = graph.call_function(table_select, (n.args[0], select_spec("gt", th, 1.0, 0.0, 0.0, val)))
+            elif (n.op == "call_method" and n.target in _STAT_METHODS or fn in (torch.var, torch.std)) and \
+                    _INTERP_SHAPE in n.meta:
+                new = _variance_nodes(graph, n, n.meta[_INTERP_SHAPE])
+            elif isinstance(mod, (nn.InstanceNorm1d, nn.GroupNorm, nn.LayerNorm)) and _INTERP_SHAPE in n.meta:
+                new = _norm_as_groupnorm(body, graph, n, mod, n.meta[_INTERP_SHAPE])
             elif fn is torch.einsum and n.args and isinstance(n.args[0], str) and not n.kwargs:
                 ops = tuple(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
-                new = _einsum_nodes(graph, n.args[0], ops)
+                new = einsum_plan(n.args[0], ops, _FxEinsum(graph)) if all(
+                    isinstance(v, torch.fx.Node) for v in ops) else None
         if new is None:
             continue
         n.replace_all_uses_with(new)

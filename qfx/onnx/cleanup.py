@@ -614,6 +614,87 @@ class _Cleaner:
             self.report.append(f"wrote {sums} Sum/ReduceL1/ReduceL2/ReduceSumSquare node(s) and {lrns} LRN node(s) "
                                f"as their steps")
 
+    def einsums_and_tiles(self) -> None:
+        """``Einsum`` in the forms ``qfx.nn.einsum`` plans (attention's batched products, permutes, sums,
+        elementwise and outer products) becomes Transpose / Unsqueeze / Squeeze / ReduceSum / Mul / MatMul nodes, as
+        the torch tracer rewrites torch.einsum; ``Tile`` with constant repeats that keep the batch a ``Concat`` of
+        copies along each repeated axis. Other Einsum / Tile nodes stay (and are refused by the importer)."""
+        from onnx import helper, numpy_helper
+
+        from qfx.nn.einsum import einsum_plan
+
+        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+        consts = None
+        out_nodes: list[Any] = []
+        einsums = tiles = 0
+        for n in list(self.g.node):
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ("Einsum", "Tile"):
+                out_nodes.append(n)
+                continue
+            base = f"{n.name or n.output[0]}__{n.op_type.lower()}"
+            made: list[Any] = []
+            inits: list[Any] = []
+
+            def node(op: str, ins: list[str], axes: tuple[int, ...] | None = None, **kw: Any) -> str:
+                out = f"{base}_{len(made)}"
+                ins = list(ins)
+                if axes is not None and opset >= 13:  # Unsqueeze/Squeeze/ReduceSum take axes as an input
+                    name = f"{out}_axes"
+                    inits.append(numpy_helper.from_array(np.asarray(axes, np.int64), name))
+                    ins.append(name)
+                elif axes is not None:
+                    kw["axes"] = list(axes)
+                made.append(helper.make_node(op, ins, [out], name=f"{n.name or base}/{len(made)}", **kw))
+                return out
+
+            result: str | None = None
+            if n.op_type == "Einsum":
+                eq = next((a.s.decode() for a in n.attribute if a.name == "equation"), "")
+
+                class _B:
+                    def sum(self, x: str, axes: tuple[int, ...]) -> str:
+                        return node("ReduceSum", [x], axes, keepdims=0)
+
+                    def permute(self, x: str, perm: tuple[int, ...]) -> str:
+                        return node("Transpose", [x], perm=list(perm))
+
+                    def unsqueeze(self, x: str, axis: int) -> str:
+                        return node("Unsqueeze", [x], (axis,))
+
+                    def squeeze(self, x: str, axis: int) -> str:
+                        return node("Squeeze", [x], (axis,))
+
+                    def matmul(self, a: str, b: str) -> str:
+                        return node("MatMul", [a, b])
+
+                    def mul(self, a: str, b: str) -> str:
+                        return node("Mul", [a, b])
+
+                result = einsum_plan(eq, list(n.input), _B())
+            else:
+                consts = self.consts() if consts is None else consts
+                reps = consts.get(n.input[1]) if len(n.input) > 1 else None
+                if reps is not None and reps.ndim == 1 and reps.size and int(reps[0]) == 1 and (reps >= 1).all():
+                    result = n.input[0]
+                    for ax, r in enumerate(int(v) for v in reps):
+                        if r > 1:
+                            result = node("Concat", [result] * r, axis=ax)
+            if result is None:
+                out_nodes.append(n)
+                continue
+            if made and made[-1].output[0] == result:
+                made[-1].output[0] = n.output[0]
+            else:
+                made.append(helper.make_node("Identity", [result], [n.output[0]], name=f"{n.name or base}/out"))
+            self.g.initializer.extend(inits)
+            out_nodes.extend(made)
+            einsums += n.op_type == "Einsum"
+            tiles += n.op_type == "Tile"
+        if einsums or tiles:
+            del self.g.node[:]
+            self.g.node.extend(out_nodes)
+            self.report.append(f"wrote {einsums} Einsum node(s) and {tiles} Tile node(s) as their steps")
+
     def identities(self) -> None:
         outs = self.graph_outputs()
         removed = 0
@@ -960,6 +1041,7 @@ class _Cleaner:
         self.sums_and_lrn()
         self.hardswish()
         self.fold_constants()
+        self.einsums_and_tiles()
         add_batch_axis(self)
         self.token_linears()
         self.transposes()
