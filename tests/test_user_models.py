@@ -204,8 +204,8 @@ class _Fwd(nn.Module):
     (lambda s, x: s.up(x), {"up": nn.ConvTranspose2d(2, 2, 2, 2, padding=2)}, (2, 4, 4),
      r"module 'up' \(torch.nn.modules.conv.ConvTranspose2d\): QConvTranspose2d: padding 2 above dilation \* "
      r"\(kernel - 1\) = 1"),
-    (lambda s, x: s.rnn(x)[0], {"rnn": nn.LSTM(4, 4, batch_first=True)}, (3, 4),
-     r"module 'rnn' \(torch.nn.modules.rnn.LSTM\): no fixed-point twin; qfx maps feed-forward models"),
+    (lambda s, x: s.rnn(x)[0], {"rnn": nn.LSTM(4, 4, batch_first=True, proj_size=2)}, (3, 4),
+     r"module 'rnn' \(torch.nn.modules.rnn.LSTM\): no fixed-point twin; qfx unrolls nn.LSTM/GRU/RNN"),
     (lambda s, x: s.c(x).sum(), {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),
      r"Tensor.sum \(fx node 'sum_1' in forward\): a sum over all elements has no qfx op"),
     (lambda s, x: torch.erf(s.c(x)), {"c": nn.Conv2d(2, 2, 1)}, (2, 4, 4),

@@ -67,7 +67,7 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad1d/2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
-                     "GLU, RMSNorm, einsum (matmul, permute, product and sum forms), F.linear/F.conv1d/2d and x @ W with "
+                     "LSTM/GRU/RNN (unrolled), GLU, RMSNorm, einsum (matmul, permute, product and sum forms), F.linear/F.conv1d/2d and x @ W with "
                      "the model's parameters, x * p / x + p with parameters and buffers (x / buffer), bilinear (any "
                      "align_corners) and nearest resizing to any size, "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
@@ -97,8 +97,10 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
      "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
-    ("LSTM, GRU, RNN, Embedding, nn.Transformer, TransformerDecoder(Layer)",
-     "none: qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations, attention encoders)"),
+    ("LSTM/GRU/RNN with an initial state passed in, proj_size, a sequence-first input not made by x.transpose(0, 1), "
+     "or their results read otherwise; Embedding, nn.Transformer, TransformerDecoder(Layer)",
+     "the zero initial state; read the output sequence, out[:, t], h_n[k] or c_n[k]; none for embeddings and "
+     "decoders"),
     ("MultiheadAttention with key_padding_mask, an additive float attn_mask, a mask computed in forward, a mask row "
      "whose allowed keys are not one run, add_bias_kv/add_zero_attn, or its attention weights used; "
      "F.scaled_dot_product_attention with a mask, dropout or is_causal",
@@ -1156,8 +1158,9 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "forward, and attention written by hand (x @ y, softmax(dim=-1)); transformer decoders have no fixed-point "
      "twin"),
     (("lstm", "gru", "rnn", "embedding"),
-     "qfx maps feed-forward models (Linear, Conv1d/2d, pools, activations, attention encoders); recurrent and "
-     "embedding layers have no fixed-point twin"),
+     "qfx unrolls nn.LSTM/GRU/RNN over the fixed sequence length when they start from the zero state, have no "
+     "proj_size and their results are read as the output sequence (batch_first, or out[t] / out.transpose(0, 1)), "
+     "h_n[k], c_n[k] or h_n.squeeze(0); embedding layers have no fixed-point twin"),
     (("sum",), "qfx sums over the spatial dims (x.sum((2, 3)), x.sum(-1)), the channels or the features of (N, n) "
                "(x.sum(1))"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
@@ -1277,6 +1280,10 @@ def supported_table() -> str:
                 "`QGroupNorm` (a size-1 W added for (N, C, L); LayerNorm's per-element affine as `QParamAffine`); "
                 "mean, `QSub`, `QMul`, mean (times n / (n - correction)), a sqrt table; a `select_gt` table; "
                 "`torch.cat` of copies |")
+    rows.append("| `nn.LSTM`, `nn.GRU`, `nn.RNN` (any layers, bidirectional, batch_first or fed x.transpose(0, 1); "
+                "zero initial state; the output sequence, out[:, t] / out[t], h_n[k], c_n[k] read) | unrolled over "
+                "the fixed sequence length: per layer and direction a `QLinear` for the input (both biases) and one "
+                "for the state, shared by every step; gates as chunks through sigmoid/tanh tables, `QMul`, `QAdd` |")
     rows.append("| `nn.GLU`, `F.glu`, `nn.RMSNorm`, `F.rms_norm`, `torch.rsqrt(v + eps)`, `torch.einsum` (one or two "
                 "operands, no repeated letters: a batched matmul with one contracted letter, permutes, sums, "
                 "elementwise/outer products) | their steps: chunk + sigmoid table + `QMul`; `QMul` + mean + an "
@@ -1502,6 +1509,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     train_only = _train_only_modules(body, example)
     graph = trace(body, train_only)
     _fold_sizes(body, graph, example)
+    unrolled = _unroll_recurrents(body, graph, example)
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     _softmax_ranks(body, graph, example)
     decomposed = _decompose_composites(body, graph)
@@ -1522,7 +1530,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     shape_nodes: set[torch.fx.Node] = set()
     derived: set[torch.fx.Node] = set()  # arithmetic on sizes (h * w): refused where it is used
     pair_nodes: set[torch.fx.Node] = set()  # replaced calls that returned (values, indices)
-    rewrite = added_layers or decomposed  # forward's F.linear(x, self.weight) now calls a layer: the graph is the model
+    rewrite = added_layers or decomposed or unrolled  # forward's F.linear(x, self.weight) now calls a layer: the graph is the model
     placeholders = [n for n in graph.nodes if n.op == "placeholder" and n in live]
     if len(placeholders) > 1 and input_quant is not None:  # one input quantizer per tensor input
         for k, n in enumerate(placeholders):
@@ -2077,6 +2085,209 @@ def _norm_as_groupnorm(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node,
     if isinstance(mod, nn.LayerNorm) and getattr(mod, "bias", None) is not None:
         y = graph.call_function(operator.add, (y, graph.get_attr(f"{n.target}.bias")))
     return y
+
+
+def _recurrent_uses(n: torch.fx.Node, kind: str, n_final: int, batch_first: bool
+                    ) -> dict[torch.fx.Node, tuple[str, Any]] | None:
+    """How the results of a recurrent layer's call ``n`` are read, each read as (what, which): ("seq", None) the
+    output sequence batch first, ("step", t) one step of it, ("final", (state, k)) entry k of h_n (state 0) or c_n
+    (state 1). None when a read is none of these (the layer then stays and is refused)."""
+    uses: dict[torch.fx.Node, tuple[str, Any]] = {}
+
+    def index(u: torch.fx.Node) -> Any:
+        return u.args[1] if u.op == "call_function" and u.target is operator.getitem and len(u.args) == 2 else None
+
+    def swaps_01(u: torch.fx.Node) -> bool:
+        return u.op == "call_method" and not u.kwargs and (
+            u.target == "transpose" and tuple(u.args[1:]) in ((0, 1), (1, 0))
+            or u.target == "permute" and tuple(u.args[1:]) in ((1, 0, 2), ((1, 0, 2),)))
+
+    for u in n.users:
+        which = index(u)
+        if which == 0 and batch_first:  # the output sequence, (N, T, H * dirs)
+            uses[u] = ("seq", None)
+        elif which == 0:  # (T, N, H * dirs): out[t] or out.transpose(0, 1)
+            for v in u.users:
+                k = index(v)
+                if isinstance(k, int) and not isinstance(k, bool):
+                    uses[v] = ("step", k)
+                elif swaps_01(v):
+                    uses[v] = ("seq", None)
+                else:
+                    return None
+        elif which == 1:  # (h_n, c_n) for LSTM, h_n otherwise
+            finals: list[tuple[torch.fx.Node, int]] = []
+            if kind == "LSTM":
+                for v in u.users:
+                    if index(v) not in (0, 1):
+                        return None
+                    finals.append((v, index(v)))
+            else:
+                finals.append((u, 0))
+            for f, state in finals:
+                for v in f.users:
+                    k = index(v)
+                    if isinstance(k, int) and not isinstance(k, bool) and -n_final <= k < n_final:
+                        uses[v] = ("final", (state, k % n_final))
+                    elif v.op == "call_method" and v.target == "squeeze" and tuple(v.args[1:]) in ((), (0,)) and \
+                            not v.kwargs and n_final == 1:
+                        uses[v] = ("final", (state, 0))
+                    else:
+                        return None
+        else:
+            return None
+    return uses
+
+
+def _unroll_recurrent(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node, mod: nn.RNNBase,
+                      shape: tuple[int, ...]) -> bool:
+    """nn.LSTM / nn.GRU / nn.RNN over a fixed sequence length, unrolled into what one step computes: per layer and
+    direction an nn.Linear for the input (both biases where they add) and one for the state, called at every step
+    (shared weights and formats), the gates as chunks through sigmoid/tanh tables, QMul and QAdd. The zero initial
+    state drops the state terms of the first step. Reads of the results: the output sequence (batch_first, or
+    ``out[t]`` / ``out.transpose(0, 1)`` of a sequence-first layer), ``h_n[k]`` / ``c_n[k]`` / ``h_n.squeeze(0)``.
+    A sequence-first layer must read ``x.transpose(0, 1)`` / ``x.permute(1, 0, 2)`` of a batch-first tensor.
+    False (the layer stays and is refused) for an initial state passed in, projections, other reads."""
+    kind = type(mod).__name__
+    if len(n.args) > 1 and n.args[1] is not None or n.kwargs or getattr(mod, "proj_size", 0) or len(shape) != 3:
+        return False
+    layers, dirs, hid = mod.num_layers, 2 if mod.bidirectional else 1, mod.hidden_size
+    uses = _recurrent_uses(n, kind, layers * dirs, mod.batch_first)
+    if uses is None:
+        return False
+    x = n.args[0]
+    if not mod.batch_first:  # the layer reads x.transpose(0, 1) of a batch-first x: read x itself
+        if not (isinstance(x, torch.fx.Node) and x.op == "call_method" and not x.kwargs and (
+                x.target == "transpose" and tuple(x.args[1:]) in ((0, 1), (1, 0))
+                or x.target == "permute" and tuple(x.args[1:]) in ((1, 0, 2), ((1, 0, 2),)))):
+            return False
+        x = x.args[0]
+        steps = shape[0]
+    else:
+        steps = shape[1]
+    act = {"RNN_TANH": torch.tanh, "RNN_RELU": F.relu}.get(getattr(mod, "mode", ""), torch.tanh)
+    gates = {"LSTM": 4, "GRU": 3}.get(kind, 1)
+    base = str(n.target).replace(".", "_")
+
+    def layer(name: str, w: torch.Tensor, b: torch.Tensor | None) -> str:
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if b is not None:
+                lin.bias.copy_(b)
+        path = _free_path(body, "", f"{base}_{name}")
+        body.add_module(path, lin)
+        return path
+
+    def call(fn: Any, *args: Any) -> torch.fx.Node:
+        return graph.call_function(fn, args)
+
+    inputs = [call(operator.getitem, x, (slice(None), t)) for t in range(steps)]
+    finals: list[tuple[torch.fx.Node, torch.fx.Node | None]] = []
+    for lay in range(layers):
+        outs_by_dir = []
+        for d in range(dirs):
+            sfx = f"_l{lay}" + ("_reverse" if d else "")
+            w_ih, w_hh = getattr(mod, f"weight_ih{sfx}"), getattr(mod, f"weight_hh{sfx}")
+            b_ih = getattr(mod, f"bias_ih{sfx}") if mod.bias else None
+            b_hh = getattr(mod, f"bias_hh{sfx}") if mod.bias else None
+            if kind == "GRU":  # r and z: both biases on the input side; n: b_hn stays inside r * (W_hn h + b_hn)
+                b_in = None if b_ih is None else torch.cat([b_ih[:2 * hid] + b_hh[:2 * hid], b_ih[2 * hid:]])
+                b_st = None if b_hh is None else torch.cat([torch.zeros(2 * hid), b_hh[2 * hid:]])
+            else:
+                b_in = None if b_ih is None else b_ih + b_hh
+                b_st = None
+            ih = layer(f"ih{sfx}", w_ih.detach(), None if b_in is None else b_in.detach())
+            hh = layer(f"hh{sfx}", w_hh.detach(), None if b_st is None else b_st.detach())
+            if kind == "GRU" and b_st is not None:
+                bn = _free_path(body, "", f"{base}_bhn{sfx}")
+                body.register_buffer(bn, b_st[2 * hid:].detach().clone())
+            h = c = None
+            outs: list[torch.fx.Node | None] = [None] * steps
+            for t in (range(steps - 1, -1, -1) if d else range(steps)):
+                a = graph.call_module(ih, (inputs[t],))
+                if kind == "LSTM":
+                    g = a if h is None else call(operator.add, a, graph.call_module(hh, (h,)))
+                    parts = graph.call_method("chunk", (g, 4, 1))
+                    i_, f_, g_, o_ = (call(operator.getitem, parts, k) for k in range(4))
+                    i_, f_, o_ = call(torch.sigmoid, i_), call(torch.sigmoid, f_), call(torch.sigmoid, o_)
+                    ig = call(operator.mul, i_, call(torch.tanh, g_))
+                    c = ig if c is None else call(operator.add, call(operator.mul, f_, c), ig)
+                    h = call(operator.mul, o_, call(torch.tanh, c))
+                elif kind == "GRU":
+                    pa = graph.call_method("chunk", (a, 3, 1))
+                    a_r, a_z, a_n = (call(operator.getitem, pa, k) for k in range(3))
+                    if h is None:
+                        r, z = call(torch.sigmoid, a_r), call(torch.sigmoid, a_z)
+                        rn = call(operator.mul, r, graph.get_attr(bn)) if b_st is not None else None
+                        nn_ = call(torch.tanh, a_n if rn is None else call(operator.add, a_n, rn))
+                        h = call(operator.sub, nn_, call(operator.mul, z, nn_))
+                    else:
+                        ph = graph.call_method("chunk", (graph.call_module(hh, (h,)), 3, 1))
+                        h_r, h_z, h_n = (call(operator.getitem, ph, k) for k in range(3))
+                        r = call(torch.sigmoid, call(operator.add, a_r, h_r))
+                        z = call(torch.sigmoid, call(operator.add, a_z, h_z))
+                        nn_ = call(torch.tanh, call(operator.add, a_n, call(operator.mul, r, h_n)))
+                        h = call(operator.add, nn_, call(operator.mul, z, call(operator.sub, h, nn_)))
+                else:
+                    g = a if h is None else call(operator.add, a, graph.call_module(hh, (h,)))
+                    h = call(act, g)
+                outs[t] = h
+            outs_by_dir.append(outs)
+            finals.append((h, c))
+        inputs = [outs_by_dir[0][t] if dirs == 1 else call(torch.cat, [outs_by_dir[0][t], outs_by_dir[1][t]], 1)
+                  for t in range(steps)]
+        if mod.dropout and lay < layers - 1:  # between layers, in training only (QTrainOnly)
+            inputs = [graph.call_function(F.dropout, (v,), {"p": float(mod.dropout), "training": True})
+                      for v in inputs]
+    seq = None
+    for u, (what, which) in uses.items():
+        if what == "seq":
+            seq = seq or call(torch.stack, inputs, 1)
+            new = seq
+        elif what == "step":
+            new = inputs[which]
+        else:
+            state, k = which
+            new = finals[k][state]
+            if new is None:
+                return False
+        u.replace_all_uses_with(new)
+    _erase_dead_from(graph, n)
+    return True
+
+
+def _unroll_recurrents(body: nn.Module, graph: torch.fx.Graph, examples: Any) -> bool:
+    """Every nn.LSTM / nn.GRU / nn.RNN call ``_unroll_recurrent`` can unroll, unrolled (before the batch-swap
+    relabelling, so a sequence-first layer's transposes go with it); the sequence length comes from one run of
+    the float graph on the example inputs."""
+    modules = dict(body.named_modules())
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.args and isinstance(n.args[0], torch.fx.Node)
+             and isinstance(modules.get(str(n.target)), (nn.LSTM, nn.GRU, nn.RNN))]
+    xs = [t for t in (examples if isinstance(examples, (tuple, list)) else [examples]) if isinstance(t, torch.Tensor)]
+    if not calls or not xs:
+        return False
+    vals = example_values(body, graph, xs)
+    if vals is None:
+        return False
+    changed = False
+    for n in calls:
+        v = vals.get(n.args[0].name)
+        if isinstance(v, torch.Tensor):
+            with graph.inserting_before(n):
+                changed = _unroll_recurrent(body, graph, n, modules[str(n.target)], tuple(v.shape)) or changed
+    called = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    for path in {str(n.target) for n in calls} - called:  # unrolled everywhere: its weights live in the Linears
+        _set_module(body, path, nn.Identity())
+    return changed
+
+
+def _erase_dead_from(graph: torch.fx.Graph, n: torch.fx.Node) -> None:
+    """Erase ``n`` and the reads of it (getitems, views) that nothing uses any more, readers first."""
+    for u in list(n.users):
+        _erase_dead_from(graph, u)
+    if not n.users:
+        graph.erase_node(n)
 
 
 def _repeats_as_cats(graph: torch.fx.Graph) -> bool:
