@@ -345,6 +345,23 @@ class Tiles(nn.Module):
         return self.d(torch.cat([h, h.mean(1, keepdim=True).repeat(1, 3, 1, 1)], 1)).repeat(1, 1, 1, 2)
 
 
+class Recurrent(nn.Module):
+    """torch's exports of recurrent layers: a 2-layer LSTM read through h_n[-1], a bidirectional GRU's last
+    step, a sequence-first GRU fed x.transpose(0, 1) read at out[-1], a ReLU RNN's whole output sequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 5, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(3, 4, batch_first=True, bidirectional=True)
+        self.gru_sf, self.rnn = nn.GRU(3, 4), nn.RNN(3, 2, batch_first=True, nonlinearity="relu")
+        self.f = nn.Linear(5 + 8 + 4 + 8, 3)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(x)
+        seq_first, _ = self.gru_sf(x.transpose(0, 1))
+        return self.f(torch.cat([h[-1], self.gru(x)[0][:, -1], seq_first[-1], self.rnn(x)[0].flatten(1)], 1))
+
+
 class ExcludePadPools(nn.Module):
     """Average pools that divide by the count of real elements (count_include_pad=False: Keras 'same' pools,
     Inception's 3x3 branch pool), symmetric and strided."""
@@ -411,7 +428,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "token_mlp": (TokenMLP, (5, 6)), "bilinear": (BilinearHead, (2, 4, 4)),
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
     "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
-    "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)),
+    "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)), "recurrent": (Recurrent, (4, 3)),
 }
 
 
@@ -478,7 +495,8 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.gxx
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
-                                  "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles"])
+                                  "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles",
+                                  "recurrent"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow
@@ -574,18 +592,19 @@ def test_onnx_test_zoo_imagenet_models_import(name):
     assert np.abs(got - ref).max() <= 0.08 * np.abs(ref).max() + 1e-4
 
 
-def test_recurrent_layers_are_refused_up_front_in_one_line():
-    """An exported LSTM is refused naming the LSTM node, before any complaint about the nodes around it."""
+def test_recurrent_layers_not_unrolled_are_refused_up_front_in_one_line():
+    """An exported LSTM the clean-up cannot unroll (a sequence-first graph input: the batch is not its first axis)
+    is refused naming the LSTM node, before any complaint about the nodes around it."""
     class Seq(nn.Module):
         def __init__(self):
             super().__init__()
-            self.l, self.f = nn.LSTM(3, 5, batch_first=True), nn.Linear(5, 2)
+            self.l, self.f = nn.LSTM(3, 5), nn.Linear(5, 2)
 
         def forward(self, x):
-            return self.f(self.l(x)[0][:, -1])
+            return self.f(self.l(x)[0][-1])
 
     buf = io.BytesIO()
-    torch.onnx.export(Seq().eval(), torch.zeros(1, 4, 3), buf, opset_version=13, dynamo=False, input_names=["x"],
+    torch.onnx.export(Seq().eval(), torch.zeros(4, 1, 3), buf, opset_version=13, dynamo=False, input_names=["x"],
                       output_names=["y"])
     with pytest.raises(UnsupportedError) as ei:
         import_model(onnx.load_from_string(buf.getvalue()), input_fmt="ap_fixed<8,3>")

@@ -695,6 +695,245 @@ class _Cleaner:
             self.g.node.extend(out_nodes)
             self.report.append(f"wrote {einsums} Einsum node(s) and {tiles} Tile node(s) as their steps")
 
+    def recurrents(self) -> None:
+        """LSTM / GRU (linear_before_reset=1, torch's) / RNN nodes over a fixed sequence length, unrolled as the
+        torch tracer unrolls nn.LSTM/GRU/RNN: per step and direction a Gemm of the step's input (both biases where
+        they add) and one of the state, Slices into the gates, Sigmoid/Tanh, Mul, Add. The input must be
+        ``Transpose(perm=[1, 0, 2])`` of a batch-first tensor (torch's export) or the sequence of an unrolled layer
+        before it; the initial state absent or zeros; default activations, no clip, sequence_lens or peepholes.
+        Reads: Y through Squeeze(axis 1) (one direction) or Transpose(0, 2, 1, 3) + Reshape, then
+        Transpose(perm=[1, 0, 2]) (the batch-first sequence), Gather(axis 0) (one step) or the next recurrent
+        layer; Y_h / Y_c through Gather(axis 0), Squeeze(axis 0) or a Concat of several layers' Y_h along axis 0
+        read by Gather(axis 0). A node with other reads is left alone (the importer refuses it, naming it)."""
+        from onnx import helper, numpy_helper
+
+        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+        consts = self.consts()
+        shapes: dict[str, tuple[int, ...]] | None = None
+        seq_steps: dict[str, list[str]] = {}  # a sequence-first (T, N, F) tensor -> its step tensors (N, F)
+        batch_first: dict[str, str] = {}  # such a tensor -> the (N, T, F) Concat of its steps
+        finals: dict[str, list[str]] = {}  # Y_h / Y_c -> one (N, H) tensor per direction
+        renames: dict[str, str] = {}
+        out_nodes: list[Any] = []
+        count = 0
+
+        def producer_of(t: str):
+            return next((m for m in self.g.node if t in m.output), None)
+
+        def zeros(t: str) -> bool:
+            if not t:
+                return True
+            v = consts.get(t)
+            if v is not None:
+                return not np.any(v)
+            p = producer_of(t)
+            if p is not None and p.op_type == "Expand" and p.input[0] in consts:
+                return not np.any(consts[p.input[0]])
+            if p is not None and p.op_type == "ConstantOfShape":
+                val = next((numpy_helper.to_array(a.t) for a in p.attribute if a.name == "value"), np.zeros(1))
+                return not np.any(val)
+            return False
+
+        def int_attr(m, name: str, default: int) -> int:
+            return next((int(a.i) for a in m.attribute if a.name == name), default)
+
+        def const_index(m) -> int | None:
+            if m.op_type != "Gather" or int_attr(m, "axis", 0) != 0 or m.input[1] not in consts:
+                return None
+            v = consts[m.input[1]]
+            return int(v) if v.ndim == 0 else None
+
+        def axes_of(m) -> list[int] | None:
+            a = next((list(x.ints) for x in m.attribute if x.name == "axes"), None)
+            if a is None and len(m.input) > 1 and m.input[1] in consts:
+                a = [int(v) for v in np.asarray(consts[m.input[1]]).reshape(-1)]
+            return a
+
+        def perm_of(m) -> list[int] | None:
+            return next((list(x.ints) for x in m.attribute if x.name == "perm"), None) if m.op_type == "Transpose" \
+                else None
+
+        for n in list(self.g.node):
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ("LSTM", "GRU", "RNN"):
+                out_nodes.append(n)
+                continue
+            kind, a = n.op_type, _attrs(n)
+            ins = list(n.input) + [""] * (8 - len(n.input))
+            x, w_name, r_name, b_name, lens, h0 = ins[:6]
+            c0 = ins[6] if kind == "LSTM" else ""
+            acts = [v.decode() if isinstance(v, bytes) else v for v in a.get("activations", [])]
+            default = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[kind]
+            direction = a.get("direction", b"forward")
+            direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+            dirs = 2 if direction == "bidirectional" else 1
+            reverse = direction == "reverse"
+            ok = (w_name in consts and r_name in consts and (not b_name or b_name in consts) and not lens
+                  and zeros(h0) and zeros(c0) and "clip" not in a and int(a.get("layout", 0)) == 0
+                  and not (len(ins) > 7 and ins[7]) and int(a.get("input_forget", 0)) == 0
+                  and (not acts or acts == default * dirs or kind == "RNN" and acts == ["Relu"] * dirs)
+                  and (kind != "GRU" or int(a.get("linear_before_reset", 0)) == 1))
+            if ok and x not in seq_steps:
+                p = producer_of(x)
+                if p is None or perm_of(p) != [1, 0, 2]:
+                    ok = False
+                else:
+                    shapes = self.known_shapes() if shapes is None else shapes
+                    xb = p.input[0]
+                    if xb not in shapes or len(shapes[xb]) != 3:
+                        ok = False
+                    else:
+                        base0 = f"{n.name or n.output[0]}__x"
+                        steps = []
+                        for t in range(shapes[xb][1]):
+                            idx = f"{base0}_i{t}"
+                            self.g.initializer.append(numpy_helper.from_array(np.asarray(t, np.int64), idx))
+                            out_nodes.append(helper.make_node("Gather", [xb, idx], [f"{base0}{t}"], axis=1,
+                                                              name=f"{base0}/step{t}"))
+                            steps.append(f"{base0}{t}")
+                        seq_steps[x] = steps
+            if not ok:
+                out_nodes.append(n)
+                continue
+            w, r = consts[w_name], consts[r_name]
+            hid = int(a.get("hidden_size", r.shape[-1]))
+            gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
+            bias = consts[b_name] if b_name else np.zeros((dirs, 2 * gates * hid), np.float32)
+            xs = seq_steps[x]
+            base = f"{n.name or n.output[0]}__{kind.lower()}"
+            k = [0]
+
+            def emit(op: str, inputs: list[str], **kw: Any) -> str:
+                out = f"{base}_{k[0]}"
+                k[0] += 1
+                out_nodes.append(helper.make_node(op, inputs, [out], name=f"{base}/{k[0]}", **kw))
+                return out
+
+            def init(arr: np.ndarray) -> str:
+                name = f"{base}_c{k[0]}"
+                k[0] += 1
+                self.g.initializer.append(numpy_helper.from_array(np.asarray(arr, np.float32), name))
+                return name
+
+            def init_i64(v: list[int]) -> str:
+                name = f"{base}_c{k[0]}"
+                k[0] += 1
+                self.g.initializer.append(numpy_helper.from_array(np.asarray(v, np.int64), name))
+                return name
+
+            def gate(src: str, j: int) -> str:
+                if gates == 1:
+                    return src
+                names = []
+                for v in ([j * hid], [(j + 1) * hid], [1]):
+                    nm = f"{base}_c{k[0]}"
+                    k[0] += 1
+                    self.g.initializer.append(numpy_helper.from_array(np.asarray(v, np.int64), nm))
+                    names.append(nm)
+                return emit("Slice", [src] + names)
+
+            per_dir: list[list[str]] = []
+            fin_h, fin_c = [], []
+            for d in range(dirs):
+                wb, rb = bias[d][:gates * hid], bias[d][gates * hid:]
+                if kind == "GRU":  # zrh: z and r take both biases; h keeps Rbh inside r * (...)
+                    b_in = np.concatenate([wb[:2 * hid] + rb[:2 * hid], wb[2 * hid:]])
+                    b_st = np.concatenate([np.zeros(2 * hid, np.float32), rb[2 * hid:]])
+                else:
+                    b_in, b_st = wb + rb, None
+                wi, ri, bi = init(w[d]), init(r[d]), init(b_in)
+                bs = init(b_st) if b_st is not None and np.any(b_st) else None
+                h = c = None
+                outs: list[str] = [""] * len(xs)
+                order = range(len(xs) - 1, -1, -1) if (d == 1 or reverse) else range(len(xs))
+                for t in order:
+                    g = emit("Gemm", [xs[t], wi, bi], transB=1)
+                    if kind == "LSTM":  # iofc
+                        if h is not None:
+                            g = emit("Add", [g, emit("Gemm", [h, ri], transB=1)])
+                        i_, o_, f_, c_ = (gate(g, j) for j in range(4))
+                        i_, o_, f_ = emit("Sigmoid", [i_]), emit("Sigmoid", [o_]), emit("Sigmoid", [f_])
+                        ic = emit("Mul", [i_, emit("Tanh", [c_])])
+                        c = ic if c is None else emit("Add", [emit("Mul", [f_, c]), ic])
+                        h = emit("Mul", [o_, emit("Tanh", [c])])
+                    elif kind == "GRU":  # zrh
+                        a_z, a_r, a_h = (gate(g, j) for j in range(3))
+                        if h is None:
+                            z, rr = emit("Sigmoid", [a_z]), emit("Sigmoid", [a_r])
+                            pre = a_h if bs is None else emit("Add", [a_h, emit("Mul", [rr, init(b_st[2 * hid:])])])
+                            hn = emit("Tanh", [pre])
+                            h = emit("Sub", [hn, emit("Mul", [z, hn])])
+                        else:
+                            s_ = emit("Gemm", [h, ri] + ([bs] if bs else []), transB=1)
+                            s_z, s_r, s_h = (gate(s_, j) for j in range(3))
+                            z = emit("Sigmoid", [emit("Add", [a_z, s_z])])
+                            rr = emit("Sigmoid", [emit("Add", [a_r, s_r])])
+                            hn = emit("Tanh", [emit("Add", [a_h, emit("Mul", [rr, s_h])])])
+                            h = emit("Add", [hn, emit("Mul", [z, emit("Sub", [h, hn])])])
+                    else:
+                        if h is not None:
+                            g = emit("Add", [g, emit("Gemm", [h, ri], transB=1)])
+                        h = emit(acts[0] if acts else "Tanh", [g])
+                    outs[t] = h
+                per_dir.append(outs)
+                fin_h.append(h)
+                fin_c.append(c or "")
+            steps = per_dir[0] if dirs == 1 else [emit("Concat", [per_dir[0][t], per_dir[1][t]], axis=1)
+                                                  for t in range(len(xs))]
+            finals[n.output[1] if len(n.output) > 1 else ""] = fin_h
+            if len(n.output) > 2:
+                finals[n.output[2]] = fin_c
+            # Y: Squeeze(axis 1) (one direction) or Transpose(0, 2, 1, 3) + Reshape: the sequence-first (T, N, F)
+            for m in self.consumers(n.output[0]) if n.output[0] else []:
+                q = None
+                if m.op_type == "Squeeze" and dirs == 1 and axes_of(m) == [1]:
+                    q = m.output[0]
+                elif perm_of(m) == [0, 2, 1, 3]:
+                    rs = self.consumers(m.output[0])
+                    if len(rs) == 1 and rs[0].op_type == "Reshape":
+                        q = rs[0].output[0]
+                if q is not None:
+                    seq_steps[q] = steps
+                    if any(perm_of(v) == [1, 0, 2] for v in self.consumers(q)):  # read batch first: built here
+                        ups = [emit("Unsqueeze", [st, init_i64([1])]) if opset >= 13 else
+                               emit("Unsqueeze", [st], axes=[1]) for st in steps]
+                        batch_first[q] = emit("Concat", ups, axis=1)
+            count += 1
+        if not count:
+            return
+        # the reads of each unrolled sequence and final state, by renaming their outputs' readers
+        for q, steps in list(seq_steps.items()):
+            for m in self.consumers(q):
+                if perm_of(m) == [1, 0, 2] and q in batch_first:
+                    renames[m.output[0]] = batch_first[q]
+                elif const_index(m) is not None and -len(steps) <= const_index(m) < len(steps):
+                    renames[m.output[0]] = steps[const_index(m)]
+        for yh, fin in finals.items():
+            if not yh:
+                continue
+            for m in self.consumers(yh):
+                if const_index(m) is not None and -len(fin) <= const_index(m) < len(fin) and fin[const_index(m)]:
+                    renames[m.output[0]] = fin[const_index(m)]
+                elif m.op_type == "Squeeze" and len(fin) == 1 and axes_of(m) in ([0], None) and fin[0]:
+                    renames[m.output[0]] = fin[0]
+                elif m.op_type == "Concat" and int_attr(m, "axis", 0) == 0 and all(i in finals for i in m.input):
+                    parts = [f for i in m.input for f in finals[i]]
+                    for v in self.consumers(m.output[0]):
+                        j = const_index(v)
+                        if j is not None and -len(parts) <= j < len(parts) and parts[j]:
+                            renames[v.output[0]] = parts[j]
+        del self.g.node[:]
+        self.g.node.extend(out_nodes)
+        # the batch-first sequence and the step/state tensors are made where the layer was: before their readers
+        outs = self.graph_outputs()
+        for old, new in renames.items():
+            self.rename_input(old, new)
+            if old in outs:
+                out_nodes.append(helper.make_node("Identity", [new], [old], name=f"{old}__read"))
+        if any(old in outs for old in renames):
+            del self.g.node[:]
+            self.g.node.extend(out_nodes)
+        self.report.append(f"unrolled {count} LSTM/GRU/RNN node(s) over their sequence length")
+
     def identities(self) -> None:
         outs = self.graph_outputs()
         removed = 0
@@ -1041,6 +1280,7 @@ class _Cleaner:
         self.sums_and_lrn()
         self.hardswish()
         self.fold_constants()
+        self.recurrents()
         self.einsums_and_tiles()
         add_batch_axis(self)
         self.token_linears()

@@ -548,9 +548,13 @@ REFUSALS = {
     "LogSoftmax": "qfx has no log-softmax; drop the final LogSoftmax before export (argmax is unchanged) or compute it "
                   "on the host",
     "SpaceToDepth": "qfx has no space-to-depth op; " + _CUT,
-    **{op: "qfx maps feed-forward graphs; a recurrent layer has no qfx op (run the recurrence on the host, or "
-           "unroll it into MatMul/Add/Sigmoid/Tanh steps over a fixed length before export); " + _CUT
-       for op in ("LSTM", "GRU", "RNN", "Scan", "Loop")},
+    **{op: "the clean-up unrolls a recurrent layer over its fixed length when its input is a batch-first tensor "
+           "transposed to sequence-first (torch's export), its initial state is absent or zeros, it has default "
+           "activations, no clip, sequence_lens or peepholes (GRU: linear_before_reset=1) and its outputs are read "
+           "as torch's export reads them; this one is not (run the recurrence on the host); " + _CUT
+       for op in ("LSTM", "GRU", "RNN")},
+    **{op: "qfx maps feed-forward graphs; a loop has no qfx op (run it on the host); " + _CUT
+       for op in ("Scan", "Loop")},
     **{op: "qfx writes LayerNormalization/InstanceNormalization as ReduceMean, Sub, Mul, Sqrt and Div steps when "
            "the input's rank is known and the Mean/InvStdDev outputs are unused (qfx quantize then calibrates each "
            "step), not this node; export with opset < 17 (torch writes the steps itself), use BatchNormalization, "
