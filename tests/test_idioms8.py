@@ -353,3 +353,23 @@ def test_normalizations_statistics_threshold_repeat():
     _, g = _agrees(f, x, tol=0.25)
     fns = [n.attrs.get("fn") for n in g.nodes if n.op.value == "lut"]
     assert sum(fn.startswith("select_gt") for fn in fns) == 2 and "sqrt" in fns, fns
+
+
+def test_training_through_sqrt_of_a_zero_variance_stays_finite():
+    """A standard deviation that rounds to 0 (equal features): sqrt'(0) = inf must not make the gradients NaN."""
+    class Spread(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 4), nn.Linear(1, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x).std(1, keepdim=True)) + torch.rsqrt(self.a(x).pow(2).mean(1, keepdim=True))
+
+    torch.manual_seed(11)
+    x = torch.randn(64, 6)
+    x[::2] = 0.0  # every other sample: equal features, zero spread
+    q = qfx.quantize_model(Spread(), qfx.QFXConfig(**CFG), calib_data=x)
+    square_loss_steps(q, x, 3)
+    assert all(torch.isfinite(p).all() for p in q.parameters())
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0

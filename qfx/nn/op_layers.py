@@ -726,7 +726,8 @@ class QActivation(_IRModule):
         if self.qfx_mode == "exact":
             return self._exact(x)
         xq = x if self.in_quant is None else self.in_quant(x)
-        return _straight_through(self.out_quant(TORCH_FUNCTIONS[self._name](xq, self._param)), self._exact(xq))
+        xf = _FiniteGrad.apply(xq) if self._name in _SINGULAR and xq.requires_grad else xq
+        return _straight_through(self.out_quant(TORCH_FUNCTIONS[self._name](xf, self._param)), self._exact(xq))
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The float64 function the table samples."""
@@ -748,6 +749,23 @@ class QActivation(_IRModule):
         items.append((node, TensorSpec(output, x.shape, fout)))
         return items
 
+
+
+#: table functions whose derivative is infinite somewhere on a fixed-point grid (sqrt, 1 / sqrt, 1 / x at 0)
+_SINGULAR = {"sqrt", "rsqrt", "reciprocal", "log"}
+
+
+class _FiniteGrad(torch.autograd.Function):
+    """Identity whose backward zeroes non-finite gradients: a std of equal values (a variance that rounds to 0)
+    must not turn every weight's gradient into NaN through sqrt'(0) = inf."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isfinite(g), g, torch.zeros_like(g))
 
 
 def _straight_through(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
