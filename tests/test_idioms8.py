@@ -286,7 +286,8 @@ def test_decoder_resizes_csim(decoder, tmp_path):
 def test_held_tensors_glu_norms_einsum_and_statistics_csim(tmp_path):
     torch.manual_seed(7)
     for i, (f, x) in enumerate(((HeldTensors(), torch.randn(32, 2, 8, 8)), (GatedNorms(), torch.randn(32, 3, 10)),
-                                (Einsums(), torch.randn(32, 5, 8)), (Statistics(), torch.randn(32, 2, 6, 6)))):
+                                (Einsums(), torch.randn(32, 5, 8)), (Statistics(), torch.randn(32, 2, 6, 6)),
+                                (UnevenPools(), torch.randn(32, 2, 9, 9)))):
         q = qfx.quantize_model(f, qfx.QFXConfig(**CFG), calib_data=x)
         csim_agrees(q, x, tmp_path / f"hls{i}", 24)
 
@@ -373,3 +374,54 @@ def test_training_through_sqrt_of_a_zero_variance_stays_finite():
     assert all(torch.isfinite(p).all() for p in q.parameters())
     g, exact_vs_interp, train_vs_exact = exact_check(q, x)
     assert exact_vs_interp == 0 and train_vs_exact == 0
+
+
+# ---------------------------------------------------------------------------------------------- uneven pools
+POOLS = [dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+         dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+         dict(kernel_size=2, stride=2, ceil_mode=True, count_include_pad=False),
+         dict(kernel_size=3, stride=1, padding=1, divisor_override=5),
+         dict(kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), ceil_mode=True)]
+
+
+@pytest.mark.parametrize("kw", POOLS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_pool_matrices_follow_torch_avg_pool(kw):
+    from qfx.nn.op_layers import QAvgPoolMatrix
+
+    x = torch.randn(2, 3, 7, 9)
+    m = QAvgPoolMatrix(kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), kw.get("ceil_mode", False),
+                       kw.get("count_include_pad", True), kw.get("divisor_override"), out_width=None)
+    ref, y = F.avg_pool2d(x, **kw), m(x)
+    assert y.shape == ref.shape and float((y - ref).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("size", [(3, 5), (6, 6), (10, 12), (1, 4)])
+def test_area_matrices_follow_adaptive_avg_pool(size):
+    x = torch.randn(2, 3, 7, 9)
+    y = QResize2d(size, None, "area", out_width=None)(x)
+    assert float((y - F.adaptive_avg_pool2d(x, size)).abs().max()) < 1e-4
+
+
+class UnevenPools(nn.Module):
+    """Pools whose windows vary: an adaptive average pool to a size that does not divide the input (AlexNet's
+    (6, 6) on a small map), interpolate(mode='area'), ceil_mode and count_include_pad=False average pools."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(2, 4, 3)  # (N, 4, 7, 7)
+        self.adapt = nn.AdaptiveAvgPool2d((3, 5))
+        self.pool = nn.AvgPool2d(3, 2, ceil_mode=True)
+        self.head = nn.Linear(4 * (15 + 9 + 16 + 16), 3)
+
+    def forward(self, x):
+        h = F.relu(self.c(x))
+        parts = [self.adapt(h), self.pool(h), F.avg_pool2d(h, 3, 2, 1, count_include_pad=False),
+                 F.interpolate(h, size=(4, 4), mode="area")]
+        return self.head(torch.cat([p.flatten(1) for p in parts], 1))
+
+
+def test_uneven_pools_agree_everywhere(tmp_path):
+    torch.manual_seed(12)
+    x = torch.randn(48, 2, 9, 9)
+    q, g = _agrees(UnevenPools(), x, tol=0.2)
+    assert _ops(g).count("transpose") >= 12

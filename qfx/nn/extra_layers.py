@@ -298,6 +298,34 @@ class QAdaptiveAvgPool2d(_AdaptivePool):
         """(code, format) of 1/window, the constant the IR node carries."""
         return avgpool_recip(window, self.recip_width)
 
+    def _uneven(self, shape: Sequence[int]) -> bool:
+        """A 2-D pool of (C, H, W) whose output size does not divide the input: torch's windows then overlap
+        and vary, which ``_area`` (QResize2d's "area" matrices, the same output quantizer) computes."""
+        if len(shape) != 3 or self._over_channels(3) or self._over_width(3) or not self.keepdim:
+            return False
+        oh, ow = self._out_hw(3)
+        return bool(shape[1] % oh or shape[2] % ow)
+
+    def _area(self) -> nn.Module:
+        from qfx.nn.op_layers import QResize2d
+
+        helper = self.__dict__.get("_area_helper")
+        if helper is None:  # not a child module: the output quantizer stays this layer's own
+            helper = QResize2d(self._out_hw(3), None, "area", out_quant=self.out_quant)
+            self.__dict__["_area_helper"] = helper
+        helper.qfx_mode = self.qfx_mode
+        return helper
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4 and self._uneven(tuple(x.shape[1:])):
+            return self._area()(x)
+        return super().forward(x)
+
+    def ir_nodes(self, name: str, inputs: Sequence[TensorSpec], output: str) -> list[IRItem]:
+        if len(inputs) == 1 and self._uneven(inputs[0].shape):
+            return self._area().ir_nodes(name, inputs, output)
+        return super().ir_nodes(name, inputs, output)
+
     def _pool_train(self, x4: torch.Tensor, k: tuple[int, int]) -> torch.Tensor:
         code, rf = self.recip(k[0] * k[1])
         s = F.avg_pool2d(x4.to(torch.float64), k, k, divisor_override=1) * float(rf.from_int(code))

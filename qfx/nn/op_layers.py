@@ -22,7 +22,7 @@ from qfx.nn.layers import IRItem, QModule, _quant
 from qfx.nn.quant import FixedQuant
 
 __all__ = ["QSub", "QMul", "QMatMul", "QCat", "QUpsample", "QUpsampleBilinear", "QZeroPad2d", "QActivation", "QSoftmax",
-           "TORCH_FUNCTIONS"]
+           "TORCH_FUNCTIONS", "QResize2d", "QAvgPoolMatrix", "resize_matrix", "pool_matrix"]
 
 
 class _IRModule(QModule):
@@ -456,11 +456,17 @@ def resize_matrix(n_in: int, n_out: int, mode: str, rule: str, scale: float | No
     coordinate_transformation_mode: torch's align_corners=False is half_pixel, True is align_corners; torch's
     nearest is asymmetric), ``scale`` the output/input ratio the rule divides by (torch's scale_factor, ONNX's
     scales; default n_out / n_in). Linear sources are clamped to the input (torch's and onnxruntime's edges)."""
-    if rule not in RESIZE_RULES or mode not in ("linear", "nearest", "nearest-exact") or n_in < 1 or n_out < 1:
+    if rule not in RESIZE_RULES or mode not in ("linear", "nearest", "nearest-exact", "area") or n_in < 1 or \
+            n_out < 1:
         raise UnsupportedError(f"resize mode {mode!r} with rule {rule!r} from {n_in} to {n_out}")
     s = float(scale) if scale else n_out / n_in
     o = np.arange(n_out, dtype=np.float64)
     m = np.zeros((n_out, n_in), dtype=np.float64)
+    if mode == "area":  # adaptive average pooling: output o averages inputs floor(o*n/m) .. ceil((o+1)*n/m) - 1
+        for i in range(n_out):
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        return m
     if mode != "linear":
         src = np.floor((o + 0.5) / s) if mode == "nearest-exact" else np.floor(o / s)
         m[np.arange(n_out), np.clip(src, 0, n_in - 1).astype(np.int64)] = 1.0
@@ -482,13 +488,36 @@ def resize_matrix(n_in: int, n_out: int, mode: str, rule: str, scale: float | No
     return m
 
 
+def pool_matrix(n_in: int, k: int, s: int, p: int, ceil_mode: bool, count_include_pad: bool,
+                divisor: int | None = None) -> np.ndarray:
+    """(n_out, n_in) weights of one axis of torch's avg_pool2d: each output averages its window's real inputs,
+    divided by the window's size within the padded input (``count_include_pad``) or by its real inputs' count
+    (or by ``divisor``, torch's divisor_override, when given for this axis; 1 for the other axis). torch's window
+    count is the product of the two axes' counts, so the 2-D pool is the product of the two matrices."""
+    if k < 1 or s < 1 or p < 0 or 2 * p > k or n_in + 2 * p < k:
+        raise UnsupportedError(f"average pool kernel {k}, stride {s}, padding {p} over {n_in}")
+    span = n_in + 2 * p - k
+    n_out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (n_out - 1) * s >= n_in + p:  # torch: the last window must start inside the input or left pad
+        n_out -= 1
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    for o in range(n_out):
+        start = o * s - p
+        end = min(start + k, n_in + p)
+        lo, hi = max(start, 0), min(end, n_in)
+        count = divisor if divisor is not None else (end - start) if count_include_pad else (hi - lo)
+        m[o, lo:hi] = 1.0 / count
+    return m
+
+
 def resize_weights(m: np.ndarray, weight_bits: int = 16) -> tuple[np.ndarray, FxFormat]:
     """``resize_matrix`` weights (rows summing to one) as codes at ``weight_bits`` fractional bits (trailing zero
     bits dropped: nearest and factor-2 weights need few), and their format."""
     k = np.floor(m * (1 << weight_bits) + 0.5).astype(np.int64)
-    # each row sums to exactly one (its largest weight takes the rounding's remainder): constants and the
-    # importer's pending per-channel offsets pass through unchanged
-    k[np.arange(k.shape[0]), k.argmax(1)] += (1 << weight_bits) - k.sum(1)
+    # a row that sums to one sums to exactly one (its largest weight takes the rounding's remainder): constants
+    # and the importer's pending per-channel offsets pass through unchanged
+    one = np.isclose(m.sum(1), 1.0)
+    k[np.arange(k.shape[0])[one], k.argmax(1)[one]] += (1 << weight_bits) - k.sum(1)[one]
     fb = weight_bits
     while fb > 0 and not (k & 1).any():
         k >>= 1
@@ -516,7 +545,8 @@ def resize_steps(shape: Sequence[int], out_hw: tuple[int, int], mats: tuple[np.n
 class QResize2d(_IRModule):
     """Resizing (N, C, H, W) where the integer-factor layers do not apply: bilinear with align_corners=True
     (nn.UpsamplingBilinear2d, segmentation decoders), bilinear or nearest to any size or by a non-integer factor,
-    downsampling. Separable: each axis is a constant matrix (``resize_matrix``; linear weights rounded to
+    downsampling, area (adaptive average pooling to a size that does not divide the input). Separable: each axis is
+    a constant matrix (``resize_matrix``; linear weights rounded to
     ``weight_bits`` fractional bits) applied as a 1x1 ``conv2d`` over that axis brought first by a ``transpose``
     (``resize_steps``). Train mode applies the same weight codes in float64, where the products and sums are exact,
     so the output quantizer is the only rounding in both modes."""
@@ -527,8 +557,8 @@ class QResize2d(_IRModule):
                  out_signed: bool = True, rounding: str = "RND", overflow: str = "SAT",
                  out_quant: FixedQuant | None = None, learn_int_bits: bool = True) -> None:
         super().__init__()
-        if mode not in ("bilinear", "nearest", "nearest-exact"):
-            raise UnsupportedError(f"QResize2d mode {mode!r}: bilinear, nearest or nearest-exact")
+        if mode not in ("bilinear", "nearest", "nearest-exact", "area"):
+            raise UnsupportedError(f"QResize2d mode {mode!r}: bilinear, nearest, nearest-exact or area")
         if (size is None) == (scale_factor is None):
             raise UnsupportedError("QResize2d needs exactly one of size and scale_factor")
         pair = lambda v: None if v is None else tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
@@ -604,6 +634,32 @@ class QResize2d(_IRModule):
                               TensorSpec(tname, shape, self._spec_fmt(acc) if i == final else acc)))
             src = items[-1][1]
         return items
+
+
+class QAvgPoolMatrix(QResize2d):
+    """``avg_pool2d`` where QAvgPool2d's fixed window does not apply: ceil_mode (partial last windows),
+    count_include_pad=False (divide by the real inputs), divisor_override. Separable like QResize2d: one
+    ``pool_matrix`` per axis (weights rounded to ``weight_bits`` fractional bits), 1x1 convs between transposes."""
+
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None, **kw: Any) -> None:
+        super().__init__((1, 1), None, "area", **kw)
+        pair = lambda v: tuple(int(t) for t in v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
+        self.kernel, self.stride = pair(kernel_size), pair(stride if stride not in (None, [], ()) else kernel_size)
+        self.pad, self.ceil_mode = pair(padding), bool(ceil_mode)
+        self.count_include_pad, self.divisor = bool(count_include_pad), divisor_override
+
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, stride={self.stride}, padding={self.pad}, ceil_mode={self.ceil_mode}, "
+                f"count_include_pad={self.count_include_pad}, divisor_override={self.divisor}")
+
+    def _mats(self, h: int, w: int) -> tuple[tuple[int, int], tuple[tuple[np.ndarray, FxFormat] | None, ...]]:
+        mats = [pool_matrix(n, k, s, p, self.ceil_mode, self.count_include_pad,
+                            None if self.divisor is None else (self.divisor if axis == 0 else 1))
+                for axis, (n, k, s, p) in enumerate(zip((h, w), self.kernel, self.stride, self.pad))]
+        out = (mats[0].shape[0], mats[1].shape[0])
+        return out, tuple(None if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) else
+                          resize_weights(m, self.weight_bits) for m in mats)
 
 
 class QZeroPad2d(_IRModule):

@@ -48,8 +48,8 @@ from qfx.nn.einsum import einsum_plan
 from qfx.nn.layout import relabel_batch_swaps
 from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
-    QActivation, QCat, QMatMul, QMul, QResize2d, QSoftmax, QStack, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
-    softmax_dim_problem,
+    QActivation, QAvgPoolMatrix, QCat, QMatMul, QMul, QResize2d, QSoftmax, QStack, QSub, QUpsample,
+    QUpsampleBilinear, QZeroPad2d, softmax_dim_problem,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +63,8 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
                      "Hardswish, LeakyReLU, ELU, SELU, Softplus, LogSigmoid, Softsign, Hard/Soft/Tanhshrink, sqrt, rsqrt, "
                      "exp, log, "
                      "reciprocal), F.normalize, "
-                     "Softmax over any per-sample axis, Max/AvgPool1d/2d, adaptive pools whose size divides the input, spatial or "
+                     "Softmax over any per-sample axis, Max/AvgPool1d/2d, adaptive average pools, adaptive max pools whose size "
+                     "divides the input, spatial or "
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad1d/2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
@@ -91,8 +92,10 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("circular padding, non-zero constant padding, Conv2d(padding_mode='circular'), padding of 3-D volumes",
      "zero, replicate or reflect padding of H and W, or of L of (N, C, L) (ZeroPad1d/2d, ReplicationPad1d/2d, "
      "ReflectionPad1d/2d, F.pad)"),
-    ("adaptive pools whose output size does not divide the input, average pools with ceil_mode, return_indices",
-     "pools with kernel = stride = input / output"),
+    ("adaptive max pools whose output size does not divide the input, max pools with dilation or return_indices, "
+     "1-D average pools with ceil_mode or count_include_pad=False",
+     "adaptive average pools (any output size), 2-D average pools (any ceil_mode, count_include_pad, "
+     "divisor_override), max pools with kernel = stride = input / output"),
     ("indexing/slicing/chunk/split/stack/permute over the batch dim, tensor or computed indices, negative steps, "
      "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
@@ -376,10 +379,10 @@ def _upsampler(sf: Any, size: Any, mode: Any, align_corners: Any, c: "QFXConfig"
                recompute: Any = None) -> nn.Module:
     """Nearest (QUpsample) or bilinear with align_corners=False (QUpsampleBilinear) by integer factors; the rest
     of bilinear and nearest (align_corners=True, any size, non-integer or downscaling factors) as QResize2d."""
-    if mode not in ("nearest", "nearest-exact", "bilinear"):
-        raise UnsupportedError(f"upsampling mode={mode!r}: qfx resizes with mode='nearest', 'nearest-exact' or "
-                               "'bilinear'")
-    if _integer_factors(sf, size) and not (mode == "bilinear" and align_corners):
+    if mode not in ("nearest", "nearest-exact", "bilinear", "area"):
+        raise UnsupportedError(f"upsampling mode={mode!r}: qfx resizes with mode='nearest', 'nearest-exact', "
+                               "'bilinear' or 'area'")
+    if _integer_factors(sf, size) and not (mode == "bilinear" and align_corners) and mode != "area":
         if mode == "bilinear":
             return QUpsampleBilinear(_scale_factor(sf, size, "nearest"), out_width=c.act_width, **_common(c))
         return QUpsample(_scale_factor(sf, size, "nearest"), "nearest")
@@ -452,8 +455,8 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.LogSoftmax: lambda m, c: _b_log_softmax({"dim": m.dim, "input": None}, c).module,
     nn.MaxPool2d: lambda m, c: QMaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
                                           m.ceil_mode),
-    nn.AvgPool2d: lambda m, c: QAvgPool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
-                                          m.divisor_override, out_width=c.act_width, **_common(c)),
+    nn.AvgPool2d: lambda m, c: _avgpool2d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                                          m.divisor_override, c),
     nn.MaxPool1d: lambda m, c: QMaxPool1d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices,
                                           m.ceil_mode),
     nn.AvgPool1d: lambda m, c: QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
@@ -784,9 +787,17 @@ def _b_maxpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
     return _Replace(q, (a["input"],), "maxpool")
 
 
+def _avgpool2d(k: Any, s: Any, p: Any, ceil_mode: Any, include_pad: Any, divisor: Any, c: "QFXConfig") -> nn.Module:
+    """QAvgPool2d (one window size), or QAvgPoolMatrix for ceil_mode, count_include_pad=False, divisor_override."""
+    if ceil_mode or not include_pad or divisor is not None:
+        return QAvgPoolMatrix(k, s, p, bool(ceil_mode), bool(include_pad), divisor, out_width=c.act_width,
+                              **_common(c))
+    return QAvgPool2d(k, s, p, ceil_mode, include_pad, divisor, out_width=c.act_width, **_common(c))
+
+
 def _b_avgpool(a: dict[str, Any], c: "QFXConfig") -> _Replace:
-    q = QAvgPool2d(a["kernel_size"], a["stride"] or None, a["padding"], a["ceil_mode"], a["count_include_pad"],
-                   a["divisor_override"], out_width=c.act_width, **_common(c))
+    q = _avgpool2d(a["kernel_size"], a["stride"] or None, a["padding"], a["ceil_mode"], a["count_include_pad"],
+                   a["divisor_override"], c)
     return _Replace(q, (a["input"],), "avgpool")
 
 
@@ -1332,13 +1343,15 @@ _MODULE_NOTES: dict[type, str] = {
                                                    nn.Tanhshrink)},
     nn.Softmax: "`QSoftmax` (over any axis but the batch's; an inner one, e.g. the channels of (N, C, H, W), is moved last and back by transposes)",
     nn.LogSoftmax: "`QSoftmax` then `QActivation('log')` (over the last axis)",
-    nn.AvgPool2d: "`QAvgPool2d`",
     nn.MaxPool1d: "`QMaxPool1d`", nn.AvgPool1d: "`QAvgPool1d`",
-    nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (k divides the input)",
     nn.AdaptiveAvgPool1d: "`QAdaptiveAvgPool2d`", nn.AdaptiveMaxPool2d: "`QAdaptiveMaxPool2d`",
     nn.AdaptiveMaxPool1d: "`QAdaptiveMaxPool2d`",
     nn.Upsample: "`QUpsample` (nearest) / `QUpsampleBilinear` (integer factors) / `QResize2d` (align_corners=True, "
                  "other sizes and factors: a constant matrix per axis, 1x1 `conv2d` between `transpose` gathers)",
+    nn.AvgPool2d: "`QAvgPool2d` / `QAvgPoolMatrix` (ceil_mode, count_include_pad=False, divisor_override: a "
+                  "constant matrix per axis like `QResize2d`)",
+    nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (a window when k divides the input, else "
+                          "`QResize2d`'s 'area' matrices)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
     nn.Unflatten: "`QUnflatten` (a reshape)",
     nn.PixelShuffle: "`QPixelShuffle` (reshape, transpose, reshape: wires)",
