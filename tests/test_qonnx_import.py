@@ -570,3 +570,17 @@ def test_softmax_after_quant_and_axis_refusal():
     ref = np.exp(q - q.max(1, keepdims=True))
     ref /= ref.sum(1, keepdims=True)
     assert np.max(np.abs(got - ref)) < 2e-3
+
+
+def test_an_exact_sum_wider_than_64_bits_is_refused_naming_what_to_narrow():
+    """Quantized 8-bit weights on 53-bit inputs, 256 terms: the sum cannot be exact in int64; the message asks for
+    a narrower input, not for quantizing weights that already are quantized."""
+    r = _rng(21)
+    b = B((256,))
+    h = b.quant("x", 2.0 ** -30, 53)
+    w = b.quant(b.c(r.normal(0, 0.5, (256, 4))), 2.0 ** -6, 8)
+    y = b.op("MatMul", [h, w])
+    with pytest.raises(QfxError) as ei:
+        import_model(b.model(y))
+    msg = str(ei.value)
+    assert "\n" not in msg and "does not fit 64 bits" in msg and "narrow the input" in msg and "float" not in msg

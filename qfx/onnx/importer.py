@@ -1626,9 +1626,11 @@ class _Converter:
             acc = lossless_acc_format(w.codes.reshape(o, -1), w.fmt, fx, b_ir.codes if b_ir else None,
                                       b_ir.fmt if b_ir else None)
         except (FormatError, OverflowError) as exc:
+            hint = ("the weights look like float values: quantize the model (qfx quantize MODEL --calib DATA.npy)"
+                    if w.fmt.width > 24 else "narrow the input (a Quant of fewer bits before this node) or the "
+                    "weights")
             raise FormatError(f"node {self._where(n)!r} ({n.op_type}): the exact sum of {fx.ap_type()} inputs times "
-                              f"{w.fmt.ap_type()} weights does not fit 64 bits ({_first_line(exc)}); the weights look "
-                              f"like float values: quantize the model (qfx quantize MODEL --calib DATA.npy)") from None
+                              f"{w.fmt.ap_type()} weights does not fit 64 bits ({_first_line(exc)}); {hint}") from None
         consts = {"weight": w} | ({"bias": b_ir} if b_ir else {})
         t = self._add(op, n, [x.tensor], shape, acc, consts, attrs, acc)
         self.vals[n.output[0]] = _Val("act", tensor=t, m=m_out if not np.all(m_out == m_out[0]) else m_out[:1],
