@@ -11,6 +11,7 @@ from qfx.nn.layers import (
 from qfx.nn.op_layers import (
     QActivation, QCat, QMatMul, QMul, QResize2d, QSoftmax, QSub, QUpsample, QUpsampleBilinear, QZeroPad2d,
 )
+from qfx.nn.embedding import QEmbedding
 from qfx.nn.quant import FixedQuant, fake_quant
 
 __all__ = [
@@ -19,5 +20,5 @@ __all__ = [
     "QFXConfig", "quantize_model", "calibrate", "calibration", "fold_bn", "report_formats", "format_table",
     "QSub", "QMul", "QCat", "QUpsample", "QZeroPad2d", "QActivation", "QSoftmax", "QConstScale", "QClip", "QPReLU",
     "QAdaptiveAvgPool2d", "QAdaptiveMaxPool2d", "QLayerNorm", "QConvTranspose2d", "QConvTranspose1d", "QSum", "QGroupNorm",
-    "QUpsampleBilinear", "QResize2d", "QMatMul",
+    "QUpsampleBilinear", "QResize2d", "QMatMul", "QEmbedding",
 ]

@@ -177,7 +177,8 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
 
     def input_quant(k: int) -> QuantInput:
         signed = signs[k] if signs and k < len(signs) else config.input_signed
-        return QuantInput(config.input_width, None, signed, config.rounding, config.overflow)
+        return QuantInput(_input_width(batches[k] if k < len(batches) else None, config), None, signed,
+                          config.rounding, config.overflow)
 
     inner = convert_model(inner, config, config.for_path, None if has_input else input_quant, batches)
     if wrapped:
@@ -186,7 +187,8 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
     elif has_input or any(isinstance(m, QuantInput) for m in inner.modules()):
         q = inner  # built with its own QuantInput (no second one), or several inputs quantized inside
     else:
-        qin = QuantInput(config.input_width, None, config.input_signed, config.rounding, config.overflow)
+        qin = QuantInput(_input_width(batches[0] if batches else None, config), None, config.input_signed,
+                         config.rounding, config.overflow)
         q = nn.Sequential(OrderedDict([("input", qin), ("net", inner)]))
     q.qfx_config = config  # type: ignore[attr-defined]
     link_chains(q)  # train mode: layer output + ReLU roundings in one pass (same bits; qfx.nn.quant.link_chains)
@@ -194,6 +196,20 @@ def quantize_model(model: nn.Module, config: QFXConfig | None = None,
         calibrate(q, calib_data, config.calib_method)
         _check_capture(q, calib_data)
     return q
+
+
+def _input_width(batch: torch.Tensor | None, config: QFXConfig) -> int:
+    """``config.input_width``, except for integer data (token indices, uint8 pixels): the fewest bits that hold every
+    value seen exactly (calibration then puts the binary point after the last bit: ``ap_uint<k>`` / ``ap_int<k>``)."""
+    if batch is None or batch.is_floating_point() or batch.dtype == torch.bool or batch.is_complex() or \
+            not batch.numel():
+        return config.input_width
+    lo, hi = int(batch.min()), int(batch.max())
+    bits = max(abs(lo), hi, 1).bit_length() + (1 if lo < 0 else 0)
+    if bits > 32:
+        raise BadInputError(f"integer input values up to {max(abs(lo), hi)} need {bits} bits; qfx inputs have at "
+                            "most 32")
+    return bits
 
 
 def _check_capture(q: nn.Module, calib_data: torch.Tensor | tuple[torch.Tensor, ...]) -> None:

@@ -45,6 +45,7 @@ from qfx.nn.layers import (
     QMaxPool1d, QMaxPool2d, QModule, QReLU, QuantInput,
 )
 from qfx.nn.einsum import einsum_plan
+from qfx.nn.embedding import QEmbedding
 from qfx.nn.layout import relabel_batch_swaps
 from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
@@ -68,7 +69,7 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
                      "feature sum/mean/amax/max(dim)/min(dim), nearest/bilinear "
                      "Upsample, Zero/Replication/ReflectionPad1d/2d, torch.cat, x + y, x - y, x * y, x @ y, x * c / x / c "
                      "/ x + c with constants, x / y (a reciprocal table), MultiheadAttention, TransformerEncoder(Layer), "
-                     "LSTM/GRU/RNN (unrolled), GLU, RMSNorm, einsum (matmul, permute, product and sum forms), F.linear/F.conv1d/2d and x @ W with "
+                     "LSTM/GRU/RNN (unrolled), Embedding, GLU, RMSNorm, einsum (matmul, permute, product and sum forms), F.linear/F.conv1d/2d and x @ W with "
                      "the model's parameters, x * p / x + p with parameters and buffers (x / buffer), bilinear (any "
                      "align_corners) and nearest resizing to any size, "
                      "and keeps flatten/view/reshape; Dropout and Identity are dropped")
@@ -101,9 +102,10 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
      "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
     ("LSTM/GRU/RNN with an initial state passed in, proj_size, a sequence-first input not made by x.transpose(0, 1), "
-     "or their results read otherwise; Embedding, nn.Transformer, TransformerDecoder(Layer)",
-     "the zero initial state; read the output sequence, out[:, t], h_n[k] or c_n[k]; none for embeddings and "
-     "decoders"),
+     "or their results read otherwise; Embedding with max_norm or of computed indices, EmbeddingBag, "
+     "nn.Transformer, TransformerDecoder(Layer)",
+     "the zero initial state; read the output sequence, out[:, t], h_n[k] or c_n[k]; nn.Embedding of the model's "
+     "integer input; none for decoders"),
     ("MultiheadAttention with key_padding_mask, an additive float attn_mask, a mask computed in forward, a mask row "
      "whose allowed keys are not one run, add_bias_kv/add_zero_attn, or its attention weights used; "
      "F.scaled_dot_product_attention with a mask, dropout or is_causal",
@@ -462,6 +464,7 @@ MODULE_TWINS: dict[type, Callable[[Any, "QFXConfig"], nn.Module | None]] = {
     nn.AvgPool1d: lambda m, c: QAvgPool1d(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
                                           out_width=c.act_width, **_common(c)),
     nn.AdaptiveAvgPool2d: lambda m, c: _adaptive("avg", m.output_size, c, ndim=4),
+    nn.Embedding: lambda m, c: QEmbedding.from_float(m, weight_width=c.weight_width, **_common(c)),
     nn.AdaptiveAvgPool1d: lambda m, c: _adaptive("avg", m.output_size, c, ndim=3),
     nn.AdaptiveMaxPool2d: lambda m, c: _no_indices(m) or _adaptive("max", m.output_size, c, ndim=4),
     nn.AdaptiveMaxPool1d: lambda m, c: _no_indices(m) or _adaptive("max", m.output_size, c, ndim=3),
@@ -1168,10 +1171,11 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "qfx converts nn.MultiheadAttention, nn.TransformerEncoderLayer and nn.TransformerEncoder with torch's own "
      "forward, and attention written by hand (x @ y, softmax(dim=-1)); transformer decoders have no fixed-point "
      "twin"),
-    (("lstm", "gru", "rnn", "embedding"),
+    (("lstm", "gru", "rnn"),
      "qfx unrolls nn.LSTM/GRU/RNN over the fixed sequence length when they start from the zero state, have no "
      "proj_size and their results are read as the output sequence (batch_first, or out[t] / out.transpose(0, 1)), "
-     "h_n[k], c_n[k] or h_n.squeeze(0); embedding layers have no fixed-point twin"),
+     "h_n[k], c_n[k] or h_n.squeeze(0)"),
+    (("embedding",), "qfx converts nn.Embedding modules (no max_norm) fed the model's integer input"),
     (("sum",), "qfx sums over the spatial dims (x.sum((2, 3)), x.sum(-1)), the channels or the features of (N, n) "
                "(x.sum(1))"),
     (("prelu",), "nn.PReLU converts (qfx.nn.QPReLU); F.prelu with a weight read in forward does not"),
@@ -1350,6 +1354,8 @@ _MODULE_NOTES: dict[type, str] = {
                  "other sizes and factors: a constant matrix per axis, 1x1 `conv2d` between `transpose` gathers)",
     nn.AvgPool2d: "`QAvgPool2d` / `QAvgPoolMatrix` (ceil_mode, count_include_pad=False, divisor_override: a "
                   "constant matrix per axis like `QResize2d`)",
+    nn.Embedding: "`QEmbedding` (integer indices: the model input becomes ap_uint<k>; one `lut` per column, "
+                  "concatenated)",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (a window when k divides the input, else "
                           "`QResize2d`'s 'area' matrices)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
