@@ -425,3 +425,27 @@ def test_uneven_pools_agree_everywhere(tmp_path):
     x = torch.randn(48, 2, 9, 9)
     q, g = _agrees(UnevenPools(), x, tol=0.2)
     assert _ops(g).count("transpose") >= 12
+
+
+class FlipCumsum(nn.Module):
+    """Test-time-augmentation style flips (width, both spatial dims, channels) and cumulative sums over channels
+    and tokens: slices and concats, prefix sums."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.a = nn.Conv2d(2, 3, 3), nn.Linear(6, 4)
+        self.head = nn.Linear(3 * 36 * 3 + 3 * 4, 2)
+
+    def forward(self, x):
+        h = self.c(x)  # (N, 3, 6, 6)
+        flips = torch.cat([(h + h.flip(3)).flatten(1), torch.flip(h, dims=(2, 3)).flatten(1),
+                           torch.cumsum(h.flip(1), 1).flatten(1)], 1)
+        tokens = self.a(h.mean(3))  # (N, 3, 4)
+        return self.head(torch.cat([flips, tokens.cumsum(dim=1).flatten(1)], 1))
+
+
+def test_flip_and_cumsum_are_slices_and_prefix_sums():
+    torch.manual_seed(13)
+    x = torch.randn(48, 2, 8, 8)
+    _, g = _agrees(FlipCumsum(), x, tol=0.2)
+    assert "concat" in _ops(g)

@@ -140,7 +140,7 @@ class Everything(nn.Module):
         x = torch.sigmoid(x) * x / (x - 1) + torch.erf(x)  # converts, except erf
         x = torch.cat([x, x], 0)[1:, :4]
         x = self.conv(x.view(-1, 1, 2, 2))
-        x = F.interpolate(x, scale_factor=2, mode="bicubic") + F.pad(x, (1, 1, 1, 1), mode="circular").flip(3)
+        x = F.interpolate(x, scale_factor=2, mode="bicubic") + F.pad(x, (1, 1, 1, 1), mode="circular").flip(0)
         return self.sp(torch.flatten(x, 1)).softmax(0)
 
 

@@ -78,7 +78,8 @@ SUPPORTED_SUMMARY = ("qfx converts Linear, Conv1d/2d, ConvTranspose1d/2d, BatchN
 REFUSED: tuple[tuple[str, str], ...] = (
     ("x ** y (y other than 2), erf, x.max() / x.sum() over all elements, torch.where / masked_fill other than of "
      "x compared with a constant, with branches affine in x or constants, x.std() / x.var() over all elements, "
-     "flip, cumsum, einsum with repeated letters, ellipses or several contracted letters",
+     "flip / cumsum along the batch or along more than 64 elements, einsum with repeated letters, ellipses or "
+     "several contracted letters",
      "no fixed-point op; x * x for squares, x / y and 1 / x (a reciprocal table), the table functions "
      "(torch.where(x > 0, x, 0.1 * x) is one); reduce over the spatial dims, the channels (dim=1), the last dim or "
      "the features of (N, n)"),
@@ -1299,6 +1300,8 @@ def supported_table() -> str:
                 "zero initial state; the output sequence, out[:, t] / out[t], h_n[k], c_n[k] read) | unrolled over "
                 "the fixed sequence length: per layer and direction a `QLinear` for the input (both biases) and one "
                 "for the state, shared by every step; gates as chunks through sigmoid/tanh tables, `QMul`, `QAdd` |")
+    rows.append("| `x.flip(dims)`, `torch.flip`, `torch.fliplr`, `x.cumsum(d)` (per-sample dims of at most 64 "
+                "elements) | `torch.cat` of one-element slices in reverse order; of the prefix sums |")
     rows.append("| `nn.GLU`, `F.glu`, `nn.RMSNorm`, `F.rms_norm`, `torch.rsqrt(v + eps)`, `torch.einsum` (one or two "
                 "operands, no repeated letters: a batched matmul with one contracted letter, permutes, sums, "
                 "elementwise/outer products) | their steps: chunk + sigmoid table + `QMul`; `QMul` + mean + an "
@@ -1849,7 +1852,9 @@ def _stat_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return [n for n in graph.nodes if n.args and isinstance(n.args[0], torch.fx.Node) and (
         n.op == "call_method" and n.target in _STAT_METHODS
         or n.op == "call_function" and _hashable(n.target) and n.target in (torch.var, torch.std)
-        or n.op == "call_method" and n.target == "repeat"
+        or n.op == "call_method" and n.target in ("repeat", "flip", "cumsum", "fliplr", "flipud")
+        or n.op == "call_function" and _hashable(n.target) and n.target in (torch.flip, torch.cumsum, torch.fliplr,
+                                                                             torch.flipud)
         or n.op == "call_module" and (isinstance(modules.get(str(n.target)), (nn.InstanceNorm1d, nn.GroupNorm))
                                       or isinstance(modules.get(str(n.target)), nn.LayerNorm)
                                       and len(modules[str(n.target)].normalized_shape) > 1))]
@@ -2309,6 +2314,46 @@ def _erase_dead_from(graph: torch.fx.Graph, n: torch.fx.Node) -> None:
         graph.erase_node(n)
 
 
+#: the longest axis flip / cumsum are written out along (one slice per element)
+MAX_SLICED_AXIS = 64
+
+
+def _flip_cumsum_nodes(graph: torch.fx.Graph, n: torch.fx.Node, shape: tuple[int, ...]) -> torch.fx.Node | None:
+    """``x.flip(dims)`` (fliplr/flipud) as ``torch.cat`` of one-element slices in reverse order per dim, and
+    ``x.cumsum(d)`` as ``torch.cat`` of the prefix sums (``x.narrow(d, 0, i + 1).sum(d, keepdim=True)``), along
+    per-sample dims of at most ``MAX_SLICED_AXIS`` elements; None (refused) otherwise."""
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    args, kw = list(n.args), dict(n.kwargs)
+    x = args.pop(0) if args else kw.pop("input", None)
+    rank = len(shape)
+    if name in ("fliplr", "flipud"):  # dims of the batched tensor: flipud flips the batch (refused below)
+        dims: Any = (1,) if name == "fliplr" else (0,)
+    elif len(args) == 1 and not kw:
+        dims = args[0]
+    elif args and not kw:
+        dims = tuple(args)
+    else:
+        dims = kw.get("dims", kw.get("dim"))
+    if name == "cumsum" and kw.get("dtype") is not None:
+        return None
+    dims = (dims,) if isinstance(dims, int) else tuple(dims) if isinstance(dims, (tuple, list)) else None
+    if not isinstance(x, torch.fx.Node) or not dims or any(
+            not isinstance(d, int) or d % rank == 0 or shape[d % rank] > MAX_SLICED_AXIS for d in dims):
+        return None
+    if name == "cumsum" and len(dims) != 1:
+        return None
+    y = x
+    for d in (d % rank for d in dims):
+        size = shape[d]
+        if name == "cumsum":
+            parts = [graph.call_method("sum", (graph.call_method("narrow", (y, d, 0, i + 1)), d), {"keepdim": True})
+                     for i in range(size)]
+        else:
+            parts = [graph.call_method("narrow", (y, d, i, 1)) for i in reversed(range(size))]
+        y = graph.call_function(torch.cat, (parts, d)) if len(parts) > 1 else parts[0]
+    return y
+
+
 def _repeats_as_cats(graph: torch.fx.Graph) -> bool:
     """``x.repeat(1, k, ...)`` of an activation (the batch repeated once): ``torch.cat`` of k copies along each
     repeated dim (after ``_drop_broadcast_expands``-style uses are gone: a repeat read by arithmetic of size-1 dims
@@ -2392,6 +2437,9 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
                 new = _variance_nodes(graph, n, n.meta[_INTERP_SHAPE])
             elif isinstance(mod, (nn.InstanceNorm1d, nn.GroupNorm, nn.LayerNorm)) and _INTERP_SHAPE in n.meta:
                 new = _norm_as_groupnorm(body, graph, n, mod, n.meta[_INTERP_SHAPE])
+            elif (n.op == "call_method" and n.target in ("flip", "fliplr", "flipud", "cumsum")
+                  or fn in (torch.flip, torch.fliplr, torch.flipud, torch.cumsum)) and _INTERP_SHAPE in n.meta:
+                new = _flip_cumsum_nodes(graph, n, n.meta[_INTERP_SHAPE])
             elif fn is torch.einsum and n.args and isinstance(n.args[0], str) and not n.kwargs:
                 ops = tuple(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
                 new = einsum_plan(n.args[0], ops, _FxEinsum(graph)) if all(
