@@ -362,6 +362,23 @@ class Recurrent(nn.Module):
         return self.f(torch.cat([h[-1], self.gru(x)[0][:, -1], seq_first[-1], self.rnn(x)[0].flatten(1)], 1))
 
 
+class FlipsSumsPools(nn.Module):
+    """torch's exports of flip (Slice with step -1), cumsum (CumSum), average pools with ceil_mode and partial
+    last windows (count_include_pad either way), a std over a flattened plane (ReduceProd of the shape folded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 36 + 3 * 36 + 2 * 3 * 16 + 3, 4)
+
+    def forward(self, x):
+        h = self.c(x)  # (N, 3, 6, 6)
+        parts = [(h + h.flip(3)).flatten(1), torch.cumsum(h, 1).flatten(1),
+                 F.avg_pool2d(h, 3, 2, 1, ceil_mode=True).flatten(1),
+                 F.avg_pool2d(h, 3, 2, 1, ceil_mode=True, count_include_pad=False).flatten(1),
+                 h.flatten(2).std(2) * 0.25]
+        return self.d(torch.cat(parts, 1))
+
+
 class ExcludePadPools(nn.Module):
     """Average pools that divide by the count of real elements (count_include_pad=False: Keras 'same' pools,
     Inception's 3x3 branch pool), symmetric and strided."""
@@ -429,6 +446,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
     "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
     "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)), "recurrent": (Recurrent, (4, 3)),
+    "flips_sums_pools": (FlipsSumsPools, (2, 6, 6)),
 }
 
 
@@ -496,7 +514,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
                                   "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles",
-                                  "recurrent"])
+                                  "recurrent", "flips_sums_pools"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

@@ -194,6 +194,22 @@ def _range(node, ins):
     return np.arange(np.asarray(ins[0]), np.asarray(ins[1]), np.asarray(ins[2]))
 
 
+def _reduce(fn: Callable[..., np.ndarray]):
+    """A Reduce* folder (axes as attribute or, from opset 13/18, as the second input; keepdims default 1)."""
+    def f(node, ins):
+        a = _attrs(node)
+        x = np.asarray(ins[0])
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None and np.size(ins[1]):
+            axes = [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+        if axes is None and int(a.get("noop_with_empty_axes", 0)):
+            return x
+        ax = None if axes is None else tuple(int(v) % max(x.ndim, 1) for v in axes)
+        return np.asarray(fn(x, axis=ax, keepdims=bool(int(a.get("keepdims", 1)))), dtype=x.dtype)
+
+    return f
+
+
 class _TooBig(Exception):
     pass
 
@@ -212,6 +228,8 @@ FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
     "Ceil": lambda n, i: np.ceil(np.asarray(i[0])),
     "Mod": lambda n, i: (np.fmod if int(_attrs(n).get("fmod", 0)) else np.mod)(np.asarray(i[0]), np.asarray(i[1])),
     "Where": lambda n, i: np.where(np.asarray(i[0]), np.asarray(i[1]), np.asarray(i[2])),
+    "ReduceProd": _reduce(np.prod), "ReduceSum": _reduce(np.sum), "ReduceMax": _reduce(np.max),
+    "ReduceMin": _reduce(np.min),
     "Expand": lambda n, i: np.asarray(i[0]) * np.ones([int(v) for v in np.asarray(i[1]).ravel()],
                                                       dtype=np.asarray(i[0]).dtype),
 }
@@ -628,7 +646,7 @@ class _Cleaner:
         out_nodes: list[Any] = []
         einsums = tiles = 0
         for n in list(self.g.node):
-            if n.domain not in ("", "ai.onnx") or n.op_type not in ("Einsum", "Tile"):
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ("Einsum", "Tile", "CumSum"):
                 out_nodes.append(n)
                 continue
             base = f"{n.name or n.output[0]}__{n.op_type.lower()}"
@@ -648,7 +666,25 @@ class _Cleaner:
                 return out
 
             result: str | None = None
-            if n.op_type == "Einsum":
+            if n.op_type == "CumSum":  # prefix (reverse: suffix) sums of one-element... slices, concatenated
+                consts = self.consts() if consts is None else consts
+                shapes = self.known_shapes()
+                xs, ax = shapes.get(n.input[0]), consts.get(n.input[1]) if len(n.input) > 1 else None
+                a = _attrs(n)
+                if xs is not None and ax is not None and np.size(ax) == 1 and not a.get("exclusive", 0) and \
+                        int(ax) % len(xs) != 0 and xs[int(ax) % len(xs)] <= 64:
+                    axis = int(ax) % len(xs)
+                    size = xs[axis]
+                    sums = []
+                    for i in range(size):
+                        lo, hi = (i, size) if a.get("reverse", 0) else (0, i + 1)
+                        idx = {k: f"{base}_{k}{i}" for k in ("s", "e", "a")}
+                        for k, v in zip(("s", "e", "a"), (lo, hi, axis)):
+                            inits.append(numpy_helper.from_array(np.asarray([v], np.int64), idx[k]))
+                        part = node("Slice", [n.input[0], idx["s"], idx["e"], idx["a"]])
+                        sums.append(node("ReduceSum", [part], (axis,), keepdims=1) if hi - lo > 1 else part)
+                    result = node("Concat", sums, axis=axis) if len(sums) > 1 else sums[0]
+            elif n.op_type == "Einsum":
                 eq = next((a.s.decode() for a in n.attribute if a.name == "equation"), "")
 
                 class _B:
@@ -689,11 +725,11 @@ class _Cleaner:
             self.g.initializer.extend(inits)
             out_nodes.extend(made)
             einsums += n.op_type == "Einsum"
-            tiles += n.op_type == "Tile"
+            tiles += n.op_type in ("Tile", "CumSum")
         if einsums or tiles:
             del self.g.node[:]
             self.g.node.extend(out_nodes)
-            self.report.append(f"wrote {einsums} Einsum node(s) and {tiles} Tile node(s) as their steps")
+            self.report.append(f"wrote {einsums} Einsum node(s) and {tiles} Tile/CumSum node(s) as their steps")
 
     def recurrents(self) -> None:
         """LSTM / GRU (linear_before_reset=1, torch's) / RNN nodes over a fixed sequence length, unrolled as the

@@ -2177,7 +2177,7 @@ class _Converter:
         from qfx.nn.op_layers import resize_steps, resize_weights
 
         where = self._where(n)
-        if x.relu:
+        if x.relu or np.any(x.h) and not all(np.allclose(m.sum(1), 1.0) for m in mats):  # offsets pass rows of 1
             x = _Val("act", tensor=self._materialize(n, x))
         xs = self.tensors[x.tensor]
         ident = [m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) for m in mats]
@@ -2805,7 +2805,16 @@ class _Converter:
             a = _attrs(n)
             k0, st0 = [int(v) for v in a["kernel_shape"]], [int(v) for v in a.get("strides", [1, 1])]
             p4 = self._pads4(n, a, xs0.shape[1:], (k0[0], k0[1]), st0)
-            if any(p4) and not int(a.get("count_include_pad", 0)):
+            include = bool(int(a.get("count_include_pad", 0)))
+            if int(a.get("ceil_mode", 0)) and p4[0] == p4[1] and p4[2] == p4[3] and any(
+                    (size + 2 * p - kk) % s for size, p, kk, s in zip(xs0.shape[1:], (p4[0], p4[2]), k0, st0)):
+                # partial last windows: torch's window counts, one constant matrix per axis (QAvgPoolMatrix's)
+                from qfx.nn.op_layers import pool_matrix
+
+                mats = [pool_matrix(size, kk, s, p, True, include)
+                        for size, kk, s, p in zip(xs0.shape[1:], k0, st0, (p4[0], p4[2]))]
+                return self._resize_separable(n, x, (mats[0].shape[0], mats[1].shape[0]), mats)
+            if any(p4) and not include:
                 return self._avgpool_real_count(n, x, k0, st0, p4)
             k, st, pads = self._pool_attrs(n, xs0)
         if x.relu or any(pads) and np.any(x.h):
@@ -3051,10 +3060,17 @@ class _Converter:
             axes = [int(v) for v in a.get("axes", range(len(starts)))]
             steps = [1] * len(starts)
         box = [(0, d, 1) for d in shape]
+        flips = []
         for st, en, ax, k in zip(starts, ends, axes, steps):
             ax = int(ax) % rank
+            if k < 0 and ax != 0:  # torch's flip: the same elements taken forwards, then reversed (_flip_axis)
+                idx = list(range(shape[ax - 1]))[slice(st, en, k)]
+                if not idx:
+                    raise UnsupportedError(f"Slice node {where!r} selects nothing along axis {ax}; {_CUT}")
+                st, en, k = idx[-1], idx[0] + 1, -k
+                flips.append(ax)
             if k < 1:
-                raise UnsupportedError(f"Slice node {where!r} has step {k}: qfx slices with positive steps only; "
+                raise UnsupportedError(f"Slice node {where!r} has step {k}: qfx slices with non-zero steps only; "
                                        f"{_CUT}")
             if ax == 0:
                 if st != 0 or en < 2 ** 30 or k != 1:
@@ -3064,7 +3080,32 @@ class _Converter:
             lo = min(max(st + d if st < 0 else st, 0), d)
             hi = min(max(en + d if en < 0 else en, 0), d)
             box[ax - 1] = (lo, hi, int(k))
-        self._slice_act(n, x, box, n.output[0])
+        if not flips:
+            self._slice_act(n, x, box, n.output[0])
+            return
+        src = n.output[0] + "__fwd"
+        self._slice_act(n, x, box, src)
+        for j, ax in enumerate(flips):
+            out = n.output[0] if j == len(flips) - 1 else f"{n.output[0]}__flip{j}"
+            self._flip_axis(n, src, ax, out)
+            src = out
+
+    def _flip_axis(self, n, src: str, ax: int, out: str) -> None:
+        """``src`` reversed along batch-counted axis ``ax``: one-element slices in reverse order, concatenated."""
+        from onnx import helper
+
+        size = self.tensors[self.vals[src].tensor].shape[ax - 1]
+        base = f"{n.name or n.output[0]}__flip{ax}"
+        parts = []
+        for i in reversed(range(size)):
+            part = f"{base}_{i}"
+            self.h_slice(helper.make_node("Slice", [src], [part], name=f"{base}/{i}", starts=[i], ends=[i + 1],
+                                          axes=[ax]))
+            parts.append(part)
+        if len(parts) == 1:
+            self.vals[out] = self.vals[parts[0]]
+            return
+        self.h_concat(helper.make_node("Concat", parts, [out], name=f"{base}/cat", axis=ax))
 
     def h_split(self, n) -> None:
         """Split of an activation into consecutive pieces along one per-sample axis: one ``slice`` each."""
