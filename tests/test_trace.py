@@ -485,8 +485,9 @@ def test_constants_quantize_exactly_when_short_and_round_otherwise():
     assert {type(k).__name__ for k in q.modules() if isinstance(k, qn.QModule)} == {"QuantInput", "QLinear", "QAdd"}
 
 
-def test_adaptive_pool_that_does_not_divide_is_refused_before_training():
-    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(4))
+def test_adaptive_max_pool_that_does_not_divide_is_refused_before_training():
+    """(Adaptive average pools of any size are QResize2d's 'area' matrices: tests/test_idioms8.py.)"""
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d(4))
     with pytest.raises(UnsupportedError, match=r"output size 4 does not divide the input size \(6, 6\)"):
         qfx.quantize_model(m, calib_data=torch.randn(4, 1, 8, 8))
     m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))

@@ -88,8 +88,8 @@ def test_abs_is_exact_on_every_code():
     (lambda s, x: s.c(x) * s.w, {"c": nn.Conv2d(2, 2, 1), "w": nn.Parameter(torch.ones(2))}, (2, 4, 4),
      r"broadcasts over dim 3 of a 4-D tensor"),
     (lambda s, x: s.act(x), {"act": nn.CELU()}, (4,), r"module 'act' \(torch.nn.modules.activation.CELU\)"),
-    (lambda s, x: s.p(x), {"p": nn.AvgPool2d(3, 2, 1, count_include_pad=False)}, (2, 4, 4),
-     r"QAvgPool2d supports ceil_mode=False, count_include_pad=True"),
+    (lambda s, x: s.p(x), {"p": nn.AvgPool1d(3, 2, 1, count_include_pad=False)}, (2, 8),
+     r"supports ceil_mode=False, count_include_pad=True"),
 ])
 def test_refused_in_quantize_model_in_one_line(fwd, mods, shape, expect):
     with pytest.raises(UnsupportedError, match=expect) as ei:
