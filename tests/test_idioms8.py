@@ -449,3 +449,21 @@ def test_flip_and_cumsum_are_slices_and_prefix_sums():
     x = torch.randn(48, 2, 8, 8)
     _, g = _agrees(FlipCumsum(), x, tol=0.2)
     assert "concat" in _ops(g)
+
+
+def test_a_layer_called_again_on_the_same_input_is_one_tensor():
+    """torch.where(self.c(x) > 0, self.c(x), 0.1 * self.c(x)): the three calls are one tensor, so the selection is
+    one table of it (a hand-written leaky ReLU), trained once."""
+    class Leaky(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.head = nn.Conv2d(2, 3, 3), nn.Linear(3 * 36, 2)
+
+        def forward(self, x):
+            return self.head(torch.where(self.c(x) > 0, self.c(x), 0.1 * self.c(x)).flatten(1))
+
+    torch.manual_seed(14)
+    x = torch.randn(48, 2, 8, 8)
+    _, g = _agrees(Leaky(), x)
+    assert _ops(g).count("conv2d") == 1 and any(
+        str(n.attrs.get("fn", "")).startswith("select_gt") for n in g.nodes), _ops(g)

@@ -1538,6 +1538,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     _expand_sdpa(graph)
     _drop_broadcast_expands(graph)
     decomposed = _repeats_as_cats(graph) or decomposed
+    _merge_repeated_calls(body, graph)
     _where_tables(graph)
     added_layers = _functional_layers(body, graph)
     _param_views(body, graph)
@@ -1967,6 +1968,27 @@ def _affine_in(v: Any, x: torch.fx.Node) -> tuple[float, float] | None:
     if name == "sub" and b is x and _number(a):
         return -1.0, float(a)
     return None
+
+
+_PURE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def _merge_repeated_calls(body: nn.Module, graph: torch.fx.Graph) -> None:
+    """A stateless layer called again on the same input (``torch.where(self.c(x) > 0, self.c(x), ...)``) gives the
+    same tensor: later calls read the first one's result, so selections and products see one tensor."""
+    modules = dict(body.named_modules())
+    seen: dict[tuple[Any, ...], torch.fx.Node] = {}
+    for n in list(graph.nodes):
+        if n.op != "call_module" or not isinstance(modules.get(str(n.target)), _PURE_MODULES) or n.kwargs:
+            continue
+        key = (str(n.target), n.args)
+        try:
+            first = seen.setdefault(key, n)
+        except TypeError:  # an unhashable argument: leave the call alone
+            continue
+        if first is not n:
+            n.replace_all_uses_with(first)
+            graph.erase_node(n)
 
 
 def _where_tables(graph: torch.fx.Graph) -> None:
