@@ -128,6 +128,12 @@ def _hand_graphs() -> dict:
         "joins2": _quantized([_two_joins()], (1, 5, 6), "joins2"),
         "k2p1": _quantized([nn.Conv2d(1, 2, 2, padding=1), nn.ReLU(), nn.Conv2d(2, 2, (3, 2), padding=(1, 1))],
                            (1, 5, 6), "k2p1"),
+        # global pools: a running per-channel sum (signed input) / maximum (unsigned) instead of a frame buffer;
+        # the max pool's 1x1 output streams on through a conv to the output
+        "gap": _quantized([nn.Conv2d(2, 3, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)],
+                          (2, 5, 6), "gap"),
+        "gmp": _quantized([nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Conv2d(3, 2, 1)],
+                          (1, 6, 5), "gmp"),
     }
 
 
@@ -308,7 +314,7 @@ def test_stream_designs_lint_clean(tmp_path):
 
     hand = _hand_graphs()
     for name, g in (("digits", _digits_cnn()), ("k2p1", hand["k2p1"]), ("joins2", hand["joins2"]),
-                    ("r11", random_graph(11, kind="cnn", informative=True))):
+                    ("gap", hand["gap"]), ("gmp", hand["gmp"]), ("r11", random_graph(11, kind="cnn", informative=True))):
         d = _write(tmp_path, name, g)
         files = [str(f) for f in sorted((d / "rtl").glob("*.sv"))]
         r = subprocess.run([str(find_verilator()), "--lint-only", "-Wall", "--top-module", f"s_{name}", *files],
@@ -330,3 +336,17 @@ def test_stream_uses_fewer_flip_flops_than_vector(tmp_path):
     st = report_project(tmp_path / "tiny", use_cache=False).total
     assert st.ff * 2 < vec.ff, (st, vec)
     assert np.isfinite(st.lut) and st.lut < vec.lut, (st, vec)
+
+
+def test_global_pools_are_running_reductions(tmp_path):
+    """A global average / max pool streams as a per-channel running sum / maximum: no line buffer holding the
+    frame; its accumulator is the exact sum's width."""
+    gs = _hand_graphs()
+    for name in ("gap", "gmp"):
+        plan = stream_plan(gs[name])
+        assert "frame" in [s.kind for s in plan.stages], name
+        info = json.loads((_write(tmp_path, name, gs[name]) / "cosim.json").read_text())
+        frame = next(L for L in info["layers"] if L["kind"] == "frame")
+        assert "line_buffer_pixels" not in frame and frame["kernel"] == list(gs[name].tensor(
+            next(s for s in plan.stages if s.kind == "frame").node.inputs[0]).shape[1:])
+        assert frame["accumulator_bits"] <= 3 * 16, frame

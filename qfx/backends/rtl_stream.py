@@ -62,16 +62,23 @@ def _pix_maxpool(d: LayerDesign, win: list[Sig], c: int, taps: int, fx: FxFormat
 
 def _pix_avgpool(d: LayerDesign, win: list[Sig], c: int, taps: int, fx: FxFormat, of: FxFormat, n: Node) -> list[str]:
     """Per channel the window sum (padding taps are zero: they add nothing) times ``recip`` by CSD shift-adds."""
+    sums: list[Sig | None] = []
+    for ci in range(c):
+        sm = d.dot(win[ci * taps:(ci + 1) * taps], np.ones((1, taps), dtype=np.int64), "cse")[0]
+        sums.append(None if sm is None else d.lin([sm]))
+    return _avg_of_sums(d, sums, fx, of, n)
+
+
+def _avg_of_sums(d: LayerDesign, sums: list[Sig | None], fx: FxFormat, of: FxFormat, n: Node) -> list[str]:
+    """Each channel's window sum (None: all zero) times the pool's ``recip`` by CSD shift-adds, requantized."""
     r = n.consts["recip"]
     rcode = int(r.codes.reshape(-1)[0])
     k = fx.frac_bits + r.fmt.frac_bits - of.frac_bits
     outs = []
-    for ci in range(c):
-        sm = d.dot(win[ci * taps:(ci + 1) * taps], np.ones((1, taps), dtype=np.int64), "cse")[0]
-        if sm is None:
+    for s in sums:
+        if s is None:
             outs.append(d.requant(d.const(0), k, of))
             continue
-        s = d.lin([sm])
         terms = [(s, kk, sg < 0) for sg, kk in csd_digits(rcode)]
         gz = min([kk for _, kk, _ in terms], default=0)
         outs.append(d.requant(d.lin([(t, kk - gz, ng) for t, kk, ng in terms]), k - gz, of))
@@ -93,7 +100,8 @@ POOL_PIXEL_EMITTERS: dict[str, Any] = {"maxpool2d": (_pix_maxpool, _pad_min), "a
 # ------------------------------------------------------------------------------------------------------ planning
 @dataclass
 class StreamStage:
-    """One streaming stage: a window (``kind="window"``: conv, pool or element-wise chain) or a two-stream join."""
+    """One streaming stage: a window (``kind="window"``: conv, pool or element-wise chain), a whole-frame pool
+    (``"frame"``: a running sum or maximum) or a two-stream join."""
 
     kind: str
     node: Node
@@ -138,7 +146,9 @@ def stream_plan(g: Graph) -> StreamPlan:
             break
         shape_in = g.tensor(n.inputs[0]).shape
         pool = md.is_(Categories.POOL) and getattr(n.op, "value", n.op) in POOL_PIXEL_EMITTERS
-        if (md.is_(Categories.CONV) or pool) and len(n.inputs) == 1:
+        if pool and len(n.inputs) == 1 and _whole_frame(g, n):
+            kind = "frame"
+        elif (md.is_(Categories.CONV) or pool) and len(n.inputs) == 1:
             if not _anchors_ok(shape_in[1], shape_in[2], _window_geometry(g, n)):
                 stop = i  # padding >= kernel: the whole-vector design computes it and what follows
                 break
@@ -193,6 +203,21 @@ def _window_geometry(g: Graph, n: Node) -> tuple[int, int, int, int, int, int]:
         ph, pw = md.attr(n, "padding")
         return int(kh), int(kw), int(sh), int(sw), int(ph), int(pw)
     return 1, 1, 1, 1, 0, 0
+
+
+def _whole_frame(g: Graph, n: Node) -> bool:
+    """A pool whose one window is the whole unpadded frame (a global average or max pool): a running reduction
+    stage (``stream_frame.sv.j2``) instead of a line buffer that would hold the frame."""
+    kh, kw, _, _, ph, pw = _window_geometry(g, n)
+    _, h, w = g.tensor(n.inputs[0]).shape
+    return (kh, kw, ph, pw) == (h, w, 0, 0) and tuple(g.tensor(n.output).shape[1:]) == (1, 1)
+
+
+def _frame_acc_format(op: str, fx: FxFormat, npx: int) -> FxFormat:
+    """The running reduction's per-channel format: the exact sum of ``npx`` codes, or the input's own (max)."""
+    if op == "maxpool2d":
+        return fx
+    return FxFormat.for_code_range(fx.min_code * npx, fx.max_code * npx, fx.frac_bits, signed=fx.signed)
 
 
 def _bits(v: int) -> int:
@@ -277,6 +302,14 @@ def _stage_kernel(g: Graph, st: StreamStage, module: str, adder: str, cse_block:
         fa, fb = (g.tensor(t).fmt for t in n.inputs)
         xa, xb = k.input_port("a", c, fa), k.input_port("b", c, fb)
         outs = emitter_for(BINARY_EMITTERS, n, "RTL stream")(k, xa, fa, xb, fb, of)
+    elif st.kind == "frame":  # the running sum / maximum arrives complete; the pool's own arithmetic follows
+        _, h, w = spec.shape
+        fa = _frame_acc_format(n.op.value, fx, h * w)
+        acc = k.input_port("acc", c, fa)
+        if n.op.value == "maxpool2d":
+            outs = [k.requant(a, fx.frac_bits - of.frac_bits, of) for a in acc]
+        else:
+            outs = _avg_of_sums(k, acc, fx, of, n)
     elif md.is_(Categories.POOL):
         kern, padf = emitter_for(POOL_PIXEL_EMITTERS, n, "RTL stream")
         kh, kw = _window_geometry(g, n)[:2]
@@ -385,7 +418,22 @@ def build_stream_project(graph: Graph, *, register_stages: bool | int = True, to
         row: dict[str, Any] = {"node": "+".join(m.name for m in (n, *st.chain)),
                                "op": "+".join(m.op.value for m in (n, *st.chain)), "module": mod,
                                "adders": kern.n_adders, "nodes": [m.name for m in (n, *st.chain)]}
-        if st.kind == "window":
+        if st.kind == "frame":
+            fa = _frame_acc_format(n.op.value, spec.fmt, h * wd)
+            f = {"module": mod, "kernel": kern.module, "comment": f"{comment} -> tensor t{ids[st.output]}",
+                 "kind": "max" if n.op.value == "maxpool2d" else "avg", "c": c, "ew": spec.fmt.width,
+                 "ib": c * spec.fmt.width, "ob": ob, "n": h * wd, "cw": _bits(h * wd - 1), "signed": spec.fmt.signed,
+                 "aw": fa.width}
+            files[f"{mod}.sv"] = env.get_template("stream_frame.sv.j2").render(f=f, header=header)
+            t_in = n.inputs[0]
+            v, r = read(t_in, mod, "s")
+            insts.append({"module": mod, "name": mod, "comment": f["comment"],
+                          "conns": clk + [{"port": "s_data", "sig": f"{stream_sig(t_in)}_data"},
+                                          {"port": "s_valid", "sig": v}, {"port": "s_ready", "sig": r}] + outs})
+            lag[st.output] = lag[t_in] + h * wd + 1
+            lat[st.output] = lat[t_in] + 1
+            row.update({"kind": "frame", "kernel": [h, wd], "accumulator_bits": c * fa.width})
+        elif st.kind == "window":
             geo = _window_geometry(graph, n)
             w = _window_params(mod, kern.module, f"{comment} -> tensor t{ids[st.output]}", c, h, wd, spec.fmt.width,
                                geo, ob, pad_code)
