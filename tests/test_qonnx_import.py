@@ -584,3 +584,17 @@ def test_an_exact_sum_wider_than_64_bits_is_refused_naming_what_to_narrow():
         import_model(b.model(y))
     msg = str(ei.value)
     assert "\n" not in msg and "does not fit 64 bits" in msg and "narrow the input" in msg and "float" not in msg
+
+
+def test_a_float_model_too_wide_for_the_exact_path_is_told_to_quantize():
+    """float32 weights (24 significant bits) on an 8-bit input: the sum does not fit int64 and the message says what
+    to do, in the words ``benchmarks/bench_onnx_zoo.py --quantize-float`` looks for."""
+    r = _rng(22)
+    b = B((256,))
+    h = b.quant("x", 2.0 ** -7, 8)
+    y = b.op("MatMul", [h, b.c(r.normal(0, 0.3, (256, 4)) * 1.000123)])
+    y = b.op("MatMul", [b.op("Relu", [y]), b.c(r.normal(0, 0.3, (4, 3)) * 1.000321)])
+    with pytest.raises(QfxError) as ei:
+        import_model(b.model(y))
+    msg = str(ei.value)
+    assert "\n" not in msg and "quantize the model" in msg

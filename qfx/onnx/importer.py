@@ -1627,7 +1627,7 @@ class _Converter:
                                       b_ir.fmt if b_ir else None)
         except (FormatError, OverflowError) as exc:
             hint = ("the weights look like float values: quantize the model (qfx quantize MODEL --calib DATA.npy)"
-                    if w.fmt.width > 24 else "narrow the input (a Quant of fewer bits before this node) or the "
+                    if w.fmt.width > 16 else "narrow the input (a Quant of fewer bits before this node) or the "
                     "weights")
             raise FormatError(f"node {self._where(n)!r} ({n.op_type}): the exact sum of {fx.ap_type()} inputs times "
                               f"{w.fmt.ap_type()} weights does not fit 64 bits ({_first_line(exc)}); {hint}") from None
