@@ -59,7 +59,24 @@ class GruSeqFirst(nn.Module):
         return self.head(torch.cat([out[-1], h.squeeze(0), seq.flatten(1)], 1))
 
 
-MODELS = {"last_step": LastStep, "two_layers": lambda: LastStep(2), "final_states": FinalStates,
+class TutorialLSTM(nn.Module):
+    """The tutorial way: zero initial states made in forward and passed in, moved to the input's device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_layers, self.hidden_size = 2, 5
+        self.lstm, self.gru, self.fc = nn.LSTM(4, 5, 2, batch_first=True), nn.GRU(4, 3, batch_first=True), \
+            nn.Linear(8, 3)
+
+    def forward(self, x):
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(x.device)
+        c0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size).to(x.device)
+        out, _ = self.lstm(x, (h0, c0))
+        _, h = self.gru(x, x.new_zeros(1, x.size(0), 3))
+        return self.fc(torch.cat([out[:, -1, :], h[-1]], 1))
+
+
+MODELS = {"tutorial": TutorialLSTM, "last_step": LastStep, "two_layers": lambda: LastStep(2), "final_states": FinalStates,
           "gru_rnn": GruSeqFirst}
 
 
@@ -118,8 +135,8 @@ def test_initial_state_and_projections_stay_refused_in_one_line():
             super().__init__()
             self.rnn = nn.GRU(4, 6, batch_first=True)
 
-        def forward(self, x):
-            return self.rnn(x, torch.zeros(1, x.shape[0], 6))[0][:, -1]
+        def forward(self, x):  # ones: a state qfx does not start from (zeros are the default state: see above)
+            return self.rnn(x, torch.ones(1, x.shape[0], 6))[0][:, -1]
 
     class Projected(nn.Module):
         def __init__(self) -> None:

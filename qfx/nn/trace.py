@@ -102,7 +102,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "x[None], sizes that depend on the batch size", "constant slices of the per-sample dims (x[:, a:b], x[..., -1])"),
     ("ConvTranspose1d/2d with padding > dilation * (kernel - 1), padding_mode other than 'zeros'",
      "smaller padding, or nearest nn.Upsample(scale_factor=k) followed by a Conv2d"),
-    ("LSTM/GRU/RNN with an initial state passed in, proj_size, a sequence-first input not made by x.transpose(0, 1), "
+    ("LSTM/GRU/RNN with a non-zero initial state passed in, proj_size, a sequence-first input not made by x.transpose(0, 1), "
      "or their results read otherwise; Embedding with max_norm or of computed indices, EmbeddingBag, "
      "nn.Transformer, TransformerDecoder(Layer)",
      "the zero initial state; read the output sequence, out[:, t], h_n[k] or c_n[k]; nn.Embedding of the model's "
@@ -1173,7 +1173,8 @@ _HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
      "forward, and attention written by hand (x @ y, softmax(dim=-1)); transformer decoders have no fixed-point "
      "twin"),
     (("lstm", "gru", "rnn"),
-     "qfx unrolls nn.LSTM/GRU/RNN over the fixed sequence length when they start from the zero state, have no "
+     "qfx unrolls nn.LSTM/GRU/RNN over the fixed sequence length when they start from the zero state (none or "
+     "torch.zeros passed in), have no "
      "proj_size and their results are read as the output sequence (batch_first, or out[t] / out.transpose(0, 1)), "
      "h_n[k], c_n[k] or h_n.squeeze(0)"),
     (("embedding",), "qfx converts nn.Embedding modules (no max_norm) fed the model's integer input"),
@@ -1297,7 +1298,8 @@ def supported_table() -> str:
                 "mean, `QSub`, `QMul`, mean (times n / (n - correction)), a sqrt table; a `select_gt` table; "
                 "`torch.cat` of copies |")
     rows.append("| `nn.LSTM`, `nn.GRU`, `nn.RNN` (any layers, bidirectional, batch_first or fed x.transpose(0, 1); "
-                "zero initial state; the output sequence, out[:, t] / out[t], h_n[k], c_n[k] read) | unrolled over "
+                "zero initial state, also as torch.zeros(...) passed in; the output sequence, out[:, t] / out[t], "
+                "h_n[k], c_n[k] read) | unrolled over "
                 "the fixed sequence length: per layer and direction a `QLinear` for the input (both biases) and one "
                 "for the state, shared by every step; gates as chunks through sigmoid/tanh tables, `QMul`, `QAdd` |")
     rows.append("| `x.flip(dims)`, `torch.flip`, `torch.fliplr`, `x.cumsum(d)` (per-sample dims of at most 64 "
@@ -2185,6 +2187,23 @@ def _recurrent_uses(n: torch.fx.Node, kind: str, n_final: int, batch_first: bool
     return uses
 
 
+_ZERO_MAKERS = (torch.zeros, torch.zeros_like)
+_PASS_METHODS = ("to", "cuda", "cpu", "float", "detach", "requires_grad_", "contiguous", "type_as")
+
+
+def _is_zeros(v: Any) -> bool:
+    """Whether ``v`` is a tensor of zeros made in forward (``torch.zeros(layers, x.size(0), h)``,
+    ``torch.zeros_like``, ``x.new_zeros(...)``, then ``.to(x.device)`` and the like): a recurrent layer's explicit
+    zero initial state, the same as none."""
+    while isinstance(v, torch.fx.Node) and v.op == "call_method" and v.target in _PASS_METHODS and v.args:
+        v = v.args[0]
+    if not isinstance(v, torch.fx.Node):
+        return False
+    if v.op == "call_function" and _hashable(v.target) and v.target in _ZERO_MAKERS:
+        return True
+    return v.op == "call_method" and v.target in ("new_zeros", "zero_")
+
+
 def _unroll_recurrent(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node, mod: nn.RNNBase,
                       shape: tuple[int, ...]) -> bool:
     """nn.LSTM / nn.GRU / nn.RNN over a fixed sequence length, unrolled into what one step computes: per layer and
@@ -2192,10 +2211,14 @@ def _unroll_recurrent(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node, 
     (shared weights and formats), the gates as chunks through sigmoid/tanh tables, QMul and QAdd. The zero initial
     state drops the state terms of the first step. Reads of the results: the output sequence (batch_first, or
     ``out[t]`` / ``out.transpose(0, 1)`` of a sequence-first layer), ``h_n[k]`` / ``c_n[k]`` / ``h_n.squeeze(0)``.
-    A sequence-first layer must read ``x.transpose(0, 1)`` / ``x.permute(1, 0, 2)`` of a batch-first tensor.
-    False (the layer stays and is refused) for an initial state passed in, projections, other reads."""
+    A sequence-first layer must read ``x.transpose(0, 1)`` / ``x.permute(1, 0, 2)`` of a batch-first tensor. An
+    initial state made of zeros in forward (``torch.zeros(layers, x.size(0), hidden)``) is the zero state.
+    False (the layer stays and is refused) for another initial state, projections, other reads."""
     kind = type(mod).__name__
-    if len(n.args) > 1 and n.args[1] is not None or n.kwargs or getattr(mod, "proj_size", 0) or len(shape) != 3:
+    state = n.args[1] if len(n.args) > 1 else n.kwargs.get("hx")
+    if state is not None and not all(_is_zeros(v) for v in (state if isinstance(state, (tuple, list)) else (state,))):
+        return False
+    if set(n.kwargs) - {"hx"} or len(n.args) > 2 or getattr(mod, "proj_size", 0) or len(shape) != 3:
         return False
     layers, dirs, hid = mod.num_layers, 2 if mod.bidirectional else 1, mod.hidden_size
     uses = _recurrent_uses(n, kind, layers * dirs, mod.batch_first)
