@@ -103,6 +103,13 @@ def rnn(s, x):
     return s.f(out.flatten(1))
 
 
+def zero_state(s, x):  # the tutorial way: zero states made in forward and passed in
+    h0 = torch.zeros(1, x.size(0), 6).to(x.device)
+    c0 = torch.zeros(1, x.size(0), 6).to(x.device)
+    out, _ = s.l(x, (h0, c0))
+    return s.f(out[:, -1, :])
+
+
 CASES = {
     # --- tprobe
     "where_leaky": M(lambda s, x: torch.where(s.c(x) > 0, s.c(x), 0.1 * s.c(x)).flatten(1), {"c": nn.Conv2d(2, 3, 3)}),
@@ -254,6 +261,7 @@ CASES = {
     "lstm_hn": M(hn, {"l": nn.LSTM(8, 6, num_layers=2, batch_first=True), "f": nn.Linear(6, 3)}, (5, 8)),
     "lstm_bi": M(bi, {"l": nn.LSTM(8, 6, batch_first=True, bidirectional=True), "f": nn.Linear(12, 3)}, (5, 8)),
     "gru_seqfirst": M(seqfirst, {"l": nn.GRU(8, 6), "f": nn.Linear(6, 3)}, (5, 8)),
+    "lstm_zero_state": M(zero_state, {"l": nn.LSTM(8, 6, batch_first=True), "f": nn.Linear(6, 3)}, (5, 8)),
     "rnn_relu": M(rnn, {"l": nn.RNN(8, 6, nonlinearity="relu", batch_first=True), "f": nn.Linear(30, 3)}, (5, 8)),
 }
 
