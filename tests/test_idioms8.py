@@ -467,3 +467,25 @@ def test_a_layer_called_again_on_the_same_input_is_one_tensor():
     _, g = _agrees(Leaky(), x)
     assert _ops(g).count("conv2d") == 1 and any(
         str(n.attrs.get("fn", "")).startswith("select_gt") for n in g.nodes), _ops(g)
+
+
+def test_tied_weights_read_through_f_linear_keep_the_layer_that_owns_them():
+    """A language-model head tied to its embedding (``F.linear(h, self.emb.weight)``): the embedding keeps its
+    weight, the head gets a layer of its own holding the same values."""
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.mix = nn.Embedding(12, 6), nn.Linear(6, 6)
+
+        def forward(self, x):
+            return F.linear(torch.tanh(self.mix(self.emb(x))), self.emb.weight).mean(1)
+
+    torch.manual_seed(15)
+    f = Tied()
+    x = torch.randint(0, 12, (48, 5))
+    q = qfx.quantize_model(f, qfx.QFXConfig(**CFG), calib_data=x)
+    q.eval()
+    with torch.no_grad():
+        assert float((q(x) - f(x)).abs().max() / f(x).abs().max()) < 0.1
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0

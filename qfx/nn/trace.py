@@ -2601,8 +2601,11 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
         if n.op == "get_attr" and not n.users:
             graph.erase_node(n)
     still_read = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    called = {str(n.target) for n in graph.nodes if n.op == "call_module"}
     for target in consumed - still_read:  # the layer holds it now (or its transpose): not a stray parameter
         scope, _, name = target.rpartition(".")
+        if scope in called:  # tied weights: a layer that is called (nn.Embedding) still needs its own
+            continue
         owner = body.get_submodule(scope) if scope else body
         if name in owner._parameters or name in owner._buffers:
             delattr(owner, name)
