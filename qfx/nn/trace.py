@@ -21,6 +21,7 @@ tables (the README's list of supported layers and functions is generated from it
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 import re
@@ -1849,8 +1850,8 @@ _STAT_METHODS = ("var", "std")
 
 
 def _stat_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
-    """Calls whose rewrite needs the input's shape (``_decompose_composites``): var/std (the count), LayerNorm over
-    several dims and InstanceNorm1d (the rank)."""
+    """Calls whose rewrite needs the input's shape: var/std (the count), flip / cumsum / repeat (the sizes),
+    LayerNorm over several dims, InstanceNorm1d and GroupNorm (the rank)."""
     modules = dict(body.named_modules())
     return [n for n in graph.nodes if n.args and isinstance(n.args[0], torch.fx.Node) and (
         n.op == "call_method" and n.target in _STAT_METHODS
@@ -2064,6 +2065,9 @@ def _const_add(v: Any) -> tuple[torch.fx.Node, float] | None:
     return t, float(c)
 
 
+def _threshold_sig(input: Any, threshold: Any, value: Any, inplace: bool = False) -> None: ...
+
+
 def _var_sig(input: Any, dim: Any = None, unbiased: Any = None, keepdim: bool = False, *, correction: Any = None
              ) -> None: ...
 
@@ -2071,8 +2075,6 @@ def _var_sig(input: Any, dim: Any = None, unbiased: Any = None, keepdim: bool = 
 def _variance_nodes(graph: torch.fx.Graph, n: torch.fx.Node, shape: tuple[int, ...]) -> torch.fx.Node | None:
     """``x.var(dim)`` / ``x.std(dim)`` (and torch.var/std) over per-sample dims as ``mean((x - mean) ** 2)``
     times n / (n - correction) (Bessel's by default), square-rooted for std; None (refused) over all elements."""
-    import inspect
-
     try:
         a = inspect.signature(_var_sig).bind(*n.args, **n.kwargs).arguments
     except TypeError:
@@ -2135,6 +2137,14 @@ def _norm_as_groupnorm(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node,
     return y
 
 
+def _swaps_01(u: Any) -> bool:
+    """Whether ``u`` is ``t.transpose(0, 1)`` / ``t.permute(1, 0, 2)``: a sequence-first view of a batch-first
+    tensor (or back)."""
+    return isinstance(u, torch.fx.Node) and u.op == "call_method" and not u.kwargs and (
+        u.target == "transpose" and tuple(u.args[1:]) in ((0, 1), (1, 0))
+        or u.target == "permute" and tuple(u.args[1:]) in ((1, 0, 2), ((1, 0, 2),)))
+
+
 def _recurrent_uses(n: torch.fx.Node, kind: str, n_final: int, batch_first: bool
                     ) -> dict[torch.fx.Node, tuple[str, Any]] | None:
     """How the results of a recurrent layer's call ``n`` are read, each read as (what, which): ("seq", None) the
@@ -2145,11 +2155,6 @@ def _recurrent_uses(n: torch.fx.Node, kind: str, n_final: int, batch_first: bool
     def index(u: torch.fx.Node) -> Any:
         return u.args[1] if u.op == "call_function" and u.target is operator.getitem and len(u.args) == 2 else None
 
-    def swaps_01(u: torch.fx.Node) -> bool:
-        return u.op == "call_method" and not u.kwargs and (
-            u.target == "transpose" and tuple(u.args[1:]) in ((0, 1), (1, 0))
-            or u.target == "permute" and tuple(u.args[1:]) in ((1, 0, 2), ((1, 0, 2),)))
-
     for u in n.users:
         which = index(u)
         if which == 0 and batch_first:  # the output sequence, (N, T, H * dirs)
@@ -2159,7 +2164,7 @@ def _recurrent_uses(n: torch.fx.Node, kind: str, n_final: int, batch_first: bool
                 k = index(v)
                 if isinstance(k, int) and not isinstance(k, bool):
                     uses[v] = ("step", k)
-                elif swaps_01(v):
+                elif _swaps_01(v):
                     uses[v] = ("seq", None)
                 else:
                     return None
@@ -2226,16 +2231,13 @@ def _unroll_recurrent(body: nn.Module, graph: torch.fx.Graph, n: torch.fx.Node, 
         return False
     x = n.args[0]
     if not mod.batch_first:  # the layer reads x.transpose(0, 1) of a batch-first x: read x itself
-        if not (isinstance(x, torch.fx.Node) and x.op == "call_method" and not x.kwargs and (
-                x.target == "transpose" and tuple(x.args[1:]) in ((0, 1), (1, 0))
-                or x.target == "permute" and tuple(x.args[1:]) in ((1, 0, 2), ((1, 0, 2),)))):
+        if not _swaps_01(x):
             return False
         x = x.args[0]
         steps = shape[0]
     else:
         steps = shape[1]
     act = {"RNN_TANH": torch.tanh, "RNN_RELU": F.relu}.get(getattr(mod, "mode", ""), torch.tanh)
-    gates = {"LSTM": 4, "GRU": 3}.get(kind, 1)
     base = str(n.target).replace(".", "_")
 
     def layer(name: str, w: torch.Tensor, b: torch.Tensor | None) -> str:
@@ -2427,8 +2429,11 @@ def _repeats_as_cats(graph: torch.fx.Graph) -> bool:
 def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
     """Calls that are short compositions of ops qfx has, written out so each converts as usual: ``F.glu`` /
     nn.GLU (``a * sigmoid(b)`` of the two halves), nn.RMSNorm / ``F.rms_norm`` (``x * rsqrt(mean(x * x) + eps)``,
-    times the weight), ``torch.einsum`` (permutes, products, sums and matmuls: ``qfx.nn.einsum``). Calls outside
-    these forms stay and are refused with the rest."""
+    times the weight), ``rsqrt(v + eps)`` (one table), F.threshold / nn.Threshold (a select table), var/std
+    (``_variance_nodes``), InstanceNorm1d / GroupNorm of (N, C, L) / LayerNorm over several dims
+    (``_norm_as_groupnorm``), flip / cumsum (``_flip_cumsum_nodes``), ``torch.einsum`` (permutes, products, sums and
+    matmuls: ``qfx.nn.einsum``). The shape-dependent ones read the input shape ``_softmax_ranks`` recorded. Calls
+    outside these forms stay and are refused with the rest."""
     modules = dict(body.named_modules())
     changed = False
     for n in list(graph.nodes):
@@ -2470,13 +2475,17 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
                 t, eps = _const_add(n.args[0])  # rsqrt(var + eps): one table with eps inside, which the
                 new = graph.call_function(table_select, (t, f"rsqrt({eps!r})"))  # sum's rounding would lose
             elif isinstance(mod, nn.Threshold) or fn is F.threshold:
-                th, val = (mod.threshold, mod.value) if mod is not None else (
-                    (list(n.args[1:3]) + [n.kwargs.get("threshold"), n.kwargs.get("value")])[:2]
-                    if len(n.args) >= 3 else (n.kwargs.get("threshold", n.args[1] if len(n.args) > 1 else None),
-                                              n.kwargs.get("value")))
-                if not (_number(th) and _number(val)) or not isinstance(n.args[0], torch.fx.Node):
+                if mod is not None:
+                    x, th, val = n.args[0] if n.args else None, mod.threshold, mod.value
+                else:
+                    try:
+                        a = inspect.signature(_threshold_sig).bind(*n.args, **n.kwargs).arguments
+                    except TypeError:
+                        continue
+                    x, th, val = a["input"], a["threshold"], a["value"]
+                if not (_number(th) and _number(val)) or not isinstance(x, torch.fx.Node):
                     continue
-                new = graph.call_function(table_select, (n.args[0], select_spec("gt", th, 1.0, 0.0, 0.0, val)))
+                new = graph.call_function(table_select, (x, select_spec("gt", th, 1.0, 0.0, 0.0, val)))
             elif (n.op == "call_method" and n.target in _STAT_METHODS or fn in (torch.var, torch.std)) and \
                     _INTERP_SHAPE in n.meta:
                 new = _variance_nodes(graph, n, n.meta[_INTERP_SHAPE])
@@ -2524,8 +2533,6 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
     parameters (or buffers) the model holds become calls of an nn.Linear / nn.Conv that holds them (a layer added
     to the model under a free name; the matrix of ``x @ W`` transposed into a new parameter), so they convert like
     any layer. Weights computed in forward stay and are refused with the rest."""
-    import inspect
-
     def tensor_attr(v: Any) -> torch.Tensor | None:
         if isinstance(v, torch.fx.Node) and v.op == "get_attr":
             t = _attr_value(body, str(v.target))
@@ -2549,9 +2556,6 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
                 if w is None or w.dim() != 2 or (a.get("bias") is not None and b is None):
                     continue
                 layer = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-                layer.weight = as_param(w)
-                if b is not None:
-                    layer.bias = as_param(b)
             elif n.target in convs:
                 a = inspect.signature(_conv_sig).bind(*n.args, **n.kwargs).arguments
                 w, b = tensor_attr(a["weight"]), tensor_attr(a.get("bias"))
@@ -2564,27 +2568,22 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
                 layer = kind(w.shape[1] * g, w.shape[0], tuple(w.shape[2:]), stride=a.get("stride", 1),
                              padding=a.get("padding", 0), dilation=a.get("dilation", 1), groups=g,
                              bias=b is not None)
-                layer.weight = as_param(w)
-                if b is not None:
-                    layer.bias = as_param(b)
             elif n.target in (operator.matmul, torch.matmul, torch.mm) and len(n.args) == 2 and not n.kwargs:
-                w, wt = tensor_attr(n.args[1]), _transposed_attr(n.args[1])
-                if wt is not None:  # x @ self.W.t(): W is already (out, in)
-                    w = tensor_attr(wt)
-                    if w is None or w.dim() != 2 or tensor_attr(n.args[0]) is not None:
-                        continue
-                    layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
-                    layer.weight = as_param(w)
-                else:
-                    if w is None or w.dim() != 2 or tensor_attr(n.args[0]) is not None:
-                        continue
-                    layer = nn.Linear(w.shape[0], w.shape[1], bias=False)
-                    layer.weight = nn.Parameter(w.detach().t().contiguous().clone(), requires_grad=w.requires_grad)
+                wt = _transposed_attr(n.args[1])  # x @ self.W.t(): W is already (out, in)
+                w, b = tensor_attr(n.args[1] if wt is None else wt), None
+                if w is None or w.dim() != 2 or tensor_attr(n.args[0]) is not None:
+                    continue
+                if wt is None:  # x @ W with W (in, out): the layer holds its transpose
+                    w = nn.Parameter(w.detach().t().contiguous().clone(), requires_grad=w.requires_grad)
+                layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
                 a = {"input": n.args[0]}
             else:
                 continue
         except (TypeError, ValueError):
             continue
+        layer.weight = as_param(w)
+        if b is not None:
+            layer.bias = as_param(b)
         consumed.update(str(v.target) for v in n.all_input_nodes + [_transposed_attr(n.args[1]) if len(n.args) > 1
                                                                    else None] if v is not None and v.op == "get_attr")
         path = _free_path(body, "", f"{n.name}_layer")
@@ -2682,8 +2681,6 @@ def _expand_sdpa(graph: torch.fx.Graph) -> None:
     written the way hand-written attention is: ``softmax(q @ k.transpose(-2, -1) * scale, -1) @ v`` (scale
     ``1/sqrt(E)`` from q's last size, recorded on the example run), so each step converts as usual (QMatMul,
     QConstScale, QSoftmax). Other calls stay and are refused with the rest."""
-    import inspect
-
     sig = inspect.signature(lambda query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                             enable_gqa=False: None)
     for n in _sdpa_calls(graph):
