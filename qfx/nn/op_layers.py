@@ -525,8 +525,14 @@ def resize_weights(m: np.ndarray, weight_bits: int = 16) -> tuple[np.ndarray, Fx
     return k, FxFormat.for_code_range(0, max(int(k.max()), 1), fb, signed=True)
 
 
-def resize_steps(shape: Sequence[int], out_hw: tuple[int, int], mats: tuple[np.ndarray | None, np.ndarray | None]
-                 ) -> list[tuple[str, Any]]:
+def axis_weights(m: np.ndarray, weight_bits: int = 16) -> tuple[np.ndarray, FxFormat] | None:
+    """``resize_weights`` of one axis's matrix, or None when it is the identity (that axis is left as it is)."""
+    if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
+        return None
+    return resize_weights(m, weight_bits)
+
+
+def resize_steps(mats: tuple[Any, Any]) -> list[tuple[str, Any]]:
     """A separable 2-D resize of (C, H, W) as IR steps: ("transpose", perm) and ("dense", codes (out, in)) over the
     leading axis (a 1x1 ``conv2d``). W first (brought to the front), then H; an axis whose matrix is None (its size
     unchanged, identity) is skipped. The torch layer and the ONNX importer build the same nodes from these."""
@@ -583,13 +589,10 @@ class QResize2d(_IRModule):
         out = self.size if self.size is not None else tuple(int(math.floor(n * f)) for n, f in zip((h, w), self.scale))
         mode = "linear" if self.mode == "bilinear" else self.mode
         rule = "align_corners" if self.align_corners else "half_pixel" if mode == "linear" else "asymmetric"
-        mats = []
-        for n_in, n_out, k in zip((h, w), out, (0, 1)):
-            m = resize_matrix(n_in, n_out, mode, rule,
+        mats = [resize_matrix(n_in, n_out, mode, rule,
                               self.scale[k] if self.scale is not None and not self.recompute else None)
-            mats.append(None if n_in == n_out and np.array_equal(m, np.eye(n_in)) else
-                        resize_weights(m, self.weight_bits))
-        return out, tuple(mats)
+                for n_in, n_out, k in zip((h, w), out, (0, 1))]
+        return out, tuple(axis_weights(m, self.weight_bits) for m in mats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -610,9 +613,8 @@ class QResize2d(_IRModule):
         (x,) = inputs
         if len(x.shape) != 3:
             raise UnsupportedError(f"{name}: resizing needs a (C, H, W) input, got {x.shape}")
-        c, h, w = x.shape
-        out, (mh, mw) = self._mats(h, w)
-        steps = resize_steps(x.shape, out, (mh, mw))
+        _, mats = self._mats(*x.shape[1:])
+        steps = resize_steps(mats)
         if not steps:
             return []
         items: list[IRItem] = []
@@ -657,9 +659,7 @@ class QAvgPoolMatrix(QResize2d):
         mats = [pool_matrix(n, k, s, p, self.ceil_mode, self.count_include_pad,
                             None if self.divisor is None else (self.divisor if axis == 0 else 1))
                 for axis, (n, k, s, p) in enumerate(zip((h, w), self.kernel, self.stride, self.pad))]
-        out = (mats[0].shape[0], mats[1].shape[0])
-        return out, tuple(None if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) else
-                          resize_weights(m, self.weight_bits) for m in mats)
+        return (mats[0].shape[0], mats[1].shape[0]), tuple(axis_weights(m, self.weight_bits) for m in mats)
 
 
 class QZeroPad2d(_IRModule):

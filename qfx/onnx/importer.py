@@ -2139,7 +2139,7 @@ class _Converter:
                 np.array_equal(m, np.repeat(np.eye(d), int(k), axis=0))
                 for m, d, k in zip(mats, xs.shape[1:], scales[2:])):
             return self._gather(n, x, "upsample2d", {"scale": (int(scales[2]), int(scales[3]))}, keeps_channels=True)
-        self._resize_separable(n, x, out_hw, mats)
+        self._resize_separable(n, x, mats)
 
     def _resize_matrix(self, n, n_in: int, n_out: int, mode: str, ctm: str, nm: str, scale: float) -> np.ndarray:
         """One axis of a Resize as a (n_out, n_in) weight matrix (``qfx.nn.op_layers.resize_matrix`` for linear
@@ -2168,20 +2168,18 @@ class _Converter:
         m[np.arange(n_out), np.clip(pick, 0, n_in - 1).astype(np.int64)] = 1.0
         return m
 
-    def _resize_separable(self, n, x: _Val, out_hw: tuple[int, ...], mats: list[np.ndarray]) -> None:
+    def _resize_separable(self, n, x: _Val, mats: list[np.ndarray]) -> None:
         """A Resize that is no integer-factor gather or half-pixel bilinear (align_corners, sizes that are not
         multiples, downscaling): each axis's matrix as a 1x1 ``conv2d`` over that axis brought first by
         ``transpose`` (``qfx.nn.op_layers.resize_steps``, as ``QResize2d`` builds it). Each matrix row sums to
         one, so a linear per-channel view passes through; a pending ReLU is applied first."""
         from qfx.fixed.kernels import lossless_acc_format
-        from qfx.nn.op_layers import resize_steps, resize_weights
+        from qfx.nn.op_layers import axis_weights, resize_steps
 
         where = self._where(n)
         if x.relu or np.any(x.h) and not all(np.allclose(m.sum(1), 1.0) for m in mats):  # offsets pass rows of 1
             x = _Val("act", tensor=self._materialize(n, x))
-        xs = self.tensors[x.tensor]
-        ident = [m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) for m in mats]
-        steps = resize_steps(xs.shape, out_hw, tuple(None if e else resize_weights(m) for m, e in zip(mats, ident)))
+        steps = resize_steps(tuple(axis_weights(m) for m in mats))
         t, base = x.tensor, _clean_name(where)
         for i, (kind, arg) in enumerate(steps):
             src = self.tensors[t]
@@ -2813,7 +2811,7 @@ class _Converter:
 
                 mats = [pool_matrix(size, kk, s, p, True, include)
                         for size, kk, s, p in zip(xs0.shape[1:], k0, st0, (p4[0], p4[2]))]
-                return self._resize_separable(n, x, (mats[0].shape[0], mats[1].shape[0]), mats)
+                return self._resize_separable(n, x, mats)
             if any(p4) and not include:
                 return self._avgpool_real_count(n, x, k0, st0, p4)
             k, st, pads = self._pool_attrs(n, xs0)
