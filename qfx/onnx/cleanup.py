@@ -247,6 +247,12 @@ class _Cleaner:
         self.meta: dict[str, str] = {}
 
     # ------------------------------------------------------------ helpers
+    @property
+    def opset(self) -> int:
+        """The default domain's opset (13 if the model does not say): Reduce*/Squeeze/Unsqueeze axes are an input
+        from 13 on, an attribute before."""
+        return next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+
     def consts(self) -> dict[str, np.ndarray]:
         from onnx import numpy_helper
 
@@ -386,7 +392,7 @@ class _Cleaner:
         whose Mean/InvStdDev outputs are read, or whose normalized axes cannot be known, is left alone."""
         from onnx import helper, numpy_helper
 
-        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+        opset = self.opset
         shapes: dict[str, tuple[int, ...]] | None = None
         count = 0
         nodes = list(self.g.node)
@@ -569,9 +575,8 @@ class _Cleaner:
                     out_nodes.append(helper.make_node("Mul", [n.input[0], n.input[0]], [term], name=f"{nm}/square"))
                 red = n.output[0] if n.op_type != "ReduceL2" else f"{base}_sum"
                 red_node = helper.make_node("ReduceSum", [term, *n.input[1:]], [red], name=f"{nm}/sum")
-                opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
                 for a in n.attribute:
-                    if a.name == "axes" and opset >= 13:  # ReduceSum takes its axes as an input from opset 13
+                    if a.name == "axes" and self.opset >= 13:  # ReduceSum takes its axes as an input from opset 13
                         ax = f"{base}_axes"
                         self.g.initializer.append(numpy_helper.from_array(np.asarray(list(a.ints), np.int64), ax))
                         red_node.input.append(ax)
@@ -641,8 +646,8 @@ class _Cleaner:
 
         from qfx.nn.einsum import einsum_plan
 
-        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
-        consts = None
+        opset = self.opset
+        consts = shapes = None
         out_nodes: list[Any] = []
         einsums = tiles = 0
         for n in list(self.g.node):
@@ -668,7 +673,7 @@ class _Cleaner:
             result: str | None = None
             if n.op_type == "CumSum":  # prefix (reverse: suffix) sums of one-element... slices, concatenated
                 consts = self.consts() if consts is None else consts
-                shapes = self.known_shapes()
+                shapes = self.known_shapes() if shapes is None else shapes
                 xs, ax = shapes.get(n.input[0]), consts.get(n.input[1]) if len(n.input) > 1 else None
                 a = _attrs(n)
                 if xs is not None and ax is not None and np.size(ax) == 1 and not a.get("exclusive", 0) and \
@@ -743,7 +748,7 @@ class _Cleaner:
         read by Gather(axis 0). A node with other reads is left alone (the importer refuses it, naming it)."""
         from onnx import helper, numpy_helper
 
-        opset = next((o.version for o in self.m.opset_import if o.domain in ("", "ai.onnx")), 13)
+        opset = self.opset
         consts = self.consts()
         shapes: dict[str, tuple[int, ...]] | None = None
         seq_steps: dict[str, list[str]] = {}  # a sequence-first (T, N, F) tensor -> its step tensors (N, F)
@@ -753,16 +758,13 @@ class _Cleaner:
         out_nodes: list[Any] = []
         count = 0
 
-        def producer_of(t: str):
-            return next((m for m in self.g.node if t in m.output), None)
-
         def zeros(t: str) -> bool:
             if not t:
                 return True
             v = consts.get(t)
             if v is not None:
                 return not np.any(v)
-            p = producer_of(t)
+            p = self.producer(t)
             if p is not None and p.op_type == "Expand" and p.input[0] in consts:
                 return not np.any(consts[p.input[0]])
             if p is not None and p.op_type == "ConstantOfShape":
@@ -809,7 +811,7 @@ class _Cleaner:
                   and (not acts or acts == default * dirs or kind == "RNN" and acts == ["Relu"] * dirs)
                   and (kind != "GRU" or int(a.get("linear_before_reset", 0)) == 1))
             if ok and x not in seq_steps:
-                p = producer_of(x)
+                p = self.producer(x)
                 if p is None or perm_of(p) != [1, 0, 2]:
                     ok = False
                 else:
@@ -859,13 +861,7 @@ class _Cleaner:
             def gate(src: str, j: int) -> str:
                 if gates == 1:
                     return src
-                names = []
-                for v in ([j * hid], [(j + 1) * hid], [1]):
-                    nm = f"{base}_c{k[0]}"
-                    k[0] += 1
-                    self.g.initializer.append(numpy_helper.from_array(np.asarray(v, np.int64), nm))
-                    names.append(nm)
-                return emit("Slice", [src] + names)
+                return emit("Slice", [src, init_i64([j * hid]), init_i64([(j + 1) * hid]), init_i64([1])])
 
             per_dir: list[list[str]] = []
             fin_h, fin_c = [], []
@@ -957,17 +953,14 @@ class _Cleaner:
                         j = const_index(v)
                         if j is not None and -len(parts) <= j < len(parts) and parts[j]:
                             renames[v.output[0]] = parts[j]
-        del self.g.node[:]
-        self.g.node.extend(out_nodes)
         # the batch-first sequence and the step/state tensors are made where the layer was: before their readers
         outs = self.graph_outputs()
+        out_nodes += [helper.make_node("Identity", [new], [old], name=f"{old}__read")
+                      for old, new in renames.items() if old in outs]
+        del self.g.node[:]
+        self.g.node.extend(out_nodes)
         for old, new in renames.items():
             self.rename_input(old, new)
-            if old in outs:
-                out_nodes.append(helper.make_node("Identity", [new], [old], name=f"{old}__read"))
-        if any(old in outs for old in renames):
-            del self.g.node[:]
-            self.g.node.extend(out_nodes)
         self.report.append(f"unrolled {count} LSTM/GRU/RNN node(s) over their sequence length")
 
     def identities(self) -> None:
