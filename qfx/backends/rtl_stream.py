@@ -389,6 +389,13 @@ def build_stream_project(graph: Graph, *, register_stages: bool | int = True, to
         consumers[t].append((v, r))
         return v, r
 
+    def one_input_stage(mod: str, comment: str, t_in: str, outs: list[dict[str, str]]) -> dict[str, Any]:
+        """The instance of a stage reading stream ``t_in`` on its s_* port (a window or a whole-frame pool)."""
+        v, r = read(t_in, mod, "s")
+        return {"module": mod, "name": mod, "comment": comment,
+                "conns": clk + [{"port": "s_data", "sig": f"{stream_sig(t_in)}_data"}, {"port": "s_valid", "sig": v},
+                                {"port": "s_ready", "sig": r}] + outs}
+
     inp = graph.tensor(graph.inputs[0])
     c0, h0, w0 = inp.shape
     in_beat_bits = c0 * inp.fmt.width
@@ -426,10 +433,7 @@ def build_stream_project(graph: Graph, *, register_stages: bool | int = True, to
                  "aw": fa.width}
             files[f"{mod}.sv"] = env.get_template("stream_frame.sv.j2").render(f=f, header=header)
             t_in = n.inputs[0]
-            v, r = read(t_in, mod, "s")
-            insts.append({"module": mod, "name": mod, "comment": f["comment"],
-                          "conns": clk + [{"port": "s_data", "sig": f"{stream_sig(t_in)}_data"},
-                                          {"port": "s_valid", "sig": v}, {"port": "s_ready", "sig": r}] + outs})
+            insts.append(one_input_stage(mod, f["comment"], t_in, outs))
             lag[st.output] = lag[t_in] + h * wd + 1
             lat[st.output] = lat[t_in] + 1
             row.update({"kind": "frame", "kernel": [h, wd], "accumulator_bits": c * fa.width})
@@ -440,10 +444,7 @@ def build_stream_project(graph: Graph, *, register_stages: bool | int = True, to
             files[f"{mod}.sv"] = env.get_template("stream_window.sv.j2").render(w=w, header=header)
             ii = max(ii, w["slots"])
             t_in = n.inputs[0]
-            v, r = read(t_in, mod, "s")
-            insts.append({"module": mod, "name": mod, "comment": w["comment"],
-                          "conns": clk + [{"port": "s_data", "sig": f"{stream_sig(t_in)}_data"},
-                                          {"port": "s_valid", "sig": v}, {"port": "s_ready", "sig": r}] + outs})
+            insts.append(one_input_stage(mod, w["comment"], t_in, outs))
             lag[st.output] = lag[t_in] + w["lb"] + 2
             lat[st.output] = lat[t_in] + w["tail"] + 1
             row.update({"kind": "window", "kernel": [w["kh"], w["kw"]], "line_buffer_pixels": w["lb"],
