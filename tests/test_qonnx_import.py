@@ -334,11 +334,22 @@ def test_unsupported_ops_refused_in_one_line(op, domain, what, attrs, tmp_path, 
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_concat_with_a_constant_refused():
+def test_concat_with_constants_at_the_ends_adds_them_and_between_refused():
+    """A constant before/after the activations (a ViT's class token) is concatenated exactly (zero padding and a
+    per-element shift); one between two activations is refused in one line."""
     b = B((4,))
     h = b.quant("x", 0.25, 8)
-    y = b.op("Concat", [h, b.c(np.ones((1, 4)))], axis=1)
-    with pytest.raises(UnsupportedError, match=r"'Concat' \(node 'Concat_\d+'\).*concatenation"):
+    c0 = np.array([[0.5, -1.25, 2.0, 0.75]])
+    y = b.op("Concat", [b.c(c0), h, b.c(np.ones((1, 2)))], axis=1)
+    g = import_model(b.model(y))
+    x = _rng(3).uniform(-8, 8, (16, 4))
+    got = output_values(g, run(g, input_codes(g, x)))
+    want = np.concatenate([np.repeat(c0, 16, 0), np.clip(np.round(x / 0.25), -128, 127) * 0.25, np.ones((16, 2))], 1)
+    np.testing.assert_array_equal(got, want)
+    b = B((4,))
+    h = b.quant("x", 0.25, 8)
+    y = b.op("Concat", [h, b.c(np.ones((1, 4))), h], axis=1)
+    with pytest.raises(UnsupportedError, match=r"Concat node 'Concat_\d+': constants between activations"):
         import_model(b.model(y))
 
 

@@ -187,9 +187,19 @@ def _overflow(t: np.ndarray, fits: np.ndarray, low: np.ndarray, neg: np.ndarray,
     return np.where(in_range, t, np.where(neg, lo, hi)).astype(_I64)
 
 
+#: elements per piece when a large array is converted (a few MB per temporary)
+_CHUNK = 1 << 18
+
+
 def codes_from_double(x: np.ndarray, fmt: FxFormat) -> np.ndarray:
     """Codes ``ap_fixed`` assigns from doubles: raw IEEE bits to integer mantissa/exponent, then ``requantize``."""
     x = np.asarray(x, dtype=np.float64)
+    if x.size > _CHUNK:  # the general path makes ~20 temporaries: in cache-sized pieces, not gigabytes at once
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty(flat.shape, dtype=_I64)
+        for i in range(0, flat.size, _CHUNK):
+            out[i:i + _CHUNK] = codes_from_double(flat[i:i + _CHUNK], fmt)
+        return out.reshape(x.shape)
     bits = np.ascontiguousarray(x).view(_U64).reshape(x.shape)  # ascontiguousarray makes 0-d arrays 1-d
     sign = (bits >> _U64(63)).astype(bool)
     expf = ((bits >> _U64(52)) & _U64(0x7FF)).astype(_I64)
@@ -260,11 +270,15 @@ def lossless_acc_format(w: np.ndarray, fw: FxFormat, fx: FxFormat, bias: np.ndar
     if fb is not None:
         f = max(f, fb.frac_bits)
     sh = f - fx.frac_bits - fw.frac_bits
-    xs = (fx.min_code, fx.max_code)
-    # Python ints: exact whatever the widths (this runs once per layer at export/sizing time)
-    wo = w.astype(object)
-    lo = np.minimum(wo * xs[0], wo * xs[1]).sum(axis=1) * (1 << sh)
-    hi = np.maximum(wo * xs[0], wo * xs[1]).sum(axis=1) * (1 << sh)
+    x0, x1 = fx.min_code, fx.max_code
+    # sum_i min(w_i*x0, w_i*x1) = x0 * (sum of positive w) + x1 * (sum of negative w), as x0 <= x1; the row sums
+    # in int64 when they cannot overflow, the products with the input range in Python ints (exact at any width)
+    wide = amax(w) * max(1, w.shape[1]) >= (1 << 62)
+    wi = w.astype(object) if wide else w
+    pos = np.where(wi > 0, wi, 0).sum(axis=1).astype(object)
+    neg = np.where(wi < 0, wi, 0).sum(axis=1).astype(object)
+    lo = (pos * x0 + neg * x1) * (1 << sh)
+    hi = (pos * x1 + neg * x0) * (1 << sh)
     if bias is not None and fb is not None:
         bv = np.asarray(bias).reshape(-1).astype(object) * (1 << (f - fb.frac_bits))
         lo, hi = lo + bv, hi + bv

@@ -1712,8 +1712,13 @@ def _eval_trace_is_wiring(m: nn.Module, calls_ok: bool) -> bool:
         return False
     if not calls:
         return out is phs[0]
-    return calls_ok and all(n.op == "call_function" and not (getattr(n.target, "__module__", None) or "torch")
-                            .startswith("torch") for n in calls)
+    return calls_ok and all(n.op == "call_function" and not _is_torch_module(getattr(n.target, "__module__", None)
+                                                                             or "torch") for n in calls)
+
+
+def _is_torch_module(name: str) -> bool:
+    """torch itself or a submodule; torchvision and torchaudio are user-level libraries here."""
+    return name == "torch" or name.startswith("torch.")
 
 
 def _train_only_modules(body: nn.Module, examples: Any) -> frozenset[int]:
@@ -2528,6 +2533,13 @@ def _conv_sig(input: Any, weight: Any, bias: Any = None, stride: Any = 1, paddin
               groups: Any = 1) -> None: ...
 
 
+def _layer_norm_sig(input: Any, normalized_shape: Any, weight: Any = None, bias: Any = None,
+                    eps: Any = 1e-5) -> None: ...
+
+
+def _group_norm_sig(input: Any, num_groups: Any, weight: Any = None, bias: Any = None, eps: Any = 1e-5) -> None: ...
+
+
 def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
     """``F.linear(x, self.weight, self.bias)``, ``F.conv1d/conv2d(x, self.weight, ...)`` and ``x @ self.W`` with
     parameters (or buffers) the model holds become calls of an nn.Linear / nn.Conv that holds them (a layer added
@@ -2577,11 +2589,17 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
                     w = nn.Parameter(w.detach().t().contiguous().clone(), requires_grad=w.requires_grad)
                 layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
                 a = {"input": n.args[0]}
+            elif n.target in (F.layer_norm, torch.layer_norm, F.group_norm, torch.group_norm):
+                norm = _functional_norm(n, tensor_attr)
+                if norm is None:
+                    continue
+                layer, w, b, a = norm
             else:
                 continue
         except (TypeError, ValueError):
             continue
-        layer.weight = as_param(w)
+        if w is not None:
+            layer.weight = as_param(w)
         if b is not None:
             layer.bias = as_param(b)
         consumed.update(str(v.target) for v in n.all_input_nodes + [_transposed_attr(n.args[1]) if len(n.args) > 1
@@ -2609,6 +2627,33 @@ def _functional_layers(body: nn.Module, graph: torch.fx.Graph) -> bool:
         if name in owner._parameters or name in owner._buffers:
             delattr(owner, name)
     return added
+
+
+def _functional_norm(n: torch.fx.Node, tensor_attr: Any) -> tuple[nn.Module, Any, Any, dict[str, Any]] | None:
+    """``F.layer_norm(x, shape, self.weight, self.bias, eps)`` (torchvision's ``LayerNorm2d`` on channels-last)
+    and ``F.group_norm(x, G, self.weight, self.bias, eps)`` as the nn layer that holds the same tensors (weight
+    and bias both given or both absent), or None."""
+    is_ln = n.target in (F.layer_norm, torch.layer_norm)
+    a = inspect.signature(_layer_norm_sig if is_ln else _group_norm_sig).bind(*n.args, **n.kwargs).arguments
+    w, b = tensor_attr(a.get("weight")), tensor_attr(a.get("bias"))
+    eps = a.get("eps", 1e-5)
+    if (a.get("weight") is None) != (w is None) or (a.get("bias") is None) != (b is None) or \
+            not isinstance(eps, float) or w is None and b is not None:
+        return None
+    if is_ln:
+        shape = a["normalized_shape"]
+        shape = (shape,) if isinstance(shape, int) else shape
+        if not isinstance(shape, (tuple, list)) or not all(isinstance(d, int) for d in shape):
+            return None
+        layer: nn.Module = nn.LayerNorm(tuple(shape), eps=eps, elementwise_affine=w is not None, bias=b is not None)
+        if w is not None and tuple(w.shape) != tuple(shape):
+            return None
+    else:
+        groups = a["num_groups"]
+        if w is None or not isinstance(groups, int) or w.dim() != 1 or b is None:
+            return None
+        layer = nn.GroupNorm(groups, w.shape[0], eps=eps)
+    return layer, w, b, a
 
 
 _PARAM_VIEWS = ("view", "reshape", "unsqueeze", "squeeze", "flatten")

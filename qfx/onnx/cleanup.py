@@ -979,6 +979,50 @@ class _Cleaner:
         if removed:
             self.report.append(f"removed {removed} Identity/Dropout node(s)")
 
+    def restrides(self) -> None:
+        """``Gather(Reshape(x, [-1]), I, axis=0)`` with a constant ``I`` over a batch-1 ``x`` (the dynamo
+        exporter's ``as_strided``): element ``I[j]`` of the flattened sample. ``I`` = arange: a Reshape to
+        ``I``'s shape; otherwise a Reshape to (1, -1) and a Gather along axis 1 of ``I[0]``."""
+        from onnx import helper
+
+        consts, shapes = self.consts(), None
+        done = 0
+        for n in list(self.g.node):
+            if n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or int(_attrs(n).get("axis", 0)) != 0 or \
+                    len(n.input) < 2 or n.input[1] not in consts:
+                continue
+            flat = self.producer(n.input[0])
+            tgt = consts.get(flat.input[1]) if flat is not None and flat.op_type == "Reshape" and \
+                len(flat.input) > 1 else None
+            if tgt is None or [int(v) for v in np.asarray(tgt).ravel()] != [-1]:
+                continue
+            shapes = shapes if shapes is not None else self.known_shapes()
+            xs, idx = shapes.get(flat.input[0]), np.asarray(consts[n.input[1]]).astype(np.int64)
+            size = int(np.prod(xs)) if xs else 0
+            if not xs or xs[0] != 1 or idx.ndim < 1 or idx.shape[0] != 1 or idx.size == 0 or \
+                    idx.min() < -size or idx.max() >= size:
+                continue
+            idx = np.where(idx < 0, idx + size, idx)
+            base = n.name or n.output[0]
+            shape_name = f"{base}__restride_shape"
+            if np.array_equal(idx.ravel(), np.arange(idx.size)) and idx.size == size:
+                self.set_init(shape_name, np.asarray(idx.shape, dtype=np.int64))
+                new = [helper.make_node("Reshape", [flat.input[0], shape_name], [n.output[0]], name=f"{base}/restride")]
+            else:
+                self.set_init(shape_name, np.asarray([1, -1], dtype=np.int64))
+                self.set_init(f"{base}__restride_index", idx[0])
+                rows = f"{base}__restride_rows"
+                new = [helper.make_node("Reshape", [flat.input[0], shape_name], [rows], name=f"{base}/rows"),
+                       helper.make_node("Gather", [rows, f"{base}__restride_index"], [n.output[0]], axis=1,
+                                        name=f"{base}/restride")]
+            k = next(i for i, m in enumerate(self.g.node) if m is n)
+            del self.g.node[k]
+            for j, m in enumerate(new):
+                self.g.node.insert(k + j, m)
+            done += 1
+        if done:
+            self.report.append(f"{done} flat Gather(s) of a batch-1 tensor (as_strided) read per sample")
+
     def known_shapes(self) -> dict[str, tuple[int, ...]]:
         """Full shapes (batch 1 where symbolic) from the graph and onnx.shape_inference, QONNX ops as Identity."""
         import onnx
@@ -1311,6 +1355,7 @@ class _Cleaner:
         self.fold_constants()
         self.recurrents()
         self.einsums_and_tiles()
+        self.restrides()
         add_batch_axis(self)
         self.token_linears()
         self.transposes()

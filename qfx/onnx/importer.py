@@ -474,6 +474,9 @@ def input_codes(graph: Graph, x: Any, k: int = 0) -> np.ndarray:
     input scale (``input_scale``), then the input format's own rounding and saturation."""
     meta = graph.meta["input_meta"][k] if "input_meta" in graph.meta else graph.meta
     v = np.asarray(x, dtype=np.float64)
+    shape = graph.tensor(graph.inputs[k]).shape
+    if not meta.get("input_perm") and len(shape) == v.ndim and shape[:1] == (1,) and v.shape[1:] == shape[1:]:
+        v = v[:, None]  # K samples of a model exported with batch 1 whose batch axis qfx lifted (whole_sample)
     perm = meta.get("input_perm")
     if perm:
         v = np.transpose(v, [int(p) for p in perm])
@@ -583,6 +586,13 @@ def _fits(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
 def _clean_name(base: str) -> str:
     b = re.sub(r"[^A-Za-z0-9_]+", "_", base).strip("_") or "t"
     return "t_" + b if b[0].isdigit() else b
+
+
+def _ceil_pool_size(size: int, k: int, s: int, begin: int, end: int) -> int:
+    """Output length of a ``ceil_mode`` pool (torch and onnxruntime): a last window that would start in the end
+    padding is dropped."""
+    out = -(-(size + begin + end - k) // s) + 1
+    return out - 1 if (out - 1) * s >= size + begin else out
 
 
 class _Converter:
@@ -1907,12 +1917,56 @@ class _Converter:
         act, cst = (a, b) if a.kind == "act" else (b, a)
         if cst.kind != "const":
             raise UnsupportedError(f"Add node {self._where(n)!r}: operands must be activations or constants")
+        if self._per_element(cst.values, act):  # a position embedding
+            return self._add_elementwise(n, act, np.asarray(cst.values, dtype=np.float64))
         c = self._chan(cst.values, act, n, "added constant")
         if self._fold_bias(n, act, c):
             return
         if act.relu:
             act = _Val("act", tensor=self._materialize(n, act))
         self.vals[n.output[0]] = act.view(act.m, act.h + c)
+
+    def _per_element(self, c: np.ndarray, act: _Val) -> bool:
+        """The constant varies along a per-sample axis other than the channels (and broadcasts onto the
+        activation without widening it)."""
+        c = np.asarray(c)
+        full = (1, *self.tensors[act.tensor].shape)
+        if c.ndim > len(full):
+            return False
+        cc = c.reshape((1,) * (len(full) - c.ndim) + c.shape)
+        fits = all(k in (1, f) for k, f in zip(cc.shape, full)) and cc.shape[0] == 1
+        return fits and any(cc.shape[ax] != 1 for ax in range(2, len(full)))
+
+    def _add_elementwise(self, n, act: _Val, c: np.ndarray) -> None:
+        """``act + c`` for a constant ``c`` that varies per element (a ViT's position embedding): the view and
+        ``c`` become one per-element ``scale_shift`` over the flattened tensor (scale the view's, shift its
+        offset plus ``c``), reshaped back; the result is a plain tensor."""
+        t, shift = self._flat_affine(n, act)
+        xs = self.tensors[act.tensor]
+        shift = shift + np.broadcast_to(c.reshape(c.shape[1:] if c.ndim == len(xs.shape) + 1 else c.shape),
+                                        xs.shape).reshape(-1)
+        self.vals[n.output[0]] = _Val("act", tensor=self._unflatten(n, t, act, shift, xs.shape))
+
+    def _flat_affine(self, n, act: _Val) -> tuple[str, np.ndarray]:
+        """(the view's tensor flattened to (N,), its per-element offsets); a deferred ReLU is applied first."""
+        if act.relu:
+            act = _Val("act", tensor=self._materialize(n, act))
+        xs = self.tensors[act.tensor]
+        size = int(np.prod(xs.shape))
+        t = self._add("reshape", n, [act.tensor], (size,), xs.fmt, attrs={"shape": (size,)})
+        return t, self._per_element_vec(act.h, xs.shape)
+
+    def _per_element_vec(self, v: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A view's per-tensor or per-channel vector spread over every element of ``shape``."""
+        v = _vec(v)
+        lead = v if v.size == 1 else v.reshape((-1,) + (1,) * (len(shape) - 1))
+        return np.broadcast_to(lead, shape).reshape(-1).astype(np.float64)
+
+    def _unflatten(self, n, t: str, act: _Val, shift: np.ndarray, shape: tuple[int, ...]) -> str:
+        """``t * m + shift`` per element (lossless format), back in ``shape``."""
+        mult = self._per_element_vec(act.m, shape)
+        y = self._scale_shift(n, t, mult, shift, None, "per-element constant added")
+        return self._add("reshape", n, [y], shape, self.tensors[y].fmt, attrs={"shape": shape})
 
     def _fold_bias(self, n, act: _Val, c: np.ndarray) -> bool:
         """A constant added to a bias-less dense/conv output becomes its bias when exact in the accumulator."""
@@ -1958,6 +2012,8 @@ class _Converter:
         if a.kind == "act" and b.kind == "act":
             bn = _Val("act", tensor=self._materialize(n, b)).view(-1.0, 0.0) if b.relu else b.view(-b.m, -b.h)
             return self._add_acts(n, a, bn)
+        if a.kind == "act" and self._per_element(b.values, a):
+            return self._add_elementwise(n, a, -np.asarray(b.values, dtype=np.float64))
         if a.kind == "act":
             c = self._chan(b.values, a, n, "subtracted constant")
             if a.relu:
@@ -2239,6 +2295,15 @@ class _Converter:
         """Concat of activations: ``concat`` (per-channel views concatenate along the channel axis)."""
         where = self._where(n)
         vals = [self._get(i, n) for i in n.input]
+        for i, v in zip(n.input, vals):
+            if v.kind == "input":
+                self._act(i, n)
+        vals = [self._get(i, n) for i in n.input]
+        if len(vals) == 1:  # DenseNet's torch.cat([x], 1)
+            self.vals[n.output[0]] = vals[0]
+            return
+        if any(v.kind == "const" for v in vals) and any(v.kind == "act" for v in vals):
+            return self._concat_consts(n, vals)
         if "concat" not in REGISTRY or any(v.kind != "act" for v in vals):
             raise UnsupportedError(f"unsupported ONNX op 'Concat' (node {where!r}): qfx graphs have no "
                                    f"concatenation op for these operands; {_CUT}")
@@ -2266,6 +2331,66 @@ class _Converter:
             m = np.concatenate([self._full(v.m, v.tensor) for v in vals])
             h = np.concatenate([self._full(v.h, v.tensor) for v in vals])
         self.vals[n.output[0]] = _Val("act", tensor=t, m=m, h=h, relu=vals[0].relu)
+
+    def _concat_consts(self, n, vals: list[_Val]) -> None:
+        """Concat of activations with constants before and after them (a ViT's class token): the activations
+        concatenated, zero-padded along the axis over a (C, H, W) view (wires), and one per-element
+        ``scale_shift`` that adds the constants' values where the padding went."""
+        where = self._where(n)
+        kinds = "".join("a" if v.kind == "act" else "c" for v in vals)
+        first, last = kinds.index("a"), kinds.rindex("a")
+        if "c" in kinds[first:last + 1] or "zeropad2d" not in REGISTRY:
+            raise UnsupportedError(f"Concat node {where!r}: constants between activations; qfx concatenates "
+                                   f"constants before or after the activations")
+        acts = vals[first:last + 1]
+        if len(acts) > 1:
+            mid_name = f"{where}__qfx_acts"
+            for i, v in enumerate(acts):
+                self.vals[f"{mid_name}_{i}"] = v
+                self.consumers[f"{mid_name}_{i}"] = 1
+            from onnx import helper
+
+            self.h_concat(helper.make_node("Concat", [f"{mid_name}_{i}" for i in range(len(acts))], [mid_name],
+                                           name=f"{where}/acts", axis=int(_attrs(n).get("axis", 1))))
+            act = self.vals[mid_name]
+        else:
+            act = acts[0]
+        if act.relu:
+            act = _Val("act", tensor=self._materialize(n, act))
+        xs = self.tensors[act.tensor]
+        rank = len(xs.shape) + 1
+        ax = int(_attrs(n).get("axis", 1)) % rank
+        if ax == 0:
+            raise UnsupportedError(f"Concat node {where!r} along the batch axis is not supported")
+        full = (1, *xs.shape)
+        consts = []
+        for v in vals[:first] + vals[last + 1:]:
+            c = np.asarray(v.values, dtype=np.float64)
+            c = c.reshape((1,) * (rank - c.ndim) + c.shape) if c.ndim <= rank else c
+            if c.ndim != rank or c.shape[0] != 1 or any(c.shape[k] != full[k] for k in range(1, rank) if k != ax):
+                raise UnsupportedError(f"Concat node {where!r}: a constant of shape {np.shape(v.values)} does not "
+                                       f"fit the activations' per-sample shape {xs.shape} along axis {ax}")
+            consts.append(c[0])
+        front, back = consts[:first], consts[first:]
+        top, bottom = sum(c.shape[ax - 1] for c in front), sum(c.shape[ax - 1] for c in back)
+        k = ax - 1
+        chw = (int(np.prod(xs.shape[:k])), xs.shape[k], int(np.prod(xs.shape[k + 1:])))
+        t = self._add("reshape", n, [act.tensor], chw, xs.fmt, attrs={"shape": chw})
+        padded = (chw[0], chw[1] + top + bottom, chw[2])
+        t = self._add("zeropad2d", n, [t], padded, xs.fmt, attrs={"pads": (top, bottom, 0, 0)})
+        out_shape = list(xs.shape)
+        out_shape[k] += top + bottom
+        out_shape = tuple(out_shape)
+        size = int(np.prod(out_shape))
+        t = self._add("reshape", n, [t], (size,), xs.fmt, attrs={"shape": (size,)})
+        mid_m = self._per_element_vec(act.m, xs.shape)
+        mid_h = self._per_element_vec(act.h, xs.shape)
+        ones = [np.ones(c.shape) for c in consts]
+        mult = np.concatenate(ones[:first] + [mid_m.reshape(xs.shape)] + ones[first:], axis=k).reshape(-1)
+        shift = np.concatenate(front + [mid_h.reshape(xs.shape)] + back, axis=k).reshape(-1)
+        y = self._scale_shift(n, t, mult, shift, None, "constants concatenated")
+        y = self._add("reshape", n, [y], out_shape, self.tensors[y].fmt, attrs={"shape": out_shape})
+        self.vals[n.output[0]] = _Val("act", tensor=y)
 
     def h_depth_to_space(self, n) -> None:
         """DepthToSpace (pixel shuffle) as reshape -> transpose -> reshape."""
@@ -2762,6 +2887,12 @@ class _Converter:
         if "kernel_shape" in a:
             k0 = [int(v) for v in a["kernel_shape"]]
             p4 = self._pads4(n, a, xs.shape[1:], (k0[0], k0[1]), [int(v) for v in a.get("strides", [1, 1])])
+            st0 = [int(v) for v in a.get("strides", [1, 1])]
+            if int(a.get("ceil_mode", 0)):  # partial last windows: more end padding (max pooling ignores it)
+                ends = [max(0, (_ceil_pool_size(size, kk, s, p0, p1) - 1) * s + kk - size - p0 - p1) for size, kk, s, p0, p1
+                        in zip(xs.shape[1:], k0, st0, (p4[0], p4[2]), (p4[1], p4[3]))]
+                if any(ends):
+                    return self._maxpool_edge_padded(n, x, (p4[0], p4[1] + ends[0], p4[2], p4[3] + ends[1]))
             if p4[0] != p4[1] or p4[2] != p4[3]:
                 return self._maxpool_edge_padded(n, x, p4)
         k, st, pads = self._pool_attrs(n, xs)
@@ -2785,7 +2916,7 @@ class _Converter:
         src = f"{base}__qfx_edge"
         self.vals[src] = _Val("act", tensor=t, m=x.m, h=x.h, relu=x.relu)
         self.consumers[src] = 1
-        kw = {k: v for k, v in _attrs(n).items() if k not in ("pads", "auto_pad")}
+        kw = {k: v for k, v in _attrs(n).items() if k not in ("pads", "auto_pad", "ceil_mode")}
         self.h_maxpool(helper.make_node("MaxPool", [src], list(n.output), name=n.name or "MaxPool", **kw))
 
     def h_avgpool(self, n) -> None:

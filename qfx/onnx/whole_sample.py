@@ -34,6 +34,10 @@ RANK_FREE = frozenset({
     "Softsign", "Gelu", "Clip", "Max", "Min", "Softmax", "LogSoftmax", "Concat", "Squeeze", "Unsqueeze",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Identity", "Cast", "Constant", "Gather",
     "LayerNormalization"})
+#: ops that need their batch axis first (Conv, pooling, BatchNorm): in a graph exported with batch 1 they run on
+#: the lifted tensor through Squeeze/Unsqueeze of the original, size-1, first axis (a ViT's patch embedding)
+BATCH_ONE = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                       "BatchNormalization", "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth"})
 #: rank-free once written as MatMul (+ Mul alpha, + Add C): a Gemm with a constant B and no transA (the out_proj of
 #: torch's batch_first attention, which runs on (L*N, E) rows)
 _GEMM = "Gemm"
@@ -93,15 +97,31 @@ class _Plan:
             dims = vi.type.tensor_type.shape.dim
             if len(dims) < 2 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
                 return None
-        crossing = None
+        crossing, moved, batch_one = None, None, False
         for n in self.g.node:
             if n.domain == QONNX_DOMAIN and n.op_type in _QONNX_ELEMENTWISE:
                 continue
             if n.domain not in _DEFAULT or n.op_type not in RANK_FREE and not self._gemm_ok(n):
-                return None
+                if not self._batch_one_ok(n):
+                    return None
+                batch_one = True
             if crossing is None and self._crosses(n):
                 crossing = n.name or n.op_type
-        return crossing
+            if moved is None and n.op_type == "Transpose" and self._crosses(n):
+                moved = n.name or n.op_type
+        # with convolutions, only a Transpose that moves the batch axis calls for it (a ViT's attention): the
+        # importer takes a Conv graph's other batch-1 idioms as they are, and its per-channel constants as such
+        return moved if batch_one else crossing
+
+    def _batch_one_ok(self, n) -> bool:
+        """A ``BATCH_ONE`` op on a tensor whose first axis is 1, or a Flatten with known shapes (it becomes a
+        Reshape); only its first output is read."""
+        if any(o for o in n.output[1:]) and any(self.c.consumers(o) for o in n.output[1:] if o):
+            return False
+        if n.op_type == "Flatten":
+            return n.input[0] in self.shapes and n.output[0] in self.shapes
+        s = self.shapes.get(n.input[0]) if n.input else None
+        return n.op_type in BATCH_ONE and s is not None and len(s) > 1 and s[0] == 1
 
     def _gemm_ok(self, n) -> bool:
         a = _attrs(n)
@@ -110,7 +130,7 @@ class _Plan:
     def _crosses(self, n) -> bool:
         op = n.op_type
         data = [i for i in n.input if i and i not in self.fixed]
-        if not data:
+        if not data or op in BATCH_ONE or op == "Flatten":  # these keep their first (batch) axis
             return False
         if op == "Transpose":
             perm = _attrs(n).get("perm")
@@ -170,6 +190,12 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
         ax = int(_attrs(n).get("axis", default))
         if ax >= 0:
             _set_attr(n, "axis", ax + 1)
+        if op == "Concat":  # its operands share one rank: constant ones (a ViT's class token) get the axis too
+            for k, i in enumerate(n.input):
+                if i in plan.consts:
+                    n.input[k] = fresh(np.asarray(plan.consts[i])[None], i)
+                elif i in plan.fixed:
+                    return False
     elif op in _AXES_OPS:
         axes = plan._axes_of(n)
         if axes is None:
@@ -223,6 +249,45 @@ def _gemms_as_matmuls(plan: _Plan, fresh) -> None:
     plan.g.node.extend(nodes)
 
 
+def _flattens_as_reshapes(plan: _Plan, fresh) -> None:
+    """Flatten (always rank 2) as a Reshape to its known output shape, which the shift then lifts."""
+    from onnx import helper
+
+    nodes = []
+    for n in plan.g.node:
+        if n.domain in _DEFAULT and n.op_type == "Flatten":
+            tgt = np.asarray(plan.shapes[n.output[0]], dtype=np.int64)
+            n = helper.make_node("Reshape", [n.input[0], fresh(tgt, f"{n.name or 'flatten'}_shape")], [n.output[0]],
+                                 name=n.name)
+        nodes.append(n)
+    del plan.g.node[:]
+    plan.g.node.extend(nodes)
+
+
+def _batch_one_wrapped(plan: _Plan, fresh) -> None:
+    """Each ``BATCH_ONE`` node reads its lifted input through Squeeze(axis 1) (the original size-1 first axis)
+    and its output is lifted back by Unsqueeze(axis 1)."""
+    from onnx import helper
+
+    new_axes = _opset(plan.c.m) >= 13
+    nodes = []
+    for n in plan.g.node:
+        if n.domain not in _DEFAULT or n.op_type not in BATCH_ONE:
+            nodes.append(n)
+            continue
+        base = n.name or n.op_type
+        sq, out = f"{base}__sq_in", n.output[0]
+        ax = [fresh(np.asarray([1], dtype=np.int64), f"{base}_axis")] if new_axes else []
+        kw = {} if new_axes else {"axes": [1]}
+        nodes.append(helper.make_node("Squeeze", [n.input[0], *ax], [sq], name=f"{base}/unlift", **kw))
+        n.input[0] = sq
+        n.output[0] = f"{base}__sq_out"
+        nodes.append(n)
+        nodes.append(helper.make_node("Unsqueeze", [n.output[0], *ax], [out], name=f"{base}/lift", **kw))
+    del plan.g.node[:]
+    plan.g.node.extend(nodes)
+
+
 def add_batch_axis(cleaner) -> None:
     """Apply the rewrite to ``cleaner``'s graph when it applies (see the module doc); a report line says so."""
     import onnx
@@ -245,11 +310,13 @@ def add_batch_axis(cleaner) -> None:
         return name
 
     _gemms_as_matmuls(plan, fresh)
+    _flattens_as_reshapes(plan, fresh)
     for n in cleaner.g.node:
-        if n.domain in _DEFAULT and not _shift_axes(plan, n, fresh):
+        if n.domain in _DEFAULT and n.op_type not in BATCH_ONE and not _shift_axes(plan, n, fresh):
             cleaner.m.CopyFrom(backup)  # leave the graph as it was: the importer refuses it in one line
             cleaner.g = cleaner.m.graph
             return
+    _batch_one_wrapped(plan, fresh)
     for vi in (*cleaner.data_inputs(), *cleaner.g.output):
         shape = vi.type.tensor_type.shape
         old = [onnx.TensorShapeProto.Dimension.FromString(d.SerializeToString()) for d in shape.dim]
