@@ -110,7 +110,39 @@ def zero_state(s, x):  # the tutorial way: zero states made in forward and passe
     return s.f(out[:, -1, :])
 
 
+def ln2d(s, x):  # torchvision's LayerNorm2d: F.layer_norm on a channels-last view with the module's weight
+    h = s.c(x).permute(0, 2, 3, 1)
+    h = F.layer_norm(h, (4,), s.w, s.b, 1e-6)
+    return h.permute(0, 3, 1, 2).flatten(1)
+
+
+def lnp(s):
+    s.w, s.b = nn.Parameter(torch.rand(4) + 0.5), nn.Parameter(torch.randn(4) * 0.1)
+
+
+def stochastic_depth(x, p: float, training: bool):  # torchvision.ops.stochastic_depth, as fx sees it
+    if not training or p == 0.0:
+        return x
+    return x * torch.empty(x.shape[0], 1, 1, 1).bernoulli_(1 - p) / (1 - p)
+
+
+torch.fx.wrap("stochastic_depth")
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"
+
+
+class SD(nn.Module):
+    def forward(self, x):
+        return stochastic_depth(x, 0.2, self.training)
+
+
 CASES = {
+    # --- torchvision's own model code
+    "layernorm2d_functional": M(ln2d, {"c": nn.Conv2d(2, 4, 3)}, init=lnp),
+    "group_norm_functional": M(lambda s, x: F.group_norm(s.c(x), 2, s.w, s.b).flatten(1), {"c": nn.Conv2d(2, 4, 3)},
+                               init=lnp),
+    "layer_norm_no_affine": M(lambda s, x: F.layer_norm(s.c(x), (4, 6, 6)).flatten(1), {"c": nn.Conv2d(2, 4, 3)}),
+    "stochastic_depth_lib": M(lambda s, x: (s.c(x) + s.d(F.relu(s.c(x)))).flatten(1),
+                              {"c": nn.Conv2d(2, 2, 3, padding=1), "d": SD()}),
     # --- tprobe
     "where_leaky": M(lambda s, x: torch.where(s.c(x) > 0, s.c(x), 0.1 * s.c(x)).flatten(1), {"c": nn.Conv2d(2, 3, 3)}),
     "normalize": M(lambda s, x: F.normalize(s.f(x.flatten(1)), dim=1), {"f": nn.Linear(128, 8)}),

@@ -104,6 +104,7 @@ def test_keras_style_channels_last_transposes_fold_into_interface_and_weights():
     x = np.round(r.normal(0, 2, (1, 4, 4, 3)) * 4) / 4
     np.testing.assert_array_equal(_ort(c, x.transpose(0, 3, 1, 2)), _ort(m, x))
     from qfx.fixed import FxFormat
+    from qfx.errors import UnsupportedError
     from qfx.ir import run
     from qfx.onnx.importer import input_codes, output_values
 
@@ -260,3 +261,39 @@ def test_einsum_outside_the_forms_and_tile_of_the_batch_are_left_alone():
     with pytest.raises(Exception) as ei:
         import_model(cleaned)
     assert "\n" not in str(ei.value) and "Einsum" in str(ei.value)
+
+
+@pytest.mark.parametrize("permuted", [False, True])
+def test_flat_gather_of_a_batch_one_tensor_is_read_per_sample(permuted):
+    """The dynamo exporter writes ``as_strided`` as Gather(Reshape(x, [-1]), I) with a constant I over the batch-1
+    tensor: arange indices become one Reshape, any other indices a Reshape to (1, -1) and a Gather along axis 1;
+    the values are onnxruntime's on the original graph, and the arange form imports (a permuting Gather is refused
+    by the importer in one line, as any non-slice Gather)."""
+    from qfx.errors import UnsupportedError
+    from qfx.ir import run
+    from qfx.onnx.importer import input_codes, output_values
+    from qfx.onnx.quantize import quantize_onnx
+
+    idx = np.arange(12).reshape(1, 3, 2, 2)
+    if permuted:
+        idx = np.ascontiguousarray(idx.transpose(0, 1, 3, 2))
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["a", "flat"], ["f"]),
+             helper.make_node("Gather", ["f", "idx"], ["g"], axis=0, name="as_strided"),
+             helper.make_node("Mul", ["g", "two"], ["y"])]
+    m = _model(nodes, {"flat": np.array([-1], dtype=np.int64), "idx": idx.astype(np.int64),
+                       "two": np.array(2.0, dtype=np.float32)}, (3, 2, 2))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    cleaned, report = cleanup(m)
+    assert any("as_strided" in line for line in report)
+    assert _ops(cleaned).count("Gather") == int(permuted)
+    x = np.random.default_rng(3).normal(0, 1, (1, 3, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(_ort(cleaned, x), _ort(m, x))
+    xs = np.random.default_rng(4).normal(0, 1, (8, 3, 2, 2)).astype(np.float32)
+    if permuted:
+        with pytest.raises(UnsupportedError, match="not one ascending run"):
+            import_model(quantize_onnx(m, xs)[0])
+        return
+    g = import_model(quantize_onnx(m, xs)[0])
+    got = output_values(g, run(g, input_codes(g, xs)))
+    want = np.concatenate([_ort(m, xs[i:i + 1]) for i in range(8)])
+    np.testing.assert_allclose(got, want, atol=0.05)

@@ -432,6 +432,44 @@ class Normalized(nn.Module):
         return self.f(F.normalize(self.a(x), dim=1))
 
 
+class TinyViT(nn.Module):
+    """A vision transformer exported with batch 1 (torchvision's layout): patch-embedding Conv, class token
+    concatenated in front, position embedding added, batch_first attention (its export moves the batch axis:
+    qfx lifts the whole sample), GELU MLP, the class token's LayerNorm and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(2, 8, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = nn.Parameter(torch.randn(1, 5, 8) * 0.3)
+        self.att, self.n1, self.n2 = nn.MultiheadAttention(8, 2, batch_first=True), nn.LayerNorm(8), nn.LayerNorm(8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # (N, 2, 4, 4)
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (N, 4, 8)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        h = self.n1(t)
+        t = t + self.att(h, h, h, need_weights=False)[0]
+        t = t + self.mlp(self.n2(t))
+        return self.head(t[:, 0])
+
+
+class DenseCeilPool(nn.Module):
+    """DenseNet's first layer concatenates a list of one tensor; GoogLeNet's max pools use ceil_mode with a partial
+    last window (8 -> 4 with 3x3 stride 2; 4 -> 3 with padding 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.f = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 3, 1), nn.Linear(3 * 4 * 4 + 3 * 3 * 3, 3)
+        self.p1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.p2 = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+
+    def forward(self, x):  # (N, 2, 8, 8)
+        h = self.b(torch.cat([F.relu(self.a(x))], 1))
+        return self.f(torch.cat([self.p1(h).flatten(1), self.p2(self.p1(h)).flatten(1)], 1))
+
+
 MODELS = {  # name: (module, per-sample input shape)
     "mlp_bn_softmax": (MLPBN, (12,)), "cnn_bn_pool_gap": (CNN, (2, 8, 8)), "conv1d": (Conv1dNet, (3, 16)),
     "conv1d_channels_last": (ChannelsLast1d, (8, 3)), "depthwise_separable_mean": (DepthwiseSeparable, (4, 6, 6)),
@@ -446,12 +484,18 @@ MODELS = {  # name: (module, per-sample input shape)
     "exclude_pad_pools": (ExcludePadPools, (2, 5, 6)), "selections": (Selections, (6,)),
     "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
     "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)), "recurrent": (Recurrent, (4, 3)),
-    "flips_sums_pools": (FlipsSumsPools, (2, 6, 6)),
+    "flips_sums_pools": (FlipsSumsPools, (2, 6, 6)), "tiny_vit": (TinyViT, (2, 4, 4)),
+    "dense_ceil_pool": (DenseCeilPool, (2, 8, 8)),
 }
+
+
+#: models whose export needs a newer opset than a test asks for (attention exported as scaled_dot_product_attention)
+MIN_OPSET = {"tiny_vit": 14}
 
 
 def _export(name: str, opset: int):
     cls, shape = MODELS[name]
+    opset = max(opset, MIN_OPSET.get(name, opset))
     torch.manual_seed(0)
     m = cls().eval()
     for mod in m.modules():  # non-trivial BatchNorm statistics
@@ -514,7 +558,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
                                   "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles",
-                                  "recurrent", "flips_sums_pools"])
+                                  "recurrent", "flips_sums_pools", "tiny_vit", "dense_ceil_pool"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

@@ -118,8 +118,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "(N, C, 1, 1), a channel map (N, 1, H, W), a row statistic (N, C, H, 1), y[:, :, None, None], "
      "y.expand_as(x))"),
     ("parameters and buffers read in forward other than x * p, x + p, x - p, x / buffer (p per channel, per "
-     "element or a scalar, also through views), F.linear / F.conv1d / F.conv2d / x @ W with them as weights and "
-     "torch.cat with p.expand(n, -1, ...); weights computed in forward, tensors created in forward",
+     "element or a scalar, also through views), F.linear / F.conv1d / F.conv2d / F.layer_norm / F.group_norm / x @ W with them as "
+     "weights and torch.cat with p.expand(n, -1, ...); weights computed in forward, tensors created in forward",
      "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
 )
@@ -1291,8 +1291,10 @@ def supported_table() -> str:
     rows.append("| buffers read in forward (`(x - self.mean) / self.std`), parameters through views "
                 "(`self.gamma.view(1, -1, 1, 1)`, `self.gamma[:, None, None]`) | `QParamAffine` (a buffer is a "
                 "frozen constant; division by it multiplies by its reciprocal) |")
-    rows.append("| `F.linear(x, self.w, self.b)`, `F.conv1d/conv2d(x, self.w, ...)`, `x @ self.W`, `x @ self.W.t()` "
-                "(the model's own parameters or buffers) | a `QLinear` / `QConv1d` / `QConv2d` holding them |")
+    rows.append("| `F.linear(x, self.w, self.b)`, `F.conv1d/conv2d(x, self.w, ...)`, `x @ self.W`, `x @ self.W.t()`, "
+                "`F.layer_norm(x, shape, self.w, self.b)` (torchvision's `LayerNorm2d`), `F.group_norm(x, G, self.w, "
+                "self.b)` (the model's own parameters or buffers) | a `QLinear` / `QConv1d` / `QConv2d` / "
+                "`QLayerNorm` / `QGroupNorm` holding them |")
     rows.append("| `nn.InstanceNorm1d`, `nn.GroupNorm` of (N, C, L), `nn.LayerNorm` over (C, L), (H, W) or (C, H, W), "
                 "`x.var(dims)`, `x.std(dims)` (any correction), `F.threshold`, `nn.Threshold`, `x.repeat(1, ...)` | "
                 "`QGroupNorm` (a size-1 W added for (N, C, L); LayerNorm's per-element affine as `QParamAffine`); "
@@ -1536,6 +1538,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     _fold_sizes(body, graph, example)
     unrolled = _unroll_recurrents(body, graph, example)
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
+    added_layers = _functional_layers(body, graph)  # F.layer_norm(x, s, self.weight) is a LayerNorm to decompose
     _softmax_ranks(body, graph, example)
     decomposed = _decompose_composites(body, graph)
     _expand_sdpa(graph)
@@ -1543,7 +1546,6 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     decomposed = _repeats_as_cats(graph) or decomposed
     _merge_repeated_calls(body, graph)
     _where_tables(graph)
-    added_layers = _functional_layers(body, graph)
     _param_views(body, graph)
     if config.fold_bn:
         _fold_float_bn(body, graph)

@@ -1019,6 +1019,8 @@ class _Cleaner:
             del self.g.node[k]
             for j, m in enumerate(new):
                 self.g.node.insert(k + j, m)
+            if not self.consumers(flat.output[0]) and flat.output[0] not in self.graph_outputs():
+                self.remove(flat)  # a flat batch-1 Reshape left behind would read as moving data across axis 0
             done += 1
         if done:
             self.report.append(f"{done} flat Gather(s) of a batch-1 tensor (as_strided) read per sample")

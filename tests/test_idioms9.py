@@ -1,0 +1,135 @@
+"""Ninth pass: what torchvision's own model code does (ConvNeXt's ``LayerNorm2d`` calls ``F.layer_norm`` on a
+channels-last view with the module's weight and bias; ``F.group_norm`` with a module's parameters; EfficientNet /
+ConvNeXt's ``StochasticDepth`` calls a ``torch.fx.wrap``-ed function from a library whose name starts with
+"torch"), and the accumulator sizing that runs once per layer at capture (int64 row sums where they are exact).
+Train mode == exact mode == interpreter == onnxruntime on the qfx ONNX."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import qfx
+from qfx.fixed import FxFormat
+from qfx.fixed.kernels import lossless_acc_format
+from qfx.nn.extra_layers import QTrainOnly
+
+from models.harness import exact_check, square_loss_steps
+
+
+def _agrees(f: nn.Module, x: torch.Tensor, tol: float = 0.25):
+    q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+    q.eval()
+    with torch.no_grad():
+        want, got = f.eval()(x), q(x)
+    assert float((got - want).abs().max() / want.abs().max()) < tol
+    square_loss_steps(q, x, 2)
+    g, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0
+    return q, g
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision.models.convnext.LayerNorm2d, written from its description."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class FunctionalNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln2d = LayerNorm2d(8, eps=1e-6)
+        self.gw, self.gb = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8) * 0.1)
+        self.head = nn.Linear(8 * 4 * 4, 3)
+        with torch.no_grad():
+            self.ln2d.weight.uniform_(0.5, 1.5)
+            self.ln2d.bias.uniform_(-0.2, 0.2)
+
+    def forward(self, x):
+        h = self.ln2d(self.conv(x))
+        h = F.group_norm(F.relu(h), 2, self.gw, self.gb, 1e-5)
+        h = F.layer_norm(h, h.shape[1:])  # no affine parameters
+        return self.head(h.flatten(1))
+
+
+def test_functional_norms_with_the_modules_own_parameters():
+    torch.manual_seed(0)
+    _agrees(FunctionalNorms(), torch.randn(16, 3, 4, 4))
+
+
+def stochastic_depth(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Row-mode stochastic depth (what torchvision.ops.stochastic_depth does), an identity outside training."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+torch.fx.wrap("stochastic_depth")
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"  # a library named torch*, not torch itself
+
+
+class StochasticDepth(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return stochastic_depth(x, self.p, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.drop = StochasticDepth(0.3)
+
+    def forward(self, x):
+        return x + self.drop(F.relu(self.conv(x)))
+
+
+def test_stochastic_depth_from_a_torch_named_library_is_train_only():
+    torch.manual_seed(1)
+    f = nn.Sequential(nn.Conv2d(2, 4, 1), Block(), Block(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    q, g = _agrees(f, torch.randn(16, 2, 3, 3))
+    assert sum(isinstance(m, QTrainOnly) for m in q.modules()) == 2
+
+
+def _acc_reference(w, fw, fx, b, fb):
+    """The interval analysis in Python ints (the definition lossless_acc_format must meet)."""
+    f = fx.frac_bits + fw.frac_bits if fb is None else max(fx.frac_bits + fw.frac_bits, fb.frac_bits)
+    sh = f - fx.frac_bits - fw.frac_bits
+    lo_all, hi_all = 0, 0
+    for o, row in enumerate(w.tolist()):
+        lo = sum(min(c * fx.min_code, c * fx.max_code) for c in row) << sh
+        hi = sum(max(c * fx.min_code, c * fx.max_code) for c in row) << sh
+        if b is not None:
+            lo, hi = lo + (int(b[o]) << (f - fb.frac_bits)), hi + (int(b[o]) << (f - fb.frac_bits))
+        lo_all, hi_all = min(lo_all, lo), max(hi_all, hi)
+    return FxFormat.for_code_range(lo_all, hi_all, f, signed=True if lo_all < 0 or fx.signed or fw.signed else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 32), st.integers(-4, 36), st.booleans(), st.integers(1, 32), st.integers(-4, 36), st.booleans(),
+       st.integers(1, 4), st.integers(0, 6), st.booleans(), st.integers(0, 2**32 - 1))
+def test_lossless_acc_format_is_the_interval_analysis(ww, wi, ws, xw, xi, xs, o, n, with_bias, seed):
+    fw, fx = FxFormat(ww, wi, ws), FxFormat(xw, xi, xs)
+    r = np.random.default_rng(seed)
+    w = r.integers(fw.min_code, fw.max_code, size=(o, n), endpoint=True, dtype=np.int64)
+    w[:, :1] = fw.min_code if r.random() < 0.5 else fw.max_code  # the extremes, where overflow would show
+    fb = FxFormat(16, 6) if with_bias else None
+    b = r.integers(fb.min_code, fb.max_code, size=o, endpoint=True) if with_bias else None
+    try:
+        want = _acc_reference(w, fw, fx, b, fb)
+    except Exception as e:  # wider than int64 codes: both refuse the same way
+        with __import__("pytest").raises(type(e)):
+            lossless_acc_format(w, fw, fx, b, fb)
+        return
+    assert lossless_acc_format(w, fw, fx, b, fb) == want
