@@ -6,6 +6,7 @@ Train mode == exact mode == interpreter == onnxruntime on the qfx ONNX."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -129,7 +130,48 @@ def test_lossless_acc_format_is_the_interval_analysis(ww, wi, ws, xw, xi, xs, o,
     try:
         want = _acc_reference(w, fw, fx, b, fb)
     except Exception as e:  # wider than int64 codes: both refuse the same way
-        with __import__("pytest").raises(type(e)):
+        with pytest.raises(type(e)):
             lossless_acc_format(w, fw, fx, b, fb)
         return
     assert lossless_acc_format(w, fw, fx, b, fb) == want
+
+
+def test_codes_from_double_in_pieces_is_the_whole_conversion(monkeypatch):
+    """Large weight tensors are converted in pieces (memory); the pieces give the codes of the whole array."""
+    from qfx.fixed import kernels
+
+    r = np.random.default_rng(5)
+    x = np.concatenate([r.normal(0, 3, 997), [0.0, -0.0, 2.0**-30, -(2.0**40), 0.5, -0.5, 1.5, -1.5]]).reshape(3, -1)
+    for fmt in (FxFormat(8, 3, True, "RND_CONV", "SAT"), FxFormat(6, 2, False, "TRN", "WRAP"),
+                FxFormat(12, 1, True, "RND_ZERO", "SAT_SYM")):
+        whole = kernels.codes_from_double(x, fmt)
+        monkeypatch.setattr(kernels, "_CHUNK", 7)
+        pieces = kernels.codes_from_double(x, fmt)
+        monkeypatch.setattr(kernels, "_CHUNK", 1 << 18)
+        assert pieces.shape == x.shape and np.array_equal(pieces, whole)
+
+
+@pytest.mark.slow
+@pytest.mark.verilator
+def test_torchvision_style_blocks_rtl_cosim(tmp_path):
+    """The functional norms (LayerNorm2d, GroupNorm, LayerNorm over (C, H, W)) and a residual block with stochastic
+    depth in RTL: one Verilator build for both projects, with stalls, 0 mismatches."""
+    import dataclasses
+
+    from qfx.backends import rtl
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.sim.cosim import run_cosim_many
+
+    torch.manual_seed(2)
+    models = [(FunctionalNorms(), torch.randn(32, 3, 4, 4)),
+              (nn.Sequential(nn.Conv2d(2, 4, 1), Block(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2)),
+               torch.randn(32, 2, 3, 3))]
+    dirs = []
+    for i, (f, x) in enumerate(models):
+        q = qfx.quantize_model(f, qfx.QFXConfig(weight_width=8, act_width=8), calib_data=x)
+        square_loss_steps(q, x, 2)
+        g = dataclasses.replace(run_flow(exact_check(q, x)[0], DEFAULT_FLOW).graph, name=f"i9_{i}")
+        rtl.write_project(g, tmp_path / f"p{i}")
+        dirs.append(tmp_path / f"p{i}")
+    for rep in run_cosim_many(dirs, n_vectors=24, seed=5, work_dir=tmp_path / "w"):
+        assert rep.ok and rep.mismatches == 0 and rep.received, (rep.top, rep.mismatches, rep.received)
