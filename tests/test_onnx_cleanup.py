@@ -104,7 +104,6 @@ def test_keras_style_channels_last_transposes_fold_into_interface_and_weights():
     x = np.round(r.normal(0, 2, (1, 4, 4, 3)) * 4) / 4
     np.testing.assert_array_equal(_ort(c, x.transpose(0, 3, 1, 2)), _ort(m, x))
     from qfx.fixed import FxFormat
-    from qfx.errors import UnsupportedError
     from qfx.ir import run
     from qfx.onnx.importer import input_codes, output_values
 
