@@ -143,3 +143,72 @@ def test_embedding_rtl_cosim(tmp_path):
     rtl.write_project(g, tmp_path / "bag")
     (rep,) = run_cosim_many([tmp_path / "bag"], n_vectors=24, seed=7, work_dir=tmp_path / "w")
     assert rep.ok and rep.mismatches == 0 and rep.received, (rep.top, rep.mismatches, rep.received)
+
+
+class _TokenClassifier(nn.Module):
+    """A text classifier as users write it: token and position embeddings (positions from a constant arange),
+    LayerNorm, mean over the tokens, a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(20, 6), nn.Embedding(7, 6)
+        self.norm, self.head = nn.LayerNorm(6), nn.Linear(6, 3)
+
+    def forward(self, x):  # (N, 7) int64 token indices
+        h = self.tok(x) + self.pos(torch.arange(x.shape[1]))
+        return self.head(F.relu(self.norm(h)).mean(1))
+
+
+def _exported_token_graph(dynamo: bool):
+    """(float ONNX model, imported graph of its ``qfx quantize`` result)."""
+    import io
+
+    import onnx
+
+    from qfx.onnx.importer import import_model
+    from qfx.onnx.quantize import quantize_onnx
+
+    torch.manual_seed(3)
+    m = _TokenClassifier().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(m, torch.zeros(1, 7, dtype=torch.long), buf, dynamo=dynamo, input_names=["x"],
+                      output_names=["y"], **({} if dynamo else {"opset_version": 17}))
+    model = onnx.load_from_string(buf.getvalue())
+    return model, import_model(quantize_onnx(model, np.random.default_rng(0).integers(0, 20, (64, 7)))[0])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_exported_embedding_model_quantizes_and_imports(dynamo):
+    """torch.onnx.export of an Embedding model (Gather of a constant table by an int64 graph input): ``qfx
+    quantize`` keeps the indices integers and quantizes the table like a weight; the importer reads the input as
+    ap_uint<5> and each table column as a lut; the result follows onnxruntime's float model and qfx's own ONNX
+    computes the interpreter's bits."""
+    import onnxruntime as ort
+
+    from qfx.ir import run
+    from qfx.onnx.export import to_onnx_model
+    from qfx.onnx.importer import input_codes, output_values
+    from qfx.onnx.runtime import run_onnx_codes
+
+    model, g = _exported_token_graph(dynamo)
+    fin = g.tensor(g.inputs[0]).fmt
+    assert (fin.width, fin.int_bits, fin.signed) == (5, 5, False)
+    assert sum(n.op.value == "lut" for n in g.nodes) >= 6
+    x = np.random.default_rng(1).integers(0, 20, (32, 7))
+    codes = input_codes(g, x)
+    got = output_values(g, run(g, codes))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = np.concatenate([sess.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 0.1
+    np.testing.assert_array_equal(run_onnx_codes(to_onnx_model(g).SerializeToString(), g, codes), run(g, codes))
+
+
+@pytest.mark.gxx
+def test_exported_embedding_model_csim(tmp_path):
+    from qfx.commands.export import export_graph
+    from qfx.ir.passes import DEFAULT_FLOW, run_flow
+    from qfx.sim.csim import run_csim
+
+    _, g = _exported_token_graph(False)
+    rep = run_csim(export_graph(run_flow(g, DEFAULT_FLOW).graph, "hls", tmp_path / "hls"), n_vectors=32)
+    assert rep.mismatches == 0 and rep.outputs_compared > 0

@@ -19,7 +19,7 @@ import numpy as np
 from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
 
-__all__ = ["FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table", "select_spec",
+__all__ = ["index_table", "FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table", "select_spec",
            "SELECT_OPS"]
 
 #: widest input format a table covers (2**12 entries); wider inputs are requantized first by the layer
@@ -126,3 +126,15 @@ def build_table(spec: str, in_fmt: FxFormat, out_fmt: FxFormat) -> np.ndarray:
     y = evaluate(spec, in_fmt.from_int(codes))
     y = np.nan_to_num(y, nan=0.0, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
     return np.asarray(out_fmt.to_int(y), dtype=np.int64)
+
+
+def index_table(weight_codes: np.ndarray, in_fmt: FxFormat) -> np.ndarray:
+    """(codes of in_fmt, columns) table: row c holds the weight row of index value(c) when that value is an integer
+    in [0, rows), else zeros (torch would raise; the hardware reads a zero vector)."""
+    codes = np.arange(in_fmt.min_code, in_fmt.max_code + 1, dtype=np.int64)
+    vals = in_fmt.from_int(codes)
+    rows = weight_codes.shape[0]
+    ok = (vals == np.floor(vals)) & (vals >= 0) & (vals < rows)
+    out = np.zeros((codes.size, weight_codes.shape[1]), dtype=np.int64)
+    out[ok] = weight_codes[vals[ok].astype(np.int64)]
+    return out

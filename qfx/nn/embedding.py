@@ -11,24 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.fixed.format import FxFormat
+from qfx.fixed.tables import index_table
 from qfx.ir.graph import Constant, Node, TensorSpec
 from qfx.nn.layers import IRItem, _quant
 from qfx.nn.op_layers import _IRModule
 
 __all__ = ["QEmbedding", "index_table"]
-
-
-def index_table(weight_codes: np.ndarray, in_fmt: FxFormat) -> np.ndarray:
-    """(codes of in_fmt, columns) table: row c holds the weight row of index value(c) when that value is an integer
-    in [0, rows), else zeros (torch would raise; the hardware reads a zero vector)."""
-    codes = np.arange(in_fmt.min_code, in_fmt.max_code + 1, dtype=np.int64)
-    vals = in_fmt.from_int(codes)
-    rows = weight_codes.shape[0]
-    ok = (vals == np.floor(vals)) & (vals >= 0) & (vals < rows)
-    out = np.zeros((codes.size, weight_codes.shape[1]), dtype=np.int64)
-    out[ok] = weight_codes[vals[ok].astype(np.int64)]
-    return out
 
 
 class QEmbedding(_IRModule):

@@ -215,14 +215,29 @@ class _TooBig(Exception):
 
 
 #: ops folded when every input is constant: (node, input arrays) -> output array, numpy in the inputs' dtype
+def _scatter_nd(node, ins):
+    """ScatterND (reduction none, as exporters write torch's in-place slice assignment ``mask[a:b, c:d] = k``)."""
+    if _attrs(node).get("reduction", b"none") not in (b"none", "none"):
+        raise _TooBig  # reductions: leave the node to the importer, which refuses it in one line
+    out = np.array(ins[0], copy=True)
+    idx, upd = np.asarray(ins[1]).astype(np.int64), np.asarray(ins[2])
+    k = idx.shape[-1]
+    flat_idx = idx.reshape(-1, k)
+    flat_upd = upd.reshape((flat_idx.shape[0],) + out.shape[k:])
+    for j, ix in enumerate(flat_idx):
+        out[tuple(ix)] = flat_upd[j]
+    return out
+
+
 FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
     "Identity": lambda n, i: np.asarray(i[0]),
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Reshape": _reshape, "Flatten": _flatten,
     "Concat": _concat, "Gather": _gather, "Transpose": _transpose, "Cast": _cast, "CastLike": _cast_like,
-    "ConstantOfShape": _constant_of_shape, "Range": _range,
+    "ConstantOfShape": _constant_of_shape, "Range": _range, "ScatterND": _scatter_nd,
     "Add": _binary(np.add), "Sub": _binary(np.subtract), "Mul": _binary(np.multiply), "Div": _binary(_div),
     "Pow": _binary(np.power), "Min": _binary(np.minimum), "Max": _binary(np.maximum),
-    "Equal": _binary(np.equal), "Sqrt": lambda n, i: np.sqrt(np.asarray(i[0])),
+    "Equal": lambda n, i: np.equal(np.asarray(i[0]), np.asarray(i[1])),  # bool, whatever the operands
+    "Not": lambda n, i: np.logical_not(np.asarray(i[0])), "Sqrt": lambda n, i: np.sqrt(np.asarray(i[0])),
     "Neg": lambda n, i: -np.asarray(i[0]), "Reciprocal": lambda n, i: (1 / np.asarray(i[0])).astype(i[0].dtype),
     "Abs": lambda n, i: np.abs(np.asarray(i[0])), "Floor": lambda n, i: np.floor(np.asarray(i[0])),
     "Ceil": lambda n, i: np.ceil(np.asarray(i[0])),

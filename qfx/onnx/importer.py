@@ -3137,6 +3137,8 @@ class _Converter:
         if len(n.input) != 2:
             raise BadInputError(f"Gather node {where!r} needs inputs data, indices")
         v = self._get(n.input[0], n)
+        if v.kind == "const" and self._get(n.input[1], n).kind != "const":
+            return self._embedding(n, v)
         if v.kind == "const":
             from qfx.onnx.cleanup import FOLDERS
 
@@ -3172,6 +3174,43 @@ class _Converter:
         if not rest:
             raise UnsupportedError(f"Gather node {where!r} leaves a scalar per sample; {_CUT}")
         self._reshape_act(_FakeNode(n.output[0]), self.vals.pop(tmp), rest)
+
+    def _embedding(self, n, table: _Val) -> None:
+        """Gather of rows of a constant (V, D) table by integer indices (torch's ``nn.Embedding`` exported): the
+        graph input becomes ``ap_uint<k>`` indices (k bits hold 0..V-1, exact), each table column one ``lut`` over
+        the index codes (indices outside 0..V-1 read zeros), the columns concatenated along a new last axis."""
+        from qfx.fixed.tables import index_table
+
+        where = self._where(n)
+        vals = np.asarray(table.values)
+        if vals.ndim != 2 or int(_attrs(n).get("axis", 0)) != 0:
+            raise UnsupportedError(f"Gather node {where!r}: qfx looks up rows of a 2-D (V, D) table by integer "
+                                   f"indices (an embedding); {_CUT}")
+        iv = self._get(n.input[1], n)
+        if iv.kind == "input":
+            rows = vals.shape[0]
+            k = max(1, (rows - 1).bit_length())
+            t = self._bind_input(n, FxFormat(k, k, False), {}, iv.tensor)
+            iv = self.vals[n.input[1]] = _Val("act", tensor=t)
+        xs = self.tensors[iv.tensor].fmt
+        if not iv.pure or xs.frac_bits > 0 or xs.width > 12:
+            raise UnsupportedError(f"Gather node {where!r}: table rows are picked by integer indices of at most 12 "
+                                   f"bits (a graph input, or integer codes), not {xs.ap_type()} values; {_CUT}")
+        w, sw = self._weight(table, n, "embedding table")
+        if not np.all(sw == sw[0]):
+            raise UnsupportedError(f"Gather node {where!r}: an embedding table with per-row scales; {_CUT}")
+        lut = index_table(w.codes.reshape(vals.shape), xs)
+        shape = self.tensors[iv.tensor].shape
+        cols = []
+        for e in range(vals.shape[1]):
+            c = self._add("lut", n, [iv.tensor], shape, w.fmt, {"table": Constant(lut[:, e], w.fmt)},
+                          {"fn": f"embedding column {e}"})
+            cols.append(self._add("reshape", n, [c], shape + (1,), w.fmt, attrs={"shape": shape + (1,)}))
+        out = shape + (vals.shape[1],)
+        t = cols[0] if len(cols) == 1 else self._add("concat", n, cols, out, w.fmt, attrs={"axis": len(shape)})
+        if len(cols) == 1:
+            t = self._add("reshape", n, [t], out, w.fmt, attrs={"shape": out})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=np.array([float(sw[0])]))
 
     def h_slice(self, n) -> None:
         """Slice of an activation (``x[:, 2:5]``, ``chunk``, ``narrow``) with positive steps: the ``slice`` op."""

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, cleanup
+from qfx.onnx.cleanup import QONNX_DOMAIN, QONNX_OPS, _attrs, cleanup
 from qfx.onnx.whole_sample import BATCH_AXIS_KEY
 
 __all__ = ["quantize_onnx", "QUANTIZED_OPS"]
@@ -44,6 +44,10 @@ QUANTIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Su
 #: a tensor read only by one of these (with constant other operands) is not quantized: the chain goes on
 _CHAIN = frozenset({"Relu", "BatchNormalization", "Add", "Sub", "Mul", "Div"})
 _WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1, None)}
+#: a Gather that looks rows of a constant table up by computed indices (an embedding): the table is a weight
+_TABLE_SLOTS = {"Gather": (0, None)}
+#: ONNX element types of integer graph inputs (token indices)
+_INT_TYPES = frozenset({2, 3, 4, 5, 6, 7, 12, 13})
 
 
 def free_batch(model):
@@ -128,8 +132,11 @@ class _Quantizer:
         self.calib: dict[str, np.ndarray] = {}
         whole = props.get(BATCH_AXIS_KEY) == "added"
         fixed = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
+        ints = {i.name for i in model.graph.input if i.type.tensor_type.elem_type in _INT_TYPES}
+        self.int_inputs = {new for old, new in zip(before, after) if old in ints}
         for old, new in zip(before, after):
-            x = np.asarray(calib[old], dtype=np.float32)
+            # token indices stay integers (onnxruntime checks the type); everything else is float data
+            x = np.asarray(calib[old], dtype=np.int64 if old in ints else np.float32)
             shape = fixed.get(old, ())
             if whole and x.ndim == len(shape):
                 if shape and shape[0] == 1 and x.shape[1:] == shape[1:] and x.shape != shape:
@@ -235,6 +242,9 @@ class _Quantizer:
         inits = {i.name: numpy_helper.to_array(i) for i in self.g.initializer}
         new_nodes: list[Any] = []
         for iname in self.calib:  # every data input
+            if iname in self.int_inputs:  # embedding indices: exact integers, the importer sizes them
+                self.report.append(f"input {iname!r}: integer indices, kept exact")
+                continue
             s, signed = _pow2_scale(*rng[iname], self.ib)
             q_in, node = self._quant_node(iname, s, self.ib, signed, "input")
             new_nodes.append(node)
@@ -244,6 +254,9 @@ class _Quantizer:
         for n in list(self.g.node):
             # weights and biases of linear layers
             slots = _WEIGHT_SLOTS.get(n.op_type)
+            if n.op_type in _TABLE_SLOTS and len(n.input) > 1 and n.input[1] not in inits and \
+                    int(_attrs(n).get("axis", 0)) == 0:
+                slots = _TABLE_SLOTS[n.op_type]
             if slots:
                 for slot, bits in zip(slots, (self.wb, self.bb)):
                     if slot is None or len(n.input) <= slot or n.input[slot] not in inits:

@@ -138,6 +138,8 @@ class _Plan:
         if op == "Reshape":
             a, b = self.shapes.get(n.input[0]), self.shapes.get(n.output[0])
             return a is None or b is None or a[0] != b[0]
+        if op == "Gather" and n.input[0] in self.fixed:  # rows of a table picked by data indices (an embedding)
+            return False
         if op in _AXIS_OPS:
             r = self.rank(n.input[0])
             ax = int(_attrs(n).get("axis", {"Concat": 0, "Gather": 0, "LayerNormalization": -1}.get(op, 1)))
