@@ -455,6 +455,51 @@ class TinyViT(nn.Module):
         return self.head(t[:, 0])
 
 
+class TinySwin(nn.Module):
+    """Shifted-window attention as Swin writes it, exported with batch 1: patch embedding, channels-last LayerNorm,
+    torch.roll, windows folded into the batch axis (view/permute/reshape: qfx lifts the whole sample), a relative
+    position bias (a table indexed by a constant buffer), the shifted-window mask (slice assignments: ScatterND),
+    windows put back, an MLP and a pooled head."""
+
+    def __init__(self, ws: int = 2, c: int = 8, heads: int = 2):
+        super().__init__()
+        self.ws, self.heads = ws, heads
+        self.patch = nn.Conv2d(2, c, 2, stride=2)
+        self.n1, self.n2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.table = nn.Parameter(torch.randn((2 * ws - 1) ** 2, heads) * 0.5)
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+        self.register_buffer("index", (rel[..., 0] * (2 * ws - 1) + rel[..., 1]).flatten())
+        self.mlp = nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):  # (N, 2, 8, 8)
+        h = self.patch(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+        b, hh, ww, c = h.shape
+        ws, s, n = self.ws, self.ws // 2, self.ws * self.ws
+        y = torch.roll(self.n1(h), shifts=(-s, -s), dims=(1, 2))
+        y = y.view(b, hh // ws, ws, ww // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, c)
+        q, k, v = self.qkv(y).reshape(y.shape[0], n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)
+        att = att + self.table[self.index].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+        mask = h.new_zeros((hh, ww))
+        cnt = 0
+        for rows in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+            for cols in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+                mask[rows, cols] = cnt
+                cnt += 1
+        mask = mask.view(hh // ws, ws, ww // ws, ws).permute(0, 2, 1, 3).reshape(-1, n)
+        mask = ((mask.unsqueeze(1) - mask.unsqueeze(2)) != 0).float() * -100.0
+        att = att.view(b, -1, self.heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
+        att = att.view(-1, self.heads, n, n).softmax(-1)
+        o = self.proj((att @ v).transpose(1, 2).reshape(-1, n, c))
+        o = o.view(b, hh // ws, ww // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
+        h = h + torch.roll(o, shifts=(s, s), dims=(1, 2))
+        h = h + self.mlp(self.n2(h))
+        return self.head(h.mean((1, 2)))
+
+
 class DenseCeilPool(nn.Module):
     """DenseNet's first layer concatenates a list of one tensor; GoogLeNet's max pools use ceil_mode with a partial
     last window (8 -> 4 with 3x3 stride 2; 4 -> 3 with padding 1)."""
@@ -485,7 +530,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "pick_tokens": (PickTokens, (5, 6)), "normalized": (Normalized, (6,)), "resizes": (Resizes, (2, 4, 4)),
     "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)), "recurrent": (Recurrent, (4, 3)),
     "flips_sums_pools": (FlipsSumsPools, (2, 6, 6)), "tiny_vit": (TinyViT, (2, 4, 4)),
-    "dense_ceil_pool": (DenseCeilPool, (2, 8, 8)),
+    "dense_ceil_pool": (DenseCeilPool, (2, 8, 8)), "tiny_swin": (TinySwin, (2, 8, 8)),
 }
 
 
@@ -558,7 +603,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
                                   "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles",
-                                  "recurrent", "flips_sums_pools", "tiny_vit", "dense_ceil_pool"])
+                                  "recurrent", "flips_sums_pools", "tiny_vit", "dense_ceil_pool", "tiny_swin"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

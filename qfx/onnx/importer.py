@@ -3340,6 +3340,9 @@ class _Converter:
             for k, axis in enumerate(ax):
                 full[axis], full[rank + axis] = pads[k], pads[len(ax) + k]
             pads = full
+        if not any(pads):  # F.pad by zero (Swin's window padding when the windows tile): the tensor itself
+            self.vals[n.output[0]] = x
+            return
         edge = {"edge": "replicate", "reflect": "reflect"}.get(mode)
         if (mode != "constant" and edge is None) or value != 0 and edge is None or rank not in (3, 4) or len(pads) != 2 * rank or \
                 any(pads[k] or pads[rank + k] for k in (0, 1)) or min(pads) < 0:

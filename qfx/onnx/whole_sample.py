@@ -12,10 +12,17 @@ axis, so constants stay as they are.
 It runs only when (1) every graph input has a fully static shape, (2) some node moves data across axis 0 (a
 Transpose that moves it, a Reshape that changes its size, an axis-0 softmax/concat/reduction, a MatMul contracting
 a computed rank-2 operand's first axis, a constant that varies along it), and (3) every node is of an op whose
-meaning does not depend on rank (``RANK_FREE``; a Gemm with a constant B and no transA counts, and is written as
-MatMul (+ Add) when the rewrite runs: the out_proj of torch's batch_first attention exported with batch 1): a Conv
-graph with an odd first axis is left alone (and refused by the importer as before). ``qfx.batch_axis`` = ``added`` in the model metadata records it: data for the
-rewritten model has one more leading axis (a stack of whole original tensors).
+meaning does not depend on rank once its axes are shifted (``RANK_FREE``, with Slice starts/axes and Pad pads; a
+Gemm with a constant B and no transA counts, and is written as MatMul (+ Add) when the rewrite runs: the out_proj
+of torch's batch_first attention exported with batch 1), or of an op that needs its batch axis first
+(``BATCH_ONE``: Conv, pooling, BatchNorm) on a tensor whose first axis is 1. With such ops (a ViT's patch
+embedding, a Swin transformer's) only a Transpose that moves axis 0 or a Reshape that folds it into windows calls
+for the rewrite, and those ops, and element-wise ops with per-channel constants ((C, 1, 1)), run on the original
+tensor between Squeeze and Unsqueeze of the new axis 1 (back-to-back pairs cancel); a Flatten becomes a Reshape
+to its known shape. Otherwise the graph is left alone (and refused by the importer as before).
+``qfx.batch_axis`` = ``added`` in the model metadata records it: data for the rewritten model has one more
+leading axis (a stack of whole original tensors); ``qfx quantize`` and ``input_codes`` also take K samples of
+the batch-1 model (``(K, ...)`` data gets the axis back).
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ RANK_FREE = frozenset({
     "Log", "Erf", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
     "Softsign", "Gelu", "Clip", "Max", "Min", "Softmax", "LogSoftmax", "Concat", "Squeeze", "Unsqueeze",
     "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Identity", "Cast", "Constant", "Gather",
-    "LayerNormalization"})
+    "LayerNormalization", "Slice", "Pad", "Split"})
 #: ops that need their batch axis first (Conv, pooling, BatchNorm): in a graph exported with batch 1 they run on
 #: the lifted tensor through Squeeze/Unsqueeze of the original, size-1, first axis (a ViT's patch embedding)
 BATCH_ONE = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -43,7 +50,7 @@ BATCH_ONE = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "Globa
 _GEMM = "Gemm"
 #: QONNX ops that are element-wise with right-aligned (broadcast) parameters
 _QONNX_ELEMENTWISE = frozenset({"Quant", "BipolarQuant", "Trunc", "FloatQuant"})
-_AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat", "Gather", "LayerNormalization"})
+_AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat", "Gather", "LayerNormalization", "Split"})
 _AXES_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Squeeze", "Unsqueeze"})
 
 
@@ -107,11 +114,22 @@ class _Plan:
                 batch_one = True
             if crossing is None and self._crosses(n):
                 crossing = n.name or n.op_type
-            if moved is None and n.op_type == "Transpose" and self._crosses(n):
+            if moved is None and self._moves_batch(n):
                 moved = n.name or n.op_type
-        # with convolutions, only a Transpose that moves the batch axis calls for it (a ViT's attention): the
-        # importer takes a Conv graph's other batch-1 idioms as they are, and its per-channel constants as such
+        # with convolutions, only a Transpose that moves the batch axis (a ViT's attention) or a Reshape that
+        # folds it into windows (a Swin transformer) calls for it: the importer takes a Conv graph's other batch-1
+        # idioms as they are
         return moved if batch_one else crossing
+
+    def _moves_batch(self, n) -> bool:
+        """A Transpose that moves axis 0, or a Reshape of a batch-1 tensor into one whose axis 0 is larger and
+        that keeps at least three axes (windows: (1, H, W, C) -> (windows, tokens, C))."""
+        if n.op_type == "Transpose":
+            return self._crosses(n)
+        if n.op_type == "Reshape":
+            a, b = self.shapes.get(n.input[0]), self.shapes.get(n.output[0])
+            return a is not None and b is not None and a[0] == 1 and b[0] > 1 and len(b) >= 3
+        return False
 
     def _batch_one_ok(self, n) -> bool:
         """A ``BATCH_ONE`` op on a tensor whose first axis is 1, or a Flatten with known shapes (it becomes a
@@ -142,7 +160,7 @@ class _Plan:
             return False
         if op in _AXIS_OPS:
             r = self.rank(n.input[0])
-            ax = int(_attrs(n).get("axis", {"Concat": 0, "Gather": 0, "LayerNormalization": -1}.get(op, 1)))
+            ax = int(_attrs(n).get("axis", {"Concat": 0, "Gather": 0, "Split": 0, "LayerNormalization": -1}.get(op, 1)))
             return r is None or ax % r == 0
         if op in _AXES_OPS:
             axes, r = self._axes_of(n), self.rank(n.input[0] if op != "Unsqueeze" else n.output[0])
@@ -180,6 +198,8 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
         if tgt is None:
             return False
         tgt = [int(v) for v in np.asarray(tgt).ravel()]
+        if int(_attrs(n).get("allowzero", 0)) and 0 not in tgt:  # (the dynamo exporter's) same meaning without 0s
+            _set_attr(n, "allowzero", 0)
         if int(_attrs(n).get("allowzero", 0)):
             if -1 in tgt:
                 return False
@@ -187,8 +207,47 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
         else:
             lead = 0  # copies the new batch axis
         n.input[1] = fresh(np.asarray([lead, *tgt], dtype=np.int64), n.input[1])
+    elif op == "Slice":
+        if len(n.input) < 3:  # opset < 10: starts/ends/axes attributes
+            a = _attrs(n)
+            axes = [int(v) for v in a.get("axes", range(len(a["starts"])))]
+            _set_attr(n, "axes", [v + 1 if v >= 0 else v for v in axes])
+        else:
+            starts = plan.consts.get(n.input[1])
+            if starts is None:
+                return False
+            if len(n.input) > 3 and n.input[3]:
+                axes = plan.consts.get(n.input[3])
+                if axes is None:
+                    return False
+                axes = [int(v) for v in np.asarray(axes).ravel()]
+            else:
+                axes = list(range(np.asarray(starts).size))
+            while len(n.input) < 4:
+                n.input.append("")
+            n.input[3] = fresh(np.asarray([v + 1 if v >= 0 else v for v in axes], dtype=np.int64),
+                               f"{n.name or 'slice'}_axes")
+    elif op == "Pad":
+        if len(n.input) > 3 and n.input[3]:  # opset 18 axes
+            axes = plan.consts.get(n.input[3])
+            if axes is None:
+                return False
+            n.input[3] = fresh(np.asarray([int(v) + 1 if int(v) >= 0 else int(v) for v in np.asarray(axes).ravel()],
+                                          dtype=np.int64), n.input[3])
+        elif len(n.input) > 1 and n.input[1]:
+            pads = plan.consts.get(n.input[1])
+            if pads is None:
+                return False
+            p = [int(v) for v in np.asarray(pads).ravel()]
+            r = len(p) // 2
+            n.input[1] = fresh(np.asarray([0, *p[:r], 0, *p[r:]], dtype=np.int64), n.input[1])
+        else:  # opset < 11: a pads attribute
+            p = [int(v) for v in _attrs(n).get("pads", [])]
+            r = len(p) // 2
+            _set_attr(n, "pads", [0, *p[:r], 0, *p[r:]])
     elif op in _AXIS_OPS:
-        default = {"Concat": 0, "Gather": 0, "LayerNormalization": -1}.get(op, -1 if _opset(plan.c.m) >= 13 else 1)
+        default = {"Concat": 0, "Gather": 0, "Split": 0, "LayerNormalization": -1}.get(
+            op, -1 if _opset(plan.c.m) >= 13 else 1)
         ax = int(_attrs(n).get("axis", default))
         if ax >= 0:
             _set_attr(n, "axis", ax + 1)
@@ -290,6 +349,56 @@ def _batch_one_wrapped(plan: _Plan, fresh) -> None:
     plan.g.node.extend(nodes)
 
 
+#: element-wise ops that may carry per-channel constants ((C, 1, 1): a conv stem's BatchNorm or scale)
+_ELEMENTWISE_CONST = frozenset({"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"})
+
+
+def _per_channel_unlifted(plan: _Plan, fresh) -> None:
+    """An element-wise op with a constant shaped for per-channel broadcasting ((C, 1, 1)) on a tensor whose
+    original first axis is 1 runs unlifted, like the convolutions (Squeeze/Unsqueeze of axis 1): the importer
+    reads such constants per channel of the first per-sample axis."""
+    from onnx import helper
+
+    new_axes = _opset(plan.c.m) >= 13
+    nodes = []
+    for n in plan.g.node:
+        data = [i for i in n.input if i and i not in plan.fixed]
+        consts = [plan.consts.get(i) for i in n.input if i in plan.consts]
+        out = plan.shapes.get(n.output[0]) if n.output else None
+        if n.domain not in _DEFAULT or n.op_type not in _ELEMENTWISE_CONST or not data or out is None or \
+                out[0] != 1 or len(out) < 3 or any(plan.shapes.get(i, (0,))[0] != 1 or len(plan.shapes.get(i, ()))
+                                                   != len(out) for i in data) or \
+                not any(c is not None and c.ndim >= 2 and c.shape[-1] == 1 for c in consts):
+            nodes.append(n)
+            continue
+        base = n.name or n.op_type
+        ax = [fresh(np.asarray([1], dtype=np.int64), f"{base}_axis")] if new_axes else []
+        kw = {} if new_axes else {"axes": [1]}
+        for k, i in enumerate(n.input):
+            if i in data:
+                sq = f"{base}__sq_in{k}"
+                nodes.append(helper.make_node("Squeeze", [i, *ax], [sq], name=f"{base}/unlift{k}", **kw))
+                n.input[k] = sq
+        y = n.output[0]
+        n.output[0] = f"{base}__sq_out"
+        nodes.append(n)
+        nodes.append(helper.make_node("Unsqueeze", [n.output[0], *ax], [y], name=f"{base}/lift", **kw))
+    del plan.g.node[:]
+    plan.g.node.extend(nodes)
+
+
+def _cancel_lift_pairs(plan: _Plan) -> None:
+    """Squeeze(axis 1) of an Unsqueeze(axis 1) that the wrappers put back to back reads the Unsqueeze's input."""
+    made = {n.output[0]: n for n in plan.g.node if n.op_type == "Unsqueeze" and n.name.endswith("/lift")}
+    for n in plan.g.node:
+        if n.op_type == "Squeeze" and "/unlift" in n.name and n.input[0] in made:
+            src = made[n.input[0]].input[0]
+            for m in plan.g.node:
+                for k, i in enumerate(m.input):
+                    if i == n.output[0]:
+                        m.input[k] = src  # the Squeeze is left unread: the clean-up's dead() drops it
+
+
 def add_batch_axis(cleaner) -> None:
     """Apply the rewrite to ``cleaner``'s graph when it applies (see the module doc); a report line says so."""
     import onnx
@@ -309,6 +418,8 @@ def add_batch_axis(cleaner) -> None:
         name = f"{base}__b{k}"
         used.add(name)
         cleaner.set_init(name, value)
+        plan.consts[name] = value
+        plan.fixed.add(name)
         return name
 
     _gemms_as_matmuls(plan, fresh)
@@ -319,6 +430,8 @@ def add_batch_axis(cleaner) -> None:
             cleaner.g = cleaner.m.graph
             return
     _batch_one_wrapped(plan, fresh)
+    _per_channel_unlifted(plan, fresh)
+    _cancel_lift_pairs(plan)
     for vi in (*cleaner.data_inputs(), *cleaner.g.output):
         shape = vi.type.tensor_type.shape
         old = [onnx.TensorShapeProto.Dimension.FromString(d.SerializeToString()) for d in shape.dim]
