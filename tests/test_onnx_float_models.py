@@ -500,6 +500,20 @@ class TinySwin(nn.Module):
         return self.head(h.mean((1, 2)))
 
 
+class ChannelsLastPad(nn.Module):
+    """F.pad of a channels-last (N, H, W, C) view along H and W (Swin's window padding), and of the channels of
+    (N, C, L) tokens: zero padding of axes other than (C, H, W)'s spatial ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.f = nn.Conv2d(2, 3, 1), nn.Conv2d(3, 2, 3), nn.Linear(2 * 4 * 5 + 5 * 6, 3)
+
+    def forward(self, x):  # (N, 2, 5, 4)
+        h = F.pad(F.relu(self.a(x)).permute(0, 2, 3, 1), (0, 0, 1, 2, 0, 1)).permute(0, 3, 1, 2)  # (N, 3, 6, 7)
+        t = F.pad(x.flatten(2), (0, 0, 1, 2))  # (N, 5, 20): the channel axis padded
+        return self.f(torch.cat([self.b(h).flatten(1), t[:, :, :6].flatten(1)], 1))
+
+
 class DenseCeilPool(nn.Module):
     """DenseNet's first layer concatenates a list of one tensor; GoogLeNet's max pools use ceil_mode with a partial
     last window (8 -> 4 with 3x3 stride 2; 4 -> 3 with padding 1)."""
@@ -531,6 +545,7 @@ MODELS = {  # name: (module, per-sample input shape)
     "einsum_attention": (EinsumAttention, (5, 6)), "tiles": (Tiles, (2, 5, 5)), "recurrent": (Recurrent, (4, 3)),
     "flips_sums_pools": (FlipsSumsPools, (2, 6, 6)), "tiny_vit": (TinyViT, (2, 4, 4)),
     "dense_ceil_pool": (DenseCeilPool, (2, 8, 8)), "tiny_swin": (TinySwin, (2, 8, 8)),
+    "channels_last_pad": (ChannelsLastPad, (2, 5, 4)),
 }
 
 
@@ -603,7 +618,7 @@ def test_conv1d_keeps_the_promised_shape():
 @pytest.mark.parametrize("name", ["conv1d", "activation_heads", "squeeze_excite", "pixel_softmax_max", "layernorm",
                                   "instance_group_norm", "ratios", "plane_reductions", "token_mlp", "bilinear",
                                   "exclude_pad_pools", "selections", "resizes", "einsum_attention", "tiles",
-                                  "recurrent", "flips_sums_pools", "tiny_vit", "dense_ceil_pool", "tiny_swin"])
+                                  "recurrent", "flips_sums_pools", "tiny_vit", "dense_ceil_pool", "tiny_swin", "channels_last_pad"])
 def test_float_model_csim(name, tmp_path):
     from qfx.commands.export import export_graph
     from qfx.ir.passes import DEFAULT_FLOW, run_flow

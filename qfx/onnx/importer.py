@@ -3344,6 +3344,10 @@ class _Converter:
             self.vals[n.output[0]] = x
             return
         edge = {"edge": "replicate", "reflect": "reflect"}.get(mode)
+        if mode == "constant" and value == 0 and len(pads) == 2 * rank and min(pads) >= 0 and not pads[0] and \
+                not pads[rank] and (rank not in (3, 4) or pads[1] or pads[rank + 1]) and \
+                sum(1 for k in range(1, rank) if pads[k] or pads[rank + k]) <= 2:
+            return self._pad_axes(n, x, pads)  # channels-last (Swin's windows) or any other two axes
         if (mode != "constant" and edge is None) or value != 0 and edge is None or rank not in (3, 4) or len(pads) != 2 * rank or \
                 any(pads[k] or pads[rank + k] for k in (0, 1)) or min(pads) < 0:
             raise UnsupportedError(f"Pad node {where!r}: qfx pads H and W (or L) of (C, H, W) / (C, L) tensors with "
@@ -3369,6 +3373,35 @@ class _Converter:
                           attrs={"shape": (shp[0], shp[2])})
         self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m, h=x.h if edge else np.zeros(1),
                                       relu=x.relu if edge else False)
+
+    def _pad_axes(self, n, x: _Val, pads: list[int]) -> None:
+        """Zero padding of at most two per-sample axes other than the (C, H, W) / (C, L) spatial ones: a transpose
+        brings the padded axes last, a reshape makes the rest one channel axis, ``zeropad2d``, and back."""
+        if x.relu or np.any(x.h) or x.m.size > 1:
+            x = _Val("act", tensor=self._materialize(n, x))
+        xs = self.tensors[x.tensor]
+        fmt, shape, r = xs.fmt, xs.shape, len(xs.shape)
+        padded = [k for k in range(r) if pads[k + 1] or pads[r + 2 + k]]
+        rest = [k for k in range(r) if k not in padded]
+        perm = tuple(rest + padded)
+        t = x.tensor
+        if perm != tuple(range(r)):
+            t = self._add("transpose", n, [t], tuple(shape[k] for k in perm), fmt, attrs={"perm": perm})
+        lo = [pads[k + 1] for k in padded]
+        hi = [pads[r + 2 + k] for k in padded]
+        dims = [shape[k] for k in padded]
+        if len(padded) == 1:
+            dims, lo, hi = [1] + dims, [0] + lo, [0] + hi
+        c = int(np.prod([shape[k] for k in rest])) if rest else 1
+        t = self._add("reshape", n, [t], (c, dims[0], dims[1]), fmt, attrs={"shape": (c, dims[0], dims[1])})
+        out3 = (c, dims[0] + lo[0] + hi[0], dims[1] + lo[1] + hi[1])
+        t = self._add("zeropad2d", n, [t], out3, fmt, attrs={"pads": (lo[0], hi[0], lo[1], hi[1])})
+        moved = [shape[k] for k in rest] + [shape[k] + pads[k + 1] + pads[r + 2 + k] for k in padded]
+        t = self._add("reshape", n, [t], tuple(moved), fmt, attrs={"shape": tuple(moved)})
+        if perm != tuple(range(r)):
+            inv = tuple(int(i) for i in np.argsort(perm))
+            t = self._add("transpose", n, [t], tuple(moved[i] for i in inv), fmt, attrs={"perm": inv})
+        self.vals[n.output[0]] = _Val("act", tensor=t, m=x.m)
 
     def _flat_view(self, x: _Val, size: int) -> tuple[np.ndarray, np.ndarray]:
         shape = self.tensors[x.tensor].shape
