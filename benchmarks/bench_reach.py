@@ -135,7 +135,23 @@ class SD(nn.Module):
         return stochastic_depth(x, 0.2, self.training)
 
 
+def timm_attn(s, x):  # timm's Attention: the batch moves to dim 1 by the permute, q, k, v by unbind(0)
+    b, n, c = x.shape
+    q, k, v = s.qkv(x).reshape(b, n, 3, 2, c // 2).permute(2, 0, 3, 1, 4).unbind(0)
+    o = ((q * (c // 2) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    return s.proj(o.transpose(1, 2).reshape(b, n, c)).flatten(1)
+
+
+def timm_sdpa(s, x):  # the same with fused_attn: F.scaled_dot_product_attention
+    b, n, c = x.shape
+    q, k, v = s.qkv(x).reshape(b, n, 3, 2, c // 2).permute(2, 0, 3, 1, 4).unbind(0)
+    return s.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)).flatten(1)
+
+
 CASES = {
+    # --- timm's attention
+    "timm_attention_unbind": M(timm_attn, {"qkv": nn.Linear(8, 24), "proj": nn.Linear(8, 8)}, (5, 8)),
+    "timm_attention_sdpa": M(timm_sdpa, {"qkv": nn.Linear(8, 24), "proj": nn.Linear(8, 8)}, (5, 8)),
     # --- torchvision's own model code
     "layernorm2d_functional": M(ln2d, {"c": nn.Conv2d(2, 4, 3)}, init=lnp),
     "group_norm_functional": M(lambda s, x: F.group_norm(s.c(x), 2, s.w, s.b).flatten(1), {"c": nn.Conv2d(2, 4, 3)},

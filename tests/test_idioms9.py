@@ -1,4 +1,4 @@
-"""Ninth pass: what torchvision's own model code does (ConvNeXt's ``LayerNorm2d`` calls ``F.layer_norm`` on a
+"""Ninth pass: what torchvision's and timm's own model code does (ConvNeXt's ``LayerNorm2d`` calls ``F.layer_norm`` on a
 channels-last view with the module's weight and bias; ``F.group_norm`` with a module's parameters; EfficientNet /
 ConvNeXt's ``StochasticDepth`` calls a ``torch.fx.wrap``-ed function from a library whose name starts with
 "torch"), and the accumulator sizing that runs once per layer at capture (int64 row sums where they are exact).
@@ -101,6 +101,55 @@ def test_stochastic_depth_from_a_torch_named_library_is_train_only():
     f = nn.Sequential(nn.Conv2d(2, 4, 1), Block(), Block(), nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
     q, g = _agrees(f, torch.randn(16, 2, 3, 3))
     assert sum(isinstance(m, QTrainOnly) for m in q.modules()) == 2
+
+
+class TimmAttention(nn.Module):
+    """timm's Attention: qkv reshaped to (B, N, 3, heads, hd), permuted to (3, B, heads, N, hd) (the batch moves to
+    dim 1), ``q, k, v = qkv.unbind(0)``, fused (F.scaled_dot_product_attention) or written out."""
+
+    def __init__(self, dim: int, heads: int, fused: bool):
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TimmViT(nn.Module):
+    """timm's VisionTransformer layout: patch embedding, class token, position embedding, pre-norm blocks with
+    LayerScale (``x * self.gamma``), a final norm and the class token (or the mean of the others) to the head."""
+
+    def __init__(self, fused: bool, pool: str):
+        super().__init__()
+        self.pool = pool
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 8) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 8) * 0.2)
+        self.n1, self.n2, self.norm = nn.LayerNorm(8), nn.LayerNorm(8), nn.LayerNorm(8)
+        self.attn = TimmAttention(8, 2, fused)
+        self.g1, self.g2 = nn.Parameter(torch.full((8,), 0.5)), nn.Parameter(torch.full((8,), 0.5))
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        x = x + self.attn(self.n1(x)) * self.g1
+        x = self.norm(x + self.mlp(self.n2(x)) * self.g2)
+        return self.head(x[:, 1:].mean(dim=1) if self.pool == "avg" else x[:, 0])
+
+
+@pytest.mark.parametrize("fused,pool", [(False, "token"), (True, "avg")])
+def test_timm_style_vit_with_unbind(fused, pool):
+    torch.manual_seed(4)
+    _agrees(TimmViT(fused, pool), torch.randn(16, 3, 8, 8), tol=0.3)
 
 
 def _acc_reference(w, fw, fx, b, fb):

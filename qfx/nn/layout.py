@@ -8,9 +8,9 @@ transpose/permute that swaps dims 0 and 1 becomes a wire (``contiguous``) and th
 "swapped" (their logical dims 0 and 1 are the physical dims 1 and 0). Ops on swapped tensors are kept when their
 meaning does not depend on which of the two leading dims is the batch (element-wise ops and activations, Linear and
 LayerNorm over the last dim, dropout), or get their dims renumbered (softmax, mean/sum/amax/amin/max/min over dims,
-cat, chunk/split/narrow, flatten/squeeze/unsqueeze of later dims, indexing, further transposes); anything else on a
-swapped tensor, and a swapped model output, is reported (one line each, with the fx node). The graph computes the
-same values as before, batch-first.
+cat, chunk/split/narrow/unbind, flatten/squeeze/unsqueeze of later dims, indexing, further transposes); anything
+else on a swapped tensor, and a swapped model output, is reported (one line each, with the fx node). The graph
+computes the same values as before, batch-first.
 """
 from __future__ import annotations
 
@@ -180,6 +180,15 @@ def relabel_batch_swaps(body: nn.Module, graph: torch.fx.Graph, examples: Any,
             if not isinstance(idx[0], int):  # the sequence dim kept: still swapped
                 swapped.add(n)
             continue
+        if t == "unbind" and isinstance(n.args[0], torch.fx.Node):  # timm's q, k, v = qkv.permute(2, 0, ...).unbind(0)
+            d, xr = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0), rank(n.args[0]) or 0
+            if not isinstance(d, int) or isinstance(d, bool) or not xr or d % xr == 1:
+                refuse(n, "unbind over the batch or a computed dim")
+                continue
+            n.args, n.kwargs = (n.args[0], _swap(d, xr)), {}
+            if d % xr != 0:  # the parts keep both leading dims: still swapped
+                swapped.add(n)
+            continue  # unbind(0): the sequence-like dim goes, every part is batch-first again
         if t in ("chunk", "split", "tensor_split", "narrow"):
             _renumber_positional(n, 1 if t == "narrow" else 2, r if r is not None else rank(n.args[0]) or 0)
             swapped.add(n)

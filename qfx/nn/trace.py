@@ -1331,7 +1331,8 @@ def supported_table() -> str:
                 "residuals, `QTrainOnly` dropout |")
     rows.append("| `x.transpose(0, 1)`, `x.permute(1, 0, 2)` (sequence-first (S, N, E); on such tensors: "
                 "element-wise ops, Linear/LayerNorm, softmax, reductions such as `h.mean(0)`, `h[-1]`, cat, "
-                "chunk/split) | wires: tensors stay batch-first in memory, dims renumbered (qfx.nn.layout) |")
+                "chunk/split, timm's `qkv.permute(2, 0, 3, 1, 4).unbind(0)`) | wires: tensors stay batch-first in "
+                "memory, dims renumbered (qfx.nn.layout); `unbind` parts are indexings |")
     rows.append("| a stateless module whose eval-mode `forward` returns its input (torchvision's `StochasticDepth`, "
                 "timm's `DropPath`) | `QTrainOnly` (train mode: the module itself, random as in torch; eval and "
                 "exact mode: a wire) |")
@@ -1863,7 +1864,8 @@ def _stat_calls(body: nn.Module, graph: torch.fx.Graph) -> list[torch.fx.Node]:
     return [n for n in graph.nodes if n.args and isinstance(n.args[0], torch.fx.Node) and (
         n.op == "call_method" and n.target in _STAT_METHODS
         or n.op == "call_function" and _hashable(n.target) and n.target in (torch.var, torch.std)
-        or n.op == "call_method" and n.target in ("repeat", "flip", "cumsum", "fliplr", "flipud")
+        or n.op == "call_method" and n.target in ("repeat", "flip", "cumsum", "fliplr", "flipud", "unbind")
+        or n.op == "call_function" and _hashable(n.target) and n.target is torch.unbind
         or n.op == "call_function" and _hashable(n.target) and n.target in (torch.flip, torch.cumsum, torch.fliplr,
                                                                              torch.flipud)
         or n.op == "call_module" and (isinstance(modules.get(str(n.target)), (nn.InstanceNorm1d, nn.GroupNorm))
@@ -2501,6 +2503,10 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
             elif (n.op == "call_method" and n.target in ("flip", "fliplr", "flipud", "cumsum")
                   or fn in (torch.flip, torch.fliplr, torch.flipud, torch.cumsum)) and _INTERP_SHAPE in n.meta:
                 new = _flip_cumsum_nodes(graph, n, n.meta[_INTERP_SHAPE])
+            elif (n.op == "call_method" and n.target == "unbind" or fn is torch.unbind) and _INTERP_SHAPE in n.meta:
+                if _unbind_as_selects(graph, n, n.meta[_INTERP_SHAPE]):
+                    changed = True
+                continue
             elif fn is torch.einsum and n.args and isinstance(n.args[0], str) and not n.kwargs:
                 ops = tuple(n.args[1]) if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
                 new = einsum_plan(n.args[0], ops, _FxEinsum(graph)) if all(
@@ -2511,6 +2517,25 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
         graph.erase_node(n)  # nodes made for a call left as it was are dead: _live skips them
         changed = True
     return changed
+
+
+def _unbind_as_selects(graph: torch.fx.Graph, n: torch.fx.Node, shape: tuple[int, ...]) -> bool:
+    """``q, k, v = qkv.unbind(d)`` (timm's attention) as the indexings ``qkv[:, ..., i]`` its parts are, when
+    every use of the result picks a part by a constant index; the unbind node is then erased."""
+    x = n.args[0] if n.args else n.kwargs.get("input", n.kwargs.get("self"))
+    d = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    users = list(n.users)
+    if not isinstance(x, torch.fx.Node) or not isinstance(d, int) or isinstance(d, bool) or not shape or not all(
+            u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int) for u in users):
+        return False
+    d %= len(shape)
+    for u in users:
+        with graph.inserting_before(u):
+            sel = graph.call_function(operator.getitem, (x, (slice(None),) * d + (u.args[1],)))
+        u.replace_all_uses_with(sel)
+        graph.erase_node(u)
+    graph.erase_node(n)
+    return True
 
 
 def _transposed_attr(v: Any) -> torch.fx.Node | None:
