@@ -14,7 +14,7 @@ from torch import nn
 
 import qfx
 from qfx.errors import BadInputError, UnsupportedError
-from qfx.nn.embedding import QEmbedding, index_table
+from qfx.nn.embedding import index_table
 from qfx.fixed.format import FxFormat
 
 from models.harness import csim_agrees, exact_check
@@ -212,3 +212,43 @@ def test_exported_embedding_model_csim(tmp_path):
     _, g = _exported_token_graph(False)
     rep = run_csim(export_graph(run_flow(g, DEFAULT_FLOW).graph, "hls", tmp_path / "hls"), n_vectors=32)
     assert rep.mismatches == 0 and rep.outputs_compared > 0
+
+
+class _BertLike(nn.Module):
+    """Hugging Face's position ids: a registered ``position_ids`` buffer sliced by the sequence length in forward,
+    token + position embeddings, LayerNorm, a batch_first encoder layer, the first token to the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(20, 8), nn.Embedding(9, 8)
+        self.register_buffer("position_ids", torch.arange(9).unsqueeze(0))
+        self.ln = nn.LayerNorm(8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.tok(x) + self.pos(self.position_ids[:, :x.shape[1]])
+        return self.head(self.enc(self.ln(h))[:, 0])
+
+
+@pytest.mark.parametrize("model", [_TokenClassifier, _BertLike])
+def test_position_embeddings_looked_up_at_constant_positions(model):
+    """``self.pos(torch.arange(L))`` and ``self.pos(self.position_ids[:, :L])`` are the embedding's first L rows: a
+    parameter added per element (QParamAffine), trained in place of the rows; train == exact == interpreter."""
+    from models.harness import square_loss_steps
+
+    torch.manual_seed(5)
+    f = model()
+    x = torch.randint(0, 20, (32, 7))
+    q = qfx.quantize_model(f, qfx.QFXConfig(), calib_data=x)
+    assert any(n.endswith("pos_rows") for n, _ in q.named_parameters())
+    q.eval()
+    with torch.no_grad():
+        want, got = f.eval()(x), q(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 0.25
+    before = dict(q.named_parameters())[next(n for n, _ in q.named_parameters() if n.endswith("pos_rows"))].clone()
+    square_loss_steps(q, x, 2)
+    after = dict(q.named_parameters())[next(n for n, _ in q.named_parameters() if n.endswith("pos_rows"))]
+    assert not torch.equal(before, after)  # the rows train
+    _, exact_vs_interp, train_vs_exact = exact_check(q, x)
+    assert exact_vs_interp == 0 and train_vs_exact == 0

@@ -1364,7 +1364,8 @@ _MODULE_NOTES: dict[type, str] = {
     nn.AvgPool2d: "`QAvgPool2d` / `QAvgPoolMatrix` (ceil_mode, count_include_pad=False, divisor_override: a "
                   "constant matrix per axis like `QResize2d`)",
     nn.Embedding: "`QEmbedding` (integer indices: the model input becomes ap_uint<k>; one `lut` per column, "
-                  "concatenated)",
+                  "concatenated); read at constant positions (`self.pos(torch.arange(L))`, "
+                  "`self.pos(self.position_ids[:, :L])`) its rows are a parameter added per element (`QParamAffine`)",
     nn.AdaptiveAvgPool2d: "`QGlobalAvgPool2d` (1) / `QAdaptiveAvgPool2d` (a window when k divides the input, else "
                           "`QResize2d`'s 'area' matrices)",
     nn.modules.padding._ConstantPadNd: "`QZeroPad2d`", nn.Flatten: "`QFlatten`",
@@ -1381,9 +1382,10 @@ class _Tracer(torch.fx.Tracer):
     """qfx modules are leaves (their forward is never traced into), as in capture; so are the modules in
     ``leaves`` (ids: the train-only regularizers ``_train_only_modules`` found)."""
 
-    def __init__(self, leaves: frozenset[int] = frozenset()) -> None:
+    def __init__(self, leaves: frozenset[int] = frozenset(), proxy_buffers: bool = False) -> None:
         super().__init__()
         self.leaves = leaves
+        self.proxy_buffer_attributes = proxy_buffers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, QModule) or id(m) in self.leaves or super().is_leaf_module(m, qualname)
@@ -1397,7 +1399,15 @@ def _first_line(exc: BaseException) -> str:
 def trace(model: nn.Module, leaves: frozenset[int] = frozenset()) -> torch.fx.Graph:
     """The fx graph of ``model.forward``; UnsupportedError (one line, the reason) when fx cannot trace it."""
     try:
-        return _Tracer(leaves).trace(model)
+        try:
+            return _Tracer(leaves).trace(model)
+        except (TypeError, IndexError) as first:
+            # a buffer indexed by a traced size (self.position_ids[:, :x.shape[1]]) needs the buffer as a graph
+            # value (get_attr); buffers stay concrete otherwise (attention masks are read as values)
+            try:
+                return _Tracer(leaves, proxy_buffers=True).trace(model)
+            except Exception:
+                raise first from None
     except QfxError:
         raise
     except Exception as exc:  # fx raises many types on untraceable Python
@@ -1540,6 +1550,7 @@ def convert_model(body: nn.Module, config: "QFXConfig", for_path: Callable[[str]
     unrolled = _unroll_recurrents(body, graph, example)
     layout_problems = relabel_batch_swaps(body, graph, example, train_only)  # x.transpose(0, 1): a relabelling
     added_layers = _functional_layers(body, graph)  # F.layer_norm(x, s, self.weight) is a LayerNorm to decompose
+    added_layers = _constant_lookups(body, graph) or added_layers
     _softmax_ranks(body, graph, example)
     decomposed = _decompose_composites(body, graph)
     _expand_sdpa(graph)
@@ -2515,6 +2526,69 @@ def _decompose_composites(body: nn.Module, graph: torch.fx.Graph) -> bool:
             continue
         n.replace_all_uses_with(new)
         graph.erase_node(n)  # nodes made for a call left as it was are dead: _live skips them
+        changed = True
+    return changed
+
+
+def _const_index(v: Any, body: nn.Module) -> torch.Tensor | None:
+    """The integer tensor ``v`` always is: ``torch.arange`` of constants, an integer buffer, constant slices,
+    ``unsqueeze`` / ``[None]`` / ``expand`` of those (position ids); None otherwise."""
+    if not isinstance(v, torch.fx.Node):
+        return None
+    if v.op == "get_attr":
+        t = _attr_value(body, str(v.target))
+        return t if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() else None
+    if v.op == "call_function" and v.target is torch.arange and not any(
+            isinstance(a, torch.fx.Node) for a in (*v.args, *v.kwargs.values())):
+        kw = {k: a for k, a in v.kwargs.items() if k in ("start", "end", "step")}
+        t = torch.arange(*v.args, **kw)
+        return None if t.is_floating_point() else t
+    src = _const_index(v.args[0], body) if v.args else None
+    if src is None or any(isinstance(a, torch.fx.Node) for a in (*v.args[1:], *v.kwargs.values())):
+        return None
+    t = _name_of(v)
+    try:
+        if t == "getitem":
+            return src[v.args[1]]
+        if t in ("unsqueeze", "expand", "view", "reshape", "long", "int", "to", "contiguous"):
+            return getattr(src, t)(*v.args[1:], **v.kwargs)
+    except (TypeError, ValueError, IndexError, RuntimeError):
+        return None
+    return None
+
+
+def _name_of(n: torch.fx.Node) -> str:
+    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+
+
+def _constant_lookups(body: nn.Module, graph: torch.fx.Graph) -> bool:
+    """``self.pos(torch.arange(L))`` / ``self.pos(self.position_ids[:, :L])``: an nn.Embedding read at constant
+    positions is those rows, a parameter added to the model (a copy of ``weight[ids]``, trained in its place; the
+    module is left uncalled), so ``x + rows`` converts like a position embedding (``QParamAffine``). Only when the
+    module is called nowhere else (the other rows then never train either)."""
+    modules = dict(body.named_modules())
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls.setdefault(str(n.target), []).append(n)
+    changed = False
+    for target, ns in calls.items():
+        m = modules.get(target)
+        if not isinstance(m, nn.Embedding) or len(ns) != 1 or m.max_norm is not None or len(ns[0].args) != 1:
+            continue
+        n = ns[0]
+        idx = _const_index(n.args[0], body)
+        if idx is None or idx.numel() == 0 or idx.min() < 0 or idx.max() >= m.num_embeddings:
+            continue
+        scope, _, leaf = target.rpartition(".")
+        path = _free_path(body, scope, f"{leaf}_rows")
+        owner = body.get_submodule(scope) if scope else body
+        owner.register_parameter(path.rpartition(".")[2], nn.Parameter(m.weight.detach()[idx].clone(),
+                                                                        requires_grad=m.weight.requires_grad))
+        with graph.inserting_before(n):
+            rows = graph.get_attr(path)
+        n.replace_all_uses_with(rows)
+        graph.erase_node(n)
         changed = True
     return changed
 
