@@ -79,14 +79,18 @@ def float_agreement(model, graph, calib) -> str:
     from qfx.ir import run
     from qfx.onnx.importer import input_codes, output_values
 
-    from qfx.onnx.quantize import agreement_text, free_batch, multi_input_agreement, run_batches
+    from qfx.onnx.quantize import (
+        _INT_TYPES, agreement_text, free_batch, multi_input_agreement, quiet_options, run_batches,
+    )
 
     if hasattr(calib, "files"):  # an .npz: one array per graph input
         return multi_input_agreement(model, graph, calib)
 
     try:
-        sess = ort.InferenceSession(free_batch(model).SerializeToString(), providers=["CPUExecutionProvider"])
-        ref = run_batches(sess, sess.get_inputs()[0].name, calib.astype(np.float32))[0]
+        sess = ort.InferenceSession(free_batch(model).SerializeToString(), quiet_options(),
+                                    providers=["CPUExecutionProvider"])
+        ints = model.graph.input[0].type.tensor_type.elem_type in _INT_TYPES  # token indices stay integers
+        ref = run_batches(sess, sess.get_inputs()[0].name, calib.astype(np.int64 if ints else np.float32))[0]
     except Exception:  # the float model may not run under onnxruntime as is (custom ops): no comparison
         return ""
     got = output_values(graph, run(graph, input_codes(graph, calib))).reshape(len(calib), -1)
