@@ -19,8 +19,8 @@ import numpy as np
 from qfx.errors import BadInputError, FormatError
 from qfx.fixed.format import FxFormat
 
-__all__ = ["index_table", "FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table", "select_spec",
-           "SELECT_OPS"]
+__all__ = ["index_table", "FUNCTIONS", "COMPOSITE_FUNCTIONS", "MAX_TABLE_BITS", "parse_fn", "evaluate", "build_table",
+           "select_spec", "SELECT_OPS"]
 
 #: widest input format a table covers (2**12 entries); wider inputs are requantized first by the layer
 MAX_TABLE_BITS = 12

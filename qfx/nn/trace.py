@@ -47,7 +47,7 @@ from qfx.nn.layers import (
 )
 from qfx.nn.einsum import einsum_plan
 from qfx.nn.embedding import QEmbedding
-from qfx.nn.layout import relabel_batch_swaps
+from qfx.nn.layout import _name as _call_name, relabel_batch_swaps
 from qfx.nn.transformer import attention_weights, expand_transformers
 from qfx.nn.op_layers import (
     QActivation, QAvgPoolMatrix, QCat, QMatMul, QMul, QResize2d, QSoftmax, QStack, QSub, QUpsample,
@@ -118,8 +118,9 @@ REFUSED: tuple[tuple[str, str], ...] = (
      "(N, C, 1, 1), a channel map (N, 1, H, W), a row statistic (N, C, H, 1), y[:, :, None, None], "
      "y.expand_as(x))"),
     ("parameters and buffers read in forward other than x * p, x + p, x - p, x / buffer (p per channel, per "
-     "element or a scalar, also through views), F.linear / F.conv1d / F.conv2d / F.layer_norm / F.group_norm / x @ W with them as "
-     "weights and torch.cat with p.expand(n, -1, ...); weights computed in forward, tensors created in forward",
+     "element or a scalar, also through views), F.linear / F.conv1d / F.conv2d / F.layer_norm / F.group_norm / "
+     "x @ W with them as weights and torch.cat with p.expand(n, -1, ...); weights computed in forward, tensors "
+     "created in forward",
      "put the arithmetic in a module qfx converts"),
     ("data-dependent Python control flow", "torch.fx must trace forward"),
 )
@@ -1789,7 +1790,7 @@ def _dim_arg(n: torch.fx.Node, pos: int, key: str) -> Any:
 def _index_problem(n: torch.fx.Node) -> str | None:
     """Why an element-moving call cannot be captured (it touches the batch dim), or None; checked before
     training. Sizes are constants by now (``_fold_sizes``)."""
-    t = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    t = _call_name(n)
     if t == "getitem":
         idx = n.args[1]
         if isinstance(n.args[0], torch.fx.Node) and n.args[0].target in (torch.chunk, torch.split, "chunk",
@@ -2546,7 +2547,7 @@ def _const_index(v: Any, body: nn.Module) -> torch.Tensor | None:
     src = _const_index(v.args[0], body) if v.args else None
     if src is None or any(isinstance(a, torch.fx.Node) for a in (*v.args[1:], *v.kwargs.values())):
         return None
-    t = _name_of(v)
+    t = _call_name(v)
     try:
         if t == "getitem":
             return src[v.args[1]]
@@ -2555,10 +2556,6 @@ def _const_index(v: Any, body: nn.Module) -> torch.Tensor | None:
     except (TypeError, ValueError, IndexError, RuntimeError):
         return None
     return None
-
-
-def _name_of(n: torch.fx.Node) -> str:
-    return n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
 
 
 def _constant_lookups(body: nn.Module, graph: torch.fx.Graph) -> bool:

@@ -214,7 +214,6 @@ class _TooBig(Exception):
     pass
 
 
-#: ops folded when every input is constant: (node, input arrays) -> output array, numpy in the inputs' dtype
 def _scatter_nd(node, ins):
     """ScatterND (reduction none, as exporters write torch's in-place slice assignment ``mask[a:b, c:d] = k``)."""
     if _attrs(node).get("reduction", b"none") not in (b"none", "none"):
@@ -229,6 +228,7 @@ def _scatter_nd(node, ins):
     return out
 
 
+#: ops folded when every input is constant: (node, input arrays) -> output array, numpy in the inputs' dtype
 FOLDERS: dict[str, Callable[[Any, list[np.ndarray]], np.ndarray]] = {
     "Identity": lambda n, i: np.asarray(i[0]),
     "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Slice": _slice, "Reshape": _reshape, "Flatten": _flatten,

@@ -1945,7 +1945,9 @@ class _Converter:
         xs = self.tensors[act.tensor]
         shift = shift + np.broadcast_to(c.reshape(c.shape[1:] if c.ndim == len(xs.shape) + 1 else c.shape),
                                         xs.shape).reshape(-1)
-        self.vals[n.output[0]] = _Val("act", tensor=self._unflatten(n, t, act, shift, xs.shape))
+        mult = self._per_element_vec(act.m, xs.shape)
+        y = self._unflatten(n, t, mult, shift, xs.shape, "per-element constant added")
+        self.vals[n.output[0]] = _Val("act", tensor=y)
 
     def _flat_affine(self, n, act: _Val) -> tuple[str, np.ndarray]:
         """(the view's tensor flattened to (N,), its per-element offsets); a deferred ReLU is applied first."""
@@ -1962,10 +1964,9 @@ class _Converter:
         lead = v if v.size == 1 else v.reshape((-1,) + (1,) * (len(shape) - 1))
         return np.broadcast_to(lead, shape).reshape(-1).astype(np.float64)
 
-    def _unflatten(self, n, t: str, act: _Val, shift: np.ndarray, shape: tuple[int, ...]) -> str:
-        """``t * m + shift`` per element (lossless format), back in ``shape``."""
-        mult = self._per_element_vec(act.m, shape)
-        y = self._scale_shift(n, t, mult, shift, None, "per-element constant added")
+    def _unflatten(self, n, t: str, mult: np.ndarray, shift: np.ndarray, shape: tuple[int, ...], why: str) -> str:
+        """``t * mult + shift`` per element of the flat ``t`` (lossless format), back in ``shape``."""
+        y = self._scale_shift(n, t, mult, shift, None, why)
         return self._add("reshape", n, [y], shape, self.tensors[y].fmt, attrs={"shape": shape})
 
     def _fold_bias(self, n, act: _Val, c: np.ndarray) -> bool:
@@ -2297,8 +2298,7 @@ class _Converter:
         vals = [self._get(i, n) for i in n.input]
         for i, v in zip(n.input, vals):
             if v.kind == "input":
-                self._act(i, n)
-        vals = [self._get(i, n) for i in n.input]
+                self._act(i, n)  # refuses: a graph input needs a format before it is concatenated
         if len(vals) == 1:  # DenseNet's torch.cat([x], 1)
             self.vals[n.output[0]] = vals[0]
             return
@@ -2388,9 +2388,8 @@ class _Converter:
         ones = [np.ones(c.shape) for c in consts]
         mult = np.concatenate(ones[:first] + [mid_m.reshape(xs.shape)] + ones[first:], axis=k).reshape(-1)
         shift = np.concatenate(front + [mid_h.reshape(xs.shape)] + back, axis=k).reshape(-1)
-        y = self._scale_shift(n, t, mult, shift, None, "constants concatenated")
-        y = self._add("reshape", n, [y], out_shape, self.tensors[y].fmt, attrs={"shape": out_shape})
-        self.vals[n.output[0]] = _Val("act", tensor=y)
+        self.vals[n.output[0]] = _Val("act", tensor=self._unflatten(n, t, mult, shift, out_shape,
+                                                                      "constants concatenated"))
 
     def h_depth_to_space(self, n) -> None:
         """DepthToSpace (pixel shuffle) as reshape -> transpose -> reshape."""
@@ -2885,12 +2884,11 @@ class _Converter:
             raise UnsupportedError(f"MaxPool node {where!r}: only 1-D and 2-D pooling without indices is supported")
         a = _attrs(n)
         if "kernel_shape" in a:
-            k0 = [int(v) for v in a["kernel_shape"]]
-            p4 = self._pads4(n, a, xs.shape[1:], (k0[0], k0[1]), [int(v) for v in a.get("strides", [1, 1])])
-            st0 = [int(v) for v in a.get("strides", [1, 1])]
+            k0, st0 = [int(v) for v in a["kernel_shape"]], [int(v) for v in a.get("strides", [1, 1])]
+            p4 = self._pads4(n, a, xs.shape[1:], (k0[0], k0[1]), st0)
             if int(a.get("ceil_mode", 0)):  # partial last windows: more end padding (max pooling ignores it)
-                ends = [max(0, (_ceil_pool_size(size, kk, s, p0, p1) - 1) * s + kk - size - p0 - p1) for size, kk, s, p0, p1
-                        in zip(xs.shape[1:], k0, st0, (p4[0], p4[2]), (p4[1], p4[3]))]
+                ends = [max(0, (_ceil_pool_size(size, kk, s, p0, p1) - 1) * s + kk - size - p0 - p1)
+                        for size, kk, s, p0, p1 in zip(xs.shape[1:], k0, st0, (p4[0], p4[2]), (p4[1], p4[3]))]
                 if any(ends):
                     return self._maxpool_edge_padded(n, x, (p4[0], p4[1] + ends[0], p4[2], p4[3] + ends[1]))
             if p4[0] != p4[1] or p4[2] != p4[3]:
@@ -3207,9 +3205,10 @@ class _Converter:
                           {"fn": f"embedding column {e}"})
             cols.append(self._add("reshape", n, [c], shape + (1,), w.fmt, attrs={"shape": shape + (1,)}))
         out = shape + (vals.shape[1],)
-        t = cols[0] if len(cols) == 1 else self._add("concat", n, cols, out, w.fmt, attrs={"axis": len(shape)})
         if len(cols) == 1:
-            t = self._add("reshape", n, [t], out, w.fmt, attrs={"shape": out})
+            t = self._add("reshape", n, cols, out, w.fmt, attrs={"shape": out})
+        else:
+            t = self._add("concat", n, cols, out, w.fmt, attrs={"axis": len(shape)})
         self.vals[n.output[0]] = _Val("act", tensor=t, m=np.array([float(sw[0])]))
 
     def h_slice(self, n) -> None:

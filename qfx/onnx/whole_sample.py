@@ -52,6 +52,8 @@ _GEMM = "Gemm"
 _QONNX_ELEMENTWISE = frozenset({"Quant", "BipolarQuant", "Trunc", "FloatQuant"})
 _AXIS_OPS = frozenset({"Softmax", "LogSoftmax", "Concat", "Gather", "LayerNormalization", "Split"})
 _AXES_OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Squeeze", "Unsqueeze"})
+#: the ``axis`` an ``_AXIS_OPS`` node means when it names none (Softmax's depends on the opset)
+_AXIS_DEFAULTS = {"Concat": 0, "Gather": 0, "Split": 0, "LayerNormalization": -1}
 
 
 def _opset(model) -> int:
@@ -160,7 +162,7 @@ class _Plan:
             return False
         if op in _AXIS_OPS:
             r = self.rank(n.input[0])
-            ax = int(_attrs(n).get("axis", {"Concat": 0, "Gather": 0, "Split": 0, "LayerNormalization": -1}.get(op, 1)))
+            ax = int(_attrs(n).get("axis", _AXIS_DEFAULTS.get(op, 1)))
             return r is None or ax % r == 0
         if op in _AXES_OPS:
             axes, r = self._axes_of(n), self.rank(n.input[0] if op != "Unsqueeze" else n.output[0])
@@ -246,8 +248,7 @@ def _shift_axes(plan: _Plan, n, fresh) -> bool:
             r = len(p) // 2
             _set_attr(n, "pads", [0, *p[:r], 0, *p[r:]])
     elif op in _AXIS_OPS:
-        default = {"Concat": 0, "Gather": 0, "Split": 0, "LayerNormalization": -1}.get(
-            op, -1 if _opset(plan.c.m) >= 13 else 1)
+        default = _AXIS_DEFAULTS.get(op, -1 if _opset(plan.c.m) >= 13 else 1)
         ax = int(_attrs(n).get("axis", default))
         if ax >= 0:
             _set_attr(n, "axis", ax + 1)
@@ -325,78 +326,63 @@ def _flattens_as_reshapes(plan: _Plan, fresh) -> None:
     plan.g.node.extend(nodes)
 
 
-def _batch_one_wrapped(plan: _Plan, fresh) -> None:
-    """Each ``BATCH_ONE`` node reads its lifted input through Squeeze(axis 1) (the original size-1 first axis)
-    and its output is lifted back by Unsqueeze(axis 1)."""
-    from onnx import helper
-
-    new_axes = _opset(plan.c.m) >= 13
-    nodes = []
-    for n in plan.g.node:
-        if n.domain not in _DEFAULT or n.op_type not in BATCH_ONE:
-            nodes.append(n)
-            continue
-        base = n.name or n.op_type
-        sq, out = f"{base}__sq_in", n.output[0]
-        ax = [fresh(np.asarray([1], dtype=np.int64), f"{base}_axis")] if new_axes else []
-        kw = {} if new_axes else {"axes": [1]}
-        nodes.append(helper.make_node("Squeeze", [n.input[0], *ax], [sq], name=f"{base}/unlift", **kw))
-        n.input[0] = sq
-        n.output[0] = f"{base}__sq_out"
-        nodes.append(n)
-        nodes.append(helper.make_node("Unsqueeze", [n.output[0], *ax], [out], name=f"{base}/lift", **kw))
-    del plan.g.node[:]
-    plan.g.node.extend(nodes)
-
-
 #: element-wise ops that may carry per-channel constants ((C, 1, 1): a conv stem's BatchNorm or scale)
 _ELEMENTWISE_CONST = frozenset({"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"})
 
 
-def _per_channel_unlifted(plan: _Plan, fresh) -> None:
-    """An element-wise op with a constant shaped for per-channel broadcasting ((C, 1, 1)) on a tensor whose
-    original first axis is 1 runs unlifted, like the convolutions (Squeeze/Unsqueeze of axis 1): the importer
-    reads such constants per channel of the first per-sample axis."""
+def _original_inputs(plan: _Plan, n) -> list[int]:
+    """Positions of the inputs that ``n`` must read unlifted (the original tensor, first axis 1): the data input
+    of a ``BATCH_ONE`` op; every data input of an element-wise op with a constant shaped for per-channel
+    broadcasting ((C, 1, 1): the importer reads such constants per channel of the first per-sample axis) on
+    tensors whose original first axis is 1. Empty: ``n`` runs lifted."""
+    if n.domain not in _DEFAULT:
+        return []
+    if n.op_type in BATCH_ONE:
+        return [0]
+    if n.op_type not in _ELEMENTWISE_CONST:
+        return []
+    data = [k for k, i in enumerate(n.input) if i and i not in plan.fixed]
+    out = plan.shapes.get(n.output[0])
+    if not data or out is None or out[0] != 1 or len(out) < 3 or any(
+            plan.shapes.get(n.input[k], (0,))[0] != 1 or len(plan.shapes.get(n.input[k], ())) != len(out)
+            for k in data):
+        return []
+    consts = [plan.consts[i] for i in n.input if i in plan.consts]
+    return data if any(c.ndim >= 2 and c.shape[-1] == 1 for c in consts) else []
+
+
+def _unlifted(plan: _Plan, fresh) -> None:
+    """The nodes ``_original_inputs`` names read those inputs through Squeeze(axis 1) (the original size-1 first
+    axis) and their output is lifted back by Unsqueeze(axis 1); a Squeeze of such an Unsqueeze reads the
+    Unsqueeze's input instead (the pair cancels; ``dead()`` drops what is left unread)."""
     from onnx import helper
 
     new_axes = _opset(plan.c.m) >= 13
-    nodes = []
+    axis: list[str] = []  # one shared axes=[1] initializer (opset >= 13: an input)
+    nodes, lifted = [], {}  # lifted: Unsqueeze output -> the original tensor it lifts
     for n in plan.g.node:
-        data = [i for i in n.input if i and i not in plan.fixed]
-        consts = [plan.consts.get(i) for i in n.input if i in plan.consts]
-        out = plan.shapes.get(n.output[0]) if n.output else None
-        if n.domain not in _DEFAULT or n.op_type not in _ELEMENTWISE_CONST or not data or out is None or \
-                out[0] != 1 or len(out) < 3 or any(plan.shapes.get(i, (0,))[0] != 1 or len(plan.shapes.get(i, ()))
-                                                   != len(out) for i in data) or \
-                not any(c is not None and c.ndim >= 2 and c.shape[-1] == 1 for c in consts):
+        picks = _original_inputs(plan, n)
+        if not picks:
             nodes.append(n)
             continue
-        base = n.name or n.op_type
-        ax = [fresh(np.asarray([1], dtype=np.int64), f"{base}_axis")] if new_axes else []
+        if new_axes and not axis:
+            axis.append(fresh(np.asarray([1], dtype=np.int64), "qfx_unlift_axis"))
         kw = {} if new_axes else {"axes": [1]}
-        for k, i in enumerate(n.input):
-            if i in data:
-                sq = f"{base}__sq_in{k}"
-                nodes.append(helper.make_node("Squeeze", [i, *ax], [sq], name=f"{base}/unlift{k}", **kw))
-                n.input[k] = sq
+        base = n.name or n.op_type
+        for k in picks:
+            if n.input[k] in lifted:
+                n.input[k] = lifted[n.input[k]]
+                continue
+            sq = f"{base}__sq_in{k}"
+            nodes.append(helper.make_node("Squeeze", [n.input[k], *axis], [sq], name=f"{base}/unlift{k}", **kw))
+            n.input[k] = sq
         y = n.output[0]
         n.output[0] = f"{base}__sq_out"
+        lifted[y] = n.output[0]
         nodes.append(n)
-        nodes.append(helper.make_node("Unsqueeze", [n.output[0], *ax], [y], name=f"{base}/lift", **kw))
+        nodes.append(helper.make_node("Unsqueeze", [n.output[0], *axis], [y], name=f"{base}/lift", **kw))
     del plan.g.node[:]
     plan.g.node.extend(nodes)
-
-
-def _cancel_lift_pairs(plan: _Plan) -> None:
-    """Squeeze(axis 1) of an Unsqueeze(axis 1) that the wrappers put back to back reads the Unsqueeze's input."""
-    made = {n.output[0]: n for n in plan.g.node if n.op_type == "Unsqueeze" and n.name.endswith("/lift")}
-    for n in plan.g.node:
-        if n.op_type == "Squeeze" and "/unlift" in n.name and n.input[0] in made:
-            src = made[n.input[0]].input[0]
-            for m in plan.g.node:
-                for k, i in enumerate(m.input):
-                    if i == n.output[0]:
-                        m.input[k] = src  # the Squeeze is left unread: the clean-up's dead() drops it
 
 
 def add_batch_axis(cleaner) -> None:
@@ -429,9 +415,7 @@ def add_batch_axis(cleaner) -> None:
             cleaner.m.CopyFrom(backup)  # leave the graph as it was: the importer refuses it in one line
             cleaner.g = cleaner.m.graph
             return
-    _batch_one_wrapped(plan, fresh)
-    _per_channel_unlifted(plan, fresh)
-    _cancel_lift_pairs(plan)
+    _unlifted(plan, fresh)
     for vi in (*cleaner.data_inputs(), *cleaner.g.output):
         shape = vi.type.tensor_type.shape
         old = [onnx.TensorShapeProto.Dimension.FromString(d.SerializeToString()) for d in shape.dim]
